@@ -1,0 +1,3 @@
+from clearlift_cli.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""One exception hierarchy for the tool.
+
+Every error clearlift raises on purpose is a ``ClearliftError``; the CLI turns it into a
+one-line message and the exit code named here (in one place, ``cli.main``). Platform
+errors are split by what the consumer must do next: retry later (``TransientError``),
+wait a given time without using up an attempt (``RateLimited``), or fail now
+(``PermanentError``). Messages must never contain a token, key or secret: build them from
+redacted text only (see ``clearlift_cli.redact``).
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    OK = 0
+    FAILURE = 1  # the command ran but found something wrong (e.g. failing connections)
+    USAGE = 2  # bad input on the command line (also Click's own usage errors)
+    CONFIG = 3  # settings, encryption key, config file
+    STORE = 4  # the SQLite/PostgreSQL store is missing, unreadable or not a database
+    WAREHOUSE = 5  # the warehouse cannot be reached or written
+    NOT_FOUND = 6  # unknown connection, job or dead letter
+    CONFLICT = 7  # e.g. a job is already pending for the connection
+
+
+class ClearliftError(Exception):
+    exit_code = ExitCode.FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ClearliftError):
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(ClearliftError):
+    exit_code = ExitCode.CONFIG
+
+
+class StoreError(ClearliftError):
+    exit_code = ExitCode.STORE
+
+
+class WarehouseError(ClearliftError):
+    """The warehouse could not be reached or a write failed (retryable for a job)."""
+
+    exit_code = ExitCode.WAREHOUSE
+
+
+class NotFound(ClearliftError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class Conflict(ClearliftError):
+    exit_code = ExitCode.CONFLICT
+
+
+# --- field encryption -------------------------------------------------------------------
+
+
+class CryptoError(ConfigError):
+    """Base of every encryption problem; never carries key or plaintext."""
+
+
+class MissingKey(CryptoError):
+    pass
+
+
+class InvalidKey(CryptoError):
+    pass
+
+
+class CiphertextNotBase64(CryptoError):
+    pass
+
+
+class CiphertextTooShort(CryptoError):
+    pass
+
+
+class DecryptionFailed(CryptoError):
+    """Authentication failed: wrong key or tampered ciphertext."""
+
+
+# --- platform errors ---------------------------------------------------------------------
+
+
+class PlatformError(ClearliftError):
+    """An error talking to an ad or revenue platform."""
+
+    def __init__(self, message: str, *, platform: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.platform = platform
+
+
+class TransientError(PlatformError):
+    """Worth retrying with backoff: network trouble, 5xx, malformed or truncated body."""
+
+
+class RateLimited(TransientError):
+    """The platform asked us to wait. ``retry_after`` is seconds; ``scope`` says who waits:
+    ``"account"`` (this connection only) or ``"app"`` (every job of this platform, e.g.
+    Google's developer-token quota or Facebook's app-level limit)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        scope: str = "account",
+        platform: str | None = None,
+    ):
+        super().__init__(message, platform=platform)
+        self.retry_after = max(0.0, float(retry_after))
+        self.scope = scope
+
+
+class TokenExpired(TransientError):
+    """The access token expired: refresh once and retry before failing the job."""
+
+
+class PermanentError(PlatformError):
+    """Retrying will not help: fail the job now (unknown account, bad request, ...)."""
+
+
+class AuthRevoked(PermanentError):
+    """The token is revoked or can no longer be refreshed: the user must reconnect.
+
+    ``definitive`` is False for an ambiguous 401 that could be a passing glitch; those
+    count towards ``consecutive_auth_failures`` before re-auth is flagged."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        platform: str | None = None,
+        reason: str | None = None,
+        definitive: bool = True,
+    ):
+        super().__init__(message, platform=platform)
+        self.reason = reason or message
+        self.definitive = definitive
+
+
+class MissingAppCredentials(ConfigError):
+    """The app's client id/secret (or developer token) for a platform is not configured."""

@@ -1,0 +1,208 @@
+"""Settings, resolved once into an immutable object.
+
+Precedence: command-line flag > environment variable > TOML config file > default.
+This is the only module that reads ``os.environ``; everything else receives a
+``Settings``. The config file uses the environment names in lower case
+(``clearlift_warehouse_url = "..."``, ``google_client_id = "..."``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+from clearlift_cli import redact
+from clearlift_cli.errors import ConfigError, InvalidKey, MissingKey
+
+DEFAULT_GOOGLE_ADS_API_VERSION = "v22"
+DEFAULT_FACEBOOK_API_VERSION = "v23.0"
+
+# name of the dataclass field -> environment variable
+ENV_NAMES: dict[str, str] = {
+    "home": "CLEARLIFT_HOME",
+    "db": "CLEARLIFT_DB",
+    "warehouse_url": "CLEARLIFT_WAREHOUSE_URL",
+    "config_path": "CLEARLIFT_CONFIG",
+    "encryption_key": "ENCRYPTION_KEY",
+    "encryption_key_file": "ENCRYPTION_KEY_FILE",
+    "google_client_id": "GOOGLE_CLIENT_ID",
+    "google_client_secret": "GOOGLE_CLIENT_SECRET",
+    "google_ads_developer_token": "GOOGLE_ADS_DEVELOPER_TOKEN",
+    "google_ads_login_customer_id": "GOOGLE_ADS_LOGIN_CUSTOMER_ID",
+    "facebook_app_id": "FACEBOOK_APP_ID",
+    "facebook_app_secret": "FACEBOOK_APP_SECRET",
+    "tiktok_app_id": "TIKTOK_APP_ID",
+    "tiktok_client_secret": "TIKTOK_CLIENT_SECRET",
+    "google_ads_url": "CLEARLIFT_GOOGLE_ADS_URL",
+    "google_oauth_url": "CLEARLIFT_GOOGLE_OAUTH_URL",
+    "facebook_url": "CLEARLIFT_FACEBOOK_URL",
+    "tiktok_url": "CLEARLIFT_TIKTOK_URL",
+    "stripe_url": "CLEARLIFT_STRIPE_URL",
+    "google_ads_api_version": "CLEARLIFT_GOOGLE_ADS_API_VERSION",
+    "facebook_api_version": "CLEARLIFT_FACEBOOK_API_VERSION",
+    "http_timeout": "CLEARLIFT_HTTP_TIMEOUT",
+}
+
+_SECRET_FIELDS = {
+    "encryption_key",
+    "google_client_secret",
+    "google_ads_developer_token",
+    "facebook_app_secret",
+    "tiktok_client_secret",
+}
+
+_DEFAULTS: dict[str, str] = {
+    "google_ads_url": "https://googleads.googleapis.com",
+    "google_oauth_url": "https://oauth2.googleapis.com",
+    "facebook_url": "https://graph.facebook.com",
+    "tiktok_url": "https://business-api.tiktok.com",
+    "stripe_url": "https://api.stripe.com",
+    "google_ads_api_version": DEFAULT_GOOGLE_ADS_API_VERSION,
+    "facebook_api_version": DEFAULT_FACEBOOK_API_VERSION,
+    "http_timeout": "60",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db: str
+    warehouse_url: str
+    config_path: Path
+    encryption_key: str | None = field(default=None, repr=False)
+    encryption_key_file: str | None = None
+    google_client_id: str | None = None
+    google_client_secret: str | None = field(default=None, repr=False)
+    google_ads_developer_token: str | None = field(default=None, repr=False)
+    google_ads_login_customer_id: str | None = None
+    facebook_app_id: str | None = None
+    facebook_app_secret: str | None = field(default=None, repr=False)
+    tiktok_app_id: str | None = None
+    tiktok_client_secret: str | None = field(default=None, repr=False)
+    google_ads_url: str = _DEFAULTS["google_ads_url"]
+    google_oauth_url: str = _DEFAULTS["google_oauth_url"]
+    facebook_url: str = _DEFAULTS["facebook_url"]
+    tiktok_url: str = _DEFAULTS["tiktok_url"]
+    stripe_url: str = _DEFAULTS["stripe_url"]
+    google_ads_api_version: str = DEFAULT_GOOGLE_ADS_API_VERSION
+    facebook_api_version: str = DEFAULT_FACEBOOK_API_VERSION
+    http_timeout: float = 60.0
+
+    def key_bytes(self) -> bytes:
+        """The 32-byte encryption key, or a clear error saying what is wrong with it."""
+        raw = self.encryption_key
+        if raw is None and self.encryption_key_file:
+            try:
+                raw = Path(self.encryption_key_file).read_text().strip()
+            except OSError as exc:
+                raise MissingKey(
+                    f"ENCRYPTION_KEY_FILE {self.encryption_key_file} cannot be read "
+                    f"({exc.strerror})"
+                ) from None
+        if not raw:
+            raise MissingKey(
+                "ENCRYPTION_KEY is not set: set it (or ENCRYPTION_KEY_FILE) to the API "
+                "worker's key, base64 of 32 bytes"
+            )
+        return decode_key(raw)
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(changes)
+        return Settings(**data)  # type: ignore[arg-type]
+
+
+def decode_key(raw: str) -> bytes:
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidKey("ENCRYPTION_KEY is not valid base64") from None
+    if len(key) != 32:
+        raise InvalidKey(f"ENCRYPTION_KEY must decode to 32 bytes, it decodes to {len(key)}")
+    return key
+
+
+def _read_config(path: Path, explicit: bool) -> dict[str, object]:
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    out: dict[str, object] = {}
+    by_env = {env.lower(): name for name, env in ENV_NAMES.items()}
+    for key, value in data.items():
+        name = by_env.get(key.lower()) or (key.lower() if key.lower() in ENV_NAMES else None)
+        if name is None:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        out[name] = value
+    return out
+
+
+def resolve(
+    flags: Mapping[str, object | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting once: flag > environment > config file > default."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ""}
+    env = os.environ if environ is None else environ
+
+    def from_env(name: str) -> str | None:
+        value = env.get(ENV_NAMES[name])
+        return value if value else None
+
+    def early(name: str) -> object | None:
+        return flags.get(name) or from_env(name)
+
+    home_raw = early("home")
+    if home_raw:
+        home = Path(str(home_raw)).expanduser()
+    else:
+        xdg = env.get("XDG_DATA_HOME")
+        base = Path(xdg) if xdg else Path(env.get("HOME", str(Path.home()))) / ".local" / "share"
+        home = base / "clearlift"
+
+    config_raw = early("config_path")
+    config_path = Path(str(config_raw)).expanduser() if config_raw else home / "config.toml"
+    config = _read_config(config_path, explicit=bool(config_raw))
+    if "home" in config and not home_raw:
+        home = Path(str(config["home"])).expanduser()
+
+    values: dict[str, object] = {"home": home, "config_path": config_path}
+    for name in ENV_NAMES:
+        if name in ("home", "config_path"):
+            continue
+        value = flags.get(name)
+        if value is None:
+            value = from_env(name)
+        if value is None:
+            value = config.get(name)
+        if value is None:
+            value = _DEFAULTS.get(name)
+        if value is not None:
+            values[name] = value
+
+    values.setdefault("db", str(home / "clearlift.db"))
+    values.setdefault("warehouse_url", f"sqlite:///{home / 'warehouse.db'}")
+    for url_field in ("google_ads_url", "google_oauth_url", "facebook_url", "tiktok_url", "stripe_url"):
+        values[url_field] = str(values[url_field]).rstrip("/")
+    try:
+        values["http_timeout"] = float(values["http_timeout"])  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError("CLEARLIFT_HTTP_TIMEOUT must be a number of seconds") from None
+    for name in _SECRET_FIELDS:
+        if isinstance(values.get(name), str):
+            redact.register(values[name])  # type: ignore[arg-type]
+    values["db"] = str(values["db"])
+    values["warehouse_url"] = str(values["warehouse_url"])
+    return Settings(**values)  # type: ignore[arg-type]

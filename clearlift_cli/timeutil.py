@@ -1,0 +1,99 @@
+"""Timestamps and the clock.
+
+The store holds timestamps in two spellings: JavaScript ISO strings written by the API
+worker (``2025-10-10T20:45:30.123Z``) and SQLite defaults (``2025-10-10 20:45:30``). Both
+are read as UTC and compared as values, never as text. We write exactly what JavaScript's
+``toISOString()`` writes. The clock is the one thing tests may replace.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date, datetime, timedelta, timezone
+
+UTC = timezone.utc
+
+
+def parse_ts(value: str | datetime | None) -> datetime | None:
+    """Parse either spelling (or an ISO string with an offset) into an aware UTC datetime.
+
+    Raises ``ValueError`` for text that is not a timestamp."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value).strip()
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def iso_z(dt: datetime) -> str:
+    """Format like JavaScript's ``Date.prototype.toISOString()``: UTC, milliseconds, Z."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def to_epoch(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+class Clock:
+    """Wall clock. ``now()`` is aware UTC; ``monotonic()`` for durations."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class FrozenClock(Clock):
+    """A clock that only moves when told to (for tests); ``sleep`` advances it."""
+
+    def __init__(self, start: datetime):
+        self._now = start if start.tzinfo else start.replace(tzinfo=UTC)
+        self._lock = threading.Lock()
+        self.slept: list[float] = []
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def time(self) -> float:
+        return self.now().timestamp()
+
+    def monotonic(self) -> float:
+        return self.time()
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += timedelta(seconds=seconds)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if seconds > 0:
+            self.advance(seconds)
+
+
+SYSTEM_CLOCK = Clock()

@@ -1,0 +1,38 @@
+"""Shared fixtures: real PostgreSQL (a schema per test), real SQLite files, sandboxes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import quote
+
+import pytest
+
+PG_URL = os.environ.get("CLEARLIFT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_connect(url: str):
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # fail, never skip: CI must have Postgres
+        pytest.fail(f"PostgreSQL is required for this test and is unreachable at {url}: {exc}")
+
+
+def with_search_path(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+def pg_schema_url():
+    """A PostgreSQL URL whose search_path is a fresh, empty schema (dropped afterwards)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conn = _pg_connect(PG_URL)
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield with_search_path(PG_URL, schema)
+    finally:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.close()
