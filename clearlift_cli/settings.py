@@ -206,3 +206,12 @@ def resolve(
     values["db"] = str(values["db"])
     values["warehouse_url"] = str(values["warehouse_url"])
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def secret_from_env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A secret handed over in an environment variable (never on the command line)."""
+    env = os.environ if environ is None else environ
+    value = env.get(name)
+    if value:
+        redact.register(value)
+    return value or None

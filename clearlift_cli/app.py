@@ -1,0 +1,168 @@
+"""The library behind the CLI: each command is one call here (the CLI only parses and
+renders). Importable: ``from clearlift_cli import app``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from clearlift_cli.crypto import FieldCipher
+from clearlift_cli.errors import UsageError
+from clearlift_cli.platforms import PLATFORMS
+from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.settings import Settings
+from clearlift_cli.store import Store, open_store
+from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z, parse_ts
+
+_ACCOUNT_ID_OK = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-.")
+
+
+def store_for(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Store:
+    store = open_store(settings.db, clock=clock)
+    store.require_schema()
+    return store
+
+
+def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CLOCK) -> list[str]:
+    """Create or upgrade the store (and the warehouse schema). Idempotent."""
+    store = open_store(settings.db, clock=clock, create=True)
+    try:
+        changes = store.migrate()
+    finally:
+        store.close()
+    if warehouse:
+        from clearlift_cli.warehouse import open_warehouse
+
+        wh = open_warehouse(settings.warehouse_url)
+        try:
+            wh.init_schema()
+        finally:
+            wh.close()
+    return changes
+
+
+@dataclass(frozen=True)
+class NewConnection:
+    organization_id: str
+    platform: str
+    account_id: str
+    account_name: str | None
+    connected_by: str
+    access_token: str
+    refresh_token: str | None = None
+    expires_at: str | None = None  # any ISO spelling; stored as JavaScript ISO
+    settings_json: str | None = None
+    scopes: str | None = None
+
+
+def add_connection(settings: Settings, new: NewConnection, *, clock: Clock = SYSTEM_CLOCK) -> tuple[str, bool]:
+    """What the API worker does on OAuth callback: encrypt tokens, upsert the row."""
+    if new.platform not in PLATFORMS:
+        raise UsageError(f"unknown platform {new.platform!r} (known: {', '.join(PLATFORMS)})")
+    if not new.account_id or not set(new.account_id) <= _ACCOUNT_ID_OK:
+        raise UsageError(f"account id {new.account_id!r} has characters other than letters, digits, '_', '-', '.'")
+    if not new.organization_id.strip():
+        raise UsageError("organization id is empty")
+    settings_text = "{}"
+    if new.settings_json:
+        try:
+            parsed = json.loads(new.settings_json)
+        except ValueError as exc:
+            raise UsageError(f"--settings is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise UsageError("--settings must be a JSON object, e.g. '{\"sync_interval_minutes\": 30}'")
+        settings_text = json.dumps(parsed)
+    expires = None
+    if new.expires_at:
+        try:
+            expires = iso_z(parse_ts(new.expires_at))  # type: ignore[arg-type]
+        except ValueError:
+            raise UsageError(f"--expires-at {new.expires_at!r} is not an ISO timestamp") from None
+    if not new.access_token:
+        raise UsageError("an access token is required")
+    cipher = FieldCipher(settings.key_bytes())
+    store = store_for(settings, clock=clock)
+    try:
+        return store.upsert_connection(
+            organization_id=new.organization_id, platform=new.platform, account_id=new.account_id,
+            account_name=new.account_name, connected_by=new.connected_by,
+            credentials_encrypted=cipher.encrypt(new.access_token),
+            refresh_token_encrypted=cipher.encrypt(new.refresh_token) if new.refresh_token else None,
+            expires_at=expires, settings_text=settings_text, scopes=new.scopes,
+        )
+    finally:
+        store.close()
+
+
+def schedule(settings: Settings, *, clock: Clock = SYSTEM_CLOCK):
+    from clearlift_cli import scheduler
+
+    store = store_for(settings, clock=clock)
+    try:
+        return scheduler.schedule(store, SqliteQueue(store))
+    finally:
+        store.close()
+
+
+def sync_now(settings: Settings, connection_id: str, *, since: date | None, until: date | None,
+             clock: Clock = SYSTEM_CLOCK):
+    from clearlift_cli import scheduler
+
+    if until and until > clock.now().date() + timedelta(days=1):
+        raise UsageError(f"--until {until} is in the future")
+    store = store_for(settings, clock=clock)
+    try:
+        return scheduler.enqueue_manual(store, SqliteQueue(store), connection_id, since=since, until=until)
+    finally:
+        store.close()
+
+
+def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: float | None = None,
+            concurrency: int = 8, lease_seconds: float = 300.0, only_job: str | None = None,
+            clock: Clock = SYSTEM_CLOCK, on_progress=None, on_consumer=None):
+    from clearlift_cli.consumer import Consumer
+
+    store = store_for(settings, clock=clock)
+    consumer = Consumer(settings, store, lease_seconds=lease_seconds, on_progress=on_progress)
+    if on_consumer:
+        on_consumer(consumer)
+    try:
+        return consumer.run(max_jobs=max_jobs, max_seconds=max_seconds, concurrency=concurrency,
+                            only_job=only_job)
+    finally:
+        if consumer._warehouse is not None:
+            consumer._warehouse.close()
+        store.close()
+
+
+def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Clock = SYSTEM_CLOCK):
+    from clearlift_cli import tokens
+
+    store = store_for(settings, clock=clock)
+    try:
+        return tokens.refresh_due(settings, store, margin_seconds=margin_seconds)
+    finally:
+        store.close()
+
+
+def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
+    store = store_for(settings, clock=clock)
+    try:
+        s = SqliteQueue(store).stats()
+        pauses = store.platform_pauses()
+    finally:
+        store.close()
+    return {
+        "ready": {"high": s.ready_high, "normal": s.ready_normal},
+        "delayed": s.delayed, "leased": s.leased, "dead": s.dead, "done": s.done,
+        "oldest_ready_age_seconds": None if s.oldest_ready_age_s is None else round(s.oldest_ready_age_s, 1),
+        "paused_platforms": {p: iso_z(parse_ts_epoch(u)) for p, u in pauses.items()},
+    }
+
+
+def parse_ts_epoch(epoch: float):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc)

@@ -1,0 +1,456 @@
+"""The `clearlift` command: parse options, call one function in ``app``, render the result.
+
+Errors become one line on stderr and an exit code in one place: ``main``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from datetime import date
+from typing import Annotated, Any, Optional
+
+import typer
+
+from clearlift_cli.errors import ClearliftError, ExitCode, UsageError
+
+app = typer.Typer(
+    name="clearlift",
+    help="Keep advertising and revenue data in sync, from cron.\n\n"
+    "Quick start:  clearlift demo        (everything on this machine, no accounts)\n\n"
+    "Cron:  */15 schedule · */5 refresh-tokens · * consume (see crontab.example)",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+connections_app = typer.Typer(help="Add, list, pause and resume platform connections.", no_args_is_help=True)
+queue_app = typer.Typer(help="Inspect the job queue; list and re-queue dead letters.")
+sandbox_app = typer.Typer(help="Sandbox platform servers on loopback (for tests, demos, staging).", no_args_is_help=True)
+app.add_typer(connections_app, name="connections")
+app.add_typer(queue_app, name="queue")
+app.add_typer(sandbox_app, name="sandbox")
+
+# -- options every command shares --------------------------------------------------------
+
+DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="CLEARLIFT_DB", show_envvar=True,
+                                              help="The SQLite store (D1 schema + queue).")]
+WarehouseOpt = Annotated[Optional[str], typer.Option(
+    "--warehouse-url", envvar="CLEARLIFT_WAREHOUSE_URL", show_envvar=True,
+    help="postgresql://… or sqlite:///path (default: sqlite:///$CLEARLIFT_HOME/warehouse.db).")]
+HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="CLEARLIFT_HOME", show_envvar=True,
+                                                help="Where local state lives.")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", envvar="CLEARLIFT_CONFIG", show_envvar=True,
+                                                  help="TOML config file (same keys, lower case).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+_state: dict[str, Any] = {"verbosity": 0, "log_format": "text"}
+
+
+def _settings(db=None, warehouse_url=None, home=None, config=None):
+    from clearlift_cli import logsetup, settings
+
+    logsetup.configure(verbosity=_state["verbosity"], fmt=_state["log_format"])
+    return settings.resolve({"db": db, "warehouse_url": warehouse_url, "home": home, "config_path": config})
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(soft_wrap=False)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log detail (-vv debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    log_format: Annotated[str, typer.Option("--log-format", envvar="CLEARLIFT_LOG_FORMAT", show_envvar=True,
+                                            help="text (default) or json, for log shippers.")] = "text",
+) -> None:
+    if log_format not in ("text", "json"):
+        raise UsageError("--log-format must be text or json")
+    _state["verbosity"] = -1 if quiet else verbose
+    _state["log_format"] = log_format
+
+
+# -- init ------------------------------------------------------------------------------------
+
+@app.command()
+def init(db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+         store_only: Annotated[bool, typer.Option("--store-only", help="Do not touch the warehouse.")] = False) -> None:
+    """Create or upgrade the store and the warehouse schema (safe to run again).
+
+    Example:  clearlift init --db /var/lib/clearlift/clearlift.db
+    """
+    from clearlift_cli import app as core
+
+    s = _settings(db, warehouse_url, home, config)
+    changes = core.init(s, warehouse=not store_only)
+    print(f"store {s.db}: " + ("; ".join(changes) if changes else "up to date"))
+    if not store_only:
+        print("warehouse: schema up to date")
+
+
+# -- connections -----------------------------------------------------------------------------
+
+@connections_app.command("add")
+def connections_add(
+    org: Annotated[str, typer.Option("--org", help="Organization id.")],
+    platform: Annotated[str, typer.Option("--platform", help="google, facebook, tiktok or stripe.")],
+    account_id: Annotated[str, typer.Option("--account-id", help="The platform's account id.")],
+    connected_by: Annotated[str, typer.Option("--connected-by", help="User id who connected it.")],
+    account_name: Annotated[Optional[str], typer.Option("--account-name")] = None,
+    expires_at: Annotated[Optional[str], typer.Option("--expires-at", help="Access token expiry (ISO).")] = None,
+    settings_json: Annotated[Optional[str], typer.Option("--settings", help="Settings JSON object.")] = None,
+    scopes: Annotated[Optional[str], typer.Option("--scopes")] = None,
+    access_token_env: Annotated[str, typer.Option(
+        "--access-token-env", help="Read the access token from this environment variable.")] = "CLEARLIFT_ACCESS_TOKEN",
+    refresh_token_env: Annotated[str, typer.Option(
+        "--refresh-token-env", help="Read the refresh token from this environment variable.")] = "CLEARLIFT_REFRESH_TOKEN",
+    tokens_stdin: Annotated[bool, typer.Option(
+        "--tokens-stdin", help="Read the access token (line 1) and refresh token (line 2) from stdin.")] = False,
+    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Add or update a connection, encrypting its tokens as the API worker does.
+
+    Tokens never go on the command line (ps would show them): they come from an
+    environment variable, stdin, or a prompt.
+
+    Example:  CLEARLIFT_ACCESS_TOKEN=… clearlift connections add --org org-1 --platform google
+              --account-id 123-456-7890 --connected-by user-1 --settings '{"sync_interval_minutes": 30}'
+    """
+    from clearlift_cli import app as core
+    from clearlift_cli.settings import secret_from_env
+
+    from clearlift_cli.platforms import PLATFORMS
+
+    if platform not in PLATFORMS:
+        raise UsageError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
+    s = _settings(db, None, home, config)
+    if tokens_stdin:
+        lines = sys.stdin.read().splitlines()
+        access = lines[0].strip() if lines else ""
+        refresh = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
+    else:
+        access = secret_from_env(access_token_env) or ""
+        refresh = secret_from_env(refresh_token_env)
+        if not access and sys.stdin.isatty():
+            access = typer.prompt("Access token", hide_input=True)
+    if not access:
+        raise UsageError(f"no access token: set {access_token_env}, use --tokens-stdin, or run in a terminal to be prompted")
+    cid, created = core.add_connection(s, core.NewConnection(
+        organization_id=org, platform=platform, account_id=account_id, account_name=account_name,
+        connected_by=connected_by, access_token=access, refresh_token=refresh, expires_at=expires_at,
+        settings_json=settings_json, scopes=scopes))
+    print(f"{'added' if created else 'updated'} connection {cid}")
+
+
+@connections_app.command("list")
+def connections_list(
+    as_json: JsonOpt = False,
+    org: Annotated[Optional[str], typer.Option("--org")] = None,
+    platform: Annotated[Optional[str], typer.Option("--platform")] = None,
+    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+) -> None:
+    """List connections (no secrets).
+
+    Example:  clearlift connections list --platform google --json
+    """
+    from clearlift_cli import app as core
+    from clearlift_cli.render import connections_table
+
+    store = core.store_for(_settings(db, None, home, config))
+    conns = store.list_connections(organization_id=org, platform=platform)
+    if as_json:
+        _print_json([{
+            "id": c.id, "organization_id": c.organization_id, "platform": c.platform,
+            "account_id": c.account_id, "account_name": c.account_name, "is_active": c.is_active,
+            "sync_status": c.sync_status, "last_synced_at": c.last_synced_at, "expires_at": c.expires_at,
+            "needs_reauth": c.needs_reauth,
+        } for c in conns])
+    else:
+        _console().print(connections_table(conns))
+
+
+def _set_active(connection_id: str, active: bool, db, home, config) -> None:
+    from clearlift_cli import app as core
+
+    core.store_for(_settings(db, None, home, config)).set_active(connection_id, active)
+    print(f"{'resumed' if active else 'paused'} {connection_id}")
+
+
+@connections_app.command("pause")
+def connections_pause(connection_id: str, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Stop syncing a connection (is_active = 0).  Example:  clearlift connections pause org-1-google-123"""
+    _set_active(connection_id, False, db, home, config)
+
+
+@connections_app.command("resume")
+def connections_resume(connection_id: str, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Sync a paused connection again (is_active = 1).  Example:  clearlift connections resume org-1-google-123"""
+    _set_active(connection_id, True, db, home, config)
+
+
+# -- schedule / sync / consume / refresh-tokens ---------------------------------------------
+
+@app.command()
+def schedule(db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Enqueue a job for every due connection (cron: every 15 minutes).
+
+    Exit 0 even when some connections were skipped; non-zero only when the run failed.
+
+    Example:  clearlift schedule
+    """
+    from clearlift_cli import app as core
+
+    result = core.schedule(_settings(db, None, home, config))
+    summary = result.summary()
+    if as_json:
+        _print_json(summary)
+        return
+    print(f"schedule: {summary['found']} candidates, {summary['enqueued']} enqueued, "
+          f"{summary['not_due']} not due, {summary['skipped']} skipped")
+    for item in summary["skipped_reasons"]:
+        print(f"  skipped {item['connection_id']}: {item['reason']}")
+
+
+def _parse_day(value: Optional[str], flag: str) -> Optional[date]:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@app.command()
+def sync(
+    connection_id: str,
+    now: Annotated[bool, typer.Option("--now", help="Enqueue a full job at priority high now.")] = False,
+    since: Annotated[Optional[str], typer.Option("--since", help="First day to (re)sync, YYYY-MM-DD.")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Last day to (re)sync, YYYY-MM-DD.")] = None,
+    wait_: Annotated[bool, typer.Option("--wait", help="Run the job here with a progress display.")] = False,
+    db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Trigger a sync or a backfill of one connection.
+
+    Examples:  clearlift sync org-1-google-123 --now
+               clearlift sync org-1-google-123 --now --since 2025-01-01 --until 2025-03-31 --wait
+    """
+    from clearlift_cli import app as core
+
+    if not now:
+        raise UsageError("say --now to trigger a sync (scheduled syncs need no command)")
+    s = _settings(db, warehouse_url, home, config)
+    job_id, window = core.sync_now(s, connection_id, since=_parse_day(since, "--since"), until=_parse_day(until, "--until"))
+    print(f"enqueued full job {job_id} for {connection_id} ({window.to_json()['start']} .. {window.to_json()['end']}, priority high)")
+    if wait_:
+        from clearlift_cli.render import run_with_progress
+
+        outcome = run_with_progress(lambda cb: core.consume(s, only_job=job_id, concurrency=1, on_progress=cb), job_id)
+        if outcome is None or outcome.status != "completed":
+            raise typer.Exit(ExitCode.FAILURE)
+
+
+@app.command()
+def consume(
+    max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=1, help="Stop claiming after this long.")] = 600,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Jobs run at once.")] = 8,
+    lease_seconds: Annotated[float, typer.Option("--lease-seconds", min=5, help="How long a claimed job stays invisible to other consumers (kept alive by heartbeat).")] = 300,
+    db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Claim and run jobs until the queue is empty or a limit is reached (cron: every minute).
+
+    SIGTERM stops claiming and lets running jobs finish.
+
+    Example:  flock -n /tmp/clearlift-consume.lock clearlift consume --max-seconds 600 --concurrency 16
+    """
+    from clearlift_cli import app as core
+
+    holder: dict[str, Any] = {}
+    signal.signal(signal.SIGTERM, lambda *_: holder["c"].stop() if "c" in holder else None)
+    result = core.consume(_settings(db, warehouse_url, home, config), max_jobs=max_jobs, max_seconds=max_seconds,
+                          concurrency=concurrency, lease_seconds=lease_seconds,
+                          on_consumer=lambda c: holder.__setitem__("c", c))
+    summary = result.summary()
+    if as_json:
+        _print_json(summary)
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in result.counts().items()) or "nothing to do"
+        print(f"consume: {summary['jobs']} jobs ({counts}), {summary['records']} records; stopped: {summary['stopped_by']}")
+
+
+@app.command("refresh-tokens")
+def refresh_tokens(
+    margin: Annotated[int, typer.Option("--margin", min=0, help="Refresh tokens expiring within this many seconds.")] = 300,
+    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Renew every active connection's token that expires within the margin (cron: every 5 minutes).
+
+    Example:  clearlift refresh-tokens --margin 600
+    """
+    from clearlift_cli import app as core
+
+    result = core.refresh_tokens(_settings(db, None, home, config), margin_seconds=margin)
+    summary = result.summary()
+    if as_json:
+        _print_json(summary)
+        return
+    print(f"refresh-tokens: {summary['refreshed']} refreshed, {summary['skipped']} skipped, "
+          f"{summary['failed']} failed ({summary['needs_reauth']} need re-auth)")
+
+
+# -- status / queue -------------------------------------------------------------------------
+
+@app.command()
+def status(
+    connection_id: Annotated[Optional[str], typer.Argument(help="A connection id; omit for all.")] = None,
+    as_json: JsonOpt = False,
+    org: Annotated[Optional[str], typer.Option("--org")] = None,
+    platform: Annotated[Optional[str], typer.Option("--platform")] = None,
+    failing: Annotated[bool, typer.Option("--failing", help="Only failing or re-auth connections.")] = False,
+    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Where a connection (or every connection) stands.
+
+    With no argument, exits 1 when any active connection is failing or needs re-auth.
+
+    Examples:  clearlift status org-1-google-123 --json
+               clearlift status --failing
+    """
+    from clearlift_cli import app as core
+    from clearlift_cli import render
+    from clearlift_cli import status as st
+
+    store = core.store_for(_settings(db, None, home, config))
+    if connection_id:
+        report = st.connection_report(store, connection_id)
+        if as_json:
+            _print_json(st.sync_status(report.connection, report.latest_job))
+        else:
+            _console().print(render.connection_panel(report))
+        return
+    reports = st.all_reports(store, organization_id=org, platform=platform, failing_only=failing)
+    if as_json:
+        _print_json([{"connection_id": r.connection.id, **st.sync_status(r.connection, r.latest_job)} for r in reports])
+    else:
+        _console().print(render.status_table(reports))
+    if any(r.failing for r in reports):
+        raise typer.Exit(ExitCode.FAILURE)
+
+
+@queue_app.callback(invoke_without_command=True)
+def queue_summary(ctx: typer.Context, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+                  as_json: JsonOpt = False) -> None:
+    """Queue depth by priority, leased, delayed, dead-lettered, oldest age.
+
+    Example:  clearlift queue --json
+    """
+    if ctx.invoked_subcommand:
+        return
+    from clearlift_cli import app as core
+
+    stats = core.queue_stats(_settings(db, None, home, config))
+    if as_json:
+        _print_json(stats)
+        return
+    age = stats["oldest_ready_age_seconds"]
+    print(f"ready: {stats['ready']['high']} high, {stats['ready']['normal']} normal; delayed: {stats['delayed']}; "
+          f"leased: {stats['leased']}; dead: {stats['dead']}; done: {stats['done']}; "
+          f"oldest ready: {'-' if age is None else f'{age:.0f}s'}")
+    for p, until in stats["paused_platforms"].items():
+        print(f"platform {p} paused by a rate limit until {until}")
+
+
+@queue_app.command("dead")
+def queue_dead(limit: Annotated[int, typer.Option("--limit", min=1)] = 100, as_json: JsonOpt = False,
+               db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """List dead letters with their last error.  Example:  clearlift queue dead --limit 20"""
+    from clearlift_cli import app as core
+    from clearlift_cli.queue import SqliteQueue
+    from clearlift_cli.render import dead_table
+
+    store = core.store_for(_settings(db, None, home, config))
+    rows = SqliteQueue(store).dead_letters(limit)
+    if as_json:
+        _print_json([dict(r) for r in rows])
+    else:
+        _console().print(dead_table(rows))
+
+
+@queue_app.command("retry")
+def queue_retry(ref: Annotated[Optional[str], typer.Argument(help="Dead letter id or job id.")] = None,
+                all_: Annotated[bool, typer.Option("--all", help="Re-queue every dead letter.")] = False,
+                db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Re-queue dead letters (attempts start again from 0).
+
+    Examples:  clearlift queue retry 42      clearlift queue retry --all
+    """
+    from clearlift_cli import app as core
+    from clearlift_cli.queue import SqliteQueue
+
+    if bool(ref) == all_:
+        raise UsageError("give one dead letter id (or job id), or --all")
+    store = core.store_for(_settings(db, None, home, config))
+    jobs = SqliteQueue(store).requeue_dead(None if all_ else ref)
+    print(f"re-queued {len(jobs)} job(s)")
+
+
+# -- demo / sandbox -------------------------------------------------------------------------
+
+@app.command()
+def demo(home: Annotated[Optional[str], typer.Option("--home", help="Keep the demo's store and warehouse here (default: a temporary directory).")] = None) -> None:
+    """The whole pipeline on this machine with no accounts: sandbox APIs on loopback,
+    embedded store and warehouse.
+
+    Example:  clearlift demo --home /tmp/cl-demo && CLEARLIFT_HOME=/tmp/cl-demo clearlift status
+    """
+    from clearlift_cli import logsetup
+    from clearlift_cli.demo import run_demo
+
+    logsetup.configure(verbosity=_state["verbosity"] - 1, fmt=_state["log_format"])
+    run_demo(home, _console())
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    host: Annotated[str, typer.Option("--host", help="Loopback address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="First port (google); the next three serve facebook, tiktok, stripe. 0: any free ports.")] = 0,
+    token_ttl: Annotated[Optional[float], typer.Option("--token-ttl", help="Seconds the printed access tokens live (default: never expire).")] = None,
+) -> None:
+    """Run the sandbox platform servers until interrupted; prints the settings to use.
+
+    Example:  clearlift sandbox serve --port 8700
+    """
+    from clearlift_cli.sandbox.serve import serve
+
+    if not host.startswith("127.") and host not in ("localhost", "::1"):
+        raise UsageError("the sandbox binds to loopback only")
+    serve(host, port, token_ttl)
+
+
+def main() -> None:
+    """Entry point: runs the app and turns every ClearliftError into one line + exit code."""
+    try:
+        app()
+    except ClearliftError as exc:
+        from clearlift_cli.redact import redact
+
+        sys.stderr.write(f"error: {redact(exc)}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {redact(exc.hint)}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,459 @@
+"""The consumer: claimed jobs become exact rows in the warehouse.
+
+``Consumer.run_one`` is one job from claim to ack (huey's single iteration); ``run``
+claims batches and runs them on a thread pool until the queue is empty or a limit is
+reached. A failing job never stops the loop. Per job, as the system it replaces did:
+job ``running`` -> decrypt -> fetch (slice by slice, each slice committed to the
+warehouse atomically and recorded as coverage) -> job ``completed`` + connection
+``last_synced_at`` + onboarding, together with the queue ack in one store transaction,
+fenced by the lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time as _time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Callable, Iterator
+
+from clearlift_cli.crypto import FieldCipher
+from clearlift_cli.errors import (
+    AuthRevoked, ClearliftError, ConfigError, CryptoError, NotFound, PermanentError,
+    RateLimited, StoreError, TokenExpired, TransientError, WarehouseError,
+)
+from clearlift_cli.models import ClaimedMessage, Connection
+from clearlift_cli.platforms import platform_module
+from clearlift_cli.platforms.base import AdsClient, Credentials
+from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.redact import redact
+from clearlift_cli.settings import Settings
+from clearlift_cli.store import Store
+from clearlift_cli.timeutil import iso_z
+from clearlift_cli.tokens import decrypt_credentials, platform_context, refresh_connection
+from clearlift_cli.warehouse import open_warehouse
+from clearlift_cli.warehouse.base import RowOwner, Warehouse
+
+log = logging.getLogger("clearlift.consume")
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_LEASE_SECONDS = 300.0
+# Refresh before a job when the token expires within this long.
+EXPIRY_SLACK = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str
+    connection_id: str
+    platform: str
+    status: str  # completed | retry | deferred | failed | dropped | stale
+    records: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ConsumeResult:
+    outcomes: list[JobOutcome] = field(default_factory=list)
+    stopped_by: str = "empty"  # empty | max-jobs | max-seconds | signal
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o in self.outcomes:
+            out[o.status] = out.get(o.status, 0) + 1
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "jobs": len(self.outcomes), **self.counts(),
+            "records": sum(o.records for o in self.outcomes), "stopped_by": self.stopped_by,
+        }
+
+
+def fail_jobs(c: sqlite3.Connection, items: list[tuple[str, str]], now_iso: str) -> None:
+    """Mark jobs failed and their connections failed (inside the caller's transaction)."""
+    for job_id, error in items:
+        error = redact(error or "failed")
+        c.execute(
+            "UPDATE sync_jobs SET status = 'failed', completed_at = ?, error_message = ?, "
+            "updated_at = ?, current_phase = 'failed' WHERE id = ?",
+            (now_iso, error, now_iso, job_id),
+        )
+        c.execute(
+            "UPDATE platform_connections SET sync_status = 'failed', sync_error = ? "
+            "WHERE id = (SELECT connection_id FROM sync_jobs WHERE id = ?)",
+            (error, job_id),
+        )
+
+
+def date_slices(since: date, until: date, max_days: int | None) -> list[tuple[date, date]]:
+    """Split since..until (inclusive) into consecutive slices of at most ``max_days``."""
+    if max_days is None or max_days <= 0:
+        return [(since, until)]
+    out, start = [], since
+    while start <= until:
+        end = min(until, start + timedelta(days=max_days - 1))
+        out.append((start, end))
+        start = end + timedelta(days=1)
+    return out
+
+
+class Consumer:
+    def __init__(
+        self, settings: Settings, store: Store, *, warehouse: Warehouse | None = None,
+        owner: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        on_progress: Callable[[str, str, int, int | None], None] | None = None,
+    ):
+        self.settings = settings
+        self.store = store
+        self.clock = store.clock
+        self.queue = SqliteQueue(store, on_dead=self._on_dead)
+        self._warehouse = warehouse
+        self._warehouse_lock = threading.Lock()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.lease_seconds = lease_seconds
+        self.on_progress = on_progress
+        self._stop = threading.Event()
+        self._cipher: FieldCipher | None = None
+        self._has_onboarding = bool(store.read(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'onboarding_progress'"
+        ))
+
+    # -- resources ------------------------------------------------------------------------
+
+    @property
+    def warehouse(self) -> Warehouse:
+        with self._warehouse_lock:
+            if self._warehouse is None:
+                self._warehouse = open_warehouse(self.settings.warehouse_url)
+            return self._warehouse
+
+    @property
+    def cipher(self) -> FieldCipher:
+        if self._cipher is None:
+            self._cipher = FieldCipher(self.settings.key_bytes())
+        return self._cipher
+
+    def _on_dead(self, c: sqlite3.Connection, items: list[tuple[str, str]]) -> None:
+        fail_jobs(c, items, iso_z(self.clock.now()))
+
+    def stop(self) -> None:
+        """Finish in-flight jobs, claim no more (SIGTERM)."""
+        self._stop.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(
+        self, *, max_jobs: int | None = None, max_seconds: float | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY, only_job: str | None = None,
+    ) -> ConsumeResult:
+        result = ConsumeResult()
+        started = _time.monotonic()
+        claimed_total = 0
+        in_flight: dict[Future, ClaimedMessage] = {}
+        hb_stop = threading.Event()
+        hb = threading.Thread(target=self._heartbeat_loop, args=(in_flight, hb_stop), daemon=True)
+        hb.start()
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="job") as pool:
+                while True:
+                    if self._stop.is_set():
+                        result.stopped_by = "signal"
+                    elif max_seconds is not None and _time.monotonic() - started >= max_seconds:
+                        result.stopped_by = "max-seconds"
+                    elif max_jobs is not None and claimed_total >= max_jobs:
+                        result.stopped_by = "max-jobs"
+                    else:
+                        free = concurrency - len(in_flight)
+                        if max_jobs is not None:
+                            free = min(free, max_jobs - claimed_total)
+                        if free > 0:
+                            batch = self.queue.claim(self.owner, limit=free, lease_seconds=self.lease_seconds,
+                                                     only_job=only_job)
+                            for claimed in batch:
+                                in_flight[pool.submit(self.run_one, claimed)] = claimed
+                            claimed_total += len(batch)
+                            if not batch and not in_flight:
+                                result.stopped_by = "empty"
+                                break
+                        if in_flight:
+                            done, _ = wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
+                            for fut in done:
+                                claimed = in_flight.pop(fut)
+                                result.outcomes.append(self._collect(fut, claimed))
+                        continue
+                    # Stopping: let in-flight jobs finish (their leases keep them safe).
+                    for fut in list(in_flight):
+                        claimed = in_flight.pop(fut)
+                        result.outcomes.append(self._collect(fut, claimed))
+                    break
+        finally:
+            hb_stop.set()
+            hb.join(timeout=5)
+        return result
+
+    def _collect(self, fut: Future, claimed: ClaimedMessage) -> JobOutcome:
+        try:
+            return fut.result()
+        except BaseException as exc:  # run_one handles everything; this is a last guard
+            log.exception("job %s crashed the worker: %s", claimed.message.job_id, redact(exc))
+            return JobOutcome(claimed.message.job_id, claimed.message.connection_id,
+                              claimed.message.platform, "retry", error=redact(exc))
+
+    def _heartbeat_loop(self, in_flight: dict, stop: threading.Event) -> None:
+        interval = max(0.5, self.lease_seconds / 3)
+        while not stop.wait(interval):
+            for claimed in list(in_flight.values()):
+                try:
+                    if not self.queue.heartbeat(claimed, self.lease_seconds):
+                        log.warning("job %s lost its lease; its result will be discarded",
+                                    claimed.message.job_id)
+                except ClearliftError as exc:
+                    log.warning("heartbeat failed: %s", exc)
+
+    # -- one job --------------------------------------------------------------------------
+
+    def run_one(self, claimed: ClaimedMessage) -> JobOutcome:
+        msg = claimed.message
+        t0 = _time.monotonic()
+
+        def outcome(status: str, records: int = 0, error: str | None = None) -> JobOutcome:
+            o = JobOutcome(msg.job_id, msg.connection_id, msg.platform, status, records,
+                           redact(error) if error else None, round(_time.monotonic() - t0, 3))
+            line = "job %s %s %s: %s, %d records in %.2fs" + (" (%s)" if error else "")
+            args = [msg.job_id, msg.platform, msg.connection_id, status, records, o.seconds]
+            if error:
+                args.append(o.error)
+            (log.info if status in ("completed", "deferred") else log.warning)(line, *args)
+            return o
+
+        try:
+            conn = self.store.get_connection(msg.connection_id)
+        except NotFound:
+            return self._fail_now(claimed, "Connection no longer exists; job dropped", outcome, dropped=True)
+        if not conn.is_active:
+            return self._fail_now(claimed, "Connection was paused (is_active = 0); job dropped",
+                                  outcome, dropped=True, touch_connection=False)
+        previous_status = conn.sync_status
+        try:
+            self.store.start_job(msg.job_id, conn.id)
+            records = self._sync(claimed, conn)
+        except RateLimited as exc:
+            return self._defer(claimed, conn, exc, previous_status, outcome)
+        except AuthRevoked as exc:
+            flagged = self.store.record_auth_failure(
+                conn.id, reason=exc.reason, definitive=exc.definitive, prefix="Authentication failed")
+            text = f"{exc}" + (": the connection needs to be re-authorised (reconnect the account)" if flagged else "")
+            return self._fail_now(claimed, text, outcome, touch_connection=False)
+        except (PermanentError, CryptoError, ConfigError, NotFound) as exc:
+            return self._fail_now(claimed, str(exc), outcome)
+        except (TransientError, WarehouseError, StoreError) as exc:
+            return self._retry(claimed, str(exc), previous_status, outcome)
+        except Exception as exc:  # an unexpected bug: retry with backoff, never kill the loop
+            log.exception("unexpected error in job %s", msg.job_id)
+            return self._retry(claimed, f"unexpected error: {type(exc).__name__}: {exc}", previous_status, outcome)
+        return self._complete(claimed, conn, records, outcome)
+
+    def _sync(self, claimed: ClaimedMessage, conn: Connection) -> int:
+        msg = claimed.message
+        creds = decrypt_credentials(self.cipher, conn)
+        now = self.clock.now()
+        if creds.expires_at and creds.expires_at <= now + EXPIRY_SLACK:
+            creds = refresh_connection(self.settings, self.store, self.cipher, conn) or creds
+        module = platform_module(conn.platform)
+        last_progress = [0.0]
+
+        def progress(phase: str, done: int, total: int | None) -> None:
+            if self.on_progress:
+                self.on_progress(msg.job_id, phase, done, total)
+            t = _time.monotonic()
+            if t - last_progress[0] >= 1.0:
+                last_progress[0] = t
+                self.store.job_progress(msg.job_id, phase, done, total)
+
+        ctx = platform_context(self.settings, self.store, conn, progress=progress)
+        state = {"creds": creds, "refreshed": False}
+
+        def client():
+            return module.CLIENT(ctx, state["creds"])
+
+        def with_refresh(fn):
+            """Run fn(client); on an expired token refresh once and run it again."""
+            try:
+                return fn(client())
+            except (TokenExpired, AuthRevoked) as exc:
+                if isinstance(exc, AuthRevoked) and exc.definitive or state["refreshed"]:
+                    raise
+                state["refreshed"] = True
+                fresh = refresh_connection(self.settings, self.store, self.cipher,
+                                           self.store.get_connection(conn.id))
+                if fresh is None:
+                    raise AuthRevoked(str(exc), platform=conn.platform, definitive=False) from None
+                state["creds"] = fresh
+                try:
+                    return fn(client())
+                except TokenExpired as again:
+                    raise AuthRevoked(f"{again} (even after a token refresh)", platform=conn.platform,
+                                      definitive=False) from None
+
+        account = with_refresh(lambda c: c.account())
+        owner = RowOwner(conn.organization_id, conn.id, conn.account_id)
+        window = msg.sync_window
+        since = window.start.date()
+        # the window's end is exclusive: a window ending at midnight stops the day before
+        until = (window.end - timedelta(microseconds=1)).date()
+        if until < since:
+            until = since
+        slices = date_slices(since, until, module.CLIENT.max_window_days)
+        done = self.store.completed_slices(msg.job_id)
+        records = self.store.slice_records(msg.job_id)
+        total_slices = len(slices)
+        is_ads = issubclass(module.CLIENT, AdsClient)
+        for i, (s, e) in enumerate(slices):
+            if s.isoformat() in done:
+                continue
+            progress(f"slice {i + 1}/{total_slices} {s}..{e}", i, total_slices)
+            synced_at = self.clock.now()
+
+            def write_slice(c, first=(i == 0), s=s, e=e):
+                n = 0
+                with self.warehouse.transaction() as w:
+                    if is_ads:
+                        if first:
+                            n += w.upsert_campaigns(conn.platform, owner, account, c.campaigns(), synced_at)
+                        n += w.upsert_daily_metrics(conn.platform, owner, account, c.daily_metrics(s, e), synced_at)
+                    else:
+                        start = datetime.combine(s, datetime.min.time(), window.start.tzinfo)
+                        end = datetime.combine(e + timedelta(days=1), datetime.min.time(), window.start.tzinfo)
+                        start, end = max(start, window.start), min(end, window.end)
+                        n += w.upsert_charges(owner, account, c.charges(start, end), synced_at)
+                        n += w.rebuild_daily_revenue(owner, account, _local_date(start, account.time_zone),
+                                                     _local_date(end - timedelta(microseconds=1), account.time_zone),
+                                                     synced_at)
+                return n
+
+            n = with_refresh(write_slice)
+            self.store.record_slice(msg.job_id, conn.id, s.isoformat(), e.isoformat(), n)
+            records += n
+        progress("completed", total_slices, total_slices)
+        return records
+
+    # -- endings (each one store transaction, fenced by the lease) -------------------------
+
+    def _complete(self, claimed: ClaimedMessage, conn: Connection, records: int, outcome) -> JobOutcome:
+        msg = claimed.message
+        now_iso = iso_z(self.clock.now())
+        with self.store.write() as c:
+            if not self.queue.ack(c, claimed):
+                return outcome("stale", records, "lease lost before completion; another consumer owns the job")
+            c.execute(
+                """
+                UPDATE sync_jobs SET status = 'completed', completed_at = ?, updated_at = ?,
+                       records_synced = ?, total_records = ?, progress_percentage = 100,
+                       current_phase = 'completed', error_message = NULL,
+                       metadata = CASE WHEN json_valid(metadata)
+                                       THEN json_set(metadata, '$.records_synced', ?)
+                                       ELSE json_object('records_synced', ?) END
+                 WHERE id = ?
+                """,
+                (now_iso, now_iso, records, records, records, records, msg.job_id),
+            )
+            c.execute(
+                """
+                UPDATE platform_connections
+                   SET last_synced_at = ?, sync_status = 'completed', sync_error = NULL,
+                       needs_reauth = 0, reauth_reason = NULL, reauth_detected_at = NULL,
+                       consecutive_auth_failures = 0
+                 WHERE id = ?
+                """,
+                (now_iso, conn.id),
+            )
+            if self._has_onboarding and conn.connected_by:
+                c.execute(
+                    """
+                    UPDATE onboarding_progress
+                       SET first_sync_completed = TRUE, current_step = 'completed',
+                           completed_at = coalesce(completed_at, ?), updated_at = ?
+                     WHERE user_id = ? AND organization_id = ?
+                       AND (NOT coalesce(first_sync_completed, 0) OR current_step != 'completed')
+                    """,
+                    (now_iso, now_iso, conn.connected_by, conn.organization_id),
+                )
+        return outcome("completed", records)
+
+    def _fail_now(self, claimed, error: str, outcome, *, dropped: bool = False,
+                  touch_connection: bool = True) -> JobOutcome:
+        msg = claimed.message
+        error = redact(error)
+        now_iso = iso_z(self.clock.now())
+        with self.store.write() as c:
+            if not self.queue.dead_letter(c, claimed, error):
+                return outcome("stale", 0, error)
+            if touch_connection:
+                fail_jobs(c, [(msg.job_id, error)], now_iso)
+            else:
+                c.execute(
+                    "UPDATE sync_jobs SET status = 'failed', completed_at = ?, error_message = ?, "
+                    "updated_at = ?, current_phase = 'failed' WHERE id = ?",
+                    (now_iso, error, now_iso, msg.job_id),
+                )
+        return outcome("dropped" if dropped else "failed", 0, error)
+
+    def _retry(self, claimed, error: str, previous_status: str | None, outcome) -> JobOutcome:
+        msg = claimed.message
+        error = redact(error)
+        now_iso = iso_z(self.clock.now())
+        with self.store.write() as c:
+            state = self.queue.retry(c, claimed, error)
+            if state == "dead":
+                fail_jobs(c, [(msg.job_id, f"{error} (gave up after {claimed.attempts} attempts)")], now_iso)
+                return outcome("failed", 0, error)
+            if state == "ready":
+                self._back_to_pending(c, msg.job_id, msg.connection_id, error, previous_status, now_iso)
+        return outcome("retry" if state == "ready" else "stale", 0, error)
+
+    def _defer(self, claimed, conn: Connection, exc: RateLimited, previous_status, outcome) -> JobOutcome:
+        msg = claimed.message
+        until = self.clock.time() + exc.retry_after
+        note = f"Rate limited by {conn.platform}; deferred {exc.retry_after:.0f}s: {exc}"
+        now_iso = iso_z(self.clock.now())
+        with self.store.write() as c:
+            state = self.queue.retry(c, claimed, note, delay=exc.retry_after, count_attempt=False)
+            if state != "ready":
+                return outcome("stale", 0, note)
+            if exc.scope == "app":
+                self.store.pause_platform(c, conn.platform, until, note)
+            self._back_to_pending(c, msg.job_id, conn.id, note, previous_status, now_iso)
+        return outcome("deferred", 0, note)
+
+    @staticmethod
+    def _back_to_pending(c, job_id: str, connection_id: str, error: str, previous_status, now_iso) -> None:
+        c.execute(
+            "UPDATE sync_jobs SET status = 'pending', error_message = ?, updated_at = ?, "
+            "current_phase = 'waiting to retry' WHERE id = ?",
+            (error, now_iso, job_id),
+        )
+        c.execute(
+            "UPDATE platform_connections SET sync_status = ? WHERE id = ? AND sync_status = 'syncing'",
+            (previous_status if previous_status in ("pending", "completed", "failed") else "pending",
+             connection_id),
+        )
+
+
+def _local_date(dt: datetime, tz_name: str) -> date:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return dt.astimezone(ZoneInfo(tz_name)).date()
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.date()
+
+
+__all__ = ["Consumer", "ConsumeResult", "JobOutcome", "date_slices", "fail_jobs", "Iterator", "Credentials"]

@@ -1,0 +1,200 @@
+"""Domain values: connections, jobs, queue messages and their statuses."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from clearlift_cli.timeutil import iso_z, parse_ts
+
+
+class SyncStatus(str, enum.Enum):
+    """platform_connections.sync_status, as the API worker validates it."""
+
+    PENDING = "pending"
+    SYNCING = "syncing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class JobType(str, enum.Enum):
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+class Priority(str, enum.Enum):
+    HIGH = "high"
+    NORMAL = "normal"
+
+    @property
+    def rank(self) -> int:
+        return 0 if self is Priority.HIGH else 1
+
+
+class MessageState(str, enum.Enum):
+    READY = "ready"
+    LEASED = "leased"
+    DONE = "done"
+    DEAD = "dead"
+
+
+def connection_id_for(organization_id: str, platform: str, account_id: str) -> str:
+    return f"{organization_id}-{platform}-{account_id}"
+
+
+@dataclass(frozen=True)
+class Connection:
+    id: str
+    organization_id: str
+    platform: str
+    account_id: str
+    account_name: str | None
+    connected_by: str | None
+    connected_at: str | None
+    last_synced_at: str | None
+    sync_status: str | None
+    sync_error: str | None
+    is_active: bool
+    settings_text: str | None
+    credentials_encrypted: str | None = field(repr=False)
+    refresh_token_encrypted: str | None = field(repr=False)
+    expires_at: str | None
+    scopes: str | None
+    needs_reauth: bool = False
+    reauth_reason: str | None = None
+    reauth_detected_at: str | None = None
+    consecutive_auth_failures: int = 0
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Connection":
+        keys = row.keys()
+
+        def get(name: str, default: Any = None) -> Any:
+            return row[name] if name in keys else default
+
+        return cls(
+            id=row["id"],
+            organization_id=row["organization_id"],
+            platform=row["platform"],
+            account_id=str(row["account_id"]),
+            account_name=get("account_name"),
+            connected_by=get("connected_by"),
+            connected_at=get("connected_at"),
+            last_synced_at=get("last_synced_at"),
+            sync_status=get("sync_status"),
+            sync_error=get("sync_error"),
+            is_active=bool(get("is_active", 1)),
+            settings_text=get("settings"),
+            credentials_encrypted=get("credentials_encrypted"),
+            refresh_token_encrypted=get("refresh_token_encrypted"),
+            expires_at=get("expires_at"),
+            scopes=get("scopes"),
+            needs_reauth=bool(get("needs_reauth", 0) or 0),
+            reauth_reason=get("reauth_reason"),
+            reauth_detected_at=get("reauth_detected_at"),
+            consecutive_auth_failures=int(get("consecutive_auth_failures", 0) or 0),
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The connection's settings JSON; raises ValueError when it is not an object."""
+        text = self.settings_text or "{}"
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("settings is not a JSON object")
+        return value
+
+    def last_synced(self) -> datetime | None:
+        return parse_ts(self.last_synced_at)
+
+    def expires(self) -> datetime | None:
+        return parse_ts(self.expires_at)
+
+
+@dataclass(frozen=True)
+class SyncWindow:
+    start: datetime
+    end: datetime
+
+    def to_json(self) -> dict[str, str]:
+        return {"start": iso_z(self.start), "end": iso_z(self.end)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> "SyncWindow":
+        start, end = parse_ts(data["start"]), parse_ts(data["end"])
+        assert start is not None and end is not None
+        return cls(start, end)
+
+
+@dataclass(frozen=True)
+class SyncJobMessage:
+    """The queue message, field for field the one the Cloudflare workers exchanged."""
+
+    job_id: str
+    connection_id: str
+    organization_id: str
+    platform: str
+    account_id: str
+    job_type: JobType
+    sync_window: SyncWindow
+    retry_count: int
+    created_at: str
+    priority: Priority
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "connection_id": self.connection_id,
+            "organization_id": self.organization_id,
+            "platform": self.platform,
+            "account_id": self.account_id,
+            "job_type": self.job_type.value,
+            "sync_window": self.sync_window.to_json(),
+            "metadata": {
+                "retry_count": self.retry_count,
+                "created_at": self.created_at,
+                "priority": self.priority.value,
+            },
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str) -> "SyncJobMessage":
+        data = json.loads(text)
+        meta = data.get("metadata") or {}
+        return cls(
+            job_id=data["job_id"],
+            connection_id=data["connection_id"],
+            organization_id=data["organization_id"],
+            platform=data["platform"],
+            account_id=str(data["account_id"]),
+            job_type=JobType(data["job_type"]),
+            sync_window=SyncWindow.from_json(data["sync_window"]),
+            retry_count=int(meta.get("retry_count", 0)),
+            created_at=meta.get("created_at", ""),
+            priority=Priority(meta.get("priority", "normal")),
+        )
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """A message leased to one consumer. ``lease_token`` fences ack/retry: only the
+    delivery that holds the current lease can change the message."""
+
+    id: int
+    message: SyncJobMessage
+    attempts: int
+    max_attempts: int
+    lease_token: str
+    last_error: str | None = None

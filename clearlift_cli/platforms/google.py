@@ -1,0 +1,433 @@
+"""Google Ads over REST: GAQL through ``googleAds:searchStream``, tokens from Google OAuth.
+
+Wire facts (see PLATFORM_APIS.md): the stream answer is a JSON array of batches, int64
+values are strings, doubles are numbers, a zero field may be missing, and errors carry a
+``GoogleAdsFailure`` in ``error.details`` (sometimes wrapped in an array). Quota errors put
+the wait in the body (``retryDelay``), and a developer-token quota blocks the whole app.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from typing import Any, Iterator
+
+from clearlift_cli import redact as redaction
+from clearlift_cli.errors import (
+    AuthRevoked,
+    MissingAppCredentials,
+    PermanentError,
+    RateLimited,
+    TokenExpired,
+    TransientError,
+)
+from clearlift_cli.money import to_decimal, to_int, to_micros
+from clearlift_cli.platforms.base import (
+    Account,
+    AdsClient,
+    Campaign,
+    Credentials,
+    DailyMetric,
+    PlatformContext,
+    TokenGrant,
+)
+from clearlift_cli.platforms.http import HttpClient, Response
+from clearlift_cli.redact import redact
+
+PLATFORM = "google"
+
+ACCOUNT_QUERY = (
+    "SELECT customer.id, customer.descriptive_name, customer.currency_code, "
+    "customer.time_zone FROM customer"
+)
+CAMPAIGNS_QUERY = (
+    "SELECT campaign.id, campaign.name, campaign.status, campaign.advertising_channel_type, "
+    "campaign_budget.amount_micros FROM campaign WHERE campaign.status != 'REMOVED'"
+)
+METRICS_QUERY = (
+    "SELECT campaign.id, segments.date, metrics.impressions, metrics.clicks, "
+    "metrics.cost_micros, metrics.conversions, metrics.conversions_value FROM campaign "
+    "WHERE segments.date BETWEEN '{since}' AND '{until}'"
+)
+
+# Google's quota errors normally say how long to wait; this is used when one does not.
+DEFAULT_RETRY_DELAY_SECONDS = 30.0
+
+# Platform messages are shown to operators; a long one is cut so one line stays one line.
+_MAX_MESSAGE_CHARS = 300
+
+_TRANSIENT_STATUSES = {"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED", "UNKNOWN"}
+
+# Errors about the app's developer token: the app is misconfigured, not the user's grant.
+_DEVELOPER_TOKEN_CODES = {
+    "DEVELOPER_TOKEN_INVALID",
+    "DEVELOPER_TOKEN_PARAMETER_MISSING",
+    "DEVELOPER_TOKEN_NOT_APPROVED",
+    "DEVELOPER_TOKEN_PROHIBITED",
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def customer_id_digits(raw: object, what: str = "customer id") -> str:
+    """A Google Ads customer id as the API wants it: digits only (``123-456-7890`` ->
+    ``1234567890``). Anything else is a ``PermanentError``: retrying cannot fix it."""
+    text = str(raw or "").strip().replace("-", "")
+    if not text.isdigit():
+        raise PermanentError(
+            f"google: {what} {redact(raw)!r} is not a Google Ads customer id "
+            "(10 digits, dashes allowed)",
+            platform=PLATFORM,
+        )
+    return text
+
+
+def parse_retry_delay(value: object) -> float | None:
+    """Seconds from a protobuf Duration in JSON (``"40s"``, ``"1.5s"``) or its object form
+    (``{"seconds": "40", "nanos": 0}``); None when absent or unreadable."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        return float(match.group(1)) if match else None
+    if isinstance(value, dict):
+        try:
+            return float(value.get("seconds") or 0) + float(value.get("nanos") or 0) / 1e9
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _error_of(body: Any) -> dict | None:
+    """The ``error`` object of an answer, whether bare or wrapped in a stream array."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
+    if isinstance(body, list):
+        for item in body:
+            if isinstance(item, dict) and isinstance(item.get("error"), dict):
+                return item["error"]
+    return None
+
+
+def _failures(error: dict) -> list[dict]:
+    """The individual ``GoogleAdsFailure.errors`` of an error object."""
+    out: list[dict] = []
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict):
+            out.extend(e for e in detail.get("errors") or [] if isinstance(e, dict))
+    return out
+
+
+def _short(text: object) -> str:
+    clean = redact(" ".join(str(text).split()))
+    return clean if len(clean) <= _MAX_MESSAGE_CHARS else clean[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def classify(response: Response, body: Any) -> None:
+    """Raise the ``clearlift_cli.errors`` exception for a Google Ads error answer.
+
+    Returns for a good answer, and for a non-JSON one with a status that says nothing more
+    (``HttpClient`` then reports a malformed body as ``TransientError``)."""
+    error = _error_of(body)
+    status = response.status
+    if error is None:
+        if status < 400:
+            return
+        if status == 429:
+            raise RateLimited(
+                "google: HTTP 429 without a retry delay",
+                retry_after=DEFAULT_RETRY_DELAY_SECONDS, platform=PLATFORM,
+            )
+        if status == 401:
+            raise AuthRevoked(
+                "google: HTTP 401, the access token was refused",
+                platform=PLATFORM, definitive=False,
+            )
+        if status == 404:
+            raise PermanentError(
+                "google: HTTP 404, check CLEARLIFT_GOOGLE_ADS_URL and the API version",
+                platform=PLATFORM,
+            )
+        if body is None:
+            return
+        error = {}
+
+    code = status if status >= 400 else _as_int(error.get("code"), default=500)
+    grpc_status = str(error.get("status") or "")
+    failures = _failures(error)
+    codes = {
+        value
+        for f in failures
+        for value in (f.get("errorCode") or {}).values()
+        if isinstance(value, str)
+    }
+    categories = {cat for f in failures for cat in (f.get("errorCode") or {})}
+    message = (failures[0].get("message") if failures else None) or error.get("message") or ""
+    label = grpc_status or f"HTTP {code}"
+    if codes:
+        label += f" ({', '.join(sorted(codes))})"
+    text = f"google: {label}: {_short(message)}" if message else f"google: {label}"
+
+    if code == 429 or grpc_status == "RESOURCE_EXHAUSTED" or "quotaError" in categories:
+        delays: list[float] = []
+        scopes: set[str] = set()
+        for f in failures:
+            quota = ((f.get("details") or {}).get("quotaErrorDetails")) or {}
+            delay = parse_retry_delay(quota.get("retryDelay"))
+            if delay is not None:
+                delays.append(delay)
+            if quota.get("rateScope"):
+                scopes.add(str(quota["rateScope"]))
+        # The developer token's quota is shared by every account the app serves.
+        scope = "app" if "DEVELOPER" in scopes else "account"
+        raise RateLimited(
+            text,
+            retry_after=max(delays) if delays else DEFAULT_RETRY_DELAY_SECONDS,
+            scope=scope, platform=PLATFORM,
+        )
+    if codes & _DEVELOPER_TOKEN_CODES:
+        raise PermanentError(
+            f"{text} (check GOOGLE_ADS_DEVELOPER_TOKEN: the app's developer token was refused)",
+            platform=PLATFORM,
+        )
+    if code == 401 or grpc_status == "UNAUTHENTICATED":
+        if "OAUTH_TOKEN_EXPIRED" in codes:
+            raise TokenExpired(text, platform=PLATFORM)
+        # Ambiguous: a refresh may still work, so this is not yet a definitive revocation.
+        raise AuthRevoked(text, platform=PLATFORM, reason=_short(message or label), definitive=False)
+    if code >= 500 or code in (408, 409) or grpc_status in _TRANSIENT_STATUSES:
+        raise TransientError(text, platform=PLATFORM)
+    raise PermanentError(text, platform=PLATFORM)
+
+
+def _as_int(value: object, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+
+
+def classify_oauth(response: Response, body: Any) -> None:
+    """Raise for an error answer of Google's token endpoint (``{"error": "invalid_grant",
+    "error_description": ...}``); return for a good one."""
+    status = response.status
+    if status < 400:
+        return
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):  # some Google endpoints use the API error shape here
+        error = error.get("status") or error.get("message")
+    description = body.get("error_description") if isinstance(body, dict) else None
+    detail = _short(description or error or f"HTTP {status}")
+    if error == "invalid_grant":
+        raise AuthRevoked(
+            f"google: refresh token refused (invalid_grant): {detail}",
+            platform=PLATFORM, reason=detail, definitive=True,
+        )
+    if error in ("invalid_client", "unauthorized_client"):
+        raise PermanentError(
+            f"google: the OAuth client was refused ({error}): {detail}; check "
+            "GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET",
+            platform=PLATFORM,
+        )
+    if status == 429:
+        raise RateLimited(
+            f"google: token endpoint rate limited: {detail}",
+            retry_after=DEFAULT_RETRY_DELAY_SECONDS, platform=PLATFORM,
+        )
+    if status >= 500 or body is None:
+        if status >= 500:
+            raise TransientError(f"google: token endpoint HTTP {status}: {detail}", platform=PLATFORM)
+        return  # non-JSON 4xx: HttpClient reports the malformed body as transient
+    raise PermanentError(f"google: token refresh failed ({error or status}): {detail}", platform=PLATFORM)
+
+
+def _http(ctx: PlatformContext) -> HttpClient:
+    return HttpClient(
+        platform=PLATFORM, clock=ctx.clock, timeout=ctx.settings.http_timeout, session=ctx.session
+    )
+
+
+def _shape_error(what: str, exc: Exception) -> TransientError:
+    return TransientError(f"google: unexpected {what} in the answer ({_short(exc)})", platform=PLATFORM)
+
+
+class GoogleAdsClient(AdsClient):
+    """Campaigns and daily campaign metrics of one Google Ads customer account."""
+
+    platform = PLATFORM
+    # searchStream has no window limit; slices keep a huge backfill committing in parts.
+    max_window_days = 90
+    default_lookback_days = 3
+    # Conversions are credited to the click's day for up to the 30-day default window.
+    attribution_window_days = 30
+
+    def __init__(self, ctx: PlatformContext, credentials: Credentials):
+        super().__init__(ctx, credentials)
+        redaction.register(credentials.access_token, credentials.refresh_token)
+        self.http = _http(ctx)
+
+    # --- requests ------------------------------------------------------------------------
+
+    @property
+    def customer_id(self) -> str:
+        return customer_id_digits(self.ctx.account_id)
+
+    def _login_customer_id(self) -> str | None:
+        conn = self.ctx.connection_settings or {}
+        # The connection's own manager account wins over the app-wide default.
+        raw = conn.get("login_customer_id") or conn.get("loginCustomerId")
+        if raw:
+            return customer_id_digits(raw, "login_customer_id")
+        if self.ctx.settings.google_ads_login_customer_id:
+            return customer_id_digits(
+                self.ctx.settings.google_ads_login_customer_id, "GOOGLE_ADS_LOGIN_CUSTOMER_ID"
+            )
+        return None
+
+    def _headers(self) -> dict[str, str]:
+        developer_token = self.ctx.settings.google_ads_developer_token
+        if not developer_token:
+            raise MissingAppCredentials(
+                "GOOGLE_ADS_DEVELOPER_TOKEN is not set: Google Ads needs the app's developer token"
+            )
+        headers = {
+            "Authorization": f"Bearer {self.credentials.access_token}",
+            "developer-token": developer_token,
+        }
+        login = self._login_customer_id()
+        if login:
+            headers["login-customer-id"] = login
+        return headers
+
+    def search_stream(self, query: str, phase: str | None = None) -> Iterator[dict]:
+        """Every result row of a GAQL query, yielded batch by batch as they were streamed."""
+        settings = self.ctx.settings
+        url = (
+            f"{settings.google_ads_url}/{settings.google_ads_api_version}/customers/"
+            f"{self.customer_id}/googleAds:searchStream"
+        )
+        body = self.http.request(
+            "POST", url, classify=classify, json_body={"query": query}, headers=self._headers()
+        )
+        if not isinstance(body, list):
+            raise TransientError(
+                "google: searchStream answered with something other than an array of batches",
+                platform=PLATFORM,
+            )
+        done = 0
+        for batch in body:
+            results = batch.get("results") if isinstance(batch, dict) else None
+            if results is None:
+                continue  # an empty stream is one batch with only fieldMask and requestId
+            if not isinstance(results, list):
+                raise TransientError("google: a stream batch has no result list", platform=PLATFORM)
+            yield from results
+            done += len(results)
+            if phase and self.ctx.progress:
+                self.ctx.progress(phase, done, None)
+
+    # --- the AdsClient interface ------------------------------------------------------------
+
+    def account(self) -> Account:
+        for row in self.search_stream(ACCOUNT_QUERY):
+            customer = row.get("customer") or {}
+            try:
+                return Account(
+                    account_id=str(customer.get("id") or self.customer_id),
+                    currency=str(customer["currencyCode"]).upper(),
+                    time_zone=str(customer["timeZone"]),
+                    name=customer.get("descriptiveName") or None,
+                )
+            except KeyError as exc:
+                raise _shape_error("customer row", exc) from None
+        raise PermanentError(
+            f"google: customer {self.customer_id} returned no customer row", platform=PLATFORM
+        )
+
+    def campaigns(self) -> Iterator[Campaign]:
+        for row in self.search_stream(CAMPAIGNS_QUERY, phase="campaigns"):
+            yield _campaign(row)
+
+    def daily_metrics(self, since: date, until: date) -> Iterator[DailyMetric]:
+        if until < since:
+            return
+        query = METRICS_QUERY.format(since=since.isoformat(), until=until.isoformat())
+        for row in self.search_stream(query, phase="metrics"):
+            yield _metric(row)
+
+
+def _campaign(row: dict) -> Campaign:
+    try:
+        campaign = row["campaign"]
+        budget = row.get("campaignBudget")
+        return Campaign(
+            campaign_id=str(campaign["id"]),
+            campaign_name=campaign.get("name"),
+            status=campaign.get("status"),
+            objective=None,
+            channel=campaign.get("advertisingChannelType"),
+            # A campaign without a budget resource has no budget; a present one missing
+            # its amount is a proto3 zero.
+            budget_micros=None if budget is None else to_int(budget.get("amountMicros")),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _shape_error("campaign row", exc) from None
+
+
+def _metric(row: dict) -> DailyMetric:
+    try:
+        metrics = row.get("metrics") or {}
+        return DailyMetric(
+            campaign_id=str(row["campaign"]["id"]),
+            metric_date=date.fromisoformat(row["segments"]["date"]),
+            impressions=to_int(metrics.get("impressions")),
+            clicks=to_int(metrics.get("clicks")),
+            spend_micros=to_int(metrics.get("costMicros")),
+            conversions=to_decimal(metrics.get("conversions")),
+            conversion_value_micros=to_micros(metrics.get("conversionsValue")),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _shape_error("metrics row", exc) from None
+
+
+def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant | None:
+    """A new access token from the stored refresh token. Raises ``MissingAppCredentials``
+    without the app's client id/secret and ``AuthRevoked(definitive=True)`` when there is no
+    refresh token or Google refuses it (``invalid_grant``)."""
+    settings = ctx.settings
+    if not settings.google_client_id or not settings.google_client_secret:
+        raise MissingAppCredentials(
+            "GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET must be set to refresh Google tokens"
+        )
+    if not credentials.refresh_token:
+        raise AuthRevoked(
+            "google: no refresh token stored; the connection must be re-authorised",
+            platform=PLATFORM, reason="no refresh token stored", definitive=True,
+        )
+    redaction.register(credentials.access_token, credentials.refresh_token)
+    body = _http(ctx).request(
+        "POST",
+        f"{settings.google_oauth_url}/token",
+        classify=classify_oauth,
+        data={
+            "client_id": settings.google_client_id,
+            "client_secret": settings.google_client_secret,
+            "refresh_token": credentials.refresh_token,
+            "grant_type": "refresh_token",
+        },
+    )
+    if not isinstance(body, dict) or not body.get("access_token"):
+        raise TransientError("google: token endpoint answered without an access token", platform=PLATFORM)
+    access = str(body["access_token"])
+    new_refresh = body.get("refresh_token") or None
+    redaction.register(access, new_refresh)
+    # Google access tokens always expire; assume its usual hour if the field is missing.
+    expires_in = body.get("expires_in", 3600)
+    try:
+        expires_at = ctx.clock.now() + timedelta(seconds=float(expires_in))
+    except (TypeError, ValueError):
+        raise TransientError(
+            "google: token endpoint answered with a bad expires_in", platform=PLATFORM
+        ) from None
+    return TokenGrant(access_token=access, expires_at=expires_at, refresh_token=new_refresh)
+
+
+CLIENT = GoogleAdsClient

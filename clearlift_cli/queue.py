@@ -1,0 +1,280 @@
+"""The durable job queue (the ``sync_queue`` table in the store file).
+
+Replaces Cloudflare Queues. A message is ``ready`` (claimable once ``visible_at`` has
+passed), ``leased`` (invisible until its lease expires at ``visible_at``), ``done`` or
+``dead``. Because lease expiry is part of the claim condition, a crashed consumer's
+messages come back by themselves: there is no sweeper that could itself die. Every
+delivery gets a fresh ``lease_token``; ack, retry and heartbeat are fenced by it, so a
+consumer whose lease expired and was re-claimed changes nothing when it finally answers.
+Nothing is deleted: acked messages stay ``done``, failures go to ``dead`` with the error.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from clearlift_cli.errors import Conflict, NotFound
+from clearlift_cli.models import ClaimedMessage, Priority, SyncJobMessage
+from clearlift_cli.redact import redact
+from clearlift_cli.store import Store
+from clearlift_cli.timeutil import iso_z
+
+DEFAULT_MAX_ATTEMPTS = 4  # 1 + 3 retries
+BACKOFF_BASE_SECONDS = 30.0
+BACKOFF_CAP_SECONDS = 900.0
+
+# Called inside the transaction that dead-letters messages, with (connection, [(job_id,
+# error)]), so job rows fail in the same commit as their messages.
+DeadLetterHook = Callable[[sqlite3.Connection, list[tuple[str, str]]], None]
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    ready_high: int
+    ready_normal: int
+    delayed: int
+    leased: int
+    dead: int
+    done: int
+    oldest_ready_age_s: float | None
+
+
+def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter in its upper half: 30 s, 60 s, 120 s, ... capped."""
+    base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** max(0, attempts - 1)))
+    r = (rng or random).random()
+    return base / 2 + r * base / 2
+
+
+class SqliteQueue:
+    def __init__(self, store: Store, *, on_dead: DeadLetterHook | None = None):
+        self.store = store
+        self.clock = store.clock
+        self.on_dead = on_dead
+
+    # -- producing ------------------------------------------------------------------------
+
+    def enqueue(
+        self, c: sqlite3.Connection, message: SyncJobMessage, *, delay: float = 0.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> int:
+        """Add a message inside the caller's write transaction ``c`` (so the job row and
+        its message commit together). Raises Conflict if the connection has a live one."""
+        now = self.clock.time()
+        try:
+            cur = c.execute(
+                "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
+                "visible_at, attempts, max_attempts, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?)",
+                (message.job_id, message.connection_id, message.platform, message.dumps(),
+                 message.priority.rank, now + delay, max_attempts, iso_z(self.clock.now()),
+                 iso_z(self.clock.now())),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"connection {message.connection_id} already has a queued or running job"
+            ) from None
+        return int(cur.lastrowid)
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def claim(
+        self, owner: str, *, limit: int, lease_seconds: float, only_job: str | None = None,
+    ) -> list[ClaimedMessage]:
+        """Lease up to ``limit`` available messages to ``owner`` in one transaction,
+        ``high`` before ``normal``, oldest first. Messages whose lease expired after their
+        last allowed attempt are dead-lettered instead of delivered again."""
+        now = self.clock.time()
+        now_iso = iso_z(self.clock.now())
+        with self.store.write() as c:
+            exhausted = c.execute(
+                "UPDATE sync_queue SET state = 'dead', finished_at = ?, updated_at = ?, "
+                "last_error = coalesce(last_error || ' (then ', '(') || "
+                "'lease expired on the last attempt: consumer crashed or timed out)' || "
+                "CASE WHEN last_error IS NULL THEN '' ELSE ')' END, lease_token = NULL "
+                "WHERE state = 'leased' AND visible_at <= ? AND attempts >= max_attempts "
+                "RETURNING job_id, last_error",
+                (now_iso, now_iso, now),
+            ).fetchall()
+            if exhausted and self.on_dead:
+                self.on_dead(c, [(r[0], r[1]) for r in exhausted])
+            paused = [r[0] for r in c.execute(
+                "SELECT platform FROM clearlift_platform_pauses WHERE until > ?", (now,)
+            )]
+            skip, extra = "", list(paused)
+            if paused:
+                skip = f" AND platform NOT IN ({','.join('?' * len(paused))})"
+            if only_job:
+                skip += " AND job_id = ?"
+                extra.append(only_job)
+            token = uuid.uuid4().hex
+            rows = c.execute(
+                f"""
+                UPDATE sync_queue
+                   SET state = 'leased', lease_owner = ?, lease_token = ? || '-' || id,
+                       attempts = attempts + 1, visible_at = ?, updated_at = ?
+                 WHERE id IN (SELECT id FROM sync_queue
+                               WHERE state IN ('ready', 'leased') AND visible_at <= ?{skip}
+                               ORDER BY priority, visible_at, id LIMIT ?)
+             RETURNING id, body, attempts, max_attempts, lease_token, last_error, priority, visible_at
+                """,
+                (owner, token, now + lease_seconds, now_iso, now, *extra, limit),
+            ).fetchall()
+        rows = sorted(rows, key=lambda r: (r["priority"], r["id"]))
+        out = []
+        for r in rows:
+            msg = SyncJobMessage.loads(r["body"])
+            msg = _with_retry_count(msg, r["attempts"] - 1)
+            out.append(ClaimedMessage(
+                id=r["id"], message=msg, attempts=r["attempts"], max_attempts=r["max_attempts"],
+                lease_token=r["lease_token"], last_error=r["last_error"],
+            ))
+        return out
+
+    def heartbeat(self, claimed: ClaimedMessage, lease_seconds: float) -> bool:
+        """Extend the lease; False when this delivery no longer holds it."""
+        with self.store.write() as c:
+            n = c.execute(
+                "UPDATE sync_queue SET visible_at = ?, updated_at = ? "
+                "WHERE id = ? AND lease_token = ? AND state = 'leased'",
+                (self.clock.time() + lease_seconds, iso_z(self.clock.now()), claimed.id,
+                 claimed.lease_token),
+            ).rowcount
+        return n == 1
+
+    def ack(self, c: sqlite3.Connection, claimed: ClaimedMessage) -> bool:
+        """Mark done inside the caller's transaction; False (and no change) if fenced out."""
+        now_iso = iso_z(self.clock.now())
+        n = c.execute(
+            "UPDATE sync_queue SET state = 'done', finished_at = ?, updated_at = ?, lease_token = NULL "
+            "WHERE id = ? AND lease_token = ? AND state = 'leased'",
+            (now_iso, now_iso, claimed.id, claimed.lease_token),
+        ).rowcount
+        return n == 1
+
+    def holds_lease(self, c: sqlite3.Connection, claimed: ClaimedMessage) -> bool:
+        return c.execute(
+            "SELECT 1 FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
+            (claimed.id, claimed.lease_token),
+        ).fetchone() is not None
+
+    def retry(
+        self, c: sqlite3.Connection, claimed: ClaimedMessage, error: str, *,
+        delay: float | None = None, count_attempt: bool = True,
+    ) -> str:
+        """Put the message back (inside the caller's transaction). With ``count_attempt``
+        False (rate limits, shutdown) the delivery does not use up an attempt. Returns the
+        new state: ``ready``, ``dead``, or ``stale`` when fenced out (nothing changed)."""
+        error = redact(error)
+        now = self.clock.time()
+        now_iso = iso_z(self.clock.now())
+        row = c.execute(
+            "SELECT attempts, max_attempts FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
+            (claimed.id, claimed.lease_token),
+        ).fetchone()
+        if row is None:
+            return "stale"
+        attempts, max_attempts = row
+        if count_attempt and attempts >= max_attempts:
+            self._dead(c, claimed.id, error)
+            return "dead"
+        if delay is None:
+            delay = backoff_seconds(attempts)
+        c.execute(
+            "UPDATE sync_queue SET state = 'ready', visible_at = ?, last_error = ?, updated_at = ?, "
+            "lease_token = NULL, lease_owner = NULL, attempts = attempts - ? WHERE id = ?",
+            (now + delay, error, now_iso, 0 if count_attempt else 1, claimed.id),
+        )
+        return "ready"
+
+    def dead_letter(self, c: sqlite3.Connection, claimed: ClaimedMessage, error: str) -> bool:
+        """Fail the message now (permanent error), fenced by its lease."""
+        ok = self.holds_lease(c, claimed)
+        if ok:
+            self._dead(c, claimed.id, redact(error))
+        return ok
+
+    def _dead(self, c: sqlite3.Connection, message_id: int, error: str) -> None:
+        now_iso = iso_z(self.clock.now())
+        c.execute(
+            "UPDATE sync_queue SET state = 'dead', last_error = ?, finished_at = ?, updated_at = ?, "
+            "lease_token = NULL WHERE id = ?",
+            (error, now_iso, now_iso, message_id),
+        )
+
+    # -- inspecting and re-queueing -----------------------------------------------------------
+
+    def stats(self) -> QueueStats:
+        now = self.clock.time()
+        row = self.store.read(
+            """
+            SELECT
+              sum(state = 'ready' AND visible_at <= ? AND priority = 0),
+              sum(state = 'ready' AND visible_at <= ? AND priority = 1),
+              sum(state = 'ready' AND visible_at > ?),
+              sum(state = 'leased'),
+              sum(state = 'dead'),
+              sum(state = 'done'),
+              min(CASE WHEN state = 'ready' AND visible_at <= ? THEN visible_at END)
+            FROM sync_queue
+            """,
+            (now, now, now, now),
+        )[0]
+        oldest = None if row[6] is None else max(0.0, now - row[6])
+        return QueueStats(*(int(v or 0) for v in row[:6]), oldest_ready_age_s=oldest)
+
+    def dead_letters(self, limit: int = 100) -> list[sqlite3.Row]:
+        return self.store.read(
+            "SELECT id, job_id, connection_id, platform, attempts, last_error, finished_at "
+            "FROM sync_queue WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+
+    def requeue_dead(self, ref: str | None = None) -> list[str]:
+        """Re-queue one dead letter (by message id or job id) or, with None, all of them;
+        attempts start again from 0. Returns the job ids re-queued."""
+        now = self.clock.time()
+        now_iso = iso_z(self.clock.now())
+        with self.store.write() as c:
+            if ref is None:
+                rows = c.execute("SELECT id, job_id, connection_id FROM sync_queue WHERE state = 'dead'").fetchall()
+            else:
+                rows = c.execute(
+                    "SELECT id, job_id, connection_id FROM sync_queue WHERE state = 'dead' "
+                    "AND (job_id = ? OR CAST(id AS TEXT) = ?)", (ref, ref),
+                ).fetchall()
+                if not rows:
+                    raise NotFound(f"no dead letter {ref!r} (see `clearlift queue dead`)")
+            done = []
+            for r in rows:
+                try:
+                    c.execute(
+                        "UPDATE sync_queue SET state = 'ready', attempts = 0, visible_at = ?, "
+                        "updated_at = ?, finished_at = NULL, lease_owner = NULL, lease_token = NULL "
+                        "WHERE id = ?", (now, now_iso, r["id"]),
+                    )
+                except sqlite3.IntegrityError:
+                    if ref is not None:
+                        raise Conflict(
+                            f"connection {r['connection_id']} already has a queued or running job"
+                        ) from None
+                    continue
+                c.execute(
+                    "UPDATE sync_jobs SET status = 'pending', completed_at = NULL, updated_at = ? "
+                    "WHERE id = ?", (now_iso, r["job_id"]),
+                )
+                done.append(r["job_id"])
+        return done
+
+
+def _with_retry_count(msg: SyncJobMessage, retry_count: int) -> SyncJobMessage:
+    from dataclasses import replace
+
+    return replace(msg, retry_count=max(0, retry_count))
+
+
+__all__ = ["SqliteQueue", "QueueStats", "backoff_seconds", "Priority"]

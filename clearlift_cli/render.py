@@ -1,0 +1,118 @@
+"""Rich rendering for people: tables, panels, progress. Only the CLI imports this."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from clearlift_cli.redact import redact
+from clearlift_cli.status import REAUTH_HINT, ConnectionReport, _records
+from clearlift_cli.timeutil import iso_z
+
+_STATUS_STYLE = {"completed": "green", "failed": "red", "syncing": "cyan", "running": "cyan", "pending": "yellow"}
+
+
+def _styled(value: str | None) -> Text:
+    v = value or "-"
+    return Text(v, style=_STATUS_STYLE.get(v, ""))
+
+
+def connections_table(conns) -> Table:
+    t = Table(title=f"{len(conns)} connection(s)")
+    for col in ("id", "platform", "account", "active", "status", "last synced", "expires"):
+        t.add_column(col)
+    for c in conns:
+        t.add_row(c.id, c.platform, c.account_name or c.account_id, "yes" if c.is_active else "paused",
+                  _styled("needs re-auth" if c.needs_reauth else c.sync_status), c.last_synced_at or "never",
+                  c.expires_at or "-")
+    return t
+
+
+def status_table(reports: list[ConnectionReport]) -> Table:
+    failing = sum(r.failing for r in reports)
+    active = sum(r.connection.is_active for r in reports)
+    t = Table(title=f"{len(reports)} connection(s): {active} active, {failing} failing")
+    for col in ("connection", "platform", "active", "status", "last synced", "latest job", "records", "next due", "error"):
+        t.add_column(col, overflow="fold")
+    for r in reports:
+        c, j = r.connection, r.latest_job
+        t.add_row(
+            c.id, c.platform, "yes" if c.is_active else "paused",
+            _styled("needs re-auth" if c.needs_reauth else c.sync_status),
+            c.last_synced_at or "never",
+            _styled(f"{j['job_type']} {j['status']}" if j is not None else None),
+            str(_records(j)) if j is not None else "-",
+            iso_z(r.next_due_at) if r.next_due_at else "-",
+            redact(c.sync_error or "")[:80],
+        )
+    return t
+
+
+def connection_panel(r: ConnectionReport) -> Panel:
+    c, j = r.connection, r.latest_job
+    lines = [
+        f"[b]{c.id}[/b]  ({c.platform}, account {c.account_id}{' — ' + c.account_name if c.account_name else ''})",
+        f"active: {'yes' if c.is_active else 'no (paused)'}    status: {c.sync_status or '-'}    "
+        f"last synced: {c.last_synced_at or 'never'}",
+    ]
+    if c.sync_error:
+        lines.append(f"[red]error:[/red] {redact(c.sync_error)}")
+    if j is not None:
+        progress = ""
+        if j["status"] == "running":
+            progress = f"  {j['current_phase'] or ''} {j['progress_percentage'] or 0}%"
+        lines.append(f"latest job: {j['id']} {j['job_type']} [b]{j['status']}[/b]{progress}  records: {_records(j)}  "
+                     f"created {j['created_at']}  completed {j['completed_at'] or '-'}")
+        if j["error_message"]:
+            lines.append(f"job error: {redact(j['error_message'])}")
+    else:
+        lines.append("latest job: none yet")
+    lines.append(f"next due: {iso_z(r.next_due_at) if r.next_due_at else '- (paused or needs re-auth)'}")
+    if r.coverage:
+        lines.append("synced: " + ", ".join(f"{s}..{e}" for s, e in r.coverage))
+    if r.gaps:
+        lines.append("[yellow]gaps:[/yellow] " + ", ".join(f"{s}..{e}" for s, e in r.gaps)
+                     + f"  (backfill: clearlift sync {c.id} --now --since {r.gaps[0][0]} --until {r.gaps[-1][1]})")
+    if c.needs_reauth:
+        lines.append(f"[red b]needs re-authorisation[/red b] since {c.reauth_detected_at or '?'}: "
+                     f"{redact(c.reauth_reason or '')}")
+        lines.append(REAUTH_HINT)
+    return Panel("\n".join(lines), title="clearlift status", expand=False)
+
+
+def dead_table(rows) -> Table:
+    t = Table(title=f"{len(rows)} dead letter(s)")
+    for col in ("id", "job", "connection", "platform", "attempts", "failed at", "last error"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(str(r["id"]), r["job_id"], r["connection_id"], r["platform"], str(r["attempts"]),
+                  r["finished_at"] or "-", redact(r["last_error"] or ""))
+    return t
+
+
+def run_with_progress(run: Callable[[Callable], Any], job_id: str):
+    """Run a consume call for one job, showing a progress bar on a terminal."""
+    if not sys.stderr.isatty():
+        result = run(None)
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), transient=False) as progress:
+            task = progress.add_task("starting", total=None)
+
+            def on_progress(_job: str, phase: str, done: int, total: int | None) -> None:
+                progress.update(task, description=phase, completed=done, total=total)
+
+            result = run(on_progress)
+    outcome = next((o for o in result.outcomes if o.job_id == job_id), None)
+    if outcome is None:
+        print(f"job {job_id} was not run here (another consumer holds it, or it is delayed)")
+    else:
+        print(f"job {job_id}: {outcome.status}, {outcome.records} records in {outcome.seconds:.1f}s"
+              + (f" — {outcome.error}" if outcome.error else ""))
+    return outcome

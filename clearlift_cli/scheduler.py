@@ -1,0 +1,218 @@
+"""Scheduling: which connections are due, and enqueueing their jobs.
+
+Rules (from the system this replaces): only active connections; never synced -> a
+``full`` job over the last 7 days at priority ``high``; otherwise due
+``settings.sync_interval_minutes`` (default 60) after ``last_synced_at``, as an
+``incremental`` job whose window starts a lookback before the last sync; never a second
+job while one is pending or running; connections flagged ``needs_reauth`` wait for a
+reconnect. The job row and its queue message are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from clearlift_cli.errors import Conflict, UsageError
+from clearlift_cli.models import (
+    Connection, JobType, Priority, SyncJobMessage, SyncWindow,
+)
+from clearlift_cli.platforms import PLATFORMS
+from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.store import CONNECTION_COLUMNS, Store, new_job_id
+from clearlift_cli.timeutil import UTC, iso_z, parse_ts
+
+log = logging.getLogger("clearlift.schedule")
+
+DEFAULT_INTERVAL_MINUTES = 60
+FULL_SYNC_DAYS = 7
+DEFAULT_LOOKBACK_DAYS = {"google": 3, "facebook": 3, "tiktok": 3, "stripe": 3}
+ATTRIBUTION_WINDOW_DAYS = {"facebook": 28}
+ATTRIBUTION_EVERY = timedelta(hours=24)
+
+
+@dataclass
+class ScheduleResult:
+    found: int = 0
+    enqueued: list[str] = field(default_factory=list)  # job ids
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (connection id, reason)
+    not_due: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "found": self.found,
+            "enqueued": len(self.enqueued),
+            "not_due": self.not_due,
+            "skipped": len(self.skipped),
+            "skipped_reasons": [{"connection_id": c, "reason": r} for c, r in self.skipped],
+        }
+
+
+def _candidates(store: Store, now: datetime) -> list[sqlite3.Row]:
+    """Rows that may be due, found through indexes so the cost follows the due ones:
+    never synced (or unparseable), synced longer than the default interval ago, or with
+    their own interval. No live job, no pending re-auth."""
+    cutoff = julian_day(now - timedelta(minutes=DEFAULT_INTERVAL_MINUTES))
+    live = (
+        "NOT EXISTS (SELECT 1 FROM sync_jobs j WHERE j.connection_id = c.id "
+        "AND j.status IN ('pending', 'running')) AND NOT coalesce(c.needs_reauth, 0)"
+    )
+    cols = ", ".join(f"c.{col.strip()}" for col in CONNECTION_COLUMNS.split(","))
+    sql = f"""
+        SELECT {cols} FROM platform_connections c
+         WHERE c.is_active = 1 AND julianday(c.last_synced_at) IS NULL AND {live}
+        UNION
+        SELECT {cols} FROM platform_connections c
+         WHERE c.is_active = 1 AND julianday(c.last_synced_at) <= ? AND {live}
+        UNION
+        SELECT {cols} FROM platform_connections c
+         WHERE instr(c.settings, 'sync_interval_minutes') > 0 AND c.is_active = 1 AND {live}
+    """
+    return store.read(sql, (cutoff,))
+
+
+def julian_day(dt: datetime) -> float:
+    """SQLite's julianday() of an aware datetime (what the due index holds)."""
+    return dt.timestamp() / 86400.0 + 2440587.5
+
+
+def lookback_days(conn: Connection, settings: dict[str, Any], configured: dict[str, int]) -> int:
+    value = settings.get("lookback_days", configured.get(conn.platform, DEFAULT_LOOKBACK_DAYS.get(conn.platform, 3)))
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"settings.lookback_days must be a whole number of days, not {value!r}")
+    return value
+
+
+def plan_job(
+    conn: Connection, now: datetime, *, configured_lookback: dict[str, int] | None = None,
+    last_attribution_at: datetime | None = None,
+) -> tuple[JobType, Priority, SyncWindow, bool] | None:
+    """What job (type, priority, window, is_attribution_window) ``conn`` needs now, or None
+    when it is not due. Raises ValueError for a broken row (settings, timestamps)."""
+    if conn.platform not in PLATFORMS:
+        raise ValueError(f"unknown platform {conn.platform!r}")
+    settings = conn.settings()
+    interval = settings.get("sync_interval_minutes", DEFAULT_INTERVAL_MINUTES)
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+        raise ValueError(f"settings.sync_interval_minutes must be a positive number, not {interval!r}")
+    last = conn.last_synced()  # ValueError for an unparseable timestamp
+    if last is None:
+        return JobType.FULL, Priority.HIGH, SyncWindow(now - timedelta(days=FULL_SYNC_DAYS), now), False
+    if now < last + timedelta(minutes=interval):
+        return None
+    days = lookback_days(conn, settings, configured_lookback or {})
+    start = last - timedelta(days=days)
+    attribution = settings.get("attribution_window_days", ATTRIBUTION_WINDOW_DAYS.get(conn.platform))
+    is_attr = False
+    if attribution and (last_attribution_at is None or now - last_attribution_at >= ATTRIBUTION_EVERY):
+        start = min(start, now - timedelta(days=int(attribution)))
+        is_attr = True
+    return JobType.INCREMENTAL, Priority.NORMAL, SyncWindow(start, now), is_attr
+
+
+def _insert_job(
+    c: sqlite3.Connection, queue: SqliteQueue, conn: Connection, job_type: JobType,
+    priority: Priority, window: SyncWindow, now: datetime, *, triggered_by: str,
+) -> str:
+    job_id = new_job_id()
+    created = iso_z(now)
+    metadata = {
+        "sync_window": window.to_json(),
+        "priority": priority.value,
+        "retry_count": 0,
+        "triggered_by": triggered_by,
+    }
+    # The guard makes a second live job impossible even if two schedulers raced here.
+    n = c.execute(
+        """
+        INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at,
+                               updated_at, metadata, records_synced, progress_percentage)
+        SELECT ?, ?, ?, 'pending', ?, ?, ?, ?, 0, 0
+         WHERE NOT EXISTS (SELECT 1 FROM sync_jobs WHERE connection_id = ?
+                            AND status IN ('pending', 'running'))
+        """,
+        (job_id, conn.organization_id, conn.id, job_type.value, created, created,
+         json.dumps(metadata), conn.id),
+    ).rowcount
+    if n == 0:
+        raise Conflict(f"connection {conn.id} already has a pending or running job")
+    message = SyncJobMessage(
+        job_id=job_id, connection_id=conn.id, organization_id=conn.organization_id,
+        platform=conn.platform, account_id=conn.account_id, job_type=job_type,
+        sync_window=window, retry_count=0, created_at=created, priority=priority,
+    )
+    queue.enqueue(c, message)
+    return job_id
+
+
+def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str, int] | None = None) -> ScheduleResult:
+    """Enqueue a job for every due connection. Broken rows are reported and skipped."""
+    now = store.clock.now()
+    result = ScheduleResult()
+    rows = _candidates(store, now)
+    result.found = len(rows)
+    attribution_at = {
+        r[0]: parse_ts(r[1]) for r in store.read(
+            "SELECT connection_id, last_attribution_window_at FROM clearlift_connection_state"
+        )
+    } if rows else {}
+    plans = []
+    for row in rows:
+        try:
+            conn = Connection.from_row(row)
+            plan = plan_job(conn, now, configured_lookback=configured_lookback,
+                            last_attribution_at=attribution_at.get(conn.id))
+        except (ValueError, TypeError, KeyError) as exc:
+            result.skipped.append((row["id"], str(exc)))
+            log.warning("skipped connection %s: %s", row["id"], exc)
+            continue
+        if plan is None:
+            result.not_due += 1
+            continue
+        plans.append((conn, plan))
+    # One short transaction per chunk keeps other writers (consumers) moving.
+    for i in range(0, len(plans), 500):
+        with store.write() as c:
+            for conn, (job_type, priority, window, is_attr) in plans[i:i + 500]:
+                try:
+                    job_id = _insert_job(c, queue, conn, job_type, priority, window, now, triggered_by="schedule")
+                except Conflict as exc:
+                    result.skipped.append((conn.id, str(exc)))
+                    continue
+                if is_attr:
+                    c.execute(
+                        "INSERT INTO clearlift_connection_state (connection_id, last_attribution_window_at) "
+                        "VALUES (?, ?) ON CONFLICT (connection_id) DO UPDATE SET "
+                        "last_attribution_window_at = excluded.last_attribution_window_at",
+                        (conn.id, iso_z(now)),
+                    )
+                result.enqueued.append(job_id)
+    return result
+
+
+def enqueue_manual(
+    store: Store, queue: SqliteQueue, connection_id: str, *, since: date | None = None,
+    until: date | None = None,
+) -> tuple[str, SyncWindow]:
+    """``sync CONN --now``: a ``full`` job at priority ``high`` (default: the last 7 days;
+    ``since``/``until`` are inclusive dates for a backfill)."""
+    conn = store.get_connection(connection_id)
+    if not conn.is_active:
+        raise UsageError(f"connection {connection_id} is paused (is_active = 0): `clearlift connections resume {connection_id}` first")
+    if conn.platform not in PLATFORMS:
+        raise UsageError(f"connection {connection_id} has unknown platform {conn.platform!r}")
+    now = store.clock.now()
+    if since and until and since > until:
+        raise UsageError(f"--since {since} is after --until {until}")
+    start = datetime.combine(since, time.min, UTC) if since else now - timedelta(days=FULL_SYNC_DAYS)
+    end = min(now, datetime.combine(until + timedelta(days=1), time.min, UTC)) if until else now
+    if start >= end:
+        raise UsageError("the window is empty (is --since in the future?)")
+    window = SyncWindow(start, end)
+    with store.write() as c:
+        job_id = _insert_job(c, queue, conn, JobType.FULL, Priority.HIGH, window, now, triggered_by="manual")
+    return job_id, window

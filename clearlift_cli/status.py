@@ -1,0 +1,131 @@
+"""Where a connection stands: the API's sync-status shape, and the operator's view."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from clearlift_cli.models import Connection
+from clearlift_cli.redact import redact
+from clearlift_cli.scheduler import DEFAULT_INTERVAL_MINUTES
+from clearlift_cli.store import Store
+from clearlift_cli.timeutil import iso_z, parse_ts
+
+REAUTH_HINT = (
+    "The platform no longer accepts this connection's token. Ask the user to reconnect the "
+    "account in ClearLift (Settings > Connections); the next sync runs within 15 minutes of "
+    "reconnecting."
+)
+
+
+def _records(job: Any) -> int:
+    """The API prefers metadata.records_synced over the column when present."""
+    try:
+        meta = json.loads(job["metadata"] or "{}")
+        if isinstance(meta, dict) and meta.get("records_synced") is not None:
+            return int(meta["records_synced"])
+    except (ValueError, TypeError):
+        pass
+    return int(job["records_synced"] or 0)
+
+
+def sync_status(conn: Connection, job: Any | None) -> dict[str, Any]:
+    """Exactly the shape of the API's ``/v1/connectors/:connection_id/sync-status``."""
+    latest = None
+    if job is not None:
+        latest = {
+            "status": job["status"],
+            "type": job["job_type"],
+            "completed_at": job["completed_at"],
+            "records_synced": _records(job),
+            "error": redact(job["error_message"]) if job["error_message"] else None,
+        }
+    return {
+        "connection": {
+            "platform": conn.platform,
+            "account_name": conn.account_name,
+            "is_active": conn.is_active,
+            "last_synced_at": conn.last_synced_at,
+            "sync_status": conn.sync_status,
+        },
+        "latest_sync": latest,
+    }
+
+
+def next_due(conn: Connection, now: datetime) -> datetime | None:
+    """When ``schedule`` will next enqueue this connection (None: paused or needs re-auth)."""
+    if not conn.is_active or conn.needs_reauth:
+        return None
+    try:
+        last = parse_ts(conn.last_synced_at)
+        interval = conn.settings().get("sync_interval_minutes", DEFAULT_INTERVAL_MINUTES)
+    except ValueError:
+        return None
+    if last is None:
+        return now
+    return max(now, last + timedelta(minutes=float(interval)))
+
+
+@dataclass(frozen=True)
+class ConnectionReport:
+    connection: Connection
+    latest_job: Any | None
+    next_due_at: datetime | None
+    coverage: list[tuple[str, str]]
+    gaps: list[tuple[str, str]]
+
+    @property
+    def failing(self) -> bool:
+        c = self.connection
+        return c.is_active and (c.needs_reauth or c.sync_status == "failed")
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.connection
+        out = sync_status(c, self.latest_job)
+        out["details"] = {
+            "connection_id": c.id,
+            "organization_id": c.organization_id,
+            "account_id": c.account_id,
+            "sync_error": redact(c.sync_error) if c.sync_error else None,
+            "needs_reauth": c.needs_reauth,
+            "reauth_reason": redact(c.reauth_reason) if c.reauth_reason else None,
+            "next_due_at": iso_z(self.next_due_at) if self.next_due_at else None,
+            "coverage": [{"start": s, "end": e} for s, e in self.coverage],
+            "gaps": [{"start": s, "end": e} for s, e in self.gaps],
+        }
+        return out
+
+
+def _gaps(coverage: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    from datetime import date
+
+    out = []
+    for (_, prev_end), (next_start, _) in zip(coverage, coverage[1:]):
+        a = date.fromisoformat(prev_end) + timedelta(days=1)
+        b = date.fromisoformat(next_start) - timedelta(days=1)
+        if a <= b:
+            out.append((a.isoformat(), b.isoformat()))
+    return out
+
+
+def connection_report(store: Store, connection_id: str) -> ConnectionReport:
+    conn = store.get_connection(connection_id)
+    cov = store.coverage(conn.id)
+    return ConnectionReport(conn, store.latest_job(conn.id), next_due(conn, store.clock.now()), cov, _gaps(cov))
+
+
+def all_reports(
+    store: Store, *, organization_id: str | None = None, platform: str | None = None,
+    failing_only: bool = False,
+) -> list[ConnectionReport]:
+    now = store.clock.now()
+    jobs = store.latest_jobs()
+    out = []
+    for conn in store.list_connections(organization_id=organization_id, platform=platform):
+        r = ConnectionReport(conn, jobs.get(conn.id), next_due(conn, now), [], [])
+        if failing_only and not r.failing:
+            continue
+        out.append(r)
+    return out

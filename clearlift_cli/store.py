@@ -1,0 +1,580 @@
+"""The store: a SQLite file with ClearLift's D1 tables plus clearlift's own tables.
+
+The API worker owns ``platform_connections``, ``sync_jobs`` and ``onboarding_progress``;
+clearlift reads and updates them with the same columns, and adds only what is missing
+(later columns, indexes, its own ``clearlift_*`` / ``sync_queue`` tables). Opening the
+store sets WAL mode and a busy timeout; every write is a ``BEGIN IMMEDIATE``
+transaction. Each thread gets its own SQLite connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from clearlift_cli.errors import NotFound, StoreError
+from clearlift_cli.models import Connection, JobStatus, SyncStatus
+from clearlift_cli.redact import redact
+from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z
+
+BUSY_TIMEOUT_MS = 30_000
+SCHEMA_VERSION = 2
+
+D1_TABLES = """
+CREATE TABLE IF NOT EXISTS platform_connections (
+  id TEXT PRIMARY KEY,
+  organization_id TEXT NOT NULL,
+  platform TEXT NOT NULL,
+  account_id TEXT NOT NULL,
+  account_name TEXT,
+  connected_by TEXT,
+  connected_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+  last_synced_at DATETIME,
+  sync_status TEXT DEFAULT 'pending',
+  sync_error TEXT,
+  is_active INTEGER DEFAULT 1,
+  settings TEXT DEFAULT '{}',
+  credentials_encrypted TEXT,
+  refresh_token_encrypted TEXT,
+  expires_at DATETIME,
+  scopes TEXT,
+  UNIQUE (organization_id, platform, account_id)
+);
+CREATE TABLE IF NOT EXISTS sync_jobs (
+  id TEXT PRIMARY KEY,
+  organization_id TEXT NOT NULL,
+  connection_id TEXT NOT NULL,
+  status TEXT DEFAULT 'pending',
+  job_type TEXT DEFAULT 'full',
+  started_at DATETIME,
+  completed_at DATETIME,
+  error_message TEXT,
+  records_synced INTEGER DEFAULT 0,
+  created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+  metadata TEXT DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS onboarding_progress (
+  user_id TEXT NOT NULL,
+  organization_id TEXT NOT NULL,
+  current_step TEXT DEFAULT 'welcome',
+  services_connected INTEGER DEFAULT 0,
+  first_sync_completed BOOLEAN DEFAULT FALSE,
+  completed_at DATETIME,
+  created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+  updated_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+  UNIQUE (user_id, organization_id)
+);
+"""
+
+# Columns later versions of the API worker's schema add (name, declaration).
+LATER_COLUMNS = {
+    "platform_connections": [
+        ("needs_reauth", "BOOLEAN DEFAULT FALSE"),
+        ("reauth_reason", "TEXT"),
+        ("reauth_detected_at", "DATETIME"),
+        ("consecutive_auth_failures", "INTEGER DEFAULT 0"),
+    ],
+    "sync_jobs": [
+        ("updated_at", "DATETIME"),
+        ("current_phase", "TEXT"),
+        ("total_records", "INTEGER"),
+        ("progress_percentage", "INTEGER DEFAULT 0"),
+    ],
+}
+
+CLEARLIFT_TABLES = """
+CREATE TABLE IF NOT EXISTS clearlift_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sync_queue (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id TEXT NOT NULL UNIQUE,
+  connection_id TEXT NOT NULL,
+  platform TEXT NOT NULL,
+  body TEXT NOT NULL,
+  priority INTEGER NOT NULL DEFAULT 1,
+  state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'leased', 'done', 'dead')),
+  visible_at REAL NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  max_attempts INTEGER NOT NULL DEFAULT 4,
+  lease_owner TEXT,
+  lease_token TEXT,
+  last_error TEXT,
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL,
+  finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS sync_queue_claim
+  ON sync_queue (priority, visible_at) WHERE state IN ('ready', 'leased');
+CREATE UNIQUE INDEX IF NOT EXISTS sync_queue_one_live_per_connection
+  ON sync_queue (connection_id) WHERE state IN ('ready', 'leased');
+CREATE INDEX IF NOT EXISTS sync_queue_dead ON sync_queue (finished_at) WHERE state = 'dead';
+CREATE TABLE IF NOT EXISTS clearlift_platform_pauses (
+  platform TEXT PRIMARY KEY, until REAL NOT NULL, reason TEXT
+);
+CREATE TABLE IF NOT EXISTS clearlift_coverage (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  connection_id TEXT NOT NULL,
+  job_id TEXT NOT NULL,
+  start_date TEXT NOT NULL,
+  end_date TEXT NOT NULL,
+  records INTEGER NOT NULL,
+  synced_at TEXT NOT NULL,
+  UNIQUE (job_id, start_date)
+);
+CREATE INDEX IF NOT EXISTS clearlift_coverage_conn ON clearlift_coverage (connection_id, start_date);
+CREATE TABLE IF NOT EXISTS clearlift_connection_state (
+  connection_id TEXT PRIMARY KEY,
+  last_attribution_window_at TEXT
+);
+CREATE INDEX IF NOT EXISTS clearlift_conn_due
+  ON platform_connections (is_active, julianday(last_synced_at));
+CREATE INDEX IF NOT EXISTS clearlift_conn_interval_override
+  ON platform_connections (id) WHERE instr(settings, 'sync_interval_minutes') > 0;
+CREATE INDEX IF NOT EXISTS clearlift_conn_expiry
+  ON platform_connections (julianday(expires_at)) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_status ON sync_jobs (connection_id, status);
+CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_created ON sync_jobs (connection_id, created_at);
+"""
+
+CONNECTION_COLUMNS = (
+    "id, organization_id, platform, account_id, account_name, connected_by, connected_at, "
+    "last_synced_at, sync_status, sync_error, is_active, settings, credentials_encrypted, "
+    "refresh_token_encrypted, expires_at, scopes, needs_reauth, reauth_reason, "
+    "reauth_detected_at, consecutive_auth_failures"
+)
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+class Store:
+    """The SQLite store. Use ``open_store(settings.db)``; call ``migrate()`` (``init``)."""
+
+    def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False):
+        self.path = path
+        self.clock = clock
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        p = Path(path)
+        if not create and not p.exists():
+            raise StoreError(
+                f"store {path} does not exist: run `clearlift init` (or set CLEARLIFT_DB)"
+            )
+        if create and not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it: it holds encrypted tokens.
+            fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        self.conn()  # fail early on a file that is not a database
+
+    # -- connections per thread ------------------------------------------------------------
+
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._connect()
+            self._local.conn = c
+        return c
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            c = sqlite3.connect(
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
+            c.row_factory = sqlite3.Row
+            c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            c.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {self.path} cannot be opened as a SQLite database: {exc}") from None
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"store {self.path} cannot use WAL mode (journal_mode is {mode!r}); put it on "
+                "a local filesystem that supports shared memory (not NFS, not read-only)"
+            )
+        with self._all_lock:
+            self._all.append(c)
+        return c
+
+    def close(self) -> None:
+        with self._all_lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: committed on clean exit, else rolled back."""
+        c = self.conn()
+        for attempt in range(20):
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                # busy_timeout already waited; a few more tries ride out long writers
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 19:
+                    raise self._wrap(exc) from None
+                time.sleep(0.05 * (attempt + 1))
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                c.execute("ROLLBACK")
+                raise self._wrap(exc) from None
+
+    def read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        try:
+            return self.conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._wrap(exc) from None
+
+    def _wrap(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if "no such table" in text:
+            return StoreError(f"store {self.path} lacks clearlift's tables ({text}): run `clearlift init`")
+        if "readonly" in text:
+            return StoreError(f"store {self.path} is read-only: {text}")
+        return StoreError(f"store {self.path}: {redact(text)}")
+
+    def now_iso(self) -> str:
+        return iso_z(self.clock.now())
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        try:
+            row = self.conn().execute(
+                "SELECT value FROM clearlift_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade the store; idempotent. Returns what was changed."""
+        changes: list[str] = []
+        with self.write() as c:
+            before = self.schema_version()
+            existing = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for stmt in _statements(D1_TABLES):
+                c.execute(stmt)
+            for table in ("platform_connections", "sync_jobs", "onboarding_progress"):
+                if table not in existing:
+                    changes.append(f"created table {table}")
+            for table, cols in LATER_COLUMNS.items():
+                have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+                for name, decl in cols:
+                    if name not in have:
+                        c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                        changes.append(f"added column {table}.{name}")
+            for stmt in _statements(CLEARLIFT_TABLES):
+                c.execute(stmt)
+            if before < SCHEMA_VERSION:
+                c.execute(
+                    "INSERT INTO clearlift_meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+                changes.append(f"store schema {before} -> {SCHEMA_VERSION}")
+        return changes
+
+    def require_schema(self) -> None:
+        if self.schema_version() < SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} is not initialised for this clearlift version: run `clearlift init`"
+            )
+
+    # -- connections ------------------------------------------------------------------------
+
+    def get_connection(self, connection_id: str) -> Connection:
+        rows = self.read(
+            f"SELECT {CONNECTION_COLUMNS} FROM platform_connections WHERE id = ?", (connection_id,)
+        )
+        if not rows:
+            raise NotFound(f"no connection {connection_id!r} (see `clearlift connections list`)")
+        return Connection.from_row(rows[0])
+
+    def list_connections(
+        self, *, organization_id: str | None = None, platform: str | None = None
+    ) -> list[Connection]:
+        sql = f"SELECT {CONNECTION_COLUMNS} FROM platform_connections WHERE 1=1"
+        params: list[Any] = []
+        if organization_id:
+            sql += " AND organization_id = ?"
+            params.append(organization_id)
+        if platform:
+            sql += " AND platform = ?"
+            params.append(platform)
+        sql += " ORDER BY organization_id, platform, account_id"
+        return [Connection.from_row(r) for r in self.read(sql, params)]
+
+    def upsert_connection(
+        self,
+        *,
+        organization_id: str,
+        platform: str,
+        account_id: str,
+        account_name: str | None,
+        connected_by: str,
+        credentials_encrypted: str,
+        refresh_token_encrypted: str | None,
+        expires_at: str | None,
+        settings_text: str,
+        scopes: str | None,
+    ) -> tuple[str, bool]:
+        """Insert or update the connection as the API worker does; a reconnect clears the
+        re-auth flag. Returns (id, created)."""
+        cid = f"{organization_id}-{platform}-{account_id}"
+        now = self.now_iso()
+        with self.write() as c:
+            existed = c.execute(
+                "SELECT 1 FROM platform_connections WHERE organization_id = ? AND platform = ? "
+                "AND account_id = ?", (organization_id, platform, account_id),
+            ).fetchone() is not None
+            c.execute(
+                """
+                INSERT INTO platform_connections (id, organization_id, platform, account_id,
+                  account_name, connected_by, connected_at, sync_status, is_active, settings,
+                  credentials_encrypted, refresh_token_encrypted, expires_at, scopes,
+                  needs_reauth, consecutive_auth_failures)
+                VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?, ?, 0, 0)
+                ON CONFLICT (organization_id, platform, account_id) DO UPDATE SET
+                  account_name = coalesce(excluded.account_name, account_name),
+                  connected_by = excluded.connected_by,
+                  is_active = 1,
+                  settings = excluded.settings,
+                  credentials_encrypted = excluded.credentials_encrypted,
+                  refresh_token_encrypted = excluded.refresh_token_encrypted,
+                  expires_at = excluded.expires_at,
+                  scopes = coalesce(excluded.scopes, scopes),
+                  needs_reauth = 0, reauth_reason = NULL, reauth_detected_at = NULL,
+                  consecutive_auth_failures = 0,
+                  sync_error = CASE WHEN needs_reauth THEN NULL ELSE sync_error END,
+                  sync_status = CASE WHEN needs_reauth THEN 'pending' ELSE sync_status END
+                """,
+                (cid, organization_id, platform, account_id, account_name, connected_by, now,
+                 settings_text, credentials_encrypted, refresh_token_encrypted, expires_at, scopes),
+            )
+        return cid, not existed
+
+    def set_active(self, connection_id: str, active: bool) -> None:
+        with self.write() as c:
+            n = c.execute(
+                "UPDATE platform_connections SET is_active = ? WHERE id = ?",
+                (1 if active else 0, connection_id),
+            ).rowcount
+        if n == 0:
+            raise NotFound(f"no connection {connection_id!r} (see `clearlift connections list`)")
+
+    def swap_tokens(
+        self,
+        connection_id: str,
+        *,
+        old_credentials_encrypted: str | None,
+        credentials_encrypted: str,
+        expires_at: str | None,
+        refresh_token_encrypted: str | None,
+    ) -> bool:
+        """Compare-and-set the token columns: only if the stored access token is still the
+        one we refreshed from, so an older token never overwrites a newer one."""
+        with self.write() as c:
+            n = c.execute(
+                """
+                UPDATE platform_connections
+                   SET credentials_encrypted = ?, expires_at = ?,
+                       refresh_token_encrypted = coalesce(?, refresh_token_encrypted),
+                       consecutive_auth_failures = 0
+                 WHERE id = ? AND credentials_encrypted IS ?
+                """,
+                (credentials_encrypted, expires_at, refresh_token_encrypted, connection_id,
+                 old_credentials_encrypted),
+            ).rowcount
+        return n == 1
+
+    def record_auth_failure(
+        self, connection_id: str, *, reason: str, definitive: bool, threshold: int = 3,
+        prefix: str = "Token refresh failed",
+    ) -> bool:
+        """Count an auth failure; flag re-auth when definitive or after ``threshold`` in a
+        row. Returns whether the connection now needs re-authorisation."""
+        now = self.now_iso()
+        reason = redact(reason)
+        with self.write() as c:
+            row = c.execute(
+                "SELECT coalesce(consecutive_auth_failures, 0) FROM platform_connections WHERE id = ?",
+                (connection_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            count = int(row[0]) + 1
+            flag = definitive or count >= threshold
+            c.execute(
+                """
+                UPDATE platform_connections
+                   SET consecutive_auth_failures = ?, sync_status = 'failed', sync_error = ?,
+                       needs_reauth = CASE WHEN ? THEN 1 ELSE needs_reauth END,
+                       reauth_reason = CASE WHEN ? THEN ? ELSE reauth_reason END,
+                       reauth_detected_at = CASE WHEN ? AND NOT coalesce(needs_reauth, 0)
+                                                 THEN ? ELSE reauth_detected_at END
+                 WHERE id = ?
+                """,
+                (count, f"{prefix}: {reason}", flag, flag, reason, flag, now, connection_id),
+            )
+        return flag
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> sqlite3.Row | None:
+        rows = self.read("SELECT * FROM sync_jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def latest_job(self, connection_id: str) -> sqlite3.Row | None:
+        rows = self.read(
+            "SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (connection_id,),
+        )
+        return rows[0] if rows else None
+
+    def latest_jobs(self) -> dict[str, sqlite3.Row]:
+        rows = self.read(
+            """
+            SELECT j.* FROM sync_jobs j
+             WHERE j.rowid = (SELECT j2.rowid FROM sync_jobs j2 WHERE j2.connection_id = j.connection_id
+                              ORDER BY j2.created_at DESC, j2.rowid DESC LIMIT 1)
+            """
+        )
+        return {r["connection_id"]: r for r in rows}
+
+    def live_job(self, connection_id: str) -> sqlite3.Row | None:
+        rows = self.read(
+            "SELECT * FROM sync_jobs WHERE connection_id = ? AND status IN ('pending', 'running') "
+            "ORDER BY created_at DESC LIMIT 1",
+            (connection_id,),
+        )
+        return rows[0] if rows else None
+
+    def start_job(self, job_id: str, connection_id: str) -> None:
+        now = self.now_iso()
+        with self.write() as c:
+            c.execute(
+                "UPDATE sync_jobs SET status = 'running', started_at = coalesce(started_at, ?), "
+                "updated_at = ?, current_phase = 'starting', error_message = NULL WHERE id = ?",
+                (now, now, job_id),
+            )
+            c.execute(
+                "UPDATE platform_connections SET sync_status = 'syncing' WHERE id = ?",
+                (connection_id,),
+            )
+
+    def job_progress(self, job_id: str, phase: str, done: int, total: int | None) -> None:
+        pct = 0
+        if total:
+            pct = max(0, min(100, int(done * 100 / total)))
+        with self.write() as c:
+            c.execute(
+                "UPDATE sync_jobs SET current_phase = ?, total_records = ?, progress_percentage = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'running'",
+                (phase, total, pct, self.now_iso(), job_id),
+            )
+
+    def completed_slices(self, job_id: str) -> set[str]:
+        return {r[0] for r in self.read("SELECT start_date FROM clearlift_coverage WHERE job_id = ?", (job_id,))}
+
+    def slice_records(self, job_id: str) -> int:
+        rows = self.read("SELECT coalesce(sum(records), 0) FROM clearlift_coverage WHERE job_id = ?", (job_id,))
+        return int(rows[0][0])
+
+    def record_slice(self, job_id: str, connection_id: str, start: str, end: str, records: int) -> None:
+        with self.write() as c:
+            c.execute(
+                "INSERT INTO clearlift_coverage (connection_id, job_id, start_date, end_date, records, synced_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, start_date) DO UPDATE SET "
+                "end_date = excluded.end_date, records = excluded.records, synced_at = excluded.synced_at",
+                (connection_id, job_id, start, end, records, self.now_iso()),
+            )
+
+    def coverage(self, connection_id: str) -> list[tuple[str, str]]:
+        """Merged date ranges this connection has synced, oldest first."""
+        rows = self.read(
+            "SELECT start_date, end_date FROM clearlift_coverage WHERE connection_id = ? ORDER BY start_date",
+            (connection_id,),
+        )
+        merged: list[list[str]] = []
+        from datetime import date as _date
+
+        for r in rows:
+            s, e = r[0], r[1]
+            if merged:
+                prev_end = _date.fromisoformat(merged[-1][1])
+                if _date.fromisoformat(s) <= prev_end + timedelta(days=1):
+                    if e > merged[-1][1]:
+                        merged[-1][1] = e
+                    continue
+            merged.append([s, e])
+        return [(s, e) for s, e in merged]
+
+    # -- platform-wide pauses (app-level rate limits) ----------------------------------------
+
+    def pause_platform(self, c: sqlite3.Connection, platform: str, until_epoch: float, reason: str) -> None:
+        c.execute(
+            "INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES (?, ?, ?) "
+            "ON CONFLICT (platform) DO UPDATE SET until = max(until, excluded.until), reason = excluded.reason",
+            (platform, until_epoch, redact(reason)),
+        )
+
+    def platform_pauses(self) -> dict[str, float]:
+        now = self.clock.time()
+        return {r[0]: r[1] for r in self.read(
+            "SELECT platform, until FROM clearlift_platform_pauses WHERE until > ?", (now,)
+        )}
+
+
+def _statements(script: str) -> Iterable[str]:
+    for stmt in script.split(";"):
+        if stmt.strip():
+            yield stmt
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False) -> Store:
+    """Open the store at ``url`` (a file path; ``sqlite:///path`` also accepted)."""
+    if _is_postgres(url):
+        raise StoreError(
+            "a PostgreSQL control plane (CLEARLIFT_DB=postgresql://...) is not available in "
+            "this version; use a SQLite file path"
+        )
+    # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    try:
+        return Store(path, clock=clock, create=create)
+    except OSError as exc:
+        raise StoreError(f"store {path} cannot be created: {exc.strerror}") from None
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=False)
+
+
+__all__ = ["Store", "open_store", "new_job_id", "JobStatus", "SyncStatus", "datetime"]

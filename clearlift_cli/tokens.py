@@ -1,0 +1,154 @@
+"""Token lifecycle: decrypting a connection's tokens, refreshing them before they expire,
+and flagging connections that need the user to reconnect.
+
+Writes are compare-and-set on the old ciphertext, so two overlapping runs (or a consumer
+refreshing on demand) never overwrite a newer token with an older one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from clearlift_cli.crypto import FieldCipher
+from clearlift_cli.errors import (
+    AuthRevoked, CryptoError, MissingAppCredentials, PlatformError, TransientError,
+)
+from clearlift_cli.models import Connection
+from clearlift_cli.platforms import PLATFORMS, platform_module
+from clearlift_cli.platforms.base import Credentials, PlatformContext
+from clearlift_cli.redact import redact
+from clearlift_cli.scheduler import julian_day
+from clearlift_cli.settings import Settings
+from clearlift_cli.store import CONNECTION_COLUMNS, Store
+from clearlift_cli.timeutil import iso_z
+
+log = logging.getLogger("clearlift.tokens")
+
+DEFAULT_MARGIN_SECONDS = 300
+DEFAULT_PACE_SECONDS = 0.2  # between refreshes against the same provider
+
+
+def decrypt_credentials(cipher: FieldCipher, conn: Connection) -> Credentials:
+    """The connection's tokens in clear. Raises a CryptoError subclass naming the column."""
+    if not conn.credentials_encrypted:
+        raise AuthRevoked(
+            "No access token found for this connection: reconnect it",
+            platform=conn.platform, reason="no access token stored",
+        )
+    access = cipher.decrypt(conn.credentials_encrypted, what="credentials_encrypted")
+    refresh = None
+    if conn.refresh_token_encrypted:
+        refresh = cipher.decrypt(conn.refresh_token_encrypted, what="refresh_token_encrypted")
+    return Credentials(access_token=access, refresh_token=refresh, expires_at=conn.expires())
+
+
+def platform_context(settings: Settings, store: Store, conn: Connection, **kw) -> PlatformContext:
+    try:
+        conn_settings = conn.settings()
+    except ValueError:
+        conn_settings = {}
+    return PlatformContext(settings=settings, account_id=conn.account_id,
+                           connection_settings=conn_settings, clock=store.clock, **kw)
+
+
+def refresh_connection(
+    settings: Settings, store: Store, cipher: FieldCipher, conn: Connection,
+) -> Credentials | None:
+    """Refresh ``conn``'s token now. Returns the credentials to use from now on (ours, or a
+    newer set another process stored meanwhile), or None when the platform's tokens do not
+    expire. Raises AuthRevoked, TransientError, MissingAppCredentials or CryptoError."""
+    creds = decrypt_credentials(cipher, conn)
+    module = platform_module(conn.platform)
+    grant = module.refresh_token(platform_context(settings, store, conn), creds)
+    if grant is None:
+        return None
+    new_access = cipher.encrypt(grant.access_token)
+    new_refresh = cipher.encrypt(grant.refresh_token) if grant.refresh_token else None
+    expires = iso_z(grant.expires_at) if grant.expires_at else None
+    if store.swap_tokens(conn.id, old_credentials_encrypted=conn.credentials_encrypted,
+                         credentials_encrypted=new_access, expires_at=expires,
+                         refresh_token_encrypted=new_refresh):
+        return Credentials(grant.access_token, grant.refresh_token or creds.refresh_token, grant.expires_at)
+    # Someone else stored a newer token since we read the row: use theirs.
+    log.info("connection %s: token was refreshed concurrently; keeping the newer one", conn.id)
+    return decrypt_credentials(cipher, store.get_connection(conn.id))
+
+
+@dataclass
+class RefreshResult:
+    refreshed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    needs_reauth: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "refreshed": len(self.refreshed), "skipped": len(self.skipped),
+            "failed": len(self.failed), "needs_reauth": len(self.needs_reauth),
+            "failures": [{"connection_id": c, "reason": r} for c, r in self.failed],
+        }
+
+
+def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
+    limit = julian_day(store.clock.now() + timedelta(seconds=margin_seconds))
+    rows = store.read(
+        f"SELECT {CONNECTION_COLUMNS} FROM platform_connections "
+        "WHERE expires_at IS NOT NULL AND julianday(expires_at) <= ? AND is_active = 1 "
+        "AND NOT coalesce(needs_reauth, 0) ORDER BY platform, julianday(expires_at)",
+        (limit,),
+    )
+    return [Connection.from_row(r) for r in rows]
+
+
+def refresh_due(
+    settings: Settings, store: Store, *, margin_seconds: float = DEFAULT_MARGIN_SECONDS,
+    pace_seconds: float = DEFAULT_PACE_SECONDS,
+) -> RefreshResult:
+    """Refresh every active connection whose token expires within the margin (or already
+    has). One connection's failure never stops the run."""
+    result = RefreshResult()
+    due = due_for_refresh(store, margin_seconds)
+    if not due:
+        return result
+    cipher = FieldCipher(settings.key_bytes())
+    by_platform: dict[str, list[Connection]] = defaultdict(list)
+    for conn in due:
+        by_platform[conn.platform].append(conn)
+    for platform, conns in by_platform.items():
+        if platform not in PLATFORMS:
+            for conn in conns:
+                result.skipped.append((conn.id, f"unknown platform {platform!r}"))
+            continue
+        for i, conn in enumerate(conns):
+            if i and pace_seconds:
+                store.clock.sleep(pace_seconds)
+            try:
+                creds = refresh_connection(settings, store, cipher, conn)
+            except MissingAppCredentials as exc:
+                # One message per platform per run, not one per connection.
+                log.error("%s: %s; %d connection(s) not refreshed", platform, exc, len(conns))
+                result.failed.extend((c.id, str(exc)) for c in conns[i:])
+                break
+            except CryptoError as exc:
+                reason = f"stored token cannot be decrypted ({exc})"
+                if store.record_auth_failure(conn.id, reason=reason, definitive=True):
+                    result.needs_reauth.append(conn.id)
+                result.failed.append((conn.id, reason))
+            except AuthRevoked as exc:
+                if store.record_auth_failure(conn.id, reason=exc.reason, definitive=exc.definitive):
+                    result.needs_reauth.append(conn.id)
+                result.failed.append((conn.id, redact(exc.reason)))
+            except (TransientError, PlatformError) as exc:
+                # Network, 5xx, 429: leave the connection as it is; the next run retries.
+                result.failed.append((conn.id, redact(str(exc))))
+            else:
+                if creds is None:
+                    result.skipped.append((conn.id, "token does not expire"))
+                else:
+                    result.refreshed.append(conn.id)
+    for cid, reason in result.failed:
+        log.warning("refresh failed for %s: %s", cid, reason)
+    return result
