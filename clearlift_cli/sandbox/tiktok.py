@@ -1,0 +1,377 @@
+"""TikTok Business API v1.3 sandbox: advertiser info, campaigns, the integrated report and
+the token refresh endpoint, in TikTok's envelope ``{"code", "message", "request_id",
+"data"}`` with errors as HTTP 200 and a non-zero ``code``.
+
+Tokens are checked with ``self.tokens`` (``Access-Token`` header): expired -> 40102,
+unknown or revoked -> 40105. Every advertiser id is valid; its campaigns and daily metrics
+are derived deterministically from the id. Metric values are served as strings for
+campaigns at even positions and as JSON numbers for the others, so clients see both.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+from clearlift_cli.sandbox import APP_CREDENTIALS
+from clearlift_cli.sandbox.data import days, rng
+from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
+
+API_PATH = "/open_api/v1.3"
+MAX_PAGE_SIZE = 1000
+MAX_REPORT_DAYS = 30
+ACCESS_TTL = 86400
+REFRESH_TTL = 31536000
+METRICS = ("spend", "impressions", "clicks", "conversion")
+
+MESSAGES = {
+    40001: "No permission to operate advertiser.",
+    40002: "Invalid parameter.",
+    40100: "Too many requests. Requests made too frequently, please try again later.",
+    40102: "Access token has expired.",
+    40103: "Refresh token has expired.",
+    40104: "Access token is null.",
+    40105: "Access token is incorrect or has been revoked.",
+    40107: "Refresh token is invalid.",
+    40132: "Too many requests for this advertiser, please try again later.",
+    50000: "System error, please try again later.",
+    61000: "Your request has reached the rate limit of this advertiser.",
+}
+
+_OBJECTIVES = ("TRAFFIC", "CONVERSIONS", "REACH", "VIDEO_VIEWS", "LEAD_GENERATION", "PRODUCT_SALES")
+_WORDS = ("Spring", "Launch", "Retarget", "Brand", "Promo", "Creator", "Holiday", "Always-on")
+
+
+@dataclass
+class AdvertiserConfig:
+    campaigns: int
+    currency: str
+    time_zone: str
+    name: str
+    page_size_cap: int = MAX_PAGE_SIZE
+
+
+class TikTokApp(PlatformApp):
+    """TikTok sandbox. ``configure_account`` shapes an advertiser, ``fail_next`` makes the
+    next requests answer an error code, ``campaign_rows``/``report_rows`` return the raw
+    wire rows served."""
+
+    platform = "tiktok"
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self._lock = threading.Lock()
+        self._accounts: dict[str, AdvertiserConfig] = {}
+        self._expired_refresh: set[str] = set()
+
+    # --- configuration ------------------------------------------------------------------
+
+    def configure_account(
+        self,
+        advertiser_id: str,
+        *,
+        campaigns: int | None = None,
+        currency: str | None = None,
+        time_zone: str | None = None,
+        name: str | None = None,
+        page_size_cap: int | None = None,
+    ) -> AdvertiserConfig:
+        """Override the generated settings of one advertiser (unset keeps the default)."""
+        config = self.account_config(advertiser_id)
+        if campaigns is not None:
+            config.campaigns = campaigns
+        if currency is not None:
+            config.currency = currency
+        if time_zone is not None:
+            config.time_zone = time_zone
+        if name is not None:
+            config.name = name
+        if page_size_cap is not None:
+            config.page_size_cap = page_size_cap
+        return config
+
+    def account_config(self, advertiser_id: str) -> AdvertiserConfig:
+        advertiser_id = str(advertiser_id)
+        with self._lock:
+            if advertiser_id not in self._accounts:
+                r = rng("tiktok", advertiser_id, "account")
+                self._accounts[advertiser_id] = AdvertiserConfig(
+                    campaigns=r.randint(3, 8),
+                    currency="USD",
+                    time_zone="America/Los_Angeles",
+                    name=f"Sandbox Advertiser {advertiser_id}",
+                )
+            return self._accounts[advertiser_id]
+
+    def fail_next(self, code: int, *, times: int = 1, path: str = ".*", message: str | None = None) -> None:
+        """Answer the next ``times`` requests whose path matches ``path`` with HTTP 200 and
+        envelope ``code`` (e.g. 40100, 50000, 40105)."""
+        body = {
+            "code": code,
+            "message": message if message is not None else MESSAGES.get(code, "Error."),
+            "request_id": f"sandbox-fault-{code}",
+            "data": {},
+        }
+        self.faults.add("status", path=path, times=times, status=200, body=body)
+
+    def expire_refresh_token(self, refresh_token: str) -> None:
+        """Make a refresh token answer 40103 (expired) from now on."""
+        with self._lock:
+            self._expired_refresh.add(refresh_token)
+
+    # --- wire data ----------------------------------------------------------------------
+
+    def campaign_rows(self, advertiser_id: str) -> list[dict[str, Any]]:
+        """Every campaign of the advertiser exactly as ``campaign/get`` serves it."""
+        advertiser_id = str(advertiser_id)
+        config = self.account_config(advertiser_id)
+        rows = []
+        for index in range(config.campaigns):
+            r = rng("tiktok", advertiser_id, "campaign", index)
+            mode = r.choice(("BUDGET_MODE_DAY", "BUDGET_MODE_DAY", "BUDGET_MODE_TOTAL", "BUDGET_MODE_INFINITE"))
+            if mode == "BUDGET_MODE_INFINITE":
+                budget: int | float = 0
+            elif r.random() < 0.5:
+                budget = r.randint(20, 500)
+            else:
+                budget = r.randint(2000, 50000) / 10  # e.g. 50.5: a decimal budget
+            rows.append({
+                "advertiser_id": advertiser_id,
+                "campaign_id": str(1_700_000_000_000_000_000 + r.randint(0, 10**17) * 10 + index),
+                "campaign_name": f"{r.choice(_WORDS)} {index + 1}",
+                "budget": budget,
+                "budget_mode": mode,
+                "operation_status": "ENABLE" if r.random() < 0.75 else "DISABLE",
+                "objective_type": r.choice(_OBJECTIVES),
+                "create_time": "2023-06-01 00:00:00",
+            })
+        return rows
+
+    def _today(self) -> date:
+        return datetime.fromtimestamp(self.clock(), timezone.utc).date()
+
+    def report_rows(self, advertiser_id: str, since: date, until: date) -> list[dict[str, Any]]:
+        """Daily campaign rows for ``since``..``until`` as the report serves them (all
+        four metrics), ordered by day then campaign. No rows for days after today."""
+        advertiser_id = str(advertiser_id)
+        campaigns = self.campaign_rows(advertiser_id)
+        today = self._today()
+        rows = []
+        for day in days(since, min(until, today)):
+            for index, campaign in enumerate(campaigns):
+                r = rng("tiktok", advertiser_id, campaign["campaign_id"], day.isoformat())
+                if r.random() < 0.15:
+                    continue  # no delivery that day: TikTok serves no row
+                impressions = r.randint(100, 20000)
+                clicks = r.randint(0, impressions // 30)
+                conversion = r.randint(0, clicks // 8) if clicks >= 8 else 0
+                cents = r.randint(0, 60000)
+                if index % 2 == 0:
+                    metrics: dict[str, Any] = {
+                        "spend": f"{cents // 100}.{cents % 100:02d}",
+                        "impressions": str(impressions),
+                        "clicks": str(clicks),
+                        "conversion": str(conversion),
+                    }
+                else:
+                    metrics = {
+                        "spend": cents / 100,
+                        "impressions": impressions,
+                        "clicks": clicks,
+                        "conversion": conversion,
+                    }
+                rows.append({
+                    "dimensions": {
+                        "campaign_id": campaign["campaign_id"],
+                        "stat_time_day": f"{day.isoformat()} 00:00:00",
+                    },
+                    "metrics": metrics,
+                })
+        return rows
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Reply:
+        if not request.path.startswith(API_PATH + "/"):
+            return Reply(404, {"code": 40400, "message": "Not found", "request_id": _request_id(), "data": {}})
+        route = request.path[len(API_PATH):]
+        if route == "/tt_user/oauth2/refresh_token/" and request.method == "POST":
+            return self._refresh(request)
+        routes = {
+            "/advertiser/info/": self._advertiser_info,
+            "/campaign/get/": self._campaigns,
+            "/report/integrated/get/": self._report,
+        }
+        handler = routes.get(route)
+        if handler is None or request.method != "GET":
+            return Reply(404, {"code": 40400, "message": "Not found", "request_id": _request_id(), "data": {}})
+        state = self.tokens.check(request.headers.get("access-token"))
+        if state == "missing":
+            return _error(40104)
+        if state == "expired":
+            return _error(40102)
+        if state != "ok":
+            return _error(40105)
+        try:
+            return _ok(handler(request.query))
+        except _ParamError as exc:
+            return _error(40002, str(exc))
+
+    def _advertiser_info(self, query: dict[str, str]) -> dict[str, Any]:
+        ids = _json_list(query, "advertiser_ids")
+        fields = _json_list(query, "fields", required=False)
+        out = []
+        for advertiser_id in ids:
+            config = self.account_config(str(advertiser_id))
+            full = {
+                "advertiser_id": str(advertiser_id),
+                "name": config.name,
+                "currency": config.currency,
+                "timezone": config.time_zone,
+                "display_timezone": config.time_zone,
+                "status": "STATUS_ENABLE",
+            }
+            out.append({k: v for k, v in full.items() if not fields or k in fields or k == "advertiser_id"})
+        return {"list": out}
+
+    def _paged(self, rows: list[dict[str, Any]], query: dict[str, str], cap: int) -> dict[str, Any]:
+        page = _positive_int(query, "page", 1)
+        page_size = _positive_int(query, "page_size", 10)
+        if page_size > MAX_PAGE_SIZE:
+            raise _ParamError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
+        page_size = min(page_size, cap)
+        total_page = (len(rows) + page_size - 1) // page_size
+        chunk = rows[(page - 1) * page_size: page * page_size]
+        return {
+            "list": chunk,
+            "page_info": {
+                "page": page, "page_size": page_size,
+                "total_number": len(rows), "total_page": total_page,
+            },
+        }
+
+    def _campaigns(self, query: dict[str, str]) -> dict[str, Any]:
+        advertiser_id = _required(query, "advertiser_id")
+        config = self.account_config(advertiser_id)
+        return self._paged(self.campaign_rows(advertiser_id), query, config.page_size_cap)
+
+    def _report(self, query: dict[str, str]) -> dict[str, Any]:
+        advertiser_id = _required(query, "advertiser_id")
+        if query.get("report_type") != "BASIC":
+            raise _ParamError("report_type: only BASIC is supported by the sandbox")
+        if query.get("data_level") != "AUCTION_CAMPAIGN":
+            raise _ParamError("data_level: only AUCTION_CAMPAIGN is supported by the sandbox")
+        dimensions = _json_list(query, "dimensions")
+        if sorted(dimensions) != ["campaign_id", "stat_time_day"]:
+            raise _ParamError('dimensions: must be ["campaign_id","stat_time_day"]')
+        metrics = _json_list(query, "metrics")
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise _ParamError(f"metrics: unknown metric {unknown[0]!r}")
+        try:
+            start = date.fromisoformat(_required(query, "start_date"))
+            end = date.fromisoformat(_required(query, "end_date"))
+        except ValueError:
+            raise _ParamError("start_date/end_date: must be YYYY-MM-DD") from None
+        if end < start:
+            raise _ParamError("end_date: must not be before start_date")
+        if (end - start).days + 1 > MAX_REPORT_DAYS:
+            raise _ParamError(
+                f"The date range between start_date and end_date cannot exceed {MAX_REPORT_DAYS} days."
+            )
+        rows = [
+            {"dimensions": row["dimensions"],
+             "metrics": {k: v for k, v in row["metrics"].items() if k in metrics}}
+            for row in self.report_rows(advertiser_id, start, end)
+        ]
+        config = self.account_config(advertiser_id)
+        return self._paged(rows, query, config.page_size_cap)
+
+    def _refresh(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            return _error(40002, "body must be JSON")
+        if not isinstance(body, dict):
+            return _error(40002, "body must be a JSON object")
+        if (body.get("client_id") != APP_CREDENTIALS["TIKTOK_APP_ID"]
+                or body.get("client_secret") != APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"]):
+            return _error(40001, "client_id or client_secret is invalid.")
+        if body.get("grant_type") != "refresh_token":
+            return _error(40002, "grant_type: must be refresh_token")
+        old = str(body.get("refresh_token") or "")
+        with self._lock:
+            expired = old in self._expired_refresh
+        if expired:
+            return _error(40103)
+        access = self.tokens.refresh_grant(old, ttl=ACCESS_TTL)
+        if access is None:
+            return _error(40107)
+        # TikTok rotates refresh tokens: the new one replaces the old.
+        new_refresh = self.tokens.add_refresh(f"tiktok-rt-{secrets.token_urlsafe(24)}")
+        self.tokens.revoke(old)
+        return _ok({
+            "access_token": access,
+            "expires_in": ACCESS_TTL,
+            "refresh_token": new_refresh,
+            "refresh_token_expires_in": REFRESH_TTL,
+            "open_id": "sandbox-open-id",
+            "scope": "user.info.basic,ads.read",
+            "token_type": "Bearer",
+        })
+
+
+class _ParamError(ValueError):
+    pass
+
+
+def _request_id() -> str:
+    return secrets.token_hex(10)
+
+
+def _ok(data: dict[str, Any]) -> Reply:
+    return Reply(200, {"code": 0, "message": "OK", "request_id": _request_id(), "data": data})
+
+
+def _error(code: int, detail: str | None = None) -> Reply:
+    message = MESSAGES.get(code, "Error.") if detail is None else detail
+    return Reply(200, {"code": code, "message": message, "request_id": _request_id(), "data": {}})
+
+
+def _required(query: dict[str, str], name: str) -> str:
+    value = query.get(name)
+    if not value:
+        raise _ParamError(f"{name}: Missing data for required field.")
+    return value
+
+
+def _json_list(query: dict[str, str], name: str, *, required: bool = True) -> list[Any]:
+    raw = query.get(name)
+    if not raw:
+        if required:
+            raise _ParamError(f"{name}: Missing data for required field.")
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise _ParamError(f"{name}: must be a JSON array") from None
+    if not isinstance(value, list):
+        raise _ParamError(f"{name}: must be a JSON array")
+    return value
+
+
+def _positive_int(query: dict[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ParamError(f"{name}: Not a valid integer.") from None
+    if value < 1:
+        raise _ParamError(f"{name}: must be at least 1")
+    return value

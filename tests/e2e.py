@@ -1,0 +1,108 @@
+"""End-to-end helpers: the installed `clearlift` command run as cron runs it (subprocess,
+environment variables, no stdin), against sandboxes on loopback and real databases."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or "clearlift"
+
+
+@dataclass
+class Env:
+    home: Path
+    warehouse_url: str
+    sandbox: object
+    key: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def db(self) -> Path:
+        return self.home / "clearlift.db"
+
+    def environ(self, **more: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))}
+        env.update(self.sandbox.env())
+        env.update({
+            "CLEARLIFT_HOME": str(self.home),
+            "CLEARLIFT_WAREHOUSE_URL": self.warehouse_url,
+            "ENCRYPTION_KEY": self.key,
+            "CLEARLIFT_HTTP_TIMEOUT": "5",
+        })
+        env.update(self.extra)
+        env.update(more)
+        return env
+
+    def run(self, *args: str, check: bool = True, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [CLEARLIFT, *args], env=self.environ(**env), capture_output=True, text=True,
+            input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, timeout=240,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"clearlift {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def run_json(self, *args: str, **env: str):
+        return json.loads(self.run(*args, "--json", **env).stdout)
+
+    def add(self, org: str, platform: str, account: str, access: str, refresh: str | None = None,
+            expires_at: str | None = None, settings: str | None = None, user: str = "user-1") -> str:
+        args = ["connections", "add", "--org", org, "--platform", platform, "--account-id", account,
+                "--connected-by", user, "--account-name", f"{platform} {account}"]
+        if expires_at:
+            args += ["--expires-at", expires_at]
+        if settings:
+            args += ["--settings", settings]
+        env = {"CLEARLIFT_ACCESS_TOKEN": access}
+        if refresh:
+            env["CLEARLIFT_REFRESH_TOKEN"] = refresh
+        self.run(*args, **env)
+        return f"{org}-{platform}-{account}"
+
+    def store(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.db)
+        c.row_factory = sqlite3.Row
+        return c
+
+    def job(self, job_id: str) -> sqlite3.Row:
+        with self.store() as c:
+            return c.execute("SELECT * FROM sync_jobs WHERE id = ?", (job_id,)).fetchone()
+
+    def jobs(self, connection_id: str) -> list[sqlite3.Row]:
+        with self.store() as c:
+            return c.execute("SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY created_at",
+                             (connection_id,)).fetchall()
+
+    def connection(self, connection_id: str) -> sqlite3.Row:
+        with self.store() as c:
+            return c.execute("SELECT * FROM platform_connections WHERE id = ?", (connection_id,)).fetchone()
+
+    def window_days(self, job_id: str) -> tuple[date, date]:
+        meta = json.loads(self.job(job_id)["metadata"])
+        start = datetime.fromisoformat(meta["sync_window"]["start"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(meta["sync_window"]["end"].replace("Z", "+00:00"))
+        from datetime import timedelta
+
+        return start.date(), (end - timedelta(microseconds=1)).date()
+
+    def warehouse_rows(self, table: str, **where) -> list[dict]:
+        from clearlift_cli.warehouse import open_warehouse
+
+        with open_warehouse(self.warehouse_url) as wh:
+            return wh.fetch_rows(table, **where)
+
+
+def micros(value) -> int:
+    """Independent conversion of a wire decimal to micros (the test's own arithmetic)."""
+    return int(Decimal(str(value)) * 1_000_000)

@@ -1,0 +1,260 @@
+"""Stripe client against the Stripe sandbox over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from clearlift_cli.errors import AuthRevoked, PermanentError, RateLimited, TransientError
+from clearlift_cli.platforms import platform_module
+from clearlift_cli.platforms.base import Account, Charge, Credentials, PlatformContext
+from clearlift_cli.platforms.stripe import StripeClient, refresh_token
+from clearlift_cli.sandbox.server import SandboxServer
+from clearlift_cli.sandbox.stripe import DEFAULT_ACCOUNT, StripeApp
+from clearlift_cli.settings import resolve
+from clearlift_cli.timeutil import FrozenClock
+
+UTC = timezone.utc
+ACCOUNT = "acct_1TestShop"
+CHARGES = r"^/v1/charges$"
+
+
+@pytest.fixture
+def app() -> StripeApp:
+    return StripeApp()
+
+
+@pytest.fixture
+def server(app):
+    srv = SandboxServer(app).start()
+    yield srv
+    # shutdown() waits out serve_forever's 0.5 s poll; let it finish off the test's clock
+    threading.Thread(target=srv.stop, daemon=True).start()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime(2024, 6, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def ctx(tmp_path, server, clock) -> PlatformContext:
+    settings = resolve(
+        flags={"home": str(tmp_path), "stripe_url": server.base_url, "http_timeout": 2}, environ={}
+    )
+    return PlatformContext(settings=settings, account_id=ACCOUNT, clock=clock)
+
+
+@pytest.fixture
+def key(app) -> str:
+    return app.issue_key(ACCOUNT)
+
+
+@pytest.fixture
+def client(ctx, key) -> StripeClient:
+    return StripeClient(ctx, Credentials(access_token=key))
+
+
+def _expected(wire) -> list[Charge]:
+    return [
+        Charge(
+            charge_id=row["id"],
+            amount_minor=row["amount"],
+            amount_refunded_minor=row["amount_refunded"],
+            currency=row["currency"].upper(),
+            status=row["status"],
+            paid=row["paid"],
+            customer_id=row["customer"],
+            created_at=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=row["created"]),
+        )
+        for row in wire
+    ]
+
+
+def test_module_registers_client_and_refresh(ctx, key):
+    module = platform_module("stripe")
+    assert module.CLIENT is StripeClient
+    assert module.CLIENT.platform == "stripe" and module.CLIENT.kind == "revenue"
+    assert refresh_token(ctx, Credentials(key)) is None
+
+
+def test_account_reads_currency_timezone_and_name(app, client, key):
+    app.configure_account(ACCOUNT, currency="jpy", time_zone="Asia/Tokyo", name="Tokyo Shop")
+
+    assert client.account() == Account(
+        account_id=ACCOUNT, currency="JPY", time_zone="Asia/Tokyo", name="Tokyo Shop"
+    )
+    (sent,) = app.requests_to(r"^/v1/account$")
+    assert sent.headers["authorization"] == f"Bearer {key}"
+
+
+def test_250_charges_come_in_three_pages_exactly(app, client):
+    app.configure_account(ACCOUNT, charges_per_day=10)
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 26, tzinfo=UTC)
+    wire = app.charges_between(ACCOUNT, since, until)
+    assert len(wire) == 250
+
+    got = list(client.charges(since, until))
+
+    assert got == _expected(wire)
+    sent = app.requests_to(CHARGES)
+    assert len(sent) == 3
+    assert [r.query.get("starting_after") for r in sent] == [None, wire[99]["id"], wire[199]["id"]]
+    for request in sent:
+        assert request.query["limit"] == "100"
+        assert request.query["created[gte]"] == str(int(since.timestamp()))
+        assert request.query["created[lt]"] == str(int(until.timestamp()))
+
+
+def test_window_bounds_include_since_and_exclude_until(app, client):
+    app.configure_account(ACCOUNT, charges_per_day=6)
+    day = app.charges_between(ACCOUNT, datetime(2024, 2, 10, tzinfo=UTC), datetime(2024, 2, 13, tzinfo=UTC))
+    # newest first: pick a late charge as the (exclusive) end and an early one as the start
+    until = datetime.fromtimestamp(day[2]["created"], UTC)
+    since = datetime.fromtimestamp(day[-3]["created"], UTC)
+
+    got = list(client.charges(since, until))
+
+    ids = [c.charge_id for c in got]
+    assert ids == [row["id"] for row in day[3:-2]]
+    assert day[-3]["id"] in ids and day[2]["id"] not in ids
+    assert all(since <= c.created_at < until for c in got)
+
+
+def test_sub_second_bounds_round_up_to_whole_seconds(app, client):
+    wire = app.charges_between(ACCOUNT, datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC))
+    newest = datetime.fromtimestamp(wire[0]["created"], UTC)
+
+    # a charge at second S is before S + 0.5 s, and not at or after S + 0.5 s
+    included = list(client.charges(newest - timedelta(hours=1), newest + timedelta(milliseconds=500)))
+    excluded = list(client.charges(newest + timedelta(milliseconds=500), newest + timedelta(hours=1)))
+
+    assert included[0].charge_id == wire[0]["id"]
+    assert wire[0]["id"] not in [c.charge_id for c in excluded]
+
+
+def test_zero_decimal_amounts_are_never_scaled(app, client):
+    app.configure_account(ACCOUNT, currency="jpy", charges_per_day=8)
+    since, until = datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 8, tzinfo=UTC)
+    wire = app.charges_between(ACCOUNT, since, until)
+
+    got = list(client.charges(since, until))
+
+    assert {c.currency for c in got} == {"JPY"}
+    assert [c.amount_minor for c in got] == [row["amount"] for row in wire]
+    assert sum(c.amount_minor for c in got) == sum(row["amount"] for row in wire)
+    assert min(c.amount_minor for c in got) >= 500  # yen as given, not divided by 100
+    assert any(c.amount_minor == 500 or c.amount_minor == 1200 for c in got)
+
+
+def test_refunds_and_failed_charges_are_parsed(app, client):
+    app.configure_account(ACCOUNT, charges_per_day=10)
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 26, tzinfo=UTC)
+
+    got = list(client.charges(since, until))
+
+    failed = [c for c in got if c.status == "failed"]
+    full = [c for c in got if c.paid and c.amount_refunded_minor == c.amount_minor]
+    partial = [c for c in got if 0 < c.amount_refunded_minor < c.amount_minor]
+    guests = [c for c in got if c.customer_id is None]
+    assert failed and full and partial and guests
+    assert all(not c.paid and c.amount_refunded_minor == 0 for c in failed)
+    assert all(c.status == "succeeded" for c in full + partial)
+    assert all(c.created_at.tzinfo is not None and c.created_at.utcoffset() == timedelta(0) for c in got)
+
+
+@pytest.mark.parametrize("bad", ["unknown", "revoked"])
+def test_bad_key_is_auth_revoked_without_the_key(app, ctx, bad):
+    key = "sk_test_51" + "Zq9" * 10 + "WXyz"
+    if bad == "revoked":
+        app.tokens.add_access(key)
+        app.tokens.revoke(key)
+
+    with pytest.raises(AuthRevoked) as info:
+        list(StripeClient(ctx, Credentials(key)).charges(
+            datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+
+    exc = info.value
+    assert exc.definitive is True and exc.reason == "Invalid API Key"
+    assert len(app.requests_to(CHARGES)) == 1
+    # Stripe (and the sandbox) echo a masked key; the client must drop even that
+    echoed = requests.get(f"{ctx.settings.stripe_url}/v1/account",
+                          headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    assert echoed.status_code == 401 and "sk_test_" in echoed.json()["error"]["message"]
+    assert echoed.json()["error"]["message"].endswith("WXyz")
+    for text in (str(exc), exc.reason, repr(exc.args)):
+        assert key not in text and "sk_test" not in text and "WXyz" not in text
+    assert "401" in str(exc)
+
+
+def test_short_rate_limit_is_slept_and_retried(app, client, clock):
+    app.rate_limit_next(times=1, retry_after=1)
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
+
+    got = list(client.charges(since, until))
+
+    assert got == _expected(app.charges_between(ACCOUNT, since, until))
+    assert len(app.requests_to(CHARGES)) == 2
+    assert clock.slept == [1.0]
+
+
+def test_rate_limit_without_retry_after_waits_the_default(app, client, clock):
+    app.rate_limit_next(times=1, retry_after=None)
+
+    list(client.charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+
+    assert clock.slept == [2.0]
+
+
+def test_long_rate_limit_propagates(app, client, clock):
+    app.rate_limit_next(times=1, retry_after=30)
+
+    with pytest.raises(RateLimited) as info:
+        list(client.charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+
+    assert info.value.retry_after == 30.0 and info.value.scope == "account"
+    assert len(app.requests_to(CHARGES)) == 1 and clock.slept == []
+
+
+def test_should_retry_false_is_permanent(app, client):
+    app.rate_limit_next(times=1, retry_after=1, should_retry=False)
+
+    with pytest.raises(PermanentError) as info:
+        list(client.charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+
+    assert not isinstance(info.value, AuthRevoked)
+    assert len(app.requests_to(CHARGES)) == 1
+
+
+@pytest.mark.parametrize(
+    "status, should_retry, expected",
+    [(500, None, TransientError), (503, True, TransientError), (409, True, TransientError),
+     (400, None, PermanentError), (404, None, PermanentError)],
+)
+def test_error_statuses_are_classified(app, client, status, should_retry, expected):
+    app.fail_next(status, times=3, should_retry=should_retry, path=CHARGES)
+
+    with pytest.raises(expected) as info:
+        list(client.charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+
+    assert type(info.value) is expected
+    assert len(app.requests_to(CHARGES)) == (3 if expected is TransientError else 1)
+
+
+def test_one_server_error_recovers(app, client):
+    app.fail_next(500, times=1, path=CHARGES)
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+
+    assert list(client.charges(since, until)) == _expected(app.charges_between(ACCOUNT, since, until))
+
+
+def test_keys_issued_by_the_token_authority_read_the_default_account(app, ctx):
+    key, _ = app.tokens.issue(ttl=None)
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+
+    got = list(StripeClient(ctx, Credentials(key)).charges(since, until))
+
+    assert got == _expected(app.charges_between(DEFAULT_ACCOUNT, since, until))

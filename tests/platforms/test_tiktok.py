@@ -1,0 +1,353 @@
+"""TikTok client against the TikTok sandbox over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+import requests
+
+from clearlift_cli.errors import (
+    AuthRevoked,
+    MissingAppCredentials,
+    PermanentError,
+    RateLimited,
+    TokenExpired,
+    TransientError,
+)
+from clearlift_cli.platforms import platform_module
+from clearlift_cli.platforms.base import Account, Campaign, Credentials, DailyMetric, PlatformContext
+from clearlift_cli.platforms.tiktok import TikTokAdsClient, refresh_token
+from clearlift_cli.sandbox import APP_CREDENTIALS
+from clearlift_cli.sandbox.server import SandboxServer
+from clearlift_cli.sandbox.tiktok import TikTokApp
+from clearlift_cli.settings import resolve
+from clearlift_cli.timeutil import FrozenClock
+
+UTC = timezone.utc
+ADVERTISER = "7012345678901234567"
+REPORT = r"/report/integrated/get/$"
+CAMPAIGNS = r"/campaign/get/$"
+
+
+@pytest.fixture
+def app() -> TikTokApp:
+    return TikTokApp()
+
+
+@pytest.fixture
+def server(app):
+    srv = SandboxServer(app).start()
+    yield srv
+    # shutdown() waits out serve_forever's 0.5 s poll; let it finish off the test's clock
+    threading.Thread(target=srv.stop, daemon=True).start()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime(2024, 6, 1, 12, 0, tzinfo=UTC))
+
+
+def _settings(tmp_path, server, *, app_credentials: bool = True):
+    flags = {"home": str(tmp_path), "tiktok_url": server.base_url, "http_timeout": 2}
+    if app_credentials:
+        flags["tiktok_app_id"] = APP_CREDENTIALS["TIKTOK_APP_ID"]
+        flags["tiktok_client_secret"] = APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"]
+    return resolve(flags=flags, environ={})
+
+
+@pytest.fixture
+def ctx(tmp_path, server, clock) -> PlatformContext:
+    return PlatformContext(settings=_settings(tmp_path, server), account_id=ADVERTISER, clock=clock)
+
+
+@pytest.fixture
+def token(app) -> str:
+    access, _refresh = app.tokens.issue(ttl=None)
+    return access
+
+
+@pytest.fixture
+def client(ctx, token) -> TikTokAdsClient:
+    return TikTokAdsClient(ctx, Credentials(access_token=token))
+
+
+def _micros(value) -> int:
+    """Expected micros computed from the wire value, independently of the client."""
+    exact = Decimal(value) if isinstance(value, str) else Decimal(repr(value))
+    assert exact * 1_000_000 == int(exact * 1_000_000), "sandbox serves whole micros"
+    return int(exact * 1_000_000)
+
+
+def _expected_metrics(rows) -> list[DailyMetric]:
+    return [
+        DailyMetric(
+            campaign_id=row["dimensions"]["campaign_id"],
+            metric_date=date.fromisoformat(row["dimensions"]["stat_time_day"].split(" ")[0]),
+            impressions=int(row["metrics"]["impressions"]),
+            clicks=int(row["metrics"]["clicks"]),
+            spend_micros=_micros(row["metrics"]["spend"]),
+            conversions=Decimal(str(row["metrics"]["conversion"])),
+        )
+        for row in rows
+    ]
+
+
+def test_module_registers_client_and_refresh():
+    module = platform_module("tiktok")
+    assert module.CLIENT is TikTokAdsClient
+    assert module.CLIENT.platform == "tiktok"
+    assert module.refresh_token is refresh_token
+    assert TikTokAdsClient.max_window_days == 30
+
+
+def test_account_reads_currency_and_keeps_timezone_as_given(app, client, token):
+    app.configure_account(ADVERTISER, currency="eur", time_zone="Etc/GMT+8", name="Berlin Shop")
+
+    assert client.account() == Account(
+        account_id=ADVERTISER, currency="EUR", time_zone="Etc/GMT+8", name="Berlin Shop"
+    )
+    (sent,) = app.requests_to(r"/advertiser/info/$")
+    assert sent.headers["access-token"] == token
+    assert json.loads(sent.query["advertiser_ids"]) == [ADVERTISER]
+    assert set(json.loads(sent.query["fields"])) == {"currency", "timezone", "name"}
+
+
+def test_campaigns_span_pages_and_match_the_wire_exactly(app, client):
+    app.configure_account(ADVERTISER, campaigns=25, page_size_cap=10)
+    wire = app.campaign_rows(ADVERTISER)
+    assert any(row["budget"] == 0 for row in wire)
+    assert any(isinstance(row["budget"], float) and row["budget"] % 1 for row in wire)
+
+    got = list(client.campaigns())
+
+    assert got == [
+        Campaign(
+            campaign_id=row["campaign_id"],
+            campaign_name=row["campaign_name"],
+            status=row["operation_status"],
+            objective=row["objective_type"],
+            budget_micros=_micros(row["budget"]),
+        )
+        for row in wire
+    ]
+    pages = [int(r.query["page"]) for r in app.requests_to(CAMPAIGNS)]
+    assert pages == [1, 2, 3]
+
+
+def test_decimal_budget_becomes_exact_micros(app, client):
+    app.configure_account(ADVERTISER, campaigns=25)
+    by_id = {row["campaign_id"]: row["budget"] for row in app.campaign_rows(ADVERTISER)}
+    decimal_ids = [cid for cid, budget in by_id.items() if isinstance(budget, float) and budget % 1]
+    assert decimal_ids
+
+    got = {c.campaign_id: c.budget_micros for c in client.campaigns()}
+
+    for cid in decimal_ids:
+        # e.g. 50.5 -> 50_500_000: tenths of a unit, never a binary-float artefact
+        assert got[cid] == int(Decimal(repr(by_id[cid])) * 1_000_000)
+        assert got[cid] % 100_000 == 0
+
+
+def test_45_day_window_is_two_report_requests_with_exact_totals(app, client):
+    app.configure_account(ADVERTISER, campaigns=4)
+    since, until = date(2024, 1, 1), date(2024, 2, 14)
+    wire = app.report_rows(ADVERTISER, since, until)
+
+    got = list(client.daily_metrics(since, until))
+
+    sent = app.requests_to(REPORT)
+    assert [(r.query["start_date"], r.query["end_date"]) for r in sent] == [
+        ("2024-01-01", "2024-01-30"),
+        ("2024-01-31", "2024-02-14"),
+    ]
+    assert got == _expected_metrics(wire)
+    assert sum(m.spend_micros for m in got) == sum(_micros(r["metrics"]["spend"]) for r in wire)
+    assert sum(m.impressions for m in got) == sum(int(r["metrics"]["impressions"]) for r in wire)
+    assert sum(m.clicks for m in got) == sum(int(r["metrics"]["clicks"]) for r in wire)
+    assert {m.metric_date for m in got} == {since + timedelta(days=i) for i in range(45)}
+    for request in sent:
+        assert json.loads(request.query["dimensions"]) == ["campaign_id", "stat_time_day"]
+        assert request.query["report_type"] == "BASIC"
+        assert request.query["data_level"] == "AUCTION_CAMPAIGN"
+
+
+def test_report_pages_are_followed(app, client):
+    app.configure_account(ADVERTISER, campaigns=5, page_size_cap=20)
+    since, until = date(2024, 3, 1), date(2024, 3, 10)
+    wire = app.report_rows(ADVERTISER, since, until)
+    assert len(wire) > 40  # at least three pages of 20
+
+    got = list(client.daily_metrics(since, until))
+
+    assert got == _expected_metrics(wire)
+    pages = [int(r.query["page"]) for r in app.requests_to(REPORT)]
+    assert pages == list(range(1, (len(wire) + 19) // 20 + 1))
+
+
+def test_metric_strings_and_numbers_are_both_parsed_exactly(app, client):
+    app.configure_account(ADVERTISER, campaigns=2)
+    day = date(2024, 4, 2)
+    wire = app.report_rows(ADVERTISER, day, day + timedelta(days=5))
+    spend_types = {type(row["metrics"]["spend"]) for row in wire}
+    count_types = {type(row["metrics"]["impressions"]) for row in wire}
+    assert spend_types == {str, float} and count_types == {str, int}
+
+    got = list(client.daily_metrics(day, day + timedelta(days=5)))
+
+    assert got == _expected_metrics(wire)
+    for metric, row in zip(got, wire):
+        spend = row["metrics"]["spend"]
+        assert metric.spend_micros == round(Decimal(str(spend)) * 1_000_000)
+        assert isinstance(metric.conversions, Decimal)
+
+
+def test_sandbox_rejects_reports_longer_than_30_days(server, token):
+    response = requests.get(
+        f"{server.base_url}/open_api/v1.3/report/integrated/get/",
+        headers={"Access-Token": token},
+        params={
+            "advertiser_id": ADVERTISER, "report_type": "BASIC", "data_level": "AUCTION_CAMPAIGN",
+            "dimensions": '["campaign_id","stat_time_day"]', "metrics": '["spend"]',
+            "start_date": "2024-01-01", "end_date": "2024-01-31",
+        },
+        timeout=5,
+    )
+    body = response.json()
+    assert response.status_code == 200
+    assert body["code"] == 40002 and "30 days" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "code, expected, scope",
+    [
+        (40100, RateLimited, "app"),
+        (40132, RateLimited, "account"),
+        (61000, RateLimited, "account"),
+        (40102, TokenExpired, None),
+        (40105, AuthRevoked, None),
+        (40103, AuthRevoked, None),
+        (40107, AuthRevoked, None),
+        (40001, PermanentError, None),
+        (40002, PermanentError, None),
+        (50000, TransientError, None),
+        (40999, PermanentError, None),
+    ],
+)
+def test_http_200_error_codes_are_classified(app, client, code, expected, scope):
+    app.fail_next(code, times=3, path=CAMPAIGNS)
+
+    with pytest.raises(expected) as info:
+        list(client.campaigns())
+
+    exc = info.value
+    assert type(exc) is expected
+    assert str(code) in str(exc)
+    assert exc.platform == "tiktok"
+    if expected is RateLimited:
+        assert exc.scope == scope
+        assert exc.retry_after == 60.0
+    if expected is AuthRevoked:
+        assert exc.definitive is True
+    # only the plain transient code is retried in place (three attempts)
+    assert len(app.requests_to(CAMPAIGNS)) == (3 if code == 50000 else 1)
+
+
+def test_one_system_error_is_retried_and_recovers(app, client, clock):
+    app.configure_account(ADVERTISER, campaigns=3)
+    app.fail_next(50000, times=1, path=CAMPAIGNS)
+
+    assert len(list(client.campaigns())) == 3
+    assert len(app.requests_to(CAMPAIGNS)) == 2
+    assert clock.slept == [0.5]
+
+
+def test_expired_and_revoked_tokens_on_the_sandbox(app, ctx):
+    expired, _ = app.tokens.issue(ttl=60)
+    app.tokens.expire(expired)
+    revoked, _ = app.tokens.issue(ttl=None)
+    app.tokens.revoke(revoked)
+
+    with pytest.raises(TokenExpired):
+        TikTokAdsClient(ctx, Credentials(expired)).account()
+    with pytest.raises(AuthRevoked) as info:
+        TikTokAdsClient(ctx, Credentials(revoked)).account()
+    assert info.value.definitive is True
+
+
+@pytest.mark.parametrize("status, expected", [(503, TransientError), (429, RateLimited), (404, PermanentError)])
+def test_http_level_errors(app, client, status, expected):
+    app.faults.add("status", path=CAMPAIGNS, times=3, status=status, body={"message": "no"})
+
+    with pytest.raises(expected):
+        list(client.campaigns())
+
+
+def test_refresh_returns_a_new_pair_that_works(app, ctx, clock):
+    access, refresh = app.tokens.issue(ttl=3600)
+
+    grant = refresh_token(ctx, Credentials(access, refresh))
+
+    assert grant is not None
+    assert grant.expires_at == clock.now() + timedelta(seconds=86400)
+    assert grant.refresh_token and grant.refresh_token != refresh
+    assert grant.access_token != access
+    (sent,) = app.requests_to(r"/tt_user/oauth2/refresh_token/$")
+    assert sent.method == "POST"
+    assert sent.json() == {
+        "client_id": APP_CREDENTIALS["TIKTOK_APP_ID"],
+        "client_secret": APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"],
+        "grant_type": "refresh_token",
+        "refresh_token": refresh,
+    }
+    assert TikTokAdsClient(ctx, Credentials(grant.access_token)).account().currency == "USD"
+    # the old refresh token was rotated away
+    with pytest.raises(AuthRevoked) as info:
+        refresh_token(ctx, Credentials(access, refresh))
+    assert info.value.definitive is True and "40107" in str(info.value)
+
+
+def test_refresh_without_refresh_token_does_nothing(app, ctx, token):
+    assert refresh_token(ctx, Credentials(token)) is None
+    assert app.requests == []
+
+
+def test_refresh_without_app_credentials(tmp_path, server, clock, app):
+    ctx = PlatformContext(
+        settings=_settings(tmp_path, server, app_credentials=False), account_id=ADVERTISER, clock=clock
+    )
+    access, refresh = app.tokens.issue()
+
+    with pytest.raises(MissingAppCredentials):
+        refresh_token(ctx, Credentials(access, refresh))
+    assert app.requests == []
+
+
+def test_expired_refresh_token_is_definitive(app, ctx):
+    access, refresh = app.tokens.issue()
+    app.expire_refresh_token(refresh)
+
+    with pytest.raises(AuthRevoked) as info:
+        refresh_token(ctx, Credentials(access, refresh))
+    assert info.value.definitive is True and "40103" in str(info.value)
+
+
+def test_no_token_in_error_messages(app, ctx):
+    access, refresh = app.tokens.issue()
+    client = TikTokAdsClient(ctx, Credentials(access, refresh))
+    app.fail_next(40105, path=CAMPAIGNS, message=f"Access token {access} is incorrect")
+    app.fail_next(40107, path="refresh_token", message=f"refresh_token={refresh} is invalid")
+
+    with pytest.raises(AuthRevoked) as first:
+        list(client.campaigns())
+    with pytest.raises(AuthRevoked) as second:
+        refresh_token(ctx, Credentials(access, refresh))
+
+    for exc in (first.value, second.value):
+        for text in (str(exc), exc.reason, repr(exc.args)):
+            assert access not in text and refresh not in text
+            assert APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"] not in text
+    assert "incorrect" in str(first.value)

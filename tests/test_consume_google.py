@@ -1,0 +1,182 @@
+"""`clearlift consume` end to end for Google Ads: installed command, sandbox over HTTP,
+real SQLite store, real PostgreSQL warehouse."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from clearlift_cli.sandbox import Sandbox
+from tests.e2e import Env, micros
+
+CID = "123-456-7890"
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def env(tmp_path, sandbox, pg_schema_url):
+    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox)
+    e.run("init")
+    return e
+
+
+def seed_onboarding(env: Env, org: str, user: str) -> None:
+    with env.store() as c:
+        c.execute("INSERT INTO onboarding_progress (user_id, organization_id, current_step, services_connected, "
+                  "first_sync_completed) VALUES (?, ?, 'first_sync', 1, FALSE)", (user, org))
+
+
+def expected_metrics(app, cid: str, since, until) -> dict:
+    out = {}
+    for row in app.metric_rows(cid, since, until):
+        m = row.get("metrics", {})
+        out[(row["campaign"]["id"], row["segments"]["date"])] = (
+            int(m.get("impressions", "0")), int(m.get("clicks", "0")), int(m.get("costMicros", "0")),
+            Decimal(str(m.get("conversions", 0))), micros(m.get("conversionsValue", 0)))
+    return out
+
+
+def test_schedule_consume_writes_exact_rows_and_statuses(env, sandbox):
+    sandbox.google.configure_account(CID, campaigns=4, currency="EUR", time_zone="Europe/Berlin")
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    conn_id = env.add("org-1", "google", CID, access, refresh)
+    seed_onboarding(env, "org-1", "user-1")
+
+    out = env.run("schedule").stdout
+    assert "1 enqueued" in out
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn_id)
+    since, until = env.window_days(job["id"])
+    assert (until - since).days == 7
+    want = expected_metrics(sandbox.google, CID.replace("-", ""), since, until)
+    rows = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
+    got = {(r["campaign_id"], r["metric_date"].isoformat()): (
+        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
+        for r in rows}
+    assert got == want and len(want) > 10
+    assert all(r["currency"] == "EUR" and r["connection_id"] == conn_id for r in rows)
+
+    campaigns = env.warehouse_rows("google_ads_campaigns", organization_id="org-1")
+    wire = sandbox.google.campaign_rows(CID.replace("-", ""))
+    assert {c["campaign_id"]: (c["campaign_name"], c["status"], c["budget_micros"]) for c in campaigns} == {
+        w["campaign"]["id"]: (w["campaign"]["name"], w["campaign"]["status"],
+                              int(w.get("campaignBudget", {}).get("amountMicros", "0")))
+        for w in wire}
+    assert all(w["campaign"]["status"] != "REMOVED" for w in wire)
+
+    job = env.job(job["id"])
+    assert job["status"] == "completed" and job["job_type"] == "full"
+    assert job["records_synced"] == len(rows) + len(campaigns)
+    assert json.loads(job["metadata"])["records_synced"] == job["records_synced"]
+    assert job["started_at"].endswith("Z") and job["completed_at"].endswith("Z")
+    assert job["progress_percentage"] == 100
+    conn = env.connection(conn_id)
+    assert conn["sync_status"] == "completed" and conn["sync_error"] is None
+    assert conn["last_synced_at"] == job["completed_at"]
+    with env.store() as c:
+        ob = c.execute("SELECT * FROM onboarding_progress WHERE user_id = 'user-1'").fetchone()
+    assert ob["first_sync_completed"] == 1 and ob["current_step"] == "completed" and ob["completed_at"]
+
+    status = env.run_json("status", conn_id)
+    assert status["latest_sync"] == {"status": "completed", "type": "full", "completed_at": job["completed_at"],
+                                     "records_synced": job["records_synced"], "error": None}
+
+    # The same window again (a replay) leaves identical rows.
+    before = sorted(got.items())
+    env.run("sync", conn_id, "--now", "--since", since.isoformat(), "--until", until.isoformat())
+    env.run("consume", "--max-seconds", "60")
+    rows2 = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
+    assert sorted({(r["campaign_id"], r["metric_date"].isoformat()): (
+        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
+        for r in rows2}.items()) == before
+    assert len(rows2) == len(rows)
+
+
+def test_rate_limit_then_success_does_not_use_an_attempt(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    conn_id = env.add("org-1", "google", CID, access, refresh)
+    sandbox.google.exhaust_quota(times=1, retry_delay=1, rate_scope="ACCOUNT")  # short: slept in place
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+    (job,) = env.jobs(conn_id)
+    assert job["status"] == "completed"
+    assert len(sandbox.google.requests_to("googleAds:searchStream")) >= 3  # account, retried call, data
+
+
+def test_app_wide_quota_defers_every_google_job(env, sandbox):
+    ids = []
+    for acct in ("111-111-1111", "222-222-2222", "333-333-3333"):
+        access, refresh = sandbox.google.tokens.issue(ttl=3600)
+        ids.append(env.add("org-1", "google", acct, access, refresh))
+    sandbox.google.exhaust_quota(times=1, retry_delay=3600, rate_scope="DEVELOPER")
+    env.run("schedule")
+    out = env.run("consume", "--concurrency", "1", "--max-seconds", "60", "--json").stdout
+    summary = json.loads(out)
+    assert summary.get("deferred") == 1 and summary["jobs"] == 1  # the others were not even claimed
+    q = env.run_json("queue")
+    assert "google" in q["paused_platforms"]
+    assert q["delayed"] == 1 and q["ready"]["high"] == 2
+    statuses = sorted(env.jobs(i)[0]["status"] for i in ids)
+    assert statuses == ["pending", "pending", "pending"]
+    deferred = [env.jobs(i)[0] for i in ids if env.jobs(i)[0]["error_message"]]
+    assert len(deferred) == 1 and "Rate limited" in deferred[0]["error_message"]
+
+
+def test_5xx_storm_ends_in_dead_letter_and_failed_job(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    conn_id = env.add("org-1", "google", CID, access, refresh)
+    sandbox.google.faults.add("status", path="googleAds", times=-1, status=503,
+                              body={"error": {"code": 503, "status": "UNAVAILABLE", "message": "Service unavailable"}})
+    env.run("schedule")
+    # Four deliveries; backoff delays between them are skipped by re-queueing at once.
+    for attempt in range(4):
+        env.run("consume", "--max-seconds", "30")
+        with env.store() as c:
+            c.execute("UPDATE sync_queue SET visible_at = 0 WHERE state = 'ready'")
+    (job,) = env.jobs(conn_id)
+    assert job["status"] == "failed" and "503" in job["error_message"] or "unavailable" in job["error_message"].lower()
+    dead = env.run_json("queue", "dead")
+    assert len(dead) == 1 and dead[0]["attempts"] == 4
+    assert env.connection(conn_id)["sync_status"] == "failed"
+    assert env.run("status", check=False).returncode == 1
+
+
+def test_revoked_token_fails_at_once_without_retries(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    sandbox.google.tokens.revoke(access)
+    sandbox.google.tokens.revoke(refresh)
+    conn_id = env.add("org-1", "google", CID, access, refresh)
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "30")
+    (job,) = env.jobs(conn_id)
+    assert job["status"] == "failed"
+    assert "re-authoris" in job["error_message"]
+    conn = env.connection(conn_id)
+    assert conn["needs_reauth"] == 1 and conn["sync_status"] == "failed"
+    assert access not in job["error_message"] and refresh not in (conn["sync_error"] or "")
+    assert env.run_json("queue")["ready"] == {"high": 0, "normal": 0}
+    # Not scheduled again until reconnected; a reconnect clears the flag.
+    assert "0 enqueued" in env.run("schedule").stdout
+    access2, refresh2 = sandbox.google.tokens.issue(ttl=3600)
+    env.add("org-1", "google", CID, access2, refresh2)
+    assert env.connection(conn_id)["needs_reauth"] == 0
+    assert "1 enqueued" in env.run("schedule").stdout
+
+
+def test_truncated_body_is_transient(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    conn_id = env.add("org-1", "google", CID, access, refresh)
+    sandbox.google.faults.add("truncate", path="googleAds", times=3)
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "30")
+    (job,) = env.jobs(conn_id)
+    assert job["status"] == "pending" and "truncated" in job["error_message"]
+    assert env.run_json("queue")["delayed"] == 1
