@@ -56,9 +56,12 @@ def _settings(db=None, warehouse_url=None, home=None, config=None):
 
 
 def _console():
+    """Rich on a terminal; wide plain text (no colour, no wrapping) for cron and pipes."""
     from rich.console import Console
 
-    return Console(soft_wrap=False)
+    if sys.stdout.isatty():
+        return Console(soft_wrap=False)
+    return Console(width=240, no_color=True, soft_wrap=False)
 
 
 def _print_json(data: Any) -> None:

@@ -250,7 +250,9 @@ class Consumer:
         except AuthRevoked as exc:
             flagged = self.store.record_auth_failure(
                 conn.id, reason=exc.reason, definitive=exc.definitive, prefix="Authentication failed")
-            text = f"{exc}" + (": the connection needs to be re-authorised (reconnect the account)" if flagged else "")
+            text = str(exc).rstrip(". ")
+            if flagged:
+                text += " — the connection needs to be re-authorised (reconnect the account)"
             return self._fail_now(claimed, text, outcome, touch_connection=False)
         except (PermanentError, CryptoError, ConfigError, NotFound) as exc:
             return self._fail_now(claimed, str(exc), outcome)

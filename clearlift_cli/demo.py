@@ -39,15 +39,18 @@ def run_demo(home: str | None, console) -> dict:
     key = base64.b64encode(os.urandom(32)).decode()
     with Sandbox() as sb:
         env = sb.env()
-        flags = {"home": str(home_dir), "encryption_key": key, "config_path": str(home_dir / "demo-none.toml")}
-        s = settings_mod.resolve(flags, environ=env)
+        flags = {"home": str(home_dir), "encryption_key": key}
+        s = settings_mod.resolve(flags, environ=env, read_config=False)
         console.print(f"[b]clearlift demo[/b] — home {home_dir}\n"
                       f"sandbox platforms on loopback: {', '.join(f'{p} {srv.base_url}' for p, srv in sb.servers.items())}")
         core.init(s)
         for org, platform, account, name, ttl, revoked in DEMO_CONNECTIONS:
-            access, refresh = sb.issue_token(platform, ttl=ttl)
-            if platform in ("tiktok", "stripe"):
-                refresh = None
+            if platform == "stripe":
+                access, refresh = sb.stripe.issue_key(account), None
+            else:
+                access, refresh = sb.issue_token(platform, ttl=ttl)
+            if platform == "tiktok":
+                refresh = None  # advertiser tokens do not expire
             if revoked:
                 sb.app(platform).tokens.revoke(access)
                 sb.app(platform).tokens.revoke(refresh)

@@ -32,22 +32,31 @@ def connections_table(conns) -> Table:
     return t
 
 
+def _short(ts: str | None) -> str:
+    """'2025-10-10T20:45:30.123Z' -> '2025-10-10 20:45' (either stored spelling)."""
+    if not ts:
+        return "never"
+    return ts.replace("T", " ")[:16]
+
+
 def status_table(reports: list[ConnectionReport]) -> Table:
     failing = sum(r.failing for r in reports)
     active = sum(r.connection.is_active for r in reports)
-    t = Table(title=f"{len(reports)} connection(s): {active} active, {failing} failing")
-    for col in ("connection", "platform", "active", "status", "last synced", "latest job", "records", "next due", "error"):
-        t.add_column(col, overflow="fold")
+    t = Table(title=f"{len(reports)} connection(s): {active} active, {failing} failing", title_justify="left")
+    t.add_column("connection", no_wrap=True)
+    t.add_column("status", no_wrap=True)
+    t.add_column("last synced (UTC)", no_wrap=True)
+    t.add_column("latest job", no_wrap=True)
+    t.add_column("records", justify="right")
+    t.add_column("error", overflow="ellipsis", max_width=40, no_wrap=True)
     for r in reports:
         c, j = r.connection, r.latest_job
+        state = "paused" if not c.is_active else "needs re-auth" if c.needs_reauth else c.sync_status
         t.add_row(
-            c.id, c.platform, "yes" if c.is_active else "paused",
-            _styled("needs re-auth" if c.needs_reauth else c.sync_status),
-            c.last_synced_at or "never",
+            c.id, _styled(state), _short(c.last_synced_at),
             _styled(f"{j['job_type']} {j['status']}" if j is not None else None),
             str(_records(j)) if j is not None else "-",
-            iso_z(r.next_due_at) if r.next_due_at else "-",
-            redact(c.sync_error or "")[:80],
+            redact(c.sync_error or ""),
         )
     return t
 

@@ -152,8 +152,11 @@ def _read_config(path: Path, explicit: bool) -> dict[str, object]:
 def resolve(
     flags: Mapping[str, object | None] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    read_config: bool = True,
 ) -> Settings:
-    """Resolve every setting once: flag > environment > config file > default."""
+    """Resolve every setting once: flag > environment > config file > default.
+    ``read_config=False`` ignores any config file (the demo must not pick up production)."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ""}
     env = os.environ if environ is None else environ
 
@@ -174,7 +177,7 @@ def resolve(
 
     config_raw = early("config_path")
     config_path = Path(str(config_raw)).expanduser() if config_raw else home / "config.toml"
-    config = _read_config(config_path, explicit=bool(config_raw))
+    config = _read_config(config_path, explicit=bool(config_raw)) if read_config else {}
     if "home" in config and not home_raw:
         home = Path(str(config["home"])).expanduser()
 
