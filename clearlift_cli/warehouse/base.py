@@ -1,0 +1,214 @@
+"""The warehouse interface: where synced campaigns, daily metrics and charges land.
+
+Two backends implement it, chosen by URL (see ``open_warehouse``): PostgreSQL
+(production, Supabase) and SQLite (the embedded default). Writes happen inside
+``Warehouse.transaction()``: everything one job (or one slice of a backfill) writes
+commits together or not at all. Upserts are idempotent on each table's natural key, so a
+message delivered twice changes nothing. Money is exact: integers in micros or minor
+units, conversions as ``Decimal``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import date, datetime
+from itertools import islice
+from typing import Callable, ContextManager, Generic, Iterable, Iterator, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
+from clearlift_cli.redact import MASK, redact
+
+# Rows per round trip: big enough to amortise it, small enough to keep memory flat.
+CHUNK_SIZE = 5_000
+
+
+@dataclass(frozen=True)
+class RowOwner:
+    """Who the rows belong to; every warehouse row carries these three values."""
+
+    organization_id: str
+    connection_id: str
+    account_id: str
+
+
+class WarehouseWriter(ABC):
+    """Writes of one transaction. Each upsert streams ``rows`` (any iterable, of any
+    length) in chunks and returns how many input rows it consumed; rows repeating a key
+    (within the call or already stored) overwrite the stored values, unless the stored
+    row was synced later than ``synced_at`` (a stale write never clobbers newer data)."""
+
+    @abstractmethod
+    def upsert_campaigns(
+        self,
+        platform: str,
+        owner: RowOwner,
+        account: Account,
+        rows: Iterable[Campaign],
+        synced_at: datetime,
+    ) -> int:
+        """Upsert into ``{platform}_ads_campaigns``; currency is the account's."""
+
+    @abstractmethod
+    def upsert_daily_metrics(
+        self,
+        platform: str,
+        owner: RowOwner,
+        account: Account,
+        rows: Iterable[DailyMetric],
+        synced_at: datetime,
+    ) -> int:
+        """Upsert into ``{platform}_ads_daily_metrics``; currency is the account's."""
+
+    @abstractmethod
+    def upsert_charges(
+        self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
+    ) -> int:
+        """Upsert into ``stripe_charges``; ``charge_date`` is ``created_at`` in the
+        account's time zone."""
+
+    @abstractmethod
+    def rebuild_daily_revenue(
+        self, owner: RowOwner, account: Account, since: date, until: date, synced_at: datetime
+    ) -> int:
+        """Recompute ``stripe_daily_revenue`` for ``since``..``until`` (inclusive, account
+        time zone dates) from every stored charge of the owner's account, replacing the
+        rows of that range; returns the number of revenue rows written. Only charges that
+        are paid and succeeded count (gross, refunded, net = gross - refunded, count)."""
+
+
+class Warehouse(ABC):
+    """One warehouse, safe to share between threads: each ``transaction()`` runs on a
+    connection of its own."""
+
+    backend: str
+    url_for_display: str  # the URL with any password masked
+
+    @abstractmethod
+    def init_schema(self) -> None:
+        """Create or upgrade the tables and indexes; idempotent. Records the schema
+        version in ``clearlift_warehouse_meta``; refuses a warehouse newer than this code."""
+
+    @abstractmethod
+    def schema_version(self) -> int | None:
+        """The recorded schema version, None before ``init_schema``."""
+
+    @abstractmethod
+    def transaction(self) -> ContextManager[WarehouseWriter]:
+        """A writer whose writes commit on clean exit and roll back on exception.
+        Connection failures raise ``WarehouseError`` (after rolling back)."""
+
+    @abstractmethod
+    def count_rows(self, table: str, organization_id: str | None = None) -> int:
+        """Rows in ``table`` (one organisation's when given)."""
+
+    @abstractmethod
+    def fetch_rows(
+        self,
+        table: str,
+        *,
+        organization_id: str | None = None,
+        account_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict]:
+        """Rows of ``table`` as dicts ordered by the table's key: money and counts as
+        ``int``, conversions as ``Decimal``, dates as ``date``, timestamps as aware UTC
+        ``datetime``, ``paid`` as ``bool``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every idle connection; the warehouse must not be used afterwards."""
+
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url_for_display}>"
+
+
+# --- helpers shared by the backends ---------------------------------------------------------
+
+
+def chunked(rows: Iterable, size: int = CHUNK_SIZE) -> Iterator[list]:
+    """Consecutive lists of at most ``size`` items, pulled lazily from ``rows``."""
+    it = iter(rows)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password (in the authority or the query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
+        netloc = f"{userinfo}@{host}"
+    return redact(urlunsplit(parts._replace(netloc=netloc)))
+
+
+_MIN_SCRUB_LEN = 4
+
+
+def scrub(text: object, *secrets: str | None) -> str:
+    """``text`` on one line, with ``secrets`` and every secret-shaped value masked."""
+    s = " ".join(str(text).split())
+    for secret in secrets:
+        # Masking a very short value would mangle ordinary words of the message.
+        if secret and len(secret) >= _MIN_SCRUB_LEN:
+            s = s.replace(secret, MASK)
+    return redact(s)
+
+
+C = TypeVar("C")
+
+
+class ConnectionPool(Generic[C]):
+    """Idle connections waiting for the next transaction. A connection is used by one
+    thread at a time: taken with ``acquire``, handed back with ``release``."""
+
+    def __init__(self, connect: Callable[[], C], close: Callable[[C], None], max_idle: int = 8):
+        self._connect = connect
+        self._close = close
+        self._max_idle = max_idle
+        self._idle: list[C] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def acquire(self) -> tuple[C, bool]:
+        """A connection and whether it is freshly opened (an idle one may have gone stale)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the warehouse is closed")
+            if self._idle:
+                return self._idle.pop(), False
+        return self._connect(), True
+
+    def release(self, conn: C, *, reusable: bool = True) -> None:
+        with self._lock:
+            if reusable and not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        self.discard(conn)
+
+    def discard(self, conn: C) -> None:
+        try:
+            self._close(conn)
+        except Exception:  # a broken connection may fail to close; it is gone either way
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self.discard(conn)

@@ -1,0 +1,404 @@
+"""The embedded warehouse: one SQLite file, in WAL mode so readers never wait for a job.
+
+Money is INTEGER, conversions are the exact decimal as TEXT, dates 'YYYY-MM-DD' TEXT and
+timestamps fixed-width ISO text in UTC ('2024-01-01T03:00:00.000000Z'), so text order is
+time order. Every transaction starts with ``BEGIN IMMEDIATE``: writers queue up on the
+busy timeout instead of failing half-way on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from clearlift_cli.errors import ConfigError, WarehouseError
+from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
+from clearlift_cli.timeutil import parse_ts
+from clearlift_cli.warehouse import schema
+from clearlift_cli.warehouse.base import (
+    ConnectionPool,
+    RowOwner,
+    Warehouse,
+    WarehouseWriter,
+    chunked,
+)
+from clearlift_cli.warehouse.schema import (
+    SCHEMA_VERSION,
+    STRIPE_CHARGES,
+    STRIPE_DAILY_REVENUE,
+    Table,
+)
+
+_TYPES = {
+    "text": "TEXT",
+    "bigint": "INTEGER",
+    "numeric": "TEXT",  # the exact decimal string; REAL would round
+    "date": "TEXT",
+    "timestamptz": "TEXT",
+    "boolean": "INTEGER",
+}
+
+
+def _ts(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_ENCODE: dict[str, Callable[[object], object]] = {
+    "numeric": lambda d: format(d, "f"),  # fixed point, never '1E+2'
+    "date": lambda d: d.isoformat(),
+    "timestamptz": _ts,
+    "boolean": int,
+}
+
+_DECODE: dict[str, Callable[[object], object]] = {
+    "numeric": Decimal,
+    "date": date.fromisoformat,
+    "timestamptz": parse_ts,
+    "boolean": bool,
+}
+
+
+def _q(name: str) -> str:
+    """Quote an identifier; names come from ``schema``, never from input."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _cols(names: Iterable[str]) -> str:
+    return ", ".join(_q(n) for n in names)
+
+
+def _upsert_sql(tbl: Table) -> str:
+    names = tbl.column_names
+    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in tbl.value_columns)
+    return (
+        f"INSERT INTO {_q(tbl.name)} ({_cols(names)}) VALUES ({', '.join('?' * len(names))}) "
+        f"ON CONFLICT ({_cols(tbl.key)}) DO UPDATE SET {updates} "
+        f"WHERE excluded.last_synced_at >= {_q(tbl.name)}.last_synced_at"
+    )
+
+
+def _encoders(tbl: Table) -> list[Callable[[object], object] | None]:
+    return [_ENCODE.get(c.kind) for c in tbl.columns]
+
+
+def _encode_row(encoders: list, row: tuple) -> tuple:
+    return tuple(v if f is None or v is None else f(v) for f, v in zip(encoders, row))
+
+
+def _sqlite_error(action: str, exc: BaseException, where: str) -> WarehouseError:
+    return WarehouseError(f"warehouse {where}: {action} failed: {exc}")
+
+
+class SqliteWriter(WarehouseWriter):
+    def __init__(self, conn: sqlite3.Connection, where: str):
+        self._conn = conn
+        self._where = where
+        self.closed = False
+
+    def _upsert(self, tbl: Table, rows: Iterable[tuple]) -> int:
+        if self.closed:
+            raise RuntimeError("this warehouse transaction has ended")
+        statement = _upsert_sql(tbl)
+        encoders = _encoders(tbl)
+        written = 0
+        for chunk in chunked(rows):
+            written += len(chunk)
+            encoded = [_encode_row(encoders, r) for r in schema.dedupe(tbl, chunk)]
+            try:
+                self._conn.executemany(statement, encoded)
+            except (sqlite3.Error, OverflowError) as exc:
+                raise _sqlite_error(f"writing {tbl.name}", exc, self._where) from exc
+        return written
+
+    def upsert_campaigns(
+        self,
+        platform: str,
+        owner: RowOwner,
+        account: Account,
+        rows: Iterable[Campaign],
+        synced_at: datetime,
+    ) -> int:
+        tbl = schema.campaigns_table(platform)
+        return self._upsert(tbl, schema.campaign_rows(owner, account, rows, synced_at))
+
+    def upsert_daily_metrics(
+        self,
+        platform: str,
+        owner: RowOwner,
+        account: Account,
+        rows: Iterable[DailyMetric],
+        synced_at: datetime,
+    ) -> int:
+        tbl = schema.daily_metrics_table(platform)
+        return self._upsert(tbl, schema.daily_metric_rows(owner, account, rows, synced_at))
+
+    def upsert_charges(
+        self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
+    ) -> int:
+        return self._upsert(STRIPE_CHARGES, schema.charge_rows(owner, account, rows, synced_at))
+
+    def rebuild_daily_revenue(
+        self, owner: RowOwner, account: Account, since: date, until: date, synced_at: datetime
+    ) -> int:
+        if self.closed:
+            raise RuntimeError("this warehouse transaction has ended")
+        first = schema.a_date(since, "since").isoformat()
+        last = schema.a_date(until, "until").isoformat()
+        synced = _ts(schema.utc(synced_at, "synced_at"))
+        rev, ch = _q(STRIPE_DAILY_REVENUE.name), _q(STRIPE_CHARGES.name)
+        try:
+            self._conn.execute(
+                f"DELETE FROM {rev} WHERE organization_id = ? AND account_id = ? "
+                "AND revenue_date BETWEEN ? AND ?",
+                (owner.organization_id, owner.account_id, first, last),
+            )
+            cur = self._conn.execute(
+                f"INSERT INTO {rev} ({_cols(STRIPE_DAILY_REVENUE.column_names)}) "
+                "SELECT ?, ?, ?, charge_date, currency, SUM(amount_minor), "
+                "SUM(amount_refunded_minor), SUM(amount_minor) - SUM(amount_refunded_minor), "
+                f"COUNT(*), ? FROM {ch} "
+                "WHERE organization_id = ? AND account_id = ? AND charge_date BETWEEN ? AND ? "
+                "AND paid = 1 AND status = 'succeeded' "
+                "GROUP BY charge_date, currency",
+                (
+                    owner.organization_id,
+                    owner.connection_id,
+                    owner.account_id,
+                    synced,
+                    owner.organization_id,
+                    owner.account_id,
+                    first,
+                    last,
+                ),
+            )
+        except sqlite3.Error as exc:
+            raise _sqlite_error("rebuilding stripe_daily_revenue", exc, self._where) from exc
+        return cur.rowcount
+
+
+class SqliteWarehouse(Warehouse):
+    """A warehouse in the SQLite file at ``path`` (created, with its folder, if missing)."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, *, url: str | None = None, busy_timeout: float = 30.0):
+        self.path = Path(path).expanduser()
+        self.url_for_display = url or f"sqlite:///{self.path}"
+        self._busy_timeout = busy_timeout
+        self._pool: ConnectionPool[sqlite3.Connection] = ConnectionPool(
+            self._connect, lambda c: c.close()
+        )
+        self._schema_lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WarehouseError(
+                f"cannot create the folder of the warehouse {self.url_for_display}: {exc.strerror}"
+            ) from None
+        self._pool.release(self._connect())  # fail now, not in the middle of a job
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # check_same_thread off: the pool hands a connection to one thread at a time.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise _sqlite_error("opening", exc, self.url_for_display) from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _sqlite_error("opening", exc, self.url_for_display) from None
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        conn, _ = self._pool.acquire()
+        try:
+            yield conn
+        finally:
+            self._pool.release(conn, reusable=not conn.in_transaction)
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteWriter]:
+        with self._connection() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _sqlite_error("starting a transaction", exc, self.url_for_display) from None
+            writer = SqliteWriter(conn, self.url_for_display)
+            try:
+                yield writer
+            except BaseException:
+                _rollback(conn)
+                raise
+            finally:
+                writer.closed = True
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise _sqlite_error("committing", exc, self.url_for_display) from None
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def schema_version(self) -> int | None:
+        with self._connection() as conn:
+            return _read_version(conn, self.url_for_display)
+
+    def init_schema(self) -> None:
+        with self._schema_lock, self._connection() as conn:
+            if _read_version(conn, self.url_for_display) == SCHEMA_VERSION:
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    _migrate(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise _sqlite_error("creating the schema", exc, self.url_for_display) from None
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def count_rows(self, table: str, organization_id: str | None = None) -> int:
+        tbl = schema.table(table)
+        where, params = _filters(organization_id=organization_id)
+        with self._connection() as conn:
+            try:
+                (n,) = conn.execute(
+                    f"SELECT COUNT(*) FROM {_q(tbl.name)}{where}", params
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise _sqlite_error(f"counting {tbl.name}", exc, self.url_for_display) from None
+        return int(n)
+
+    def fetch_rows(
+        self,
+        table: str,
+        *,
+        organization_id: str | None = None,
+        account_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict]:
+        tbl = schema.table(table)
+        where, params = _filters(organization_id=organization_id, account_id=account_id)
+        statement = (
+            f"SELECT {_cols(tbl.column_names)} FROM {_q(tbl.name)}{where} ORDER BY {_cols(tbl.key)}"
+        )
+        if limit is not None:
+            statement += " LIMIT ?"
+            params.append(int(limit))
+        decoders = [_DECODE.get(c.kind) for c in tbl.columns]
+        names = tbl.column_names
+        with self._connection() as conn:
+            try:
+                raw = conn.execute(statement, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _sqlite_error(f"reading {tbl.name}", exc, self.url_for_display) from None
+        return [
+            {n: (v if f is None or v is None else f(v)) for n, f, v in zip(names, decoders, row)}
+            for row in raw
+        ]
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except (
+            sqlite3.Error
+        ):  # nothing more to undo; the pool drops a connection still in a transaction
+            pass
+
+
+def _filters(**values: str | None) -> tuple[str, list]:
+    present = [(k, v) for k, v in values.items() if v is not None]
+    if not present:
+        return "", []
+    return " WHERE " + " AND ".join(f"{_q(k)} = ?" for k, _ in present), [v for _, v in present]
+
+
+def _read_version(conn: sqlite3.Connection, where: str) -> int | None:
+    try:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (schema.META_TABLE,)
+        ).fetchone()
+        if not exists:
+            return None
+        row = conn.execute(
+            f"SELECT schema_version FROM {_q(schema.META_TABLE)} WHERE id = 1"
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise _sqlite_error("reading the schema version", exc, where) from None
+    return None if row is None else int(row[0])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    meta = _q(schema.META_TABLE)
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {meta} (id INTEGER PRIMARY KEY CHECK (id = 1), "
+        "schema_version INTEGER NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    row = conn.execute(f"SELECT schema_version FROM {meta} WHERE id = 1").fetchone()
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
+        raise WarehouseError(
+            f"the warehouse schema is version {row[0]}, newer than this clearlift understands "
+            f"({SCHEMA_VERSION}): upgrade clearlift"
+        )
+    for tbl in schema.TABLES.values():
+        columns = ", ".join(
+            f"{_q(c.name)} {_TYPES[c.kind]}{' NOT NULL' if c.not_null else ''}" for c in tbl.columns
+        )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {_q(tbl.name)} ({columns}, "
+            f"PRIMARY KEY ({_cols(tbl.key)})) WITHOUT ROWID"
+        )
+        present = {r[1] for r in conn.execute(f"PRAGMA table_info({_q(tbl.name)})")}
+        for c in tbl.columns:
+            if c.name not in present:
+                # Added columns stay nullable: existing rows have no value for them.
+                conn.execute(f"ALTER TABLE {_q(tbl.name)} ADD COLUMN {_q(c.name)} {_TYPES[c.kind]}")
+        for index in tbl.indexes:
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {_q(index.name)} ON {_q(tbl.name)} ({_cols(index.columns)})"
+            )
+    conn.execute(
+        f"INSERT INTO {meta} (id, schema_version, updated_at) VALUES (1, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET schema_version = excluded.schema_version, "
+        "updated_at = excluded.updated_at",
+        (SCHEMA_VERSION, _ts(datetime.now(timezone.utc))),
+    )
+
+
+def path_from_url(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL: ``sqlite:///rel/w.db`` is relative,
+    ``sqlite:////abs/w.db`` absolute (as in SQLAlchemy)."""
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or len(rest) == 1:
+        raise ConfigError(
+            f"warehouse URL {url!r} names no file: use sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    path = rest[1:].split("?", 1)[0]
+    if path == ":memory:":
+        raise ConfigError(
+            "the warehouse must be a file (sqlite:///:memory: is not shared between jobs)"
+        )
+    return path

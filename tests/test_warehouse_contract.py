@@ -1,0 +1,652 @@
+"""One contract for every warehouse backend: a real SQLite file and a real PostgreSQL
+schema pass the same tests, plus a few tests of what only one backend can do wrong."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from clearlift_cli.errors import ConfigError, WarehouseError
+from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
+from clearlift_cli.warehouse import RowOwner, open_warehouse
+from clearlift_cli.warehouse.base import CHUNK_SIZE
+
+UTC = timezone.utc
+T1 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+T2 = T1 + timedelta(hours=1)
+OWNER = RowOwner("org-1", "org-1-google-123", "123")
+ACCOUNT = Account("123", "USD", "America/New_York", "Main")
+BEYOND_FLOAT = 9_007_199_254_740_993  # 2**53 + 1: a float turns it into ...992
+STRIPE_OWNER = RowOwner("org-1", "org-1-stripe-acct_1", "acct_1")
+STRIPE_ACCOUNT = Account("acct_1", "USD", "America/New_York")
+
+AD_TABLES = [
+    f"{p}_ads_{kind}"
+    for p in ("google", "facebook", "tiktok")
+    for kind in ("campaigns", "daily_metrics")
+]
+ALL_TABLES = AD_TABLES + ["stripe_charges", "stripe_daily_revenue"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def warehouse_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture
+def wh(warehouse_url):
+    warehouse = open_warehouse(warehouse_url)
+    warehouse.init_schema()
+    yield warehouse
+    warehouse.close()
+
+
+def raw_query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Look at the database without our code in between."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url[len("sqlite:///") :])
+        try:
+            with conn:  # commits, like autocommit on the PostgreSQL side
+                return conn.execute(statement.replace("%s", "?"), params).fetchall()
+        finally:
+            conn.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def metric(campaign: str, day: date, **values) -> DailyMetric:
+    return DailyMetric(campaign_id=campaign, metric_date=day, **values)
+
+
+def metric_dict(m: DailyMetric, synced: datetime, owner: RowOwner = OWNER, currency="USD") -> dict:
+    return {
+        "organization_id": owner.organization_id,
+        "connection_id": owner.connection_id,
+        "account_id": owner.account_id,
+        "campaign_id": m.campaign_id,
+        "metric_date": m.metric_date,
+        "impressions": m.impressions,
+        "clicks": m.clicks,
+        "spend_micros": m.spend_micros,
+        "conversions": m.conversions,
+        "conversion_value_micros": m.conversion_value_micros,
+        "currency": currency,
+        "last_synced_at": synced,
+    }
+
+
+def days(start: date, n: int) -> list[date]:
+    return [start + timedelta(days=i) for i in range(n)]
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+def test_init_schema_twice_is_a_no_op(wh, warehouse_url):
+    with wh.transaction() as w:
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "One", "ENABLED")], T1)
+    before = wh.fetch_rows("google_ads_campaigns")
+
+    wh.init_schema()
+    again = open_warehouse(warehouse_url)
+    try:
+        again.init_schema()
+    finally:
+        again.close()
+
+    assert wh.schema_version() == 1
+    assert raw_query(warehouse_url, "SELECT id, schema_version FROM clearlift_warehouse_meta") == [
+        (1, 1)
+    ]
+    assert wh.fetch_rows("google_ads_campaigns") == before
+    assert all(wh.count_rows(t) == 0 for t in ALL_TABLES if t != "google_ads_campaigns")
+
+
+def test_schema_stores_money_as_integers_and_never_floats(wh, warehouse_url):
+    if warehouse_url.startswith("sqlite"):
+
+        def types(table):
+            return {
+                r[1]: r[2].upper()
+                for r in raw_query(warehouse_url, f'PRAGMA table_info("{table}")')
+            }
+
+        integer, exact, day, stamp = "INTEGER", "TEXT", "TEXT", "TEXT"
+    else:
+
+        def types(table):
+            return dict(
+                raw_query(
+                    warehouse_url,
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = %s",
+                    (table,),
+                )
+            )
+
+        integer, exact, day, stamp = "bigint", "numeric", "date", "timestamp with time zone"
+
+    money = {
+        "campaigns": ["budget_micros"],
+        "daily_metrics": ["impressions", "clicks", "spend_micros", "conversion_value_micros"],
+    }
+    for table in AD_TABLES:
+        cols = types(table)
+        kind = "campaigns" if table.endswith("campaigns") else "daily_metrics"
+        assert {c: cols[c] for c in money[kind]} == {c: integer for c in money[kind]}, table
+        assert cols["last_synced_at"] == stamp
+        if kind == "daily_metrics":
+            assert cols["conversions"] == exact
+            assert cols["metric_date"] == day
+    charges = types("stripe_charges")
+    assert [charges[c] for c in ("amount_minor", "amount_refunded_minor")] == [integer, integer]
+    assert (charges["created_at"], charges["charge_date"]) == (stamp, day)
+    revenue = types("stripe_daily_revenue")
+    assert [revenue[c] for c in ("gross_minor", "refunded_minor", "net_minor", "charge_count")] == [
+        integer
+    ] * 4
+    for table in ALL_TABLES:
+        for column, declared in types(table).items():
+            assert not any(f in declared.lower() for f in ("real", "double", "float", "money")), (
+                table,
+                column,
+                declared,
+            )
+
+
+def test_a_newer_schema_is_refused(wh, warehouse_url):
+    raw_query(warehouse_url, "UPDATE clearlift_warehouse_meta SET schema_version = 99")
+    assert wh.schema_version() == 99
+    with pytest.raises(WarehouseError, match="newer"):
+        wh.init_schema()
+
+
+# --- ads rows --------------------------------------------------------------------------------
+
+
+def test_campaigns_and_metrics_round_trip_exactly(wh):
+    campaigns = [
+        Campaign("c1", "Brand — Été", "ENABLED", "SALES", "SEARCH", BEYOND_FLOAT),
+        Campaign("c2", None, None),
+    ]
+    metrics = [
+        metric(
+            "c1",
+            date(2024, 4, 30),
+            impressions=BEYOND_FLOAT,
+            clicks=12,
+            spend_micros=BEYOND_FLOAT,
+            conversions=Decimal("2.5"),
+            conversion_value_micros=14_350_001,
+        ),
+        metric(
+            "c1", date(2024, 5, 1), conversions=Decimal("0.1234567890123456789"), spend_micros=1
+        ),
+        metric("c2", date(2024, 5, 1)),
+    ]
+    with wh.transaction() as w:
+        assert w.upsert_campaigns("google", OWNER, ACCOUNT, iter(campaigns), T1) == 2
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, iter(metrics), T1) == 3
+
+    assert wh.fetch_rows("google_ads_campaigns") == [
+        {
+            "organization_id": "org-1",
+            "connection_id": "org-1-google-123",
+            "account_id": "123",
+            "campaign_id": "c1",
+            "campaign_name": "Brand — Été",
+            "status": "ENABLED",
+            "objective": "SALES",
+            "channel": "SEARCH",
+            "budget_micros": BEYOND_FLOAT,
+            "currency": "USD",
+            "last_synced_at": T1,
+        },
+        {
+            "organization_id": "org-1",
+            "connection_id": "org-1-google-123",
+            "account_id": "123",
+            "campaign_id": "c2",
+            "campaign_name": None,
+            "status": None,
+            "objective": None,
+            "channel": None,
+            "budget_micros": None,
+            "currency": "USD",
+            "last_synced_at": T1,
+        },
+    ]
+    rows = wh.fetch_rows("google_ads_daily_metrics")
+    assert rows == [metric_dict(m, T1) for m in metrics]
+    assert type(rows[0]["spend_micros"]) is int and rows[0]["spend_micros"] == BEYOND_FLOAT
+    assert isinstance(rows[0]["conversions"], Decimal) and str(rows[0]["conversions"]) == "2.5"
+    assert rows[1]["conversions"] == Decimal("0.1234567890123456789")
+    assert wh.count_rows("facebook_ads_daily_metrics") == 0  # the platform picks the table
+
+
+def test_replaying_the_same_rows_changes_nothing(wh):
+    metrics = [
+        metric("c1", d, impressions=100, spend_micros=5_000_000) for d in days(date(2024, 5, 1), 3)
+    ]
+    for _ in range(2):
+        with wh.transaction() as w:
+            w.upsert_campaigns("tiktok", OWNER, ACCOUNT, [Campaign("c1", "One", "ENABLE")], T1)
+            w.upsert_daily_metrics("tiktok", OWNER, ACCOUNT, metrics, T1)
+        first = wh.fetch_rows("tiktok_ads_daily_metrics")
+    assert wh.count_rows("tiktok_ads_daily_metrics") == 3
+    assert wh.count_rows("tiktok_ads_campaigns") == 1
+    assert first == [metric_dict(m, T1) for m in metrics]
+
+
+def test_overlapping_windows_keep_the_newest_values(wh):
+    old = [metric("c1", d, clicks=1, spend_micros=1_000_000) for d in days(date(2024, 5, 1), 5)]
+    new = [
+        metric("c1", d, clicks=2, spend_micros=2_500_000, conversions=Decimal("1.5"))
+        for d in days(date(2024, 5, 3), 5)
+    ]
+    with wh.transaction() as w:
+        w.upsert_daily_metrics("facebook", OWNER, ACCOUNT, old, T1)
+    with wh.transaction() as w:
+        w.upsert_daily_metrics("facebook", OWNER, ACCOUNT, new, T2)
+
+    assert wh.fetch_rows("facebook_ads_daily_metrics") == (
+        [metric_dict(m, T1) for m in old[:2]] + [metric_dict(m, T2) for m in new]
+    )
+
+
+def test_a_stale_write_never_overwrites_newer_rows(wh):
+    with wh.transaction() as w:
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Renamed", "PAUSED")], T2)
+    with wh.transaction() as w:
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Old name", "ENABLED")], T1)
+    (row,) = wh.fetch_rows("google_ads_campaigns")
+    assert (row["campaign_name"], row["status"], row["last_synced_at"]) == ("Renamed", "PAUSED", T2)
+
+
+def test_duplicate_keys_in_one_batch_last_one_wins(wh):
+    day = date(2024, 5, 1)
+    batch = [metric("c1", day, clicks=1), metric("c2", day, clicks=7), metric("c1", day, clicks=3)]
+    # A key repeated across chunk boundaries too (first and last row of 5,001).
+    spread = [metric("c9", day, clicks=10)] + [metric(f"x{i}", day) for i in range(CHUNK_SIZE - 1)]
+    spread.append(metric("c9", day, clicks=11))
+    with wh.transaction() as w:
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, batch, T1) == 3
+        assert (
+            w.upsert_daily_metrics("google", OWNER, ACCOUNT, (m for m in spread), T1)
+            == CHUNK_SIZE + 1
+        )
+
+    rows = {r["campaign_id"]: r for r in wh.fetch_rows("google_ads_daily_metrics")}
+    assert len(rows) == 3 + CHUNK_SIZE - 1
+    assert (rows["c1"]["clicks"], rows["c2"]["clicks"], rows["c9"]["clicks"]) == (3, 7, 11)
+
+
+def test_an_exception_inside_a_transaction_leaves_nothing(wh):
+    with wh.transaction() as w:
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Kept", "ENABLED")], T1)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with wh.transaction() as w:
+            w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Lost", "PAUSED")], T2)
+            w.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", date(2024, 5, 1))], T2)
+            w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, [charge("ch_1", 100, at=T2)], T2)
+            raise RuntimeError("boom")
+
+    (row,) = wh.fetch_rows("google_ads_campaigns")
+    assert (row["campaign_name"], row["last_synced_at"]) == ("Kept", T1)
+    assert wh.count_rows("google_ads_daily_metrics") == 0
+    assert wh.count_rows("stripe_charges") == 0
+    # The connection went back clean: the next transaction commits normally.
+    with wh.transaction() as w:
+        w.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", date(2024, 5, 1))], T2)
+    assert wh.count_rows("google_ads_daily_metrics") == 1
+
+
+def test_a_float_for_money_is_refused_and_nothing_is_written(wh):
+    with pytest.raises(TypeError, match="spend_micros"):
+        with wh.transaction() as w:
+            w.upsert_daily_metrics(
+                "google", OWNER, ACCOUNT, [metric("c1", date(2024, 5, 1), spend_micros=1.5)], T1
+            )
+    with pytest.raises(TypeError, match="conversions"):
+        with wh.transaction() as w:
+            w.upsert_daily_metrics(
+                "google", OWNER, ACCOUNT, [metric("c1", date(2024, 5, 1), conversions=0.1)], T1
+            )
+    with pytest.raises(ValueError, match="platform"):
+        with wh.transaction() as w:
+            w.upsert_campaigns("bing", OWNER, ACCOUNT, [], T1)
+    assert wh.count_rows("google_ads_daily_metrics") == 0
+
+
+def test_a_twenty_thousand_row_generator_is_streamed(wh):
+    campaigns = [f"c{i:03d}" for i in range(100)]
+    start = date(2024, 1, 1)
+    consumed = 0
+
+    def generate():
+        nonlocal consumed
+        for d in days(start, 200):
+            for c in campaigns:
+                consumed += 1
+                yield metric(
+                    c,
+                    d,
+                    impressions=consumed,
+                    spend_micros=consumed * 1_000_001,
+                    conversions=Decimal(consumed) / 4,
+                )
+
+    with wh.transaction() as w:
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, generate(), T1) == 20_000
+    assert consumed == 20_000
+    assert wh.count_rows("google_ads_daily_metrics") == 20_000
+    assert wh.count_rows("google_ads_daily_metrics", organization_id="org-2") == 0
+    last = wh.fetch_rows("google_ads_daily_metrics")[-1]
+    assert (last["campaign_id"], last["metric_date"]) == ("c099", start + timedelta(days=199))
+    assert (last["spend_micros"], last["conversions"]) == (20_000 * 1_000_001, Decimal(5000))
+
+
+def test_fetch_rows_filters_orders_and_limits(wh):
+    other = RowOwner("org-2", "org-2-google-9", "9")
+    with wh.transaction() as w:
+        w.upsert_campaigns(
+            "google", OWNER, ACCOUNT, [Campaign("b", "B", None), Campaign("a", "A", None)], T1
+        )
+        w.upsert_campaigns(
+            "google", other, Account("9", "eur", "Europe/Paris"), [Campaign("z", "Z", None)], T1
+        )
+
+    assert [r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns")] == ["a", "b", "z"]
+    assert [
+        r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns", organization_id="org-2")
+    ] == ["z"]
+    assert wh.fetch_rows("google_ads_campaigns", organization_id="org-2")[0]["currency"] == "EUR"
+    assert [
+        r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns", account_id="123", limit=1)
+    ] == ["a"]
+    assert (
+        wh.count_rows("google_ads_campaigns"),
+        wh.count_rows("google_ads_campaigns", "org-1"),
+    ) == (3, 2)
+    with pytest.raises(ValueError, match="unknown warehouse table"):
+        wh.count_rows("google_ads_campaigns; DROP TABLE x")
+
+
+def test_transactions_from_many_threads_all_commit(wh):
+    errors: list[BaseException] = []
+
+    def job(n: int) -> None:
+        owner = RowOwner("org-t", f"org-t-google-{n}", str(n))
+        try:
+            for part in range(3):
+                with wh.transaction() as w:
+                    w.upsert_daily_metrics(
+                        "google",
+                        owner,
+                        ACCOUNT,
+                        (metric(f"c{i}", date(2024, 5, 1 + part), clicks=n) for i in range(300)),
+                        T1,
+                    )
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert wh.count_rows("google_ads_daily_metrics", organization_id="org-t") == 4 * 3 * 300
+    for n in range(4):
+        rows = wh.fetch_rows("google_ads_daily_metrics", organization_id="org-t", account_id=str(n))
+        assert {r["clicks"] for r in rows} == {n} and len(rows) == 900
+
+
+# --- stripe ----------------------------------------------------------------------------------
+
+
+def charge(
+    charge_id,
+    amount,
+    *,
+    at,
+    refunded=0,
+    currency="usd",
+    status="succeeded",
+    paid=True,
+    customer="cus_1",
+):
+    return Charge(charge_id, amount, refunded, currency.upper(), status, paid, customer, at)
+
+
+def utc_at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_charges_land_on_the_account_days_and_revenue_is_exact(wh):
+    charges = [
+        charge("ch_1", 2_000, at=utc_at("2024-01-01T03:00:00")),  # 22:00 on Dec 31 in New York
+        charge("ch_2", 10_000, refunded=2_500, at=utc_at("2024-01-01T15:00:00")),  # partial refund
+        charge("ch_3", 1_500, currency="jpy", at=utc_at("2024-01-01T16:00:00")),  # zero-decimal yen
+        charge("ch_4", 9_999, status="failed", paid=False, at=utc_at("2024-01-01T17:00:00")),
+        charge("ch_5", BEYOND_FLOAT, at=utc_at("2024-01-02T12:00:00")),
+    ]
+    with wh.transaction() as w:
+        assert w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, charges, T1) == 5
+        assert (
+            w.rebuild_daily_revenue(
+                STRIPE_OWNER, STRIPE_ACCOUNT, date(2023, 12, 31), date(2024, 1, 2), T1
+            )
+            == 4
+        )
+
+    stored = {r["charge_id"]: r for r in wh.fetch_rows("stripe_charges")}
+    assert stored["ch_1"]["charge_date"] == date(2023, 12, 31)
+    assert stored["ch_1"]["created_at"] == utc_at("2024-01-01T03:00:00")
+    assert stored["ch_2"]["charge_date"] == date(2024, 1, 1)
+    assert (stored["ch_3"]["amount_minor"], stored["ch_3"]["currency"]) == (1_500, "JPY")
+    assert (stored["ch_4"]["paid"], stored["ch_4"]["status"]) == (False, "failed")
+    assert stored["ch_5"]["amount_minor"] == BEYOND_FLOAT
+
+    def revenue(day, currency, gross, refunded, count, synced=T1):
+        return {
+            "organization_id": "org-1",
+            "connection_id": "org-1-stripe-acct_1",
+            "account_id": "acct_1",
+            "revenue_date": day,
+            "currency": currency,
+            "gross_minor": gross,
+            "refunded_minor": refunded,
+            "net_minor": gross - refunded,
+            "charge_count": count,
+            "last_synced_at": synced,
+        }
+
+    expected = [
+        revenue(date(2023, 12, 31), "USD", 2_000, 0, 1),
+        revenue(date(2024, 1, 1), "JPY", 1_500, 0, 1),
+        revenue(date(2024, 1, 1), "USD", 10_000, 2_500, 1),
+        revenue(date(2024, 1, 2), "USD", BEYOND_FLOAT, 0, 1),
+    ]
+    assert wh.fetch_rows("stripe_daily_revenue") == expected
+
+    # Idempotent: replaying the same charges and rebuilding again changes nothing.
+    with wh.transaction() as w:
+        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, charges, T1)
+        w.rebuild_daily_revenue(
+            STRIPE_OWNER, STRIPE_ACCOUNT, date(2023, 12, 31), date(2024, 1, 2), T1
+        )
+    assert wh.fetch_rows("stripe_daily_revenue") == expected
+    assert wh.count_rows("stripe_charges") == 5
+
+
+def test_revenue_stays_exact_when_syncs_cover_part_of_a_day(wh):
+    morning = [charge("ch_a", 1_000, at=utc_at("2024-03-05T14:00:00"))]
+    evening = [
+        charge("ch_b", 3_000, at=utc_at("2024-03-05T23:30:00")),
+        # ch_a again, now partly refunded.
+        charge("ch_a", 1_000, refunded=400, at=utc_at("2024-03-05T14:00:00")),
+    ]
+    before = [charge("ch_old", 700, at=utc_at("2024-03-01T14:00:00"))]
+    with wh.transaction() as w:
+        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, before + morning, T1)
+        w.rebuild_daily_revenue(
+            STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 1), date(2024, 3, 5), T1
+        )
+    with wh.transaction() as w:
+        # The second sync only saw the evening, but the day is rebuilt from every stored charge.
+        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, evening, T2)
+        assert (
+            w.rebuild_daily_revenue(
+                STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T2
+            )
+            == 1
+        )
+
+    rows = {r["revenue_date"]: r for r in wh.fetch_rows("stripe_daily_revenue")}
+    assert set(rows) == {date(2024, 3, 1), date(2024, 3, 5)}
+    assert rows[date(2024, 3, 1)]["last_synced_at"] == T1  # outside the rebuilt range: untouched
+    day = rows[date(2024, 3, 5)]
+    assert (day["gross_minor"], day["refunded_minor"], day["net_minor"], day["charge_count"]) == (
+        4_000,
+        400,
+        3_600,
+        2,
+    )
+    assert day["last_synced_at"] == T2
+
+
+def test_revenue_rebuild_is_scoped_to_its_owner(wh):
+    other = RowOwner("org-2", "org-2-stripe-acct_1", "acct_1")
+    day_charge = [charge("ch_1", 500, at=utc_at("2024-03-05T14:00:00"))]
+    with wh.transaction() as w:
+        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, day_charge, T1)
+        w.upsert_charges(other, STRIPE_ACCOUNT, day_charge, T1)
+        w.rebuild_daily_revenue(
+            STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1
+        )
+        w.rebuild_daily_revenue(other, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1)
+    with wh.transaction() as w:
+        w.upsert_charges(
+            STRIPE_OWNER, STRIPE_ACCOUNT, [charge("ch_2", 50, at=utc_at("2024-03-05T15:00:00"))], T2
+        )
+        w.rebuild_daily_revenue(
+            STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T2
+        )
+    assert [
+        r["gross_minor"] for r in wh.fetch_rows("stripe_daily_revenue", organization_id="org-1")
+    ] == [550]
+    assert [
+        r["gross_minor"] for r in wh.fetch_rows("stripe_daily_revenue", organization_id="org-2")
+    ] == [500]
+
+
+# --- opening ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["mysql://u:p@h/db", "warehouse.db", "", "http://example.com/x"])
+def test_an_unknown_url_scheme_is_a_config_error(url):
+    with pytest.raises(ConfigError, match="unsupported warehouse URL"):
+        open_warehouse(url)
+
+
+def test_an_unreachable_postgres_is_a_warehouse_error_without_the_password():
+    secret = "Sup3rS3cretPassw0rd"
+    with pytest.raises(WarehouseError) as info:
+        open_warehouse(f"postgresql://postgres:{secret}@127.0.0.1:1/test?connect_timeout=2")
+    message = str(info.value)
+    assert secret not in message and secret not in repr(info.value)
+    assert "127.0.0.1" in message and "postgres:***@" in message
+    assert "\n" not in message
+
+
+def test_the_display_url_masks_the_password(pg_schema_url):
+    parts = urlsplit(pg_schema_url)
+    secret = parts.password
+    if secret is None:  # trust auth ignores a password, so add one to be masked
+        secret = "hunter2hunter2"
+        parts = parts._replace(netloc=f"{parts.username}:{secret}@{parts.hostname}:{parts.port}")
+    wh = open_warehouse(urlunsplit(parts))
+    try:
+        assert secret not in wh.url_for_display and f"{parts.username}:***@" in wh.url_for_display
+        assert secret not in repr(wh)
+        assert wh.schema_version() is None  # connected to the fresh, empty schema
+    finally:
+        wh.close()
+
+
+def test_sqlite_urls_name_a_file(tmp_path):
+    with pytest.raises(ConfigError):
+        open_warehouse("sqlite://")
+    with pytest.raises(ConfigError):
+        open_warehouse("sqlite:///:memory:")
+    nested = tmp_path / "new" / "dir" / "w.db"
+    wh = open_warehouse(f"sqlite:///{nested}")
+    wh.init_schema()
+    wh.close()
+    assert nested.exists()
+    assert raw_query(f"sqlite:///{nested}", "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_a_file_that_is_not_a_database_is_a_warehouse_error(tmp_path):
+    bogus = tmp_path / "w.db"
+    bogus.write_bytes(b"this is not a database, just some text " * 100)
+    with pytest.raises(WarehouseError, match="not a database"):
+        open_warehouse(f"sqlite:///{bogus}").init_schema()
+
+
+# --- PostgreSQL connections that die ---------------------------------------------------------
+
+
+def _terminate(application_name: str) -> int:
+    from tests.conftest import PG_URL
+
+    rows = raw_query(
+        PG_URL,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        (application_name,),
+    )
+    return len(rows)
+
+
+@pytest.fixture
+def named_pg(pg_schema_url):
+    """A PostgreSQL warehouse whose connections can be found (and killed) by name."""
+    name = f"cl_test_{uuid.uuid4().hex[:10]}"
+    wh = open_warehouse(f"{pg_schema_url}&application_name={name}")
+    wh.init_schema()
+    yield wh, name
+    wh.close()
+
+
+def test_a_connection_killed_mid_transaction_rolls_back_with_a_warehouse_error(named_pg):
+    wh, name = named_pg
+    with pytest.raises(WarehouseError, match="warehouse postgresql://"):
+        with wh.transaction() as w:
+            w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Lost", None)], T1)
+            assert _terminate(name) == 1
+            w.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", date(2024, 5, 1))], T1)
+    assert wh.count_rows("google_ads_campaigns") == 0
+    with wh.transaction() as w:
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Kept", None)], T1)
+    assert [r["campaign_name"] for r in wh.fetch_rows("google_ads_campaigns")] == ["Kept"]
+
+
+def test_an_idle_connection_killed_between_jobs_is_replaced(named_pg):
+    wh, name = named_pg
+    assert wh.count_rows("google_ads_campaigns") == 0
+    assert _terminate(name) >= 1  # the pooled idle connection (e.g. a server restart)
+    with wh.transaction() as w:
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "After restart", None)], T1)
+    assert wh.count_rows("google_ads_campaigns") == 1
