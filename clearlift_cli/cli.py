@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from datetime import date
 from typing import Annotated, Any, Optional
 
@@ -62,6 +63,12 @@ def _console():
     if sys.stdout.isatty():
         return Console(soft_wrap=False)
     return Console(width=240, no_color=True, soft_wrap=False)
+
+
+def _summary(line: str) -> None:
+    """A run's one-line summary on stdout; -q keeps cron silent unless something failed."""
+    if _state["verbosity"] >= 0:
+        print(line, flush=True)
 
 
 def _print_json(data: Any) -> None:
@@ -211,15 +218,17 @@ def schedule(db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, a
     """
     from clearlift_cli import app as core
 
+    t0 = time.monotonic()
     result = core.schedule(_settings(db, None, home, config))
     summary = result.summary()
     if as_json:
         _print_json(summary)
         return
-    print(f"schedule: {summary['found']} candidates, {summary['enqueued']} enqueued, "
-          f"{summary['not_due']} not due, {summary['skipped']} skipped")
+    _summary(f"schedule: {summary['found']} candidates, {summary['enqueued']} enqueued, "
+             f"{summary['not_due']} not due, {summary['skipped']} skipped in {time.monotonic() - t0:.2f}s")
     for item in summary["skipped_reasons"]:
-        print(f"  skipped {item['connection_id']}: {item['reason']}")
+        # broken rows are worth a mail even under -q
+        sys.stderr.write(f"skipped {item['connection_id']}: {item['reason']}\n")
 
 
 def _parse_day(value: Optional[str], flag: str) -> Optional[date]:
@@ -277,6 +286,7 @@ def consume(
     """
     from clearlift_cli import app as core
 
+    t0 = time.monotonic()
     holder: dict[str, Any] = {}
     signal.signal(signal.SIGTERM, lambda *_: holder["c"].stop() if "c" in holder else None)
     result = core.consume(_settings(db, warehouse_url, home, config), max_jobs=max_jobs, max_seconds=max_seconds,
@@ -287,7 +297,8 @@ def consume(
         _print_json(summary)
     else:
         counts = ", ".join(f"{v} {k}" for k, v in result.counts().items()) or "nothing to do"
-        print(f"consume: {summary['jobs']} jobs ({counts}), {summary['records']} records; stopped: {summary['stopped_by']}")
+        _summary(f"consume: {summary['jobs']} jobs ({counts}), {summary['records']} records in "
+                 f"{time.monotonic() - t0:.2f}s; stopped: {summary['stopped_by']}")
 
 
 @app.command("refresh-tokens")
@@ -301,13 +312,14 @@ def refresh_tokens(
     """
     from clearlift_cli import app as core
 
+    t0 = time.monotonic()
     result = core.refresh_tokens(_settings(db, None, home, config), margin_seconds=margin)
     summary = result.summary()
     if as_json:
         _print_json(summary)
         return
-    print(f"refresh-tokens: {summary['refreshed']} refreshed, {summary['skipped']} skipped, "
-          f"{summary['failed']} failed ({summary['needs_reauth']} need re-auth)")
+    _summary(f"refresh-tokens: {summary['refreshed']} refreshed, {summary['skipped']} skipped, "
+             f"{summary['failed']} failed ({summary['needs_reauth']} need re-auth) in {time.monotonic() - t0:.2f}s")
 
 
 # -- status / queue -------------------------------------------------------------------------

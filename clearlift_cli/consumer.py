@@ -231,7 +231,8 @@ class Consumer:
             args = [msg.job_id, msg.platform, msg.connection_id, status, records, o.seconds]
             if error:
                 args.append(o.error)
-            (log.info if status in ("completed", "deferred") else log.warning)(line, *args)
+            # Only real failures are warnings: with -q, cron mails those and nothing else.
+            (log.warning if status in ("failed", "dropped") else log.info)(line, *args)
             return o
 
         try:

@@ -18,7 +18,7 @@ class ExitCode:
     CONFIG = 3  # settings, encryption key, config file
     STORE = 4  # the SQLite/PostgreSQL store is missing, unreadable or not a database
     WAREHOUSE = 5  # the warehouse cannot be reached or written
-    NOT_FOUND = 6  # unknown connection, job or dead letter
+    NOT_FOUND = 1  # unknown connection, job or dead letter (issue 8: `status CONN` exits 1)
     CONFLICT = 7  # e.g. a job is already pending for the connection
 
 

@@ -1,0 +1,121 @@
+"""The operator's commands, run as cron runs them: status shapes and exit codes, queue
+inspection, quiet and JSON logging, and the offline demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from clearlift_cli.sandbox import Sandbox
+from tests.e2e import CLEARLIFT, Env
+
+
+@pytest.fixture
+def env(tmp_path):
+    with Sandbox() as sb:
+        e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb)
+        e.run("init")
+        yield e
+
+
+def test_status_json_is_exactly_the_api_shape(env):
+    access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
+    cid = env.add("org-1", "google", "1234567890", access, refresh)
+    shape = env.run_json("status", cid)
+    assert shape == {
+        "connection": {"platform": "google", "account_name": "google 1234567890", "is_active": True,
+                       "last_synced_at": None, "sync_status": "pending"},
+        "latest_sync": None,
+    }
+    env.run("schedule")
+    env.run("consume")
+    shape = env.run_json("status", cid)
+    assert list(shape) == ["connection", "latest_sync"]
+    assert list(shape["connection"]) == ["platform", "account_name", "is_active", "last_synced_at", "sync_status"]
+    assert list(shape["latest_sync"]) == ["status", "type", "completed_at", "records_synced", "error"]
+    assert shape["latest_sync"]["status"] == "completed" and shape["latest_sync"]["records_synced"] > 0
+    assert shape["connection"]["sync_status"] == "completed"
+
+
+def test_unknown_connection_is_a_clear_error_with_exit_1(env):
+    proc = env.run("status", "org-9-google-1", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: no connection 'org-9-google-1'")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_status_all_exits_non_zero_when_an_active_connection_fails(env):
+    good, good_rt = env.sandbox.google.tokens.issue(ttl=3600)
+    bad, bad_rt = env.sandbox.google.tokens.issue(ttl=3600)
+    env.sandbox.google.tokens.revoke(bad)
+    env.sandbox.google.tokens.revoke(bad_rt)
+    ok_id = env.add("org-1", "google", "1111111111", good, good_rt)
+    bad_id = env.add("org-2", "google", "2222222222", bad, bad_rt)
+    env.run("schedule")
+    env.run("consume")
+    assert env.run("status", check=False).returncode == 1
+    rows = json.loads(env.run("status", "--json", check=False).stdout)
+    assert {r["connection_id"] for r in rows} == {ok_id, bad_id}
+    failing = json.loads(env.run("status", "--failing", "--json", check=False).stdout)
+    assert [r["connection_id"] for r in failing] == [bad_id]
+    assert env.run("status", "--org", "org-1").returncode == 0
+    panel = env.run("status", bad_id).stdout
+    assert "needs re-authorisation" in panel and "reconnect" in panel
+    # Pausing the failing connection: nothing active fails any more.
+    env.run("connections", "pause", bad_id)
+    assert env.run("status").returncode == 0
+
+
+def test_queue_inspection_and_dead_letter_retry(env):
+    access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
+    cid = env.add("org-1", "google", "1234567890", access, refresh)
+    env.run("schedule")
+    q = env.run_json("queue")
+    assert q["ready"] == {"high": 1, "normal": 0} and q["dead"] == 0 and q["oldest_ready_age_seconds"] is not None
+    env.sandbox.google.faults.add("status", path="googleAds", times=1, status=400,
+                                  body={"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad query"}})
+    env.run("consume")
+    dead = env.run_json("queue", "dead")
+    assert len(dead) == 1 and dead[0]["connection_id"] == cid and "bad query" in dead[0]["last_error"]
+    assert env.run("queue", "retry", check=False).returncode == 2  # neither id nor --all
+    assert env.run("queue", "retry", "999999", check=False).returncode == 1
+    assert "re-queued 1" in env.run("queue", "retry", str(dead[0]["id"])).stdout
+    env.run("consume")
+    assert env.run_json("status", cid)["latest_sync"]["status"] == "completed"
+    assert env.run_json("queue")["dead"] == 0
+
+
+def test_quiet_cron_runs_print_nothing_and_json_logs_parse(env):
+    access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
+    env.add("org-1", "google", "1234567890", access, refresh)
+    proc = env.run("-q", "schedule")
+    assert proc.stdout == "" and proc.stderr == ""
+    proc = env.run("--log-format", "json", "consume")
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    assert any("completed" in line["message"] for line in lines)
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    assert access not in proc.stderr and refresh not in proc.stderr
+
+
+def test_demo_runs_offline_on_a_fresh_machine(tmp_path):
+    home = tmp_path / "demo"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))}
+    clean["HOME"] = str(tmp_path)
+    proc = subprocess.run([CLEARLIFT, "demo", "--home", str(home)], env=clean, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "stripe_daily_revenue" in proc.stdout
+    status = subprocess.run([CLEARLIFT, "status", "--json"], env={**clean, "CLEARLIFT_HOME": str(home)},
+                            capture_output=True, text=True, timeout=60)
+    rows = json.loads(status.stdout)
+    assert status.returncode == 1  # the demo's revoked connection is failing, by design
+    by_platform = {}
+    for r in rows:
+        by_platform.setdefault(r["connection"]["platform"], []).append(r["latest_sync"]["status"])
+    assert set(by_platform) == {"google", "facebook", "tiktok", "stripe"}
+    assert sorted(by_platform["google"]) == ["completed", "completed", "failed"]
+    assert all(s == ["completed"] for p, s in by_platform.items() if p != "google")
