@@ -56,12 +56,16 @@ def _candidates(store: Store, now: datetime) -> list[sqlite3.Row]:
     """Rows that may be due, found through indexes so the cost follows the due ones:
     never synced (or unparseable), synced longer than the default interval ago, or with
     their own interval. No live job, no pending re-auth."""
-    cutoff = julian_day(now - timedelta(minutes=DEFAULT_INTERVAL_MINUTES))
+    # A prefilter only (plan_job decides exactly): one second of slack absorbs julianday()'s
+    # float rounding, which otherwise drops some rows that are due at exactly the interval.
+    cutoff = julian_day(now - timedelta(minutes=DEFAULT_INTERVAL_MINUTES) + timedelta(seconds=1))
     live = (
         "NOT EXISTS (SELECT 1 FROM sync_jobs j WHERE j.connection_id = c.id "
         "AND j.status IN ('pending', 'running')) AND NOT coalesce(c.needs_reauth, 0)"
     )
     cols = ", ".join(f"c.{col.strip()}" for col in CONNECTION_COLUMNS.split(","))
+    # `+c.is_active` in the last branch keeps SQLite on the partial override index; on the
+    # is_active index it would test instr() on every active connection.
     sql = f"""
         SELECT {cols} FROM platform_connections c
          WHERE c.is_active = 1 AND julianday(c.last_synced_at) IS NULL AND {live}
@@ -70,9 +74,23 @@ def _candidates(store: Store, now: datetime) -> list[sqlite3.Row]:
          WHERE c.is_active = 1 AND julianday(c.last_synced_at) <= ? AND {live}
         UNION
         SELECT {cols} FROM platform_connections c
-         WHERE instr(c.settings, 'sync_interval_minutes') > 0 AND c.is_active = 1 AND {live}
+         WHERE instr(c.settings, 'sync_interval_minutes') > 0 AND +c.is_active = 1 AND {live}
     """
     return store.read(sql, (cutoff,))
+
+
+def _attribution_state(store: Store, connection_ids: list[str]) -> dict[str, datetime | None]:
+    """When each of these connections last had an attribution-window job (read for the
+    candidates only: every synced Facebook connection has a row)."""
+    out: dict[str, datetime | None] = {}
+    for i in range(0, len(connection_ids), 500):
+        chunk = connection_ids[i:i + 500]
+        for r in store.read(
+            "SELECT connection_id, last_attribution_window_at FROM clearlift_connection_state "
+            f"WHERE connection_id IN ({','.join('?' * len(chunk))})", chunk,
+        ):
+            out[r[0]] = parse_ts(r[1])
+    return out
 
 
 def julian_day(dt: datetime) -> float:
@@ -145,7 +163,12 @@ def _insert_job(
         platform=conn.platform, account_id=conn.account_id, job_type=job_type,
         sync_window=window, retry_count=0, created_at=created, priority=priority,
     )
-    queue.enqueue(c, message)
+    try:
+        queue.enqueue(c, message)
+    except Conflict:
+        # no message, no job: take back the uncommitted row (schedule's transaction goes on)
+        c.execute("DELETE FROM sync_jobs WHERE id = ?", (job_id,))
+        raise
     return job_id
 
 
@@ -155,11 +178,7 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
     result = ScheduleResult()
     rows = _candidates(store, now)
     result.found = len(rows)
-    attribution_at = {
-        r[0]: parse_ts(r[1]) for r in store.read(
-            "SELECT connection_id, last_attribution_window_at FROM clearlift_connection_state"
-        )
-    } if rows else {}
+    attribution_at = _attribution_state(store, [r["id"] for r in rows])
     plans = []
     for row in rows:
         try:

@@ -117,13 +117,22 @@ class Settings:
         return Settings(**data)  # type: ignore[arg-type]
 
 
+class KeyNotBase64(InvalidKey):
+    """ENCRYPTION_KEY is not base64 text."""
+
+
+class KeyWrongLength(InvalidKey):
+    """ENCRYPTION_KEY is base64 but does not decode to 32 bytes."""
+
+
 def decode_key(raw: str) -> bytes:
+    """The 32 key bytes of base64 ``raw``; KeyNotBase64 / KeyWrongLength otherwise."""
     try:
         key = base64.b64decode(raw.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidKey("ENCRYPTION_KEY is not valid base64") from None
+        raise KeyNotBase64("ENCRYPTION_KEY is not valid base64") from None
     if len(key) != 32:
-        raise InvalidKey(f"ENCRYPTION_KEY must decode to 32 bytes, it decodes to {len(key)}")
+        raise KeyWrongLength(f"ENCRYPTION_KEY must decode to 32 bytes, it decodes to {len(key)}")
     return key
 
 

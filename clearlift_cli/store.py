@@ -395,14 +395,14 @@ class Store:
         refresh_token_encrypted: str | None,
     ) -> bool:
         """Compare-and-set the token columns: only if the stored access token is still the
-        one we refreshed from, so an older token never overwrites a newer one."""
+        one we refreshed from, so an older token never overwrites a newer one. The auth
+        failure count is left alone: only a successful sync resets it."""
         with self.write() as c:
             n = c.execute(
                 """
                 UPDATE platform_connections
                    SET credentials_encrypted = ?, expires_at = ?,
-                       refresh_token_encrypted = coalesce(?, refresh_token_encrypted),
-                       consecutive_auth_failures = 0
+                       refresh_token_encrypted = coalesce(?, refresh_token_encrypted)
                  WHERE id = ? AND credentials_encrypted IS ?
                 """,
                 (credentials_encrypted, expires_at, refresh_token_encrypted, connection_id,

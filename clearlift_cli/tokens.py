@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.errors import (
-    AuthRevoked, CryptoError, MissingAppCredentials, PlatformError, TransientError,
+    AuthRevoked, ConfigError, CryptoError, DecryptionFailed, MissingAppCredentials, PlatformError, TransientError,
 )
 from clearlift_cli.models import Connection
 from clearlift_cli.platforms import PLATFORMS, platform_module
@@ -62,7 +62,16 @@ def refresh_connection(
     expire. Raises AuthRevoked, TransientError, MissingAppCredentials or CryptoError."""
     creds = decrypt_credentials(cipher, conn)
     module = platform_module(conn.platform)
-    grant = module.refresh_token(platform_context(settings, store, conn), creds)
+    try:
+        grant = module.refresh_token(platform_context(settings, store, conn), creds)
+    except AuthRevoked:
+        # A rotating refresh token (TikTok) is refused once another run has used it; if that
+        # run stored its newer token meanwhile, the connection is fine.
+        current = store.get_connection(conn.id)
+        if current.credentials_encrypted == conn.credentials_encrypted:
+            raise
+        log.info("connection %s: token was refreshed concurrently; keeping the newer one", conn.id)
+        return decrypt_credentials(cipher, current)
     if grant is None:
         return None
     new_access = cipher.encrypt(grant.access_token)
@@ -103,6 +112,26 @@ def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
     return [Connection.from_row(r) for r in rows]
 
 
+def _check_key_fits(cipher: FieldCipher, conns: list[Connection]) -> None:
+    """A wrong ENCRYPTION_KEY looks like tampering on every row; refuse the run rather
+    than flag every connection for re-authorisation."""
+    sealed = [c.credentials_encrypted for c in conns if c.credentials_encrypted]
+    if len(sealed) < 2:
+        return
+    for text in sealed:
+        try:
+            cipher.decrypt(text)
+            return
+        except DecryptionFailed:
+            continue
+        except CryptoError:
+            return  # malformed rows say nothing about the key
+    raise ConfigError(
+        f"ENCRYPTION_KEY decrypts none of the {len(sealed)} due connections' tokens: it is "
+        "probably not the API worker's key (nothing was changed)"
+    )
+
+
 def refresh_due(
     settings: Settings, store: Store, *, margin_seconds: float = DEFAULT_MARGIN_SECONDS,
     pace_seconds: float = DEFAULT_PACE_SECONDS,
@@ -110,10 +139,16 @@ def refresh_due(
     """Refresh every active connection whose token expires within the margin (or already
     has). One connection's failure never stops the run."""
     result = RefreshResult()
+
+    def failed(conn_id: str, reason: str) -> None:
+        result.failed.append((conn_id, reason))
+        log.warning("refresh failed for %s: %s", conn_id, reason)
+
     due = due_for_refresh(store, margin_seconds)
     if not due:
         return result
     cipher = FieldCipher(settings.key_bytes())
+    _check_key_fits(cipher, due)
     by_platform: dict[str, list[Connection]] = defaultdict(list)
     for conn in due:
         by_platform[conn.platform].append(conn)
@@ -129,26 +164,24 @@ def refresh_due(
                 creds = refresh_connection(settings, store, cipher, conn)
             except MissingAppCredentials as exc:
                 # One message per platform per run, not one per connection.
-                log.error("%s: %s; %d connection(s) not refreshed", platform, exc, len(conns))
+                log.error("%s: %s; %d connection(s) not refreshed", platform, exc, len(conns) - i)
                 result.failed.extend((c.id, str(exc)) for c in conns[i:])
                 break
             except CryptoError as exc:
                 reason = f"stored token cannot be decrypted ({exc})"
                 if store.record_auth_failure(conn.id, reason=reason, definitive=True):
                     result.needs_reauth.append(conn.id)
-                result.failed.append((conn.id, reason))
+                failed(conn.id, reason)
             except AuthRevoked as exc:
                 if store.record_auth_failure(conn.id, reason=exc.reason, definitive=exc.definitive):
                     result.needs_reauth.append(conn.id)
-                result.failed.append((conn.id, redact(exc.reason)))
+                failed(conn.id, redact(exc.reason))
             except (TransientError, PlatformError) as exc:
                 # Network, 5xx, 429: leave the connection as it is; the next run retries.
-                result.failed.append((conn.id, redact(str(exc))))
+                failed(conn.id, redact(str(exc)))
             else:
                 if creds is None:
                     result.skipped.append((conn.id, "token does not expire"))
                 else:
                     result.refreshed.append(conn.id)
-    for cid, reason in result.failed:
-        log.warning("refresh failed for %s: %s", cid, reason)
     return result

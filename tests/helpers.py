@@ -1,0 +1,188 @@
+"""Helpers shared by the store, queue, scheduler and CLI tests.
+
+Everything here talks to real things: the installed ``clearlift`` command as a
+subprocess (the way cron runs it), real SQLite files, and raw ``sqlite3`` for rows the
+API worker would write (so the code under test is not also the code that sets up).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
+from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.store import Store, open_store
+from clearlift_cli.timeutil import FrozenClock, iso_z
+
+UTC = timezone.utc
+
+# The installed entry point next to the interpreter running the tests (the venv's bin).
+CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or str(
+    Path(sys.executable).parent / "clearlift"
+)
+
+# One key per test process; subprocesses get it through the environment.
+KEY_BYTES = os.urandom(32)
+KEY_B64 = base64.b64encode(KEY_BYTES).decode("ascii")
+
+# A fixed instant for frozen clocks (a weekday, mid-afternoon UTC).
+T0 = datetime(2025, 10, 10, 20, 45, 30, tzinfo=UTC)
+
+
+def frozen(at: datetime = T0) -> FrozenClock:
+    return FrozenClock(at)
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for the installed command: its own CLEARLIFT_HOME and HOME
+    under ``tmp_path``, the test key, a wide terminal so help text does not wrap, and
+    nothing inherited that could point it at another store."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "CLEARLIFT_HOME": str(tmp_path / "home"),
+        "ENCRYPTION_KEY": KEY_B64,
+        "COLUMNS": "250",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "NO_COLOR": "1",
+    }
+    env.update(extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run_cli(
+    args: Iterable[str], env: Mapping[str, str], *, stdin_text: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    """Run the installed ``clearlift`` with ``env`` only; stdin is /dev/null unless
+    ``stdin_text`` is given (so nothing can block on a prompt)."""
+    return subprocess.run(
+        [CLEARLIFT, *args],
+        env=dict(env),
+        stdin=subprocess.DEVNULL if stdin_text is None else None,
+        input=stdin_text,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def home_db(tmp_path: Path) -> Path:
+    """Where ``cli_env(tmp_path)`` puts the store by default."""
+    return tmp_path / "home" / "clearlift.db"
+
+
+def new_store(path: Path | str, *, clock: FrozenClock | None = None) -> Store:
+    """Create (or upgrade) a store file at ``path`` and open it; the caller closes it."""
+    store = open_store(str(path), clock=clock or frozen(), create=True)
+    store.migrate()
+    return store
+
+
+def raw(path: Path | str) -> sqlite3.Connection:
+    """A plain sqlite3 connection, as the API worker (or an operator) would use."""
+    c = sqlite3.connect(str(path), timeout=30)
+    c.row_factory = sqlite3.Row
+    return c
+
+
+def insert_connection(path: Path | str, **cols: Any) -> str:
+    """Insert a platform_connections row the way the API worker writes one; returns its id."""
+    return insert_connections(path, [cols])[0]
+
+
+def insert_connections(path: Path | str, rows: list[dict[str, Any]]) -> list[str]:
+    ids = []
+    c = raw(path)
+    try:
+        with c:
+            for cols in rows:
+                org = cols.get("organization_id", "org-1")
+                platform = cols.get("platform", "google")
+                account = str(cols.get("account_id", uuid.uuid4().hex[:10]))
+                row = {
+                    "id": f"{org}-{platform}-{account}",
+                    "organization_id": org,
+                    "platform": platform,
+                    "account_id": account,
+                    "account_name": "Account " + account,
+                    "connected_by": "user-1",
+                    "connected_at": "2025-10-01T10:00:00.000Z",
+                    "is_active": 1,
+                    "settings": "{}",
+                    "credentials_encrypted": "x",
+                    **cols,
+                }
+                names = ", ".join(row)
+                marks = ", ".join("?" * len(row))
+                c.execute(f"INSERT INTO platform_connections ({names}) VALUES ({marks})", list(row.values()))
+                ids.append(row["id"])
+    finally:
+        c.close()
+    return ids
+
+
+def enqueue_message(
+    store: Store, queue: SqliteQueue, *, connection_id: str | None = None, platform: str = "google",
+    priority: Priority = Priority.NORMAL, job_type: JobType = JobType.INCREMENTAL,
+    delay: float = 0.0,
+) -> SyncJobMessage:
+    """Write a pending sync_jobs row and its queue message in one store transaction."""
+    now = store.clock.now()
+    account = uuid.uuid4().hex[:8]
+    cid = connection_id or f"org-1-{platform}-{account}"
+    account_id = cid.rsplit("-", 1)[-1]
+    window = SyncWindow(now.replace(hour=0, minute=0, second=0, microsecond=0), now)
+    msg = SyncJobMessage(
+        job_id=str(uuid.uuid4()), connection_id=cid, organization_id="org-1", platform=platform,
+        account_id=account_id, job_type=job_type, sync_window=window, retry_count=0,
+        created_at=iso_z(now), priority=priority,
+    )
+    with store.write() as c:
+        c.execute(
+            "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, metadata) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            (msg.job_id, msg.organization_id, cid, job_type.value, msg.created_at,
+             json.dumps({"sync_window": window.to_json()})),
+        )
+        queue.enqueue(c, msg, delay=delay)
+    return msg
+
+
+def queue_row(path: Path | str, job_id: str) -> sqlite3.Row:
+    c = raw(path)
+    try:
+        row = c.execute("SELECT * FROM sync_queue WHERE job_id = ?", (job_id,)).fetchone()
+    finally:
+        c.close()
+    assert row is not None, f"no queue row for job {job_id}"
+    return row
+
+
+def query(path: Path | str, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    c = raw(path)
+    try:
+        return c.execute(sql, params).fetchall()
+    finally:
+        c.close()
+
+
+def one_line_error(stderr: str) -> str:
+    """The CLI's error contract: exactly one ``error: ...`` line (plus an optional hint),
+    no traceback."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1, f"expected one error line, got: {stderr!r}"
+    assert "Traceback" not in stderr, stderr
+    return errors[0]

@@ -1,0 +1,446 @@
+"""The scheduler: which connections are due, what job each gets, and `clearlift sync --now`.
+
+Real SQLite files; rows are written with raw sqlite3 the way the API worker writes them;
+only the clock is frozen."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from clearlift_cli import scheduler
+from clearlift_cli.errors import Conflict, ExitCode, NotFound, UsageError
+from clearlift_cli.models import SyncJobMessage
+from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.timeutil import iso_z, parse_ts
+
+from tests.helpers import (
+    cli_env, frozen, home_db, insert_connection, insert_connections, new_store, one_line_error,
+    query, raw, run_cli,
+)
+
+UTC = timezone.utc
+
+
+def sqlite_spelling(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M:%S")
+
+
+SPELLINGS = {"sqlite": sqlite_spelling, "javascript": iso_z}
+# A second short of the edge in each spelling's own resolution.
+JUST_UNDER = {"sqlite": timedelta(seconds=1), "javascript": timedelta(milliseconds=1)}
+# Instants chosen so that some land where SQLite's julianday() and a float computed in
+# Python disagree in the last bit (20:46:08 is one): the edge must hold for all of them.
+NOWS = [
+    datetime(2025, 10, 10, 20, 45, 30, tzinfo=UTC),
+    datetime(2025, 10, 10, 20, 46, 8, tzinfo=UTC),
+    datetime(2025, 10, 10, 20, 54, 25, tzinfo=UTC),
+    datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC),
+]
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "clearlift.db"
+
+
+def run_schedule(db, now, **kwargs):
+    store = new_store(db, clock=frozen(now))
+    try:
+        return scheduler.schedule(store, SqliteQueue(store), **kwargs)
+    finally:
+        store.close()
+
+
+def jobs_by_connection(db) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for r in query(db, "SELECT * FROM sync_jobs ORDER BY rowid"):
+        out.setdefault(r["connection_id"], []).append(r)
+    return out
+
+
+def message_for(db, job_id) -> tuple[dict, object]:
+    row = query(db, "SELECT * FROM sync_queue WHERE job_id = ?", (job_id,))[0]
+    return json.loads(row["body"]), row
+
+
+# -- due / not due ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("now", NOWS, ids=lambda d: d.strftime("%Y%m%dT%H%M%S"))
+def test_due_exactly_at_the_interval_edge(db, now, spelling):
+    fmt = SPELLINGS[spelling]
+    hour = timedelta(minutes=60)
+    new_store(db).close()
+    under, edge, over = insert_connections(db, [
+        {"account_id": "under", "last_synced_at": fmt(now - hour + JUST_UNDER[spelling])},
+        {"account_id": "edge", "last_synced_at": fmt(now - hour)},
+        {"account_id": "over", "last_synced_at": fmt(now - hour - timedelta(seconds=1))},
+    ])
+    result = run_schedule(db, now)
+    jobs = jobs_by_connection(db)
+    assert set(jobs) == {edge, over}, (fmt(now - hour), result.summary())
+    assert len(result.enqueued) == 2 and result.skipped == []
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("minutes", [30, 120])
+def test_interval_override_in_settings(db, spelling, minutes):
+    fmt = SPELLINGS[spelling]
+    now = NOWS[1]
+    interval = timedelta(minutes=minutes)
+    new_store(db).close()
+    settings = json.dumps({"sync_interval_minutes": minutes})
+    under, edge, default_due = insert_connections(db, [
+        {"account_id": "under", "settings": settings, "last_synced_at": fmt(now - interval + JUST_UNDER[spelling])},
+        {"account_id": "edge", "settings": settings, "last_synced_at": fmt(now - interval)},
+        # due by the default hour; only due for the override when that is shorter
+        {"account_id": "hour", "settings": settings, "last_synced_at": fmt(now - timedelta(minutes=61))},
+    ])
+    result = run_schedule(db, now)
+    expected = {edge} | ({default_due} if minutes < 61 else set())
+    assert set(jobs_by_connection(db)) == expected
+    assert result.not_due == 3 - len(expected)
+
+
+def test_not_due_connections_are_not_even_read(db):
+    # the due query is selective: cost follows the due connections, not all of them
+    now = NOWS[0]
+    new_store(db).close()
+    recent = sqlite_spelling(now - timedelta(minutes=10))
+    insert_connections(db, [{"account_id": f"r{i}", "last_synced_at": recent} for i in range(400)])
+    due = insert_connections(db, [{"account_id": f"d{i}", "last_synced_at": iso_z(now - timedelta(hours=2))}
+                                  for i in range(3)])
+    result = run_schedule(db, now)
+    assert result.found == 3
+    assert set(jobs_by_connection(db)) == set(due)
+
+
+# -- what job ---------------------------------------------------------------------------
+
+
+def test_never_synced_gets_a_full_seven_day_high_priority_job(db):
+    now = NOWS[0]
+    new_store(db).close()
+    cid = insert_connection(db, account_id="new", last_synced_at=None)
+    result = run_schedule(db, now)
+    (job,) = jobs_by_connection(db)[cid]
+    assert result.enqueued == [job["id"]]
+    assert (job["status"], job["job_type"]) == ("pending", "full")
+    assert job["created_at"] == iso_z(now)
+    window = json.loads(job["metadata"])["sync_window"]
+    assert window == {"start": iso_z(now - timedelta(days=7)), "end": iso_z(now)}
+    body, row = message_for(db, job["id"])
+    assert body["job_type"] == "full" and body["metadata"]["priority"] == "high"
+    assert body["sync_window"] == window
+    assert row["priority"] == 0 and row["state"] == "ready"
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_incremental_window_starts_lookback_before_last_sync(db, spelling):
+    now = NOWS[0]
+    last = now - timedelta(hours=2, minutes=17)
+    new_store(db).close()
+    default, own = insert_connections(db, [
+        {"account_id": "a", "last_synced_at": SPELLINGS[spelling](last)},
+        {"account_id": "b", "last_synced_at": SPELLINGS[spelling](last), "settings": '{"lookback_days": 5}'},
+    ])
+    run_schedule(db, now)
+    jobs = jobs_by_connection(db)
+    for cid, days in ((default, 3), (own, 5)):
+        (job,) = jobs[cid]
+        assert job["job_type"] == "incremental"
+        window = json.loads(job["metadata"])["sync_window"]
+        assert window == {"start": iso_z(last - timedelta(days=days)), "end": iso_z(now)}
+        body, row = message_for(db, job["id"])
+        assert body["metadata"]["priority"] == "normal" and row["priority"] == 1
+        assert body["sync_window"] == window
+
+
+def test_configured_per_platform_lookback(db):
+    now = NOWS[0]
+    last = now - timedelta(hours=3)
+    new_store(db).close()
+    cid = insert_connection(db, platform="tiktok", account_id="7", last_synced_at=iso_z(last))
+    run_schedule(db, now, configured_lookback={"tiktok": 1})
+    window = json.loads(jobs_by_connection(db)[cid][0]["metadata"])["sync_window"]
+    assert parse_ts(window["start"]) == last - timedelta(days=1)
+
+
+def test_facebook_rereads_its_attribution_window_once_a_day(db):
+    now = NOWS[0]
+    new_store(db).close()
+    cid = insert_connection(db, platform="facebook", account_id="act_1", last_synced_at=iso_z(now - timedelta(hours=2)))
+    run_schedule(db, now)
+    (job,) = jobs_by_connection(db)[cid]
+    assert parse_ts(json.loads(job["metadata"])["sync_window"]["start"]) == now - timedelta(days=28)
+    # the job completes; two hours later the next one re-reads only the lookback
+    c = raw(db)
+    with c:
+        c.execute("UPDATE sync_jobs SET status = 'completed'")
+        c.execute("UPDATE sync_queue SET state = 'done'")
+        c.execute("UPDATE platform_connections SET last_synced_at = ?", (iso_z(now),))
+    c.close()
+    later = now + timedelta(hours=2)
+    run_schedule(db, later)
+    second = jobs_by_connection(db)[cid][1]
+    assert parse_ts(json.loads(second["metadata"])["sync_window"]["start"]) == now - timedelta(days=3)
+
+
+# -- what is not scheduled --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, scheduled", [("pending", False), ("running", False),
+                                                ("completed", True), ("failed", True)])
+def test_no_second_job_while_one_is_pending_or_running(db, status, scheduled):
+    now = NOWS[0]
+    new_store(db).close()
+    cid = insert_connection(db, account_id="x", last_synced_at="2025-10-01 00:00:00")
+    c = raw(db)
+    with c:
+        c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
+                  "VALUES ('api-job', 'org-1', ?, ?, 'full', '2025-10-01T00:00:00.000Z')", (cid, status))
+    c.close()
+    result = run_schedule(db, now)
+    assert len(jobs_by_connection(db)[cid]) == (2 if scheduled else 1)
+    assert len(result.enqueued) == (1 if scheduled else 0)
+
+
+def test_running_schedule_again_adds_nothing(db):
+    now = NOWS[0]
+    new_store(db).close()
+    insert_connections(db, [{"account_id": f"a{i}", "last_synced_at": None} for i in range(5)])
+    assert len(run_schedule(db, now).enqueued) == 5
+    again = run_schedule(db, now + timedelta(hours=3))
+    assert again.enqueued == []
+    assert len(query(db, "SELECT * FROM sync_jobs")) == 5
+    assert len(query(db, "SELECT * FROM sync_queue")) == 5
+
+
+def test_paused_and_reauth_connections_are_not_scheduled(db):
+    now = NOWS[0]
+    new_store(db).close()
+    active, paused, reauth = insert_connections(db, [
+        {"account_id": "on", "last_synced_at": None},
+        {"account_id": "off", "last_synced_at": None, "is_active": 0},
+        {"account_id": "reauth", "last_synced_at": "2025-10-01 00:00:00", "needs_reauth": 1},
+    ])
+    result = run_schedule(db, now)
+    assert set(jobs_by_connection(db)) == {active}
+    assert result.skipped == []
+
+
+BROKEN = [
+    {"account_id": "b1", "platform": "myspace", "last_synced_at": None},
+    {"account_id": "b2", "settings": "{not json", "last_synced_at": None},
+    {"account_id": "b3", "settings": "[1, 2]", "last_synced_at": None},
+    {"account_id": "b4", "last_synced_at": "yesterday"},
+    {"account_id": "b5", "settings": '{"sync_interval_minutes": -5}', "last_synced_at": "2025-10-01 00:00:00"},
+    {"account_id": "b6", "settings": '{"lookback_days": "three"}', "last_synced_at": "2025-10-01 00:00:00"},
+]
+
+
+def test_broken_rows_are_reported_and_the_others_scheduled(db):
+    now = NOWS[0]
+    new_store(db).close()
+    good = insert_connections(db, [{"account_id": "g1", "last_synced_at": None},
+                                   {"account_id": "g2", "last_synced_at": "2025-10-01T00:00:00.000Z"}])
+    broken = insert_connections(db, BROKEN)
+    result = run_schedule(db, now)
+    assert set(jobs_by_connection(db)) == set(good)
+    reasons = dict(result.skipped)
+    assert set(reasons) == set(broken)
+    assert "myspace" in reasons[broken[0]]
+    assert "settings" in reasons[broken[2]] and "sync_interval_minutes" in reasons[broken[4]]
+    assert "lookback_days" in reasons[broken[5]]
+    summary = result.summary()
+    assert summary["enqueued"] == 2 and summary["skipped"] == len(BROKEN)
+
+
+def test_installed_schedule_reports_broken_rows_and_exits_0(tmp_path):
+    env = cli_env(tmp_path)
+    db = home_db(tmp_path)
+    new_store(db).close()
+    good = insert_connections(db, [{"account_id": "g1", "last_synced_at": None},
+                                   {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"}])
+    broken = insert_connections(db, BROKEN)
+    result = run_cli(["schedule"], env)
+    assert result.returncode == 0, result.stderr
+    assert "2 enqueued" in result.stdout and f"{len(BROKEN)} skipped" in result.stdout
+    for cid in broken:
+        assert f"skipped {cid}:" in result.stdout + result.stderr
+    assert set(jobs_by_connection(db)) == set(good)
+
+    as_json = run_cli(["schedule", "--json"], env)
+    assert as_json.returncode == 0
+    summary = json.loads(as_json.stdout)
+    assert summary["enqueued"] == 0  # the good ones have pending jobs now
+    assert {s["connection_id"] for s in summary["skipped_reasons"]} == set(broken)
+
+
+def test_installed_schedule_fails_when_the_store_is_unusable(tmp_path):
+    result = run_cli(["schedule"], cli_env(tmp_path))  # never initialised
+    assert result.returncode == ExitCode.STORE
+    assert "clearlift init" in one_line_error(result.stderr)
+
+
+# -- job row and message together -------------------------------------------------------
+
+
+def test_job_row_and_message_are_written_together(db):
+    now = NOWS[0]
+    new_store(db).close()
+    insert_connections(db, [{"account_id": "n", "last_synced_at": None},
+                            {"account_id": "i", "last_synced_at": iso_z(now - timedelta(hours=5))}])
+    result = run_schedule(db, now)
+    assert len(result.enqueued) == 2
+    for job_id in result.enqueued:
+        job = query(db, "SELECT * FROM sync_jobs WHERE id = ?", (job_id,))[0]
+        body, row = message_for(db, job_id)
+        assert body["job_id"] == job_id and row["connection_id"] == job["connection_id"] == body["connection_id"]
+        meta = json.loads(job["metadata"])
+        assert meta["sync_window"] == body["sync_window"]
+        assert meta["priority"] == body["metadata"]["priority"]
+        assert body["metadata"]["created_at"] == job["created_at"] == iso_z(now)
+        assert body["job_type"] == job["job_type"] and job["status"] == "pending"
+        assert body["organization_id"] == job["organization_id"]
+
+
+def test_never_a_job_row_without_its_message(db):
+    # A live message left for a connection whose job row the API worker already closed:
+    # the message cannot be added, so the job row must not be added either.
+    now = NOWS[0]
+    store = new_store(db, clock=frozen(now))
+    stuck, fine = insert_connections(db, [{"account_id": "stuck", "last_synced_at": None},
+                                          {"account_id": "fine", "last_synced_at": None}])
+    with store.write() as c:
+        c.execute("INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
+                  "created_at, updated_at) VALUES ('old-job', ?, 'google', '{}', 1, 'ready', 0, 'x', 'x')", (stuck,))
+    store.close()
+    result = run_schedule(db, now)
+    assert [cid for cid, _ in result.skipped] == [stuck]
+    assert set(jobs_by_connection(db)) == {fine}
+    orphans = query(db, "SELECT j.id FROM sync_jobs j LEFT JOIN sync_queue q ON q.job_id = j.id WHERE q.id IS NULL")
+    assert orphans == []
+
+
+# -- sync --now -------------------------------------------------------------------------
+
+
+def manual(db, now, cid, **kwargs):
+    store = new_store(db, clock=frozen(now))
+    try:
+        return scheduler.enqueue_manual(store, SqliteQueue(store), cid, **kwargs)
+    finally:
+        store.close()
+
+
+def test_sync_now_default_window_is_the_last_seven_days(db):
+    now = NOWS[0]
+    new_store(db).close()
+    cid = insert_connection(db, account_id="m", last_synced_at=iso_z(now - timedelta(minutes=5)))
+    job_id, window = manual(db, now, cid)
+    assert (window.start, window.end) == (now - timedelta(days=7), now)
+    (job,) = jobs_by_connection(db)[cid]
+    assert job["id"] == job_id and job["job_type"] == "full"
+    assert json.loads(job["metadata"])["triggered_by"] == "manual"
+    body, row = message_for(db, job_id)
+    assert body["metadata"]["priority"] == "high" and row["priority"] == 0
+    assert body["sync_window"] == {"start": iso_z(now - timedelta(days=7)), "end": iso_z(now)}
+
+
+def test_sync_now_backfill_window_covers_whole_days(db):
+    now = NOWS[0]
+    new_store(db).close()
+    cid = insert_connection(db, account_id="m", last_synced_at=None)
+    _, window = manual(db, now, cid, since=date(2025, 1, 1), until=date(2025, 3, 31))
+    assert window.start == datetime(2025, 1, 1, tzinfo=UTC)
+    assert window.end == datetime(2025, 4, 1, tzinfo=UTC)  # until is inclusive
+    # an until of today stops at now
+    c = raw(db)
+    with c:
+        c.execute("UPDATE sync_jobs SET status = 'completed'")
+        c.execute("UPDATE sync_queue SET state = 'done'")
+    c.close()
+    _, window = manual(db, now, cid, since=date(2025, 10, 1), until=now.date())
+    assert window.end == now
+
+
+def test_sync_now_refusals(db):
+    now = NOWS[0]
+    new_store(db).close()
+    active, paused, odd = insert_connections(db, [
+        {"account_id": "a", "last_synced_at": None},
+        {"account_id": "p", "last_synced_at": None, "is_active": 0},
+        {"account_id": "o", "platform": "myspace"},
+    ])
+    with pytest.raises(NotFound):
+        manual(db, now, "org-1-google-nope")
+    with pytest.raises(UsageError, match="paused"):
+        manual(db, now, paused)
+    with pytest.raises(UsageError, match="myspace"):
+        manual(db, now, odd)
+    with pytest.raises(UsageError, match="after"):
+        manual(db, now, active, since=date(2025, 5, 2), until=date(2025, 5, 1))
+    with pytest.raises(UsageError, match="empty"):
+        manual(db, now, active, since=now.date() + timedelta(days=1))
+    assert query(db, "SELECT * FROM sync_jobs") == [] and query(db, "SELECT * FROM sync_queue") == []
+    manual(db, now, active)
+    with pytest.raises(Conflict):
+        manual(db, now, active)
+    assert len(query(db, "SELECT * FROM sync_jobs")) == 1 and len(query(db, "SELECT * FROM sync_queue")) == 1
+
+
+@pytest.fixture
+def cli_store(tmp_path):
+    env = cli_env(tmp_path)
+    db = home_db(tmp_path)
+    new_store(db).close()
+    ids = insert_connections(db, [{"account_id": "a", "last_synced_at": None},
+                                  {"account_id": "p", "last_synced_at": None, "is_active": 0}])
+    return env, db, ids
+
+
+def test_installed_sync_now_enqueues_a_backfill(cli_store):
+    env, db, (active, _) = cli_store
+    result = run_cli(["sync", active, "--now", "--since", "2025-01-01", "--until", "2025-01-31"], env)
+    assert result.returncode == 0, result.stderr
+    (job,) = jobs_by_connection(db)[active]
+    assert job["id"] in result.stdout
+    body, _ = message_for(db, job["id"])
+    assert body["sync_window"] == {"start": "2025-01-01T00:00:00.000Z", "end": "2025-02-01T00:00:00.000Z"}
+    assert body["job_type"] == "full" and body["metadata"]["priority"] == "high"
+    SyncJobMessage.loads(query(db, "SELECT body FROM sync_queue")[0][0])  # parses as the contract's message
+
+
+@pytest.mark.parametrize("args, code, expected", [
+    (["--since", "2025-02-30"], ExitCode.USAGE, "--since"),
+    (["--until", "01/02/2025"], ExitCode.USAGE, "--until"),
+    (["--since", "2025-03-01", "--until", "2025-02-01"], ExitCode.USAGE, "after"),
+    (["--until", "2999-01-01"], ExitCode.USAGE, "future"),
+])
+def test_installed_sync_now_validates_dates(cli_store, args, code, expected):
+    env, db, (active, _) = cli_store
+    result = run_cli(["sync", active, "--now", *args], env)
+    assert result.returncode == code, result.stderr
+    assert expected in one_line_error(result.stderr)
+    assert query(db, "SELECT * FROM sync_jobs") == []
+
+
+def test_installed_sync_now_refuses_unknown_paused_and_duplicate(cli_store):
+    env, db, (active, paused) = cli_store
+    unknown = run_cli(["sync", "org-1-google-nope", "--now"], env)
+    assert unknown.returncode == ExitCode.NOT_FOUND != 0
+    assert "org-1-google-nope" in one_line_error(unknown.stderr)
+    stopped = run_cli(["sync", paused, "--now"], env)
+    assert stopped.returncode != 0 and "paused" in one_line_error(stopped.stderr)
+    without_now = run_cli(["sync", active], env)
+    assert without_now.returncode == ExitCode.USAGE
+    assert query(db, "SELECT * FROM sync_jobs") == []
+    assert run_cli(["sync", active, "--now"], env).returncode == 0
+    again = run_cli(["sync", active, "--now"], env)
+    assert again.returncode == ExitCode.CONFLICT
+    assert len(query(db, "SELECT * FROM sync_jobs")) == 1

@@ -1,0 +1,555 @@
+"""The token lifecycle (issue 6): `clearlift refresh-tokens`, refresh on demand, re-auth
+flags, transient failures, pacing and compare-and-set. The installed command runs as cron
+runs it, against the sandboxes over loopback HTTP and a real SQLite store; library-level
+checks use the same sandboxes and store with a FrozenClock where time matters."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from clearlift_cli import app as core
+from clearlift_cli import tokens
+from clearlift_cli.crypto import FieldCipher
+from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
+from clearlift_cli.settings import ENV_NAMES, resolve
+from clearlift_cli.store import open_store
+from clearlift_cli.timeutil import FrozenClock, iso_z, parse_ts
+from tests.e2e import CLEARLIFT, Env
+
+UTC = timezone.utc
+CID = "123-456-7890"
+GOOGLE_TTL = 3599  # what the Google sandbox's /token grants
+FACEBOOK_TTL = 5183944  # what the Facebook sandbox's exchange grants
+APP_SECRETS = [APP_CREDENTIALS[k] for k in (
+    "GOOGLE_CLIENT_SECRET", "GOOGLE_ADS_DEVELOPER_TOKEN", "FACEBOOK_APP_SECRET", "TIKTOK_CLIENT_SECRET")]
+# Every token the sandboxes issue has this shape (TokenAuthority and rotated refresh tokens).
+TOKEN_SHAPE = re.compile(r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-9_-]{8,}")
+UNAUTHENTICATED = {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                             "message": "Request had invalid authentication credentials."}}
+
+
+@dataclass
+class RecordingEnv(Env):
+    """An Env that keeps every command's output, to prove no secret ever shows."""
+
+    outputs: list[str] = field(default_factory=list)
+
+    def run(self, *args, check=True, stdin=None, **env):
+        proc = super().run(*args, check=False, stdin=stdin, **env)
+        self.outputs.append(proc.stdout + proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"clearlift {' '.join(args)} exited {proc.returncode}\n"
+                                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def seed(self, org: str, platform: str, account: str, access: str, refresh: str | None = None,
+             expires_at: str | None = None) -> str:
+        """Add a connection in-process with what `connections add` calls (quicker setup)."""
+        settings = resolve(environ=self.environ(), read_config=False)
+        cid, _ = core.add_connection(settings, core.NewConnection(
+            organization_id=org, platform=platform, account_id=account, account_name=None,
+            connected_by="user-1", access_token=access, refresh_token=refresh, expires_at=expires_at))
+        return cid
+
+    @property
+    def cipher(self) -> FieldCipher:
+        return FieldCipher(base64.b64decode(self.key))
+
+    def token(self, connection_id: str, column: str = "credentials_encrypted") -> str:
+        return self.cipher.decrypt(self.connection(connection_id)[column])
+
+    def stored_texts(self) -> list[str]:
+        with self.store() as c:
+            rows = c.execute("SELECT sync_error, reauth_reason FROM platform_connections").fetchall()
+            rows += c.execute("SELECT error_message, metadata FROM sync_jobs").fetchall()
+            rows += c.execute("SELECT last_error, body FROM sync_queue").fetchall()
+        return [v for r in rows for v in r if v]
+
+
+def assert_no_secrets(texts: list[str]) -> None:
+    for text in texts:
+        assert not TOKEN_SHAPE.search(text), f"a token leaked: {text[:2000]}"
+        for secret in APP_SECRETS:
+            assert secret not in text, f"an app secret leaked: {text[:2000]}"
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def env(tmp_path, sandbox):
+    e = RecordingEnv(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path / 'warehouse.db'}",
+                     sandbox=sandbox)
+    e.run("init")
+    yield e
+    assert_no_secrets(e.outputs + e.stored_texts())
+
+
+def in_seconds(seconds: float) -> str:
+    return iso_z(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+def near(value: str, expected: datetime, tolerance: float = 5.0) -> bool:
+    return abs((parse_ts(value) - expected).total_seconds()) <= tolerance
+
+
+def token_calls(sandbox) -> list:
+    return sandbox.google.requests_to(r"^/token$")
+
+
+def bearers(app, pattern: str = "googleAds") -> list[str]:
+    return [r.headers.get("authorization", "")[len("Bearer "):] for r in app.requests_to(pattern)]
+
+
+def refresh_json(env: RecordingEnv, *args: str, **more: str) -> dict:
+    proc = env.run("-v", "refresh-tokens", "--json", *args, **more)
+    return json.loads(proc.stdout)
+
+
+# -- the installed command ----------------------------------------------------------------
+
+def test_token_two_minutes_from_expiry_is_refreshed_and_next_consume_uses_it(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=120)
+    cid = env.add("org-1", "google", CID, access, refresh, expires_at=in_seconds(120))
+    before = env.connection(cid)
+
+    out = env.run("-vv", "refresh-tokens").stdout
+    assert "refresh-tokens: 1 refreshed, 0 skipped, 0 failed (0 need re-auth)" in out
+    after = env.connection(cid)
+    new = env.token(cid)
+    assert after["credentials_encrypted"] != before["credentials_encrypted"]
+    assert new != access and sandbox.google.tokens.check(new) == "ok"
+    assert all(TOKEN_SHAPE.fullmatch(t) for t in (access, refresh, new))  # the leak check sees them
+    assert env.token(cid, "refresh_token_encrypted") == refresh  # Google did not rotate it: kept
+    assert near(after["expires_at"], datetime.now(UTC) + timedelta(seconds=GOOGLE_TTL))
+    (call,) = token_calls(sandbox)
+    form = call.form()
+    assert form["grant_type"] == "refresh_token" and form["refresh_token"] == refresh
+    assert form["client_id"] == APP_CREDENTIALS["GOOGLE_CLIENT_ID"]
+
+    # No longer due: a second run leaves it alone.
+    assert "0 refreshed, 0 skipped, 0 failed" in env.run("refresh-tokens").stdout
+    assert len(token_calls(sandbox)) == 1
+
+    sandbox.google.tokens.expire(access)
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+    (job,) = env.jobs(cid)
+    assert job["status"] == "completed", job["error_message"]
+    used = bearers(sandbox.google)
+    assert used and set(used) == {new}
+    assert len(token_calls(sandbox)) == 1  # consume did not need to refresh again
+
+
+def test_token_already_expired_at_consume_time_is_refreshed_before_the_job(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    sandbox.google.tokens.expire(access)
+    cid = env.seed("org-1", "google", CID, access, refresh, expires_at=in_seconds(-600))
+
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(cid)
+    assert job["status"] == "completed", job["error_message"]
+    assert len(token_calls(sandbox)) == 1
+    new = env.token(cid)
+    assert new != access and sandbox.google.tokens.check(new) == "ok"
+    used = bearers(sandbox.google)
+    assert used and set(used) == {new}  # the expired token was never sent
+    conn = env.connection(cid)
+    assert near(conn["expires_at"], datetime.now(UTC) + timedelta(seconds=GOOGLE_TTL))
+    assert conn["sync_status"] == "completed" and conn["needs_reauth"] == 0
+
+
+class JumpAfterSecondDataCall:
+    """The sandbox's clock: real time until the second Google Ads data request arrives,
+    then two hours later, so a token valid at the start of a job expires in the middle."""
+
+    def __init__(self):
+        self.app = None
+
+    def __call__(self) -> float:
+        calls = len(self.app.requests_to("googleAds")) if self.app is not None else 0
+        return time.time() + (7200 if calls >= 2 else 0)
+
+
+def test_token_expiring_mid_job_is_refreshed_once_and_the_job_completes(tmp_path):
+    clock = JumpAfterSecondDataCall()
+    with Sandbox(clock=clock) as sandbox:
+        clock.app = sandbox.google
+        env = RecordingEnv(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path / 'wh.db'}",
+                           sandbox=sandbox)
+        env.run("init")
+        access, refresh = sandbox.google.tokens.issue(ttl=3600)
+        cid = env.seed("org-1", "google", CID, access, refresh, expires_at=in_seconds(3600))
+        env.run("schedule")
+        env.run("consume", "--max-seconds", "60")
+
+        (job,) = env.jobs(cid)
+        assert job["status"] == "completed", job["error_message"]
+        assert len(token_calls(sandbox)) == 1
+        new = env.token(cid)
+        used = bearers(sandbox.google)
+        # The first call succeeded, the second was refused as expired, the rest used the new token.
+        assert used[:2] == [access, access] and len(used) > 2 and set(used[2:]) == {new}
+        assert env.connection(cid)["consecutive_auth_failures"] == 0
+        assert_no_secrets(env.outputs + env.stored_texts())
+
+
+def test_facebook_exchange_tiktok_refresh_and_skips(env, sandbox):
+    fb_access, _ = sandbox.facebook.tokens.issue(ttl=120)
+    fb = env.seed("org-1", "facebook", "1234567890", fb_access, expires_at=in_seconds(120))
+    tt_access, tt_refresh = sandbox.tiktok.tokens.issue(ttl=120)
+    tt = env.seed("org-1", "tiktok", "7000000000000000001", tt_access, tt_refresh, expires_at=in_seconds(120))
+    adv_access, _ = sandbox.tiktok.tokens.issue(ttl=None)
+    adv = env.seed("org-1", "tiktok", "7000000000000000002", adv_access, expires_at=in_seconds(60))
+    key, _ = sandbox.stripe.tokens.issue(ttl=None)
+    st = env.seed("org-1", "stripe", "acct_1", key, expires_at=in_seconds(60))
+    untouched = {c: env.connection(c)["credentials_encrypted"] for c in (adv, st)}
+
+    summary = refresh_json(env)
+    assert summary == {"refreshed": 2, "skipped": 2, "failed": 0, "needs_reauth": 0, "failures": []}
+
+    (exchange,) = sandbox.facebook.requests_to("oauth/access_token")
+    assert exchange.query["grant_type"] == "fb_exchange_token" and exchange.query["fb_exchange_token"] == fb_access
+    fb_new = env.token(fb)
+    assert fb_new != fb_access and sandbox.facebook.tokens.check(fb_new) == "ok"
+    assert near(env.connection(fb)["expires_at"], datetime.now(UTC) + timedelta(seconds=FACEBOOK_TTL))
+
+    (tt_call,) = sandbox.tiktok.requests_to("refresh_token")
+    assert tt_call.json()["refresh_token"] == tt_refresh
+    tt_new = env.token(tt)
+    assert tt_new != tt_access and sandbox.tiktok.tokens.check(tt_new) == "ok"
+    rotated = env.token(tt, "refresh_token_encrypted")
+    assert rotated != tt_refresh and rotated.startswith("tiktok-rt-")  # TikTok's new refresh token is kept
+
+    for c, ciphertext in untouched.items():
+        assert env.connection(c)["credentials_encrypted"] == ciphertext
+    assert sandbox.stripe.requests == []
+    text = env.run("refresh-tokens").stdout  # the skipped ones stay due
+    assert "0 refreshed, 2 skipped, 0 failed (0 need re-auth)" in text
+
+
+def test_corrupted_refresh_token_fails_that_connection_and_the_run_goes_on(env, sandbox):
+    ids = []
+    for i, acct in enumerate(("111-111-1111", "222-222-2222", "333-333-3333")):
+        access, refresh = sandbox.google.tokens.issue(ttl=3600)
+        # Earliest expiry first: the broken ones are refreshed before the healthy one.
+        ids.append(env.seed("org-1", "google", acct, access, refresh, expires_at=in_seconds(30 + 30 * i)))
+    garbage, tampered, healthy = ids
+    raw = bytearray(base64.b64decode(env.connection(tampered)["refresh_token_encrypted"]))
+    raw[-1] ^= 0x01
+    with env.store() as c:
+        c.execute("UPDATE platform_connections SET refresh_token_encrypted = ? WHERE id = ?",
+                  ("!!not base64 at all!!", garbage))
+        c.execute("UPDATE platform_connections SET refresh_token_encrypted = ? WHERE id = ?",
+                  (base64.b64encode(bytes(raw)).decode(), tampered))
+    before = {c: env.connection(c) for c in ids}
+
+    t0 = datetime.now(UTC)
+    proc = env.run("refresh-tokens", "--json")
+    assert proc.returncode == 0
+    summary = json.loads(proc.stdout)
+    assert (summary["refreshed"], summary["skipped"], summary["failed"], summary["needs_reauth"]) == (1, 0, 2, 2)
+    assert {f["connection_id"] for f in summary["failures"]} == {garbage, tampered}
+    assert all("refresh_token_encrypted" in f["reason"] for f in summary["failures"])
+
+    for c in (garbage, tampered):
+        row = env.connection(c)
+        assert row["sync_status"] == "failed"
+        assert row["sync_error"].startswith("Token refresh failed: ")
+        assert "refresh_token_encrypted" in row["sync_error"]
+        assert row["needs_reauth"] == 1 and row["reauth_reason"]
+        assert near(row["reauth_detected_at"], t0)
+        assert row["credentials_encrypted"] == before[c]["credentials_encrypted"]
+    assert env.connection(healthy)["credentials_encrypted"] != before[healthy]["credentials_encrypted"]
+    assert env.connection(healthy)["needs_reauth"] == 0
+    assert len(token_calls(sandbox)) == 1
+
+    status = env.run("status", garbage, check=False)
+    assert "needs re-authorisation" in status.stdout and "reconnect" in status.stdout
+    assert env.run("status", check=False).returncode == 1  # cron sees that something needs a person
+
+
+def test_invalid_grant_stops_scheduling_until_the_connection_is_reconnected(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    sandbox.google.tokens.revoke(refresh)
+    revoked = env.seed("org-1", "google", "111-111-1111", access, refresh, expires_at=in_seconds(60))
+    ok_access, ok_refresh = sandbox.google.tokens.issue(ttl=3600)
+    healthy = env.seed("org-1", "google", "222-222-2222", ok_access, ok_refresh, expires_at=in_seconds(90))
+
+    summary = refresh_json(env)
+    assert (summary["refreshed"], summary["failed"], summary["needs_reauth"]) == (1, 1, 1)
+    row = env.connection(revoked)
+    # A definitive answer flags re-auth at once, on the first failure.
+    assert row["needs_reauth"] == 1 and row["consecutive_auth_failures"] == 1
+    assert row["sync_status"] == "failed"
+    assert row["sync_error"].startswith("Token refresh failed: ") and "revoked" in row["sync_error"]
+    assert row["reauth_reason"] and row["reauth_detected_at"]
+
+    sched = env.run_json("schedule")
+    assert sched["enqueued"] == 1
+    assert env.jobs(revoked) == [] and len(env.jobs(healthy)) == 1
+    calls = len(token_calls(sandbox))
+    env.run("refresh-tokens", "--margin", "7200")  # a flagged connection is not retried either
+    assert len(token_calls(sandbox)) == calls + 1  # only the healthy one
+
+    access2, refresh2 = sandbox.google.tokens.issue(ttl=3600)
+    env.add("org-1", "google", "111-111-1111", access2, refresh2)  # the installed command
+    row = env.connection(revoked)
+    assert (row["needs_reauth"], row["reauth_reason"], row["reauth_detected_at"]) == (0, None, None)
+    assert (row["sync_status"], row["sync_error"], row["consecutive_auth_failures"]) == ("pending", None, 0)
+    assert env.run_json("schedule")["enqueued"] == 1
+    assert len(env.jobs(revoked)) == 1
+
+
+def test_ambiguous_401s_flag_reauth_only_after_three_in_a_row(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    cid = env.seed("org-1", "google", CID, access, refresh, expires_at=in_seconds(3600))
+
+    def sync(failing: bool) -> None:
+        if failing:
+            # The first call and the retry after the on-demand refresh are both refused.
+            fault = sandbox.google.faults.add("status", path="googleAds", times=2, status=401, body=UNAUTHENTICATED)
+        calls = len(token_calls(sandbox))
+        proc = env.run("sync", cid, "--now", "--wait", check=False)
+        assert proc.returncode == (1 if failing else 0), proc.stdout + proc.stderr
+        if failing:
+            assert fault.times == 0 and len(token_calls(sandbox)) == calls + 1
+
+    def state() -> tuple:
+        row = env.connection(cid)
+        return row["consecutive_auth_failures"], row["needs_reauth"], row["sync_status"]
+
+    sync(failing=True)
+    assert state() == (1, 0, "failed")
+    assert env.connection(cid)["sync_error"].startswith("Authentication failed: ")
+    sync(failing=True)
+    assert state() == (2, 0, "failed")
+    sync(failing=False)
+    assert state() == (0, 0, "completed")  # a successful sync resets the count
+    for expected in ((1, 0, "failed"), (2, 0, "failed"), (3, 1, "failed")):
+        sync(failing=True)
+        assert state() == expected
+    row = env.connection(cid)
+    assert row["reauth_reason"] and row["reauth_detected_at"]
+    assert "re-authoris" in env.jobs(cid)[-1]["error_message"]
+
+
+def test_token_endpoint_5xx_leaves_the_connection_as_it_was_and_next_run_retries(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    cid = env.seed("org-1", "google", CID, access, refresh, expires_at=in_seconds(60))
+    before = dict(env.connection(cid))
+    sandbox.google.faults.add("status", path=r"^/token$", times=-1, status=503,
+                              body={"error": "backend_error", "error_description": "Backend Error"})
+
+    summary = refresh_json(env)
+    assert (summary["refreshed"], summary["failed"], summary["needs_reauth"]) == (0, 1, 0)
+    assert dict(env.connection(cid)) == before
+    assert len(token_calls(sandbox)) == 3  # the HTTP layer's short retries, then give up
+
+    sandbox.google.faults.clear()
+    summary = refresh_json(env)
+    assert (summary["refreshed"], summary["failed"]) == (1, 0)
+    assert env.token(cid) != access
+
+
+def test_missing_app_credentials_is_one_message_per_run(env, sandbox):
+    google = []
+    for acct in ("111-111-1111", "222-222-2222", "333-333-3333"):
+        access, refresh = sandbox.google.tokens.issue(ttl=3600)
+        google.append(env.seed("org-1", "google", acct, access, refresh, expires_at=in_seconds(60)))
+    fb_access, _ = sandbox.facebook.tokens.issue(ttl=3600)
+    fb = env.seed("org-1", "facebook", "1234567890", fb_access, expires_at=in_seconds(60))
+    before = {c: dict(env.connection(c)) for c in google}
+
+    proc = env.run("refresh-tokens", "--json", GOOGLE_CLIENT_SECRET="")
+    assert proc.returncode == 0
+    summary = json.loads(proc.stdout)
+    assert (summary["refreshed"], summary["failed"], summary["needs_reauth"]) == (1, 3, 0)
+    assert proc.stderr.count("GOOGLE_CLIENT_SECRET") == 1, proc.stderr
+    assert "3 connection(s) not refreshed" in proc.stderr
+    assert token_calls(sandbox) == []
+    assert {c: dict(env.connection(c)) for c in google} == before
+    assert env.token(fb) != fb_access  # the other platform was still refreshed
+
+
+def test_concurrent_runs_leave_the_newest_token(env, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=120)
+    cid = env.seed("org-1", "google", CID, access, refresh, expires_at=in_seconds(120))
+    # The first /token call is answered last, so both runs hold grants before either writes.
+    sandbox.google.faults.add("latency", path=r"^/token$", times=1, seconds=1.6)
+    sandbox.google.faults.add("latency", path=r"^/token$", times=1, seconds=0.1)
+
+    procs = [subprocess.Popen([CLEARLIFT, "refresh-tokens", "--json"], env=env.environ(), text=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    results = [(p.communicate(timeout=60), p.returncode) for p in procs]
+    env.outputs += [out + err for (out, err), _ in results]
+    assert [rc for _, rc in results] == [0, 0]
+    assert [json.loads(out)["refreshed"] for (out, _), _ in results] == [1, 1]
+    assert len(token_calls(sandbox)) == 2  # the runs overlapped: both refreshed from the same row
+    # Exactly one write lost the compare-and-set and kept the other's token.
+    assert sum("refreshed concurrently" in err for (_, err), _ in results) == 1
+
+    row = env.connection(cid)
+    token = env.token(cid)
+    assert token != access and sandbox.google.tokens.check(token) == "ok"
+    # The stored expires_at belongs to the stored token (the other grant expires 1.5 s later).
+    expiry = parse_ts(row["expires_at"]).timestamp()
+    authority = sandbox.google.tokens
+    real_clock = authority.clock
+    try:
+        authority.clock = lambda: expiry - 0.5
+        assert authority.check(token) == "ok"
+        authority.clock = lambda: expiry + 0.5
+        assert authority.check(token) == "expired"
+    finally:
+        authority.clock = real_clock
+
+
+# -- library level: the same sandboxes and store, a frozen clock --------------------------
+
+@dataclass
+class Lib:
+    settings: object
+    store: object
+    clock: FrozenClock
+    cipher: FieldCipher
+
+    def add(self, platform: str, account: str, access: str, refresh: str | None = None, *,
+            expires_in: float = 60) -> str:
+        cid, _ = core.add_connection(self.settings, core.NewConnection(
+            organization_id="org-1", platform=platform, account_id=account, account_name=None,
+            connected_by="user-1", access_token=access, refresh_token=refresh,
+            expires_at=iso_z(self.clock.now() + timedelta(seconds=expires_in))), clock=self.clock)
+        return cid
+
+
+@pytest.fixture
+def lib(tmp_path, sandbox):
+    """Settings, a migrated store on a FrozenClock, and the cipher its tokens are sealed with."""
+    clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+    flags = {name: sandbox.env()[var] for name, var in ENV_NAMES.items() if var in sandbox.env()}
+    flags.update(home=str(tmp_path / "lib"), http_timeout="0.5",
+                 encryption_key=base64.b64encode(b"k" * 32).decode())
+    settings = resolve(flags=flags, environ={}, read_config=False)
+    store = open_store(settings.db, clock=clock, create=True)
+    store.migrate()
+    yield Lib(settings, store, clock, FieldCipher(settings.key_bytes()))
+    store.close()
+
+
+def test_refreshes_against_one_provider_are_paced(lib, sandbox):
+    google = [lib.add("google", f"{i}00-000-0000", *sandbox.google.tokens.issue(), expires_in=10 + i)
+              for i in range(1, 4)]
+    facebook = [lib.add("facebook", f"{i}0000", sandbox.facebook.tokens.issue()[0], expires_in=10 + i)
+                for i in range(1, 3)]
+
+    result = tokens.refresh_due(lib.settings, lib.store, margin_seconds=300, pace_seconds=0.25)
+
+    assert result.summary() == {"refreshed": 5, "skipped": 0, "failed": 0, "needs_reauth": 0, "failures": []}
+    # One pause between consecutive refreshes of a platform, none between platforms.
+    assert lib.clock.slept == [0.25, 0.25, 0.25]
+    for ids in (google, facebook):
+        expiries = [parse_ts(lib.store.get_connection(c).expires_at) for c in ids]
+        gaps = [(b - a).total_seconds() for a, b in zip(expiries, expiries[1:])]
+        assert gaps == [0.25] * (len(ids) - 1)
+
+
+@pytest.mark.parametrize("fault", [
+    {"kind": "timeout", "seconds": 1.0},
+    {"kind": "status", "status": 429, "body": {"error": "rate_limit_exceeded", "error_description": "Slow down"}},
+    {"kind": "status", "status": 500, "body": {"error": "internal_failure", "error_description": "Oops"}},
+], ids=["timeout", "429", "500"])
+def test_transient_refresh_failures_change_nothing(lib, sandbox, fault):
+    access, refresh = sandbox.google.tokens.issue()
+    cid = lib.add("google", CID, access, refresh)
+    before = lib.store.get_connection(cid)
+    kind = fault.pop("kind")
+    sandbox.google.faults.add(kind, path=r"^/token$", times=-1, **fault)
+
+    result = tokens.refresh_due(lib.settings, lib.store)
+
+    assert [c for c, _ in result.failed] == [cid] and result.needs_reauth == [] and result.refreshed == []
+    assert lib.store.get_connection(cid) == before
+    assert_no_secrets([reason for _, reason in result.failed])
+    sandbox.google.faults.clear()
+    assert tokens.refresh_due(lib.settings, lib.store).refreshed == [cid]  # the next run retries
+
+
+def test_compare_and_set_never_replaces_a_newer_token(lib, sandbox):
+    access, refresh = sandbox.google.tokens.issue()
+    cid = lib.add("google", CID, access, refresh)
+    stale = lib.store.get_connection(cid)  # both runs read the row now
+
+    creds_a = tokens.refresh_connection(lib.settings, lib.store, lib.cipher, stale)  # run A
+    after_a = lib.store.get_connection(cid)
+    assert after_a.credentials_encrypted != stale.credentials_encrypted
+    assert lib.cipher.decrypt(after_a.credentials_encrypted) == creds_a.access_token
+
+    # Run B got a grant too but writes late, from the ciphertext it read before A's write.
+    older = lib.cipher.encrypt(sandbox.google.tokens.issue()[0])
+    assert not lib.store.swap_tokens(cid, old_credentials_encrypted=stale.credentials_encrypted,
+                                     credentials_encrypted=older, expires_at=iso_z(lib.clock.now()),
+                                     refresh_token_encrypted=None)
+    assert lib.store.get_connection(cid) == after_a
+
+    # The same through refresh_connection: B's own grant is dropped, A's token is used.
+    creds_b = tokens.refresh_connection(lib.settings, lib.store, lib.cipher, stale)
+    assert creds_b.access_token == creds_a.access_token
+    assert lib.store.get_connection(cid) == after_a
+    assert len(token_calls(sandbox)) == 2
+
+
+def test_rotated_refresh_token_used_by_another_run_is_not_a_revocation(lib, sandbox):
+    access, refresh = sandbox.tiktok.tokens.issue(ttl=120)
+    cid = lib.add("tiktok", "7000000000000000001", access, refresh)
+    stale = lib.store.get_connection(cid)
+
+    creds_a = tokens.refresh_connection(lib.settings, lib.store, lib.cipher, stale)  # rotates the refresh token
+    # Run B still holds the old refresh token, which TikTok now refuses (40107).
+    creds_b = tokens.refresh_connection(lib.settings, lib.store, lib.cipher, stale)
+
+    assert creds_b.access_token == creds_a.access_token
+    row = lib.store.get_connection(cid)
+    assert not row.needs_reauth and row.sync_status == "pending" and not row.consecutive_auth_failures
+    assert len(sandbox.tiktok.requests_to("refresh_token")) == 2
+
+
+def test_wrong_encryption_key_refuses_the_run_instead_of_flagging_everyone(tmp_path):
+    """A wrong key fails every row's authentication; that is a configuration error, and no
+    connection may be flagged for re-authorisation because of it."""
+    import base64
+    import os
+
+    from clearlift_cli.sandbox import Sandbox
+    from tests.e2e import Env
+
+    with Sandbox() as sb:
+        env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb)
+        env.run("init")
+        ids = []
+        for acct in ("1111111111", "2222222222"):
+            access, refresh = sb.google.tokens.issue(ttl=60)
+            ids.append(env.add("org-1", "google", acct, access, refresh,
+                               expires_at="2000-01-01T00:00:00.000Z"))
+        other_key = base64.b64encode(os.urandom(32)).decode()
+        proc = env.run("refresh-tokens", check=False, ENCRYPTION_KEY=other_key)
+        assert proc.returncode == 3
+        assert "ENCRYPTION_KEY decrypts none" in proc.stderr
+        for cid in ids:
+            row = env.connection(cid)
+            assert row["needs_reauth"] == 0 and row["sync_status"] == "pending"
+        assert sb.google.requests_to("/token") == []
