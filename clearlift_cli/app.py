@@ -147,6 +147,23 @@ def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Cl
         store.close()
 
 
+def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, int]:
+    """Copy the SQLite store into the PostgreSQL control plane at ``to_url``."""
+    from clearlift_cli.store_pg import PgStore, copy_store
+
+    if not to_url.startswith(("postgresql://", "postgres://")):
+        raise UsageError("--to must be a postgresql:// URL")
+    if settings.db.startswith(("postgresql://", "postgres://")):
+        raise UsageError("the source store (--db / CLEARLIFT_DB) must be a SQLite file")
+    src = store_for(settings, clock=clock)
+    dst = PgStore(to_url, clock=clock)
+    try:
+        return copy_store(src, dst)
+    finally:
+        src.close()
+        dst.close()
+
+
 def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     store = store_for(settings, clock=clock)
     try:

@@ -418,6 +418,27 @@ def queue_retry(ref: Annotated[Optional[str], typer.Argument(help="Dead letter i
     print(f"re-queued {len(jobs)} job(s)")
 
 
+@app.command("migrate-store")
+def migrate_store(
+    to: Annotated[str, typer.Option("--to", help="postgresql://… URL of the new control plane.")],
+    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Copy this SQLite store (connections, jobs, queue, dead letters, coverage) into a
+    PostgreSQL control plane, once, for a team moving from one host to many. Rows already
+    there are kept, so running it again copies only what is new.
+
+    Example:  clearlift migrate-store --db /var/lib/clearlift/clearlift.db --to postgresql://clearlift@db/clearlift
+    """
+    from clearlift_cli import app as core
+
+    copied = core.migrate_store(_settings(db, None, home, config), to)
+    if as_json:
+        _print_json(copied)
+        return
+    print("copied " + ", ".join(f"{n} {t}" for t, n in copied.items())
+          + f"\nnext: set CLEARLIFT_DB to the PostgreSQL URL on every host")
+
+
 # -- demo / sandbox -------------------------------------------------------------------------
 
 @app.command()

@@ -35,7 +35,7 @@ from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store
-from clearlift_cli.timeutil import iso_z
+from clearlift_cli.timeutil import UTC, iso_z
 from clearlift_cli.tokens import decrypt_credentials, platform_context, refresh_connection
 from clearlift_cli.warehouse import open_warehouse
 from clearlift_cli.warehouse.base import RowOwner, Warehouse
@@ -122,9 +122,7 @@ class Consumer:
         self.on_progress = on_progress
         self._stop = threading.Event()
         self._cipher: FieldCipher | None = None
-        self._has_onboarding = bool(store.read(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'onboarding_progress'"
-        ))
+        self._has_onboarding = store.has_table("onboarding_progress")
 
     # -- resources ------------------------------------------------------------------------
 
@@ -282,10 +280,14 @@ class Consumer:
                 self.store.job_progress(msg.job_id, phase, done, total)
 
         ctx = platform_context(self.settings, self.store, conn, progress=progress)
-        state = {"creds": creds, "refreshed": False}
+        state = {"creds": creds, "refreshed": False, "client": None}
 
         def client():
-            return module.CLIENT(ctx, state["creds"])
+            # One client per set of credentials: it keeps what it learnt (the account, usage
+            # headers announcing a block) from one call to the next.
+            if state["client"] is None or state["client"].credentials is not state["creds"]:
+                state["client"] = module.CLIENT(ctx, state["creds"])
+            return state["client"]
 
         def with_refresh(fn):
             """Run fn(client); on an expired token refresh once and run it again."""
@@ -336,10 +338,14 @@ class Consumer:
                         start = datetime.combine(s, datetime.min.time(), window.start.tzinfo)
                         end = datetime.combine(e + timedelta(days=1), datetime.min.time(), window.start.tzinfo)
                         start, end = max(start, window.start), min(end, window.end)
+                        # Whole days in the account's time zone, so each revenue row rebuilt
+                        # below sums every charge of its day, not just those in the window.
+                        first_day = _local_date(start, account.time_zone)
+                        last_day = _local_date(end - timedelta(microseconds=1), account.time_zone)
+                        start = _local_midnight(first_day, account.time_zone)
+                        end = min(self.clock.now(), _local_midnight(last_day + timedelta(days=1), account.time_zone))
                         n += w.upsert_charges(owner, account, c.charges(start, end), synced_at)
-                        n += w.rebuild_daily_revenue(owner, account, _local_date(start, account.time_zone),
-                                                     _local_date(end - timedelta(microseconds=1), account.time_zone),
-                                                     synced_at)
+                        n += w.rebuild_daily_revenue(owner, account, first_day, last_day, synced_at)
                 return n
 
             n = with_refresh(write_slice)
@@ -356,17 +362,16 @@ class Consumer:
         with self.store.write() as c:
             if not self.queue.ack(c, claimed):
                 return outcome("stale", records, "lease lost before completion; another consumer owns the job")
+            row = c.execute("SELECT metadata FROM sync_jobs WHERE id = ?", (msg.job_id,)).fetchone()
             c.execute(
                 """
                 UPDATE sync_jobs SET status = 'completed', completed_at = ?, updated_at = ?,
                        records_synced = ?, total_records = ?, progress_percentage = 100,
-                       current_phase = 'completed', error_message = NULL,
-                       metadata = CASE WHEN json_valid(metadata)
-                                       THEN json_set(metadata, '$.records_synced', ?)
-                                       ELSE json_object('records_synced', ?) END
+                       current_phase = 'completed', error_message = NULL, metadata = ?
                  WHERE id = ?
                 """,
-                (now_iso, now_iso, records, records, records, records, msg.job_id),
+                (now_iso, now_iso, records, records,
+                 _with_records(row[0] if row else None, records), msg.job_id),
             )
             c.execute(
                 """
@@ -382,10 +387,10 @@ class Consumer:
                 c.execute(
                     """
                     UPDATE onboarding_progress
-                       SET first_sync_completed = TRUE, current_step = 'completed',
+                       SET first_sync_completed = 1, current_step = 'completed',
                            completed_at = coalesce(completed_at, ?), updated_at = ?
                      WHERE user_id = ? AND organization_id = ?
-                       AND (NOT coalesce(first_sync_completed, 0) OR current_step != 'completed')
+                       AND (coalesce(first_sync_completed, 0) = 0 OR current_step != 'completed')
                     """,
                     (now_iso, now_iso, conn.connected_by, conn.organization_id),
                 )
@@ -448,6 +453,30 @@ class Consumer:
             (previous_status if previous_status in ("pending", "completed", "failed") else "pending",
              connection_id),
         )
+
+
+def _with_records(metadata: str | None, records: int) -> str:
+    """The job's metadata JSON with ``records_synced`` set (the API prefers it over the
+    column); metadata that is not a JSON object is replaced, keeping nothing unreadable."""
+    try:
+        data = json.loads(metadata or "{}")
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data["records_synced"] = records
+    return json.dumps(data)
+
+
+def _local_midnight(day: date, tz_name: str) -> datetime:
+    """The instant ``day`` starts in ``tz_name`` (UTC when the zone is unknown)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = UTC
+    return datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
 
 
 def _local_date(dt: datetime, tz_name: str) -> date:

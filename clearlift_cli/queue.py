@@ -20,7 +20,7 @@ from typing import Callable
 from clearlift_cli.errors import Conflict, NotFound
 from clearlift_cli.models import ClaimedMessage, Priority, SyncJobMessage
 from clearlift_cli.redact import redact
-from clearlift_cli.store import Store
+from clearlift_cli.store import IntegrityError, Store
 from clearlift_cli.timeutil import iso_z
 
 DEFAULT_MAX_ATTEMPTS = 4  # 1 + 3 retries
@@ -69,16 +69,17 @@ class SqliteQueue:
             cur = c.execute(
                 "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
                 "visible_at, attempts, max_attempts, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?) RETURNING id",
                 (message.job_id, message.connection_id, message.platform, message.dumps(),
                  message.priority.rank, now + delay, max_attempts, iso_z(self.clock.now()),
                  iso_z(self.clock.now())),
             )
-        except sqlite3.IntegrityError:
+            new_id = cur.fetchone()[0]
+        except IntegrityError:
             raise Conflict(
                 f"connection {message.connection_id} already has a queued or running job"
             ) from None
-        return int(cur.lastrowid)
+        return int(new_id)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -91,11 +92,14 @@ class SqliteQueue:
         now = self.clock.time()
         now_iso = iso_z(self.clock.now())
         with self.store.write() as c:
+            # The IN term lets SQLite use the partial claim index (live messages only);
+            # without it this scans every message ever queued, on every claim.
             exhausted = c.execute(
                 "UPDATE sync_queue SET state = 'dead', finished_at = ?, updated_at = ?, "
                 "last_error = coalesce(last_error || ' (then ', '(') || "
                 "'lease expired on the last attempt: consumer crashed or timed out)', lease_token = NULL "
-                "WHERE state = 'leased' AND visible_at <= ? AND attempts >= max_attempts "
+                "WHERE state IN ('ready', 'leased') AND state = 'leased' AND visible_at <= ? "
+                "AND attempts >= max_attempts "
                 "RETURNING job_id, last_error",
                 (now_iso, now_iso, now),
             ).fetchall()
@@ -114,11 +118,12 @@ class SqliteQueue:
             rows = c.execute(
                 f"""
                 UPDATE sync_queue
-                   SET state = 'leased', lease_owner = ?, lease_token = ? || '-' || id,
+                   SET state = 'leased', lease_owner = ?,
+                       lease_token = CAST(? AS TEXT) || '-' || CAST(id AS TEXT),
                        attempts = attempts + 1, visible_at = ?, updated_at = ?
                  WHERE id IN (SELECT id FROM sync_queue
                                WHERE state IN ('ready', 'leased') AND visible_at <= ?{skip}
-                               ORDER BY priority, visible_at, id LIMIT ?)
+                               ORDER BY priority, visible_at, id LIMIT ?{self.store.skip_locked})
              RETURNING id, body, attempts, max_attempts, lease_token, last_error, priority, visible_at
                 """,
                 (owner, token, now + lease_seconds, now_iso, now, *extra, limit),
@@ -199,11 +204,13 @@ class SqliteQueue:
 
     def _dead(self, c: sqlite3.Connection, message_id: int, error: str) -> None:
         now_iso = iso_z(self.clock.now())
-        c.execute(
+        row = c.execute(
             "UPDATE sync_queue SET state = 'dead', last_error = ?, finished_at = ?, updated_at = ?, "
-            "lease_token = NULL WHERE id = ?",
+            "lease_token = NULL WHERE id = ? RETURNING job_id",
             (error, now_iso, now_iso, message_id),
-        )
+        ).fetchone()
+        if row is not None and self.on_dead:
+            self.on_dead(c, [(row[0], error)])
 
     # -- inspecting and re-queueing -----------------------------------------------------------
 
@@ -212,12 +219,12 @@ class SqliteQueue:
         row = self.store.read(
             """
             SELECT
-              sum(state = 'ready' AND visible_at <= ? AND priority = 0),
-              sum(state = 'ready' AND visible_at <= ? AND priority = 1),
-              sum(state = 'ready' AND visible_at > ?),
-              sum(state = 'leased'),
-              sum(state = 'dead'),
-              sum(state = 'done'),
+              count(*) FILTER (WHERE state = 'ready' AND visible_at <= ? AND priority = 0),
+              count(*) FILTER (WHERE state = 'ready' AND visible_at <= ? AND priority = 1),
+              count(*) FILTER (WHERE state = 'ready' AND visible_at > ?),
+              count(*) FILTER (WHERE state = 'leased'),
+              count(*) FILTER (WHERE state = 'dead'),
+              count(*) FILTER (WHERE state = 'done'),
               min(CASE WHEN state = 'ready' AND visible_at <= ? THEN visible_at END)
             FROM sync_queue
             """,
@@ -250,13 +257,18 @@ class SqliteQueue:
                     raise NotFound(f"no dead letter {ref!r} (see `clearlift queue dead`)")
             done = []
             for r in rows:
+                # a savepoint per row: PostgreSQL aborts the whole transaction on an error
+                c.execute("SAVEPOINT requeue")
                 try:
                     c.execute(
                         "UPDATE sync_queue SET state = 'ready', attempts = 0, visible_at = ?, "
                         "updated_at = ?, finished_at = NULL, lease_owner = NULL, lease_token = NULL "
                         "WHERE id = ?", (now, now_iso, r["id"]),
                     )
-                except sqlite3.IntegrityError:
+                    c.execute("RELEASE SAVEPOINT requeue")
+                except IntegrityError:
+                    c.execute("ROLLBACK TO SAVEPOINT requeue")
+                    c.execute("RELEASE SAVEPOINT requeue")
                     if ref is not None:
                         raise Conflict(
                             f"connection {r['connection_id']} already has a queued or running job"

@@ -61,7 +61,7 @@ def _candidates(store: Store, now: datetime) -> list[sqlite3.Row]:
     cutoff = julian_day(now - timedelta(minutes=DEFAULT_INTERVAL_MINUTES) + timedelta(seconds=1))
     live = (
         "NOT EXISTS (SELECT 1 FROM sync_jobs j WHERE j.connection_id = c.id "
-        "AND j.status IN ('pending', 'running')) AND NOT coalesce(c.needs_reauth, 0)"
+        "AND j.status IN ('pending', 'running')) AND coalesce(c.needs_reauth, 0) = 0"
     )
     cols = ", ".join(f"c.{col.strip()}" for col in CONNECTION_COLUMNS.split(","))
     # `+c.is_active` in the last branch keeps SQLite on the partial override index; on the
@@ -144,7 +144,9 @@ def _insert_job(
         "retry_count": 0,
         "triggered_by": triggered_by,
     }
-    # The guard makes a second live job impossible even if two schedulers raced here.
+    # The guard makes a second live job impossible even if two schedulers raced here; the
+    # savepoint takes the job row back if its message cannot be queued.
+    c.execute("SAVEPOINT clearlift_job")
     n = c.execute(
         """
         INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at,
@@ -157,6 +159,7 @@ def _insert_job(
          json.dumps(metadata), conn.id),
     ).rowcount
     if n == 0:
+        c.execute("RELEASE SAVEPOINT clearlift_job")
         raise Conflict(f"connection {conn.id} already has a pending or running job")
     message = SyncJobMessage(
         job_id=job_id, connection_id=conn.id, organization_id=conn.organization_id,
@@ -167,8 +170,10 @@ def _insert_job(
         queue.enqueue(c, message)
     except Conflict:
         # no message, no job: take back the uncommitted row (schedule's transaction goes on)
-        c.execute("DELETE FROM sync_jobs WHERE id = ?", (job_id,))
+        c.execute("ROLLBACK TO SAVEPOINT clearlift_job")
+        c.execute("RELEASE SAVEPOINT clearlift_job")
         raise
+    c.execute("RELEASE SAVEPOINT clearlift_job")
     return job_id
 
 
@@ -196,6 +201,7 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
     # One short transaction per chunk keeps other writers (consumers) moving.
     for i in range(0, len(plans), 500):
         with store.write() as c:
+            store.lock_scheduling(c)
             for conn, (job_type, priority, window, is_attr) in plans[i:i + 500]:
                 try:
                     job_id = _insert_job(c, queue, conn, job_type, priority, window, now, triggered_by="schedule")
@@ -233,5 +239,6 @@ def enqueue_manual(
         raise UsageError("the window is empty (is --since in the future?)")
     window = SyncWindow(start, end)
     with store.write() as c:
+        store.lock_scheduling(c)
         job_id = _insert_job(c, queue, conn, JobType.FULL, Priority.HIGH, window, now, triggered_by="manual")
     return job_id, window

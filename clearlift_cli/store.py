@@ -155,8 +155,21 @@ def _is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+# Raised by either backend when a uniqueness rule refuses a write (PostgreSQL's errors are
+# translated to this class by its connection wrapper).
+IntegrityError = sqlite3.IntegrityError
+
+
 class Store:
-    """The SQLite store. Use ``open_store(settings.db)``; call ``migrate()`` (``init``)."""
+    """The SQLite store. Use ``open_store(settings.db)``; call ``migrate()`` (``init``).
+
+    SQL here and in queue/scheduler/consumer is written in the subset SQLite and
+    PostgreSQL share (``?`` placeholders are translated for PostgreSQL); the few places
+    that differ ask the store (``skip_locked``, ``lock_scheduling``, ``has_table``)."""
+
+    backend = "sqlite"
+    # appended to the claim's sub-select: PostgreSQL skips rows other consumers hold
+    skip_locked = ""
 
     def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False):
         self.path = path
@@ -258,6 +271,16 @@ class Store:
     def now_iso(self) -> str:
         return iso_z(self.clock.now())
 
+    @property
+    def display(self) -> str:
+        return self.path
+
+    def lock_scheduling(self, c: Any) -> None:
+        """Serialise job creation across processes (SQLite: BEGIN IMMEDIATE already does)."""
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
     # -- schema ---------------------------------------------------------------------------
 
     def schema_version(self) -> int:
@@ -358,18 +381,20 @@ class Store:
                   needs_reauth, consecutive_auth_failures)
                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?, ?, 0, 0)
                 ON CONFLICT (organization_id, platform, account_id) DO UPDATE SET
-                  account_name = coalesce(excluded.account_name, account_name),
+                  account_name = coalesce(excluded.account_name, platform_connections.account_name),
                   connected_by = excluded.connected_by,
                   is_active = 1,
                   settings = excluded.settings,
                   credentials_encrypted = excluded.credentials_encrypted,
                   refresh_token_encrypted = excluded.refresh_token_encrypted,
                   expires_at = excluded.expires_at,
-                  scopes = coalesce(excluded.scopes, scopes),
+                  scopes = coalesce(excluded.scopes, platform_connections.scopes),
                   needs_reauth = 0, reauth_reason = NULL, reauth_detected_at = NULL,
                   consecutive_auth_failures = 0,
-                  sync_error = CASE WHEN needs_reauth THEN NULL ELSE sync_error END,
-                  sync_status = CASE WHEN needs_reauth THEN 'pending' ELSE sync_status END
+                  sync_error = CASE WHEN coalesce(platform_connections.needs_reauth, 0) = 1
+                                    THEN NULL ELSE platform_connections.sync_error END,
+                  sync_status = CASE WHEN coalesce(platform_connections.needs_reauth, 0) = 1
+                                     THEN 'pending' ELSE platform_connections.sync_status END
                 """,
                 (cid, organization_id, platform, account_id, account_name, connected_by, now,
                  settings_text, credentials_encrypted, refresh_token_encrypted, expires_at, scopes),
@@ -403,7 +428,7 @@ class Store:
                 UPDATE platform_connections
                    SET credentials_encrypted = ?, expires_at = ?,
                        refresh_token_encrypted = coalesce(?, refresh_token_encrypted)
-                 WHERE id = ? AND credentials_encrypted IS ?
+                 WHERE id = ? AND coalesce(credentials_encrypted, '') = coalesce(CAST(? AS TEXT), '')
                 """,
                 (credentials_encrypted, expires_at, refresh_token_encrypted, connection_id,
                  old_credentials_encrypted),
@@ -431,13 +456,13 @@ class Store:
                 """
                 UPDATE platform_connections
                    SET consecutive_auth_failures = ?, sync_status = 'failed', sync_error = ?,
-                       needs_reauth = CASE WHEN ? THEN 1 ELSE needs_reauth END,
-                       reauth_reason = CASE WHEN ? THEN ? ELSE reauth_reason END,
-                       reauth_detected_at = CASE WHEN ? AND NOT coalesce(needs_reauth, 0)
+                       needs_reauth = CASE WHEN ? = 1 THEN 1 ELSE needs_reauth END,
+                       reauth_reason = CASE WHEN ? = 1 THEN ? ELSE reauth_reason END,
+                       reauth_detected_at = CASE WHEN ? = 1 AND coalesce(needs_reauth, 0) = 0
                                                  THEN ? ELSE reauth_detected_at END
                  WHERE id = ?
                 """,
-                (count, f"{prefix}: {reason}", flag, flag, reason, flag, now, connection_id),
+                (count, f"{prefix}: {reason}", int(flag), int(flag), reason, int(flag), now, connection_id),
             )
         return flag
 
@@ -449,7 +474,7 @@ class Store:
 
     def latest_job(self, connection_id: str) -> sqlite3.Row | None:
         rows = self.read(
-            "SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            "SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY created_at DESC, id DESC LIMIT 1",
             (connection_id,),
         )
         return rows[0] if rows else None
@@ -457,9 +482,11 @@ class Store:
     def latest_jobs(self) -> dict[str, sqlite3.Row]:
         rows = self.read(
             """
-            SELECT j.* FROM sync_jobs j
-             WHERE j.rowid = (SELECT j2.rowid FROM sync_jobs j2 WHERE j2.connection_id = j.connection_id
-                              ORDER BY j2.created_at DESC, j2.rowid DESC LIMIT 1)
+            SELECT * FROM (
+              SELECT j.*, row_number() OVER (PARTITION BY connection_id
+                                             ORDER BY created_at DESC, id DESC) AS clearlift_rank
+                FROM sync_jobs j) ranked
+             WHERE clearlift_rank = 1
             """
         )
         return {r["connection_id"]: r for r in rows}
@@ -537,7 +564,9 @@ class Store:
     def pause_platform(self, c: sqlite3.Connection, platform: str, until_epoch: float, reason: str) -> None:
         c.execute(
             "INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES (?, ?, ?) "
-            "ON CONFLICT (platform) DO UPDATE SET until = max(until, excluded.until), reason = excluded.reason",
+            "ON CONFLICT (platform) DO UPDATE SET reason = excluded.reason, until = CASE WHEN "
+            "excluded.until > clearlift_platform_pauses.until THEN excluded.until "
+            "ELSE clearlift_platform_pauses.until END",
             (platform, until_epoch, redact(reason)),
         )
 
@@ -561,10 +590,9 @@ def new_job_id() -> str:
 def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False) -> Store:
     """Open the store at ``url`` (a file path; ``sqlite:///path`` also accepted)."""
     if _is_postgres(url):
-        raise StoreError(
-            "a PostgreSQL control plane (CLEARLIFT_DB=postgresql://...) is not available in "
-            "this version; use a SQLite file path"
-        )
+        from clearlift_cli.store_pg import PgStore
+
+        return PgStore(url, clock=clock)
     # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
     try:

@@ -106,7 +106,7 @@ def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
     rows = store.read(
         f"SELECT {CONNECTION_COLUMNS} FROM platform_connections "
         "WHERE expires_at IS NOT NULL AND julianday(expires_at) <= ? AND is_active = 1 "
-        "AND NOT coalesce(needs_reauth, 0) ORDER BY platform, julianday(expires_at)",
+        "AND coalesce(needs_reauth, 0) = 0 ORDER BY platform, julianday(expires_at)",
         (limit,),
     )
     return [Connection.from_row(r) for r in rows]

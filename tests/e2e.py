@@ -106,3 +106,66 @@ class Env:
 def micros(value) -> int:
     """Independent conversion of a wire decimal to micros (the test's own arithmetic)."""
     return int(Decimal(str(value)) * 1_000_000)
+
+
+# --- helpers for the Facebook, TikTok and Stripe end-to-end tests ----------------------------
+
+
+def add_connection(env: Env, org: str, platform: str, account: str, access: str, *,
+                   refresh: str | None = None, expires_at: str | None = None,
+                   settings: str | None = None, user: str = "user-1",
+                   flags: tuple[str, ...] = ()) -> tuple[str, subprocess.CompletedProcess]:
+    """`connections add` with global ``flags`` (e.g. ``-v -v``); the id and the process."""
+    args = [*flags, "connections", "add", "--org", org, "--platform", platform, "--account-id", account,
+            "--connected-by", user, "--account-name", f"{platform} {account}"]
+    if expires_at:
+        args += ["--expires-at", expires_at]
+    if settings:
+        args += ["--settings", settings]
+    env_vars = {"CLEARLIFT_ACCESS_TOKEN": access}
+    if refresh:
+        env_vars["CLEARLIFT_REFRESH_TOKEN"] = refresh
+    proc = env.run(*args, **env_vars)
+    return f"{org}-{platform}-{account}", proc
+
+
+def queue_row(env: Env, job_id: str) -> sqlite3.Row:
+    with env.store() as c:
+        return c.execute("SELECT * FROM sync_queue WHERE job_id = ?", (job_id,)).fetchone()
+
+
+def coverage(env: Env, job_id: str) -> list[tuple[str, str, int]]:
+    """The job's committed slices as (start_date, end_date, records), in date order."""
+    with env.store() as c:
+        return [tuple(r) for r in c.execute(
+            "SELECT start_date, end_date, records FROM clearlift_coverage WHERE job_id = ? ORDER BY start_date",
+            (job_id,))]
+
+
+def make_visible(env: Env, *, clear_pauses: bool = False) -> None:
+    """Skip queue delays (and rate-limit pauses) instead of waiting them out."""
+    with env.store() as c:
+        c.execute("UPDATE sync_queue SET visible_at = 0 WHERE state = 'ready'")
+        if clear_pauses:
+            c.execute("DELETE FROM clearlift_platform_pauses")
+
+
+def store_text(env: Env) -> str:
+    """Every value of every table of the store, as one string (to search for secrets)."""
+    with env.store() as c:
+        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return "\n".join(repr(tuple(row)) for t in tables for row in c.execute(f'SELECT * FROM "{t}"'))
+
+
+def store_bytes(env: Env) -> bytes:
+    """The raw bytes of the store file and its write-ahead log."""
+    out = b""
+    for suffix in ("", "-wal", "-journal"):
+        path = Path(str(env.db) + suffix)
+        if path.exists():
+            out += path.read_bytes()
+    return out
+
+
+def without_synced_at(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "last_synced_at"} for r in rows]

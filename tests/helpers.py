@@ -90,8 +90,38 @@ def new_store(path: Path | str, *, clock: FrozenClock | None = None) -> Store:
     return store
 
 
-def raw(path: Path | str) -> sqlite3.Connection:
-    """A plain sqlite3 connection, as the API worker (or an operator) would use."""
+class _PgRaw:
+    """A plain PostgreSQL connection that reads like sqlite3's (``?`` placeholders, rows by
+    name), for the same tests to run against the PostgreSQL control plane."""
+
+    def __init__(self, url: str):
+        from clearlift_cli.store_pg import PgStore
+
+        self._store = PgStore(url)
+        self._conn = self._store.conn()
+
+    def execute(self, sql: str, params: Any = ()):
+        return self._conn.execute(sql, params)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # autocommit: nothing to commit
+        pass
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def is_pg(path: Path | str) -> bool:
+    return str(path).startswith(("postgresql://", "postgres://"))
+
+
+def raw(path: Path | str):
+    """A plain connection, as the API worker (or an operator) would use: sqlite3 for a
+    store file, or PostgreSQL for a control-plane URL."""
+    if is_pg(path):
+        return _PgRaw(str(path))
     c = sqlite3.connect(str(path), timeout=30)
     c.row_factory = sqlite3.Row
     return c

@@ -41,8 +41,11 @@ NOWS = [
 ]
 
 
-@pytest.fixture
-def db(tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    """The store under test: a SQLite file, or the PostgreSQL control plane."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_schema_url")
     return tmp_path / "clearlift.db"
 
 
@@ -56,7 +59,7 @@ def run_schedule(db, now, **kwargs):
 
 def jobs_by_connection(db) -> dict[str, list]:
     out: dict[str, list] = {}
-    for r in query(db, "SELECT * FROM sync_jobs ORDER BY rowid"):
+    for r in query(db, "SELECT * FROM sync_jobs ORDER BY created_at, id"):
         out.setdefault(r["connection_id"], []).append(r)
     return out
 

@@ -1,0 +1,347 @@
+"""The control plane on PostgreSQL (``CLEARLIFT_DB=postgresql://…``), for many hosts.
+
+The same tables as the SQLite store (D1-shaped ``platform_connections``, ``sync_jobs``,
+``onboarding_progress`` — timestamps kept as the text the API worker writes, 0/1 flags as
+integers — plus ``sync_queue`` and ``clearlift_*``), in their own schema (``clearlift``
+unless the URL's ``options`` set a ``search_path``). The shared SQL runs unchanged: ``?``
+placeholders are translated, and two SQLite functions it uses (``julianday``, ``instr``)
+are defined in the schema. Claims add ``FOR UPDATE SKIP LOCKED``; job creation takes a
+transaction-scoped advisory lock, so any number of schedulers and consumers can run on any
+number of hosts.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+from clearlift_cli.errors import StoreError
+from clearlift_cli.redact import redact
+from clearlift_cli.store import SCHEMA_VERSION, IntegrityError, Store
+from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
+
+DEFAULT_SCHEMA = "clearlift"
+_SCHEDULE_LOCK = 7_221_001  # advisory lock key for job creation
+_MIGRATE_LOCK = 7_221_002
+
+FUNCTIONS = [
+    # SQLite's julianday() for the two spellings of timestamps (zone-less text is UTC);
+    # NULL for anything unparseable, like SQLite. Immutable so it can back an index.
+    r"""
+    CREATE OR REPLACE FUNCTION julianday(ts text) RETURNS double precision
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+    BEGIN
+      -- only ISO-8601 spellings, as SQLite: PostgreSQL alone would also read 'yesterday'
+      IF ts IS NULL OR ts !~ '^\d{4}-\d\d-\d\d([ T]\d\d:\d\d(:\d\d(\.\d+)?)?)?(Z|z|[+-]\d\d(:?\d\d)?)?$' THEN
+        RETURN NULL;
+      END IF;
+      IF ts ~ '(Z|z|[+-]\d\d(:?\d\d)?)$' AND ts ~ '\d\d:\d\d' THEN
+        RETURN extract(epoch FROM ts::timestamptz) / 86400.0 + 2440587.5;
+      END IF;
+      RETURN extract(epoch FROM (ts || '+00')::timestamptz) / 86400.0 + 2440587.5;
+    EXCEPTION WHEN others THEN
+      RETURN NULL;
+    END
+    $fn$
+    """,
+    """
+    CREATE OR REPLACE FUNCTION instr(haystack text, needle text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$ SELECT strpos(haystack, needle) $fn$
+    """,
+]
+
+NOW_TEXT = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+
+TABLES = [
+    f"""
+    CREATE TABLE IF NOT EXISTS platform_connections (
+      id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, platform TEXT NOT NULL,
+      account_id TEXT NOT NULL, account_name TEXT, connected_by TEXT,
+      connected_at TEXT DEFAULT {NOW_TEXT}, last_synced_at TEXT,
+      sync_status TEXT DEFAULT 'pending', sync_error TEXT, is_active INTEGER DEFAULT 1,
+      settings TEXT DEFAULT '{{}}', credentials_encrypted TEXT, refresh_token_encrypted TEXT,
+      expires_at TEXT, scopes TEXT, needs_reauth INTEGER DEFAULT 0, reauth_reason TEXT,
+      reauth_detected_at TEXT, consecutive_auth_failures INTEGER DEFAULT 0,
+      UNIQUE (organization_id, platform, account_id)
+    )""",
+    f"""
+    CREATE TABLE IF NOT EXISTS sync_jobs (
+      id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, connection_id TEXT NOT NULL,
+      status TEXT DEFAULT 'pending', job_type TEXT DEFAULT 'full', started_at TEXT,
+      completed_at TEXT, error_message TEXT, records_synced INTEGER DEFAULT 0,
+      created_at TEXT DEFAULT {NOW_TEXT}, metadata TEXT DEFAULT '{{}}', updated_at TEXT,
+      current_phase TEXT, total_records INTEGER, progress_percentage INTEGER DEFAULT 0
+    )""",
+    f"""
+    CREATE TABLE IF NOT EXISTS onboarding_progress (
+      user_id TEXT NOT NULL, organization_id TEXT NOT NULL, current_step TEXT DEFAULT 'welcome',
+      services_connected INTEGER DEFAULT 0, first_sync_completed INTEGER DEFAULT 0,
+      completed_at TEXT, created_at TEXT DEFAULT {NOW_TEXT}, updated_at TEXT DEFAULT {NOW_TEXT},
+      UNIQUE (user_id, organization_id)
+    )""",
+    "CREATE TABLE IF NOT EXISTS clearlift_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """
+    CREATE TABLE IF NOT EXISTS sync_queue (
+      id BIGSERIAL PRIMARY KEY, job_id TEXT NOT NULL UNIQUE, connection_id TEXT NOT NULL,
+      platform TEXT NOT NULL, body TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 1,
+      state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'leased', 'done', 'dead')),
+      visible_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+      max_attempts INTEGER NOT NULL DEFAULT 4, lease_owner TEXT, lease_token TEXT,
+      last_error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, finished_at TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS sync_queue_claim ON sync_queue (priority, visible_at) "
+    "WHERE state IN ('ready', 'leased')",
+    "CREATE UNIQUE INDEX IF NOT EXISTS sync_queue_one_live_per_connection ON sync_queue (connection_id) "
+    "WHERE state IN ('ready', 'leased')",
+    "CREATE INDEX IF NOT EXISTS sync_queue_dead ON sync_queue (finished_at) WHERE state = 'dead'",
+    "CREATE TABLE IF NOT EXISTS clearlift_platform_pauses (platform TEXT PRIMARY KEY, "
+    "until DOUBLE PRECISION NOT NULL, reason TEXT)",
+    """
+    CREATE TABLE IF NOT EXISTS clearlift_coverage (
+      id BIGSERIAL PRIMARY KEY, connection_id TEXT NOT NULL, job_id TEXT NOT NULL,
+      start_date TEXT NOT NULL, end_date TEXT NOT NULL, records INTEGER NOT NULL,
+      synced_at TEXT NOT NULL, UNIQUE (job_id, start_date)
+    )""",
+    "CREATE INDEX IF NOT EXISTS clearlift_coverage_conn ON clearlift_coverage (connection_id, start_date)",
+    "CREATE TABLE IF NOT EXISTS clearlift_connection_state (connection_id TEXT PRIMARY KEY, "
+    "last_attribution_window_at TEXT)",
+    "CREATE INDEX IF NOT EXISTS clearlift_conn_due ON platform_connections (is_active, julianday(last_synced_at))",
+    "CREATE INDEX IF NOT EXISTS clearlift_conn_interval_override ON platform_connections (id) "
+    "WHERE instr(settings, 'sync_interval_minutes') > 0",
+    "CREATE INDEX IF NOT EXISTS clearlift_conn_expiry ON platform_connections (julianday(expires_at)) "
+    "WHERE expires_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_status ON sync_jobs (connection_id, status)",
+    "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_created ON sync_jobs (connection_id, created_at)",
+]
+
+_QMARK = re.compile(r"\?")
+
+
+class PgRow:
+    """A row that reads like ``sqlite3.Row``: by position, by name, ``keys()``, ``dict(row)``."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: dict[str, int], values: tuple):
+        self._names = names
+        self._values = values
+
+    def __getitem__(self, key: int | str) -> Any:
+        if isinstance(key, (int, slice)):
+            return self._values[key]
+        return self._values[self._names[key]]
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _row_factory(cursor):
+    names = {col.name: i for i, col in enumerate(cursor.description or [])}
+    return lambda values: PgRow(names, tuple(values))
+
+
+class PgConnection:
+    """The slice of the sqlite3.Connection API the store's callers use."""
+
+    def __init__(self, raw, store: "PgStore"):
+        self.raw = raw
+        self.store = store
+
+    def execute(self, sql: str, params: Any = None):
+        import psycopg
+
+        if params:
+            sql = _QMARK.sub("%s", sql.replace("%", "%%"))
+        cur = self.raw.cursor(row_factory=_row_factory)
+        try:
+            cur.execute(sql, tuple(params) if params else None, prepare=False)
+        except psycopg.errors.IntegrityError as exc:
+            raise IntegrityError(redact(exc)) from None
+        except psycopg.Error as exc:
+            raise self.store._wrap(exc) from None
+        return cur
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _schema_from_url(url: str) -> str | None:
+    options = parse_qs(urlsplit(url).query).get("options", [""])[-1]
+    m = re.search(r"search_path\s*=\s*([A-Za-z0-9_]+)", options)
+    return m.group(1) if m else None
+
+
+class PgStore(Store):
+    backend = "postgres"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK):
+        from clearlift_cli.warehouse.base import mask_url
+
+        self.url = url
+        self.path = mask_url(url)
+        self.clock = clock
+        self.schema = _schema_from_url(url) or DEFAULT_SCHEMA
+        self._explicit_schema = _schema_from_url(url) is not None
+        self._local = threading.local()
+        self._all: list[PgConnection] = []
+        self._all_lock = threading.Lock()
+        self.conn()
+
+    @property
+    def display(self) -> str:
+        return self.path
+
+    def conn(self) -> PgConnection:  # type: ignore[override]
+        c = getattr(self._local, "conn", None)
+        if c is None or c.raw.closed or c.raw.broken:
+            c = self._connect()
+            self._local.conn = c
+        return c
+
+    def _connect(self) -> PgConnection:  # type: ignore[override]
+        import psycopg
+
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10,
+                                  "application_name": "clearlift-store"}
+        if not self._explicit_schema:
+            kwargs["options"] = f"-csearch_path={self.schema}"
+        try:
+            raw = psycopg.connect(self.url, **kwargs)
+            raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.path} cannot be reached: {redact(_first_line(exc))}") from None
+        c = PgConnection(raw, self)
+        with self._all_lock:
+            self._all.append(c)
+        return c
+
+    def close(self) -> None:
+        with self._all_lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def write(self) -> Iterator[PgConnection]:  # type: ignore[override]
+        c = self.conn()
+        c.execute("BEGIN")
+        try:
+            yield c
+        except BaseException:
+            try:
+                c.execute("ROLLBACK")
+            except StoreError:
+                pass
+            raise
+        else:
+            try:
+                c.execute("COMMIT")
+            except StoreError:
+                try:
+                    c.execute("ROLLBACK")
+                except StoreError:
+                    pass
+                raise
+
+    def read(self, sql: str, params: Any = ()) -> list:  # type: ignore[override]
+        return self.conn().execute(sql, params).fetchall()
+
+    def _wrap(self, exc: Exception) -> StoreError:  # type: ignore[override]
+        import psycopg
+
+        text = _first_line(exc)
+        if isinstance(exc, psycopg.errors.UndefinedTable):
+            return StoreError(f"store {self.path} lacks clearlift's tables ({text}): run `clearlift init`")
+        if isinstance(exc, psycopg.OperationalError):
+            return StoreError(f"store {self.path} cannot be reached: {redact(text)}")
+        return StoreError(f"store {self.path}: {redact(text)}")
+
+    def lock_scheduling(self, c: Any) -> None:
+        c.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEDULE_LOCK,))
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.read(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            (self.schema, name),
+        ))
+
+    def schema_version(self) -> int:
+        if not self.has_table("clearlift_meta"):
+            return 0
+        rows = self.read("SELECT value FROM clearlift_meta WHERE key = 'schema_version'")
+        return int(rows[0][0]) if rows else 0
+
+    def migrate(self) -> list[str]:
+        changes: list[str] = []
+        with self.write() as c:
+            c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+            before = self.schema_version()
+            for stmt in FUNCTIONS + TABLES:
+                c.execute(stmt)
+            if before < SCHEMA_VERSION:
+                c.execute(
+                    "INSERT INTO clearlift_meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+                changes.append(f"store schema {before} -> {SCHEMA_VERSION} (PostgreSQL schema {self.schema})")
+        return changes
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# Tables `migrate-store` copies, in an order that keeps references meaningful.
+COPIED_TABLES = [
+    "platform_connections", "onboarding_progress", "sync_jobs", "sync_queue",
+    "clearlift_coverage", "clearlift_platform_pauses", "clearlift_connection_state",
+]
+
+
+def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> dict[str, int]:
+    """Copy a SQLite store into PostgreSQL once (rows already there are kept), for a team
+    moving from one host to many. Returns rows copied per table."""
+    dst.migrate()
+    copied: dict[str, int] = {}
+    for table in COPIED_TABLES:
+        if not src.has_table(table):
+            copied[table] = 0
+            continue
+        src_cols = [r[1] for r in src.read(f"PRAGMA table_info({table})")]
+        dst_cols = {r[0] for r in dst.read(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            (dst.schema, table))}
+        cols = [c for c in src_cols if c in dst_cols]
+        col_list = ", ".join(cols)
+        marks = ", ".join("?" * len(cols))
+        rows = src.read(f"SELECT {col_list} FROM {table}")
+        n = 0
+        for i in range(0, len(rows), batch):
+            with dst.write() as c:
+                for row in rows[i:i + batch]:
+                    cur = c.execute(
+                        f"INSERT INTO {table} ({col_list}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+                        tuple(row),
+                    )
+                    n += cur.rowcount
+        copied[table] = n
+    with dst.write() as c:
+        for table in ("sync_queue", "clearlift_coverage"):
+            c.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                      f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
+    return copied

@@ -1,0 +1,380 @@
+"""`clearlift` end to end for Facebook (Meta) Ads: the installed command, the Graph sandbox
+over HTTP, a real SQLite store and a real PostgreSQL warehouse (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
+from tests.e2e import (
+    Env, add_connection, coverage, make_visible, micros, queue_row, store_bytes, store_text,
+    without_synced_at,
+)
+
+ACCOUNT = "1029384756"
+APP_SECRET = APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
+PURCHASE = ("purchase",)
+PIXEL = ("offsite_conversion.fb_pixel_purchase",)
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def env(tmp_path, sandbox, pg_schema_url):
+    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox)
+    e.run("init")
+    return e
+
+
+def expected_metrics(app, account: str, since: date, until: date, action_types=PURCHASE) -> dict:
+    """What the warehouse must hold, computed from the raw wire rows with Decimal."""
+    out = {}
+    for row in app.insight_rows(account, since, until):
+        key = (row["campaign_id"], row["date_start"])
+        assert key not in out  # the sandbox serves one row per campaign-day
+        out[key] = (
+            int(row["impressions"]), int(row["clicks"]), micros(row["spend"]),
+            sum((Decimal(a["value"]) for a in row.get("actions", []) if a["action_type"] in action_types),
+                Decimal(0)),
+            sum(micros(a["value"]) for a in row.get("action_values", []) if a["action_type"] in action_types),
+        )
+    return out
+
+
+def stored_metrics(env: Env, org: str) -> dict:
+    rows = env.warehouse_rows("facebook_ads_daily_metrics", organization_id=org)
+    got = {(r["campaign_id"], r["metric_date"].isoformat()): (
+        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
+        for r in rows}
+    assert len(got) == len(rows)
+    return got
+
+
+def expected_campaigns(app, account: str, minor_per_unit: int = 100) -> dict:
+    out = {}
+    for row in app.campaign_rows(account):
+        budget = next((Decimal(row[k]) for k in ("daily_budget", "lifetime_budget")
+                       if Decimal(row.get(k) or "0") != 0), None)
+        out[row["id"]] = (row["name"], row["status"], row["objective"],
+                          None if budget is None else int(budget / minor_per_unit * 1_000_000))
+    return out
+
+
+def stored_campaigns(env: Env, org: str) -> dict:
+    return {c["campaign_id"]: (c["campaign_name"], c["status"], c["objective"], c["budget_micros"])
+            for c in env.warehouse_rows("facebook_ads_campaigns", organization_id=org)}
+
+
+def requests_with_token(app, pattern: str, token: str) -> list:
+    return [r for r in app.requests_to(pattern) if r.query.get("access_token") == token]
+
+
+def test_pages_of_campaigns_and_insights_land_exactly_with_configured_conversions(env, sandbox):
+    fb = sandbox.facebook
+    fb.configure_account(ACCOUNT, campaigns=7, currency="EUR", timezone_name="Europe/Berlin", max_page_rows=3)
+    campaigns = fb.campaign_rows(ACCOUNT)
+    pinned_day = datetime.now(timezone.utc).date() - timedelta(days=3)
+    pinned_campaign = campaigns[1]["id"]
+    fb.pin_insight(ACCOUNT, pinned_campaign, pinned_day, spend="14.35", impressions="1000", clicks="37",
+                   actions=[{"action_type": "purchase", "value": "2"},
+                            {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "5"},
+                            {"action_type": "omni_purchase", "value": "2"}],
+                   action_values=[{"action_type": "purchase", "value": "10.01"},
+                                  {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "0.10"},
+                                  {"action_type": "omni_purchase", "value": "10.01"}])
+    token1, _ = fb.tokens.issue(ttl=None)
+    token2, _ = fb.tokens.issue(ttl=None)
+    # The same ad account for two organisations: with and without act_, default and pixel conversions.
+    conn1 = env.add("org-1", "facebook", f"act_{ACCOUNT}", token1)
+    conn2 = env.add("org-2", "facebook", ACCOUNT, token2,
+                    settings=json.dumps({"conversion_action_types": list(PIXEL)}))
+
+    assert "2 enqueued" in env.run("schedule").stdout
+    env.run("consume", "--max-seconds", "60")
+
+    (job1,) = env.jobs(conn1)
+    (job2,) = env.jobs(conn2)
+    assert job1["status"] == job2["status"] == "completed"
+    since, until = env.window_days(job1["id"])
+    assert (until - since).days == 7 and since <= pinned_day <= until
+
+    want1 = expected_metrics(fb, ACCOUNT, since, until, PURCHASE)
+    want2 = expected_metrics(fb, ACCOUNT, since, until, PIXEL)
+    got1, got2 = stored_metrics(env, "org-1"), stored_metrics(env, "org-2")
+    assert got1 == want1 and got2 == want2 and len(want1) > 30
+    # The two settings really count different things on this data.
+    assert sum(v[3] for v in want1.values()) != sum(v[3] for v in want2.values())
+    # Literal values for the pinned row, independent of any parsing helper.
+    key = (pinned_campaign, pinned_day.isoformat())
+    assert got1[key] == (1000, 37, 14_350_000, Decimal(2), 10_010_000)
+    assert got2[key] == (1000, 37, 14_350_000, Decimal(5), 100_000)
+
+    # Several pages each: 7 campaigns at 3 per page, insights at 3 rows per page.
+    assert len(requests_with_token(fb, r"/campaigns$", token1)) == 3
+    assert len(requests_with_token(fb, r"/insights$", token1)) == -(-len(want1) // 3)
+    assert len(requests_with_token(fb, r"/insights$", token2)) == -(-len(want2) // 3)
+
+    want_campaigns = expected_campaigns(fb, ACCOUNT)
+    assert stored_campaigns(env, "org-1") == want_campaigns == stored_campaigns(env, "org-2")
+    assert len(want_campaigns) == 7 and any(v[3] is None for v in want_campaigns.values())
+    metric_rows = env.warehouse_rows("facebook_ads_daily_metrics", organization_id="org-1")
+    assert {(r["currency"], r["connection_id"], r["account_id"]) for r in metric_rows} == {
+        ("EUR", conn1, f"act_{ACCOUNT}")}
+    assert job1["records_synced"] == len(want1) + 7
+
+    # A replay of the same days changes nothing.
+    before = {(org, t): without_synced_at(env.warehouse_rows(t, organization_id=org))
+              for org in ("org-1", "org-2")
+              for t in ("facebook_ads_daily_metrics", "facebook_ads_campaigns")}
+    env.run("sync", conn1, "--now", "--since", since.isoformat(), "--until", until.isoformat())
+    env.run("consume", "--max-seconds", "60")
+    assert [j["status"] for j in env.jobs(conn1)] == ["completed", "completed"]
+    after = {(org, t): without_synced_at(env.warehouse_rows(t, organization_id=org))
+             for org in ("org-1", "org-2")
+             for t in ("facebook_ads_daily_metrics", "facebook_ads_campaigns")}
+    assert after == before
+
+
+def test_oversized_window_is_split_and_a_big_day_goes_async_landing_once_per_campaign_day(env, sandbox):
+    fb = sandbox.facebook
+    # Six campaigns, one archived (no delivery unless pinned): a day normally has at most 5 rows.
+    fb.configure_account(ACCOUNT, campaigns=6, max_sync_rows=5, async_polls=1)
+    campaigns = fb.campaign_rows(ACCOUNT)
+    assert sum(c["status"] == "ARCHIVED" for c in campaigns) == 1
+    big_day = datetime.now(timezone.utc).date() - timedelta(days=4)
+    for c in campaigns:  # all six deliver on big_day: too much even for a one-day request
+        fb.pin_insight(ACCOUNT, c["id"], big_day)
+    token, _ = fb.tokens.issue(ttl=None)
+    conn = env.add("org-1", "facebook", ACCOUNT, token)
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn)
+    assert job["status"] == "completed", job["error_message"]
+    since, until = env.window_days(job["id"])
+    want = expected_metrics(fb, ACCOUNT, since, until)
+    assert stored_metrics(env, "org-1") == want
+    assert sum(day == big_day.isoformat() for _, day in want) == 6
+    # Each campaign-day was written once: the job counted no row twice.
+    assert job["records_synced"] == len(want) + len(campaigns)
+
+    ranges = [json.loads(r.query["time_range"]) for r in fb.requests_to(r"act_\d+/insights$")
+              if r.method == "GET"]
+    assert ranges[0] == {"since": since.isoformat(), "until": until.isoformat()}
+    assert any(r["since"] != r["until"] and r != ranges[0] for r in ranges)  # halves
+    assert {"since": big_day.isoformat(), "until": big_day.isoformat()} in ranges  # split down to the day
+    # That day went through one async report, polled until complete.
+    (run_id,) = fb.report_run_ids()
+    posts = [r for r in fb.requests_to(r"act_\d+/insights$") if r.method == "POST"]
+    assert [json.loads(r.form()["time_range"]) for r in posts] == [
+        {"since": big_day.isoformat(), "until": big_day.isoformat()}]
+    assert len(fb.requests_to(rf"/{run_id}$")) == 2  # "Job Not Started", then "Job Completed"
+    assert fb.requests_to(rf"/{run_id}/insights$")
+
+
+def test_long_backfill_is_sliced_and_lands_exactly(env, sandbox):
+    fb = sandbox.facebook
+    fb.configure_account(ACCOUNT, campaigns=3, currency="USD")
+    token, _ = fb.tokens.issue(ttl=None)
+    conn = env.add("org-1", "facebook", ACCOUNT, token)
+    until = datetime.now(timezone.utc).date() - timedelta(days=2)
+    since = until - timedelta(days=74)
+    env.run("sync", conn, "--now", "--since", since.isoformat(), "--until", until.isoformat())
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn)
+    assert job["status"] == "completed", job["error_message"]
+    want = expected_metrics(fb, ACCOUNT, since, until)
+    assert stored_metrics(env, "org-1") == want
+    assert {d for _, d in want} >= {since.isoformat(), until.isoformat()}
+    # 75 days in three slices of at most 30, each committed and recorded on its own.
+    slices = [(since, since + timedelta(days=29)), (since + timedelta(days=30), since + timedelta(days=59)),
+              (since + timedelta(days=60), until)]
+    cov = coverage(env, job["id"])
+    assert [(s, e) for s, e, _ in cov] == [(s.isoformat(), e.isoformat()) for s, e in slices]
+    assert sum(n for _, _, n in cov) == job["records_synced"] == len(want) + 3
+    ranges = [json.loads(r.query["time_range"]) for r in fb.requests_to(r"/insights$")]
+    assert ranges == [{"since": s.isoformat(), "until": e.isoformat()} for s, e in slices]
+
+
+def _delay(env: Env, job_id: str) -> float:
+    return queue_row(env, job_id)["visible_at"] - time.time()
+
+
+def test_rate_limits_defer_jobs_by_the_announced_wait_without_using_attempts(env, sandbox):
+    fb = sandbox.facebook
+    tokens = [fb.tokens.issue(ttl=None)[0] for _ in range(4)]
+    accounts = ["1000000001", "1000000002", "1000000003", "1000000004"]
+    usage_conn = env.add("org-1", "facebook", accounts[0], tokens[0])
+
+    # 1. Usage headers at 100% with a regain estimate: the client stops before Graph refuses.
+    fb.set_usage(call_count=100, estimated_time_to_regain_access=3)
+    env.run("schedule")
+    out = json.loads(env.run("consume", "--max-seconds", "60", "--json").stdout)
+    assert out["deferred"] == 1
+    (job,) = env.jobs(usage_conn)
+    assert job["status"] == "pending" and "Rate limited" in job["error_message"]
+    assert len(fb.requests) == 1  # only the account call; no request was sent into the block
+    q = queue_row(env, job["id"])
+    assert q["state"] == "ready" and q["attempts"] == 0
+    assert 150 < _delay(env, job["id"]) <= 181
+    fb.set_usage(call_count=4, estimated_time_to_regain_access=0)
+
+    # 2. An account rate-limit error (80004) whose usage header says 7 minutes.
+    error_conn = env.add("org-1", "facebook", accounts[1], tokens[1])
+    fb.rate_limit_next(times=1, code=80004, minutes=7)
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+    (job,) = env.jobs(error_conn)
+    assert job["status"] == "pending" and "80004" in job["error_message"]
+    assert queue_row(env, job["id"])["attempts"] == 0
+    assert 7 * 60 - 30 < _delay(env, job["id"]) <= 7 * 60 + 1
+    assert env.connection(error_conn)["sync_status"] == "pending"
+    assert env.run_json("queue")["paused_platforms"] == {}  # an account limit pauses nobody else
+
+    # 3. The app-wide limit (code 4) defers every Facebook job, not other platforms.
+    app_conns = [env.add("org-1", "facebook", a, t) for a, t in zip(accounts[2:], tokens[2:])]
+    stripe_conn = env.add("org-1", "stripe", "acct_1RateLimitShop", sandbox.stripe.issue_key("acct_1RateLimitShop"))
+    fb.rate_limit_next(times=1, code=4, minutes=10)
+    assert "3 enqueued" in env.run("schedule").stdout
+    before = len(fb.requests)
+    out = json.loads(env.run("consume", "--concurrency", "1", "--max-seconds", "60", "--json").stdout)
+    assert (out["jobs"], out["deferred"], out["completed"]) == (2, 1, 1)
+    assert len(fb.requests) == before + 1  # the second Facebook job was never started
+    assert env.jobs(stripe_conn)[0]["status"] == "completed"
+    q = env.run_json("queue")
+    paused = datetime.fromisoformat(q["paused_platforms"]["facebook"].replace("Z", "+00:00")).timestamp()
+    assert 10 * 60 - 30 < paused - time.time() <= 10 * 60 + 1
+    assert q["ready"]["high"] == 1 and q["delayed"] == 3
+    jobs = [env.jobs(c)[0] for c in app_conns]
+    assert [j["status"] for j in jobs] == ["pending", "pending"]
+    assert sorted(queue_row(env, j["id"])["attempts"] for j in jobs) == [0, 0]
+    deferred = [j for j in jobs if j["error_message"]]
+    assert len(deferred) == 1 and "code 4" in deferred[0]["error_message"]
+
+    # Once the waits are over every job completes, none having spent an attempt on a limit.
+    make_visible(env, clear_pauses=True)
+    env.run("consume", "--max-seconds", "60")
+    for conn in [usage_conn, error_conn, *app_conns]:
+        (job,) = env.jobs(conn)
+        assert job["status"] == "completed", job["error_message"]
+        assert queue_row(env, job["id"])["attempts"] == 1
+
+
+def test_invalid_token_fails_at_once_asking_for_reauthorisation(env, sandbox):
+    fb = sandbox.facebook
+    token, _ = fb.tokens.issue(ttl=None)
+    fb.tokens.revoke(token)
+    conn = env.add("org-1", "facebook", ACCOUNT, token)
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn)
+    assert job["status"] == "failed"
+    assert "re-authorised" in job["error_message"] and "code 190" in job["error_message"]
+    conn_row = env.connection(conn)
+    assert conn_row["needs_reauth"] == 1 and conn_row["sync_status"] == "failed"
+    assert "190" in conn_row["reauth_reason"]
+    q = queue_row(env, job["id"])
+    assert q["state"] == "dead" and q["attempts"] == 1
+    assert len(fb.requests) == 1  # no retry, no refresh attempt
+    assert "re-authorised" in env.run_json("status", conn)["latest_sync"]["error"]
+    assert "0 enqueued" in env.run("schedule").stdout  # waits for a reconnect
+
+
+def test_no_token_or_app_secret_reaches_output_logs_or_the_store(env, sandbox):
+    fb = sandbox.facebook
+    flags = ("-v", "-v", "--log-format", "json")
+    procs = []
+
+    def run(*args: str, check: bool = True):
+        proc = env.run(*flags, *args, check=check)
+        procs.append(proc)
+        return proc
+
+    def add(account: str, token: str, **kw) -> str:
+        conn, proc = add_connection(env, "org-1", "facebook", account, token, flags=flags, **kw)
+        procs.append(proc)
+        return conn
+
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+    exchanged, _ = fb.tokens.issue(ttl=None)  # refreshed (exchanged) by refresh-tokens
+    unknown = "EAAGsandbox" + os.urandom(16).hex()  # Graph echoes a token it cannot parse
+    revoked, _ = fb.tokens.issue(ttl=None)  # its exchange fails
+    fb.tokens.revoke(revoked)
+    echoed, _ = fb.tokens.issue(ttl=None)  # a 500 whose message repeats the token and app secret
+    c_exchanged = add("2000000001", exchanged, expires_at=soon)
+    c_unknown = add("2000000002", unknown)
+    c_revoked = add("2000000003", revoked, expires_at=soon)
+    c_echoed = add("2000000004", echoed)
+
+    summary = json.loads(run("refresh-tokens", "--json").stdout)
+    assert (summary["refreshed"], summary["needs_reauth"]) == (1, 1)
+
+    in_job, _ = fb.tokens.issue(ttl=None)  # exchanged by the consumer just before its job
+    c_in_job = add("2000000005", in_job, expires_at=soon)
+    fb.faults.add("status", path=r"act_2000000004/insights", times=-1, status=500, body={"error": {
+        "message": f"Internal error for {echoed} (app secret {APP_SECRET}); "
+                   f"request was ?access_token={echoed}&appsecret={APP_SECRET}",
+        "type": "OAuthException", "code": 2, "is_transient": True}})
+    # The in-job exchange's account is rate limited once: that job is deferred, then completes.
+    fb.faults.add("status", path=r"act_2000000005$", times=1, status=400, headers={
+        "x-business-use-case-usage": json.dumps({"2000000005": [{
+            "type": "ads_insights", "call_count": 100, "total_cputime": 9, "total_time": 9,
+            "estimated_time_to_regain_access": 5}]})}, body={"error": {
+                "message": "User request limit reached", "type": "OAuthException", "code": 17,
+                "is_transient": True}})
+    run("schedule")
+    run("consume", "--max-seconds", "60")
+    assert "Rate limited" in env.jobs(c_in_job)[-1]["error_message"]
+    assert "Internal error for ***" in queue_row(env, env.jobs(c_echoed)[-1]["id"])["last_error"]
+    # The deferred job runs again; the echoing job's next delivery is its last one (dead letter).
+    with env.store() as c:
+        c.execute("UPDATE sync_queue SET attempts = max_attempts - 1 WHERE connection_id = ?", (c_echoed,))
+    make_visible(env)
+    run("consume", "--max-seconds", "60")
+
+    statuses = {c: env.jobs(c)[-1]["status"] if env.jobs(c) else None
+                for c in (c_exchanged, c_unknown, c_revoked, c_echoed, c_in_job)}
+    assert statuses == {c_exchanged: "completed", c_unknown: "failed", c_revoked: None,
+                        c_echoed: "failed", c_in_job: "completed"}
+    assert env.connection(c_revoked)["needs_reauth"] == 1
+    run("status", "--json", check=False)
+    run("status", check=False)
+    run("status", c_unknown)
+    run("status", c_echoed, "--json")
+    run("status", c_revoked)
+    dead = json.loads(run("queue", "dead", "--json").stdout)
+    run("queue", "dead")
+    assert {d["connection_id"] for d in dead} == {c_unknown, c_echoed}
+
+    # Every token Graph ever saw (including the ones the exchanges handed out) and the app secret.
+    seen = {r.query.get(k) for r in fb.requests for k in ("access_token", "fb_exchange_token")}
+    secrets = {exchanged, unknown, revoked, echoed, in_job, APP_SECRET, *(s for s in seen if s)}
+    assert len(secrets) == 8  # five tokens, two exchanged for new ones, the app secret
+    texts = {f"clearlift {' '.join(p.args[1:])}": p.stdout + p.stderr for p in procs}
+    texts["store"] = store_text(env)
+    texts["warehouse"] = repr([env.warehouse_rows(t) for t in (
+        "facebook_ads_campaigns", "facebook_ads_daily_metrics")])
+    leaks = [(where, s[:12]) for where, text in texts.items() for s in secrets if s in text]
+    assert leaks == []
+    raw = store_bytes(env)
+    assert [s[:12] for s in secrets if s.encode() in raw] == []
+
+    # The flows really ran, with debug logs on and the secrets' places visibly masked.
+    logs = [json.loads(line) for p in procs for line in p.stderr.splitlines() if line.startswith("{")]
+    assert any(entry["level"] == "debug" and "access_token=***" in entry["message"] for entry in logs)
+    assert "Malformed access token ***" in env.jobs(c_unknown)[-1]["error_message"]
+    echoed_error = env.jobs(c_echoed)[-1]["error_message"]
+    assert "Internal error for ***" in echoed_error and "app secret ***" in echoed_error
+    assert "re-authorised" in texts["store"]
