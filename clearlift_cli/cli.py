@@ -36,7 +36,7 @@ app.add_typer(sandbox_app, name="sandbox")
 # -- options every command shares --------------------------------------------------------
 
 DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="CLEARLIFT_DB", show_envvar=True,
-                                              help="The SQLite store (D1 schema + queue).")]
+                                              help="The store (D1 schema + queue): a SQLite file, or postgresql://… for many hosts.")]
 WarehouseOpt = Annotated[Optional[str], typer.Option(
     "--warehouse-url", envvar="CLEARLIFT_WAREHOUSE_URL", show_envvar=True,
     help="postgresql://… or sqlite:///path (default: sqlite:///$CLEARLIFT_HOME/warehouse.db).")]
