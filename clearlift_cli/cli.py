@@ -427,7 +427,7 @@ def migrate_store(
     PostgreSQL control plane, once, for a team moving from one host to many. Rows already
     there are kept, so running it again copies only what is new.
 
-    Example:  clearlift migrate-store --db /var/lib/clearlift/clearlift.db --to postgresql://clearlift@db/clearlift
+    Example:  CLEARLIFT_DB=/var/lib/clearlift/clearlift.db clearlift migrate-store --to postgresql://clearlift@db/clearlift
     """
     from clearlift_cli import app as core
 

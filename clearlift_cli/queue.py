@@ -196,20 +196,21 @@ class SqliteQueue:
         return "ready"
 
     def dead_letter(self, c: sqlite3.Connection, claimed: ClaimedMessage, error: str) -> bool:
-        """Fail the message now (permanent error), fenced by its lease."""
+        """Fail the message now (permanent error), fenced by its lease. The caller records
+        the failure on the job itself (it knows why); ``on_dead`` is not called."""
         ok = self.holds_lease(c, claimed)
         if ok:
-            self._dead(c, claimed.id, redact(error))
+            self._dead(c, claimed.id, redact(error), notify=False)
         return ok
 
-    def _dead(self, c: sqlite3.Connection, message_id: int, error: str) -> None:
+    def _dead(self, c: sqlite3.Connection, message_id: int, error: str, *, notify: bool = True) -> None:
         now_iso = iso_z(self.clock.now())
         row = c.execute(
             "UPDATE sync_queue SET state = 'dead', last_error = ?, finished_at = ?, updated_at = ?, "
             "lease_token = NULL WHERE id = ? RETURNING job_id",
             (error, now_iso, now_iso, message_id),
         ).fetchone()
-        if row is not None and self.on_dead:
+        if row is not None and notify and self.on_dead:
             self.on_dead(c, [(row[0], error)])
 
     # -- inspecting and re-queueing -----------------------------------------------------------
