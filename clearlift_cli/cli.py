@@ -436,7 +436,7 @@ def migrate_store(
         _print_json(copied)
         return
     print("copied " + ", ".join(f"{n} {t}" for t, n in copied.items())
-          + f"\nnext: set CLEARLIFT_DB to the PostgreSQL URL on every host")
+          + "\nnext: set CLEARLIFT_DB to the PostgreSQL URL on every host")
 
 
 # -- demo / sandbox -------------------------------------------------------------------------

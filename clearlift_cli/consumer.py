@@ -21,7 +21,7 @@ import time as _time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Callable, Iterator
+from typing import Callable
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.errors import (
@@ -30,7 +30,7 @@ from clearlift_cli.errors import (
 )
 from clearlift_cli.models import ClaimedMessage, Connection
 from clearlift_cli.platforms import platform_module
-from clearlift_cli.platforms.base import AdsClient, Credentials
+from clearlift_cli.platforms.base import AdsClient
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
@@ -488,4 +488,4 @@ def _local_date(dt: datetime, tz_name: str) -> date:
         return dt.date()
 
 
-__all__ = ["Consumer", "ConsumeResult", "JobOutcome", "date_slices", "fail_jobs", "Iterator", "Credentials"]
+__all__ = ["Consumer", "ConsumeResult", "JobOutcome", "date_slices", "fail_jobs"]

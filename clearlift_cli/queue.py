@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from clearlift_cli.errors import Conflict, NotFound
-from clearlift_cli.models import ClaimedMessage, Priority, SyncJobMessage
+from clearlift_cli.models import ClaimedMessage, SyncJobMessage
 from clearlift_cli.redact import redact
 from clearlift_cli.store import IntegrityError, Store
 from clearlift_cli.timeutil import iso_z
@@ -289,4 +289,4 @@ def _with_retry_count(msg: SyncJobMessage, retry_count: int) -> SyncJobMessage:
     return replace(msg, retry_count=max(0, retry_count))
 
 
-__all__ = ["SqliteQueue", "QueueStats", "backoff_seconds", "Priority"]
+__all__ = ["SqliteQueue", "QueueStats", "backoff_seconds"]

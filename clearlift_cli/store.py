@@ -16,12 +16,12 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from clearlift_cli.errors import NotFound, StoreError
-from clearlift_cli.models import Connection, JobStatus, SyncStatus
+from clearlift_cli.models import Connection
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z
 
@@ -605,4 +605,4 @@ def dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=False)
 
 
-__all__ = ["Store", "open_store", "new_job_id", "JobStatus", "SyncStatus", "datetime"]
+__all__ = ["Store", "open_store", "new_job_id", "IntegrityError"]

@@ -12,7 +12,7 @@ import pytest
 
 from clearlift_cli.sandbox import Sandbox
 from tests.e2e import CLEARLIFT, Env
-from tests.helpers import insert_connections, new_store, query
+from tests.helpers import insert_connections, query
 from tests.test_queue_concurrency import _fill_queue, _run_consumers
 
 UTC = timezone.utc

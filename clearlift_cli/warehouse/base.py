@@ -41,6 +41,9 @@ class WarehouseWriter(ABC):
     row was synced later than ``synced_at`` (a stale write never clobbers newer data)."""
 
     @abstractmethod
+    def _upsert(self, tbl, rows: Iterable[tuple]) -> int:
+        """Stream encoded rows into ``tbl`` (a ``schema.Table``); the backend's bulk path."""
+
     def upsert_campaigns(
         self,
         platform: str,
@@ -50,8 +53,11 @@ class WarehouseWriter(ABC):
         synced_at: datetime,
     ) -> int:
         """Upsert into ``{platform}_ads_campaigns``; currency is the account's."""
+        from clearlift_cli.warehouse import schema
 
-    @abstractmethod
+        tbl = schema.campaigns_table(platform)
+        return self._upsert(tbl, schema.campaign_rows(owner, account, rows, synced_at))
+
     def upsert_daily_metrics(
         self,
         platform: str,
@@ -61,13 +67,19 @@ class WarehouseWriter(ABC):
         synced_at: datetime,
     ) -> int:
         """Upsert into ``{platform}_ads_daily_metrics``; currency is the account's."""
+        from clearlift_cli.warehouse import schema
 
-    @abstractmethod
+        tbl = schema.daily_metrics_table(platform)
+        return self._upsert(tbl, schema.daily_metric_rows(owner, account, rows, synced_at))
+
     def upsert_charges(
         self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
     ) -> int:
         """Upsert into ``stripe_charges``; ``charge_date`` is ``created_at`` in the
         account's time zone."""
+        from clearlift_cli.warehouse import schema
+
+        return self._upsert(schema.STRIPE_CHARGES, schema.charge_rows(owner, account, rows, synced_at))
 
     @abstractmethod
     def rebuild_daily_revenue(

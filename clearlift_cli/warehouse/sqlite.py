@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from clearlift_cli.errors import ConfigError, WarehouseError
-from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
+from clearlift_cli.platforms.base import Account
 from clearlift_cli.timeutil import parse_ts
 from clearlift_cli.warehouse import schema
 from clearlift_cli.warehouse.base import (
@@ -114,33 +114,6 @@ class SqliteWriter(WarehouseWriter):
             except (sqlite3.Error, OverflowError) as exc:
                 raise _sqlite_error(f"writing {tbl.name}", exc, self._where) from exc
         return written
-
-    def upsert_campaigns(
-        self,
-        platform: str,
-        owner: RowOwner,
-        account: Account,
-        rows: Iterable[Campaign],
-        synced_at: datetime,
-    ) -> int:
-        tbl = schema.campaigns_table(platform)
-        return self._upsert(tbl, schema.campaign_rows(owner, account, rows, synced_at))
-
-    def upsert_daily_metrics(
-        self,
-        platform: str,
-        owner: RowOwner,
-        account: Account,
-        rows: Iterable[DailyMetric],
-        synced_at: datetime,
-    ) -> int:
-        tbl = schema.daily_metrics_table(platform)
-        return self._upsert(tbl, schema.daily_metric_rows(owner, account, rows, synced_at))
-
-    def upsert_charges(
-        self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
-    ) -> int:
-        return self._upsert(STRIPE_CHARGES, schema.charge_rows(owner, account, rows, synced_at))
 
     def rebuild_daily_revenue(
         self, owner: RowOwner, account: Account, since: date, until: date, synced_at: datetime
