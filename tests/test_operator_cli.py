@@ -119,3 +119,52 @@ def test_demo_runs_offline_on_a_fresh_machine(tmp_path):
     assert set(by_platform) == {"google", "facebook", "tiktok", "stripe"}
     assert sorted(by_platform["google"]) == ["completed", "completed", "failed"]
     assert all(s == ["completed"] for p, s in by_platform.items() if p != "google")
+
+
+def test_sync_now_wait_runs_the_job_here(env):
+    access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
+    cid = env.add("org-1", "google", "1234567890", access, refresh)
+    proc = env.run("sync", cid, "--now", "--since", "2025-01-01", "--until", "2025-01-31", "--wait")
+    assert "enqueued full job" in proc.stdout and ": completed," in proc.stdout
+    job = env.jobs(cid)[0]
+    assert job["status"] == "completed" and job["records_synced"] > 31
+    assert env.window_days(job["id"]) == (__import__("datetime").date(2025, 1, 1), __import__("datetime").date(2025, 1, 31))
+
+
+def test_sync_wait_exits_non_zero_when_the_job_fails(env):
+    access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
+    env.sandbox.google.tokens.revoke(access)
+    env.sandbox.google.tokens.revoke(refresh)
+    cid = env.add("org-1", "google", "1234567890", access, refresh)
+    proc = env.run("sync", cid, "--now", "--wait", check=False)
+    assert proc.returncode == 1 and ": failed," in proc.stdout
+
+
+def test_python_dash_m_and_sandbox_serve(tmp_path):
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "clearlift_cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "schedule" in proc.stdout
+    serve = subprocess.Popen([CLEARLIFT, "sandbox", "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, stdin=subprocess.DEVNULL)
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("# Ctrl-C"):
+            lines.append(serve.stdout.readline().rstrip("\n"))
+            assert len(lines) < 50, lines
+        env = dict(line[len("export "):].split("=", 1) for line in lines if line.startswith("export "))
+        google_access = next(line.split()[2] for line in lines if line.startswith("# google:"))
+        import requests
+
+        url = f"{env['CLEARLIFT_GOOGLE_ADS_URL']}/v22/customers/1234567890/googleAds:searchStream"
+        ok = requests.post(url, json={"query": "SELECT customer.id FROM customer"}, timeout=10,
+                           headers={"Authorization": f"Bearer {google_access}",
+                                    "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"]})
+        assert ok.status_code == 200 and ok.json()[0]["results"][0]["customer"]["id"] == "1234567890"
+        bad = requests.post(url, json={"query": "SELECT customer.id FROM customer"}, timeout=10,
+                            headers={"Authorization": "Bearer nope", "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"]})
+        assert bad.status_code == 401
+    finally:
+        serve.terminate()
+        serve.wait(timeout=10)
+    assert serve.returncode == 0
