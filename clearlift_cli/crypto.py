@@ -12,7 +12,9 @@ import binascii
 import os
 
 from clearlift_cli import redact
-from clearlift_cli.errors import CiphertextNotBase64, CiphertextTooShort, DecryptionFailed
+from clearlift_cli.errors import (
+    CiphertextNotBase64, CiphertextTooShort, ConfigError, CryptoError, DecryptionFailed,
+)
 
 IV_BYTES = 12
 TAG_BYTES = 16
@@ -55,3 +57,24 @@ class FieldCipher:
             raise DecryptionFailed(f"{what} does not decrypt to UTF-8 text") from None
         redact.register(text)
         return text
+
+
+def refuse_a_wrong_key(cipher: FieldCipher, ciphertexts: list[str], whose: str, outcome: str) -> None:
+    """ConfigError when the key decrypts none of two or more stored tokens. One row that
+    does not decrypt may have been tampered with; several, none decrypting, is the key —
+    and must not get every connection flagged or every job dead-lettered."""
+    sealed = [c for c in ciphertexts if c]
+    if len(sealed) < 2:
+        return
+    for text in sealed:
+        try:
+            cipher.decrypt(text)
+            return
+        except DecryptionFailed:
+            continue
+        except CryptoError:
+            return  # a malformed row says nothing about the key
+    raise ConfigError(
+        f"ENCRYPTION_KEY decrypts none of the {len(sealed)} {whose} tokens: it is probably not "
+        f"the API worker's key ({outcome})"
+    )

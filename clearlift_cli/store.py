@@ -177,6 +177,7 @@ class Store:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._create = create
         p = Path(path)
         if not create and not p.exists():
             raise StoreError(
@@ -204,12 +205,31 @@ class Store:
                 self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                 check_same_thread=False,
             )
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path} cannot be opened as a SQLite database: {exc}") from None
+        try:
             c.row_factory = sqlite3.Row
             c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Only `init` turns a database into a clearlift store; every other command refuses
+            # one that is not (require_schema) and must leave its journal mode as it found it.
+            if not self._create and c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clearlift_meta'"
+            ).fetchone() is None:
+                with self._all_lock:
+                    self._all.append(c)
+                return c
             mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             c.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"store {self.path} cannot be opened as a SQLite database: {exc}") from None
+            c.close()
+            text = str(exc)
+            if not isinstance(exc, sqlite3.OperationalError) or "locked" in text or "busy" in text:
+                raise StoreError(f"store {self.path} cannot be opened as a SQLite database: {text}") from None
+            # WAL must create <store>-wal and <store>-shm beside the file and write to both.
+            raise StoreError(
+                f"store {self.path} cannot use WAL mode ({text}): the store file and its "
+                "directory must be writable, on a local filesystem (not NFS, not read-only)"
+            ) from None
         if str(mode).lower() != "wal":
             raise StoreError(
                 f"store {self.path} cannot use WAL mode (journal_mode is {mode!r}); put it on "
@@ -244,14 +264,18 @@ class Store:
                 time.sleep(0.05 * (attempt + 1))
         try:
             yield c
+        except sqlite3.Error as exc:
+            # e.g. a read-only store: one clear StoreError, never a raw sqlite3 traceback
+            _rollback(c)
+            raise self._wrap(exc) from None
         except BaseException:
-            c.execute("ROLLBACK")
+            _rollback(c)
             raise
         else:
             try:
                 c.execute("COMMIT")
             except sqlite3.Error as exc:
-                c.execute("ROLLBACK")
+                _rollback(c)
                 raise self._wrap(exc) from None
 
     def read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
@@ -575,6 +599,12 @@ class Store:
         return {r[0]: r[1] for r in self.read(
             "SELECT platform, until FROM clearlift_platform_pauses WHERE until > ?", (now,)
         )}
+
+
+def _rollback(c: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite ends some on its own after an error)."""
+    if c.in_transaction:
+        c.execute("ROLLBACK")
 
 
 def _statements(script: str) -> Iterable[str]:

@@ -12,9 +12,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from clearlift_cli.crypto import FieldCipher
+from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
 from clearlift_cli.errors import (
-    AuthRevoked, ConfigError, CryptoError, DecryptionFailed, MissingAppCredentials, PlatformError, TransientError,
+    AuthRevoked, CryptoError, MissingAppCredentials, PlatformError, TransientError,
 )
 from clearlift_cli.models import Connection
 from clearlift_cli.platforms import PLATFORMS, platform_module
@@ -112,26 +112,6 @@ def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
     return [Connection.from_row(r) for r in rows]
 
 
-def _check_key_fits(cipher: FieldCipher, conns: list[Connection]) -> None:
-    """A wrong ENCRYPTION_KEY looks like tampering on every row; refuse the run rather
-    than flag every connection for re-authorisation."""
-    sealed = [c.credentials_encrypted for c in conns if c.credentials_encrypted]
-    if len(sealed) < 2:
-        return
-    for text in sealed:
-        try:
-            cipher.decrypt(text)
-            return
-        except DecryptionFailed:
-            continue
-        except CryptoError:
-            return  # malformed rows say nothing about the key
-    raise ConfigError(
-        f"ENCRYPTION_KEY decrypts none of the {len(sealed)} due connections' tokens: it is "
-        "probably not the API worker's key (nothing was changed)"
-    )
-
-
 def refresh_due(
     settings: Settings, store: Store, *, margin_seconds: float = DEFAULT_MARGIN_SECONDS,
     pace_seconds: float = DEFAULT_PACE_SECONDS,
@@ -148,7 +128,8 @@ def refresh_due(
     if not due:
         return result
     cipher = FieldCipher(settings.key_bytes())
-    _check_key_fits(cipher, due)
+    refuse_a_wrong_key(cipher, [c.credentials_encrypted for c in due], "due connections'",
+                       "nothing was changed")
     by_platform: dict[str, list[Connection]] = defaultdict(list)
     for conn in due:
         by_platform[conn.platform].append(conn)

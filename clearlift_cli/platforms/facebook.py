@@ -290,7 +290,7 @@ def classify(response: Response, body: Any) -> None:
     if status == 429:
         raise RateLimited(
             "facebook: HTTP 429 too many requests",
-            retry_after=DEFAULT_ACCOUNT_LIMIT_WAIT_SECONDS,
+            retry_after=response.retry_after(DEFAULT_ACCOUNT_LIMIT_WAIT_SECONDS),
             platform=PLATFORM,
         )
     if status in (401, 403):

@@ -132,9 +132,11 @@ def classify(response: Response, body: Any) -> None:
         if status < 400:
             return
         if status == 429:
+            hinted = response.retry_after()
             raise RateLimited(
-                "google: HTTP 429 without a retry delay",
-                retry_after=DEFAULT_RETRY_DELAY_SECONDS, platform=PLATFORM,
+                "google: HTTP 429 without a retry delay" if hinted is None
+                else f"google: HTTP 429, Retry-After {hinted:g}s",
+                retry_after=DEFAULT_RETRY_DELAY_SECONDS if hinted is None else hinted, platform=PLATFORM,
             )
         if status == 401:
             raise AuthRevoked(
@@ -180,7 +182,7 @@ def classify(response: Response, body: Any) -> None:
         scope = "app" if "DEVELOPER" in scopes else "account"
         raise RateLimited(
             text,
-            retry_after=max(delays) if delays else DEFAULT_RETRY_DELAY_SECONDS,
+            retry_after=max(delays) if delays else response.retry_after(DEFAULT_RETRY_DELAY_SECONDS),
             scope=scope, platform=PLATFORM,
         )
     if codes & _DEVELOPER_TOKEN_CODES:

@@ -43,6 +43,15 @@ class Response:
         self.text = text
         self.url = url  # already redacted
 
+    def retry_after(self, default: float | None = None) -> float | None:
+        """Seconds of an HTTP ``Retry-After: <seconds>`` header (``default`` when absent or
+        not a number): a proxy's or platform's 429 may say how long to wait only there."""
+        raw = self.headers.get("Retry-After") if self.headers else None
+        try:
+            return max(0.0, float(raw)) if raw else default
+        except ValueError:
+            return default
+
 
 def _session():
     import requests

@@ -46,14 +46,6 @@ def _message(error: dict[str, Any], status: int) -> str:
     return redact(_KEY_SHAPED.sub(redaction.MASK, text))
 
 
-def _retry_after(response: Response, default: float) -> float:
-    raw = response.headers.get("Retry-After") if response.headers else None
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        return default
-
-
 def classify(response: Response, body: Any) -> None:
     """Raise the ``clearlift_cli.errors`` exception for a Stripe error answer.
 
@@ -74,7 +66,7 @@ def classify(response: Response, body: Any) -> None:
         raise PermanentError(message, platform=PLATFORM)
     if status == 429 or error.get("code") == "rate_limit":
         raise RateLimited(
-            message, retry_after=_retry_after(response, DEFAULT_RATE_LIMIT_WAIT),
+            message, retry_after=response.retry_after(DEFAULT_RATE_LIMIT_WAIT),
             scope="account", platform=PLATFORM,
         )
     if should_retry == "true" or status == 409 or status >= 500:

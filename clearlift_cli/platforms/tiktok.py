@@ -64,14 +64,6 @@ def _json_param(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _retry_after(response: Response, default: float) -> float:
-    raw = response.headers.get("Retry-After") if response.headers else None
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        return default
-
-
 def classify(response: Response, body: Any) -> None:
     """Raise the ``clearlift_cli.errors`` exception for a TikTok error answer.
 
@@ -81,7 +73,7 @@ def classify(response: Response, body: Any) -> None:
     if status == 429:
         raise RateLimited(
             "tiktok: HTTP 429 too many requests",
-            retry_after=_retry_after(response, DEFAULT_RATE_LIMIT_WAIT),
+            retry_after=response.retry_after(DEFAULT_RATE_LIMIT_WAIT),
             scope="account",
             platform=PLATFORM,
         )

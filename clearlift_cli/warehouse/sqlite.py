@@ -82,12 +82,28 @@ def _upsert_sql(tbl: Table) -> str:
     )
 
 
-def _encoders(tbl: Table) -> list[Callable[[object], object] | None]:
-    return [_ENCODE.get(c.kind) for c in tbl.columns]
+def _row_encoder(tbl: Table) -> Callable[[tuple], list]:
+    """A function turning rows of ``tbl`` into SQLite values. Only the columns whose kind
+    needs converting are touched, and a column holding the very same object as in the
+    previous row (every row of one upsert shares its last_synced_at) reuses its value."""
+    steps = [(i, _ENCODE[c.kind]) for i, c in enumerate(tbl.columns) if c.kind in _ENCODE]
+    last: dict[int, tuple[object, object]] = {}
 
+    def encode(row: tuple) -> list:
+        out = list(row)
+        for i, convert in steps:
+            value = out[i]
+            if value is None:
+                continue
+            seen = last.get(i)
+            if seen is not None and seen[0] is value:
+                out[i] = seen[1]
+            else:
+                out[i] = convert(value)
+                last[i] = (value, out[i])
+        return out
 
-def _encode_row(encoders: list, row: tuple) -> tuple:
-    return tuple(v if f is None or v is None else f(v) for f, v in zip(encoders, row))
+    return encode
 
 
 def _sqlite_error(action: str, exc: BaseException, where: str) -> WarehouseError:
@@ -104,11 +120,11 @@ class SqliteWriter(WarehouseWriter):
         if self.closed:
             raise RuntimeError("this warehouse transaction has ended")
         statement = _upsert_sql(tbl)
-        encoders = _encoders(tbl)
+        encode = _row_encoder(tbl)
         written = 0
         for chunk in chunked(rows):
             written += len(chunk)
-            encoded = [_encode_row(encoders, r) for r in schema.dedupe(tbl, chunk)]
+            encoded = [encode(r) for r in schema.dedupe(tbl, chunk)]
             try:
                 self._conn.executemany(statement, encoded)
             except (sqlite3.Error, OverflowError) as exc:

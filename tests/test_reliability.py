@@ -1,0 +1,745 @@
+"""Reliability (issue 9): consumers killed with SIGKILL at precise points, overlapping
+consumers, platform faults and warehouse outages. Everything is real: the installed
+command or a child Python process running the library, a SQLite store, SQLite and
+PostgreSQL warehouses, the sandboxes over loopback HTTP. After each scenario no job is
+lost, no warehouse row is duplicated, and every job is completed or pending/dead with a
+reason.
+
+Where a crash must land at an exact point, a child process runs the real ``Consumer`` and
+kills itself from a hook the product already has (``Consumer(on_progress=...)``) or from
+sqlite3's statement trace on the store connection the consumer really uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from clearlift_cli import app as core
+from clearlift_cli.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
+from clearlift_cli.sandbox import Sandbox
+from clearlift_cli.settings import resolve
+from tests.conftest import PG_URL
+from tests.e2e import CLEARLIFT, Env, coverage, make_visible, queue_row, without_synced_at
+from tests.test_consume_facebook import expected_metrics as facebook_expected
+from tests.test_consume_google import expected_metrics as google_expected
+from tests.test_consume_tiktok_stripe import tiktok_expected
+
+UTC = timezone.utc
+REPO = Path(__file__).resolve().parent.parent
+METRICS = {p: f"{p}_ads_daily_metrics" for p in ("google", "facebook", "tiktok")}
+CAMPAIGNS = {p: f"{p}_ads_campaigns" for p in ("google", "facebook", "tiktok")}
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def env(tmp_path, sandbox):
+    e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
+    e.run("init")
+    return e
+
+
+@pytest.fixture
+def pg_env(tmp_path, sandbox, pg_schema_url):
+    """The warehouse in PostgreSQL under an application_name of its own, so the test can
+    find this consumer's backend among those of the tests running in parallel."""
+    app_name = f"clearlift-r9-{os.urandom(4).hex()}"
+    e = Env(home=tmp_path / "home", warehouse_url=f"{pg_schema_url}&application_name={app_name}", sandbox=sandbox)
+    e.app_name = app_name
+    e.run("init")
+    return e
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def seed(env: Env, platform: str, account: str, org: str = "org-1") -> str:
+    """Add a connection with a fresh never-expiring sandbox token, as `connections add`
+    does (in-process: quicker when a test needs many)."""
+    app = env.sandbox.app(platform)
+    access, refresh = (app.issue_key(account), None) if platform == "stripe" else app.tokens.issue(ttl=None)
+    settings = resolve(environ=env.environ(), read_config=False)
+    cid, _ = core.add_connection(settings, core.NewConnection(
+        organization_id=org, platform=platform, account_id=account, account_name=None,
+        connected_by="user-1", access_token=access, refresh_token=refresh))
+    return cid
+
+
+def popen(env: Env, *args: str, **more: str) -> subprocess.Popen:
+    return subprocess.Popen([CLEARLIFT, *args], env=env.environ(**more), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def consume_json(env: Env, *args: str, **more: str) -> dict:
+    proc = env.run("consume", "--json", *args, **more)
+    assert "Traceback" not in proc.stderr and "locked" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def backfill(env: Env, cid: str, since: date, until: date) -> str:
+    """`sync CONN --now --since --until`; the new job's id."""
+    out = env.run("sync", cid, "--now", "--since", since.isoformat(), "--until", until.isoformat()).stdout
+    return out.split("enqueued full job ", 1)[1].split()[0]
+
+
+def yesterday() -> date:
+    return datetime.now(UTC).date() - timedelta(days=1)
+
+
+def stored_ads(env: Env, platform: str, org: str, account: str | None = None) -> dict:
+    rows = env.warehouse_rows(METRICS[platform], organization_id=org, account_id=account)
+    got = {(r["campaign_id"], r["metric_date"].isoformat()): (
+        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
+        for r in rows}
+    assert len(got) == len(rows)  # one row per campaign-day
+    return got
+
+
+def expected_ads(env: Env, platform: str, account: str, since: date, until: date) -> dict:
+    app = env.sandbox.app(platform)
+    if platform == "google":
+        return google_expected(app, account.replace("-", ""), since, until)
+    if platform == "facebook":
+        return facebook_expected(app, account, since, until)
+    return tiktok_expected(app, account, since, until)
+
+
+def assert_job_landed_exactly(env: Env, platform: str, cid: str, job_id: str) -> None:
+    """The job's window is in the warehouse exactly once, and records_synced says so."""
+    job = env.job(job_id)
+    conn = env.connection(cid)
+    assert job["status"] == "completed", job["error_message"]
+    since, until = env.window_days(job_id)
+    got = stored_ads(env, platform, conn["organization_id"], conn["account_id"])
+    want = expected_ads(env, platform, conn["account_id"], since, until)
+    assert got == want and want
+    campaigns = env.warehouse_rows(CAMPAIGNS[platform], organization_id=conn["organization_id"],
+                                   account_id=conn["account_id"])
+    assert job["records_synced"] == len(want) + len(campaigns)
+    assert json.loads(job["metadata"])["records_synced"] == job["records_synced"]
+    slices = coverage(env, job_id)
+    assert sum(n for _, _, n in slices) == job["records_synced"]
+
+
+# --- the child process: the real consumer, killed at an exact point ------------------------
+
+
+def child_main(raw_spec: str) -> None:
+    """Run the real ``Consumer`` on one job and SIGKILL this process at ``kill_at``:
+
+    - ``claim-commit``: the claim's UPDATE ran inside BEGIN IMMEDIATE, its COMMIT not yet;
+    - ``claim-wait``: about to wait for the store's write lock (the test holds it) at the
+      claim's BEGIN IMMEDIATE; the test kills the process while it waits;
+    - ``before-ack``: every slice is committed to the warehouse and recorded, not acked;
+    - ``before-coverage``: slice 1 is committed to the warehouse, its coverage row not;
+    - ``mid-write``: inside slice 1's warehouse transaction (campaigns written, metrics
+      streaming);
+    - ``never``: run to the end (the test kills it from outside)."""
+    from clearlift_cli.consumer import Consumer
+
+    spec = json.loads(raw_spec)
+    kill_at = spec["kill_at"]
+    settings = resolve(read_config=False)
+    store = core.store_for(settings)
+
+    def die(*_: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if kill_at == "claim-commit":
+        claimed = []
+
+        def trace(sql: str) -> None:
+            if "SET state = 'leased'" in sql:
+                claimed.append(sql)
+            elif sql.strip().upper() == "COMMIT" and claimed:
+                die()
+
+        store.conn().set_trace_callback(trace)  # the main thread's connection claims
+    elif kill_at == "claim-wait":
+        def trace(sql: str) -> None:
+            if sql.strip().upper() == "BEGIN IMMEDIATE":
+                Path(spec["marker"]).write_text("waiting")
+
+        store.conn().set_trace_callback(trace)
+
+    def on_progress(job_id: str, phase: str, done: int, total: int | None) -> None:
+        if kill_at == "before-ack" and phase == "completed":
+            die()
+        elif kill_at == "mid-write" and phase == "metrics":
+            die()
+        elif kill_at == "before-coverage" and phase.startswith("slice 1/"):
+            # on the job's thread: the same store connection record_slice will use
+            store.conn().set_trace_callback(
+                lambda sql: die() if "INSERT INTO clearlift_coverage" in sql else None)
+
+    consumer = Consumer(settings, store, lease_seconds=spec["lease"], on_progress=on_progress)
+    result = consumer.run(concurrency=1, max_seconds=60, only_job=spec.get("job"))
+    print(json.dumps(result.summary()))
+    sys.exit(0 if kill_at == "never" else 3)  # 3: the kill point was never reached
+
+
+def start_child(env: Env, kill_at: str, *, lease: float = 2.0, job: str | None = None,
+                marker: Path | None = None) -> subprocess.Popen:
+    spec = json.dumps({"kill_at": kill_at, "lease": lease, "job": job, "marker": str(marker)})
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from tests.test_reliability import child_main; child_main(sys.argv[1])",
+         spec], cwd=REPO, env=env.environ(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
+def run_child(env: Env, kill_at: str, **kw) -> None:
+    proc = start_child(env, kill_at, **kw)
+    out, err = finish(proc, timeout=90)
+    assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}\n{out}\n{err}"
+
+
+def wait_lease_expiry(env: Env, job_id: str) -> None:
+    row = queue_row(env, job_id)
+    assert row["state"] == "leased"
+    wait_for(lambda: time.time() > row["visible_at"] + 0.05, 30, "the lease to expire", 0.05)
+
+
+# --- 1. eight consumers at once, through the whole consumer --------------------------------
+
+
+@pytest.mark.slow
+def test_eight_consume_processes_at_once_run_each_job_once_with_no_lock_errors(env, sandbox):
+    # The queue-level version (5,000 jobs) is in test_pg_control_plane; this one goes through
+    # the sandboxes and the shared SQLite warehouse, where eight writers contend.
+    conns = {}
+    for i in range(8):
+        conns[seed(env, "google", f"10000000{i:02d}", org=f"org-g{i}")] = "google"
+        conns[seed(env, "tiktok", f"70000000{i:02d}", org=f"org-t{i}")] = "tiktok"
+        conns[seed(env, "facebook", f"30000000{i:02d}", org=f"org-f{i}")] = "facebook"
+    assert json.loads(env.run("schedule", "--json").stdout)["enqueued"] == 24
+    procs = [popen(env, "consume", "--json", "--concurrency", "2") for _ in range(8)]
+    outs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [e for _, e in outs]
+    for _, err in outs:
+        assert "locked" not in err.lower() and "Traceback" not in err, err
+    summaries = [json.loads(o) for o, _ in outs]
+    assert sum(s["jobs"] for s in summaries) == 24 and sum(s.get("completed", 0) for s in summaries) == 24
+    assert sum(1 for s in summaries if s["jobs"]) >= 2  # the work really was shared
+    with env.store() as c:
+        assert [tuple(r) for r in c.execute("SELECT state, attempts, count(*) FROM sync_queue GROUP BY 1, 2")] \
+            == [("done", 1, 24)]
+        errors = [r[0] for r in c.execute("SELECT error_message FROM sync_jobs WHERE error_message IS NOT NULL")]
+    assert errors == []
+    for cid, platform in conns.items():
+        (job,) = env.jobs(cid)
+        assert_job_landed_exactly(env, platform, cid, job["id"])
+
+
+# --- 2. killed inside the claim transaction ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kill_at", ["claim-commit", "claim-wait"])
+def test_consumer_killed_inside_its_claim_leaves_the_job_claimable_at_once(env, sandbox, tmp_path, kill_at):
+    cid = seed(env, "google", "1234567890")
+    env.run("schedule")
+    (job,) = env.jobs(cid)
+    before = queue_row(env, job["id"])
+    assert (before["state"], before["attempts"]) == ("ready", 0)
+    if kill_at == "claim-commit":
+        run_child(env, kill_at)
+    else:
+        marker = tmp_path / "waiting"
+        holder = sqlite3.connect(env.db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the store's write lock: the claim must wait for it
+        try:
+            proc = start_child(env, kill_at, marker=marker)
+            wait_for(marker.exists, 30, "the child to reach the claim")
+            time.sleep(0.3)  # now blocked inside BEGIN IMMEDIATE
+            assert proc.poll() is None
+            sigkill(proc)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+    after = queue_row(env, job["id"])
+    assert tuple(after) == tuple(before)  # rolled back: not leased, attempts unchanged
+    assert env.job(job["id"])["status"] == "pending"
+    assert sandbox.google.requests == []
+    # Claimable at once: no lease to wait out.
+    summary = consume_json(env)
+    assert (summary["jobs"], summary.get("completed")) == (1, 1)
+    assert queue_row(env, job["id"])["attempts"] == 1
+    assert_job_landed_exactly(env, "google", cid, job["id"])
+
+
+# --- 3. killed after the claim, before the ack ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_consumer_killed_inside_a_request_is_redelivered_after_its_lease(env, sandbox):
+    cid = seed(env, "google", "1234567890")
+    env.run("schedule")
+    (job,) = env.jobs(cid)
+    sandbox.google.faults.add("latency", path="googleAds", times=1, seconds=30)
+    proc = popen(env, "consume", "--lease-seconds", "5")
+    try:
+        wait_for(lambda: sandbox.google.requests_to("googleAds"), 30, "the job's first request")
+    finally:
+        sigkill(proc)
+
+    row = queue_row(env, job["id"])
+    assert (row["state"], row["attempts"]) == ("leased", 1)
+    assert env.job(job["id"])["status"] == "running"
+    # Invisible while the dead consumer's lease lasts: another run claims nothing.
+    assert consume_json(env)["jobs"] == 0
+    assert len(sandbox.google.requests) == 1
+    assert time.time() < row["visible_at"]
+    wait_lease_expiry(env, job["id"])
+    summary = consume_json(env)
+    assert (summary["jobs"], summary.get("completed")) == (1, 1)
+    row = queue_row(env, job["id"])
+    assert (row["state"], row["attempts"]) == ("done", 2)
+    assert_job_landed_exactly(env, "google", cid, job["id"])
+
+
+# --- 4. crash after the warehouse commit, before the ack -------------------------------------
+
+
+@pytest.mark.parametrize("kill_at", ["before-ack", "before-coverage"])
+def test_crash_after_the_warehouse_commit_then_redelivery_writes_nothing_new(env, sandbox, kill_at):
+    tt = sandbox.tiktok
+    adv = "7009008007006005004"
+    tt.configure_account(adv, campaigns=3)
+    cid = seed(env, "tiktok", adv)
+    until = yesterday()
+    since = until - timedelta(days=44)  # two slices of at most 30 days
+    job_id = backfill(env, cid, since, until)
+    run_child(env, kill_at, job=job_id)
+
+    first = {t: env.warehouse_rows(t, organization_id="org-1") for t in (METRICS["tiktok"], CAMPAIGNS["tiktok"])}
+    reports_first = [r.query["start_date"] for r in tt.requests_to("report/integrated")]
+    if kill_at == "before-ack":
+        assert first[METRICS["tiktok"]] and len(coverage(env, job_id)) == 2
+        assert stored_ads(env, "tiktok", "org-1") == expected_ads(env, "tiktok", adv, since, until)
+    else:  # slice 1 is in the warehouse, but not recorded as done
+        assert coverage(env, job_id) == []
+        assert {r["metric_date"] for r in first[METRICS["tiktok"]]} <= {
+            since + timedelta(days=d) for d in range(30)}
+        assert first[METRICS["tiktok"]] and first[CAMPAIGNS["tiktok"]]
+    assert env.job(job_id)["status"] == "running"
+
+    wait_lease_expiry(env, job_id)
+    assert consume_json(env).get("completed") == 1
+    assert queue_row(env, job_id)["attempts"] == 2
+    assert_job_landed_exactly(env, "tiktok", cid, job_id)
+    again = {t: env.warehouse_rows(t, organization_id="org-1") for t in first}
+    reports_again = [r.query["start_date"] for r in tt.requests_to("report/integrated")][len(reports_first):]
+    if kill_at == "before-ack":
+        assert again == first  # not one row rewritten, not even its last_synced_at
+        assert reports_again == []
+    else:
+        # Slice 1 is fetched and written again: the same rows with the same values.
+        assert reports_again == [since.isoformat(), (since + timedelta(days=30)).isoformat()]
+        old = {(r["campaign_id"], r["metric_date"]): r for r in without_synced_at(first[METRICS["tiktok"]])}
+        new = {(r["campaign_id"], r["metric_date"]): r for r in without_synced_at(again[METRICS["tiktok"]])}
+        assert {k: new[k] for k in old} == old
+        assert without_synced_at(again[CAMPAIGNS["tiktok"]]) == without_synced_at(first[CAMPAIGNS["tiktok"]])
+
+
+# --- 5. a stale owner wakes up ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("late", ["ack", "failure"])
+def test_a_consumer_that_wakes_up_after_losing_its_lease_changes_nothing(env, sandbox, late):
+    # The queue-level fencing is in test_queue.py; here a real consumer is frozen (SIGSTOP)
+    # inside a request until its lease runs out, another one completes the job, then the
+    # first wakes up (SIGCONT) and finishes its own delivery with an ack or a failure.
+    cid = seed(env, "google", "1234567890")
+    env.run("schedule")
+    (job,) = env.jobs(cid)
+    sandbox.google.faults.add("latency", path="googleAds", times=1, seconds=3)
+    stale = start_child(env, "never", job=job["id"])
+    try:
+        wait_for(lambda: sandbox.google.requests, 30, "the first consumer's request")
+        os.kill(stale.pid, signal.SIGSTOP)
+        wait_lease_expiry(env, job["id"])
+        assert consume_json(env).get("completed") == 1
+        done = queue_row(env, job["id"])
+        finished = env.job(job["id"])
+        rows = env.warehouse_rows(METRICS["google"])
+        if late == "failure":  # the woken consumer's next request fails for good
+            sandbox.google.faults.add("status", path="googleAds", times=1, status=400, body={"error": {
+                "code": 400, "status": "INVALID_ARGUMENT", "message": "Bad request"}})
+    finally:
+        os.kill(stale.pid, signal.SIGCONT)
+    out, err = finish(stale)
+    assert stale.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) | {"records": 0} == {"jobs": 1, "stale": 1, "records": 0,
+                                                                  "stopped_by": "empty"}
+    assert tuple(queue_row(env, job["id"])) == tuple(done)  # still done, by the second delivery
+    assert (done["state"], done["attempts"]) == ("done", 2)
+    assert tuple(env.job(job["id"])) == tuple(finished)
+    assert env.connection(cid)["sync_status"] == "completed" and env.connection(cid)["sync_error"] is None
+    # A late write of the same rows never replaces the newer ones (older last_synced_at).
+    assert env.warehouse_rows(METRICS["google"]) == rows
+    assert_job_landed_exactly(env, "google", cid, job["id"])
+
+
+# --- 6. a job longer than its lease ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_runs_once(env, sandbox):
+    cid = seed(env, "google", "1234567890")
+    env.run("schedule")
+    (job,) = env.jobs(cid)
+    sandbox.google.faults.latency_seconds = 3.0  # three requests: ~9 s against a 5 s lease
+    first = popen(env, "consume", "--json", "--lease-seconds", "5")
+    try:
+        wait_for(lambda: sandbox.google.requests, 30, "the job's first request")
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 6.0, 10, "the first lease to have run out")
+        assert first.poll() is None  # still working on the job
+        # Without heartbeats the job would be claimable now; the second consumer finds nothing.
+        assert consume_json(env, "--lease-seconds", "5")["jobs"] == 0
+        out, err = finish(first)
+    finally:
+        if first.poll() is None:
+            sigkill(first)
+    assert first.returncode == 0, err
+    assert json.loads(out).get("completed") == 1
+    row = queue_row(env, job["id"])
+    assert (row["state"], row["attempts"]) == ("done", 1)
+    assert len(sandbox.google.requests) == 3  # account, campaigns, metrics: one job's worth
+    assert_job_landed_exactly(env, "google", cid, job["id"])
+
+
+# --- 7. the retry backoff is capped ------------------------------------------------------------
+
+
+def test_retry_backoff_doubles_with_jitter_and_stays_under_its_cap():
+    # the poison-job path itself (1 + 3 attempts, dead letter, re-queue) is in test_queue.py
+    rng = random.Random(9)
+    for attempts in range(1, 40):
+        base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
+        delays = [backoff_seconds(attempts, rng) for _ in range(200)]
+        assert all(base / 2 <= d <= base for d in delays), attempts
+        assert max(delays) - min(delays) > base / 4  # jittered, not one fixed delay
+    assert base == BACKOFF_CAP_SECONDS == 900
+
+
+# --- 9. killed in the middle of a write, then two consumers together ------------------------
+
+
+@pytest.mark.slow
+def test_consumer_killed_mid_write_then_two_consumers_recover_and_finish(env, sandbox):
+    victim_account = "7100000000000000009"
+    sandbox.tiktok.configure_account(victim_account, campaigns=4)
+    victim = seed(env, "tiktok", victim_account, org="org-v")
+    others = {seed(env, "tiktok", f"71000000000000000{i:02d}", org=f"org-t{i}"): "tiktok" for i in range(3)}
+    others.update({seed(env, "google", f"20000000{i:02d}", org=f"org-g{i}"): "google" for i in range(3)})
+    victim_job = backfill(env, victim, yesterday() - timedelta(days=44), yesterday())
+    assert json.loads(env.run("schedule", "--json").stdout)["enqueued"] == 6
+
+    run_child(env, "mid-write", job=victim_job)
+    # The slice's transaction died with the process: nothing of it is in the warehouse.
+    assert env.warehouse_rows(CAMPAIGNS["tiktok"], organization_id="org-v") == []
+    assert env.warehouse_rows(METRICS["tiktok"], organization_id="org-v") == []
+    assert coverage(env, victim_job) == []
+    wait_lease_expiry(env, victim_job)
+
+    procs = [popen(env, "consume", "--json", "--concurrency", "2") for _ in range(2)]
+    outs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    assert all("locked" not in e.lower() and "Traceback" not in e for _, e in outs), outs
+    summaries = [json.loads(o) for o, _ in outs]
+    assert sum(s.get("completed", 0) for s in summaries) == sum(s["jobs"] for s in summaries) == 7
+    with env.store() as c:
+        attempts = dict(c.execute("SELECT job_id, attempts FROM sync_queue WHERE state = 'done'").fetchall())
+    assert len(attempts) == 7 and attempts.pop(victim_job) == 2 and set(attempts.values()) == {1}
+    assert_job_landed_exactly(env, "tiktok", victim, victim_job)
+    for cid, platform in others.items():
+        (job,) = env.jobs(cid)
+        assert_job_landed_exactly(env, platform, cid, job["id"])
+
+
+# --- 10. killed during a 100-slice backfill -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_100_slice_backfill_resumes_from_the_slices_not_yet_done(env, sandbox):
+    tt = sandbox.tiktok
+    adv = "7200000000000000001"
+    tt.configure_account(adv, campaigns=1)
+    cid = seed(env, "tiktok", adv)
+    until = yesterday()
+    since = until - timedelta(days=2999)  # 3,000 days: 100 slices of 30
+    job_id = backfill(env, cid, since, until)
+    slices = [(since + timedelta(days=30 * i)).isoformat() for i in range(100)]
+    tt.faults.latency_seconds = 0.03  # the whole backfill takes seconds: time to kill it midway
+
+    proc = start_child(env, "never", job=job_id)
+    try:
+        wait_for(lambda: len(coverage(env, job_id)) >= 30, 60, "30 slices to be committed", 0.01)
+    finally:
+        sigkill(proc)
+    time.sleep(0.2)  # a request sent just before the kill is logged by now
+    done_before = {s for s, _, _ in coverage(env, job_id)}
+    assert 30 <= len(done_before) < 100
+    requested_before = len(tt.requests)
+
+    wait_lease_expiry(env, job_id)
+    assert consume_json(env).get("completed") == 1
+    refetched = [r.query["start_date"] for r in tt.requests[requested_before:] if "report/integrated" in r.path]
+    assert not set(refetched) & done_before  # done slices are not fetched again
+    assert sorted(refetched) == sorted(set(slices) - done_before)  # each missing one exactly once
+    cov = coverage(env, job_id)
+    assert [s for s, _, _ in cov] == slices
+    assert all(date.fromisoformat(e) == date.fromisoformat(s) + timedelta(days=29) for s, e, _ in cov)
+    for s in done_before:  # fetched once in all
+        assert sum(1 for r in tt.requests_to("report/integrated") if r.query["start_date"] == s) == 1
+    assert_job_landed_exactly(env, "tiktok", cid, job_id)
+
+
+# --- 11. platform faults -----------------------------------------------------------------------
+
+ACCOUNTS = {"google": "1234567890", "facebook": "1029384756", "tiktok": "7001002003004005006",
+            "stripe": "acct_1Faults"}
+FAULTS = {
+    # kind: (FaultPlan.add arguments, what each job's stored error says)
+    "5xx": ({"kind": "status", "status": 503}, "503"),
+    "timeout": ({"kind": "timeout", "seconds": 3}, "timed out after 1s"),
+    "reset": ({"kind": "reset"}, "connection failed"),
+    "malformed": ({"kind": "malformed"}, "malformed or truncated JSON"),
+    "truncated": ({"kind": "truncate"}, "malformed or truncated JSON"),
+    "html": ({"kind": "html", "status": 502}, "502"),
+}
+
+
+@pytest.fixture
+def fault_env(tmp_path, sandbox):
+    """One connection per platform, a 1 s HTTP timeout."""
+    e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox,
+            extra={"CLEARLIFT_HTTP_TIMEOUT": "1"})
+    e.run("init")
+    e.conns = {seed(e, p, a, org=f"org-{p}"): p for p, a in ACCOUNTS.items()}
+    return e
+
+
+def jobs_by_platform(env: Env) -> dict[str, dict]:
+    with env.store() as c:
+        rows = c.execute("SELECT q.platform, q.state, q.attempts, q.visible_at, j.status, j.error_message "
+                         "FROM sync_queue q JOIN sync_jobs j ON j.id = q.job_id ORDER BY q.id").fetchall()
+    return {r["platform"]: dict(r) for r in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_platform_faults_end_in_a_retry_and_a_single_fault_is_absorbed(fault_env, sandbox, fault):
+    env = fault_env
+    spec, message = FAULTS[fault]
+    env.run("schedule")
+    for platform in ACCOUNTS:
+        sandbox.app(platform).faults.add(times=-1, **spec)
+    t0 = time.monotonic()
+    summary = consume_json(env)
+    assert time.monotonic() - t0 < 30  # bounded: no endless retrying inside one run
+    assert (summary["jobs"], summary.get("retry")) == (4, 4)
+    now = time.time()
+    for platform, job in jobs_by_platform(env).items():
+        assert (job["status"], job["state"], job["attempts"]) == ("pending", "ready", 1), platform
+        assert job["error_message"].startswith(f"{platform}: ") and message in job["error_message"], job
+        assert job["visible_at"] > now + 10  # delayed by backoff, not retried at once
+        assert len(sandbox.app(platform).requests) == 3  # HttpClient's three tries, then give up
+    assert env.run_json("queue")["delayed"] == 4
+
+    # One fault of the same kind is retried in place and the job completes.
+    for platform in ACCOUNTS:
+        sandbox.app(platform).faults.clear()
+        sandbox.app(platform).faults.add(times=1, **spec)
+    make_visible(env)
+    summary = consume_json(env)
+    assert (summary["jobs"], summary.get("completed")) == (4, 4)
+    for platform in ACCOUNTS:
+        assert sandbox.app(platform).faults.take(".*") is None  # the fault was met
+    for cid, platform in env.conns.items():
+        if platform != "stripe":
+            assert_job_landed_exactly(env, platform, cid, env.jobs(cid)[0]["id"])
+    assert env.jobs([c for c, p in env.conns.items() if p == "stripe"][0])[0]["records_synced"] > 0
+
+
+@pytest.mark.slow
+def test_a_5xx_storm_ends_in_dead_letters_with_the_last_error_on_the_last_attempt(fault_env, sandbox):
+    env = fault_env
+    env.run("schedule")
+    for platform in ACCOUNTS:
+        sandbox.app(platform).faults.add("status", times=-1, status=503)
+    assert consume_json(env).get("retry") == 4
+    with env.store() as c:  # attempts 2 and 3 go the same way (the queue's own tests count them)
+        c.execute("UPDATE sync_queue SET attempts = 3, visible_at = 0 WHERE attempts = 1")
+    assert consume_json(env).get("failed") == 4
+    assert consume_json(env)["jobs"] == 0  # nothing left to loop on
+    for platform, job in jobs_by_platform(env).items():
+        assert (job["status"], job["state"], job["attempts"]) == ("failed", "dead", 4), platform
+        assert "503" in job["error_message"] and "gave up after 4 attempts" in job["error_message"]
+    dead = env.run_json("queue", "dead")
+    assert sorted(d["platform"] for d in dead) == sorted(ACCOUNTS)
+    assert all("503" in d["last_error"] for d in dead)
+
+
+def test_a_429_with_retry_after_defers_each_platform_by_the_hint_without_using_an_attempt(fault_env, sandbox):
+    env = fault_env
+    env.run("schedule")
+    for platform in ACCOUNTS:
+        sandbox.app(platform).faults.add("status", times=-1, status=429, headers={"Retry-After": "120"},
+                                         body="Too Many Requests")
+    t0 = time.monotonic()
+    summary = consume_json(env)
+    assert time.monotonic() - t0 < 20
+    assert (summary["jobs"], summary.get("deferred")) == (4, 4)
+    now = time.time()
+    for platform, job in jobs_by_platform(env).items():
+        assert (job["status"], job["state"], job["attempts"]) == ("pending", "ready", 0), platform
+        assert job["error_message"].startswith(f"Rate limited by {platform}; deferred 120s"), job
+        assert 110 < job["visible_at"] - now <= 121, (platform, job["visible_at"] - now)
+        assert len(sandbox.app(platform).requests) == 1  # a long wait is not slept in place
+    assert consume_json(env)["jobs"] == 0  # deferred, not spinning
+
+
+# --- 12. the PostgreSQL warehouse goes away -----------------------------------------------------
+
+
+def backends(app_name: str) -> list[tuple[int, str]]:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as c:
+        return c.execute("SELECT pid, state FROM pg_stat_activity WHERE application_name = %s",
+                         (app_name,)).fetchall()
+
+
+@pytest.mark.slow
+def test_warehouse_connection_killed_mid_slice_rolls_back_and_the_job_is_retried(pg_env, sandbox):
+    env = pg_env
+    tt = sandbox.tiktok
+    adv = "7300000000000000001"
+    tt.configure_account(adv, campaigns=3)
+    cid = seed(env, "tiktok", adv)
+    until = yesterday()
+    job_id = backfill(env, cid, until - timedelta(days=44), until)
+    # Slice 1's report hangs: its campaigns are already written in the open transaction.
+    tt.faults.add("latency", path="report/integrated", times=1, seconds=3)
+    proc = popen(env, "consume", "--json")
+    try:
+        wait_for(lambda: tt.requests_to("report/integrated"), 30, "slice 1's report request")
+        open_txn = wait_for(lambda: [pid for pid, state in backends(env.app_name) if state == "idle in transaction"],
+                            5, "the warehouse transaction")
+        assert len(open_txn) == 1
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True) as c:
+            assert c.execute("SELECT pg_terminate_backend(%s)", (open_txn[0],)).fetchone()[0] is True
+        out, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            sigkill(proc)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert json.loads(out).get("retry") == 1
+    job = env.job(job_id)
+    assert job["status"] == "pending" and "warehouse" in job["error_message"], job["error_message"]
+    row = queue_row(env, job_id)
+    assert (row["state"], row["attempts"]) == ("ready", 1) and row["visible_at"] > time.time()
+    # All or nothing: the campaigns written before the kill are gone with the transaction.
+    assert env.warehouse_rows(CAMPAIGNS["tiktok"]) == [] and env.warehouse_rows(METRICS["tiktok"]) == []
+    assert coverage(env, job_id) == []
+
+    make_visible(env)
+    assert consume_json(env).get("completed") == 1
+    assert queue_row(env, job_id)["attempts"] == 2
+    assert len(coverage(env, job_id)) == 2
+    assert_job_landed_exactly(env, "tiktok", cid, job_id)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_warehouse_retries_the_job_and_the_run_exits_cleanly(pg_env, sandbox):
+    env = pg_env
+    cid = seed(env, "google", "1234567890")
+    env.run("schedule")
+    (job,) = env.jobs(cid)
+    port = closed_port()
+    proc = env.run("consume", "--json", CLEARLIFT_WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{port}/test")
+    assert "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout).get("retry") == 1
+    job = env.job(job["id"])
+    assert job["status"] == "pending" and "connecting failed" in job["error_message"], job["error_message"]
+    assert f"127.0.0.1:{port}/test" in job["error_message"]
+    row = queue_row(env, job["id"])
+    assert (row["state"], row["attempts"]) == ("ready", 1)
+    assert env.run_json("queue")["delayed"] == 1
+    assert env.warehouse_rows(METRICS["google"]) == []
+
+    make_visible(env)
+    assert consume_json(env).get("completed") == 1
+    assert_job_landed_exactly(env, "google", cid, job["id"])
+
+
+# --- what the crashes leave behind ----------------------------------------------------------------
+
+
+def test_no_job_is_lost_after_all_the_crashes(env, sandbox):
+    """Every job of a store that lived through kills at each point ends completed."""
+    cids = [seed(env, "tiktok", f"74000000000000000{i:02d}", org=f"org-{i}") for i in range(3)]
+    until = yesterday()
+    jobs = [backfill(env, cid, until - timedelta(days=44), until) for cid in cids]
+    for job_id, kill_at in zip(jobs, ["claim-commit", "mid-write", "before-ack"]):
+        run_child(env, kill_at, job=job_id)
+    states = Counter(queue_row(env, j)["state"] for j in jobs)
+    assert states == Counter({"ready": 1, "leased": 2})
+    for job_id in jobs:
+        if queue_row(env, job_id)["state"] == "leased":
+            wait_lease_expiry(env, job_id)
+    assert consume_json(env).get("completed") == 3
+    for cid, job_id in zip(cids, jobs):
+        assert_job_landed_exactly(env, "tiktok", cid, job_id)

@@ -1,0 +1,291 @@
+"""Secrets (issue 9, scenario 14): with every log level and format, across succeeding and
+failing flows on all four platforms (platforms that echo tokens and app secrets back in
+their errors), no access token, refresh token, app secret or encryption key reaches
+stdout, stderr, a stored error, the status output or the store file's bytes; the store is
+0600; and SQL is built only from parameters and fixed identifiers."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import re
+import sqlite3
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from clearlift_cli import app as core
+from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
+from clearlift_cli.settings import resolve
+from clearlift_cli.timeutil import iso_z
+from tests.e2e import Env, store_bytes, store_text
+
+UTC = timezone.utc
+PACKAGE = Path(__file__).resolve().parent.parent / "clearlift_cli"
+APP_SECRETS = [APP_CREDENTIALS[k] for k in (
+    "GOOGLE_CLIENT_SECRET", "GOOGLE_ADS_DEVELOPER_TOKEN", "FACEBOOK_APP_SECRET", "TIKTOK_CLIENT_SECRET")]
+# Every token a sandbox issues has one of these shapes (Stripe: secret keys).
+TOKEN_SHAPE = re.compile(r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-9_-]{8,}|sk_(?:test|live)_[0-9a-f]{8,}")
+LEVELS = {"quiet": ("-q",), "default": (), "verbose": ("-v",), "debug": ("-vv",)}
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox() as sb:
+        yield sb
+
+
+def echo(*secrets: str) -> str:
+    """An error message that repeats secrets back, as some platforms do."""
+    return "request for token " + " / ".join(secrets) + " was refused"
+
+
+class Flows:
+    """Connections on all four platforms (for each: one that succeeds, one whose token
+    refresh fails, one whose data request fails) and the platforms' echoing faults."""
+
+    def __init__(self, env: Env, sandbox: Sandbox, flags: tuple[str, ...]):
+        self.env, self.sb, self.flags = env, sandbox, flags
+        self.procs: list = []
+        self.issued: set[str] = set()
+        self.ids: dict[str, str] = {}
+        self.tokens: dict[str, tuple[str, str | None]] = {}
+        self.settings = resolve(environ=env.environ(), read_config=False)
+
+    def run(self, *args: str, check: bool = True, **more: str):
+        proc = self.env.run(*self.flags, *args, check=check, **more)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        self.procs.append(proc)
+        return proc
+
+    def add(self, name: str, platform: str, account: str, *, expires_in: float | None = None) -> None:
+        app = self.sb.app(platform)
+        if platform == "stripe":
+            access, refresh = app.issue_key(account), None
+        else:
+            access, refresh = app.tokens.issue(ttl=None)
+        self.issued |= {access, refresh} - {None}
+        expires = iso_z(datetime.now(UTC) + timedelta(seconds=expires_in)) if expires_in else None
+        cid, _ = core.add_connection(self.settings, core.NewConnection(
+            organization_id=f"org-{name}", platform=platform, account_id=account, account_name=name,
+            connected_by="user-1", access_token=access, refresh_token=refresh, expires_at=expires))
+        self.ids[name] = cid
+        self.tokens[name] = (access, refresh)
+
+    def setup(self) -> None:
+        # Refreshes go in expiry order per platform: the "refresh-bad" one meets the fault.
+        for platform, account in (("google", "1000000001"), ("facebook", "2000000001"), ("tiktok", "7100000001")):
+            self.add(f"{platform}-refresh-bad", platform, account, expires_in=30)
+            self.add(f"{platform}-ok", platform, account[:-1] + "2", expires_in=90)
+            self.add(f"{platform}-data-bad", platform, account[:-1] + "3")
+        self.add("stripe-ok", "stripe", "acct_1Ok")
+        g_access, g_refresh = self.tokens["google-refresh-bad"]
+        self.sb.google.faults.add("status", path=r"^/token$", times=1, status=400, body={
+            "error": "invalid_grant",
+            "error_description": echo(g_refresh, g_access, APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"])})
+        self.sb.facebook.faults.add("status", path=r"oauth/access_token", times=1, status=400, body={"error": {
+            "message": echo(self.tokens["facebook-refresh-bad"][0], APP_CREDENTIALS["FACEBOOK_APP_SECRET"]),
+            "type": "OAuthException", "code": 190}})
+        t_access, t_refresh = self.tokens["tiktok-refresh-bad"]
+        self.sb.tiktok.fail_next(40107, times=1, path="refresh_token",
+                                 message=echo(t_refresh, t_access, APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"]))
+        g_data = self.tokens["google-data-bad"][0]
+        self.sb.google.faults.add("status", path=r"customers/1000000003/", times=-1, status=400, body={"error": {
+            "code": 400, "status": "INVALID_ARGUMENT",
+            "message": echo(g_data, APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"],
+                            APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"])}})
+        self.sb.facebook.faults.add("status", path=r"act_2000000003", times=-1, status=400, body={"error": {
+            "message": echo(self.tokens["facebook-data-bad"][0], APP_CREDENTIALS["FACEBOOK_APP_SECRET"]),
+            "type": "OAuthException", "code": 100}})
+
+    def fail_next_sync(self, name: str) -> None:
+        """`sync CONN --now --wait` whose first data request echoes the secrets and fails."""
+        access, refresh = self.tokens[name]
+        platform = name.split("-")[0]
+        if platform == "tiktok":
+            self.sb.tiktok.fail_next(40002, times=1, path="advertiser/info",
+                                     message=echo(access, refresh or "", APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"]))
+        else:
+            self.sb.stripe.fail_next(400, times=1, message=echo(access))
+        proc = self.run("sync", self.ids[name], "--now", "--wait", check=False)
+        assert proc.returncode == 1, proc.stderr
+
+    def secrets(self) -> set[str]:
+        """Every secret in play: tokens issued to the connections, tokens the sandboxes
+        handed out or received since (refreshes, exchanges), app secrets, the key."""
+        seen = set(self.issued)
+        for app in (self.sb.google, self.sb.facebook, self.sb.tiktok, self.sb.stripe):
+            for r in app.requests:
+                auth = r.headers.get("authorization", "")
+                seen.add(auth.split(" ", 1)[1] if " " in auth else "")
+                seen.add(r.headers.get("access-token", ""))
+                seen |= {r.query.get(k, "") for k in ("access_token", "fb_exchange_token", "client_secret")}
+                fields = r.json() if r.body.startswith(b"{") else r.form() if r.body else {}
+                seen |= {str(fields.get(k, "")) for k in ("refresh_token", "client_secret")}
+        return {s for s in seen if len(s) >= 8} | set(APP_SECRETS) | {self.env.key}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_no_secret_reaches_output_logs_stored_errors_status_or_the_store_file(tmp_path, sandbox, level, fmt):
+    env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
+    flows = Flows(env, sandbox, (*LEVELS[level], "--log-format", fmt))
+    core.init(flows.settings)  # (its output names paths only)
+    flows.setup()
+    stripe_key = sandbox.stripe.issue_key("acct_1DataBad")
+    flows.issued.add(stripe_key)
+    flows.run("connections", "add", "--org", "org-stripe-data-bad", "--platform", "stripe", "--account-id",
+              "acct_1DataBad", "--connected-by", "user-1", CLEARLIFT_ACCESS_TOKEN=stripe_key)
+    flows.ids["stripe-data-bad"] = "org-stripe-data-bad-stripe-acct_1DataBad"
+    flows.tokens["stripe-data-bad"] = (stripe_key, None)
+    # A reader holds the store open, so its -wal and -shm files stay to be looked at (SQLite
+    # gives them the store file's mode, whichever process creates them).
+    holder = sqlite3.connect(env.db)
+    try:
+        holder.execute("SELECT count(*) FROM sync_queue").fetchone()
+
+        refreshed = json.loads(flows.run("refresh-tokens", "--json").stdout)
+        assert (refreshed["refreshed"], refreshed["failed"], refreshed["needs_reauth"]) == (3, 3, 3)
+        flows.run("schedule")
+        flows.run("consume")
+        flows.fail_next_sync("tiktok-data-bad")  # its scheduled job completed; this one fails
+        flows.fail_next_sync("stripe-data-bad")
+        flows.run("status", check=False)
+        status = json.loads(flows.run("status", "--json", check=False).stdout)
+        flows.run("status", flows.ids["google-refresh-bad"])
+        dead = json.loads(flows.run("queue", "dead", "--json").stdout)
+
+        for side in ("", "-wal", "-shm"):
+            path = Path(f"{env.db}{side}")
+            assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, side
+        raw = store_bytes(env)  # the file and its write-ahead log, not yet checkpointed
+    finally:
+        holder.close()
+
+    # The flows really ran: successes, failures with the echoed secrets masked in place.
+    latest = {s["connection_id"]: s["latest_sync"] for s in status}
+    for name in ("google-ok", "facebook-ok", "tiktok-ok", "stripe-ok"):
+        assert latest[flows.ids[name]]["status"] == "completed", (name, latest[flows.ids[name]])
+    for name in ("google-data-bad", "facebook-data-bad", "tiktok-data-bad", "stripe-data-bad"):
+        job = latest[flows.ids[name]]
+        assert job["status"] == "failed" and "***" in job["error"], (name, job)
+    with contextlib.closing(sqlite3.connect(env.db)) as c:
+        reasons = dict(c.execute("SELECT id, reauth_reason FROM platform_connections WHERE needs_reauth = 1"))
+    assert set(reasons) == {flows.ids[f"{p}-refresh-bad"] for p in ("google", "facebook", "tiktok")}
+    assert reasons[flows.ids["google-refresh-bad"]] == "request for token *** / *** / *** was refused"
+    assert all("***" in f["reason"] for f in refreshed["failures"] if "google" in f["connection_id"])
+    assert len(dead) == 4
+
+    secrets = flows.secrets()
+    assert len(secrets) > len(flows.issued) + len(APP_SECRETS)  # refreshed tokens are in there too
+    texts = {f"clearlift {' '.join(p.args[1:])}": p.stdout + p.stderr for p in flows.procs}
+    texts["store rows"] = store_text(env)
+    leaks = [(where, s[:14]) for where, text in texts.items() for s in secrets if s in text]
+    leaks += [(where, m[:14]) for where, text in texts.items() for m in TOKEN_SHAPE.findall(text)]
+    assert leaks == []
+    assert [s[:14] for s in secrets if s.encode() in raw] == []
+    assert TOKEN_SHAPE.search(raw.decode("latin-1")) is None
+    if level == "debug":
+        logged = "\n".join(p.stderr for p in flows.procs)
+        assert "DEBUG" in logged or '"level": "debug"' in logged  # the most talkative logs were checked
+
+
+# --- SQL is built from parameters and fixed identifiers only --------------------------------------
+
+SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA|WHERE|VALUES|TRUNCATE|COPY)\b")
+# Expressions interpolated into SQL text that are fixed identifiers or placeholders, each
+# checked by reading the code: constants, names from the schema modules, quoted identifiers.
+ALLOWED = {
+    "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
+    "scheduler.py": {"cols", "live"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause
+    "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl"},  # LATER_COLUMNS
+    "store_pg.py": {"NOW_TEXT", "col_list", "table", "marks", "self.schema"},  # schema: [A-Za-z0-9_]+
+    "tokens.py": {"CONNECTION_COLUMNS"},
+    "warehouse/sqlite.py": {"updates", "where", "meta", "rev", "ch", "columns", "_TYPES[c.kind]",
+                            "int(self._busy_timeout * 1000)"},
+}
+QUOTING = {"_q", "_cols"}  # the SQLite warehouse's identifier quoting, over schema names
+
+
+def _dynamic(node: ast.AST) -> list[str]:
+    """The parts of a string expression that are not literal text or '?' placeholders."""
+    if isinstance(node, ast.Constant):
+        return []
+    if isinstance(node, ast.JoinedStr):
+        return [part for v in node.values if isinstance(v, ast.FormattedValue) for part in _dynamic(v.value)]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _dynamic(node.left) + _dynamic(node.right)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and isinstance(node.left, ast.Constant) \
+            and node.left.value == "?":
+        return []  # '?' * n: placeholders
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join" \
+            and isinstance(node.func.value, ast.Constant) and len(node.args) == 1:
+        arg = node.args[0]
+        return _dynamic(arg.elt if isinstance(arg, (ast.GeneratorExp, ast.ListComp)) else arg)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in QUOTING:
+        return []
+    return [ast.unparse(node)]
+
+
+def _has_sql(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Constant) and isinstance(n.value, str) and SQL_WORDS.search(n.value)
+               for n in ast.walk(node))
+
+
+def sql_built_from_values(source: str, allowed: set[str]) -> list[tuple[int, str]]:
+    """(line, expression) for each value spliced into SQL text by an f-string, ``+``, ``%``
+    or ``.format`` that is not in ``allowed``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        parts: list[str] = []
+        if isinstance(node, ast.JoinedStr) and _has_sql(node):
+            parts = _dynamic(node)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and _has_sql(node):
+            parts = _dynamic(node)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _has_sql(node.left):
+            parts = [ast.unparse(node.right)]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format" \
+                and isinstance(node.func.value, ast.Constant) and _has_sql(node.func.value):
+            parts = [ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)]]
+        found += [(node.lineno, p) for p in parts if p not in allowed]
+    return sorted(set(found))
+
+
+def test_the_sql_scan_finds_values_spliced_into_sql():
+    bad = '''
+def f(c, user_id, name, days):
+    c.execute(f"SELECT * FROM sync_jobs WHERE id = '{user_id}'")
+    c.execute("DELETE FROM sync_queue WHERE job_id = " + name)
+    c.execute("UPDATE sync_jobs SET status = '%s'" % name)
+    c.execute("SELECT * FROM t WHERE d > {}".format(days))
+    c.execute("SELECT * FROM sync_jobs WHERE id = ?", (user_id,))
+    c.execute(f"SELECT x FROM t WHERE id IN ({','.join('?' * len(name))})", name)
+    log.info(f"job {user_id} done")
+'''
+    assert sql_built_from_values(bad, set()) == [(3, "user_id"), (4, "name"), (5, "name"), (6, "days")]
+
+
+def test_sql_is_built_only_from_parameters_and_fixed_identifiers():
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 20
+    # The sandboxes talk HTTP and run no SQL (their GAQL errors mention FROM and WHERE).
+    sandboxes = [f for f in files if f.parent.name == "sandbox"]
+    for f in sandboxes:
+        assert not re.search(r"^\s*(import|from)\s+(sqlite3|psycopg)", f.read_text(), re.M), f
+    found = {}
+    for f in files:
+        if f in sandboxes:
+            continue
+        rel = f.relative_to(PACKAGE).as_posix()
+        spliced = sql_built_from_values(f.read_text(), ALLOWED.get(rel, set()))
+        if spliced:
+            found[rel] = spliced
+    assert found == {}
+    # The allowlist names only what is really there (it shrinks when the code does).
+    for rel, names in ALLOWED.items():
+        used = {p for _, p in sql_built_from_values((PACKAGE / rel).read_text(), set())}
+        assert names <= used, (rel, names - used)
