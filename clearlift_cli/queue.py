@@ -98,7 +98,7 @@ class SqliteQueue:
                 "UPDATE sync_queue SET state = 'dead', finished_at = ?, updated_at = ?, "
                 "last_error = coalesce(last_error || ' (then ', '(') || "
                 "'lease expired on the last attempt: consumer crashed or timed out)', lease_token = NULL "
-                "WHERE state IN ('ready', 'leased') AND state = 'leased' AND visible_at <= ? "
+                "WHERE state = 'leased' AND visible_at <= ? "
                 "AND attempts >= max_attempts "
                 "RETURNING job_id, last_error",
                 (now_iso, now_iso, now),

@@ -97,6 +97,7 @@ TABLES = [
     "CREATE UNIQUE INDEX IF NOT EXISTS sync_queue_one_live_per_connection ON sync_queue (connection_id) "
     "WHERE state IN ('ready', 'leased')",
     "CREATE INDEX IF NOT EXISTS sync_queue_dead ON sync_queue (finished_at) WHERE state = 'dead'",
+    "CREATE INDEX IF NOT EXISTS sync_queue_leased ON sync_queue (visible_at) WHERE state = 'leased'",
     "CREATE TABLE IF NOT EXISTS clearlift_platform_pauses (platform TEXT PRIMARY KEY, "
     "until DOUBLE PRECISION NOT NULL, reason TEXT)",
     """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any, Callable, Mapping
 
 from tenacity import (
@@ -53,11 +54,23 @@ class Response:
             return default
 
 
-def _session():
-    import requests
+_sessions = threading.local()
 
-    s = requests.Session()
-    s.headers["User-Agent"] = "clearlift/0.1"
+
+def _session():
+    """One requests.Session per thread, kept across jobs: its connection pool saves a TCP
+    (and TLS) handshake per job. Sessions hold no credentials (they go per request)."""
+    s = getattr(_sessions, "session", None)
+    if s is None:
+        import requests
+
+        from http.cookiejar import DefaultCookiePolicy
+
+        s = requests.Session()
+        s.headers["User-Agent"] = "clearlift/0.1"
+        # shared by every connection this thread syncs: keep no cookies from one to the next
+        s.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        _sessions.session = s
     return s
 
 
