@@ -321,6 +321,10 @@ class Consumer:
         records = self.store.slice_records(msg.job_id)
         total_slices = len(slices)
         is_ads = issubclass(module.CLIENT, AdsClient)
+        # The embedded SQLite warehouse has one writer at a time: fetch a slice before taking
+        # its lock, or concurrent jobs would wait on each other's HTTP calls. PostgreSQL
+        # streams the slice (flat memory) while it fetches.
+        buffer_slices = getattr(self.warehouse, "backend", "") == "sqlite"
         for i, (s, e) in enumerate(slices):
             if s.isoformat() in done:
                 continue
@@ -328,25 +332,29 @@ class Consumer:
             synced_at = self.clock.now()
 
             def write_slice(c, first=(i == 0), s=s, e=e):
-                n = 0
+                if is_ads:
+                    campaigns = c.campaigns() if first else iter(())
+                    metrics = c.daily_metrics(s, e)
+                    if buffer_slices:
+                        campaigns, metrics = list(campaigns), list(metrics)
+                    with self.warehouse.transaction() as w:
+                        n = w.upsert_campaigns(conn.platform, owner, account, campaigns, synced_at) if first else 0
+                        return n + w.upsert_daily_metrics(conn.platform, owner, account, metrics, synced_at)
+                start = datetime.combine(s, datetime.min.time(), window.start.tzinfo)
+                end = datetime.combine(e + timedelta(days=1), datetime.min.time(), window.start.tzinfo)
+                start, end = max(start, window.start), min(end, window.end)
+                # Whole days in the account's time zone, so each revenue row rebuilt below
+                # sums every charge of its day, not just those in the window.
+                first_day = _local_date(start, account.time_zone)
+                last_day = _local_date(end - timedelta(microseconds=1), account.time_zone)
+                start = _local_midnight(first_day, account.time_zone)
+                end = min(self.clock.now(), _local_midnight(last_day + timedelta(days=1), account.time_zone))
+                charges = c.charges(start, end)
+                if buffer_slices:
+                    charges = list(charges)
                 with self.warehouse.transaction() as w:
-                    if is_ads:
-                        if first:
-                            n += w.upsert_campaigns(conn.platform, owner, account, c.campaigns(), synced_at)
-                        n += w.upsert_daily_metrics(conn.platform, owner, account, c.daily_metrics(s, e), synced_at)
-                    else:
-                        start = datetime.combine(s, datetime.min.time(), window.start.tzinfo)
-                        end = datetime.combine(e + timedelta(days=1), datetime.min.time(), window.start.tzinfo)
-                        start, end = max(start, window.start), min(end, window.end)
-                        # Whole days in the account's time zone, so each revenue row rebuilt
-                        # below sums every charge of its day, not just those in the window.
-                        first_day = _local_date(start, account.time_zone)
-                        last_day = _local_date(end - timedelta(microseconds=1), account.time_zone)
-                        start = _local_midnight(first_day, account.time_zone)
-                        end = min(self.clock.now(), _local_midnight(last_day + timedelta(days=1), account.time_zone))
-                        n += w.upsert_charges(owner, account, c.charges(start, end), synced_at)
-                        n += w.rebuild_daily_revenue(owner, account, first_day, last_day, synced_at)
-                return n
+                    n = w.upsert_charges(owner, account, charges, synced_at)
+                    return n + w.rebuild_daily_revenue(owner, account, first_day, last_day, synced_at)
 
             n = with_refresh(write_slice)
             self.store.record_slice(msg.job_id, conn.id, s.isoformat(), e.isoformat(), n)
