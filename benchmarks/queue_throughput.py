@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from benchmarks._common import (
-    Stopwatch, emit, heading, machine, parse_args, rnd, show, settings_for, temp_home,
+    Stopwatch, emit, heading, machine, parse_args, pg_schema, rnd, show, settings_for, temp_home,
 )
 
 TARGET = 5_000
@@ -168,6 +168,33 @@ def bare_baseline(home: Path, n: int) -> dict:
     return {"enqueue_per_s": n / enq.seconds, "claim_ack_per_s": n / work.seconds}
 
 
+def postgres_runs(n: int) -> dict:
+    """The same enqueue and claim + ack on the PostgreSQL control plane (a fresh schema):
+    claims there are one UPDATE ... FOR UPDATE SKIP LOCKED, so processes do not queue up
+    behind one writer lock as they do on a SQLite file."""
+    from clearlift_cli.store import open_store
+
+    out: dict = {}
+    with pg_schema("benchq") as url:
+        store = open_store(url)
+        store.migrate()
+        out["enqueue_per_s"] = n / enqueue_all(store, messages(n), ENQUEUE_TX)
+        store.close()
+        for k, processes in enumerate((1, 4), start=1):
+            if k > 1:
+                store = open_store(url)
+                enqueue_all(store, messages(n, start=k * n), ENQUEUE_TX)
+                store.close()
+            r = claim_and_ack(url, processes)
+            store = open_store(url)
+            r["left_behind"] = store.read("SELECT count(*) FROM sync_queue WHERE state != 'done'")[0][0]
+            store.close()
+            r["per_s"] = n / r["seconds"]
+            assert r["claimed"] == n and r["duplicates"] == 0 and r["left_behind"] == 0, r
+            out[processes] = r
+    return out
+
+
 def main() -> None:
     args = parse_args(__doc__)
     n = 5_000 if args.quick else 50_000
@@ -210,6 +237,14 @@ def main() -> None:
              f"{r['per_s'] / bare['claim_ack_per_s']:.0%} of bare; {r['duplicates']} duplicates, "
              f"{left} left, split {r['per_process']}")
         assert r["claimed"] == n and r["duplicates"] == 0 and left == 0 and not r["stale_acks"], r
+    pg_n = n // 5 if args.quick else n // 2
+    pg = postgres_runs(pg_n)
+    show(f"PostgreSQL: enqueue, {ENQUEUE_TX} per transaction", f"{pg['enqueue_per_s']:>9,.0f} /s",
+         f"{pg_n:,} messages")
+    for processes in (1, 4):
+        r = pg[processes]
+        show(f"PostgreSQL: claim {BATCH} + ack each, {processes} process{'es' if processes > 1 else ''}",
+             f"{r['per_s']:>9,.0f} /s", f"{r['duplicates']} duplicates, 0 left, split {r['per_process']}")
     one, four, aged = runs[(1, 0)], runs[(4, 0)], runs[(1, history)]
     slowest = min(figures["enqueue_per_s"], one["per_s"], four["per_s"], aged["per_s"])
     met = slowest >= TARGET and all(r["duplicates"] == 0 for r in runs.values())
@@ -225,6 +260,9 @@ def main() -> None:
          bare_claim_ack_per_s=rnd(bare["claim_ack_per_s"], 0),
          ratio_enqueue_vs_bare=rnd(figures["enqueue_per_s"] / bare["enqueue_per_s"]),
          ratio_claim_ack_vs_bare=rnd(one["per_s"] / bare["claim_ack_per_s"]),
+         pg_jobs=pg_n, pg_enqueue_per_s=rnd(pg["enqueue_per_s"], 0),
+         pg_claim_ack_per_s_1=rnd(pg[1]["per_s"], 0), pg_claim_ack_per_s_4=rnd(pg[4]["per_s"], 0),
+         pg_duplicates=pg[1]["duplicates"] + pg[4]["duplicates"],
          target_per_s=TARGET, target_met=met)
 
 

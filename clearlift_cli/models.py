@@ -77,7 +77,7 @@ class Connection:
 
     @classmethod
     def from_row(cls, row: Any) -> "Connection":
-        keys = row.keys()
+        keys = set(row.keys())
 
         def get(name: str, default: Any = None) -> Any:
             return row[name] if name in keys else default

@@ -65,21 +65,24 @@ class SqliteQueue:
         """Add a message inside the caller's write transaction ``c`` (so the job row and
         its message commit together). Raises Conflict if the connection has a live one."""
         now = self.clock.time()
+        stamp = iso_z(self.clock.now())
         try:
             cur = c.execute(
                 "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
                 "visible_at, attempts, max_attempts, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?) RETURNING id",
+                "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
                 (message.job_id, message.connection_id, message.platform, message.dumps(),
-                 message.priority.rank, now + delay, max_attempts, iso_z(self.clock.now()),
-                 iso_z(self.clock.now())),
+                 message.priority.rank, now + delay, max_attempts, stamp, stamp),
             )
-            new_id = cur.fetchone()[0]
+            row = cur.fetchone()
         except IntegrityError:
+            row = None
+        # DO NOTHING rather than an error: PostgreSQL would abort the caller's transaction
+        if row is None:
             raise Conflict(
                 f"connection {message.connection_id} already has a queued or running job"
             ) from None
-        return int(new_id)
+        return int(row[0])
 
     # -- consuming ------------------------------------------------------------------------
 

@@ -144,9 +144,7 @@ def _insert_job(
         "retry_count": 0,
         "triggered_by": triggered_by,
     }
-    # The guard makes a second live job impossible even if two schedulers raced here; the
-    # savepoint takes the job row back if its message cannot be queued.
-    c.execute("SAVEPOINT clearlift_job")
+    # The guard makes a second live job impossible even if two schedulers raced here.
     n = c.execute(
         """
         INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at,
@@ -159,7 +157,6 @@ def _insert_job(
          json.dumps(metadata), conn.id),
     ).rowcount
     if n == 0:
-        c.execute("RELEASE SAVEPOINT clearlift_job")
         raise Conflict(f"connection {conn.id} already has a pending or running job")
     message = SyncJobMessage(
         job_id=job_id, connection_id=conn.id, organization_id=conn.organization_id,
@@ -170,10 +167,8 @@ def _insert_job(
         queue.enqueue(c, message)
     except Conflict:
         # no message, no job: take back the uncommitted row (schedule's transaction goes on)
-        c.execute("ROLLBACK TO SAVEPOINT clearlift_job")
-        c.execute("RELEASE SAVEPOINT clearlift_job")
+        c.execute("DELETE FROM sync_jobs WHERE id = ?", (job_id,))
         raise
-    c.execute("RELEASE SAVEPOINT clearlift_job")
     return job_id
 
 

@@ -34,10 +34,10 @@ def parse_ts(value: str | datetime | None) -> datetime | None:
 
 def iso_z(dt: datetime) -> str:
     """Format like JavaScript's ``Date.prototype.toISOString()``: UTC, milliseconds, Z."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    if dt.tzinfo is not None and dt.utcoffset():
+        dt = dt.astimezone(UTC)
+    # isoformat truncates to milliseconds as JavaScript does, and pads the year to 4 digits
+    return dt.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_date(value: str) -> date:
