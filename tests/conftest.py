@@ -36,3 +36,23 @@ def pg_schema_url():
     finally:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         conn.close()
+
+
+@pytest.fixture
+def sandbox():
+    """All four platform sandboxes on loopback, stopped afterwards."""
+    from clearlift_cli.sandbox import Sandbox
+
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def env(tmp_path, sandbox, pg_schema_url):
+    """The installed command with a fresh store and a PostgreSQL warehouse schema,
+    pointed at the sandboxes (see tests/e2e.py)."""
+    from tests.e2e import Env
+
+    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox)
+    e.run("init")
+    return e

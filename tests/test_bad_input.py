@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from clearlift_cli.crypto import FieldCipher
-from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.timeutil import iso_z
 from tests.e2e import Env, queue_row
 from tests.helpers import one_line_error
@@ -30,12 +29,6 @@ from tests.test_reliability import closed_port, seed
 
 UTC = timezone.utc
 TOKEN = "tok-never-stored-0123456789"
-
-
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
 
 
 @pytest.fixture

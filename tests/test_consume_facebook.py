@@ -9,9 +9,8 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
-import pytest
 
-from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
+from clearlift_cli.sandbox import APP_CREDENTIALS
 from tests.e2e import (
     Env, add_connection, coverage, make_visible, micros, queue_row, store_bytes, store_text,
     without_synced_at,
@@ -21,19 +20,6 @@ ACCOUNT = "1029384756"
 APP_SECRET = APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
 PURCHASE = ("purchase",)
 PIXEL = ("offsite_conversion.fb_pixel_purchase",)
-
-
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def env(tmp_path, sandbox, pg_schema_url):
-    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox)
-    e.run("init")
-    return e
 
 
 def expected_metrics(app, account: str, since: date, until: date, action_types=PURCHASE) -> dict:

@@ -6,25 +6,10 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-import pytest
 
-from clearlift_cli.sandbox import Sandbox
 from tests.e2e import Env, micros
 
 CID = "123-456-7890"
-
-
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def env(tmp_path, sandbox, pg_schema_url):
-    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox)
-    e.run("init")
-    return e
 
 
 def seed_onboarding(env: Env, org: str, user: str) -> None:

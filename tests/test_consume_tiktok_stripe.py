@@ -9,25 +9,10 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-import pytest
 
-from clearlift_cli.sandbox import Sandbox
 from tests.e2e import Env, coverage, make_visible, micros, queue_row, store_bytes, store_text, without_synced_at
 
 UTC = timezone.utc
-
-
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def env(tmp_path, sandbox, pg_schema_url):
-    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox)
-    e.run("init")
-    return e
 
 
 def today() -> date:

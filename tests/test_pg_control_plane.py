@@ -10,18 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from clearlift_cli.sandbox import Sandbox
 from tests.e2e import CLEARLIFT, Env
 from tests.helpers import insert_connections, query
 from tests.test_queue_concurrency import _fill_queue, _run_consumers
 
 UTC = timezone.utc
-
-
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
 
 
 @pytest.fixture
