@@ -168,3 +168,31 @@ def test_python_dash_m_and_sandbox_serve(tmp_path):
         serve.terminate()
         serve.wait(timeout=10)
     assert serve.returncode == 0
+
+
+def test_sigterm_finishes_the_running_job_and_claims_no_more(env):
+    import signal
+    import time
+
+    ids = []
+    for acct in ("1111111111", "2222222222"):
+        access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
+        ids.append(env.add("org-1", "google", acct, access, refresh))
+    env.run("schedule")
+    env.sandbox.google.faults.latency_seconds = 0.7  # a job takes ~2 s: three requests
+    proc = subprocess.Popen([CLEARLIFT, "consume", "--concurrency", "1"], env=env.environ(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not env.sandbox.google.requests_to("googleAds") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped: signal" in out and "1 completed" in out
+    statuses = sorted(env.jobs(i)[0]["status"] for i in ids)
+    assert statuses == ["completed", "pending"]
+    q = env.run_json("queue")
+    assert q["leased"] == 0 and q["ready"]["high"] == 1  # the other job was never claimed
+    env.sandbox.google.faults.latency_seconds = 0
+    env.run("consume")
+    assert [env.jobs(i)[0]["status"] for i in ids] == ["completed", "completed"]
