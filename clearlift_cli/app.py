@@ -86,9 +86,9 @@ def add_connection(settings: Settings, new: NewConnection, *, clock: Clock = SYS
     store = store_for(settings, clock=clock)
     try:
         # Tokens sealed with a wrong key would be unreadable for the API worker and for us.
-        _refuse_a_wrong_key(cipher, store.read(
+        refuse_a_wrong_key(cipher, [r[0] for r in store.read(
             "SELECT credentials_encrypted FROM platform_connections "
-            "WHERE credentials_encrypted IS NOT NULL LIMIT 20"), "stored connections'", "nothing was written")
+            "WHERE credentials_encrypted IS NOT NULL LIMIT 20")], "stored connections'", "nothing was written")
         return store.upsert_connection(
             organization_id=new.organization_id, platform=new.platform, account_id=new.account_id,
             account_name=new.account_name, connected_by=new.connected_by,
@@ -133,35 +133,29 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
     if on_consumer:
         on_consumer(consumer)
     try:
-        _check_consume_config(settings, store, consumer)
+        _check_consume_config(store, consumer)
         return consumer.run(max_jobs=max_jobs, max_seconds=max_seconds, concurrency=concurrency,
                             only_job=only_job)
     finally:
-        if consumer._warehouse is not None:
-            consumer._warehouse.close()
+        consumer.close()
         store.close()
 
 
-def _check_consume_config(settings: Settings, store: Store, consumer) -> None:
+def _check_consume_config(store: Store, consumer) -> None:
     """Refuse the run before it claims anything when its configuration would fail every job
     (ConfigError, exit 3): a missing, malformed or wrong ENCRYPTION_KEY or an unusable
     warehouse URL must not dead-letter jobs and mark every connection failed."""
     from clearlift_cli.errors import WarehouseError
 
-    cipher = FieldCipher(settings.key_bytes())
-    _refuse_a_wrong_key(cipher, store.read(
+    refuse_a_wrong_key(consumer.cipher, [r[0] for r in store.read(
         "SELECT DISTINCT c.credentials_encrypted FROM sync_queue q "
         "JOIN platform_connections c ON c.id = q.connection_id "
         "WHERE q.state IN ('ready', 'leased') AND c.credentials_encrypted IS NOT NULL LIMIT 20"
-    ), "queued connections'", "no job was claimed")
+    )], "queued connections'", "no job was claimed")
     try:
         consumer.warehouse  # an unknown URL scheme raises ConfigError here
     except WarehouseError:
         pass  # unreachable now: each job reports it and is retried later
-
-
-def _refuse_a_wrong_key(cipher: FieldCipher, rows: list, whose: str, outcome: str) -> None:
-    refuse_a_wrong_key(cipher, [r[0] for r in rows], whose, outcome)
 
 
 def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Clock = SYSTEM_CLOCK):

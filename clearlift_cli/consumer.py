@@ -139,6 +139,11 @@ class Consumer:
             self._cipher = FieldCipher(self.settings.key_bytes())
         return self._cipher
 
+    def close(self) -> None:
+        """Close the warehouse if this consumer opened one."""
+        if self._warehouse is not None:
+            self._warehouse.close()
+
     def _on_dead(self, c: sqlite3.Connection, items: list[tuple[str, str]]) -> None:
         fail_jobs(c, items, iso_z(self.clock.now()))
 
@@ -427,9 +432,8 @@ class Consumer:
         error = redact(error)
         now_iso = iso_z(self.clock.now())
         with self.store.write() as c:
-            state = self.queue.retry(c, claimed, error)
+            state = self.queue.retry(c, claimed, error)  # out of attempts: on_dead fails the job
             if state == "dead":
-                fail_jobs(c, [(msg.job_id, f"{error} (gave up after {claimed.attempts} attempts)")], now_iso)
                 return outcome("failed", 0, error)
             if state == "ready":
                 self._back_to_pending(c, msg.job_id, msg.connection_id, error, previous_status, now_iso)

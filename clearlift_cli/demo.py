@@ -12,6 +12,7 @@ import base64
 import os
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from clearlift_cli import app as core
@@ -56,7 +57,7 @@ def run_demo(home: str | None, console) -> dict:
                 sb.app(platform).tokens.revoke(refresh)
             expires = None
             if ttl is not None and platform != "stripe":
-                expires = iso_z(SYSTEM_CLOCK.now().replace(microsecond=0) + __import__("datetime").timedelta(seconds=ttl))
+                expires = iso_z(SYSTEM_CLOCK.now().replace(microsecond=0) + timedelta(seconds=ttl))
             cid, _ = core.add_connection(s, core.NewConnection(
                 organization_id=org, platform=platform, account_id=account, account_name=name,
                 connected_by=f"user-{org}", access_token=access, refresh_token=refresh, expires_at=expires))

@@ -75,6 +75,14 @@ class InvalidKey(CryptoError):
     pass
 
 
+class KeyNotBase64(InvalidKey):
+    """ENCRYPTION_KEY is not base64 text."""
+
+
+class KeyWrongLength(InvalidKey):
+    """ENCRYPTION_KEY is base64 but does not decode to 32 bytes."""
+
+
 class CiphertextNotBase64(CryptoError):
     pass
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 from clearlift_cli.redact import redact
 
@@ -35,7 +36,7 @@ def configure(*, verbosity: int = 0, fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.formatter.converter = __import__("time").gmtime  # type: ignore[union-attr]
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
     root = logging.getLogger("clearlift")
     root.handlers[:] = [handler]
     root.setLevel(level)

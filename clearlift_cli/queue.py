@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from clearlift_cli.errors import Conflict, NotFound
@@ -134,8 +134,7 @@ class SqliteQueue:
         rows = sorted(rows, key=lambda r: (r["priority"], r["id"]))
         out = []
         for r in rows:
-            msg = SyncJobMessage.loads(r["body"])
-            msg = _with_retry_count(msg, r["attempts"] - 1)
+            msg = replace(SyncJobMessage.loads(r["body"]), retry_count=r["attempts"] - 1)
             out.append(ClaimedMessage(
                 id=r["id"], message=msg, attempts=r["attempts"], max_attempts=r["max_attempts"],
                 lease_token=r["lease_token"], last_error=r["last_error"],
@@ -187,7 +186,7 @@ class SqliteQueue:
             return "stale"
         attempts, max_attempts = row
         if count_attempt and attempts >= max_attempts:
-            self._dead(c, claimed.id, error)
+            self._dead(c, claimed.id, error, job_error=f"{error} (gave up after {attempts} attempts)")
             return "dead"
         if delay is None:
             delay = backoff_seconds(attempts)
@@ -206,7 +205,10 @@ class SqliteQueue:
             self._dead(c, claimed.id, redact(error), notify=False)
         return ok
 
-    def _dead(self, c: sqlite3.Connection, message_id: int, error: str, *, notify: bool = True) -> None:
+    def _dead(
+        self, c: sqlite3.Connection, message_id: int, error: str, *, notify: bool = True,
+        job_error: str | None = None,
+    ) -> None:
         now_iso = iso_z(self.clock.now())
         row = c.execute(
             "UPDATE sync_queue SET state = 'dead', last_error = ?, finished_at = ?, updated_at = ?, "
@@ -214,7 +216,7 @@ class SqliteQueue:
             (error, now_iso, now_iso, message_id),
         ).fetchone()
         if row is not None and notify and self.on_dead:
-            self.on_dead(c, [(row[0], error)])
+            self.on_dead(c, [(row[0], job_error or error)])
 
     # -- inspecting and re-queueing -----------------------------------------------------------
 
@@ -284,12 +286,6 @@ class SqliteQueue:
                 )
                 done.append(r["job_id"])
         return done
-
-
-def _with_retry_count(msg: SyncJobMessage, retry_count: int) -> SyncJobMessage:
-    from dataclasses import replace
-
-    return replace(msg, retry_count=max(0, retry_count))
 
 
 __all__ = ["SqliteQueue", "QueueStats", "backoff_seconds"]

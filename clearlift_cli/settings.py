@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 from clearlift_cli import redact
-from clearlift_cli.errors import ConfigError, InvalidKey, MissingKey
+from clearlift_cli.errors import ConfigError, KeyNotBase64, KeyWrongLength, MissingKey
 
 DEFAULT_GOOGLE_ADS_API_VERSION = "v22"
 DEFAULT_FACEBOOK_API_VERSION = "v23.0"
@@ -115,14 +115,6 @@ class Settings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
         return Settings(**data)  # type: ignore[arg-type]
-
-
-class KeyNotBase64(InvalidKey):
-    """ENCRYPTION_KEY is not base64 text."""
-
-
-class KeyWrongLength(InvalidKey):
-    """ENCRYPTION_KEY is base64 but does not decode to 32 bytes."""
 
 
 def decode_key(raw: str) -> bytes:

@@ -9,14 +9,13 @@ transaction. Each thread gets its own SQLite connection.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -255,32 +254,43 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on clean exit, else rolled back."""
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``): committed on clean exit, else
+        rolled back. Driver errors become one clear StoreError, never a raw traceback."""
         c = self.conn()
+        self._begin(c)
+        try:
+            yield c
+        except self._driver_errors as exc:  # e.g. a read-only store
+            self._rollback(c)
+            raise self._wrap(exc) from None
+        except BaseException:
+            self._rollback(c)
+            raise
+        else:
+            try:
+                c.execute("COMMIT")
+            except (StoreError, *self._driver_errors) as exc:
+                self._rollback(c)
+                raise (exc if isinstance(exc, StoreError) else self._wrap(exc)) from None
+
+    # errors of the driver that write() turns into StoreError
+    _driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def _begin(self, c: Any) -> None:
         for attempt in range(20):
             try:
                 c.execute("BEGIN IMMEDIATE")
-                break
+                return
             except sqlite3.OperationalError as exc:
                 # busy_timeout already waited; a few more tries ride out long writers
                 if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 19:
                     raise self._wrap(exc) from None
                 time.sleep(0.05 * (attempt + 1))
-        try:
-            yield c
-        except sqlite3.Error as exc:
-            # e.g. a read-only store: one clear StoreError, never a raw sqlite3 traceback
-            _rollback(c)
-            raise self._wrap(exc) from None
-        except BaseException:
-            _rollback(c)
-            raise
-        else:
-            try:
-                c.execute("COMMIT")
-            except sqlite3.Error as exc:
-                _rollback(c)
-                raise self._wrap(exc) from None
+
+    def _rollback(self, c: Any) -> None:
+        """Roll back if a transaction is still open (SQLite ends some on its own after an error)."""
+        if c.in_transaction:
+            c.execute("ROLLBACK")
 
     def read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         try:
@@ -574,13 +584,11 @@ class Store:
             (connection_id,),
         )
         merged: list[list[str]] = []
-        from datetime import date as _date
-
         for r in rows:
             s, e = r[0], r[1]
             if merged:
-                prev_end = _date.fromisoformat(merged[-1][1])
-                if _date.fromisoformat(s) <= prev_end + timedelta(days=1):
+                prev_end = date.fromisoformat(merged[-1][1])
+                if date.fromisoformat(s) <= prev_end + timedelta(days=1):
                     if e > merged[-1][1]:
                         merged[-1][1] = e
                     continue
@@ -605,12 +613,6 @@ class Store:
         )}
 
 
-def _rollback(c: sqlite3.Connection) -> None:
-    """Roll back if a transaction is still open (SQLite ends some on its own after an error)."""
-    if c.in_transaction:
-        c.execute("ROLLBACK")
-
-
 def _statements(script: str) -> Iterable[str]:
     for stmt in script.split(";"):
         if stmt.strip():
@@ -633,10 +635,6 @@ def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False) -
         return Store(path, clock=clock, create=create)
     except OSError as exc:
         raise StoreError(f"store {path} cannot be created: {exc.strerror}") from None
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), sort_keys=False)
 
 
 __all__ = ["Store", "open_store", "new_job_id", "IntegrityError"]

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from clearlift_cli.errors import StoreError
@@ -236,27 +235,17 @@ class PgStore(Store):
             self._all.clear()
         self._local = threading.local()
 
-    @contextmanager
-    def write(self) -> Iterator[PgConnection]:  # type: ignore[override]
-        c = self.conn()
+    # PgConnection.execute already turns psycopg errors into StoreError
+    _driver_errors = ()
+
+    def _begin(self, c: PgConnection) -> None:
         c.execute("BEGIN")
+
+    def _rollback(self, c: PgConnection) -> None:
         try:
-            yield c
-        except BaseException:
-            try:
-                c.execute("ROLLBACK")
-            except StoreError:
-                pass
-            raise
-        else:
-            try:
-                c.execute("COMMIT")
-            except StoreError:
-                try:
-                    c.execute("ROLLBACK")
-                except StoreError:
-                    pass
-                raise
+            c.execute("ROLLBACK")
+        except StoreError:
+            pass  # the connection is gone: the server rolled back already
 
     def read(self, sql: str, params: Any = ()) -> list:  # type: ignore[override]
         return self.conn().execute(sql, params).fetchall()

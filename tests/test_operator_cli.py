@@ -4,6 +4,7 @@ inspection, quiet and JSON logging, and the offline demo."""
 from __future__ import annotations
 
 import json
+from datetime import date
 import os
 import subprocess
 
@@ -128,7 +129,7 @@ def test_sync_now_wait_runs_the_job_here(env):
     assert "enqueued full job" in proc.stdout and ": completed," in proc.stdout
     job = env.jobs(cid)[0]
     assert job["status"] == "completed" and job["records_synced"] > 31
-    assert env.window_days(job["id"]) == (__import__("datetime").date(2025, 1, 1), __import__("datetime").date(2025, 1, 31))
+    assert env.window_days(job["id"]) == (date(2025, 1, 1), date(2025, 1, 31))
 
 
 def test_sync_wait_exits_non_zero_when_the_job_fails(env):
