@@ -31,6 +31,8 @@ _PATTERNS = [
 
 _lock = threading.Lock()
 _known: set[str] = set()
+# longest first, so a secret containing another is masked whole; rebuilt only on register
+_ordered: tuple[str, ...] = ()
 
 # Shorter strings would mask ordinary words; real tokens are far longer.
 _MIN_SECRET_LEN = 8
@@ -38,10 +40,12 @@ _MIN_SECRET_LEN = 8
 
 def register(*secrets: str | None) -> None:
     """Remember values that must never be shown (tokens, keys, app secrets)."""
+    global _ordered
     with _lock:
-        for secret in secrets:
-            if secret and len(secret) >= _MIN_SECRET_LEN:
-                _known.add(secret)
+        fresh = [s for s in secrets if s and len(s) >= _MIN_SECRET_LEN and s not in _known]
+        if fresh:
+            _known.update(fresh)
+            _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 
 def redact(text: object) -> str:
@@ -49,9 +53,7 @@ def redact(text: object) -> str:
     s = str(text)
     if not s:
         return s
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for secret in known:
+    for secret in _ordered:  # a tuple swapped whole by register(): safe to read unlocked
         if secret in s:
             s = s.replace(secret, MASK)
     for pattern in _PATTERNS:

@@ -127,7 +127,8 @@ def test_5xx_storm_ends_in_dead_letter_and_failed_job(env, sandbox):
         with env.store() as c:
             c.execute("UPDATE sync_queue SET visible_at = 0 WHERE state = 'ready'")
     (job,) = env.jobs(conn_id)
-    assert job["status"] == "failed" and "503" in job["error_message"] or "unavailable" in job["error_message"].lower()
+    assert job["status"] == "failed"
+    assert "503" in job["error_message"] or "unavailable" in job["error_message"].lower()
     dead = env.run_json("queue", "dead")
     assert len(dead) == 1 and dead[0]["attempts"] == 4
     assert env.connection(conn_id)["sync_status"] == "failed"
