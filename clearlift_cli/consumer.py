@@ -326,10 +326,10 @@ class Consumer:
         records = self.store.slice_records(msg.job_id)
         total_slices = len(slices)
         is_ads = issubclass(module.CLIENT, AdsClient)
-        # The embedded SQLite warehouse has one writer at a time: fetch a slice before taking
-        # its lock, or concurrent jobs would wait on each other's HTTP calls. PostgreSQL
-        # streams the slice (flat memory) while it fetches.
-        buffer_slices = getattr(self.warehouse, "backend", "") == "sqlite"
+        # A single-writer warehouse (embedded SQLite): fetch a slice before taking its lock,
+        # or concurrent jobs would wait on each other's HTTP calls. PostgreSQL streams the
+        # slice (flat memory) while it fetches.
+        buffer_slices = self.warehouse.single_writer
         for i, (s, e) in enumerate(slices):
             if s.isoformat() in done:
                 continue

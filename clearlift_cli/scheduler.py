@@ -21,7 +21,7 @@ from clearlift_cli.errors import Conflict, UsageError
 from clearlift_cli.models import (
     Connection, JobType, Priority, SyncJobMessage, SyncWindow,
 )
-from clearlift_cli.platforms import PLATFORMS
+from clearlift_cli.platforms import PLATFORMS, platform_module
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import CONNECTION_COLUMNS, Store, new_job_id
 from clearlift_cli.timeutil import UTC, iso_z, parse_ts
@@ -30,8 +30,6 @@ log = logging.getLogger("clearlift.schedule")
 
 DEFAULT_INTERVAL_MINUTES = 60
 FULL_SYNC_DAYS = 7
-DEFAULT_LOOKBACK_DAYS = {"google": 3, "facebook": 3, "tiktok": 3, "stripe": 3}
-ATTRIBUTION_WINDOW_DAYS = {"facebook": 28}
 ATTRIBUTION_EVERY = timedelta(hours=24)
 
 
@@ -99,7 +97,8 @@ def julian_day(dt: datetime) -> float:
 
 
 def lookback_days(conn: Connection, settings: dict[str, Any], configured: dict[str, int]) -> int:
-    value = settings.get("lookback_days", configured.get(conn.platform, DEFAULT_LOOKBACK_DAYS.get(conn.platform, 3)))
+    default = configured.get(conn.platform, platform_module(conn.platform).CLIENT.default_lookback_days)
+    value = settings.get("lookback_days", default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"settings.lookback_days must be a whole number of days, not {value!r}")
     return value
@@ -124,7 +123,8 @@ def plan_job(
         return None
     days = lookback_days(conn, settings, configured_lookback or {})
     start = last - timedelta(days=days)
-    attribution = settings.get("attribution_window_days", ATTRIBUTION_WINDOW_DAYS.get(conn.platform))
+    attribution = settings.get("attribution_window_days",
+                               platform_module(conn.platform).CLIENT.attribution_window_days)
     is_attr = False
     if attribution and (last_attribution_at is None or now - last_attribution_at >= ATTRIBUTION_EVERY):
         start = min(start, now - timedelta(days=int(attribution)))

@@ -258,8 +258,10 @@ class GoogleAdsClient(AdsClient):
     # searchStream has no window limit; slices keep a huge backfill committing in parts.
     max_window_days = 90
     default_lookback_days = 3
-    # Conversions are credited to the click's day for up to the 30-day default window.
-    attribution_window_days = 30
+    # Conversions are credited to the click's day for up to 30 days, but the system this
+    # replaces re-read only the lookback; a connection opts in with
+    # settings.attribution_window_days = 30.
+    attribution_window_days = None
 
     def __init__(self, ctx: PlatformContext, credentials: Credentials):
         super().__init__(ctx, credentials)

@@ -189,8 +189,9 @@ class TikTokAdsClient(AdsClient):
     platform = PLATFORM
     max_window_days = REPORT_MAX_DAYS
     default_lookback_days = 3
-    # TikTok's default click attribution window is 7 days; conversions settle within it.
-    attribution_window_days = 7
+    # TikTok's click attribution window is 7 days; a connection opts in to a daily re-read
+    # of it with settings.attribution_window_days = 7 (off by default, as before).
+    attribution_window_days = None
 
     def __init__(self, ctx: PlatformContext, credentials: Credentials):
         super().__init__(ctx, credentials)

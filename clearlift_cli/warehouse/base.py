@@ -96,6 +96,9 @@ class Warehouse(ABC):
     connection of its own."""
 
     backend: str
+    # True when one transaction at a time may write (SQLite's file lock): callers should
+    # fetch before opening a transaction rather than hold it across slow I/O.
+    single_writer: bool = False
     url_for_display: str  # the URL with any password masked
 
     @abstractmethod

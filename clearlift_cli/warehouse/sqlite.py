@@ -174,6 +174,7 @@ class SqliteWarehouse(Warehouse):
     """A warehouse in the SQLite file at ``path`` (created, with its folder, if missing)."""
 
     backend = "sqlite"
+    single_writer = True
 
     def __init__(self, path: str | Path, *, url: str | None = None, busy_timeout: float = 30.0):
         self.path = Path(path).expanduser()
