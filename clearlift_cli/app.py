@@ -14,7 +14,7 @@ from clearlift_cli.platforms import PLATFORMS
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store, open_store
-from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z, parse_ts
+from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, from_epoch, iso_z, parse_ts
 
 _ACCOUNT_ID_OK = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-.")
 
@@ -196,11 +196,5 @@ def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str,
         "ready": {"high": s.ready_high, "normal": s.ready_normal},
         "delayed": s.delayed, "leased": s.leased, "dead": s.dead, "done": s.done,
         "oldest_ready_age_seconds": None if s.oldest_ready_age_s is None else round(s.oldest_ready_age_s, 1),
-        "paused_platforms": {p: iso_z(parse_ts_epoch(u)) for p, u in pauses.items()},
+        "paused_platforms": {p: iso_z(from_epoch(u)) for p, u in pauses.items()},
     }
-
-
-def parse_ts_epoch(epoch: float):
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(epoch, timezone.utc)

@@ -24,7 +24,7 @@ from clearlift_cli.models import (
 from clearlift_cli.platforms import PLATFORMS, platform_module
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import CONNECTION_COLUMNS, Store, new_job_id
-from clearlift_cli.timeutil import UTC, iso_z, parse_ts
+from clearlift_cli.timeutil import UTC, iso_z, julian_day, parse_ts
 
 log = logging.getLogger("clearlift.schedule")
 
@@ -89,11 +89,6 @@ def _attribution_state(store: Store, connection_ids: list[str]) -> dict[str, dat
         ):
             out[r[0]] = parse_ts(r[1])
     return out
-
-
-def julian_day(dt: datetime) -> float:
-    """SQLite's julianday() of an aware datetime (what the due index holds)."""
-    return dt.timestamp() / 86400.0 + 2440587.5
 
 
 def lookback_days(conn: Connection, settings: dict[str, Any], configured: dict[str, int]) -> int:

@@ -51,6 +51,15 @@ def to_epoch(dt: datetime) -> float:
     return dt.timestamp()
 
 
+def from_epoch(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def julian_day(dt: datetime) -> float:
+    """SQLite's julianday() of an aware datetime (what the store's due/expiry indexes hold)."""
+    return dt.timestamp() / 86400.0 + 2440587.5
+
+
 class Clock:
     """Wall clock. ``now()`` is aware UTC; ``monotonic()`` for durations."""
 

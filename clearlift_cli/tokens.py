@@ -20,10 +20,9 @@ from clearlift_cli.models import Connection
 from clearlift_cli.platforms import PLATFORMS, platform_module
 from clearlift_cli.platforms.base import Credentials, PlatformContext
 from clearlift_cli.redact import redact
-from clearlift_cli.scheduler import julian_day
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import CONNECTION_COLUMNS, Store
-from clearlift_cli.timeutil import iso_z
+from clearlift_cli.timeutil import iso_z, julian_day
 
 log = logging.getLogger("clearlift.tokens")
 
