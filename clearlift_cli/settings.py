@@ -18,9 +18,11 @@ from typing import Mapping
 
 from clearlift_cli import redact
 from clearlift_cli.errors import ConfigError, KeyNotBase64, KeyWrongLength, MissingKey
+from clearlift_cli.platforms.versions import DEFAULT_VERSIONS
 
-DEFAULT_GOOGLE_ADS_API_VERSION = "v22"
-DEFAULT_FACEBOOK_API_VERSION = "v23.0"
+# The newest version each platform documents as available (see platforms/versions.py).
+DEFAULT_GOOGLE_ADS_API_VERSION = DEFAULT_VERSIONS["google"]
+DEFAULT_FACEBOOK_API_VERSION = DEFAULT_VERSIONS["facebook"]
 
 # name of the dataclass field -> environment variable
 ENV_NAMES: dict[str, str] = {

@@ -157,7 +157,7 @@ def test_python_dash_m_and_sandbox_serve(tmp_path):
         google_access = next(line.split()[2] for line in lines if line.startswith("# google:"))
         import requests
 
-        url = f"{env['CLEARLIFT_GOOGLE_ADS_URL']}/v22/customers/1234567890/googleAds:searchStream"
+        url = f"{env['CLEARLIFT_GOOGLE_ADS_URL']}/v26/customers/1234567890/googleAds:searchStream"
         ok = requests.post(url, json={"query": "SELECT customer.id FROM customer"}, timeout=10,
                            headers={"Authorization": f"Bearer {google_access}",
                                     "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"]})

@@ -235,7 +235,7 @@ def google_error(
     *,
     detail_message: str | None = None,
     details: dict[str, Any] | None = None,
-    version: str = "v22",
+    version: str = "v26",
 ) -> dict:
     """An error body in Google Ads' shape, with a ``GoogleAdsFailure`` when ``error_code``
     (e.g. ``{"authorizationError": "CUSTOMER_NOT_ENABLED"}``) is given."""

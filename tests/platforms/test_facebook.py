@@ -22,7 +22,7 @@ from clearlift_cli.platforms.facebook import CLIENT, FacebookAdsClient, refresh_
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.facebook import EXCHANGED_TOKEN_TTL, FacebookApp
 from clearlift_cli.sandbox.server import SandboxServer
-from clearlift_cli.settings import resolve
+from clearlift_cli.settings import DEFAULT_FACEBOOK_API_VERSION, resolve
 from clearlift_cli.timeutil import FrozenClock
 
 ACCOUNT = "1234567890"
@@ -133,7 +133,7 @@ def test_account_with_or_without_act_prefix(app, make_client, token, given):
     got = (account.account_id, account.currency, account.time_zone)
     assert got == (ACCOUNT, "EUR", "Europe/Berlin")
     request = app.requests[-1]
-    assert request.path == f"/v23.0/act_{ACCOUNT}"
+    assert request.path == f"/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}"
     assert request.query["access_token"] == token
     assert set(request.query["fields"].split(",")) == {"name", "currency", "timezone_name"}
 
@@ -274,9 +274,9 @@ def test_forced_async_report_flow(app, make_client, clock):
 
     assert as_table(metrics) == expected_metrics(app, SINCE, UNTIL)
     (run_id,) = app.report_run_ids()
-    statuses = app.requests_to(rf"^/v23.0/{run_id}$")
+    statuses = app.requests_to(rf"^/{DEFAULT_FACEBOOK_API_VERSION}/{run_id}$")
     assert len(statuses) == 4  # not started, running, running, completed
-    assert len(app.requests_to(rf"^/v23.0/{run_id}/insights$")) >= 3
+    assert len(app.requests_to(rf"^/{DEFAULT_FACEBOOK_API_VERSION}/{run_id}/insights$")) >= 3
     assert [r.method for r in app.requests_to(rf"/act_{ACCOUNT}/insights$")] == ["POST"]
     assert clock.slept == [1.0, 2.0, 4.0]
 
@@ -433,7 +433,7 @@ def test_exchange_with_wrong_secret_is_permanent(app, make_settings, clock, toke
 # --- no secret ever leaks ---------------------------------------------------------------
 
 WRONG_SECRET = "wrong-app-secret-do-not-leak-77"
-ECHOING_BODY = "upstream failed for /v23.0/act_1?access_token={token}&client_secret={secret}"
+ECHOING_BODY = "upstream failed for /v27.0/act_1?access_token={token}&client_secret={secret}"
 
 
 def _break(case, app, token):

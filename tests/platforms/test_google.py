@@ -231,7 +231,7 @@ def test_developer_token_is_required_and_checked(tmp_path, server, app, clock, t
 def test_disabled_customer_is_permanent_with_the_platform_message(app, settings, clock, token):
     app.configure_account(CID, enabled=False)
     raw = requests.post(
-        f"{settings.google_ads_url}/v22/customers/{CID}/googleAds:searchStream",
+        f"{settings.google_ads_url}/{settings.google_ads_api_version}/customers/{CID}/googleAds:searchStream",
         json={"query": google.CAMPAIGNS_QUERY}, timeout=2,
         headers={"Authorization": f"Bearer {token}",
                  "developer-token": APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]})
@@ -484,7 +484,7 @@ def test_platform_text_echoing_secrets_is_redacted(app, settings, clock, token):
 def test_sandbox_search_pages_match_the_stream(app, settings, token):
     app.page_size = 7
     query = google.METRICS_QUERY.format(since=SINCE, until=UNTIL)
-    url = f"{settings.google_ads_url}/v22/customers/{CID}/googleAds:search"
+    url = f"{settings.google_ads_url}/{settings.google_ads_api_version}/customers/{CID}/googleAds:search"
     headers = {"Authorization": f"Bearer {token}",
                "developer-token": APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]}
     rows, page_token, pages = [], None, 0

@@ -1,0 +1,42 @@
+"""The API version table: what is sunset, ending soon, fine or unknown on a given day."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from clearlift_cli.platforms import versions
+from clearlift_cli.settings import resolve
+
+TODAY = date(2026, 11, 29)
+
+
+def test_defaults_are_alive_and_not_ending_today() -> None:
+    settings = resolve({"home": "/nonexistent"}, environ={}, read_config=False)
+    for platform, version in versions.configured_versions(settings).items():
+        assert versions.check(platform, version, TODAY).state == "ok", platform
+
+
+def test_sunset_google_version_names_version_date_and_setting() -> None:
+    got = versions.check("google", "v21", TODAY)
+    assert got.is_sunset
+    assert got.message == (
+        "Google Ads API v21 is no longer served (sunset 2026-08-05): "
+        "set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer"
+    )
+
+
+def test_meta_v24_expired_on_its_day() -> None:
+    assert versions.check("facebook", "v24.0", date(2026, 11, 9)).state == "ending"
+    assert versions.check("facebook", "v24.0", date(2026, 11, 10)).state == "sunset"
+
+
+def test_ending_within_45_days_but_not_46() -> None:
+    sunset = versions.SUNSETS["facebook"]["v25.0"]
+    assert sunset is not None
+    assert versions.check("facebook", "v25.0", date.fromordinal(sunset.toordinal() - 45)).state == "ending"
+    assert versions.check("facebook", "v25.0", date.fromordinal(sunset.toordinal() - 46)).state == "ok"
+
+
+def test_unknown_version_is_reported_not_guessed() -> None:
+    got = versions.check("google", "v99", TODAY)
+    assert got.state == "unknown" and "CLEARLIFT_GOOGLE_ADS_API_VERSION" in (got.message or "")
