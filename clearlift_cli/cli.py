@@ -224,8 +224,10 @@ def schedule(db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, a
     if as_json:
         _print_json(summary)
         return
+    adoption = "".join(f", {summary[k]} {label}" for k, label in
+                       (("adopted", "adopted"), ("abandoned_closed", "abandoned closed")) if summary[k])
     _summary(f"schedule: {summary['found']} candidates, {summary['enqueued']} enqueued, "
-             f"{summary['not_due']} not due, {summary['skipped']} skipped in {time.monotonic() - t0:.2f}s")
+             f"{summary['not_due']} not due, {summary['skipped']} skipped{adoption} in {time.monotonic() - t0:.2f}s")
     for item in summary["skipped_reasons"]:
         # broken rows are worth a mail even under -q
         sys.stderr.write(f"skipped {item['connection_id']}: {item['reason']}\n")

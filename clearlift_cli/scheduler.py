@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from clearlift_cli.adoption import AdoptionResult, adopt_orphan_jobs
 from clearlift_cli.errors import Conflict, UsageError
 from clearlift_cli.models import (
     Connection, JobType, Priority, SyncJobMessage, SyncWindow,
@@ -39,6 +40,7 @@ class ScheduleResult:
     enqueued: list[str] = field(default_factory=list)  # job ids
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (connection id, reason)
     not_due: int = 0
+    adoption: AdoptionResult = field(default_factory=AdoptionResult)  # job rows clearlift did not create
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,9 @@ class ScheduleResult:
             "not_due": self.not_due,
             "skipped": len(self.skipped),
             "skipped_reasons": [{"connection_id": c, "reason": r} for c, r in self.skipped],
+            "adopted": len(self.adoption.adopted),
+            "abandoned_closed": len(self.adoption.closed),
+            "adoption_waiting": [{"job_id": j, "reason": r} for j, r in self.adoption.waiting],
         }
 
 
@@ -171,6 +176,8 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
     """Enqueue a job for every due connection. Broken rows are reported and skipped."""
     now = store.clock.now()
     result = ScheduleResult()
+    # First: a closed abandoned job leaves its connection due in this very run.
+    result.adoption = adopt_orphan_jobs(store, queue, now, window_days=FULL_SYNC_DAYS)
     rows = _candidates(store, now)
     result.found = len(rows)
     attribution_at = _attribution_state(store, [r["id"] for r in rows])

@@ -25,7 +25,7 @@ from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z
 
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 D1_TABLES = """
 CREATE TABLE IF NOT EXISTS platform_connections (
@@ -141,6 +141,7 @@ CREATE INDEX IF NOT EXISTS clearlift_conn_expiry
   ON platform_connections (julianday(expires_at)) WHERE expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_status ON sync_jobs (connection_id, status);
 CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_created ON sync_jobs (connection_id, created_at);
+CREATE INDEX IF NOT EXISTS clearlift_jobs_live ON sync_jobs (status) WHERE status IN ('pending', 'running');
 """
 
 CONNECTION_COLUMNS = (

@@ -115,6 +115,7 @@ TABLES = [
     "WHERE expires_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_status ON sync_jobs (connection_id, status)",
     "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_created ON sync_jobs (connection_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS clearlift_jobs_live ON sync_jobs (status) WHERE status IN ('pending', 'running')",
 ]
 
 _QMARK = re.compile(r"\?")

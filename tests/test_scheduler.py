@@ -203,9 +203,9 @@ def test_no_second_job_while_one_is_pending_or_running(db, status, scheduled):
     new_store(db).close()
     cid = insert_connection(db, account_id="x", last_synced_at="2025-10-01 00:00:00")
     c = raw(db)
-    with c:
+    with c:  # written ten minutes ago: a running row that young is not abandoned (see test_adoption)
         c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
-                  "VALUES ('api-job', 'org-1', ?, ?, 'full', '2025-10-01T00:00:00.000Z')", (cid, status))
+                  "VALUES ('api-job', 'org-1', ?, ?, 'full', ?)", (cid, status, iso_z(now - timedelta(minutes=10))))
     c.close()
     result = run_schedule(db, now)
     assert len(jobs_by_connection(db)[cid]) == (2 if scheduled else 1)
