@@ -168,8 +168,9 @@ def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Cl
         store.close()
 
 
-def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, int]:
-    """Copy the SQLite store into the PostgreSQL control plane at ``to_url``."""
+def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOCK):
+    """Copy the SQLite store into the PostgreSQL control plane at ``to_url``; returns a
+    ``store_pg.CopyResult`` (what was copied, already there, renumbered, not copied)."""
     from clearlift_cli.store_pg import PgStore, copy_store
 
     if not to_url.startswith(("postgresql://", "postgres://")):

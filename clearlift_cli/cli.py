@@ -427,18 +427,28 @@ def migrate_store(
 ) -> None:
     """Copy this SQLite store (connections, jobs, queue, dead letters, coverage) into a
     PostgreSQL control plane, once, for a team moving from one host to many. Rows already
-    there are kept, so running it again copies only what is new.
+    there are kept, so running it again copies only what is new. Nothing is dropped
+    silently: what cannot be copied is listed on stderr, and the exit code is then 1.
 
     Example:  CLEARLIFT_DB=/var/lib/clearlift/clearlift.db clearlift migrate-store --to postgresql://clearlift@db/clearlift
     """
     from clearlift_cli import app as core
 
-    copied = core.migrate_store(_settings(db, None, home, config), to)
+    result = core.migrate_store(_settings(db, None, home, config), to)
     if as_json:
-        _print_json(copied)
-        return
-    print("copied " + ", ".join(f"{n} {t}" for t, n in copied.items())
-          + "\nnext: set CLEARLIFT_DB to the PostgreSQL URL on every host")
+        _print_json(result.to_json())
+    else:
+        print("copied " + ", ".join(f"{n} {t}" for t, n in result.copied.items()))
+        kept = ", ".join(f"{n} {t}" for t, n in result.already_there.items() if n)
+        if kept:
+            print(f"already there (kept as they are): {kept}")
+        for table, n in result.renumbered.items():
+            print(f"{n} {table} rows copied under new ids (the destination already used theirs)")
+        print("next: set CLEARLIFT_DB to the PostgreSQL URL on every host")
+    for table, row, reason in result.not_copied:
+        sys.stderr.write(f"not copied: {table} {row}: {reason}\n")
+    if result.not_copied:
+        raise typer.Exit(ExitCode.FAILURE)
 
 
 # -- demo / sandbox -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -297,42 +298,85 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-# Tables `migrate-store` copies, in an order that keeps references meaningful.
-COPIED_TABLES = [
-    "platform_connections", "onboarding_progress", "sync_jobs", "sync_queue",
-    "clearlift_coverage", "clearlift_platform_pauses", "clearlift_connection_state",
-]
+# Tables `migrate-store` copies, in an order that keeps references meaningful, with the
+# columns that say a row is already there (its identity across stores).
+COPIED_TABLES: dict[str, tuple[str, ...]] = {
+    "platform_connections": ("id",),
+    "onboarding_progress": ("user_id", "organization_id"),
+    "sync_jobs": ("id",),
+    "sync_queue": ("job_id",),
+    "clearlift_coverage": ("job_id", "start_date"),
+    "clearlift_platform_pauses": ("platform",),
+    "clearlift_connection_state": ("connection_id",),
+}
+# Tables whose `id` is only a local serial: a row whose id the destination already uses
+# is copied under a new one rather than dropped.
+_SERIAL_ID = ("sync_queue", "clearlift_coverage")
 
 
-def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> dict[str, int]:
-    """Copy a SQLite store into PostgreSQL once (rows already there are kept), for a team
-    moving from one host to many. Returns rows copied per table."""
+@dataclass
+class CopyResult:
+    copied: dict[str, int] = field(default_factory=dict)
+    already_there: dict[str, int] = field(default_factory=dict)  # same identity: kept as it is
+    renumbered: dict[str, int] = field(default_factory=dict)  # copied under a new serial id
+    not_copied: list[tuple[str, str, str]] = field(default_factory=list)  # (table, row, why)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"copied": self.copied, "already_there": self.already_there, "renumbered": self.renumbered,
+                "not_copied": [{"table": t, "row": k, "reason": r} for t, k, r in self.not_copied]}
+
+
+def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> CopyResult:
+    """Copy a SQLite store into PostgreSQL once, for a team moving from one host to many.
+    Rows already there (same identity) are kept; nothing is dropped silently: a row is
+    copied, found already there, copied under a new serial id (queue messages, coverage
+    into a control plane already in use), or listed in ``not_copied`` with the reason."""
     dst.migrate()
-    copied: dict[str, int] = {}
-    for table in COPIED_TABLES:
+    result = CopyResult()
+    for table, key in COPIED_TABLES.items():
+        result.copied[table] = result.already_there[table] = 0
         if not src.has_table(table):
-            copied[table] = 0
             continue
         src_cols = [r[1] for r in src.read(f"PRAGMA table_info({table})")]
         dst_cols = {r[0] for r in dst.read(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
             (dst.schema, table))}
         cols = [c for c in src_cols if c in dst_cols]
-        col_list = ", ".join(cols)
-        marks = ", ".join("?" * len(cols))
-        rows = src.read(f"SELECT {col_list} FROM {table}")
-        n = 0
+        rows = [dict(zip(cols, r)) for r in src.read(f"SELECT {', '.join(cols)} FROM {table}")]
+        left = []
         for i in range(0, len(rows), batch):
             with dst.write() as c:
                 for row in rows[i:i + batch]:
-                    cur = c.execute(
-                        f"INSERT INTO {table} ({col_list}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-                        tuple(row),
-                    )
-                    n += cur.rowcount
-        copied[table] = n
-    with dst.write() as c:
-        for table in ("sync_queue", "clearlift_coverage"):
-            c.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                      f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
-    return copied
+                    if _insert(c, table, row):
+                        result.copied[table] += 1
+                    else:
+                        left.append(row)
+        if table in _SERIAL_ID:
+            with dst.write() as c:
+                c.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                          f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
+        with dst.write() as c:
+            for row in left:
+                where = " AND ".join(f"{k} = ?" for k in key)
+                if c.execute(f"SELECT 1 FROM {table} WHERE {where}", [row[k] for k in key]).fetchone():
+                    result.already_there[table] += 1
+                elif table in _SERIAL_ID and _insert(c, table, {k: v for k, v in row.items() if k != "id"}):
+                    result.copied[table] += 1
+                    result.renumbered[table] = result.renumbered.get(table, 0) + 1
+                else:
+                    result.not_copied.append((table, "/".join(str(row[k]) for k in key), _why(table, row)))
+    return result
+
+
+def _insert(c: Any, table: str, row: dict[str, Any]) -> bool:
+    names = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    return c.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING RETURNING 1",
+                     tuple(row.values())).fetchone() is not None
+
+
+def _why(table: str, row: dict[str, Any]) -> str:
+    if table == "sync_queue":
+        return (f"connection {row['connection_id']} already has a queued or running message there; its job "
+                "row was copied and `clearlift schedule` adopts it once that message ends")
+    return "another row there holds the same unique key"

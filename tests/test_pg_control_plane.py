@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.e2e import CLEARLIFT, Env
-from tests.helpers import insert_connections, query
+from tests.helpers import insert_connections, query, raw
 from tests.test_queue_concurrency import _fill_queue, _run_consumers
 
 UTC = timezone.utc
@@ -110,9 +110,11 @@ def test_migrate_store_copies_everything_once(tmp_path, sandbox, pg_schema_url):
     assert query(src.db, "SELECT count(*) FROM sync_queue WHERE state = 'dead'")[0][0] == 1
 
     copied = json.loads(src.run("migrate-store", "--to", pg_schema_url, "--json").stdout)
-    assert {t: copied[t] for t in before} == before
+    assert {t: copied["copied"][t] for t in before} == before
+    assert copied["not_copied"] == [] and copied["renumbered"] == {}
     again = json.loads(src.run("migrate-store", "--to", pg_schema_url, "--json").stdout)
-    assert set(again.values()) == {0}  # once: nothing copied twice
+    assert set(again["copied"].values()) == {0}  # once: nothing copied twice
+    assert {t: again["already_there"][t] for t in before} == before and again["not_copied"] == []
 
     for table, n in before.items():
         assert query(pg_schema_url, f"SELECT count(*) FROM {table}")[0][0] == n
@@ -130,3 +132,46 @@ def test_migrate_store_copies_everything_once(tmp_path, sandbox, pg_schema_url):
     new_id = query(pg_schema_url, "SELECT max(id) FROM sync_queue")[0][0]
     dst.run("sync", "org-1-google-1111111111", "--now")
     assert query(pg_schema_url, "SELECT max(id) FROM sync_queue")[0][0] == new_id + 1  # sequence moved on
+
+
+def test_migrate_store_into_a_control_plane_in_use_drops_no_message(tmp_path, sandbox, pg_schema_url):
+    """Queue ids collide with the destination's own: every message is copied (under a new
+    id), and the one that cannot be (its connection already has a live message there) is
+    named, with exit 1; its job is adopted once that message ends."""
+    dst = Env(home=tmp_path / "dst", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sandbox,
+              extra={"CLEARLIFT_DB": pg_schema_url})
+    dst.run("init")
+    for account in ("9000000001", "9000000002", "9000000003", "5555555555"):
+        dst.add("org-1", "google", account, "dst-token-" + account)
+    dst.run("schedule")  # queue ids 1..4 in use
+    src = Env(home=tmp_path / "src", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sandbox, key=dst.key)
+    src.run("init")
+    for account in ("1111111111", "2222222222", "5555555555"):  # the last one is in both
+        src.add("org-1", "google", account, "src-token-" + account)
+    src.run("schedule")
+    src_msgs = {r["job_id"]: r for r in query(src.db, "SELECT * FROM sync_queue")}
+    assert sorted(r["id"] for r in src_msgs.values()) == [1, 2, 3]
+    shared = next(j for j, r in src_msgs.items() if r["connection_id"] == "org-1-google-5555555555")
+
+    proc = src.run("migrate-store", "--to", pg_schema_url, "--json", check=False)
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["copied"]["sync_queue"] == 2 and out["renumbered"] == {"sync_queue": 2}
+    assert out["not_copied"] == [{"table": "sync_queue", "row": shared, "reason": out["not_copied"][0]["reason"]}]
+    assert "org-1-google-5555555555 already has a queued or running message" in out["not_copied"][0]["reason"]
+    assert f"not copied: sync_queue {shared}:" in proc.stderr
+    assert out["already_there"]["platform_connections"] == 1 and out["copied"]["sync_jobs"] == 3
+    dst_bodies = {r["job_id"]: r["body"] for r in query(pg_schema_url, "SELECT job_id, body FROM sync_queue")}
+    assert len(dst_bodies) == 6
+    for job_id, row in src_msgs.items():  # every other message arrived whole
+        assert job_id == shared or dst_bodies[job_id] == row["body"]
+
+    # The destination's own job for the shared connection ends: its copied job is adopted.
+    query_db = raw(pg_schema_url)
+    query_db.execute("UPDATE sync_queue SET state = 'done' WHERE connection_id = 'org-1-google-5555555555'")
+    query_db.execute("UPDATE sync_jobs SET status = 'completed' WHERE connection_id = 'org-1-google-5555555555' "
+                     "AND id <> ?", (shared,))
+    query_db.close()
+    assert "1 adopted" in dst.run("schedule").stdout
+    assert json.loads(query(pg_schema_url, "SELECT body FROM sync_queue WHERE job_id = ?", (shared,))[0][0])[
+        "job_id"] == shared
