@@ -27,6 +27,10 @@ def store_for(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Store:
 
 def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CLOCK) -> list[str]:
     """Create or upgrade the store (and the warehouse schema). Idempotent."""
+    if warehouse:
+        from clearlift_cli.warehouse import check_url
+
+        check_url(settings.warehouse_url)  # a bad URL creates nothing, the store included
     store = open_store(settings.db, clock=clock, create=True)
     try:
         changes = store.migrate()

@@ -10,6 +10,7 @@ transaction. Each thread gets its own SQLite connection.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -18,8 +19,9 @@ from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import urlsplit
 
-from clearlift_cli.errors import NotFound, StoreError
+from clearlift_cli.errors import ConfigError, NotFound, StoreError
 from clearlift_cli.models import Connection
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z
@@ -624,18 +626,52 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+# `scheme://` at the start of a store setting: a URL, never a file path.
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+SUPPORTED_STORE_URLS = "a SQLite file path, sqlite:///path, or postgresql://… (many hosts)"
+
+
+def sqlite_path(url: str) -> str:
+    """The file a SQLite store setting names (a path, or ``sqlite:///path`` as SQLAlchemy
+    spells it, four slashes for an absolute path). ConfigError for any other URL scheme:
+    ``d1://…`` or ``mysql://…`` must not become a directory named ``d1:``."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    m = _URL_SCHEME.match(url)
+    if m or url.lower().startswith("sqlite:"):
+        scheme = m.group(1) if m else "sqlite"
+        raise ConfigError(
+            f"unsupported store URL {_masked(url, scheme)!r}: CLEARLIFT_DB (--db) must be "
+            f"{SUPPORTED_STORE_URLS}",
+            hint="set CLEARLIFT_DB to one of those (sqlite:///path has three slashes, four for an absolute path)",
+        )
+    return url
+
+
+def _masked(url: str, scheme: str) -> str:
+    """``url`` with its password masked; only the scheme when it does not parse."""
+    from clearlift_cli.warehouse.base import mask_url
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a malformed port
+    except ValueError:
+        return f"{scheme}://…"
+    return mask_url(url)
+
+
 def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False) -> Store:
-    """Open the store at ``url`` (a file path; ``sqlite:///path`` also accepted)."""
+    """Open the store at ``url``: a file path, ``sqlite:///path``, or ``postgresql://…``.
+    Any other URL scheme is a ConfigError (exit 3), never a file path."""
     if _is_postgres(url):
         from clearlift_cli.store_pg import PgStore
 
         return PgStore(url, clock=clock)
-    # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    path = sqlite_path(url)
     try:
         return Store(path, clock=clock, create=create)
     except OSError as exc:
         raise StoreError(f"store {path} cannot be created: {exc.strerror}") from None
 
 
-__all__ = ["Store", "open_store", "new_job_id", "IntegrityError"]
+__all__ = ["Store", "open_store", "sqlite_path", "new_job_id", "IntegrityError"]

@@ -17,7 +17,7 @@ from clearlift_cli.settings import (
     resolve,
 )
 
-from tests.helpers import KEY_B64, KEY_BYTES, cli_env, run_cli
+from tests.helpers import KEY_B64, KEY_BYTES, cli_env, one_line_error, run_cli
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -242,3 +242,42 @@ def test_bad_key_through_the_installed_command_exits_3_without_the_key(tmp_path)
     assert "32 bytes" in result.stderr
     assert "c2hvcnQta2V5LXZhbHVl" not in result.stderr + result.stdout
     assert "tok-abcdefgh-123" not in result.stderr + result.stdout
+
+
+# -- store and warehouse URLs: an unknown scheme is a configuration error, never a path --------
+
+UNKNOWN_STORE_URLS = [
+    "d1://0123456789abcdef/6e0f5a3c-db",
+    "mysql://clearlift:s3cret-store-pw@db.internal:3306/clearlift",
+    "http://clearlift:s3cret-store-pw@example.com/store",
+    "sqlite://relative.db",  # two slashes: not sqlite:///path
+]
+
+
+@pytest.mark.parametrize("url", UNKNOWN_STORE_URLS)
+@pytest.mark.parametrize("command", [["init"], ["schedule"], ["status"], ["queue"]])
+def test_unknown_store_url_scheme_exits_3_and_creates_nothing(tmp_path, url, command):
+    import subprocess
+
+    from tests.helpers import CLEARLIFT
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = cli_env(tmp_path, CLEARLIFT_DB=url)
+    result = subprocess.run([CLEARLIFT, *command], env=env, cwd=cwd, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == 3, result.stderr
+    line = one_line_error(result.stderr)
+    assert "unsupported store URL" in line and "sqlite:///path" in line and "postgresql://" in line
+    assert "s3cret-store-pw" not in result.stderr + result.stdout
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "home").exists()  # no `d1:` directory, no store
+
+
+@pytest.mark.parametrize("url", ["d1://0123456789abcdef/db", "mysql://wh:s3cret-wh-pw@db/wh", "warehouse.db"])
+def test_unknown_warehouse_url_scheme_exits_3_before_init_creates_anything(tmp_path, url):
+    env = cli_env(tmp_path, CLEARLIFT_WAREHOUSE_URL=url)
+    result = run_cli(["init"], env)
+    assert result.returncode == 3, result.stderr
+    assert "unsupported warehouse URL" in one_line_error(result.stderr)
+    assert "s3cret-wh-pw" not in result.stderr + result.stdout
+    assert not (tmp_path / "home").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from clearlift_cli.errors import ConfigError
 from clearlift_cli.warehouse.base import RowOwner, Warehouse, WarehouseWriter, mask_url
 
-__all__ = ["RowOwner", "Warehouse", "WarehouseWriter", "open_warehouse"]
+__all__ = ["RowOwner", "Warehouse", "WarehouseWriter", "check_url", "open_warehouse"]
 
 
 def open_warehouse(url: str) -> Warehouse:
@@ -20,15 +20,27 @@ def open_warehouse(url: str) -> Warehouse:
     ``sqlite:////absolute.db``: a file, created with its folder if missing. Raises
     ``ConfigError`` for any other URL and ``WarehouseError`` (password masked) when the
     warehouse cannot be reached or opened. Call ``init_schema()`` before the first write."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme in ("postgresql", "postgres"):
+    scheme = check_url(url)
+    if scheme == "postgres":
         from clearlift_cli.warehouse.postgres import PostgresWarehouse
 
         return PostgresWarehouse(url)
-    if scheme == "sqlite":
-        from clearlift_cli.warehouse.sqlite import SqliteWarehouse, path_from_url
+    from clearlift_cli.warehouse.sqlite import SqliteWarehouse, path_from_url
 
-        return SqliteWarehouse(path_from_url(url), url=url)
+    return SqliteWarehouse(path_from_url(url), url=url)
+
+
+def check_url(url: str) -> str:
+    """``"postgres"`` or ``"sqlite"`` for a warehouse URL clearlift can open, without
+    touching anything; ``ConfigError`` (password masked) for any other."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        return "postgres"
+    if scheme == "sqlite":
+        from clearlift_cli.warehouse.sqlite import path_from_url
+
+        path_from_url(url)
+        return "sqlite"
     raise ConfigError(
         f"unsupported warehouse URL {mask_url(url)!r}: use postgresql://... or sqlite:///path",
         hint="set CLEARLIFT_WAREHOUSE_URL",
