@@ -115,16 +115,49 @@ def schedule(settings: Settings, *, clock: Clock = SYSTEM_CLOCK):
 
 
 def sync_now(settings: Settings, connection_id: str, *, since: date | None, until: date | None,
-             clock: Clock = SYSTEM_CLOCK):
+             wait: bool = False, clock: Clock = SYSTEM_CLOCK):
+    """``sync CONN --now``: enqueue a full job. With ``wait`` (the job then runs here, see
+    ``run_job_here``) whatever would stop that run before it starts — a missing, malformed
+    or wrong ENCRYPTION_KEY, an unusable warehouse URL — is refused before anything is
+    enqueued (ConfigError, exit 3)."""
     from clearlift_cli import scheduler
 
     if until and until > clock.now().date() + timedelta(days=1):
         raise UsageError(f"--until {until} is in the future")
     store = store_for(settings, clock=clock)
     try:
+        if wait:
+            from clearlift_cli.warehouse import check_url
+
+            cipher = FieldCipher(settings.key_bytes())
+            refuse_a_wrong_key(cipher, [r[0] for r in store.read(
+                "SELECT credentials_encrypted FROM platform_connections WHERE credentials_encrypted IS NOT NULL "
+                "ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 20", (connection_id,))],
+                "stored connections'", "nothing was enqueued")
+            check_url(settings.warehouse_url)
         return scheduler.enqueue_manual(store, SqliteQueue(store), connection_id, since=since, until=until)
     finally:
         store.close()
+
+
+def run_job_here(settings: Settings, job_id: str, *, on_progress=None, clock: Clock = SYSTEM_CLOCK):
+    """Run one queued job in this process (``sync --now --wait``). If the run fails before
+    any consumer has claimed the job, the job is withdrawn (row and message), so a failed
+    command leaves nothing queued behind it."""
+    from clearlift_cli.errors import ClearliftError
+
+    try:
+        return consume(settings, only_job=job_id, concurrency=1, on_progress=on_progress, clock=clock)
+    except ClearliftError as exc:
+        store = store_for(settings, clock=clock)
+        try:
+            withdrawn = SqliteQueue(store).withdraw_unclaimed(job_id)
+        finally:
+            store.close()
+        if withdrawn:
+            note = f"job {job_id} did not start and was withdrawn: nothing is left queued"
+            exc.hint = f"{exc.hint}; {note}" if exc.hint else note
+        raise
 
 
 def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: float | None = None,

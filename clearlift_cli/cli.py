@@ -261,12 +261,13 @@ def sync(
     if not now:
         raise UsageError("say --now to trigger a sync (scheduled syncs need no command)")
     s = _settings(db, warehouse_url, home, config)
-    job_id, window = core.sync_now(s, connection_id, since=_parse_day(since, "--since"), until=_parse_day(until, "--until"))
+    job_id, window = core.sync_now(s, connection_id, since=_parse_day(since, "--since"),
+                                   until=_parse_day(until, "--until"), wait=wait_)
     print(f"enqueued full job {job_id} for {connection_id} ({window.to_json()['start']} .. {window.to_json()['end']}, priority high)")
     if wait_:
         from clearlift_cli.render import run_with_progress
 
-        outcome = run_with_progress(lambda cb: core.consume(s, only_job=job_id, concurrency=1, on_progress=cb), job_id)
+        outcome = run_with_progress(lambda cb: core.run_job_here(s, job_id, on_progress=cb), job_id)
         if outcome is None or outcome.status != "completed":
             raise typer.Exit(ExitCode.FAILURE)
 

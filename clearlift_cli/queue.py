@@ -218,6 +218,19 @@ class SqliteQueue:
         if row is not None and notify and self.on_dead:
             self.on_dead(c, [(row[0], job_error or error)])
 
+    def withdraw_unclaimed(self, job_id: str) -> bool:
+        """Take back a job nobody has claimed yet (its message still ready, never
+        delivered): the message and the pending job row go, as if never enqueued. False,
+        and nothing changed, once any consumer has claimed it."""
+        with self.store.write() as c:
+            gone = c.execute(
+                "DELETE FROM sync_queue WHERE job_id = ? AND state = 'ready' AND attempts = 0",
+                (job_id,),
+            ).rowcount == 1
+            if gone:
+                c.execute("DELETE FROM sync_jobs WHERE id = ? AND status = 'pending'", (job_id,))
+        return gone
+
     # -- inspecting and re-queueing -----------------------------------------------------------
 
     def stats(self) -> QueueStats:

@@ -447,3 +447,67 @@ def test_installed_sync_now_refuses_unknown_paused_and_duplicate(cli_store):
     again = run_cli(["sync", active, "--now"], env)
     assert again.returncode == ExitCode.CONFLICT
     assert len(query(db, "SELECT * FROM sync_jobs")) == 1
+
+
+# -- sync --now --wait that cannot run leaves nothing queued ---------------------------------
+
+
+@pytest.mark.parametrize("key", [None, "not base64 at all!", "c2hvcnQ="], ids=["missing", "malformed", "short"])
+def test_installed_sync_wait_with_an_unusable_key_queues_nothing(tmp_path, key):
+    env = cli_env(tmp_path, ENCRYPTION_KEY=key)
+    db = home_db(tmp_path)
+    new_store(db).close()
+    (active,) = insert_connections(db, [{"account_id": "a", "last_synced_at": None}])
+    result = run_cli(["sync", active, "--now", "--wait"], env)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert "ENCRYPTION_KEY" in one_line_error(result.stderr)
+    assert query(db, "SELECT * FROM sync_jobs") == [] and query(db, "SELECT * FROM sync_queue") == []
+
+
+def _sealed(key: bytes, text: str) -> str:
+    from clearlift_cli.crypto import FieldCipher
+
+    return FieldCipher(key).encrypt(text)
+
+
+def test_installed_sync_wait_with_the_wrong_key_queues_nothing(tmp_path):
+    import os
+
+    other = os.urandom(32)  # the tokens were sealed with another key than ENCRYPTION_KEY
+    env = cli_env(tmp_path)
+    db = home_db(tmp_path)
+    new_store(db).close()
+    active, _ = insert_connections(db, [
+        {"account_id": a, "last_synced_at": None, "credentials_encrypted": _sealed(other, "token-" + a)}
+        for a in ("a", "b")])
+    result = run_cli(["sync", active, "--now", "--wait"], env)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert "nothing was enqueued" in one_line_error(result.stderr)
+    assert query(db, "SELECT * FROM sync_jobs") == [] and query(db, "SELECT * FROM sync_queue") == []
+
+
+def test_installed_sync_wait_withdraws_its_job_when_the_run_cannot_start(tmp_path):
+    # The key opens a stored token, so the check before enqueueing passes; but it opens
+    # none of the queued connections' tokens, so the run refuses to start: the job that
+    # `sync --wait` enqueued is taken back, the jobs already queued stay.
+    import os
+
+    from tests.helpers import KEY_BYTES
+
+    other = os.urandom(32)
+    env = cli_env(tmp_path)
+    db = home_db(tmp_path)
+    new_store(db).close()
+    mine, b, c, _ = insert_connections(db, [
+        {"account_id": "mine", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-mine")},
+        {"account_id": "b", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-b")},
+        {"account_id": "c", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-c")},
+        {"account_id": "d", "last_synced_at": None, "credentials_encrypted": _sealed(KEY_BYTES, "t-d")},
+    ])
+    for cid in (b, c):
+        assert run_cli(["sync", cid, "--now"], env).returncode == 0
+    result = run_cli(["sync", mine, "--now", "--wait"], env)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert "withdrawn: nothing is left queued" in result.stderr
+    assert {r["connection_id"] for r in query(db, "SELECT * FROM sync_jobs")} == {b, c}
+    assert {r["connection_id"] for r in query(db, "SELECT * FROM sync_queue")} == {b, c}
