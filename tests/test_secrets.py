@@ -203,7 +203,9 @@ ALLOWED = {
     "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
     "scheduler.py": {"cols", "live"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause
     "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl"},  # LATER_COLUMNS
-    "store_pg.py": {"NOW_TEXT", "col_list", "table", "marks", "self.schema"},  # schema: [A-Za-z0-9_]+
+    # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share
+    "store_pg.py": {"NOW_TEXT", "cols", "names", "where", "table", "marks", "self.schema"},
+    "adoption.py": {"_LIVE_FOR_JOB"},  # a fixed NOT EXISTS clause
     "tokens.py": {"CONNECTION_COLUMNS"},
     "warehouse/sqlite.py": {"updates", "where", "meta", "rev", "ch", "columns", "_TYPES[c.kind]",
                             "int(self._busy_timeout * 1000)"},
