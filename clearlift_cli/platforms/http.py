@@ -7,14 +7,22 @@ Network failures, timeouts and bodies that are not JSON become ``TransientError`
 Transient errors are retried here a few times with exponential backoff (tenacity); a
 ``RateLimited`` whose wait is short is slept here, a longer one propagates so the queue can
 defer the job instead of holding a worker. Every message is redacted.
+
+Three things are refused whatever the platform: a redirect (none of these APIs redirect,
+and requests would carry ``Access-Token`` / ``developer-token`` to the other host; only
+``Authorization`` is dropped), an answer larger than ``MAX_RESPONSE_BYTES``, and a proxy
+for loopback targets (the sandbox, the demo): ``http_proxy`` / ``https_proxy`` /
+``NO_PROXY`` apply to every other host as usual.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from tenacity import (
     RetryCallState,
@@ -23,7 +31,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from clearlift_cli.errors import RateLimited, TokenExpired, TransientError
+from clearlift_cli.errors import PermanentError, RateLimited, TokenExpired, TransientError
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
@@ -33,6 +41,11 @@ Classify = Callable[["Response", Any], None]
 
 # A rate-limit wait up to this long is slept in place; longer ones defer the job.
 SHORT_WAIT_SECONDS = 5.0
+# The largest answer read into memory (after decompression). A page of any platform is
+# well under a megabyte; a bigger answer (e.g. a whole window of a huge Google account in one
+# searchStream) fails the job with a clear message instead of exhausting memory.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
 
 
 class Response:
@@ -57,10 +70,13 @@ class Response:
 _sessions = threading.local()
 
 
-def _session():
-    """One requests.Session per thread, kept across jobs: its connection pool saves a TCP
-    (and TLS) handshake per job. Sessions hold no credentials (they go per request)."""
-    s = getattr(_sessions, "session", None)
+def _session(direct: bool = False):
+    """One requests.Session per thread (and per kind), kept across jobs: its connection pool
+    saves a TCP (and TLS) handshake per job. Sessions hold no credentials (they go per
+    request). ``direct`` sessions ignore the environment's proxy settings: they serve
+    loopback targets only."""
+    name = "direct" if direct else "session"
+    s = getattr(_sessions, name, None)
     if s is None:
         import requests
 
@@ -70,8 +86,56 @@ def _session():
         s.headers["User-Agent"] = "clearlift/0.1"
         # shared by every connection this thread syncs: keep no cookies from one to the next
         s.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        _sessions.session = s
+        if direct:
+            s.trust_env = False
+        setattr(_sessions, name, s)
     return s
+
+
+def is_loopback(url: str) -> bool:
+    """True for a URL whose host is ``localhost`` or a loopback address (127.0.0.0/8, ::1):
+    such traffic never goes through a proxy. Names are not resolved."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(location: str | None, base: str) -> str:
+    """Scheme and host of a redirect target, without user info, path or query (they may
+    carry secrets)."""
+    parts = urlsplit(location or "")
+    if not parts.netloc:
+        parts = urlsplit(base)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme or 'http'}://{host}{port}"
+
+
+def _read_capped(resp, limit: int, platform: str) -> bytes:
+    """The (decompressed) body, refusing more than ``limit`` bytes without reading them all."""
+    def too_large(size: str) -> PermanentError:
+        return PermanentError(
+            f"{platform}: the answer is larger than {limit // (1024 * 1024)} MiB ({size}); "
+            "refused to keep memory bounded — sync a shorter window (sync --since/--until)",
+            platform=platform,
+        )
+
+    declared = resp.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit and \
+            not resp.headers.get("Content-Encoding"):
+        raise too_large(f"{int(declared)} bytes announced")
+    body = bytearray()
+    for chunk in resp.iter_content(_READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise too_large(f"more than {limit} bytes read")
+    return bytes(body)
 
 
 class HttpClient:
@@ -85,6 +149,7 @@ class HttpClient:
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         session: Any = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.platform = platform
         self.clock = clock
@@ -93,6 +158,7 @@ class HttpClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._session = session
+        self.max_response_bytes = max_response_bytes
         self.requests_sent = 0
         # Called with the Response of every answered request (e.g. usage headers).
         self.observers: list[Callable[[Response], None]] = []
@@ -102,6 +168,12 @@ class HttpClient:
         if self._session is None:
             self._session = _session()
         return self._session
+
+    def _session_for(self, url: str):
+        """The given session, else this thread's: a proxy-free one for loopback targets."""
+        if self._session is not None:
+            return self._session
+        return _session(direct=is_loopback(url))
 
     def request(
         self,
@@ -144,11 +216,15 @@ class HttpClient:
 
         self.requests_sent += 1
         try:
-            resp = self.session.request(
+            resp = self._session_for(url).request(
                 method, url, params=params, json=json_body, data=data,
                 headers=dict(headers or {}), timeout=(min(10.0, self.timeout), self.timeout),
+                allow_redirects=False, stream=True,
             )
-            text = resp.text
+            try:
+                raw = _read_capped(resp, self.max_response_bytes, self.platform)
+            finally:
+                resp.close()
         except requests.Timeout:
             raise TransientError(
                 f"{self.platform}: request timed out after {self.timeout:g}s", platform=self.platform
@@ -161,6 +237,18 @@ class HttpClient:
             raise TransientError(
                 f"{self.platform}: request failed: {redact(exc)}", platform=self.platform
             ) from None
+        if 300 <= resp.status_code < 400:
+            # None of these APIs redirect: a 3xx means the request is not reaching the platform
+            # (a wrong *_URL setting, an intercepting proxy or captive portal). Following it
+            # would send the secret headers to another host, and retrying reaches the same
+            # place, so the job fails now and says where it was sent.
+            raise PermanentError(
+                f"{self.platform}: HTTP {resp.status_code} redirect to "
+                f"{redact(_origin(resp.headers.get('Location'), resp.url))} refused "
+                "(the platform API does not redirect: check the API URL setting and any proxy)",
+                platform=self.platform,
+            )
+        text = raw.decode(resp.encoding or "utf-8", errors="replace")
         response = Response(resp.status_code, resp.headers, text, redact(resp.url))
         log.debug("%s %s -> %s", method, response.url, resp.status_code)
         try:

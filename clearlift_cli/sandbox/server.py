@@ -63,7 +63,10 @@ class Fault:
     ``latency`` (wait ``seconds`` then answer normally), ``timeout`` (wait ``seconds``,
     default 30, then close), ``truncate`` (cut the real body in half), ``malformed``
     (``{"not json``), ``html`` (an HTML error page with ``status``), ``reset`` (close the
-    socket without answering). ``path`` is a regex matched against the request path."""
+    socket without answering), ``redirect`` (``status``, default 302, to ``location``, e.g.
+    another host), ``oversize`` (a 200 body of ``size`` bytes, sent in chunks without building
+    it; with ``Content-Length`` unless ``chunked``). ``path`` is a regex matched against the
+    request path."""
 
     kind: str
     path: str = ".*"
@@ -72,6 +75,9 @@ class Fault:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    location: str = ""
+    size: int = 0
+    chunked: bool = False
 
 
 class FaultPlan:
@@ -200,6 +206,7 @@ class PlatformApp:
         self.faults = FaultPlan()
         self.requests: list[Request] = []
         self._log_lock = threading.Lock()
+        self.oversize_bytes_sent = 0  # bytes of the last ``oversize`` fault body written
 
     def handle(self, request: Request) -> Reply:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -261,6 +268,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(Reply(fault.status, fault.body, dict(fault.headers)))
             elif fault.kind == "malformed":
                 return self._send(Reply(fault.status if fault.status != 500 else 200, b'{"not json'))
+            elif fault.kind == "redirect":
+                status = fault.status if 300 <= fault.status < 400 else 302
+                return self._send(Reply(status, b"", {"Location": fault.location}))
+            elif fault.kind == "oversize":
+                return self._send_oversize(fault.size, fault.chunked)
             elif fault.kind == "html":
                 page = b"<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
                 return self._send(Reply(fault.status, page, {"Content-Type": "text/html"}))
@@ -282,6 +294,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
         self.wfile.write(raw)
+
+    def _send_oversize(self, size: int, chunked: bool) -> None:
+        """A 200 JSON answer of ``size`` bytes (whitespace), written piecewise until the client
+        hangs up."""
+        block = b" " * 65536
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        self.close_connection = True
+        sent = 0
+        try:
+            while sent < size:
+                piece = block[: min(len(block), size - sent)]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client stopped reading
+            pass
+        self.app.oversize_bytes_sent = sent
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
