@@ -3,7 +3,8 @@
 Starts the sandbox platforms on loopback, creates an embedded store and warehouse (in a
 temporary directory, or ``--home DIR`` laid out as CLEARLIFT_HOME), connects a few
 accounts across all platforms (one whose token expires in two minutes, one whose token
-was revoked), then runs refresh-tokens -> schedule -> consume and shows the result.
+was revoked), then runs refresh-tokens -> schedule -> consume and shows the result. A demo
+that synced nothing raises ``ClearliftError`` (exit 1): it must never look like a success.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from clearlift_cli import app as core
 from clearlift_cli import settings as settings_mod
+from clearlift_cli.errors import ClearliftError
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.timeutil import SYSTEM_CLOCK, iso_z
 
@@ -31,14 +33,15 @@ DEMO_CONNECTIONS = [
 ]
 
 
-def run_demo(home: str | None, console) -> dict:
+def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> dict:
+    """Run the demo; ``sandbox`` is an unstarted ``Sandbox`` to use instead of a fresh one."""
     from rich.table import Table
 
     started = time.monotonic()
     home_dir = Path(home).expanduser() if home else Path(tempfile.mkdtemp(prefix="clearlift-demo-"))
     home_dir.mkdir(parents=True, exist_ok=True)
     key = base64.b64encode(os.urandom(32)).decode()
-    with Sandbox() as sb:
+    with sandbox or Sandbox() as sb:
         env = sb.env()
         flags = {"home": str(home_dir), "encryption_key": key}
         s = settings_mod.resolve(flags, environ=env, read_config=False)
@@ -94,4 +97,10 @@ def run_demo(home: str | None, console) -> dict:
     console.print("rows: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     console.print(f"done in {time.monotonic() - started:.1f}s. Inspect: CLEARLIFT_HOME={home_dir} clearlift status"
                   + ("" if home else "   (temporary directory; use --home DIR to keep it somewhere you choose)"))
+    if result.summary()["records"] == 0:
+        errors = sorted({o.error for o in result.outcomes if o.error})
+        raise ClearliftError(
+            "the demo synced nothing" + (f" (first error: {errors[0]})" if errors else ""),
+            hint=f"CLEARLIFT_HOME={home_dir} clearlift status shows every job's error",
+        )
     return {"home": str(home_dir), "totals": totals, "consume": result.summary()}
