@@ -105,6 +105,17 @@ def date_slices(since: date, until: date, max_days: int | None) -> list[tuple[da
     return out
 
 
+def date_runs(days) -> list[tuple[date, date]]:
+    """Sorted runs of consecutive dates, each as (first, last)."""
+    out: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if out and day == out[-1][1] + timedelta(days=1):
+            out[-1] = (out[-1][0], day)
+        else:
+            out.append((day, day))
+    return out
+
+
 class Consumer:
     def __init__(
         self, settings: Settings, store: Store, *, warehouse: Warehouse | None = None,
@@ -364,8 +375,28 @@ class Consumer:
             n = with_refresh(write_slice)
             self.store.record_slice(msg.job_id, conn.id, s.isoformat(), e.isoformat(), n)
             records += n
+        if not is_ads:
+            progress("late refunds", total_slices, total_slices)
+            records += with_refresh(lambda c: self._late_refunds(c, owner, account, window))
         progress("completed", total_slices, total_slices)
         return records
+
+    def _late_refunds(self, client, owner: RowOwner, account, window) -> int:
+        """Refunds created in the job's window on charges created before it (a refund made
+        weeks after the sale): update those charges where they are stored and rebuild the
+        revenue of their days. Charges created in the window were just read afresh."""
+        until = min(window.end, self.clock.now())
+        if until <= window.start:
+            return 0
+        synced_at = self.clock.now()
+        charges = (ch for ch in client.refunded_charges(window.start, until) if ch.created_at < window.start)
+        if self.warehouse.single_writer:
+            charges = list(charges)
+        with self.warehouse.transaction() as w:
+            n, days = w.update_stored_charges(owner, account, charges, synced_at)
+            for first, last in date_runs(days):
+                n += w.rebuild_daily_revenue(owner, account, first, last, synced_at)
+        return n
 
     # -- endings (each one store transaction, fenced by the lease) -------------------------
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 
+from clearlift_cli.timeutil import iso_z
 from tests.e2e import Env, coverage, make_visible, micros, queue_row, store_bytes, store_text, without_synced_at
 
 UTC = timezone.utc
@@ -167,28 +168,40 @@ def charge_expected(wire: list[dict], tz: str) -> dict:
     for ch in wire:
         created = datetime.fromtimestamp(ch["created"], UTC)
         out[ch["id"]] = (ch["amount"], ch["amount_refunded"], ch["currency"].upper(), ch["status"], ch["paid"],
-                         ch["customer"], created, created.astimezone(zone).date())
+                         ch["customer"], created, created.astimezone(zone).date(), ch["amount_captured"],
+                         ch["captured"])
     return out
 
 
 def charge_stored(env: Env, org: str, account: str) -> dict:
     return {r["charge_id"]: (r["amount_minor"], r["amount_refunded_minor"], r["currency"], r["status"], r["paid"],
-                             r["customer_id"], r["created_at"], r["charge_date"])
+                             r["customer_id"], r["created_at"], r["charge_date"], r["amount_captured_minor"],
+                             r["captured"])
             for r in env.warehouse_rows("stripe_charges", organization_id=org, account_id=account)}
 
 
 def revenue_expected(wire: list[dict], tz: str) -> dict:
-    """Per local day and currency: gross and refunds of paid, succeeded charges; net; count."""
+    """Per local day and currency: what paid, succeeded charges captured (an authorisation
+    never captured is no revenue), what was refunded of it, net, and their count."""
     zone = ZoneInfo(tz)
     acc = defaultdict(lambda: [0, 0, 0])
     for ch in wire:
-        if ch["paid"] and ch["status"] == "succeeded":
+        if ch["paid"] and ch["status"] == "succeeded" and ch["captured"]:
             day = datetime.fromtimestamp(ch["created"], UTC).astimezone(zone).date()
             a = acc[(day, ch["currency"].upper())]
-            a[0] += ch["amount"]
+            a[0] += ch["amount_captured"]
             a[1] += ch["amount_refunded"]
             a[2] += 1
     return {k: (g, r, g - r, n) for k, (g, r, n) in acc.items()}
+
+
+def local_window(start: datetime, end: datetime, tz: str) -> tuple[date, date, datetime, datetime]:
+    """The whole local days a job over [start, end) reads: first and last day, UTC bounds."""
+    zone = ZoneInfo(tz)
+    first_day = start.astimezone(zone).date()
+    last_day = (end - timedelta(microseconds=1)).astimezone(zone).date()
+    return (first_day, last_day, datetime.combine(first_day, dtime.min, zone).astimezone(UTC),
+            datetime.combine(last_day + timedelta(days=1), dtime.min, zone).astimezone(UTC))
 
 
 def revenue_stored(env: Env, org: str, account: str) -> dict:
@@ -291,3 +304,113 @@ def test_stripe_401_fails_for_reauth_without_storing_the_key_and_429_defers(env,
     assert (q["state"], q["attempts"]) == ("ready", 0)
     assert 90 < q["visible_at"] - time.time() <= 121
     assert env.run_json("queue")["paused_platforms"] == {}
+
+
+def test_stripe_authorisations_never_captured_are_no_revenue_and_partial_captures_count_in_part(env, sandbox):
+    st = sandbox.stripe
+    acct, tz = "acct_1Captures", "Etc/UTC"
+    st.configure_account(acct, currency="usd", time_zone=tz, charges_per_day=10)
+    conn = env.add("org-1", "stripe", acct, st.issue_key(acct))
+    env.run("sync", conn, "--now", "--since", "2024-01-01", "--until", "2024-01-31")
+    env.run("consume", "--max-seconds", "60")
+
+    assert env.jobs(conn)[0]["status"] == "completed", env.jobs(conn)[0]["error_message"]
+    wire = st.charges_between(acct, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC))
+    held = [ch for ch in wire if ch["paid"] and ch["status"] == "succeeded" and not ch["captured"]]
+    partial = [ch for ch in wire if ch["captured"] and ch["amount_captured"] < ch["amount"]]
+    assert held and partial  # authorised only (paid, succeeded all the same); captured in part
+    assert charge_stored(env, "org-1", acct) == charge_expected(wire, tz)
+    revenue = revenue_stored(env, "org-1", acct)
+    assert revenue == revenue_expected(wire, tz)
+    day = datetime.fromtimestamp(held[0]["created"], UTC).date()
+    counted = [ch for ch in wire if ch["paid"] and ch["status"] == "succeeded" and ch["captured"]
+               and datetime.fromtimestamp(ch["created"], UTC).date() == day]
+    assert revenue[(day, "USD")][0] == sum(ch["amount_captured"] for ch in counted)
+    assert revenue[(day, "USD")][3] == len(counted)
+
+
+def test_stripe_restricted_key_syncs_in_utc_days_or_the_configured_time_zone(env, sandbox):
+    st = sandbox.stripe
+    until = today() - timedelta(days=1)
+    since = until - timedelta(days=2)
+    start, end = datetime.combine(since, dtime.min, UTC), datetime.combine(until + timedelta(days=1), dtime.min, UTC)
+    cases = {"acct_1RakUtc": (None, "Etc/UTC"),
+             "acct_1RakNewYork": ('{"time_zone": "America/New_York"}', "America/New_York")}
+    keys, conns = {}, {}
+    for acct, (settings, _) in cases.items():
+        # The account's own time zone is Tokyo, but a read-only key cannot read the account.
+        st.configure_account(acct, currency="gbp", time_zone="Asia/Tokyo", charges_per_day=9)
+        keys[acct] = st.issue_key(acct, restricted=True)
+        conns[acct] = env.add("org-1", "stripe", acct, keys[acct], settings=settings)
+        env.run("sync", conns[acct], "--now", "--since", since.isoformat(), "--until", until.isoformat())
+    env.run("consume", "--max-seconds", "60")
+
+    for acct, (_, tz) in cases.items():
+        (job,) = env.jobs(conns[acct])
+        assert job["status"] == "completed", job["error_message"]
+        _, _, lstart, lend = local_window(start, end, tz)
+        wire = st.charges_between(acct, lstart, lend)
+        assert charge_stored(env, "org-1", acct) == charge_expected(wire, tz)
+        assert revenue_stored(env, "org-1", acct) == revenue_expected(wire, tz)
+        assert {c for _, c in revenue_stored(env, "org-1", acct)} == {"GBP"}  # each charge's own currency
+        account_calls = [r for r in st.requests_to(r"^/v1/account$")
+                         if r.headers.get("authorization") == f"Bearer {keys[acct]}"]
+        assert account_calls  # asked, was refused (403), and went on
+    utc_days = {d for d, _ in revenue_stored(env, "org-1", "acct_1RakUtc")}
+    assert utc_days == {since + timedelta(days=i) for i in range(3)}  # whole UTC days, no more
+
+
+def test_stripe_refund_on_a_charge_from_60_days_ago_reaches_net_revenue_at_the_next_incremental_sync(env, sandbox):
+    st = sandbox.stripe
+    acct, tz = "acct_1LateRefund", "America/New_York"
+    st.configure_account(acct, currency="usd", time_zone=tz, charges_per_day=5)
+    conn = env.add("org-1", "stripe", acct, st.issue_key(acct))
+    env.run("sync", conn, "--now", "--since", (today() - timedelta(days=65)).isoformat())
+    env.run("consume", "--max-seconds", "60")
+    assert env.jobs(conn)[0]["status"] == "completed", env.jobs(conn)[0]["error_message"]
+
+    day = today() - timedelta(days=60)  # a day of the account's (New York) calendar
+    zone = ZoneInfo(tz)
+    lstart = datetime.combine(day, dtime.min, zone).astimezone(UTC)
+    lend = datetime.combine(day + timedelta(days=1), dtime.min, zone).astimezone(UTC)
+    wire = st.charges_between(acct, lstart, lend)
+    sale = next(ch for ch in wire if ch["paid"] and ch["captured"] and ch["amount_refunded"] == 0)
+    before = revenue_stored(env, "org-1", acct)[(day, "USD")]
+    assert before == revenue_expected(wire, tz)[(day, "USD")]
+    others = {k: v for k, v in revenue_stored(env, "org-1", acct).items() if k[0] != day}
+
+    st.refund(sale["id"], 250)  # today: two months after the sale, far outside any lookback
+    with env.store() as c:  # the connection is due again: its last sync was two hours ago
+        c.execute("UPDATE platform_connections SET last_synced_at = ? WHERE id = ?",
+                  (iso_z(datetime.now(UTC) - timedelta(hours=2)), conn))
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+
+    latest = env.jobs(conn)[-1]
+    assert latest["job_type"] == "incremental" and latest["status"] == "completed", latest["error_message"]
+    assert env.window_days(latest["id"])[0] >= today() - timedelta(days=4)  # the charge is far outside it
+    after = revenue_stored(env, "org-1", acct)[(day, "USD")]
+    assert after == revenue_expected(st.charges_between(acct, lstart, lend), tz)[(day, "USD")]
+    assert (after[0], after[1], after[2], after[3]) == (before[0], before[1] + 250, before[2] - 250, before[3])
+    (stored,) = [r for r in env.warehouse_rows("stripe_charges", organization_id="org-1", account_id=acct)
+                 if r["charge_id"] == sale["id"]]
+    assert stored["amount_refunded_minor"] == 250
+    # Days with no late refund keep their rows (the recent ones were re-read, same values).
+    now_rows = revenue_stored(env, "org-1", acct)
+    assert {k: v for k, v in now_rows.items() if k in others and k[0] < today() - timedelta(days=5)} == {
+        k: v for k, v in others.items() if k[0] < today() - timedelta(days=5)}
+
+
+def test_stripe_endless_pagination_fails_the_job_once_with_a_clear_message(env, sandbox):
+    st = sandbox.stripe
+    st.configure_account("acct_1Loop", charges_per_day=60)
+    st.pagination = "repeat"  # has_more forever and starting_after ignored: the same page again
+    conn = env.add("org-1", "stripe", "acct_1Loop", st.issue_key("acct_1Loop"))
+    env.run("sync", conn, "--now")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn)
+    assert job["status"] == "failed" and "pagination repeats itself" in job["error_message"]
+    q = queue_row(env, job["id"])
+    assert (q["state"], q["attempts"]) == ("dead", 1)
+    assert len(st.requests_to(r"^/v1/charges$")) == 2

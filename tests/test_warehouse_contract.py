@@ -17,6 +17,7 @@ from clearlift_cli.errors import ConfigError, WarehouseError
 from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
 from clearlift_cli.warehouse import RowOwner, open_warehouse
 from clearlift_cli.warehouse.base import CHUNK_SIZE
+from clearlift_cli.warehouse.schema import SCHEMA_VERSION
 
 UTC = timezone.utc
 T1 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -104,9 +105,9 @@ def test_init_schema_twice_is_a_no_op(wh, warehouse_url):
     finally:
         again.close()
 
-    assert wh.schema_version() == 1
+    assert wh.schema_version() == SCHEMA_VERSION
     assert raw_query(warehouse_url, "SELECT id, schema_version FROM clearlift_warehouse_meta") == [
-        (1, 1)
+        (1, SCHEMA_VERSION)
     ]
     assert wh.fetch_rows("google_ads_campaigns") == before
     assert all(wh.count_rows(t) == 0 for t in ALL_TABLES if t != "google_ads_campaigns")
@@ -149,7 +150,9 @@ def test_schema_stores_money_as_integers_and_never_floats(wh, warehouse_url):
             assert cols["conversions"] == exact
             assert cols["metric_date"] == day
     charges = types("stripe_charges")
-    assert [charges[c] for c in ("amount_minor", "amount_refunded_minor")] == [integer, integer]
+    assert [charges[c] for c in ("amount_minor", "amount_refunded_minor", "amount_captured_minor")] == [
+        integer
+    ] * 3
     assert (charges["created_at"], charges["charge_date"]) == (stamp, day)
     revenue = types("stripe_daily_revenue")
     assert [revenue[c] for c in ("gross_minor", "refunded_minor", "net_minor", "charge_count")] == [
@@ -426,8 +429,11 @@ def charge(
     status="succeeded",
     paid=True,
     customer="cus_1",
+    captured=None,
 ):
-    return Charge(charge_id, amount, refunded, currency.upper(), status, paid, customer, at)
+    """A charge; ``captured``: the amount captured when not all of it (0: not captured)."""
+    return Charge(charge_id, amount, refunded, currency.upper(), status, paid, customer, at,
+                  amount if captured is None else captured, captured is None or captured > 0)
 
 
 def utc_at(text: str) -> datetime:
@@ -550,6 +556,69 @@ def test_revenue_rebuild_is_scoped_to_its_owner(wh):
     assert [
         r["gross_minor"] for r in wh.fetch_rows("stripe_daily_revenue", organization_id="org-2")
     ] == [500]
+
+
+def test_only_captured_amounts_are_revenue(wh):
+    charges = [
+        charge("ch_full", 1_000, at=utc_at("2024-03-05T14:00:00")),
+        charge("ch_held", 5_000, captured=0, at=utc_at("2024-03-05T15:00:00")),  # authorised only
+        charge("ch_part", 2_000, captured=1_200, refunded=200, at=utc_at("2024-03-05T16:00:00")),
+    ]
+    with wh.transaction() as w:
+        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, charges, T1)
+        w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1)
+    stored = {r["charge_id"]: r for r in wh.fetch_rows("stripe_charges")}
+    assert (stored["ch_held"]["captured"], stored["ch_held"]["amount_captured_minor"]) == (False, 0)
+    assert (stored["ch_part"]["captured"], stored["ch_part"]["amount_captured_minor"]) == (True, 1_200)
+    (day,) = wh.fetch_rows("stripe_daily_revenue")
+    assert (day["gross_minor"], day["refunded_minor"], day["net_minor"], day["charge_count"]) == (
+        2_200, 200, 2_000, 2)
+
+
+def test_rows_stored_before_captures_were_count_in_full(wh, warehouse_url):
+    with wh.transaction() as w:
+        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, [
+            charge("ch_old", 700, refunded=100, at=utc_at("2024-03-05T14:00:00"))], T1)
+    # What a schema-1 row looks like once the columns were added: NULL.
+    raw_query(warehouse_url, "UPDATE stripe_charges SET amount_captured_minor = NULL, captured = NULL")
+    with wh.transaction() as w:
+        w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1)
+    (day,) = wh.fetch_rows("stripe_daily_revenue")
+    assert (day["gross_minor"], day["net_minor"], day["charge_count"]) == (700, 600, 1)
+
+
+def test_a_schema_1_warehouse_gains_the_capture_columns(wh, warehouse_url):
+    for column in ("amount_captured_minor", "captured"):
+        raw_query(warehouse_url, f"ALTER TABLE stripe_charges DROP COLUMN {column}")
+    raw_query(warehouse_url, "UPDATE clearlift_warehouse_meta SET schema_version = 1")
+    again = open_warehouse(warehouse_url)
+    try:
+        again.init_schema()
+        with again.transaction() as w:
+            w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, [
+                charge("ch_held", 900, captured=0, at=utc_at("2024-03-05T14:00:00"))], T1)
+        assert again.fetch_rows("stripe_charges")[0]["captured"] is False
+    finally:
+        again.close()
+    assert wh.schema_version() == SCHEMA_VERSION
+
+
+def test_update_stored_charges_touches_stored_charges_only_and_names_their_days(wh):
+    old = charge("ch_old", 1_000, at=utc_at("2024-01-10T14:00:00"))
+    with wh.transaction() as w:
+        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, [old], T1)
+    later = [
+        charge("ch_old", 1_000, refunded=1_000, at=utc_at("2024-01-10T14:00:00")),
+        charge("ch_never_synced", 300, refunded=300, at=utc_at("2023-12-01T14:00:00")),
+    ]
+    other = RowOwner("org-2", "org-2-stripe-acct_1", "acct_1")
+    with wh.transaction() as w:
+        assert w.update_stored_charges(other, STRIPE_ACCOUNT, later, T2) == (0, set())
+        assert w.update_stored_charges(STRIPE_OWNER, STRIPE_ACCOUNT, iter(later), T2) == (
+            1, {date(2024, 1, 10)})
+    stored = {r["charge_id"]: r for r in wh.fetch_rows("stripe_charges")}
+    assert set(stored) == {"ch_old"}  # no lone charge on a day never synced
+    assert (stored["ch_old"]["amount_refunded_minor"], stored["ch_old"]["last_synced_at"]) == (1_000, T2)
 
 
 # --- opening ---------------------------------------------------------------------------------

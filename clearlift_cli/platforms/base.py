@@ -79,6 +79,11 @@ class Charge:
     paid: bool
     customer_id: str | None
     created_at: datetime  # aware UTC
+    # What was captured: an authorisation not (yet) captured is not revenue, and a partial
+    # capture is revenue only for the captured part. None: the platform did not say
+    # (``amount_minor`` then stands for it).
+    amount_captured_minor: int | None = None
+    captured: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,12 @@ class RevenueClient(PlatformClient):
     @abstractmethod
     def charges(self, since: datetime, until: datetime) -> Iterator[Charge]:
         """Charges created in [since, until) (all pages)."""
+
+    def refunded_charges(self, since: datetime, until: datetime) -> Iterator[Charge]:
+        """The charges, as they are now, that had a refund created in [since, until),
+        whenever the charge itself was created (a repeated charge may come more than once):
+        how a refund made weeks after the sale reaches the stored charge. Default: none."""
+        return iter(())
 
 
 # A module-level function with this signature refreshes a token; it returns None when the

@@ -81,6 +81,30 @@ class WarehouseWriter(ABC):
 
         return self._upsert(schema.STRIPE_CHARGES, schema.charge_rows(owner, account, rows, synced_at))
 
+    def update_stored_charges(
+        self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
+    ) -> tuple[int, set[date]]:
+        """Upsert those of ``rows`` already stored for the owner's account (a refund made
+        long after the charge changes a charge synced earlier); charges never stored are
+        left out, so no day gets a lone charge. Returns how many rows were written and the
+        charge dates they were and are on (to rebuild their revenue)."""
+        from clearlift_cli.warehouse import schema
+
+        written, days = 0, set()
+        date_at = schema.STRIPE_CHARGES.column_names.index("charge_date")
+        for chunk in chunked(rows):
+            stored = self._stored_charge_dates(owner, sorted({c.charge_id for c in chunk}))
+            keep = list(schema.charge_rows(
+                owner, account, (c for c in chunk if c.charge_id in stored), synced_at))
+            days.update(stored.values())
+            days.update(row[date_at] for row in keep)
+            written += self._upsert(schema.STRIPE_CHARGES, keep)
+        return written, days
+
+    @abstractmethod
+    def _stored_charge_dates(self, owner: RowOwner, charge_ids: list[str]) -> dict[str, date]:
+        """charge id -> charge_date of those of ``charge_ids`` stored for the owner's account."""
+
     @abstractmethod
     def rebuild_daily_revenue(
         self, owner: RowOwner, account: Account, since: date, until: date, synced_at: datetime
@@ -88,7 +112,9 @@ class WarehouseWriter(ABC):
         """Recompute ``stripe_daily_revenue`` for ``since``..``until`` (inclusive, account
         time zone dates) from every stored charge of the owner's account, replacing the
         rows of that range; returns the number of revenue rows written. Only charges that
-        are paid and succeeded count (gross, refunded, net = gross - refunded, count)."""
+        are paid, succeeded and captured count: gross is what was captured (the whole amount
+        for rows stored before captures were), refunded what was refunded of it, net = gross -
+        refunded, and their count. An authorisation never captured is no revenue."""
 
 
 class Warehouse(ABC):

@@ -157,11 +157,14 @@ class PostgresWriter(WarehouseWriter):
                     sql.SQL(
                         "INSERT INTO {rev} ({cols}) "
                         "SELECT %s::text, %s::text, %s::text, charge_date, currency, "
-                        "SUM(amount_minor), SUM(amount_refunded_minor), "
-                        "SUM(amount_minor) - SUM(amount_refunded_minor), COUNT(*), "
+                        "SUM(COALESCE(amount_captured_minor, amount_minor)), "
+                        "SUM(amount_refunded_minor), "
+                        "SUM(COALESCE(amount_captured_minor, amount_minor)) "
+                        "- SUM(amount_refunded_minor), COUNT(*), "
                         "%s::timestamptz FROM {charges} "
                         "WHERE organization_id = %s AND account_id = %s "
                         "AND charge_date BETWEEN %s AND %s AND paid AND status = 'succeeded' "
+                        "AND COALESCE(captured, TRUE) "
                         "GROUP BY charge_date, currency"
                     ).format(
                         rev=rev,
@@ -184,6 +187,20 @@ class PostgresWriter(WarehouseWriter):
                 return cur.rowcount
         except psycopg.Error as exc:
             raise self._wh._error("rebuilding stripe_daily_revenue", exc) from None
+
+    def _stored_charge_dates(self, owner: RowOwner, charge_ids: list[str]) -> dict[str, date]:
+        self._check_open()
+        try:
+            rows = self._conn.execute(
+                sql.SQL(
+                    "SELECT charge_id, charge_date FROM {} WHERE organization_id = %s "
+                    "AND account_id = %s AND charge_id = ANY(%s)"
+                ).format(sql.Identifier(STRIPE_CHARGES.name)),
+                (owner.organization_id, owner.account_id, list(charge_ids)),
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise self._wh._error("reading stripe_charges", exc) from None
+        return dict(rows)
 
 
 class PostgresWarehouse(Warehouse):

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from clearlift_cli.warehouse.base import RowOwner
 
 # Bump when TABLES change; init_schema adds what an older warehouse lacks.
-SCHEMA_VERSION = 1
+# 2: stripe_charges.amount_captured_minor and captured.
+SCHEMA_VERSION = 2
 META_TABLE = "clearlift_warehouse_meta"
 AD_PLATFORMS = ("google", "facebook", "tiktok")
 
@@ -138,6 +139,9 @@ STRIPE_CHARGES = Table(
         Column("created_at", "timestamptz", True),
         Column("charge_date", "date", True),
         Column("last_synced_at", "timestamptz", True),
+        # Added in schema 2 (NULL on older rows: count them as captured in full).
+        Column("amount_captured_minor", "bigint"),
+        Column("captured", "boolean"),
     ),
     key=("organization_id", "account_id", "charge_id"),
     indexes=(
@@ -312,6 +316,8 @@ def charge_rows(
             # The day the charge happened where the account lives, not in UTC.
             created.astimezone(tz).date(),
             synced,
+            optional_integer(ch.amount_captured_minor, "amount_captured_minor"),
+            bool(ch.captured),
         )
 
 

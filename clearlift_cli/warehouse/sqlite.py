@@ -148,11 +148,12 @@ class SqliteWriter(WarehouseWriter):
             )
             cur = self._conn.execute(
                 f"INSERT INTO {rev} ({_cols(STRIPE_DAILY_REVENUE.column_names)}) "
-                "SELECT ?, ?, ?, charge_date, currency, SUM(amount_minor), "
-                "SUM(amount_refunded_minor), SUM(amount_minor) - SUM(amount_refunded_minor), "
+                "SELECT ?, ?, ?, charge_date, currency, "
+                "SUM(coalesce(amount_captured_minor, amount_minor)), SUM(amount_refunded_minor), "
+                "SUM(coalesce(amount_captured_minor, amount_minor)) - SUM(amount_refunded_minor), "
                 f"COUNT(*), ? FROM {ch} "
                 "WHERE organization_id = ? AND account_id = ? AND charge_date BETWEEN ? AND ? "
-                "AND paid = 1 AND status = 'succeeded' "
+                "AND paid = 1 AND status = 'succeeded' AND coalesce(captured, 1) = 1 "
                 "GROUP BY charge_date, currency",
                 (
                     owner.organization_id,
@@ -168,6 +169,24 @@ class SqliteWriter(WarehouseWriter):
         except sqlite3.Error as exc:
             raise _sqlite_error("rebuilding stripe_daily_revenue", exc, self._where) from exc
         return cur.rowcount
+
+    def _stored_charge_dates(self, owner: RowOwner, charge_ids: list[str]) -> dict[str, date]:
+        if self.closed:
+            raise RuntimeError("this warehouse transaction has ended")
+        out: dict[str, date] = {}
+        for start in range(0, len(charge_ids), 500):  # well under SQLite's variable limit
+            part = charge_ids[start:start + 500]
+            try:
+                rows = self._conn.execute(
+                    f"SELECT charge_id, charge_date FROM {_q(STRIPE_CHARGES.name)} "
+                    "WHERE organization_id = ? AND account_id = ? "
+                    f"AND charge_id IN ({', '.join('?' * len(part))})",
+                    (owner.organization_id, owner.account_id, *part),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise _sqlite_error("reading stripe_charges", exc, self._where) from exc
+            out.update((charge_id, date.fromisoformat(day)) for charge_id, day in rows)
+        return out
 
 
 class SqliteWarehouse(Warehouse):

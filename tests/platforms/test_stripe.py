@@ -11,15 +11,16 @@ import requests
 from clearlift_cli.errors import AuthRevoked, PermanentError, RateLimited, TransientError
 from clearlift_cli.platforms import platform_module
 from clearlift_cli.platforms.base import Account, Charge, Credentials, PlatformContext
-from clearlift_cli.platforms.stripe import StripeClient, refresh_token
+from clearlift_cli.platforms.stripe import STRIPE_VERSION, MissingPermission, StripeClient, refresh_token
 from clearlift_cli.sandbox.server import SandboxServer
-from clearlift_cli.sandbox.stripe import DEFAULT_ACCOUNT, StripeApp
+from clearlift_cli.sandbox.stripe import DEFAULT_ACCOUNT, DEFAULT_API_VERSION, StripeApp
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
 
 UTC = timezone.utc
 ACCOUNT = "acct_1TestShop"
 CHARGES = r"^/v1/charges$"
+REFUNDS = r"^/v1/refunds$"
 
 
 @pytest.fixture
@@ -69,6 +70,8 @@ def _expected(wire) -> list[Charge]:
             paid=row["paid"],
             customer_id=row["customer"],
             created_at=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=row["created"]),
+            amount_captured_minor=row["amount_captured"],
+            captured=row["captured"],
         )
         for row in wire
     ]
@@ -258,3 +261,163 @@ def test_keys_issued_by_the_token_authority_read_the_default_account(app, ctx):
     got = list(StripeClient(ctx, Credentials(key)).charges(since, until))
 
     assert got == _expected(app.charges_between(DEFAULT_ACCOUNT, since, until))
+
+
+# --- restricted keys --------------------------------------------------------------------------
+
+
+def _client(ctx, key, **connection_settings) -> StripeClient:
+    ctx = PlatformContext(settings=ctx.settings, account_id=ctx.account_id, clock=ctx.clock,
+                          connection_settings=connection_settings)
+    return StripeClient(ctx, Credentials(access_token=key))
+
+
+def test_a_restricted_key_cannot_read_the_account_and_falls_back_to_utc(app, ctx):
+    app.configure_account(ACCOUNT, currency="eur", time_zone="Europe/Paris")
+    key = app.issue_key(ACCOUNT, restricted=True)
+    assert key.startswith("rk_test_")
+
+    account = _client(ctx, key).account()
+
+    assert account == Account(account_id=ACCOUNT, currency="XXX", time_zone="Etc/UTC", name=None)
+    (sent,) = app.requests_to(r"^/v1/account$")
+    # What Stripe answers a read-only restricted key there, word for word.
+    answer = requests.get(f"{ctx.settings.stripe_url}/v1/account", timeout=5,
+                          headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 403
+    message = answer.json()["error"]["message"]
+    assert message.startswith("The provided key 'rk_test_***") and f"on account '{ACCOUNT}'" in message
+    assert "Having the 'rak_accounts_kyc_id_numbers_read' permission would allow" in message
+    # The charges still come, each with its own currency.
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
+    got = list(_client(ctx, key).charges(since, until))
+    assert got == _expected(app.charges_between(ACCOUNT, since, until)) and {c.currency for c in got} == {"EUR"}
+
+
+def test_settings_time_zone_names_the_days_and_overrides_the_account(app, ctx):
+    app.configure_account(ACCOUNT, time_zone="Asia/Tokyo")
+    restricted = app.issue_key(ACCOUNT, restricted=True)
+    secret = app.issue_key(ACCOUNT)
+
+    assert _client(ctx, restricted, time_zone="America/New_York").account().time_zone == "America/New_York"
+    assert _client(ctx, secret, time_zone="America/New_York").account().time_zone == "America/New_York"
+    assert _client(ctx, secret).account().time_zone == "Asia/Tokyo"
+    with pytest.raises(PermanentError, match=r"settings.time_zone 'Mars/Olympus' is not an IANA"):
+        _client(ctx, restricted, time_zone="Mars/Olympus").account()
+
+
+def test_a_restricted_key_without_charges_fails_saying_which_permission_without_the_key(app, ctx):
+    key = app.issue_key(ACCOUNT, restricted=True, permissions={"rak_refund_read"})
+
+    with pytest.raises(MissingPermission) as info:
+        list(_client(ctx, key).charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+
+    assert "403" in str(info.value) and "rak_charge_read" in str(info.value)
+    assert key not in str(info.value) and key[-6:] not in str(info.value)
+    assert len(app.requests_to(CHARGES)) == 1  # not retried
+
+
+# --- captures and the pinned API version --------------------------------------------------
+
+
+def test_authorisations_and_partial_captures_are_parsed_as_captured(app, client):
+    app.configure_account(ACCOUNT, charges_per_day=10)
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 31, tzinfo=UTC)
+
+    got = list(client.charges(since, until))
+
+    held = [c for c in got if not c.captured]
+    partial = [c for c in got if c.captured and c.amount_captured_minor < c.amount_minor]
+    held_ok = [c for c in held if c.paid and c.status == "succeeded"]
+    assert held_ok and partial  # authorised but never captured: paid and succeeded all the same
+    assert all(c.amount_captured_minor == 0 and c.amount_refunded_minor == 0 for c in held_ok)
+    assert all(c.amount_refunded_minor == 0 for c in partial)
+
+
+def test_every_request_pins_the_api_version_so_a_released_rest_is_no_refund(app, client):
+    app.configure_account(ACCOUNT, charges_per_day=10)
+    since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 31, tzinfo=UTC)
+    # The account's own (older) version counts what a partial capture left as refunded.
+    old = {c["id"]: c for c in app.charges_between(ACCOUNT, since, until, api_version=DEFAULT_API_VERSION)}
+    partial = [c for c in old.values() if c["captured"] and c["amount_captured"] < c["amount"]]
+    assert partial and all(c["amount_refunded"] == c["amount"] - c["amount_captured"] for c in partial)
+
+    got = {c.charge_id: c for c in client.charges(since, until)}
+
+    assert all(got[c["id"]].amount_refunded_minor == 0 for c in partial)
+    assert {r.headers.get("stripe-version") for r in app.requests} == {STRIPE_VERSION}
+
+
+# --- refunds by their own time -----------------------------------------------------------------
+
+
+def test_refunded_charges_come_by_the_refund_time_whatever_the_charge_time(app, client):
+    old_day = app.charges_between(ACCOUNT, datetime(2024, 1, 10, tzinfo=UTC), datetime(2024, 1, 11, tzinfo=UTC))
+    old = next(c for c in old_day if c["paid"] and c["captured"] and c["amount_refunded"] == 0)
+    at = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
+    refund = app.refund(old["id"], 300, created=at)
+    since, until = at - timedelta(hours=1), at + timedelta(hours=1)
+
+    got = list(client.refunded_charges(since, until))
+
+    mine = [c for c in got if c.charge_id == old["id"]]
+    assert len(mine) == 1 and mine[0].amount_refunded_minor == 300
+    assert mine[0].created_at == datetime.fromtimestamp(old["created"], UTC)  # the charge's own time
+    # Every refund of that hour, generated ones included, and nothing else.
+    want = app.refunds_between(ACCOUNT, since, until)
+    assert refund["id"] in [r["id"] for r in want] and len(got) == len(want)
+    (sent,) = app.requests_to(REFUNDS)
+    assert sent.query["expand[]"] == "data.charge" and sent.query["limit"] == "100"
+    assert (sent.query["created[gte]"], sent.query["created[lt]"]) == (
+        str(int(since.timestamp())), str(int(until.timestamp())))
+
+
+def test_refunds_come_in_pages(app, client):
+    app.configure_account(ACCOUNT, charges_per_day=30)
+    since, until = datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 20, tzinfo=UTC)
+    want = app.refunds_between(ACCOUNT, since, until)
+    assert len(want) > 100
+
+    got = list(client.refunded_charges(since, until))
+
+    assert [c.charge_id for c in got] == [r["charge"] for r in want]
+    assert len(app.requests_to(REFUNDS)) == -(-len(want) // 100)
+
+
+def test_a_key_that_cannot_list_refunds_warns_and_still_syncs(app, ctx, caplog):
+    key = app.issue_key(ACCOUNT, restricted=True, permissions={"rak_charge_read"})
+    client = _client(ctx, key)
+
+    with caplog.at_level("WARNING", logger="clearlift.stripe"):
+        got = list(client.refunded_charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC)))
+
+    assert got == []
+    assert "cannot list refunds" in caplog.text and "Read on Refunds" in caplog.text
+    assert key not in caplog.text
+    assert list(client.charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+
+
+# --- endless pagination ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("walk", ["charges", "refunds"])
+def test_a_page_that_repeats_itself_fails_the_walk(app, client, walk):
+    app.configure_account(ACCOUNT, charges_per_day=30)
+    app.pagination = "repeat"  # has_more forever, starting_after ignored
+    since, until = datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 20, tzinfo=UTC)
+
+    with pytest.raises(PermanentError, match="pagination repeats itself"):
+        list(getattr(client, "charges" if walk == "charges" else "refunded_charges")(since, until))
+
+    assert len(app.requests_to(CHARGES if walk == "charges" else REFUNDS)) == 2
+
+
+def test_an_endless_walk_stops_at_the_page_cap(app, client):
+    app.pagination = "endless"  # fresh, ever older charges, has_more forever
+    client.max_pages = 7
+
+    with pytest.raises(PermanentError, match="still had more after 7 pages"):
+        for _ in client.charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC)):
+            pass
+
+    assert len(app.requests_to(CHARGES)) == 7
