@@ -160,7 +160,7 @@ def parse_charge(row: dict[str, Any]) -> Charge:
 
 
 class StripeClient(RevenueClient):
-    """The charges of one Stripe account, read with its secret key."""
+    """The charges of one Stripe account, read with its secret or restricted key."""
 
     platform = PLATFORM
     # Backfills commit a month at a time.
@@ -194,7 +194,7 @@ class StripeClient(RevenueClient):
             return None
         try:
             ZoneInfo(str(value))
-        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
             raise PermanentError(
                 f"stripe: settings.{TIME_ZONE_SETTING} {str(value)[:64]!r} is not an IANA time "
                 'zone name (e.g. "America/New_York")', platform=PLATFORM,
