@@ -1,6 +1,8 @@
 """HTTP for platform clients: timeouts, classified errors, short retries, no leaked secrets.
 
-``HttpClient.request`` sends one request and returns the parsed JSON body. Each platform
+``HttpClient.request`` sends one request and returns the parsed JSON body;
+``HttpClient.stream_array`` yields the elements of an answer that is one JSON array as they
+arrive (Google's ``searchStream``), holding one element at a time. Each platform
 passes a ``classify(response, body)`` function that raises the right
 ``clearlift_cli.errors`` exception for an error answer (or returns for a good one).
 Network failures, timeouts and bodies that are not JSON become ``TransientError``.
@@ -10,18 +12,20 @@ defer the job instead of holding a worker. Every message is redacted.
 
 Three things are refused whatever the platform: a redirect (none of these APIs redirect,
 and requests would carry ``Access-Token`` / ``developer-token`` to the other host; only
-``Authorization`` is dropped), an answer larger than ``MAX_RESPONSE_BYTES``, and a proxy
+``Authorization`` is dropped), an answer (or, streamed, one element of it) larger than
+``MAX_RESPONSE_BYTES``, and a proxy
 for loopback targets (the sandbox, the demo): ``http_proxy`` / ``https_proxy`` /
 ``NO_PROXY`` apply to every other host as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from tenacity import (
@@ -32,6 +36,7 @@ from tenacity import (
 )
 
 from clearlift_cli.errors import PermanentError, RateLimited, TokenExpired, TransientError
+from clearlift_cli.platforms.jsonstream import StreamError, iter_json_array
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
@@ -42,10 +47,12 @@ Classify = Callable[["Response", Any], None]
 # A rate-limit wait up to this long is slept in place; longer ones defer the job.
 SHORT_WAIT_SECONDS = 5.0
 # The largest answer read into memory (after decompression). A page of any platform is
-# well under a megabyte; a bigger answer (e.g. a whole window of a huge Google account in one
-# searchStream) fails the job with a clear message instead of exhausting memory.
+# well under a megabyte; a bigger answer fails the job with a clear message instead of
+# exhausting memory. Google's searchStream is decoded element by element, so there the cap
+# bounds one batch (10,000 rows, about 4 MB), not the whole answer.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
+_END = object()
 
 
 class Response:
@@ -186,6 +193,49 @@ class HttpClient:
         data: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
+        return self._retrying()(
+            self._once, method, url, classify=classify, params=params,
+            json_body=json_body, data=data, headers=headers,
+        )
+
+    def stream_array(
+        self,
+        method: str,
+        url: str,
+        *,
+        classify: Classify,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Iterator[Any]:
+        """Send one request whose good answer is a JSON array and yield its elements as they
+        arrive, each passed through ``classify`` first (a stream may end in an error
+        element). An error status is read whole and classified as ``request`` does. A
+        failure before the first element is retried like ``request``; one after it raises
+        ``TransientError`` (what was yielded cannot be taken back: the caller's transaction
+        must be)."""
+        def first_element():
+            resp, response = self._open(method, url, classify=classify, json_body=json_body, headers=headers)
+            elements = self._elements(resp)
+            try:
+                element = next(elements, _END)
+                if element is not _END:
+                    classify(response, element)  # raises for an error element
+            except BaseException:
+                resp.close()
+                raise
+            return resp, response, elements, element
+
+        resp, response, elements, element = self._retrying()(first_element)
+        try:
+            while element is not _END:
+                yield element
+                element = next(elements, _END)
+                if element is not _END:
+                    classify(response, element)
+        finally:
+            resp.close()
+
+    def _retrying(self) -> Retrying:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, RateLimited):
@@ -199,32 +249,21 @@ class HttpClient:
                 return exc.retry_after <= SHORT_WAIT_SECONDS
             return isinstance(exc, TransientError)
 
-        retrying = Retrying(
+        return Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait,
             retry=retry_if_exception(retryable),
             sleep=self.clock.sleep,
             reraise=True,
         )
-        return retrying(
-            self._once, method, url, classify=classify, params=params,
-            json_body=json_body, data=data, headers=headers,
-        )
 
-    def _once(self, method, url, *, classify, params, json_body, data, headers) -> Any:
+    @contextlib.contextmanager
+    def _network_errors(self):
+        """Turn the network's exceptions into ``TransientError``."""
         import requests
 
-        self.requests_sent += 1
         try:
-            resp = self._session_for(url).request(
-                method, url, params=params, json=json_body, data=data,
-                headers=dict(headers or {}), timeout=(min(10.0, self.timeout), self.timeout),
-                allow_redirects=False, stream=True,
-            )
-            try:
-                raw = _read_capped(resp, self.max_response_bytes, self.platform)
-            finally:
-                resp.close()
+            yield
         except requests.Timeout:
             raise TransientError(
                 f"{self.platform}: request timed out after {self.timeout:g}s", platform=self.platform
@@ -237,6 +276,8 @@ class HttpClient:
             raise TransientError(
                 f"{self.platform}: request failed: {redact(exc)}", platform=self.platform
             ) from None
+
+    def _refuse_redirect(self, resp) -> None:
         if 300 <= resp.status_code < 400:
             # None of these APIs redirect: a 3xx means the request is not reaching the platform
             # (a wrong *_URL setting, an intercepting proxy or captive portal). Following it
@@ -248,6 +289,20 @@ class HttpClient:
                 "(the platform API does not redirect: check the API URL setting and any proxy)",
                 platform=self.platform,
             )
+
+    def _once(self, method, url, *, classify, params, json_body, data, headers) -> Any:
+        self.requests_sent += 1
+        with self._network_errors():
+            resp = self._session_for(url).request(
+                method, url, params=params, json=json_body, data=data,
+                headers=dict(headers or {}), timeout=(min(10.0, self.timeout), self.timeout),
+                allow_redirects=False, stream=True,
+            )
+            try:
+                raw = _read_capped(resp, self.max_response_bytes, self.platform)
+            finally:
+                resp.close()
+        self._refuse_redirect(resp)
         text = raw.decode(resp.encoding or "utf-8", errors="replace")
         response = Response(resp.status_code, resp.headers, text, redact(resp.url))
         log.debug("%s %s -> %s", method, response.url, resp.status_code)
@@ -265,3 +320,57 @@ class HttpClient:
                 platform=self.platform,
             )
         return body
+
+    def _open(self, method, url, *, classify, json_body, headers):
+        """Send a streamed request. An error status is read whole (capped) and classified,
+        which raises; a good answer comes back unread, with the ``Response`` its elements
+        are classified by."""
+        self.requests_sent += 1
+        with self._network_errors():
+            resp = self._session_for(url).request(
+                method, url, json=json_body, headers=dict(headers or {}),
+                timeout=(min(10.0, self.timeout), self.timeout), allow_redirects=False, stream=True,
+            )
+            if resp.status_code >= 300:
+                try:
+                    raw = _read_capped(resp, self.max_response_bytes, self.platform)
+                finally:
+                    resp.close()
+        self._refuse_redirect(resp)
+        if resp.status_code >= 300:
+            text = raw.decode(resp.encoding or "utf-8", errors="replace")
+            response = Response(resp.status_code, resp.headers, text, redact(resp.url))
+            log.debug("%s %s -> %s", method, response.url, resp.status_code)
+            try:
+                body = json.loads(text) if text else None
+            except ValueError:
+                body = None
+            for observe in self.observers:
+                observe(response)
+            classify(response, body)
+            kind = "an HTML page" if text.lstrip().startswith("<") else "no readable error"
+            raise TransientError(f"{self.platform}: HTTP {resp.status_code} answered with {kind}",
+                                 platform=self.platform)
+        response = Response(resp.status_code, resp.headers, "", redact(resp.url))
+        log.debug("%s %s -> %s (streamed)", method, response.url, resp.status_code)
+        for observe in self.observers:
+            observe(response)
+        return resp, response
+
+    def _elements(self, resp) -> Iterator[Any]:
+        """The decoded elements of a streamed answer; each may hold at most
+        ``max_response_bytes`` (counted in characters) before it is complete."""
+        try:
+            with self._network_errors():
+                yield from iter_json_array(resp.iter_content(_READ_CHUNK), max_chars=self.max_response_bytes)
+        except StreamError as exc:
+            if exc.kind == "too-large":
+                raise PermanentError(
+                    f"{self.platform}: one element of the streamed answer is larger than "
+                    f"{self.max_response_bytes / (1024 * 1024):.3g} MiB; refused to keep memory bounded",
+                    platform=self.platform,
+                ) from None
+            raise TransientError(
+                f"{self.platform}: HTTP {resp.status_code} answered with malformed or truncated JSON: {exc}",
+                platform=self.platform,
+            ) from None
