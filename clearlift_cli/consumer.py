@@ -25,7 +25,7 @@ from typing import Callable
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.errors import (
-    AuthRevoked, ClearliftError, ConfigError, CryptoError, NotFound, PermanentError,
+    AccountUnavailable, AuthRevoked, ClearliftError, ConfigError, CryptoError, NotFound, PermanentError,
     RateLimited, StoreError, TokenExpired, TransientError, WarehouseError,
 )
 from clearlift_cli.models import ClaimedMessage, Connection
@@ -324,8 +324,25 @@ class Consumer:
                     raise AuthRevoked(f"{again} (even after a token refresh)", platform=conn.platform,
                                       definitive=False) from None
 
-        account = with_refresh(lambda c: c.account())
-        owner = RowOwner(conn.organization_id, conn.id, conn.account_id)
+        # Usually one account; a Google manager connection syncs each selected client, and
+        # one client failing (unlinked, cancelled, a passing error) does not stop the others.
+        ids = with_refresh(lambda c: c.accounts())
+        failed: dict[str, Exception] = {}
+
+        def each_account(fn, only=None):
+            out = {}
+            for aid in ids if only is None else only:
+                if aid in failed:
+                    continue
+                try:
+                    out[aid] = with_refresh(lambda c, aid=aid: fn(aid, c.for_account(aid)))
+                except (AccountUnavailable, TransientError) as exc:
+                    if len(ids) == 1 or isinstance(exc, (RateLimited, TokenExpired)):
+                        raise
+                    failed[aid] = exc
+            return out
+
+        accounts = each_account(lambda aid, c: c.account())
         window = msg.sync_window
         since = window.start.date()
         # the window's end is exclusive: a window ending at midnight stops the day before
@@ -347,7 +364,9 @@ class Consumer:
             progress(f"slice {i + 1}/{total_slices} {s}..{e}", i, total_slices)
             synced_at = self.clock.now()
 
-            def write_slice(c, first=(i == 0), s=s, e=e):
+            def write_slice(aid, c, first=(i == 0), s=s, e=e):
+                account = accounts[aid]
+                owner = RowOwner(conn.organization_id, conn.id, aid)
                 if is_ads:
                     campaigns = c.campaigns() if first else iter(())
                     metrics = c.daily_metrics(s, e)
@@ -372,12 +391,20 @@ class Consumer:
                     n = w.upsert_charges(owner, account, charges, synced_at)
                     return n + w.rebuild_daily_revenue(owner, account, first_day, last_day, synced_at)
 
-            n = with_refresh(write_slice)
-            self.store.record_slice(msg.job_id, conn.id, s.isoformat(), e.isoformat(), n)
+            n = sum(each_account(write_slice, only=list(accounts)).values())
             records += n
+            # A slice counts as done only when every account has it: a retry redoes the rest.
+            if not failed:
+                self.store.record_slice(msg.job_id, conn.id, s.isoformat(), e.isoformat(), n)
+        if failed:
+            raise _accounts_failed(conn.platform, ids, failed, records)
         if not is_ads:
             progress("late refunds", total_slices, total_slices)
-            records += with_refresh(lambda c: self._late_refunds(c, owner, account, window))
+            for aid, account in accounts.items():
+                owner = RowOwner(conn.organization_id, conn.id, aid)
+                records += with_refresh(
+                    lambda c, aid=aid, owner=owner, account=account:
+                    self._late_refunds(c.for_account(aid), owner, account, window))
         progress("completed", total_slices, total_slices)
         return records
 
@@ -496,6 +523,18 @@ class Consumer:
             (previous_status if previous_status in ("pending", "completed", "failed") else "pending",
              connection_id),
         )
+
+
+def _accounts_failed(platform: str, ids: list[str], failed: dict[str, Exception], records: int) -> Exception:
+    """One error for the accounts of a connection that failed while the others synced:
+    permanent when any failure is (retrying cannot fix it), else transient."""
+    synced = len(ids) - len(failed)
+    text = (f"{platform}: {len(failed)} of {len(ids)} accounts failed "
+            f"({synced} synced, {records} records written): "
+            + "; ".join(f"account {aid}: {exc}" for aid, exc in failed.items()))
+    if any(isinstance(exc, PermanentError) for exc in failed.values()):
+        return PermanentError(text, platform=platform)
+    return TransientError(text, platform=platform)
 
 
 def _with_records(metadata: str | None, records: int) -> str:

@@ -136,6 +136,16 @@ class PermanentError(PlatformError):
     """Retrying will not help: fail the job now (unknown account, bad request, ...)."""
 
 
+class AccountUnavailable(PermanentError):
+    """One account cannot be synced (no access to it any more, cancelled, a manager that has
+    no metrics of its own) while the connection's token is fine: where one connection
+    reaches several accounts (a Google manager's clients), the others still sync."""
+
+    def __init__(self, message: str, *, account_id: str, platform: str | None = None):
+        super().__init__(message, platform=platform)
+        self.account_id = account_id
+
+
 class AuthRevoked(PermanentError):
     """The token is revoked or can no longer be refreshed: the user must reconnect.
 

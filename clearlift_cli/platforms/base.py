@@ -120,6 +120,17 @@ class PlatformClient(ABC):
     def account(self) -> Account:
         """The account's currency and time zone (and name when the platform gives it)."""
 
+    def accounts(self) -> list[str]:
+        """The accounts this connection syncs, by the id their warehouse rows carry: its own
+        account (a list of one), unless one login reaches several (a Google manager and its
+        selected client accounts). The consumer syncs each through ``for_account``; one
+        failing with ``AccountUnavailable`` or a transient error does not stop the others."""
+        return [self.ctx.account_id]
+
+    def for_account(self, account_id: str) -> "PlatformClient":
+        """The client of one of ``accounts()`` (this one for the connection's own)."""
+        return self
+
 
 class AdsClient(PlatformClient):
     kind: ClassVar[str] = "ads"

@@ -1,19 +1,33 @@
 """Google Ads over REST: GAQL through ``googleAds:searchStream``, tokens from Google OAuth.
 
-Wire facts (see PLATFORM_APIS.md): the stream answer is a JSON array of batches, int64
-values are strings, doubles are numbers, a zero field may be missing, and errors carry a
+Wire facts (see PLATFORM_APIS.md): the stream answer is a JSON array of batches (decoded
+batch by batch as it arrives, so memory holds one batch, not the answer), int64 values are
+strings, doubles are numbers, a zero field may be missing, and errors carry a
 ``GoogleAdsFailure`` in ``error.details`` (sometimes wrapped in an array). Quota errors put
 the wait in the body (``retryDelay``), and a developer-token quota blocks the whole app.
+A sunset API version answers HTTP 404, often an HTML page (older versions first answered
+``requestError: UNSUPPORTED_VERSION``): both fail the job with what to set instead.
+
+Manager (MCC) accounts: when the API worker connects a manager, ``account_id`` is the
+manager and ``settings.accountSelection`` names its clients to sync (``{"mode":
+"selected", "selectedAccounts": ["123-456-7890", ...]}``, or ``{"mode": "all"}`` for every
+enabled non-manager client found through the ``customer_client`` resource). Metrics cannot
+be requested for a manager (``queryError: REQUESTED_METRICS_FOR_MANAGER``), so each client
+is queried itself with ``login-customer-id`` = the manager (``accounts`` /
+``for_account``), and a client the user can no longer reach fails alone.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any, Iterator
 
 from clearlift_cli import redact as redaction
 from clearlift_cli.errors import (
+    AccountUnavailable,
     AuthRevoked,
     MissingAppCredentials,
     PermanentError,
@@ -31,6 +45,7 @@ from clearlift_cli.platforms.base import (
     PlatformContext,
     TokenGrant,
 )
+from clearlift_cli.platforms import versions
 from clearlift_cli.platforms.http import HttpClient, Response
 from clearlift_cli.redact import redact
 
@@ -43,6 +58,13 @@ ACCOUNT_QUERY = (
 CAMPAIGNS_QUERY = (
     "SELECT campaign.id, campaign.name, campaign.status, campaign.advertising_channel_type, "
     "campaign_budget.amount_micros FROM campaign WHERE campaign.status != 'REMOVED'"
+)
+# Every client under a manager, direct and indirect, and the manager itself (level 0).
+# Fields as documented for the customer_client resource (v23-v26 reference pages).
+CUSTOMER_CLIENTS_QUERY = (
+    "SELECT customer_client.id, customer_client.descriptive_name, customer_client.manager, "
+    "customer_client.level, customer_client.status, customer_client.currency_code, "
+    "customer_client.time_zone FROM customer_client"
 )
 METRICS_QUERY = (
     "SELECT campaign.id, segments.date, metrics.impressions, metrics.clicks, "
@@ -65,6 +87,20 @@ _DEVELOPER_TOKEN_CODES = {
     "DEVELOPER_TOKEN_NOT_APPROVED",
     "DEVELOPER_TOKEN_PROHIBITED",
 }
+
+# Errors about one customer account, not about the token or the app: where a connection
+# reaches several accounts (a manager's clients) the others still sync. USER_PERMISSION_DENIED
+# is what an unlinked client answers (the Ads API forum: "if the link between the manager
+# and client account was removed"); INVALID_LOGIN_CUSTOMER_ID_SERVING_CUSTOMER_ID_COMBINATION
+# is the documented code for a login customer that does not manage the account. Doubt:
+# CUSTOMER_NOT_FOUND is not in the v21 RequestError/AuthorizationError enums we read; it is
+# kept here in case another error category uses it.
+_UNREACHABLE_CODES = {
+    "USER_PERMISSION_DENIED",
+    "INVALID_LOGIN_CUSTOMER_ID_SERVING_CUSTOMER_ID_COMBINATION",
+    "CUSTOMER_NOT_FOUND",
+}
+_ACCOUNT_CODES = _UNREACHABLE_CODES | {"CUSTOMER_NOT_ENABLED", "REQUESTED_METRICS_FOR_MANAGER"}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
@@ -121,13 +157,42 @@ def _short(text: object) -> str:
     return clean if len(clean) <= _MAX_MESSAGE_CHARS else clean[: _MAX_MESSAGE_CHARS - 3] + "..."
 
 
-def classify(response: Response, body: Any) -> None:
+def dashed(customer_id: str) -> str:
+    """``1234567890`` as Google Ads shows it to people: ``123-456-7890``."""
+    return f"{customer_id[:3]}-{customer_id[3:6]}-{customer_id[6:]}" if len(customer_id) == 10 else customer_id
+
+
+def _account_advice(codes: set[str], customer: str | None, manager: str | None) -> str:
+    """What the user must do about an error that concerns one customer account."""
+    who = f"customer {dashed(customer)}" if customer else "the customer account"
+    through = f" through manager {dashed(manager)}" if manager and manager != customer else ""
+    if codes & _UNREACHABLE_CODES:
+        return (f"the Google user who connected this account cannot reach {who}{through}: if it was "
+                "unlinked from the manager, link it again or remove it from the connection's selected "
+                "accounts; otherwise reconnect with a user who has access to it")
+    if "CUSTOMER_NOT_ENABLED" in codes:
+        return (f"{who} is cancelled, suspended or not fully set up: re-enable it in Google Ads or "
+                "remove it from the connection's selected accounts")
+    return (f"{who} is a manager account, which has no metrics of its own: select its client "
+            'accounts (settings.accountSelection, {"mode": "all"} or {"mode": "selected", '
+            '"selectedAccounts": [...]})')
+
+
+def classify(
+    response: Response, body: Any, *, customer: str | None = None, manager: str | None = None,
+    version_gone: str | None = None,
+) -> None:
     """Raise the ``clearlift_cli.errors`` exception for a Google Ads error answer.
 
     Returns for a good answer, and for a non-JSON one with a status that says nothing more
-    (``HttpClient`` then reports a malformed body as ``TransientError``)."""
+    (``HttpClient`` then reports a malformed body as ``TransientError``). ``customer`` and
+    ``manager`` (digits) name the account asked for and the login customer in messages;
+    ``version_gone`` is the message for an answer that says the API version is gone (a 404
+    on a version the sunset table says is past, or ``UNSUPPORTED_VERSION``)."""
     error = _error_of(body)
     status = response.status
+    if status == 404 and version_gone:
+        raise PermanentError(version_gone, platform=PLATFORM)
     if error is None:
         if status < 400:
             return
@@ -185,6 +250,12 @@ def classify(response: Response, body: Any) -> None:
             retry_after=max(delays) if delays else response.retry_after(DEFAULT_RETRY_DELAY_SECONDS),
             scope=scope, platform=PLATFORM,
         )
+    if "UNSUPPORTED_VERSION" in codes:
+        raise PermanentError(version_gone or f"{text} (check CLEARLIFT_GOOGLE_ADS_API_VERSION)",
+                             platform=PLATFORM)
+    if codes & _ACCOUNT_CODES and code not in (401, 429):
+        raise AccountUnavailable(f"{text} — {_account_advice(codes, customer, manager)}",
+                                 account_id=customer or "", platform=PLATFORM)
     if codes & _DEVELOPER_TOKEN_CODES:
         raise PermanentError(
             f"{text} (check GOOGLE_ADS_DEVELOPER_TOKEN: the app's developer token was refused)",
@@ -263,10 +334,13 @@ class GoogleAdsClient(AdsClient):
     # settings.attribution_window_days = 30.
     attribution_window_days = None
 
-    def __init__(self, ctx: PlatformContext, credentials: Credentials):
+    def __init__(self, ctx: PlatformContext, credentials: Credentials, *, manager_id: str | None = None):
         super().__init__(ctx, credentials)
         redaction.register(credentials.access_token, credentials.refresh_token)
         self.http = _http(ctx)
+        # Set on the client of one of a manager connection's client accounts: the manager.
+        self.manager_id = manager_id
+        self._clients: dict[str, GoogleAdsClient] = {}
 
     # --- requests ------------------------------------------------------------------------
 
@@ -275,11 +349,17 @@ class GoogleAdsClient(AdsClient):
         return customer_id_digits(self.ctx.account_id)
 
     def _login_customer_id(self) -> str | None:
+        """The ``login-customer-id`` header: the connection's own setting
+        (``login_customer_id`` or ``manager_customer_id``), else the manager a manager
+        connection was made through, else the app-wide GOOGLE_ADS_LOGIN_CUSTOMER_ID."""
         conn = self.ctx.connection_settings or {}
-        # The connection's own manager account wins over the app-wide default.
-        raw = conn.get("login_customer_id") or conn.get("loginCustomerId")
-        if raw:
-            return customer_id_digits(raw, "login_customer_id")
+        for key in ("login_customer_id", "manager_customer_id", "loginCustomerId", "managerCustomerId"):
+            if conn.get(key):
+                return customer_id_digits(conn[key], f"settings.{key}")
+        if self.manager_id:
+            return self.manager_id
+        if self._selection() is not None:  # the manager itself (its customer_client list)
+            return self.customer_id
         if self.ctx.settings.google_ads_login_customer_id:
             return customer_id_digits(
                 self.ctx.settings.google_ads_login_customer_id, "GOOGLE_ADS_LOGIN_CUSTOMER_ID"
@@ -301,25 +381,42 @@ class GoogleAdsClient(AdsClient):
             headers["login-customer-id"] = login
         return headers
 
+    def _version_gone(self) -> str:
+        version = self.ctx.settings.google_ads_api_version
+        today = self.ctx.clock.now().date()
+        known = versions.check(PLATFORM, version, today)
+        return versions.sunset_message(PLATFORM, version, known.sunset, today)
+
+    def _classify(self, response: Response, body: Any) -> None:
+        version_gone = None
+        if response.status == 404:
+            # Only a version the table says is past: a 404 on a live one is a wrong URL.
+            version = self.ctx.settings.google_ads_api_version
+            if versions.check(PLATFORM, version, self.ctx.clock.now().date()).is_sunset:
+                version_gone = self._version_gone()
+        elif response.status >= 400:
+            version_gone = self._version_gone()  # used only for UNSUPPORTED_VERSION
+        classify(response, body, customer=self.customer_id, manager=self._login_customer_id(),
+                 version_gone=version_gone)
+
     def search_stream(self, query: str, phase: str | None = None) -> Iterator[dict]:
-        """Every result row of a GAQL query, yielded batch by batch as they were streamed."""
+        """Every result row of a GAQL query, yielded batch by batch as the batches arrive
+        (one batch in memory at a time). A stream that breaks after some rows were yielded
+        raises ``TransientError``: the caller's transaction must not keep a partial answer."""
         settings = self.ctx.settings
         url = (
             f"{settings.google_ads_url}/{settings.google_ads_api_version}/customers/"
             f"{self.customer_id}/googleAds:searchStream"
         )
-        body = self.http.request(
-            "POST", url, classify=classify, json_body={"query": query}, headers=self._headers()
-        )
-        if not isinstance(body, list):
-            raise TransientError(
-                "google: searchStream answered with something other than an array of batches",
-                platform=PLATFORM,
-            )
         done = 0
-        for batch in body:
+        batches = self.http.stream_array(
+            "POST", url, classify=self._classify, json_body={"query": query}, headers=self._headers()
+        )
+        for batch in batches:
             results = batch.get("results") if isinstance(batch, dict) else None
             if results is None:
+                if not isinstance(batch, dict):
+                    raise TransientError("google: a stream batch is not an object", platform=PLATFORM)
                 continue  # an empty stream is one batch with only fieldMask and requestId
             if not isinstance(results, list):
                 raise TransientError("google: a stream batch has no result list", platform=PLATFORM)
@@ -327,6 +424,68 @@ class GoogleAdsClient(AdsClient):
             done += len(results)
             if phase and self.ctx.progress:
                 self.ctx.progress(phase, done, None)
+
+    # --- manager accounts -------------------------------------------------------------------
+
+    def _selection(self) -> tuple[str, list[str]] | None:
+        """``settings.accountSelection`` as (mode, selected customer ids), or None."""
+        raw = (self.ctx.connection_settings or {}).get("accountSelection")
+        if raw is None or self.manager_id:
+            return None
+        if isinstance(raw, str):  # stored as JSON text inside the settings JSON
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raw = None
+        mode = raw.get("mode") if isinstance(raw, dict) else None
+        if mode == "all":
+            return "all", []
+        selected = raw.get("selectedAccounts") if isinstance(raw, dict) else None
+        if mode != "selected" or not isinstance(selected, list):
+            raise PermanentError(
+                f"google: settings.accountSelection of manager {self.ctx.account_id} must be "
+                '{"mode": "all"} or {"mode": "selected", "selectedAccounts": [customer ids]}, '
+                f"not {_short(json.dumps(raw) if not isinstance(raw, str) else raw)}",
+                platform=PLATFORM,
+            )
+        ids = [customer_id_digits(x, "settings.accountSelection.selectedAccounts entry") for x in selected]
+        if not ids:
+            raise PermanentError(
+                f"google: settings.accountSelection of manager {self.ctx.account_id} selects no "
+                "client accounts: select at least one (or use {\"mode\": \"all\"})",
+                platform=PLATFORM,
+            )
+        return "selected", list(dict.fromkeys(ids))
+
+    def accounts(self) -> list[str]:
+        """The connection's own account, or, for a manager connection, the client accounts
+        its ``accountSelection`` names (mode ``all``: every enabled, non-manager client
+        under the manager, from ``customer_client``). Client ids are digits only, as
+        their warehouse rows carry them."""
+        selection = self._selection()
+        if selection is None:
+            return [self.ctx.account_id]
+        mode, selected = selection
+        own = self.customer_id
+        if mode == "all":
+            selected = []
+            for row in self.search_stream(CUSTOMER_CLIENTS_QUERY):
+                client = row.get("customerClient") or {}
+                if client.get("manager") or client.get("status") != "ENABLED" or not client.get("id"):
+                    continue
+                selected.append(customer_id_digits(client["id"]))
+        # The connection's own id keeps the spelling its rows have always carried.
+        return [self.ctx.account_id if cid == own else cid for cid in dict.fromkeys(selected)]
+
+    def for_account(self, account_id: str) -> "GoogleAdsClient":
+        """The client for one of ``accounts()``: a manager's client is queried itself, with
+        the manager as ``login-customer-id``."""
+        if account_id == self.ctx.account_id:
+            return self
+        if account_id not in self._clients:
+            ctx = replace(self.ctx, account_id=account_id)
+            self._clients[account_id] = GoogleAdsClient(ctx, self.credentials, manager_id=self.customer_id)
+        return self._clients[account_id]
 
     # --- the AdsClient interface ------------------------------------------------------------
 

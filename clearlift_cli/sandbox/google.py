@@ -10,6 +10,14 @@ clearlift sends. Data is deterministic per customer id; ``campaign_rows`` and
     app.configure_account("1234567890", campaigns=4, currency="EUR")
     access, refresh = app.tokens.issue(ttl=3600)
     app.exhaust_quota(times=1, retry_delay=40, rate_scope="DEVELOPER")
+
+Manager (MCC) accounts: ``configure_account(mid, manager=True)`` and, for each client,
+``configure_account(cid, manager_id=mid)``. A client then answers only with a
+``login-customer-id`` naming one of its managers (``USER_PERMISSION_DENIED`` otherwise, as
+after an unlink: ``accessible=False``); the manager answers ``FROM customer_client`` with
+itself and every client below it, and refuses metrics (``REQUESTED_METRICS_FOR_MANAGER``).
+A sunset API version (``clearlift_cli.platforms.versions``, on the sandbox's clock) gets
+Google's HTML 404 page.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable
 
+from clearlift_cli.platforms import versions
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.data import days, rng
 from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
@@ -41,6 +50,16 @@ FIELDS: dict[str, tuple[str, str, str]] = {
     "customer.descriptive_name": ("customer", "descriptiveName", "string"),
     "customer.currency_code": ("customer", "currencyCode", "string"),
     "customer.time_zone": ("customer", "timeZone", "string"),
+    "customer.manager": ("customer", "manager", "bool"),
+    "customer_client.id": ("customerClient", "id", "int64"),
+    "customer_client.descriptive_name": ("customerClient", "descriptiveName", "string"),
+    "customer_client.manager": ("customerClient", "manager", "bool"),
+    "customer_client.level": ("customerClient", "level", "int64"),
+    "customer_client.status": ("customerClient", "status", "enum"),
+    "customer_client.currency_code": ("customerClient", "currencyCode", "string"),
+    "customer_client.time_zone": ("customerClient", "timeZone", "string"),
+    "customer_client.hidden": ("customerClient", "hidden", "bool"),
+    "customer_client.client_customer": ("customerClient", "clientCustomer", "string"),
     "campaign.id": ("campaign", "id", "int64"),
     "campaign.name": ("campaign", "name", "string"),
     "campaign.status": ("campaign", "status", "enum"),
@@ -55,10 +74,12 @@ FIELDS: dict[str, tuple[str, str, str]] = {
 }
 _FROM = {
     "customer": {f for f in FIELDS if f.startswith("customer.")},
-    "campaign": {f for f in FIELDS if not f.startswith("customer.")},
+    # customer_client rows may also select the fields of the customer asked (attributed).
+    "customer_client": {f for f in FIELDS if f.startswith(("customer_client.", "customer."))},
+    "campaign": {f for f in FIELDS if not f.startswith(("customer.", "customer_client."))},
 }
 # Objects that carry a resourceName when any of their fields is selected, as Google does.
-_RESOURCE_OBJECTS = {"customer", "campaign", "campaignBudget"}
+_RESOURCE_OBJECTS = {"customer", "customerClient", "campaign", "campaignBudget"}
 
 # The selections clearlift sends (PLATFORM_APIS.md); the public row helpers project on them.
 CAMPAIGN_FIELDS = [
@@ -207,9 +228,10 @@ class CustomerConfig:
     currency: str = "USD"
     time_zone: str = "America/New_York"
     name: str | None = None
-    enabled: bool = True  # False: 403 CUSTOMER_NOT_ENABLED
-    accessible: bool = True  # False: 403 USER_PERMISSION_DENIED
-    manager_id: str | None = None  # set: the login-customer-id header must name it
+    enabled: bool = True  # False: 403 CUSTOMER_NOT_ENABLED (customer_client status CANCELED)
+    accessible: bool = True  # False: 403 USER_PERMISSION_DENIED (e.g. unlinked from its manager)
+    manager_id: str | None = None  # set: the login-customer-id header must name it (or its managers)
+    manager: bool = False  # a manager (MCC): no campaigns, no metrics, clients below it
 
 
 @dataclass
@@ -225,6 +247,7 @@ class _StreamFault:
     after_batches: int
     code: int
     status: str
+    query: str | None = None  # a regex: only streams whose GAQL matches it
 
 
 def google_error(
@@ -258,7 +281,20 @@ def _wire(value: Any, kind: str) -> Any:
         return str(value) if value else None
     if kind == "double":
         return float(value) if value else None
+    if kind == "bool":
+        return True if value else None
     return value
+
+
+def not_found_page(path: str) -> bytes:
+    """Google's front end 404 page, as a retired API version gets it (HTML, not JSON)."""
+    return (
+        "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n"
+        "  <title>Error 404 (Not Found)!!1</title>\n"
+        "  <p><b>404.</b> <ins>That\u2019s an error.</ins>\n"
+        f"  <p>The requested URL <code>{path}</code> was not found on this server.  "
+        "<ins>That\u2019s all we know.</ins>\n"
+    ).encode()
 
 
 class GoogleAdsApp(PlatformApp):
@@ -316,16 +352,18 @@ class GoogleAdsApp(PlatformApp):
             self._quota.append(_QuotaFault(times, retry_delay, rate_scope))
 
     def break_stream(self, times: int = 1, after_batches: int = 1, code: int = 500,
-                     status: str = "INTERNAL") -> None:
-        """The next ``times`` searchStream answers are HTTP 200 arrays that end in an error
-        element after ``after_batches`` good batches, as a stream that fails midway does."""
+                     status: str = "INTERNAL", query: str | None = None) -> None:
+        """The next ``times`` searchStream answers (to a GAQL query matching the regex
+        ``query``, when given) are HTTP 200 arrays that end in an error element after
+        ``after_batches`` good batches, as a stream that fails midway does."""
         with self._lock:
-            self._stream_faults.append(_StreamFault(times, after_batches, code, status))
+            self._stream_faults.append(_StreamFault(times, after_batches, code, status, query))
 
-    def _take(self, faults: list) -> Any:
+    def _take(self, faults: list, text: str = "") -> Any:
         with self._lock:
             for fault in faults:
-                if fault.times != 0:
+                if fault.times != 0 and not (getattr(fault, "query", None)
+                                             and not re.search(fault.query, text)):
                     fault.times -= 1
                     return fault
         return None
@@ -333,6 +371,8 @@ class GoogleAdsApp(PlatformApp):
     # --- deterministic data -----------------------------------------------------------------
 
     def _campaigns(self, cid: str, config: CustomerConfig) -> list[dict]:
+        if config.manager:
+            return []  # a manager account has no campaigns of its own
         removed = config.campaigns // 3 if config.removed is None else config.removed
         out: list[dict] = []
         seen: set[int] = set()
@@ -380,13 +420,18 @@ class GoogleAdsApp(PlatformApp):
 
     def _full_rows(self, cid: str, config: CustomerConfig, query: Query) -> list[dict]:
         """Rows with every field the sandbox knows, as {GAQL field: value}."""
+        me = {
+            "customer.id": int(cid),
+            "customer.descriptive_name": config.name or f"Sandbox Account {cid[-4:]}",
+            "customer.currency_code": config.currency,
+            "customer.time_zone": config.time_zone,
+            "customer.manager": config.manager,
+        }
         if query.resource == "customer":
-            return [{
-                "customer.id": int(cid),
-                "customer.descriptive_name": config.name or f"Sandbox Account {cid[-4:]}",
-                "customer.currency_code": config.currency,
-                "customer.time_zone": config.time_zone,
-            }]
+            return [me]
+        if query.resource == "customer_client":
+            return [{**me, **self._client_fields(client_id, client, level)}
+                    for client_id, client, level in self.clients_of(cid)]
         campaigns = [
             c for c in self._campaigns(cid, config)
             if (query.status_in is None or c["status"] in query.status_in)
@@ -409,6 +454,37 @@ class GoogleAdsApp(PlatformApp):
                 rows.append(row)
         return rows
 
+    def clients_of(self, manager_id: str) -> list[tuple[str, CustomerConfig, int]]:
+        """(customer id, config, level) of the manager itself (level 0) and of every customer
+        below it, direct (1) or through other managers (2, ...), as ``customer_client`` has
+        them. A client unlinked (``accessible=False``) is no longer below its manager."""
+        with self._lock:
+            customers = dict(self._customers)
+        out = [(manager_id, customers.get(manager_id) or CustomerConfig(), 0)]
+        frontier = [manager_id]
+        level = 0
+        while frontier:
+            level += 1
+            below = [cid for cid, c in sorted(customers.items())
+                     if c.manager_id in frontier and c.accessible and cid != manager_id]
+            out += [(cid, customers[cid], level) for cid in below]
+            frontier = [cid for cid in below if customers[cid].manager]
+        return out
+
+    @staticmethod
+    def _client_fields(cid: str, config: CustomerConfig, level: int) -> dict:
+        return {
+            "customer_client.id": int(cid),
+            "customer_client.descriptive_name": config.name or f"Sandbox Account {cid[-4:]}",
+            "customer_client.manager": config.manager,
+            "customer_client.level": level,
+            "customer_client.status": "ENABLED" if config.enabled else "CANCELED",
+            "customer_client.currency_code": config.currency,
+            "customer_client.time_zone": config.time_zone,
+            "customer_client.hidden": False,
+            "customer_client.client_customer": f"customers/{cid}",
+        }
+
     @staticmethod
     def _campaign_fields(c: dict) -> dict:
         return {
@@ -429,6 +505,8 @@ class GoogleAdsApp(PlatformApp):
             if obj in _RESOURCE_OBJECTS and "resourceName" not in target:
                 if obj == "customer":
                     target["resourceName"] = f"customers/{cid}"
+                elif obj == "customerClient":
+                    target["resourceName"] = f"customers/{cid}/customerClients/{full['customer_client.id']}"
                 elif obj == "campaign":
                     target["resourceName"] = f"customers/{cid}/campaigns/{full['campaign.id']}"
                 else:
@@ -465,12 +543,33 @@ class GoogleAdsApp(PlatformApp):
         if not match or request.method != "POST":
             return Reply(404, google_error(404, "NOT_FOUND", f"Not found: {request.path}"))
         version, method = match.group("version"), match.group("method")
+        if self.version_is_gone(version):
+            # Google's front end answers a retired version before the API sees the request.
+            return Reply(404, not_found_page(request.path), {"Content-Type": "text/html; charset=UTF-8"})
         reply = self._data(request, version, match.group("cid"), method)
         # A failed searchStream answers its error inside the stream's array.
         if method == "searchStream" and reply.status >= 400 and self.wrap_stream_errors:
             if isinstance(reply.body, dict) and "error" in reply.body:
                 reply.body = [reply.body]
         return reply
+
+    def version_is_gone(self, version: str) -> bool:
+        """Past its sunset on the sandbox's clock, or older than every version in the table."""
+        today = datetime.fromtimestamp(self.clock(), timezone.utc).date()
+        if versions.check("google", version, today).is_sunset:
+            return True
+        known = [int(v[1:]) for v in versions.SUNSETS["google"]]
+        return version[1:].isdigit() and int(version[1:]) < min(known)
+
+    def managers_above(self, customer_id: str) -> list[str]:
+        """The managers of ``customer_id``, nearest first (each may be the login customer)."""
+        out: list[str] = []
+        with self._lock:
+            config = self._customers.get(customer_id)
+            while config is not None and config.manager_id and config.manager_id not in out:
+                out.append(config.manager_id)
+                config = self._customers.get(config.manager_id)
+        return out
 
     def _data(self, request: Request, version: str, raw_cid: str, method: str) -> Reply:
         def fail(code: int, status: str, message: str, error_code: dict | None = None,
@@ -514,7 +613,7 @@ class GoogleAdsApp(PlatformApp):
             "client customer, the manager's customer id must be set in the 'login-customer-id' header."
         )
         if config is None or not config.accessible or (
-            config.manager_id is not None and login != config.manager_id
+            config.manager_id is not None and login not in self.managers_above(raw_cid)
         ):
             return fail(403, "PERMISSION_DENIED", "The caller does not have permission",
                         {"authorizationError": "USER_PERMISSION_DENIED"}, denied)
@@ -542,20 +641,25 @@ class GoogleAdsApp(PlatformApp):
         except QueryRejected as exc:
             return fail(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
                         {"queryError": exc.code}, exc.message)
+        if config.manager and any(f.startswith("metrics.") for f in query.fields):
+            return fail(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
+                        {"queryError": "REQUESTED_METRICS_FOR_MANAGER"},
+                        "Metrics cannot be requested for a manager account. To retrieve metrics, "
+                        "issue separate requests against each client account under the manager account.")
         rows = self._rows(raw_cid, config, query)
         mask = ",".join(".".join(_camel(p) for p in f.split(".")) for f in query.fields)
         request_id = secrets.token_urlsafe(16)
         if method == "search":
             return self._page(rows, body, mask, request_id, version)
-        return self._stream(rows, mask, request_id, version)
+        return self._stream(rows, mask, request_id, version, body["query"])
 
-    def _stream(self, rows: list[dict], mask: str, request_id: str, version: str) -> Reply:
+    def _stream(self, rows: list[dict], mask: str, request_id: str, version: str, query: str) -> Reply:
         size = max(1, self.batch_size)
         batches = [
             {"results": rows[i:i + size], "fieldMask": mask, "requestId": request_id}
             for i in range(0, len(rows), size)
         ] or [{"fieldMask": mask, "requestId": request_id}]
-        broken = self._take(self._stream_faults)
+        broken = self._take(self._stream_faults, query)
         if broken is not None:
             batches = batches[: broken.after_batches]
             batches.append(google_error(broken.code, broken.status, "Internal error encountered.",

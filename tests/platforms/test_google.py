@@ -5,7 +5,10 @@ Expected values are computed here from the raw wire rows the sandbox serves, wit
 
 from __future__ import annotations
 
+import gc
+import json
 import threading
+import tracemalloc
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -13,6 +16,7 @@ import pytest
 import requests
 
 from clearlift_cli.errors import (
+    AccountUnavailable,
     AuthRevoked,
     MissingAppCredentials,
     PermanentError,
@@ -239,7 +243,9 @@ def test_disabled_customer_is_permanent_with_the_platform_message(app, settings,
 
     with pytest.raises(PermanentError, match="CUSTOMER_NOT_ENABLED.*not yet enabled") as exc:
         list(make_client(settings, clock, token).campaigns())
-    assert type(exc.value) is PermanentError
+    # About this account, not the user's grant; the message says what to do.
+    assert type(exc.value) is AccountUnavailable and exc.value.account_id == CID
+    assert "re-enable it in Google Ads" in str(exc.value)
 
     app.wrap_stream_errors = False  # the bare {"error": ...} shape reads the same
     with pytest.raises(PermanentError, match="CUSTOMER_NOT_ENABLED"):
@@ -432,7 +438,7 @@ def test_one_5xx_then_success(app, settings, clock, token):
     assert metrics == [expected_metric(r) for r in app.metric_rows(CID, SINCE, UNTIL)]
 
 
-@pytest.mark.parametrize("kind", ["truncate", "malformed", "html"])
+@pytest.mark.parametrize("kind", ["malformed", "html"])
 def test_broken_bodies_are_transient(app, settings, clock, token, kind):
     app.faults.add(kind, path="searchStream", times=3, status=502)
 
@@ -444,26 +450,95 @@ def test_broken_bodies_are_transient(app, settings, clock, token, kind):
     assert_no_secret(exc.value, token)
 
 
-def test_truncated_body_once_is_retried_to_exact_rows(app, settings, clock, token):
+def test_truncated_stream_raises_after_the_rows_it_had(app, settings, clock, token):
+    # Rows arrive batch by batch: a stream cut midway has yielded some rows when it ends
+    # early, so it cannot be retried in place; the caller's transaction drops them (see
+    # tests/test_consume_google.py) and the next call is exact.
     app.faults.add("truncate", path="searchStream", times=1)
+    yielded: list[DailyMetric] = []
+    with pytest.raises(TransientError, match="truncated") as exc:
+        for metric in make_client(settings, clock, token).daily_metrics(SINCE, UNTIL):
+            yielded.append(metric)
+    assert type(exc.value) is TransientError
+    served = [expected_metric(r) for r in app.metric_rows(CID, SINCE, UNTIL)]
+    assert yielded and yielded == served[: len(yielded)] and len(yielded) < len(served)
+    assert len(app.requests_to("searchStream")) == 1
 
-    metrics = list(make_client(settings, clock, token).daily_metrics(SINCE, UNTIL))
+    assert list(make_client(settings, clock, token).daily_metrics(SINCE, UNTIL)) == served
 
-    assert metrics == [expected_metric(r) for r in app.metric_rows(CID, SINCE, UNTIL)]
+
+def test_stream_cut_before_its_first_batch_is_retried_in_place(app, settings, clock, token):
+    app.configure_account(CID, campaigns=1)  # one small batch: half of it is no batch at all
+    app.faults.add("truncate", path="searchStream", times=2)
+
+    campaigns = list(make_client(settings, clock, token).campaigns())
+
+    assert [c.campaign_id for c in campaigns] == [r["campaign"]["id"] for r in app.campaign_rows(CID)]
+    assert len(app.requests_to("searchStream")) == 3
+    assert clock.slept == [0.5, 1.0]
+
+
+def test_stream_failing_midway_raises_after_the_earlier_batches(app, settings, clock, token):
+    served = [expected_metric(r) for r in app.metric_rows(CID, SINCE, UNTIL)]
+    app.break_stream(times=1, after_batches=0)  # before any batch: retried in place
+    assert list(make_client(settings, clock, token).daily_metrics(SINCE, UNTIL)) == served
     assert len(app.requests_to("searchStream")) == 2
 
-
-def test_stream_failing_midway_never_yields_partial_data(app, settings, clock, token):
     app.break_stream(times=1, after_batches=2)
-    metrics = list(make_client(settings, clock, token).daily_metrics(SINCE, UNTIL))
-    assert metrics == [expected_metric(r) for r in app.metric_rows(CID, SINCE, UNTIL)]
-
-    app.break_stream(times=3, after_batches=2)
     yielded: list[DailyMetric] = []
     with pytest.raises(TransientError, match="INTERNAL"):
         for metric in make_client(settings, clock, token).daily_metrics(SINCE, UNTIL):
             yielded.append(metric)
-    assert yielded == []
+    assert yielded == served[: 2 * app.batch_size]  # the two batches before the error
+
+
+def test_stream_is_decoded_batch_by_batch_in_flat_memory(app, settings, clock, token):
+    # 16,000 rows in batches of 200, served as one prebuilt answer (so the sandbox allocates
+    # nothing while traced). Read whole, the answer's bytes, its text and its rows would
+    # take several times its size; decoded batch by batch, the peak does not grow with it
+    # (measured: 0.73 MB for answers of 0.9, 2.8 and 5.7 MB).
+    app.configure_account(CID, campaigns=200, removed=0)
+    rows = app.metric_rows(CID, SINCE, SINCE + timedelta(days=9)) * 10
+    rows = rows[:16_000]
+    body = json.dumps([{"results": rows[i:i + 200], "fieldMask": "x", "requestId": "r"}
+                       for i in range(0, len(rows), 200)]).encode()
+    del rows
+    client = make_client(settings, clock, token)
+    list(client.campaigns())  # first request: lazy imports and pools are not the answer's
+    app.faults.add("status", path="searchStream", status=200, body=body)
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in client.daily_metrics(SINCE, UNTIL))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert count == 16_000 and len(body) > 3_500_000
+    assert peak < len(body) / 4, f"peak {peak:,} bytes for a {len(body):,}-byte answer"
+
+
+def test_one_oversized_batch_fails_clearly_instead_of_filling_memory(app, settings, clock, token):
+    client = make_client(settings, clock, token)
+    client.http.max_body_bytes = 200_000  # the sandbox's one batch of this window is larger
+    app.configure_account(CID, campaigns=20)
+    app.batch_size = 10_000
+
+    with pytest.raises(PermanentError, match="batch|element.*larger than 0.191 MB.*does not hold more") as exc:
+        list(client.daily_metrics(SINCE, UNTIL + timedelta(days=300)))
+
+    assert type(exc.value) is PermanentError
+    assert len(app.requests_to("searchStream")) == 1  # the same request would bring it again
+
+
+def test_oversized_error_answer_is_refused_too(app, settings, clock, token):
+    client = make_client(settings, clock, token)
+    client.http.max_body_bytes = 100_000
+    app.faults.add("status", path="searchStream", status=500, body=b"x" * 300_000)
+
+    with pytest.raises(PermanentError, match="the answer is larger than"):
+        list(client.campaigns())
 
 
 def test_platform_text_echoing_secrets_is_redacted(app, settings, clock, token):
@@ -503,3 +578,149 @@ def test_sandbox_search_pages_match_the_stream(app, settings, token):
     assert bad.status_code == 400
     failure = bad.json()["error"]["details"][0]["errors"][0]
     assert failure["errorCode"] == {"requestError": "INVALID_PAGE_TOKEN"}
+
+
+# --- API versions -------------------------------------------------------------------------------
+
+
+def test_sunset_version_gets_googles_html_404_and_fails_for_good(tmp_path, server, app, token):
+    today = FrozenClock(datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))
+    app.clock = today.time  # the sandbox decides what is sunset on the same day
+    old = make_settings(tmp_path, server, google_ads_api_version="v21")
+    raw = requests.post(f"{old.google_ads_url}/v21/customers/{CID}/googleAds:searchStream",
+                        json={"query": google.CAMPAIGNS_QUERY}, timeout=2)
+    assert raw.status_code == 404 and raw.headers["Content-Type"].startswith("text/html")
+    assert raw.text.startswith("<!DOCTYPE html>") and "was not found on this server" in raw.text
+
+    with pytest.raises(PermanentError) as exc:
+        make_client(old, today, token).account()
+
+    assert str(exc.value) == (
+        "Google Ads API v21 is no longer served (sunset 2026-08-05): "
+        "set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer")
+    assert len(app.requests_to("searchStream")) == 2  # ours was sent once: no retries
+    # The same day, the current version is served.
+    assert make_client(make_settings(tmp_path, server), today, token).account().account_id == CID
+
+
+def test_a_404_on_a_live_version_still_points_at_the_url(tmp_path, server, app, token):
+    app.faults.add("html", path="searchStream", status=404)
+    with pytest.raises(PermanentError, match="HTTP 404, check CLEARLIFT_GOOGLE_ADS_URL"):
+        make_client(make_settings(tmp_path, server), FrozenClock(datetime(2026, 11, 29, tzinfo=timezone.utc)),
+                    token).account()
+
+
+def test_unsupported_version_answer_names_the_setting(tmp_path, server, app, token):
+    # Before the 404, Google answered a deprecated version with UNSUPPORTED_VERSION.
+    app.faults.add("status", path="searchStream", status=400, body=[google_error(
+        400, "INVALID_ARGUMENT", "Request contains an invalid argument.", {"requestError": "UNSUPPORTED_VERSION"},
+        detail_message="Version v22 is deprecated. Requests to this version will be blocked.")])
+    old = make_settings(tmp_path, server, google_ads_api_version="v22")
+    with pytest.raises(PermanentError, match=r"^Google Ads API v22 is no longer served \(sunset 2026-10-07\): "
+                                             r"set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer$"):
+        make_client(old, FrozenClock(datetime(2026, 11, 29, tzinfo=timezone.utc)), token).account()
+    assert len(app.requests_to("searchStream")) == 1
+
+
+# --- manager (MCC) accounts ---------------------------------------------------------------------
+
+MANAGER = "111-222-3333"
+MID = "1112223333"
+CLIENT_A, CLIENT_B, SUB_MANAGER, CLIENT_C = "2000000001", "2000000002", "2000000003", "2000000004"
+
+
+def manager_tree(app) -> None:
+    """Manager 111-222-3333 with two clients in their own currencies, a cancelled one, and a
+    sub-manager holding one more client (level 2)."""
+    app.configure_account(MID, manager=True, name="Agency MCC")
+    app.configure_account(CLIENT_A, manager_id=MID, currency="EUR", time_zone="Europe/Berlin", campaigns=3)
+    app.configure_account(CLIENT_B, manager_id=MID, currency="JPY", time_zone="Asia/Tokyo", campaigns=2)
+    app.configure_account("2000000009", manager_id=MID, enabled=False)
+    app.configure_account(SUB_MANAGER, manager_id=MID, manager=True)
+    app.configure_account(CLIENT_C, manager_id=SUB_MANAGER, currency="GBP", time_zone="Europe/London")
+
+
+def test_manager_with_selected_clients_queries_each_client_through_the_manager(app, settings, clock, token):
+    manager_tree(app)
+    selection = {"accountSelection": {"mode": "selected", "selectedAccounts": ["200-000-0001", CLIENT_B]}}
+    client = make_client(settings, clock, token, account=MANAGER, connection_settings=selection)
+
+    assert client.accounts() == [CLIENT_A, CLIENT_B]
+    got = {}
+    for cid in client.accounts():
+        sub = client.for_account(cid)
+        account = sub.account()
+        got[cid] = (account.currency, account.time_zone, [c.campaign_id for c in sub.campaigns()],
+                    list(sub.daily_metrics(SINCE, UNTIL)))
+    sent = app.requests_to("searchStream")
+    assert {r.path.split("/")[3] for r in sent} == {CLIENT_A, CLIENT_B}  # never the manager's metrics
+    assert {r.headers["login-customer-id"] for r in sent} == {MID}
+    for cid, currency, tz in ((CLIENT_A, "EUR", "Europe/Berlin"), (CLIENT_B, "JPY", "Asia/Tokyo")):
+        assert got[cid][:3] == (currency, tz, [r["campaign"]["id"] for r in app.campaign_rows(cid)])
+        assert got[cid][3] == [expected_metric(r) for r in app.metric_rows(cid, SINCE, UNTIL)]
+    assert client.for_account(MANAGER) is client
+
+
+def test_manager_with_all_clients_lists_enabled_non_managers_at_every_level(app, settings, clock, token):
+    manager_tree(app)
+    client = make_client(settings, clock, token, account=MANAGER,
+                         connection_settings={"accountSelection": {"mode": "all"}})
+
+    assert client.accounts() == [CLIENT_A, CLIENT_B, CLIENT_C]
+    (listing,) = app.requests_to("searchStream")
+    assert listing.path == f"/v26/customers/{MID}/googleAds:searchStream"
+    assert listing.headers["login-customer-id"] == MID
+    query = listing.json()["query"]
+    for field in ("customer_client.id", "customer_client.manager", "customer_client.level",
+                  "customer_client.status", "customer_client.currency_code", "customer_client.time_zone"):
+        assert field in query
+    # The level-2 client is reached with the top manager as login customer.
+    assert client.for_account(CLIENT_C).account().currency == "GBP"
+
+
+def test_metrics_of_a_manager_are_refused_with_what_to_do(app, settings, clock, token):
+    manager_tree(app)
+    with pytest.raises(AccountUnavailable, match="REQUESTED_METRICS_FOR_MANAGER") as exc:
+        list(make_client(settings, clock, token, account=MANAGER).daily_metrics(SINCE, UNTIL))
+    assert "manager account, which has no metrics of its own" in str(exc.value)
+    assert "accountSelection" in str(exc.value) and exc.value.account_id == MID
+
+
+def test_unlinked_client_fails_alone_and_says_what_to_do(app, settings, clock, token):
+    manager_tree(app)
+    app.configure_account(CLIENT_B, accessible=False)  # unlinked from the manager
+    client = make_client(settings, clock, token, account=MANAGER, connection_settings={
+        "accountSelection": {"mode": "selected", "selectedAccounts": [CLIENT_A, CLIENT_B]}})
+
+    assert client.for_account(CLIENT_A).account().currency == "EUR"
+    with pytest.raises(AccountUnavailable, match="USER_PERMISSION_DENIED") as exc:
+        client.for_account(CLIENT_B).account()
+    text = str(exc.value)
+    assert "cannot reach customer 200-000-0002 through manager 111-222-3333" in text
+    assert "link it again or remove it from the connection's selected accounts" in text
+    assert exc.value.account_id == CLIENT_B and not isinstance(exc.value, AuthRevoked)
+    assert_no_secret(exc.value, token)
+
+
+@pytest.mark.parametrize("key", ["login_customer_id", "manager_customer_id"])
+def test_connection_login_customer_beats_the_app_wide_one(tmp_path, server, app, clock, token, key):
+    app.configure_account(CID, manager_id="9876543210")
+    app.configure_account("9876543210", manager_id="5555555555")  # a manager above a manager
+    app_wide = make_settings(tmp_path, server, google_ads_login_customer_id="555-555-5555")
+
+    assert list(make_client(app_wide, clock, token).campaigns())
+    assert app.requests_to("searchStream")[-1].headers["login-customer-id"] == "5555555555"
+    assert list(make_client(app_wide, clock, token, connection_settings={key: "987-654-3210"}).campaigns())
+    assert app.requests_to("searchStream")[-1].headers["login-customer-id"] == "9876543210"
+
+
+@pytest.mark.parametrize("selection, why", [
+    ({"mode": "some"}, "must be"), ({"mode": "selected"}, "must be"),
+    ({"mode": "selected", "selectedAccounts": []}, "selects no client accounts"),
+    ({"mode": "selected", "selectedAccounts": ["act_1"]}, "not a Google Ads customer id"),
+])
+def test_broken_account_selection_is_permanent(app, settings, clock, token, selection, why):
+    client = make_client(settings, clock, token, account=MANAGER, connection_settings={"accountSelection": selection})
+    with pytest.raises(PermanentError, match=why):
+        client.accounts()
+    assert app.requests == []
