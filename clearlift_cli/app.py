@@ -4,6 +4,7 @@ renders). Importable: ``from clearlift_cli import app``."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -15,6 +16,8 @@ from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store, open_store
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, from_epoch, iso_z, parse_ts
+
+log = logging.getLogger("clearlift.consume")
 
 _ACCOUNT_ID_OK = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-.")
 
@@ -166,6 +169,7 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
     from clearlift_cli.consumer import Consumer
 
     store = store_for(settings, clock=clock)
+    warn_dying_versions(settings, clock=clock)
     consumer = Consumer(settings, store, lease_seconds=lease_seconds, on_progress=on_progress)
     if on_consumer:
         on_consumer(consumer)
@@ -176,6 +180,21 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
     finally:
         consumer.close()
         store.close()
+
+
+def warn_dying_versions(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> list[str]:
+    """Log a warning (once, for the whole run) for each configured platform API version
+    within ``versions.WARN_DAYS`` of its sunset or past it; return the messages."""
+    from clearlift_cli.platforms import versions
+
+    today = clock.now().date()
+    out = []
+    for platform, version in versions.configured_versions(settings).items():
+        check = versions.check(platform, version, today)
+        if check.state in ("ending", "sunset") and check.message:
+            log.warning("%s", check.message)
+            out.append(check.message)
+    return out
 
 
 def _check_consume_config(store: Store, consumer) -> None:

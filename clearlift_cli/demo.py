@@ -3,13 +3,16 @@
 Starts the sandbox platforms on loopback, creates an embedded store and warehouse (in a
 temporary directory, or ``--home DIR`` laid out as CLEARLIFT_HOME), connects a few
 accounts across all platforms (one whose token expires in two minutes, one whose token
-was revoked), then runs refresh-tokens -> schedule -> consume and shows the result. A demo
-that synced nothing raises ``ClearliftError`` (exit 1): it must never look like a success.
+was revoked, one Google manager account with two client accounts), then runs
+refresh-tokens -> schedule -> consume and shows the result, with the current API versions.
+A demo that synced nothing raises ``ClearliftError`` (exit 1): it must never look like a
+success.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import tempfile
 import time
@@ -30,7 +33,13 @@ DEMO_CONNECTIONS = [
     ("org-globex", "tiktok", "7012345678901234567", "Globex TikTok", None, False),
     ("org-globex", "stripe", "acct_1Globex", "Globex Stripe", None, False),
     ("org-initech", "google", "555-666-7777", "Initech (revoked token)", 3600, True),
+    ("org-umbrella", "google", "999-888-7777", "Umbrella agency (manager, 2 clients)", 3600, False),
 ]
+
+# The manager connection above syncs these client accounts, each in its own currency and
+# time zone, as the API worker records a manager's chosen clients.
+DEMO_MANAGER = "999-888-7777"
+DEMO_MANAGER_CLIENTS = [("301-000-0001", "EUR", "Europe/Paris"), ("301-000-0002", "GBP", "Europe/London")]
 
 
 def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> dict:
@@ -47,7 +56,13 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
         s = settings_mod.resolve(flags, environ=env, read_config=False)
         console.print(f"[b]clearlift demo[/b] — home {home_dir}\n"
                       f"sandbox platforms on loopback: {', '.join(f'{p} {srv.base_url}' for p, srv in sb.servers.items())}")
+        console.print(f"API versions: Google Ads {s.google_ads_api_version}, Meta Marketing "
+                      f"{s.facebook_api_version}, TikTok v1.3")
         core.init(s)
+        sb.google.configure_account(DEMO_MANAGER, manager=True, name="Umbrella agency")
+        for client, currency, tz in DEMO_MANAGER_CLIENTS:
+            sb.google.configure_account(client, manager_id=DEMO_MANAGER.replace("-", ""), currency=currency,
+                                        time_zone=tz, campaigns=3)
         for org, platform, account, name, ttl, revoked in DEMO_CONNECTIONS:
             if platform == "stripe":
                 access, refresh = sb.stripe.issue_key(account), None
@@ -61,9 +76,14 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
             expires = None
             if ttl is not None and platform != "stripe":
                 expires = iso_z(SYSTEM_CLOCK.now().replace(microsecond=0) + timedelta(seconds=ttl))
+            selection = None
+            if account == DEMO_MANAGER:
+                selection = json.dumps({"accountSelection": {
+                    "mode": "selected", "selectedAccounts": [c for c, _, _ in DEMO_MANAGER_CLIENTS]}})
             cid, _ = core.add_connection(s, core.NewConnection(
                 organization_id=org, platform=platform, account_id=account, account_name=name,
-                connected_by=f"user-{org}", access_token=access, refresh_token=refresh, expires_at=expires))
+                connected_by=f"user-{org}", access_token=access, refresh_token=refresh, expires_at=expires,
+                settings_json=selection))
         refreshed = core.refresh_tokens(s)
         console.print(f"refresh-tokens: {refreshed.summary()['refreshed']} refreshed, "
                       f"{refreshed.summary()['skipped']} skipped, {refreshed.summary()['failed']} failed")
@@ -90,6 +110,11 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
         for row in wh.fetch_rows("google_ads_daily_metrics", limit=5):
             t.add_row(*(str(row[c]) for c in cols))
         console.print(t)
+        manager_rows = {client.replace("-", ""): len(wh.fetch_rows(
+            "google_ads_daily_metrics", organization_id="org-umbrella", account_id=client.replace("-", "")))
+            for client, _, _ in DEMO_MANAGER_CLIENTS}
+        console.print(f"Google manager {DEMO_MANAGER}: daily rows per client account "
+                      + ", ".join(f"{c} {n}" for c, n in manager_rows.items()))
         totals = {table: wh.count_rows(table) for table in (
             "google_ads_campaigns", "google_ads_daily_metrics", "facebook_ads_daily_metrics",
             "tiktok_ads_daily_metrics", "stripe_charges", "stripe_daily_revenue")}

@@ -7,7 +7,7 @@ import json
 from decimal import Decimal
 
 
-from tests.e2e import Env, micros
+from tests.e2e import Env, make_visible, micros
 
 CID = "123-456-7890"
 
@@ -166,3 +166,120 @@ def test_truncated_body_is_transient(env, sandbox):
     (job,) = env.jobs(conn_id)
     assert job["status"] == "pending" and "truncated" in job["error_message"]
     assert env.run_json("queue")["delayed"] == 1
+
+
+MANAGER, CLIENT_A, CLIENT_B = "111-222-3333", "2000000001", "2000000002"
+
+
+def manager_with_two_clients(sandbox) -> None:
+    sandbox.google.configure_account(MANAGER, manager=True)
+    sandbox.google.configure_account(CLIENT_A, manager_id="1112223333", campaigns=3, currency="EUR",
+                                     time_zone="Europe/Berlin")
+    sandbox.google.configure_account(CLIENT_B, manager_id="1112223333", campaigns=2, currency="JPY",
+                                     time_zone="Asia/Tokyo")
+
+
+def metric_values(rows: list[dict]) -> dict:
+    return {(r["campaign_id"], r["metric_date"].isoformat()): (
+        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
+        for r in rows}
+
+
+def test_manager_connection_syncs_every_selected_client_as_its_own_account(env, sandbox):
+    manager_with_two_clients(sandbox)
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    selection = {"accountSelection": {"mode": "selected", "selectedAccounts": ["200-000-0001", "200-000-0002"]}}
+    conn_id = env.add("org-1", "google", MANAGER, access, refresh, settings=json.dumps(selection))
+
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn_id)
+    since, until = env.window_days(job["id"])
+    total = 0
+    for cid, currency in ((CLIENT_A, "EUR"), (CLIENT_B, "JPY")):
+        rows = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1", account_id=cid)
+        assert metric_values(rows) == expected_metrics(sandbox.google, cid, since, until) and rows
+        assert {(r["currency"], r["connection_id"]) for r in rows} == {(currency, conn_id)}
+        campaigns = env.warehouse_rows("google_ads_campaigns", organization_id="org-1", account_id=cid)
+        assert {c["campaign_id"] for c in campaigns} == {w["campaign"]["id"] for w in sandbox.google.campaign_rows(cid)}
+        total += len(rows) + len(campaigns)
+    assert env.warehouse_rows("google_ads_daily_metrics", account_id=MANAGER) == []
+    job = env.job(job["id"])
+    assert job["status"] == "completed" and job["records_synced"] == total
+    assert {r.headers.get("login-customer-id") for r in sandbox.google.requests_to("searchStream")} == {"1112223333"}
+
+
+def test_manager_job_with_an_unlinked_client_keeps_the_others_rows(env, sandbox):
+    manager_with_two_clients(sandbox)
+    sandbox.google.configure_account(CLIENT_A, accessible=False)  # unlinked: the first one fails
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    selection = {"accountSelection": {"mode": "selected", "selectedAccounts": [CLIENT_A, CLIENT_B]},
+                 "manager_customer_id": "111-222-3333"}
+    conn_id = env.add("org-1", "google", MANAGER, access, refresh, settings=json.dumps(selection))
+
+    env.run("schedule")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn_id)
+    since, until = env.window_days(job["id"])
+    rows = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
+    assert metric_values(rows) == expected_metrics(sandbox.google, CLIENT_B, since, until) and rows
+    assert {r["account_id"] for r in rows} == {CLIENT_B}
+    job = env.job(job["id"])
+    assert job["status"] == "failed"
+    error = job["error_message"]
+    assert "1 of 2 accounts failed (1 synced" in error and f"account {CLIENT_A}" in error
+    assert "USER_PERMISSION_DENIED" in error and "cannot reach customer 200-000-0001" in error
+    assert "link it again or remove it from the connection's selected accounts" in error
+    assert access not in error
+    dead = env.run_json("queue", "dead")
+    assert len(dead) == 1 and dead[0]["attempts"] == 1  # permanent: not retried
+    status = env.run_json("status", conn_id)
+    assert status["latest_sync"]["error"] == error
+    assert env.connection(conn_id)["sync_status"] == "failed"
+
+
+def test_stream_broken_midway_leaves_no_partial_slice_and_the_retry_is_exact(env, sandbox):
+    sandbox.google.configure_account(CID, campaigns=6)
+    sandbox.google.batch_size = 5
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    conn_id = env.add("org-1", "google", CID, access, refresh)
+    env.run("schedule")
+    sandbox.google.break_stream(times=1, after_batches=2, query="metrics")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn_id)
+    assert job["status"] == "pending" and "INTERNAL" in job["error_message"]
+    assert env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1") == []
+
+    make_visible(env)
+    env.run("consume", "--max-seconds", "60")
+    since, until = env.window_days(job["id"])
+    rows = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
+    assert metric_values(rows) == expected_metrics(sandbox.google, CID.replace("-", ""), since, until)
+    assert env.job(job["id"])["status"] == "completed"
+
+
+def test_sunset_version_fails_jobs_at_once_and_consume_warns_once(env, sandbox):
+    ids = []
+    for acct in ("111-111-1111", "222-222-2222"):
+        access, refresh = sandbox.google.tokens.issue(ttl=3600)
+        ids.append(env.add("org-1", "google", acct, access, refresh))
+    env.run("schedule")
+    old = {"CLEARLIFT_GOOGLE_ADS_API_VERSION": "v21", "CLEARLIFT_FACEBOOK_API_VERSION": "v24.0"}
+
+    proc = env.run("consume", "--max-seconds", "60", **old)
+
+    message = ("Google Ads API v21 is no longer served (sunset 2026-08-05): "
+               "set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer")
+    for conn_id in ids:
+        (job,) = env.jobs(conn_id)
+        assert job["status"] == "failed" and job["error_message"] == message
+    assert [d["attempts"] for d in env.run_json("queue", "dead")] == [1, 1]
+    warnings = [ln for ln in proc.stderr.splitlines() if "WARNING clearlift.consume: Google Ads API" in ln]
+    assert len(warnings) == 1 and warnings[0].endswith(message)  # once per run, not per job
+    assert sum("clearlift.consume: Meta Marketing API v24.0 is no longer served" in ln
+               for ln in proc.stderr.splitlines()) == 1
+    # With the current versions nothing is said.
+    assert "API v" not in env.run("consume", "--max-seconds", "5").stderr

@@ -110,6 +110,11 @@ def test_demo_runs_offline_on_a_fresh_machine(tmp_path):
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert "stripe_daily_revenue" in proc.stdout
+    assert "API versions: Google Ads v26, Meta Marketing v27.0" in proc.stdout
+    # The manager connection synced both its client accounts, each under its own id.
+    per_client = dict(pair.split() for pair in proc.stdout.split("daily rows per client account ")[1]
+                      .splitlines()[0].split(", "))
+    assert set(per_client) == {"3010000001", "3010000002"} and all(int(n) > 0 for n in per_client.values())
     status = subprocess.run([CLEARLIFT, "status", "--json"], env={**clean, "CLEARLIFT_HOME": str(home)},
                             capture_output=True, text=True, timeout=60)
     rows = json.loads(status.stdout)
@@ -118,7 +123,7 @@ def test_demo_runs_offline_on_a_fresh_machine(tmp_path):
     for r in rows:
         by_platform.setdefault(r["connection"]["platform"], []).append(r["latest_sync"]["status"])
     assert set(by_platform) == {"google", "facebook", "tiktok", "stripe"}
-    assert sorted(by_platform["google"]) == ["completed", "completed", "failed"]
+    assert sorted(by_platform["google"]) == ["completed", "completed", "completed", "failed"]
     assert all(s == ["completed"] for p, s in by_platform.items() if p != "google")
 
 

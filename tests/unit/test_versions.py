@@ -40,3 +40,25 @@ def test_ending_within_45_days_but_not_46() -> None:
 def test_unknown_version_is_reported_not_guessed() -> None:
     got = versions.check("google", "v99", TODAY)
     assert got.state == "unknown" and "CLEARLIFT_GOOGLE_ADS_API_VERSION" in (got.message or "")
+
+
+def test_consume_warns_for_each_version_ending_or_gone() -> None:
+    from clearlift_cli.app import warn_dying_versions
+    from clearlift_cli.timeutil import FrozenClock
+    from datetime import datetime, timezone
+
+    def on(day: date, **versions_set: str) -> list[str]:
+        settings = resolve({"home": "/nonexistent", **versions_set}, environ={}, read_config=False)
+        return warn_dying_versions(settings, clock=FrozenClock(datetime.combine(day, datetime.min.time(), timezone.utc)))
+
+    assert on(TODAY) == []  # the defaults
+    # Meta v25.0 is sunset 2027-02-23: within 45 days it is named every run, with the setting.
+    assert on(date(2027, 1, 9), facebook_api_version="v25.0") == [
+        "Meta Marketing API v25.0 is sunset on 2027-02-23 (45 days): "
+        "set CLEARLIFT_FACEBOOK_API_VERSION to v27.0"]
+    assert on(date(2027, 1, 8), facebook_api_version="v25.0") == []
+    gone = on(TODAY, google_ads_api_version="v22", facebook_api_version="v24.0")
+    assert gone == [
+        "Google Ads API v22 is no longer served (sunset 2026-10-07): set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer",
+        "Meta Marketing API v24.0 is no longer served (sunset 2026-11-10): set CLEARLIFT_FACEBOOK_API_VERSION to v25.0 or newer",
+    ]
