@@ -5,10 +5,12 @@ The rows are campaigns x days: the sandbox account has a fixed number of campaig
 backfill window (``sync --now --since --until``) grows, so the job runs more 90-day slices
 of the same size. The consumer is the installed ``clearlift consume`` in a subprocess, and
 its peak RSS is the kernel's high-water mark for that process alone (wait4); the sandbox
-runs in a process of its own. Baseline: ``clearlift consume`` with nothing to do. Target:
-peak <= 150 MB and flat as rows grow. A last run backfills one 90-day slice of an account
-with many more campaigns: the Google client holds one slice's answer at a time, so the peak
-follows the rows per slice (campaigns x 90 days), not the rows of the whole backfill.
+runs in a process of its own. Baseline: ``clearlift consume`` with nothing to do. A last
+run backfills one 90-day slice of a 1,000-campaign account (about 76k rows, 25 MB of
+``searchStream`` answer). Target (issue 19): peak <= 120 MB for the
+backfill and for that slice, i.e. flat both in the backfill's length and in the rows per
+slice: the Google client decodes the answer batch by batch as it arrives and the
+PostgreSQL writer streams the rows, so no more than a batch (10,000 rows) is held at once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from benchmarks._common import (
 )
 from clearlift_cli import app
 
-TARGET_MB = 150.0
+TARGET_MB = 120.0
 CAMPAIGNS = 300
 ACTIVE_SHARE = 0.85  # the sandbox leaves about 15% of campaign-days without activity
 ACCOUNT = "7000000001"
@@ -65,12 +67,13 @@ def backfill(sandbox: SandboxProcess, rows: int, account: str = ACCOUNT,
 def main() -> None:
     args = parse_args(__doc__)
     sizes = (20_000, 100_000) if args.quick else (100_000, 1_000_000)
+    wide_campaigns = WIDE_CAMPAIGNS
     results = []
     with SandboxProcess() as sandbox:
         sandbox.configure("google", ACCOUNT, campaigns=CAMPAIGNS, removed=0)
-        sandbox.configure("google", WIDE_ACCOUNT, campaigns=WIDE_CAMPAIGNS, removed=0)
+        sandbox.configure("google", WIDE_ACCOUNT, campaigns=wide_campaigns, removed=0)
         plan = [(rows, ACCOUNT, CAMPAIGNS) for rows in sizes]
-        plan.append((int(WIDE_CAMPAIGNS * 90 * ACTIVE_SHARE), WIDE_ACCOUNT, WIDE_CAMPAIGNS))
+        plan.append((int(wide_campaigns * 90 * ACTIVE_SHARE), WIDE_ACCOUNT, wide_campaigns))
         for rows, account, campaigns in plan:
             heading(f"backfill of ~{rows:,} rows ({campaigns} campaigns)")
             r = backfill(sandbox, rows, account, campaigns)
@@ -80,9 +83,6 @@ def main() -> None:
             show("wall", f"{r['wall_s']:.1f} s", f"{r['rows'] / r['wall_s']:,.0f} rows/s")
             show("consume with nothing to do, peak RSS", f"{r['idle_mb']:.1f} MB", "(baseline)")
             verdict = "met" if r["peak_mb"] <= TARGET_MB else "MISSED"
-            if account == WIDE_ACCOUNT:
-                verdict = "under" if r["peak_mb"] <= TARGET_MB else "OVER"
-                verdict += " (shows rows per slice; not the target's run)"
             show("consumer peak RSS", f"{r['peak_mb']:.1f} MB",
                  f"{r['peak_mb'] / r['idle_mb']:.2f}x idle; <= {TARGET_MB:g} MB: {verdict}")
             show("sampled RSS, first half / second half",
@@ -95,13 +95,13 @@ def main() -> None:
     slope = (per_slice[1][1] - per_slice[0][1]) / (per_slice[1][0] - per_slice[0][0]) * 1000
     show("peak RSS per 1,000 rows in a slice", f"{slope:.2f} MB",
          f"{per_slice[0][0]:,.0f} -> {per_slice[1][0]:,.0f} rows per slice")
-    met = all(r["peak_mb"] <= TARGET_MB for r in (small, large))
+    met = all(r["peak_mb"] <= TARGET_MB for r in (small, large, wide))
     emit("memory_backfill", quick=args.quick, **machine(), campaigns=CAMPAIGNS,
          rows=large["rows"], peak_rss_mb=rnd(large["peak_mb"], 1),
          rows_small=small["rows"], peak_rss_mb_small=rnd(small["peak_mb"], 1),
          idle_rss_mb=rnd(large["idle_mb"], 1), ratio_vs_idle=rnd(large["peak_mb"] / large["idle_mb"]),
          ratio_large_vs_small=rnd(growth), rows_per_s=rnd(large["rows"] / large["wall_s"], 0),
-         wide_campaigns=WIDE_CAMPAIGNS, wide_rows_per_slice=wide["rows"],
+         wide_campaigns=wide_campaigns, wide_rows_per_slice=wide["rows"],
          peak_rss_mb_wide=rnd(wide["peak_mb"], 1), mb_per_1000_rows_per_slice=rnd(slope),
          target_mb=TARGET_MB, target_met=met)
 

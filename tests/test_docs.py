@@ -54,3 +54,20 @@ def test_every_documented_env_var_is_a_setting():
     readme = (ROOT / "README.md").read_text()
     for env in ENV_NAMES.values():
         assert f"`{env}`" in readme, f"{env} is not documented in the README's configuration table"
+
+
+def test_readme_lists_the_versions_clearlift_knows():
+    from datetime import date
+
+    from clearlift_cli.platforms import versions
+
+    section = (ROOT / "README.md").read_text().split("### Supported API versions and Google manager accounts")[1].split("\n### ")[0]
+    rows = {"google": "| Google Ads |", "facebook": "| Meta Marketing API |", "tiktok": "| TikTok Business API |"}
+    for platform, table in versions.SUNSETS.items():
+        row = next(line for line in section.splitlines() if line.startswith(rows[platform]))
+        assert f"**{versions.DEFAULT_VERSIONS[platform]}**" in row
+        for version, sunset in table.items():
+            if sunset is None or sunset > date(2026, 11, 29):  # alive when the table was written
+                assert version in row, (platform, version)
+                if sunset is not None:
+                    assert (sunset.isoformat() if platform == "facebook" else f"{sunset:-%m}") in row

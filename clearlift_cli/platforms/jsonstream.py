@@ -4,9 +4,11 @@ Google's ``searchStream`` answers one JSON array of batches (``[{"results": [...
 that can run to hundreds of megabytes; decoding it whole holds the text and every row at
 once. ``iter_json_array`` holds one element at a time instead: it appends the bytes it reads
 to a buffer and decodes complete elements off its front with ``json.JSONDecoder.raw_decode``
-(the C scanner, no new dependency). A failed attempt on an incomplete element is only
-retried once the buffer has doubled (or the answer ended), so the re-parsing costs at most
-about twice the text, and ``max_chars`` bounds what one element may buffer.
+(the C scanner, no new dependency). Each attempt on an incomplete element parses it in
+vain, so the next attempt waits until the buffer holds a little more than the last
+element took (stream batches are alike in size), or, failing that, until it has doubled
+(quadrupled for the first element), or the answer ended: the text is parsed about once,
+at worst about twice, and ``max_chars`` bounds what one element may buffer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def iter_json_array(chunks: Iterable[bytes], *, max_chars: int) -> Iterator[Any]
     parts: list[str] = []  # text read since the last attempt
     waiting = 0  # characters in parts
     need = 1  # try to decode again once buf + parts hold this many characters
+    last_size = 0  # characters the last decoded element took
     state = "start"  # start -> value (an element or "]") -> comma ("," or "]") -> end
 
     def feed() -> Iterator[tuple[str, bool]]:
@@ -86,6 +89,8 @@ def iter_json_array(chunks: Iterable[bytes], *, max_chars: int) -> Iterator[Any]
                     raise StreamError("malformed", f"the answer's array has {ch!r} where ',' belongs")
                 state, pos = "value", pos + 1
             else:
+                if pos and last_size and not eof and len(buf) - pos < last_size:
+                    break  # likely incomplete, as big as the last one: read more first
                 try:
                     value, end = decode(buf, pos)
                 except json.JSONDecodeError as exc:
@@ -95,11 +100,17 @@ def iter_json_array(chunks: Iterable[bytes], *, max_chars: int) -> Iterator[Any]
                     break  # incomplete: read more
                 if end >= len(buf) and not eof and not isinstance(value, (dict, list, str)):
                     break  # a number or literal at the very end may go on in the next chunk
-                state, pos = "comma", end
+                state, pos, last_size = "comma", end, end - pos
                 yield value
         buf = buf[pos:]
-        # Decode again only once the buffer has doubled: each failed attempt re-parses it.
-        need = max(2 * len(buf), len(buf) + 65536) if buf else 1
+        if not buf:
+            need = 1
+        elif pos and last_size:  # something was decoded: expect another of the same size
+            need = len(buf) + last_size + last_size // 8
+        elif last_size:  # a stall after a wrong guess: wait until the buffer has doubled
+            need = 2 * len(buf)
+        else:  # the first element, size unknown: grow fast, each vain parse costs its length
+            need = max(4 * len(buf), len(buf) + 65536)
         if len(buf) > max_chars:
             raise StreamError("too-large", f"one element of the answer exceeds {max_chars:,} characters")
     if state != "end":
