@@ -5,7 +5,8 @@ subclass of ``AdsClient`` (campaigns + daily metrics) or ``RevenueClient`` (char
 ``refresh_token`` function, and raises only the errors of ``clearlift_cli.errors``:
 ``TransientError`` (retry with backoff), ``RateLimited`` (wait ``retry_after`` without
 using up an attempt), ``TokenExpired`` (refresh once, then retry), ``AuthRevoked`` (the user
-must reconnect) or ``PermanentError`` (fail now). Rows are typed; money is integer micros
+must reconnect), ``AccountUnavailable`` (this one account cannot be synced; a connection
+reaching several, see ``accounts``, syncs the others) or ``PermanentError`` (fail now). Rows are typed; money is integer micros
 (ads) or integer minor units (Stripe) and ``Decimal`` for conversions, never a float.
 """
 
