@@ -521,11 +521,11 @@ def test_stream_is_decoded_batch_by_batch_in_flat_memory(app, settings, clock, t
 
 def test_one_oversized_batch_fails_clearly_instead_of_filling_memory(app, settings, clock, token):
     client = make_client(settings, clock, token)
-    client.http.max_body_bytes = 200_000  # the sandbox's one batch of this window is larger
+    client.http.max_response_bytes = 200_000  # the sandbox's one batch of this window is larger
     app.configure_account(CID, campaigns=20)
     app.batch_size = 10_000
 
-    with pytest.raises(PermanentError, match="batch|element.*larger than 0.191 MB.*does not hold more") as exc:
+    with pytest.raises(PermanentError, match="one element of the streamed answer is larger than 0.191 MiB; refused to keep memory bounded") as exc:
         list(client.daily_metrics(SINCE, UNTIL + timedelta(days=300)))
 
     assert type(exc.value) is PermanentError
@@ -534,7 +534,7 @@ def test_one_oversized_batch_fails_clearly_instead_of_filling_memory(app, settin
 
 def test_oversized_error_answer_is_refused_too(app, settings, clock, token):
     client = make_client(settings, clock, token)
-    client.http.max_body_bytes = 100_000
+    client.http.max_response_bytes = 100_000
     app.faults.add("status", path="searchStream", status=500, body=b"x" * 300_000)
 
     with pytest.raises(PermanentError, match="the answer is larger than"):
