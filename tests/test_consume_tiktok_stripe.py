@@ -24,14 +24,16 @@ def today() -> date:
 
 
 def tiktok_expected(app, advertiser: str, since: date, until: date) -> dict:
-    """Warehouse values computed from the raw report rows (strings or JSON numbers)."""
+    """Warehouse values computed from the raw report rows (strings or JSON numbers), deleted
+    campaigns included; the value is web complete payments plus in-app purchases."""
     out = {}
     for row in app.report_rows(advertiser, since, until):
         m, dims = row["metrics"], row["dimensions"]
         key = (dims["campaign_id"], dims["stat_time_day"][:10])
         assert key not in out
         out[key] = (int(m["impressions"]), int(m["clicks"]), micros(m["spend"]),
-                    Decimal(str(m["conversion"])), 0)
+                    Decimal(str(m["conversion"])),
+                    micros(m["total_complete_payment_rate"]) + micros(m["total_purchase_value"]))
     return out
 
 
@@ -59,6 +61,10 @@ def test_tiktok_pages_of_campaigns_and_reports_land_exactly_and_replay_changes_n
     want = tiktok_expected(tt, adv, since, until)
     got = tiktok_stored(env, "org-1")
     assert got == want and len(want) > 40
+    # Deleted campaigns' past delivery and the purchase values landed too.
+    deleted = {c["campaign_id"] for c in tt.campaign_rows(adv) if c["secondary_status"] == "CAMPAIGN_STATUS_DELETE"}
+    assert len(deleted) == 2 and deleted <= {cid for cid, _ in got}
+    assert sum(v[4] for v in got.values()) > 0
     # Both wire spellings of a number were served and parsed.
     wire = tt.report_rows(adv, since, until)
     assert {type(r["metrics"]["spend"]) for r in wire} == {str, float}
@@ -68,8 +74,8 @@ def test_tiktok_pages_of_campaigns_and_reports_land_exactly_and_replay_changes_n
 
     campaigns = {c["campaign_id"]: (c["campaign_name"], c["status"], c["objective"], c["budget_micros"], c["currency"])
                  for c in env.warehouse_rows("tiktok_ads_campaigns", organization_id="org-1")}
-    assert campaigns == {w["campaign_id"]: (w["campaign_name"], w["operation_status"], w["objective_type"],
-                                            micros(w["budget"]), "EUR")
+    assert campaigns == {w["campaign_id"]: (w["campaign_name"], "DELETE" if w["campaign_id"] in deleted else
+                                            w["operation_status"], w["objective_type"], micros(w["budget"]), "EUR")
                          for w in tt.campaign_rows(adv)}
     assert len(campaigns) == 9
     assert job["records_synced"] == len(want) + 9

@@ -207,19 +207,21 @@ def test_token_expiring_mid_job_is_refreshed_once_and_the_job_completes(tmp_path
         assert_no_secrets(env.outputs + env.stored_texts())
 
 
-def test_facebook_exchange_tiktok_refresh_and_skips(env, sandbox):
+def test_facebook_exchange_and_tiktok_stripe_skips(env, sandbox):
     fb_access, _ = sandbox.facebook.tokens.issue(ttl=120)
     fb = env.seed("org-1", "facebook", "1234567890", fb_access, expires_at=in_seconds(120))
-    tt_access, tt_refresh = sandbox.tiktok.tokens.issue(ttl=120)
+    # A TikTok advertiser token does not expire; a refresh token stored with it is never used
+    # (tt_user/oauth2/refresh_token belongs to TikTok account tokens, another product).
+    tt_access, tt_refresh = sandbox.tiktok.tokens.issue(ttl=None)
     tt = env.seed("org-1", "tiktok", "7000000000000000001", tt_access, tt_refresh, expires_at=in_seconds(120))
     adv_access, _ = sandbox.tiktok.tokens.issue(ttl=None)
     adv = env.seed("org-1", "tiktok", "7000000000000000002", adv_access, expires_at=in_seconds(60))
     key, _ = sandbox.stripe.tokens.issue(ttl=None)
     st = env.seed("org-1", "stripe", "acct_1", key, expires_at=in_seconds(60))
-    untouched = {c: env.connection(c)["credentials_encrypted"] for c in (adv, st)}
+    untouched = {c: env.connection(c)["credentials_encrypted"] for c in (tt, adv, st)}
 
     summary = refresh_json(env)
-    assert summary == {"refreshed": 2, "skipped": 2, "failed": 0, "needs_reauth": 0, "failures": []}
+    assert summary == {"refreshed": 1, "skipped": 3, "failed": 0, "needs_reauth": 0, "failures": []}
 
     (exchange,) = sandbox.facebook.requests_to("oauth/access_token")
     assert exchange.query["grant_type"] == "fb_exchange_token" and exchange.query["fb_exchange_token"] == fb_access
@@ -227,18 +229,12 @@ def test_facebook_exchange_tiktok_refresh_and_skips(env, sandbox):
     assert fb_new != fb_access and sandbox.facebook.tokens.check(fb_new) == "ok"
     assert near(env.connection(fb)["expires_at"], datetime.now(UTC) + timedelta(seconds=FACEBOOK_TTL))
 
-    (tt_call,) = sandbox.tiktok.requests_to("refresh_token")
-    assert tt_call.json()["refresh_token"] == tt_refresh
-    tt_new = env.token(tt)
-    assert tt_new != tt_access and sandbox.tiktok.tokens.check(tt_new) == "ok"
-    rotated = env.token(tt, "refresh_token_encrypted")
-    assert rotated != tt_refresh and rotated.startswith("tiktok-rt-")  # TikTok's new refresh token is kept
-
     for c, ciphertext in untouched.items():
         assert env.connection(c)["credentials_encrypted"] == ciphertext
-    assert sandbox.stripe.requests == []
+    assert env.token(tt, "refresh_token_encrypted") == tt_refresh
+    assert sandbox.tiktok.requests == [] and sandbox.stripe.requests == []
     text = env.run("refresh-tokens").stdout  # the skipped ones stay due
-    assert "0 refreshed, 2 skipped, 0 failed (0 need re-auth)" in text
+    assert "0 refreshed, 3 skipped, 0 failed (0 need re-auth)" in text
 
 
 def test_corrupted_refresh_token_fails_that_connection_and_the_run_goes_on(env, sandbox):
@@ -513,19 +509,21 @@ def test_compare_and_set_never_replaces_a_newer_token(lib, sandbox):
     assert len(token_calls(sandbox)) == 2
 
 
-def test_rotated_refresh_token_used_by_another_run_is_not_a_revocation(lib, sandbox):
-    access, refresh = sandbox.tiktok.tokens.issue(ttl=120)
-    cid = lib.add("tiktok", "7000000000000000001", access, refresh)
+def test_grant_refused_after_another_run_replaced_it_is_not_a_revocation(lib, sandbox):
+    access, refresh = sandbox.google.tokens.issue(ttl=120)
+    cid = lib.add("google", "700-000-0001", access, refresh)
     stale = lib.store.get_connection(cid)
 
-    creds_a = tokens.refresh_connection(lib.settings, lib.store, lib.cipher, stale)  # rotates the refresh token
-    # Run B still holds the old refresh token, which TikTok now refuses (40107).
+    creds_a = tokens.refresh_connection(lib.settings, lib.store, lib.cipher, stale)  # stores a new token
+    # Meanwhile the old grant is refused (e.g. the user reconnected and it was revoked); run
+    # B still holds the row it read before A's write.
+    sandbox.google.tokens.revoke(refresh)
     creds_b = tokens.refresh_connection(lib.settings, lib.store, lib.cipher, stale)
 
     assert creds_b.access_token == creds_a.access_token
     row = lib.store.get_connection(cid)
     assert not row.needs_reauth and row.sync_status == "pending" and not row.consecutive_auth_failures
-    assert len(sandbox.tiktok.requests_to("refresh_token")) == 2
+    assert len(token_calls(sandbox)) == 2
 
 
 def test_wrong_encryption_key_refuses_the_run_instead_of_flagging_everyone(tmp_path):

@@ -3,9 +3,27 @@
 TikTok answers errors with HTTP 200 and a non-zero ``code`` in the envelope
 ``{"code", "message", "request_id", "data"}``; ``classify`` turns those codes into
 ``clearlift_cli.errors``. Metric values arrive as strings or numbers; both are parsed
-exactly. The report only covers the four documented basic metrics (spend, impressions,
-clicks, conversion): TikTok has no plain conversion-value metric in the BASIC report (only
-ROAS-style ratios that would lose precision), so ``conversion_value_micros`` stays 0.
+exactly.
+
+Facts this module is built on (looked up 2026-11-29; doubts noted):
+- Deleted campaigns are left out by default: ``campaign/get`` is asked with
+  ``filtering={"secondary_status": "CAMPAIGN_STATUS_ALL"}`` and the integrated report with
+  ``filtering=[{"field_name": "campaign_status", "filter_type": "IN", "filter_value":
+  "[\"STATUS_ALL\"]"}]`` (what Airbyte's source-tiktok-marketing sends for
+  ``include_deleted``), so a deleted campaign's past spend is kept.
+- Conversion value: the BASIC report has total-value metrics at campaign level:
+  ``total_complete_payment_rate`` is, despite its name, the total value of web "Complete
+  Payment" events (TikTok's SDK maps it to ``time_attr_total_shopping_value``) and
+  ``total_purchase_value`` the total value of in-app "Purchase" events. Their sum is stored
+  as ``conversion_value_micros``, exactly, from the decimal text. ``conversions`` stays
+  TikTok's ``conversion`` (the ad groups' optimisation events), as before.
+- Time zone: advertiser/info's ``timezone`` ("Etc/GMT+8" style: a fixed GMT offset) is the
+  zone reports are cut in; ``display_timezone`` is a region name for people (it may observe
+  daylight saving time, which TikTok Ads Manager does not). ``stat_time_day``, and so
+  ``metric_date``, is a day in ``timezone``.
+- Tokens: see ``refresh_token``.
+- Paging ends at ``page_info.total_page``; a ``total_page`` that never ends over repeating
+  rows is stopped by ``paging.PageGuard``.
 """
 
 from __future__ import annotations
@@ -18,7 +36,6 @@ from typing import Any, Iterator
 from clearlift_cli import redact as redaction
 from clearlift_cli.errors import (
     AuthRevoked,
-    MissingAppCredentials,
     PermanentError,
     RateLimited,
     TokenExpired,
@@ -35,6 +52,7 @@ from clearlift_cli.platforms.base import (
     TokenGrant,
 )
 from clearlift_cli.platforms.http import HttpClient, Response
+from clearlift_cli.platforms.paging import PageGuard
 from clearlift_cli.redact import redact
 
 PLATFORM = "tiktok"
@@ -42,7 +60,17 @@ API_PATH = "/open_api/v1.3"
 PAGE_SIZE = 1000
 # TikTok rejects daily reports whose start_date..end_date spans more than 30 days.
 REPORT_MAX_DAYS = 30
-REPORT_METRICS = ("spend", "impressions", "clicks", "conversion")
+# Web "Complete Payment" total value and in-app "Purchase" total value (see the docstring).
+VALUE_METRICS = ("total_complete_payment_rate", "total_purchase_value")
+REPORT_METRICS = ("spend", "impressions", "clicks", "conversion", *VALUE_METRICS)
+# Every campaign, deleted ones included (TikTok leaves those out unless asked).
+CAMPAIGN_FILTER = {"secondary_status": "CAMPAIGN_STATUS_ALL"}
+REPORT_FILTER = [{"field_name": "campaign_status", "filter_type": "IN",
+                  "filter_value": '["STATUS_ALL"]'}]
+# Pages one walk (the campaign list, one report window of at most 30 days) may take before
+# it is taken for endless pagination: at 1,000 rows a page, 1,000,000 rows, i.e. 33,000
+# campaigns delivering every day of a 30-day window; TikTok caps an advertiser far lower.
+MAX_PAGES_PER_WALK = 1000
 # Seconds to wait when a rate-limit code carries no hint (TikTok never sends one).
 DEFAULT_RATE_LIMIT_WAIT = 60.0
 
@@ -134,12 +162,17 @@ def _metric_decimal(value: Any, name: str) -> Decimal:
 
 
 def parse_campaign(row: dict[str, Any]) -> Campaign:
-    """One ``campaign/get`` list item as a ``Campaign`` (budget in exact micros)."""
+    """One ``campaign/get`` list item as a ``Campaign`` (budget in exact micros). A deleted
+    campaign (secondary status ``CAMPAIGN_STATUS_DELETE``) gets status ``DELETE``, else the
+    ``operation_status`` (ENABLE/DISABLE)."""
     budget = row.get("budget")
+    status = row.get("operation_status")
+    if row.get("secondary_status") == "CAMPAIGN_STATUS_DELETE":
+        status = "DELETE"
     return Campaign(
         campaign_id=str(row["campaign_id"]),
         campaign_name=row.get("campaign_name"),
-        status=row.get("operation_status"),
+        status=status,
         objective=row.get("objective_type"),
         channel=None,
         budget_micros=None if budget is None else to_micros(_metric_decimal(budget, "budget")),
@@ -165,7 +198,9 @@ def parse_report_row(row: dict[str, Any]) -> DailyMetric:
             clicks=to_int(clicks),
             spend_micros=to_micros(_metric_decimal(metrics.get("spend"), "spend")),
             conversions=_metric_decimal(metrics.get("conversion"), "conversion"),
-            conversion_value_micros=0,
+            conversion_value_micros=sum(
+                to_micros(_metric_decimal(metrics.get(name), name)) for name in VALUE_METRICS
+            ),
         )
     except KeyError:
         raise PermanentError("tiktok: report row has no campaign_id", platform=PLATFORM) from None
@@ -236,27 +271,32 @@ class TikTokAdsClient(AdsClient):
         return Account(
             account_id=self.advertiser_id,
             currency=currency,
-            # Kept as TikTok spells it (IANA names, including "Etc/GMT+8" forms).
-            time_zone=str(info.get("timezone") or info.get("display_timezone") or "Etc/UTC"),
+            # The reporting zone, kept as TikTok spells it ("Etc/GMT+8": a fixed offset);
+            # never display_timezone, whose daylight saving time reports do not follow.
+            time_zone=str(info.get("timezone") or "Etc/UTC"),
             name=info.get("name"),
         )
 
-    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    def _pages(self, path: str, params: dict[str, Any], what: str) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+        guard = PageGuard(PLATFORM, what, MAX_PAGES_PER_WALK)
         page = 1
         while True:
             data = self._get(path, {**params, "page": page, "page_size": PAGE_SIZE})
             rows = data.get("list") or []
             info = data.get("page_info") or {}
-            yield rows, info
             total_page = to_int(info.get("total_page") or 0)
-            # An empty page ends the walk even if total_page disagrees (no endless loop).
-            if page >= total_page or not rows:
+            # An empty page ends the walk even if total_page disagrees.
+            more = page < total_page and bool(rows)
+            guard.page(rows, more=more)  # page numbers never repeat: only rows can
+            yield rows, info
+            if not more:
                 return
             page += 1
 
     def campaigns(self) -> Iterator[Campaign]:
         done = 0
-        for rows, info in self._pages("/campaign/get/", {"advertiser_id": self.advertiser_id}):
+        params = {"advertiser_id": self.advertiser_id, "filtering": _json_param(CAMPAIGN_FILTER)}
+        for rows, info in self._pages("/campaign/get/", params, "campaigns"):
             for row in rows:
                 yield parse_campaign(row)
             done += len(rows)
@@ -274,8 +314,9 @@ class TikTokAdsClient(AdsClient):
                 "metrics": _json_param(list(REPORT_METRICS)),
                 "start_date": start.isoformat(),
                 "end_date": end.isoformat(),
+                "filtering": _json_param(REPORT_FILTER),
             }
-            for rows, _info in self._pages("/report/integrated/get/", params):
+            for rows, _info in self._pages("/report/integrated/get/", params, f"report {start}..{end}"):
                 for row in rows:
                     yield parse_report_row(row)
             self._progress("metrics", (end - since).days + 1, total_days)
@@ -285,41 +326,14 @@ CLIENT = TikTokAdsClient
 
 
 def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant | None:
-    """Refresh a TikTok user token. Advertiser tokens carry no refresh token and do not
-    expire: then there is nothing to do (None). 40103/40107 mean the refresh token is dead:
-    ``AuthRevoked(definitive=True)``."""
-    if credentials.refresh_token is None:
-        return None
-    settings = ctx.settings
-    if not settings.tiktok_app_id or not settings.tiktok_client_secret:
-        raise MissingAppCredentials(
-            "TIKTOK_APP_ID and TIKTOK_CLIENT_SECRET must be set to refresh TikTok tokens"
-        )
-    redaction.register(credentials.access_token, credentials.refresh_token, settings.tiktok_client_secret)
-    http = HttpClient(
-        platform=PLATFORM, clock=ctx.clock, timeout=settings.http_timeout, session=ctx.session,
-    )
-    body = http.request(
-        "POST", f"{api_base(ctx)}/tt_user/oauth2/refresh_token/", classify=classify,
-        json_body={
-            "client_id": settings.tiktok_app_id,
-            "client_secret": settings.tiktok_client_secret,
-            "grant_type": "refresh_token",
-            "refresh_token": credentials.refresh_token,
-        },
-    )
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict) or not data.get("access_token"):
-        raise TransientError("tiktok: refresh answer has no access_token", platform=PLATFORM)
-    access = str(data["access_token"])
-    new_refresh = data.get("refresh_token")
-    redaction.register(access, new_refresh)
-    expires_in = data.get("expires_in")
-    expires_at = None
-    if expires_in not in (None, "", 0, "0"):
-        expires_at = ctx.clock.now() + timedelta(seconds=to_int(expires_in))
-    return TokenGrant(
-        access_token=access,
-        expires_at=expires_at,
-        refresh_token=str(new_refresh) if new_refresh else None,
-    )
+    """Nothing to refresh: always None, and no request.
+
+    A TikTok ads connection holds an advertiser token from the Marketing API's
+    ``/oauth2/access_token/`` (auth_code exchange), which does not expire: it stays valid
+    until the advertiser revokes the authorisation (code 40105, which ``classify`` turns
+    into ``AuthRevoked(definitive=True)``: the user must reconnect). TikTok's Business API SDK
+    has no refresh call for it; ``/tt_user/oauth2/refresh_token/`` renews the 24-hour tokens
+    of TikTok *accounts* (creators), another product, and a Marketing app's credentials
+    there would fail and flag a healthy connection for re-authorisation. A refresh token or
+    expiry stored by mistake is therefore ignored."""
+    return None

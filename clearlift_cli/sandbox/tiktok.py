@@ -1,11 +1,21 @@
-"""TikTok Business API v1.3 sandbox: advertiser info, campaigns, the integrated report and
-the token refresh endpoint, in TikTok's envelope ``{"code", "message", "request_id",
-"data"}`` with errors as HTTP 200 and a non-zero ``code``.
+"""TikTok Business API v1.3 sandbox: advertiser info, campaigns and the integrated report,
+in TikTok's envelope ``{"code", "message", "request_id", "data"}`` with errors as HTTP 200
+and a non-zero ``code``.
 
 Tokens are checked with ``self.tokens`` (``Access-Token`` header): expired -> 40102,
-unknown or revoked -> 40105. Every advertiser id is valid; its campaigns and daily metrics
-are derived deterministically from the id. Metric values are served as strings for
-campaigns at even positions and as JSON numbers for the others, so clients see both.
+unknown or revoked -> 40105. Advertiser tokens do not expire (issue them with
+``ttl=None``) and there is no refresh endpoint for them: ``/tt_user/oauth2/refresh_token/``
+belongs to TikTok account (creator) tokens, another product, and is not served here. Every
+advertiser id is valid; its campaigns and daily metrics are derived deterministically from
+the id. Metric values are served as strings for campaigns at even positions and as JSON
+numbers for the others, so clients see both.
+
+As TikTok does: deleted campaigns (every fifth, from the fourth) are left out of
+``campaign/get`` unless ``filtering`` asks for ``CAMPAIGN_STATUS_ALL`` and out of the report
+unless its ``filtering`` lists ``campaign_status`` ``STATUS_ALL``; advertiser info gives a
+fixed-offset reporting ``timezone`` ("Etc/GMT+8") and a region ``display_timezone``, and a
+report's days are cut in the former. ``configure_account(endless_pages=True)`` makes every
+list answer ``total_page`` 10^9 over the same rows.
 """
 
 from __future__ import annotations
@@ -16,17 +26,17 @@ import threading
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.data import days, rng
 from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
 
 API_PATH = "/open_api/v1.3"
 MAX_PAGE_SIZE = 1000
 MAX_REPORT_DAYS = 30
-ACCESS_TTL = 86400
-REFRESH_TTL = 31536000
-METRICS = ("spend", "impressions", "clicks", "conversion")
+METRICS = ("spend", "impressions", "clicks", "conversion", "total_complete_payment_rate",
+           "total_purchase_value")
+ENDLESS_TOTAL_PAGE = 10**9
 
 MESSAGES = {
     40001: "No permission to operate advertiser.",
@@ -50,15 +60,17 @@ _WORDS = ("Spring", "Launch", "Retarget", "Brand", "Promo", "Creator", "Holiday"
 class AdvertiserConfig:
     campaigns: int
     currency: str
-    time_zone: str
+    time_zone: str  # advertiser info's `timezone`: the zone reports are cut in
     name: str
     page_size_cap: int = MAX_PAGE_SIZE
+    display_timezone: str = "America/Los_Angeles"
+    endless_pages: bool = False
 
 
 class TikTokApp(PlatformApp):
     """TikTok sandbox. ``configure_account`` shapes an advertiser, ``fail_next`` makes the
     next requests answer an error code, ``campaign_rows``/``report_rows`` return the raw
-    wire rows served."""
+    wire rows (every campaign, deleted ones included)."""
 
     platform = "tiktok"
 
@@ -66,7 +78,6 @@ class TikTokApp(PlatformApp):
         super().__init__(**kw)
         self._lock = threading.Lock()
         self._accounts: dict[str, AdvertiserConfig] = {}
-        self._expired_refresh: set[str] = set()
 
     # --- configuration ------------------------------------------------------------------
 
@@ -79,6 +90,8 @@ class TikTokApp(PlatformApp):
         time_zone: str | None = None,
         name: str | None = None,
         page_size_cap: int | None = None,
+        display_timezone: str | None = None,
+        endless_pages: bool | None = None,
     ) -> AdvertiserConfig:
         """Override the generated settings of one advertiser (unset keeps the default)."""
         config = self.account_config(advertiser_id)
@@ -92,6 +105,10 @@ class TikTokApp(PlatformApp):
             config.name = name
         if page_size_cap is not None:
             config.page_size_cap = page_size_cap
+        if display_timezone is not None:
+            config.display_timezone = display_timezone
+        if endless_pages is not None:
+            config.endless_pages = endless_pages
         return config
 
     def account_config(self, advertiser_id: str) -> AdvertiserConfig:
@@ -102,7 +119,7 @@ class TikTokApp(PlatformApp):
                 self._accounts[advertiser_id] = AdvertiserConfig(
                     campaigns=r.randint(3, 8),
                     currency="USD",
-                    time_zone="America/Los_Angeles",
+                    time_zone="Etc/GMT+8",
                     name=f"Sandbox Advertiser {advertiser_id}",
                 )
             return self._accounts[advertiser_id]
@@ -117,11 +134,6 @@ class TikTokApp(PlatformApp):
             "data": {},
         }
         self.faults.add("status", path=path, times=times, status=200, body=body)
-
-    def expire_refresh_token(self, refresh_token: str) -> None:
-        """Make a refresh token answer 40103 (expired) from now on."""
-        with self._lock:
-            self._expired_refresh.add(refresh_token)
 
     # --- wire data ----------------------------------------------------------------------
 
@@ -139,27 +151,41 @@ class TikTokApp(PlatformApp):
                 budget = r.randint(20, 500)
             else:
                 budget = r.randint(2000, 50000) / 10  # e.g. 50.5: a decimal budget
+            # (the draws keep their old order, so ids and names stay what they were)
+            campaign_id = str(1_700_000_000_000_000_000 + r.randint(0, 10**17) * 10 + index)
+            name = f"{r.choice(_WORDS)} {index + 1}"
+            enabled = r.random() < 0.75
+            deleted = index % 5 == 3
             rows.append({
                 "advertiser_id": advertiser_id,
-                "campaign_id": str(1_700_000_000_000_000_000 + r.randint(0, 10**17) * 10 + index),
-                "campaign_name": f"{r.choice(_WORDS)} {index + 1}",
+                "campaign_id": campaign_id,
+                "campaign_name": name,
                 "budget": budget,
                 "budget_mode": mode,
-                "operation_status": "ENABLE" if r.random() < 0.75 else "DISABLE",
+                "operation_status": "ENABLE" if enabled and not deleted else "DISABLE",
+                "secondary_status": ("CAMPAIGN_STATUS_DELETE" if deleted else
+                                     "CAMPAIGN_STATUS_ENABLE" if enabled else "CAMPAIGN_STATUS_DISABLE"),
                 "objective_type": r.choice(_OBJECTIVES),
                 "create_time": "2023-06-01 00:00:00",
             })
         return rows
 
-    def _today(self) -> date:
-        return datetime.fromtimestamp(self.clock(), timezone.utc).date()
+    def _today(self, time_zone: str) -> date:
+        """Today in the advertiser's reporting zone (UTC for a name zoneinfo lacks)."""
+        try:
+            zone: Any = ZoneInfo(time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = timezone.utc
+        return datetime.fromtimestamp(self.clock(), zone).date()
 
     def report_rows(self, advertiser_id: str, since: date, until: date) -> list[dict[str, Any]]:
-        """Daily campaign rows for ``since``..``until`` as the report serves them (all
-        four metrics), ordered by day then campaign. No rows for days after today."""
+        """Daily campaign rows for ``since``..``until`` as the report serves them when asked
+        for every campaign status (all metrics), ordered by day then campaign. No rows for
+        days after today in the advertiser's reporting ``timezone``."""
         advertiser_id = str(advertiser_id)
+        config = self.account_config(advertiser_id)
         campaigns = self.campaign_rows(advertiser_id)
-        today = self._today()
+        today = self._today(config.time_zone)
         rows = []
         for day in days(since, min(until, today)):
             for index, campaign in enumerate(campaigns):
@@ -170,12 +196,17 @@ class TikTokApp(PlatformApp):
                 clicks = r.randint(0, impressions // 30)
                 conversion = r.randint(0, clicks // 8) if clicks >= 8 else 0
                 cents = r.randint(0, 60000)
+                # Web complete payments and, for some campaigns, in-app purchases.
+                web_cents = sum(r.randint(500, 20000) for _ in range(r.randint(0, conversion)))
+                app_cents = r.randint(0, 9000) if index % 3 == 1 else 0
                 if index % 2 == 0:
                     metrics: dict[str, Any] = {
                         "spend": f"{cents // 100}.{cents % 100:02d}",
                         "impressions": str(impressions),
                         "clicks": str(clicks),
                         "conversion": str(conversion),
+                        "total_complete_payment_rate": f"{web_cents // 100}.{web_cents % 100:02d}",
+                        "total_purchase_value": f"{app_cents // 100}.{app_cents % 100:02d}",
                     }
                 else:
                     metrics = {
@@ -183,6 +214,8 @@ class TikTokApp(PlatformApp):
                         "impressions": impressions,
                         "clicks": clicks,
                         "conversion": conversion,
+                        "total_complete_payment_rate": web_cents / 100,
+                        "total_purchase_value": app_cents / 100,
                     }
                 rows.append({
                     "dimensions": {
@@ -199,8 +232,6 @@ class TikTokApp(PlatformApp):
         if not request.path.startswith(API_PATH + "/"):
             return Reply(404, {"code": 40400, "message": "Not found", "request_id": _request_id(), "data": {}})
         route = request.path[len(API_PATH):]
-        if route == "/tt_user/oauth2/refresh_token/" and request.method == "POST":
-            return self._refresh(request)
         routes = {
             "/advertiser/info/": self._advertiser_info,
             "/campaign/get/": self._campaigns,
@@ -232,20 +263,23 @@ class TikTokApp(PlatformApp):
                 "name": config.name,
                 "currency": config.currency,
                 "timezone": config.time_zone,
-                "display_timezone": config.time_zone,
+                "display_timezone": config.display_timezone,
                 "status": "STATUS_ENABLE",
             }
             out.append({k: v for k, v in full.items() if not fields or k in fields or k == "advertiser_id"})
         return {"list": out}
 
-    def _paged(self, rows: list[dict[str, Any]], query: dict[str, str], cap: int) -> dict[str, Any]:
+    def _paged(self, rows: list[dict[str, Any]], query: dict[str, str],
+               config: AdvertiserConfig) -> dict[str, Any]:
         page = _positive_int(query, "page", 1)
         page_size = _positive_int(query, "page_size", 10)
         if page_size > MAX_PAGE_SIZE:
             raise _ParamError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
-        page_size = min(page_size, cap)
+        page_size = min(page_size, config.page_size_cap)
         total_page = (len(rows) + page_size - 1) // page_size
         chunk = rows[(page - 1) * page_size: page * page_size]
+        if config.endless_pages:  # a broken total_page over the same rows, forever
+            total_page, chunk = ENDLESS_TOTAL_PAGE, rows[:page_size]
         return {
             "list": chunk,
             "page_info": {
@@ -257,7 +291,9 @@ class TikTokApp(PlatformApp):
     def _campaigns(self, query: dict[str, str]) -> dict[str, Any]:
         advertiser_id = _required(query, "advertiser_id")
         config = self.account_config(advertiser_id)
-        return self._paged(self.campaign_rows(advertiser_id), query, config.page_size_cap)
+        wanted = _campaign_filter(query)
+        rows = [c for c in self.campaign_rows(advertiser_id) if wanted(c["secondary_status"])]
+        return self._paged(rows, query, config)
 
     def _report(self, query: dict[str, str]) -> dict[str, Any]:
         advertiser_id = _required(query, "advertiser_id")
@@ -283,46 +319,17 @@ class TikTokApp(PlatformApp):
             raise _ParamError(
                 f"The date range between start_date and end_date cannot exceed {MAX_REPORT_DAYS} days."
             )
+        deleted = {c["campaign_id"] for c in self.campaign_rows(advertiser_id)
+                   if c["secondary_status"] == "CAMPAIGN_STATUS_DELETE"}
+        with_deleted = _report_includes_deleted(query)
         rows = [
             {"dimensions": row["dimensions"],
              "metrics": {k: v for k, v in row["metrics"].items() if k in metrics}}
             for row in self.report_rows(advertiser_id, start, end)
+            if with_deleted or row["dimensions"]["campaign_id"] not in deleted
         ]
         config = self.account_config(advertiser_id)
-        return self._paged(rows, query, config.page_size_cap)
-
-    def _refresh(self, request: Request) -> Reply:
-        try:
-            body = request.json()
-        except ValueError:
-            return _error(40002, "body must be JSON")
-        if not isinstance(body, dict):
-            return _error(40002, "body must be a JSON object")
-        if (body.get("client_id") != APP_CREDENTIALS["TIKTOK_APP_ID"]
-                or body.get("client_secret") != APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"]):
-            return _error(40001, "client_id or client_secret is invalid.")
-        if body.get("grant_type") != "refresh_token":
-            return _error(40002, "grant_type: must be refresh_token")
-        old = str(body.get("refresh_token") or "")
-        with self._lock:
-            expired = old in self._expired_refresh
-        if expired:
-            return _error(40103)
-        access = self.tokens.refresh_grant(old, ttl=ACCESS_TTL)
-        if access is None:
-            return _error(40107)
-        # TikTok rotates refresh tokens: the new one replaces the old.
-        new_refresh = self.tokens.add_refresh(f"tiktok-rt-{secrets.token_urlsafe(24)}")
-        self.tokens.revoke(old)
-        return _ok({
-            "access_token": access,
-            "expires_in": ACCESS_TTL,
-            "refresh_token": new_refresh,
-            "refresh_token_expires_in": REFRESH_TTL,
-            "open_id": "sandbox-open-id",
-            "scope": "user.info.basic,ads.read",
-            "token_type": "Bearer",
-        })
+        return self._paged(rows, query, config)
 
 
 class _ParamError(ValueError):
@@ -340,6 +347,58 @@ def _ok(data: dict[str, Any]) -> Reply:
 def _error(code: int, detail: str | None = None) -> Reply:
     message = MESSAGES.get(code, "Error.") if detail is None else detail
     return Reply(200, {"code": code, "message": message, "request_id": _request_id(), "data": {}})
+
+
+def _campaign_filter(query: dict[str, str]):
+    """Which secondary statuses ``campaign/get`` serves: its ``filtering`` object's
+    ``secondary_status`` (``CAMPAIGN_STATUS_ALL``, ``CAMPAIGN_STATUS_NOT_DELETE``, or one
+    status) or ``primary_status`` (``STATUS_ALL``); by default every campaign not deleted."""
+    raw = query.get("filtering")
+    spec: Any = {}
+    if raw:
+        try:
+            spec = json.loads(raw)
+        except ValueError:
+            raise _ParamError("filtering: must be a JSON object") from None
+        if not isinstance(spec, dict):
+            raise _ParamError("filtering: must be a JSON object")
+    secondary = spec.get("secondary_status")
+    primary = spec.get("primary_status")
+    if secondary == "CAMPAIGN_STATUS_ALL" or primary == "STATUS_ALL":
+        return lambda status: True
+    if secondary in (None, "CAMPAIGN_STATUS_NOT_DELETE"):
+        return lambda status: status != "CAMPAIGN_STATUS_DELETE"
+    if not isinstance(secondary, str) or not secondary.startswith("CAMPAIGN_STATUS_"):
+        raise _ParamError(f"filtering.secondary_status: invalid value {secondary!r}")
+    return lambda status: status == secondary
+
+
+def _report_includes_deleted(query: dict[str, str]) -> bool:
+    """Whether the report's ``filtering`` asks for deleted campaigns: a ``campaign_status``
+    clause ``IN`` ``["STATUS_ALL"]`` (or ``STATUS_DELETE``). By default they are left out."""
+    raw = query.get("filtering")
+    if not raw:
+        return False
+    try:
+        clauses = json.loads(raw)
+    except ValueError:
+        raise _ParamError("filtering: must be a JSON array") from None
+    if not isinstance(clauses, list):
+        raise _ParamError("filtering: must be a JSON array")
+    for clause in clauses:
+        if not isinstance(clause, dict) or clause.get("field_name") != "campaign_status":
+            continue
+        if clause.get("filter_type") != "IN":
+            raise _ParamError("filtering: campaign_status takes filter_type IN")
+        try:
+            values = json.loads(clause.get("filter_value") or "")
+        except (TypeError, ValueError):
+            raise _ParamError("filtering: filter_value must be a JSON array as a string") from None
+        if not isinstance(values, list):
+            raise _ParamError("filtering: filter_value must be a JSON array as a string")
+        if "STATUS_ALL" in values or "STATUS_DELETE" in values:
+            return True
+    return False
 
 
 def _required(query: dict[str, str], name: str) -> str:

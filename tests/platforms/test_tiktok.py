@@ -91,9 +91,16 @@ def _expected_metrics(rows) -> list[DailyMetric]:
             clicks=int(row["metrics"]["clicks"]),
             spend_micros=_micros(row["metrics"]["spend"]),
             conversions=Decimal(str(row["metrics"]["conversion"])),
+            # web "Complete Payment" value + in-app "Purchase" value
+            conversion_value_micros=_micros(row["metrics"]["total_complete_payment_rate"])
+            + _micros(row["metrics"]["total_purchase_value"]),
         )
         for row in rows
     ]
+
+
+def _status(row) -> str:
+    return "DELETE" if row["secondary_status"] == "CAMPAIGN_STATUS_DELETE" else row["operation_status"]
 
 
 def test_module_registers_client_and_refresh():
@@ -128,7 +135,7 @@ def test_campaigns_span_pages_and_match_the_wire_exactly(app, client):
         Campaign(
             campaign_id=row["campaign_id"],
             campaign_name=row["campaign_name"],
-            status=row["operation_status"],
+            status=_status(row),
             objective=row["objective_type"],
             budget_micros=_micros(row["budget"]),
         )
@@ -286,68 +293,133 @@ def test_http_level_errors(app, client, status, expected):
         list(client.campaigns())
 
 
-def test_refresh_returns_a_new_pair_that_works(app, ctx, clock):
-    access, refresh = app.tokens.issue(ttl=3600)
-
-    grant = refresh_token(ctx, Credentials(access, refresh))
-
-    assert grant is not None
-    assert grant.expires_at == clock.now() + timedelta(seconds=86400)
-    assert grant.refresh_token and grant.refresh_token != refresh
-    assert grant.access_token != access
-    (sent,) = app.requests_to(r"/tt_user/oauth2/refresh_token/$")
-    assert sent.method == "POST"
-    assert sent.json() == {
-        "client_id": APP_CREDENTIALS["TIKTOK_APP_ID"],
-        "client_secret": APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"],
-        "grant_type": "refresh_token",
-        "refresh_token": refresh,
-    }
-    assert TikTokAdsClient(ctx, Credentials(grant.access_token)).account().currency == "USD"
-    # the old refresh token was rotated away
-    with pytest.raises(AuthRevoked) as info:
-        refresh_token(ctx, Credentials(access, refresh))
-    assert info.value.definitive is True and "40107" in str(info.value)
-
-
-def test_refresh_without_refresh_token_does_nothing(app, ctx, token):
+def test_refresh_never_calls_tiktok_even_with_a_stored_refresh_token(app, ctx, token):
+    """Advertiser tokens do not expire and have no refresh call; tt_user/oauth2/refresh_token
+    is for TikTok account tokens, so a refresh token stored by mistake is ignored."""
     assert refresh_token(ctx, Credentials(token)) is None
+    assert refresh_token(ctx, Credentials(token, "tiktok-rt-stored-by-mistake-0001",
+                                          expires_at=datetime(2024, 6, 1, tzinfo=UTC))) is None
     assert app.requests == []
+    # The sandbox serves no such endpoint for the Marketing API either.
+    assert TikTokAdsClient(ctx, Credentials(token)).account().currency == "USD"
 
 
-def test_refresh_without_app_credentials(tmp_path, server, clock, app):
+def test_refresh_needs_no_app_credentials(tmp_path, server, clock, app, token):
     ctx = PlatformContext(
         settings=_settings(tmp_path, server, app_credentials=False), account_id=ADVERTISER, clock=clock
     )
-    access, refresh = app.tokens.issue()
-
-    with pytest.raises(MissingAppCredentials):
-        refresh_token(ctx, Credentials(access, refresh))
+    assert refresh_token(ctx, Credentials(token, "some-refresh-token-0000")) is None
     assert app.requests == []
-
-
-def test_expired_refresh_token_is_definitive(app, ctx):
-    access, refresh = app.tokens.issue()
-    app.expire_refresh_token(refresh)
-
-    with pytest.raises(AuthRevoked) as info:
-        refresh_token(ctx, Credentials(access, refresh))
-    assert info.value.definitive is True and "40103" in str(info.value)
 
 
 def test_no_token_in_error_messages(app, ctx):
     access, refresh = app.tokens.issue()
     client = TikTokAdsClient(ctx, Credentials(access, refresh))
     app.fail_next(40105, path=CAMPAIGNS, message=f"Access token {access} is incorrect")
-    app.fail_next(40107, path="refresh_token", message=f"refresh_token={refresh} is invalid")
 
     with pytest.raises(AuthRevoked) as first:
         list(client.campaigns())
-    with pytest.raises(AuthRevoked) as second:
-        refresh_token(ctx, Credentials(access, refresh))
 
-    for exc in (first.value, second.value):
-        for text in (str(exc), exc.reason, repr(exc.args)):
-            assert access not in text and refresh not in text
-            assert APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"] not in text
-    assert "incorrect" in str(first.value)
+    exc = first.value
+    for text in (str(exc), exc.reason, repr(exc.args)):
+        assert access not in text and refresh not in text
+        assert APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"] not in text
+    assert "incorrect" in str(exc)
+
+
+# --- deleted campaigns, conversion value, time zone, endless pages (issue 14, 16) ------------
+
+
+def _report_query(start: str, end: str, **more) -> dict:
+    return {"advertiser_id": ADVERTISER, "report_type": "BASIC", "data_level": "AUCTION_CAMPAIGN",
+            "dimensions": '["campaign_id","stat_time_day"]', "metrics": '["spend"]',
+            "start_date": start, "end_date": end, "page_size": "1000", **more}
+
+
+def test_deleted_campaigns_and_their_past_spend_are_read(app, client):
+    app.configure_account(ADVERTISER, campaigns=9, page_size_cap=4)
+    wire = app.campaign_rows(ADVERTISER)
+    deleted = {r["campaign_id"] for r in wire if r["secondary_status"] == "CAMPAIGN_STATUS_DELETE"}
+    assert len(deleted) == 2
+    since, until = date(2024, 5, 1), date(2024, 5, 10)
+
+    campaigns = {c.campaign_id: c.status for c in client.campaigns()}
+    metrics = list(client.daily_metrics(since, until))
+
+    assert set(campaigns) == {r["campaign_id"] for r in wire}
+    assert {campaigns[cid] for cid in deleted} == {"DELETE"}
+    assert metrics == _expected_metrics(app.report_rows(ADVERTISER, since, until))
+    assert deleted <= {m.campaign_id for m in metrics}
+    assert {r.query["filtering"] for r in app.requests_to(REPORT)} == {
+        json.dumps([{"field_name": "campaign_status", "filter_type": "IN", "filter_value": '["STATUS_ALL"]'}],
+                   separators=(",", ":"))}
+    assert {json.loads(r.query["filtering"])["secondary_status"] for r in app.requests_to(CAMPAIGNS)} == {
+        "CAMPAIGN_STATUS_ALL"}
+
+
+def test_sandbox_leaves_deleted_campaigns_out_unless_asked(app, server, token):
+    app.configure_account(ADVERTISER, campaigns=5)
+    deleted = {r["campaign_id"] for r in app.campaign_rows(ADVERTISER)
+               if r["secondary_status"] == "CAMPAIGN_STATUS_DELETE"}
+    assert len(deleted) == 1
+    base = f"{server.base_url}/open_api/v1.3"
+
+    def get(path, **query):
+        body = requests.get(f"{base}{path}", headers={"Access-Token": token}, params=query, timeout=5).json()
+        assert body["code"] == 0, body
+        return body["data"]["list"]
+
+    plain = get("/campaign/get/", advertiser_id=ADVERTISER, page_size=100)
+    everything = get("/campaign/get/", advertiser_id=ADVERTISER, page_size=100,
+                     filtering='{"secondary_status":"CAMPAIGN_STATUS_ALL"}')
+    assert {r["campaign_id"] for r in everything} - {r["campaign_id"] for r in plain} == deleted
+    rows = get("/report/integrated/get/", **_report_query("2024-05-01", "2024-05-05"))
+    all_rows = get("/report/integrated/get/", **_report_query(
+        "2024-05-01", "2024-05-05",
+        filtering='[{"field_name":"campaign_status","filter_type":"IN","filter_value":"[\\"STATUS_ALL\\"]"}]'))
+    assert not deleted & {r["dimensions"]["campaign_id"] for r in rows}
+    assert deleted <= {r["dimensions"]["campaign_id"] for r in all_rows}
+
+
+def test_conversion_value_is_stored_exactly_from_the_decimal_text(app, client):
+    app.configure_account(ADVERTISER, campaigns=3)
+    day = date(2024, 5, 20)
+    wire = {r["dimensions"]["campaign_id"]: r["metrics"] for r in app.report_rows(ADVERTISER, day, day)}
+    got = {m.campaign_id: m.conversion_value_micros for m in client.daily_metrics(day, day)}
+
+    assert got and got == {cid: int(Decimal(str(m["total_complete_payment_rate"])) * 1_000_000)
+                           + int(Decimal(str(m["total_purchase_value"])) * 1_000_000) for cid, m in wire.items()}
+    assert any(v for v in got.values())
+    sent = json.loads(app.requests_to(REPORT)[0].query["metrics"])
+    assert {"total_complete_payment_rate", "total_purchase_value", "conversion"} <= set(sent)
+
+
+def test_reporting_day_follows_the_fixed_offset_timezone_not_display_timezone(app, ctx, token, clock):
+    # 07:30 UTC on 1 June: 00:30 in Los Angeles (summer time, what display_timezone names),
+    # still 31 May in Etc/GMT+8, the zone TikTok cuts reports in (no daylight saving time).
+    clock.advance((datetime(2024, 6, 1, 7, 30, tzinfo=UTC) - clock.now()).total_seconds())
+    app.clock = clock.time
+    app.configure_account(ADVERTISER, campaigns=2, time_zone="Etc/GMT+8", display_timezone="America/Los_Angeles")
+    client = TikTokAdsClient(ctx, Credentials(token))
+
+    account = client.account()
+    metrics = list(client.daily_metrics(date(2024, 5, 30), date(2024, 6, 1)))
+
+    assert account.time_zone == "Etc/GMT+8"
+    assert max(m.metric_date for m in metrics) == date(2024, 5, 31)
+    (info,) = app.requests_to(r"/advertiser/info/$")
+    assert "timezone" in json.loads(info.query["fields"])
+
+
+@pytest.mark.parametrize("walk", ["campaigns", "report"])
+def test_endless_total_page_over_repeating_rows_fails_fast(app, client, walk):
+    app.configure_account(ADVERTISER, campaigns=5, page_size_cap=2, endless_pages=True)
+
+    with pytest.raises(PermanentError, match="endless pagination") as info:
+        if walk == "campaigns":
+            list(client.campaigns())
+        else:
+            list(client.daily_metrics(date(2024, 5, 1), date(2024, 5, 3)))
+
+    assert "repeats the 2 rows" in str(info.value)
+    assert len(app.requests_to(CAMPAIGNS if walk == "campaigns" else REPORT)) == 2
