@@ -306,10 +306,13 @@ def consume(
 
 @app.command("refresh-tokens")
 def refresh_tokens(
-    margin: Annotated[int, typer.Option("--margin", min=0, help="Refresh tokens expiring within this many seconds.")] = 300,
+    margin: Annotated[int, typer.Option("--margin", min=0, help=(
+        "Refresh tokens expiring within this many seconds (platforms that need longer keep "
+        "theirs: Meta's 60-day tokens from 7 days before expiry)."))] = 300,
     db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Renew every active connection's token that expires within the margin (cron: every 5 minutes).
+    """Renew every active connection's token that expires within the margin, or within its
+    platform's own longer margin (cron: every 5 minutes).
 
     Example:  clearlift refresh-tokens --margin 600
     """

@@ -64,8 +64,8 @@ def refresh_connection(
     try:
         grant = module.refresh_token(platform_context(settings, store, conn), creds)
     except AuthRevoked:
-        # A rotating refresh token (TikTok) is refused once another run has used it; if that
-        # run stored its newer token meanwhile, the connection is fine.
+        # A grant refused because another run (or a reconnect) replaced it since we read the
+        # row: if a newer token was stored meanwhile, the connection is fine.
         current = store.get_connection(conn.id)
         if current.credentials_encrypted == conn.credentials_encrypted:
             raise
@@ -100,23 +100,47 @@ class RefreshResult:
         }
 
 
+def renewal_margin(platform: str, margin_seconds: float) -> float:
+    """Seconds before expiry from which ``platform``'s tokens are renewed: the run's margin,
+    or the platform's own ``RENEWAL_MARGIN_SECONDS`` when that is longer (Meta's 60-day
+    tokens are renewed from a week before expiry, not in their last minutes)."""
+    if platform not in PLATFORMS:
+        return margin_seconds
+    own = getattr(platform_module(platform), "RENEWAL_MARGIN_SECONDS", 0)
+    return max(float(margin_seconds), float(own))
+
+
 def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
-    limit = julian_day(store.clock.now() + timedelta(seconds=margin_seconds))
+    """Active connections whose token expires within their platform's renewal margin (see
+    ``renewal_margin``) or already has, earliest first per platform."""
+    widest = max([margin_seconds, *(renewal_margin(p, margin_seconds) for p in PLATFORMS)])
+    now = store.clock.now()
+    limit = julian_day(now + timedelta(seconds=widest))
     rows = store.read(
         f"SELECT {CONNECTION_COLUMNS} FROM platform_connections "
         "WHERE expires_at IS NOT NULL AND julianday(expires_at) <= ? AND is_active = 1 "
         "AND coalesce(needs_reauth, 0) = 0 ORDER BY platform, julianday(expires_at)",
         (limit,),
     )
-    return [Connection.from_row(r) for r in rows]
+    due = []
+    for conn in (Connection.from_row(r) for r in rows):
+        try:
+            expires = conn.expires()
+        except ValueError:  # SQLite read it as a time; keep the connection due
+            expires = None
+        margin = timedelta(seconds=renewal_margin(conn.platform, margin_seconds))
+        if expires is None or expires <= now + margin:
+            due.append(conn)
+    return due
 
 
 def refresh_due(
     settings: Settings, store: Store, *, margin_seconds: float = DEFAULT_MARGIN_SECONDS,
     pace_seconds: float = DEFAULT_PACE_SECONDS,
 ) -> RefreshResult:
-    """Refresh every active connection whose token expires within the margin (or already
-    has). One connection's failure never stops the run."""
+    """Refresh every active connection whose token expires within the margin, or within its
+    platform's longer renewal margin (or already has). One connection's failure never stops
+    the run."""
     result = RefreshResult()
 
     def failed(conn_id: str, reason: str) -> None:

@@ -113,6 +113,10 @@ def test_pages_of_campaigns_and_insights_land_exactly_with_configured_conversion
     want_campaigns = expected_campaigns(fb, ACCOUNT)
     assert stored_campaigns(env, "org-1") == want_campaigns == stored_campaigns(env, "org-2")
     assert len(want_campaigns) == 7 and any(v[3] is None for v in want_campaigns.values())
+    # Archived and deleted campaigns are there, with their past spend (Graph hides both unless
+    # the request's filtering lists their status).
+    hidden = {c["id"] for c in campaigns if c["status"] in ("ARCHIVED", "DELETED")}
+    assert len(hidden) == 2 and hidden <= {cid for cid, _ in got1}
     metric_rows = env.warehouse_rows("facebook_ads_daily_metrics", organization_id="org-1")
     assert {(r["currency"], r["connection_id"], r["account_id"]) for r in metric_rows} == {
         ("EUR", conn1, f"act_{ACCOUNT}")}
@@ -133,10 +137,11 @@ def test_pages_of_campaigns_and_insights_land_exactly_with_configured_conversion
 
 def test_oversized_window_is_split_and_a_big_day_goes_async_landing_once_per_campaign_day(env, sandbox):
     fb = sandbox.facebook
-    # Six campaigns, one archived (no delivery unless pinned): a day normally has at most 5 rows.
+    # Six campaigns (archived and deleted ones among them: their rows count too), at most five
+    # rows per request; Graph answers more with HTTP 500, code 1 and no subcode.
     fb.configure_account(ACCOUNT, campaigns=6, max_sync_rows=5, async_polls=1)
     campaigns = fb.campaign_rows(ACCOUNT)
-    assert sum(c["status"] == "ARCHIVED" for c in campaigns) == 1
+    assert {c["status"] for c in campaigns} >= {"ARCHIVED", "DELETED"}
     big_day = datetime.now(timezone.utc).date() - timedelta(days=4)
     for c in campaigns:  # all six deliver on big_day: too much even for a one-day request
         fb.pin_insight(ACCOUNT, c["id"], big_day)
@@ -159,13 +164,15 @@ def test_oversized_window_is_split_and_a_big_day_goes_async_landing_once_per_cam
     assert ranges[0] == {"since": since.isoformat(), "until": until.isoformat()}
     assert any(r["since"] != r["until"] and r != ranges[0] for r in ranges)  # halves
     assert {"since": big_day.isoformat(), "until": big_day.isoformat()} in ranges  # split down to the day
-    # That day went through one async report, polled until complete.
-    (run_id,) = fb.report_run_ids()
+    # Exactly the days with more than five rows went through async reports, polled until complete.
+    full_days = [d.isoformat() for d in (since + timedelta(days=i) for i in range((until - since).days + 1))
+                 if len(fb.insight_rows(ACCOUNT, d, d)) > 5]
+    assert big_day.isoformat() in full_days
     posts = [r for r in fb.requests_to(r"act_\d+/insights$") if r.method == "POST"]
-    assert [json.loads(r.form()["time_range"]) for r in posts] == [
-        {"since": big_day.isoformat(), "until": big_day.isoformat()}]
-    assert len(fb.requests_to(rf"/{run_id}$")) == 2  # "Job Not Started", then "Job Completed"
-    assert fb.requests_to(rf"/{run_id}/insights$")
+    assert [json.loads(r.form()["time_range"]) for r in posts] == [{"since": d, "until": d} for d in full_days]
+    for run_id in fb.report_run_ids():
+        assert len(fb.requests_to(rf"/{run_id}$")) == 2  # "Job Not Started", then "Job Completed"
+        assert fb.requests_to(rf"/{run_id}/insights$")
 
 
 def test_long_backfill_is_sliced_and_lands_exactly(env, sandbox):
@@ -191,6 +198,69 @@ def test_long_backfill_is_sliced_and_lands_exactly(env, sandbox):
     assert sum(n for _, _, n in cov) == job["records_synced"] == len(want) + 3
     ranges = [json.loads(r.query["time_range"]) for r in fb.requests_to(r"/insights$")]
     assert ranges == [{"since": s.isoformat(), "until": e.isoformat()} for s, e in slices]
+
+
+def test_expired_api_version_fails_the_job_at_once_saying_what_to_set(env, sandbox):
+    fb = sandbox.facebook
+    token, _ = fb.tokens.issue(ttl=None)
+    conn = env.add("org-1", "facebook", ACCOUNT, token)
+    env.extra["CLEARLIFT_FACEBOOK_API_VERSION"] = "v23.0"  # expired 2026-06-09
+    env.run("sync", conn, "--now")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn)
+    assert job["status"] == "failed"
+    assert job["error_message"].startswith(
+        "Meta Marketing API v23.0 is no longer served (sunset 2026-06-09): set CLEARLIFT_FACEBOOK_API_VERSION to")
+    q = queue_row(env, job["id"])
+    assert (q["state"], q["attempts"]) == ("dead", 1)
+    assert len(fb.requests) == 1 and env.connection(conn)["needs_reauth"] == 0
+
+
+def test_meta_tokens_are_renewed_from_a_week_before_expiry_on_every_run_until_it_works(env, sandbox):
+    fb = sandbox.facebook
+    day = 86400
+
+    def in_days(n: float) -> str:
+        return (datetime.now(timezone.utc) + timedelta(days=n)).isoformat().replace("+00:00", "Z")
+
+    renewable = fb.issue_long_lived(ttl=6 * day)
+    stuck = fb.issue_long_lived(ttl=5 * day)
+    later = fb.issue_long_lived(ttl=8 * day)
+    c_renewable = env.add("org-1", "facebook", "3000000001", renewable, expires_at=in_days(6))
+    c_stuck = env.add("org-1", "facebook", "3000000002", stuck, expires_at=in_days(5))
+    c_later = env.add("org-1", "facebook", "3000000003", later, expires_at=in_days(8))
+    g_access, g_refresh = sandbox.google.tokens.issue(ttl=6 * day)
+    c_google = env.add("org-1", "google", "111-222-3333", g_access, g_refresh, expires_at=in_days(6))
+    before = {c: env.connection(c) for c in (c_stuck, c_later, c_google)}
+
+    # Meta hands an already long-lived token back unextended (its documented behaviour as far
+    # as known): nothing is renewed, the run says so, and the connection is not flagged.
+    first = json.loads(env.run("refresh-tokens", "--json").stdout)
+    assert (first["refreshed"], first["failed"], first["needs_reauth"]) == (0, 2, 0)
+    assert {f["connection_id"] for f in first["failures"]} == {c_renewable, c_stuck}
+    assert all("same token without extending it" in f["reason"] for f in first["failures"])
+    exchanged = [r.query["fb_exchange_token"] for r in fb.requests_to("oauth/access_token")]
+    assert sorted(exchanged) == sorted([renewable, stuck])  # not the one 8 days out
+
+    # If Meta does renew it, the next run (a few minutes later) stores the new 60-day token.
+    fb.long_lived_renewal = "renewed"
+    fb.faults.add("status", path="oauth/access_token", times=3, status=500, body={"error": {
+        "message": "An unexpected error has occurred. Please retry your request later.",
+        "type": "OAuthException", "code": 2, "is_transient": True}})
+    second = json.loads(env.run("refresh-tokens", "--json").stdout)
+    assert (second["refreshed"], second["failed"]) == (1, 1)  # the first exchange met the outage
+    third = json.loads(env.run("refresh-tokens", "--json").stdout)
+    assert (third["refreshed"], third["failed"]) == (1, 0)
+    for conn, old in ((c_renewable, renewable), (c_stuck, stuck)):
+        row = env.connection(conn)
+        assert row["needs_reauth"] == 0
+        assert datetime.fromisoformat(row["expires_at"].replace("Z", "+00:00")) > datetime.now(timezone.utc) + timedelta(days=59)
+        assert fb.tokens.check(old) == "ok"
+    assert env.connection(c_later) == before[c_later]
+    assert env.connection(c_google) == before[c_google] and sandbox.google.requests_to("/token") == []
+    # Once renewed, nothing is due for weeks.
+    assert json.loads(env.run("refresh-tokens", "--json").stdout)["refreshed"] == 0
 
 
 def _delay(env: Env, job_id: str) -> float:

@@ -4,11 +4,16 @@ Wire facts (see PLATFORM_APIS.md): the access token travels as the ``access_toke
 parameter, so every URL carries a secret and nothing derived from one is shown unredacted.
 Every number is a string; budgets are in the currency's minor unit (Meta's own offset
 table), spend is a decimal in account currency. Lists page through ``paging.next`` until it
-is absent. A request for too much data fails with code 1 / subcode 99: the window is split
-in halves down to one day, and a single day that is still too large goes through an async
-report. Usage headers (``x-app-usage``, ``x-business-use-case-usage``,
-``x-ad-account-usage``) are read on every answer: near the limit the client slows down, and
-once blocked it stops and reports how long to wait.
+is absent; a ``next`` that repeats, pages that repeat their rows, or more pages than any
+account has stop the job (``paging.PageGuard``). A request for too much data fails with
+HTTP 500, code 1 and usually no subcode ("Please reduce the amount of data you're asking
+for"; subcode 99 when present): the window is split in halves down to one day, and a single
+day that is still too large goes through an async report. Campaigns and insights are asked
+for with a ``filtering`` on every campaign status, because Graph leaves ARCHIVED and DELETED
+campaigns out by default and their past spend is real spend. A request to an expired API
+version (code 2635) fails the job with what to set instead. Usage headers (``x-app-usage``,
+``x-business-use-case-usage``, ``x-ad-account-usage``) are read on every answer: near the
+limit the client slows down, and once blocked it stops and reports how long to wait.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from clearlift_cli.platforms.base import (
     PlatformContext,
     TokenGrant,
 )
+from clearlift_cli.platforms import versions
 from clearlift_cli.platforms.http import HttpClient, Response
+from clearlift_cli.platforms.paging import PageGuard
 from clearlift_cli.redact import redact
 
 PLATFORM = "facebook"
@@ -51,6 +58,29 @@ INSIGHT_FIELDS = (
 )
 CAMPAIGN_PAGE_SIZE = 100
 INSIGHT_PAGE_SIZE = 500
+
+# Every effective_status a campaign can have: Campaign.EffectiveStatus of Meta's business
+# SDKs, which are generated from the Marketing API's own schema (facebook-python-business-sdk,
+# 2026). Without a filter the campaigns edge and account insights leave ARCHIVED and DELETED
+# campaigns out ("A request with no filters returns only campaigns that were not archived or
+# deleted"; deleted objects' insights only come "using the *.effective_status filter").
+# Doubt: the campaigns-edge reference page lists twelve values, adding the ad-level
+# CAMPAIGN_PAUSED, ADSET_PAUSED, PENDING_REVIEW, DISAPPROVED, PREAPPROVED and
+# PENDING_BILLING_INFO; a campaign never has those, the SDK's own parameter check rejects them
+# for campaigns, and Graph has refused them there before (code 100, subcode 1487561 "Run
+# Status not valid"), so they are not sent. A status missing here loses its campaigns' rows.
+CAMPAIGN_STATUSES = ("ACTIVE", "PAUSED", "IN_PROCESS", "WITH_ISSUES", "ARCHIVED", "DELETED")
+
+# Pages one walk (one list, one insights window of at most 30 days) may take before it is
+# taken for endless pagination. The biggest real walks stay far below: an ad account keeps at
+# most 50,000 archived objects (Meta's Ads blog, "Deleted versus Archived") plus a few
+# thousand live campaigns, 100 per page; a 30-day window of daily campaign insights at 500 rows a page reaches 2,000 pages
+# only with 33,000 campaigns delivering every day. Repeats are caught long before the cap.
+MAX_PAGES_PER_WALK = 2000
+
+# Long-lived user tokens last about 60 days and there is no refresh token: renew from a week
+# before expiry, on every refresh-tokens run until it works (tokens.py reads this).
+RENEWAL_MARGIN_SECONDS = 7 * 86400
 
 # "purchase" is Meta's deduplicated purchase count; adding the pixel-only
 # ("offsite_conversion.fb_pixel_purchase") or cross-channel ("omni_purchase") spellings of
@@ -155,6 +185,13 @@ def _budget_offset(currency: str) -> int:
     return minor_units_per_unit(currency)
 
 
+def status_filter(field: str) -> str:
+    """A Graph ``filtering`` value asking for every campaign status on ``field``
+    (``effective_status`` on the campaigns edge, ``campaign.effective_status`` in insights)."""
+    return json.dumps([{"field": field, "operator": "IN", "value": list(CAMPAIGN_STATUSES)}],
+                      separators=(",", ":"))
+
+
 def _short(text: object) -> str:
     clean = " ".join(redact(text).split())
     return clean if len(clean) <= _MAX_MESSAGE_CHARS else clean[: _MAX_MESSAGE_CHARS - 1] + "…"
@@ -223,7 +260,27 @@ class Usage:
 
 
 class _DataTooLarge(PermanentError):
-    """Code 1 / subcode 99: the request asked for too much data (split or go async)."""
+    """The request asked for too much data (split the window or go async)."""
+
+
+class _VersionSunset(PermanentError):
+    """Code 2635: the configured API version is no longer served."""
+
+
+_TOO_MUCH_DATA = "reduce the amount of data"
+_DEPRECATED_VERSION = 2635
+
+
+def _too_much_data(code: int | None, subcode: int | None, error: Mapping[str, Any]) -> bool:
+    """Graph's "Please reduce the amount of data you're asking for, then retry your
+    request": HTTP 500 with code 1 and usually no subcode; sometimes subcode 99 with the
+    phrase in ``error_user_msg`` and "An unknown error occurred" as the message."""
+    if code != 1:
+        return False
+    if subcode == 99:
+        return True
+    said = " ".join(str(error.get(k) or "") for k in ("message", "error_user_msg", "error_user_title"))
+    return _TOO_MUCH_DATA in said.lower()
 
 
 def _graph_error(error: Mapping[str, Any], response: Response) -> Exception:
@@ -259,8 +316,10 @@ def _graph_error(error: Mapping[str, Any], response: Response) -> Exception:
             scope=scope,
             platform=PLATFORM,
         )
-    if code == 1 and subcode == 99:
+    if _too_much_data(code, subcode, error):
         return _DataTooLarge(f"facebook: too much data requested: {text}", platform=PLATFORM)
+    if code == _DEPRECATED_VERSION:
+        return _VersionSunset(f"facebook: API version no longer served: {text}", platform=PLATFORM)
     if error.get("is_transient") is True or code in (1, 2):
         return TransientError(f"facebook: temporary Graph error: {text}", platform=PLATFORM)
     if code in _PERMISSION_CODES:
@@ -394,13 +453,23 @@ class FacebookAdsClient(AdsClient):
     def _call(self, method: str, url: str, params: Mapping[str, Any]) -> dict[str, Any]:
         self._before_request()
         fields = {**params, "access_token": self.credentials.access_token}
-        if method == "GET":
-            body = self.http.request(method, url, classify=classify, params=fields)
-        else:  # as Graph SDKs do, a POST carries its parameters in a form body
-            body = self.http.request(method, url, classify=classify, data=fields)
+        try:
+            if method == "GET":
+                body = self.http.request(method, url, classify=classify, params=fields)
+            else:  # as Graph SDKs do, a POST carries its parameters in a form body
+                body = self.http.request(method, url, classify=classify, data=fields)
+        except _VersionSunset:
+            raise PermanentError(self._sunset_message(), platform=PLATFORM,
+                                 hint=f"set {versions.VERSION_SETTINGS[PLATFORM]}") from None
         if not isinstance(body, dict):
             raise TransientError("facebook: answer is not a JSON object", platform=PLATFORM)
         return body
+
+    def _sunset_message(self) -> str:
+        version = self.ctx.settings.facebook_api_version
+        sunset = versions.SUNSETS[PLATFORM].get(version)
+        text = versions.sunset_message(PLATFORM, version, sunset, self.ctx.clock.now().date())
+        return f"{text} (Graph answered error code {_DEPRECATED_VERSION})"
 
     def _follow(self, next_url: str) -> tuple[str, dict[str, str]]:
         """The next page's URL on the configured host, and its query without the token."""
@@ -416,8 +485,11 @@ class FacebookAdsClient(AdsClient):
         }
         return url, query
 
-    def _pages(self, url: str, params: Mapping[str, Any]) -> Iterator[list[dict[str, Any]]]:
+    def _pages(self, url: str, params: Mapping[str, Any], what: str) -> Iterator[list[dict[str, Any]]]:
+        """The pages of one list, following ``paging.next``; ``what`` names it in errors."""
         query: Mapping[str, Any] = params
+        guard = PageGuard(PLATFORM, what, MAX_PAGES_PER_WALK)
+        cursor: Any = [url, sorted((k, str(v)) for k, v in params.items())]
         while True:
             body = self._call("GET", url, query)
             data = body.get("data")
@@ -425,12 +497,15 @@ class FacebookAdsClient(AdsClient):
                 raise TransientError(
                     "facebook: list answer without a data array", platform=PLATFORM
                 )
-            yield [row for row in data if isinstance(row, dict)]
+            rows = [row for row in data if isinstance(row, dict)]
             paging = body.get("paging")
             next_url = paging.get("next") if isinstance(paging, dict) else None
+            guard.page(rows, cursor, more=bool(next_url))
+            yield rows
             if not next_url:
                 return
             url, query = self._follow(str(next_url))
+            cursor = [url, sorted(query.items())]
 
     def _progress(self, phase: str, done: int, total: int | None) -> None:
         if self.ctx.progress is not None:
@@ -462,9 +537,10 @@ class FacebookAdsClient(AdsClient):
         currency (daily budget, else lifetime budget, else None)."""
         currency = self.account().currency
         url = f"{self.base}/{self.account_path}/campaigns"
-        params = {"fields": CAMPAIGN_FIELDS, "limit": CAMPAIGN_PAGE_SIZE}
+        params = {"fields": CAMPAIGN_FIELDS, "limit": CAMPAIGN_PAGE_SIZE,
+                  "filtering": status_filter("effective_status")}
         done = 0
-        for page in self._pages(url, params):
+        for page in self._pages(url, params, "campaigns"):
             for row in page:
                 yield self._campaign(row, currency)
             done += len(page)
@@ -532,12 +608,14 @@ class FacebookAdsClient(AdsClient):
             ),
             "fields": INSIGHT_FIELDS,
             "limit": INSIGHT_PAGE_SIZE,
+            "filtering": status_filter("campaign.effective_status"),
         }
 
     def _window(self, since: date, until: date) -> Iterator[dict[str, Any]]:
         try:
             for page in self._pages(f"{self.base}/{self.account_path}/insights",
-                                    self._insight_params(since, until)):
+                                    self._insight_params(since, until),
+                                    f"insights {since}..{until}"):
                 yield from page
         except _DataTooLarge:
             if since == until:
@@ -575,7 +653,8 @@ class FacebookAdsClient(AdsClient):
                 f"{ASYNC_MAX_POLLS} polls",
                 platform=PLATFORM,
             )
-        for page in self._pages(f"{self.base}/{run_id}/insights", {"limit": INSIGHT_PAGE_SIZE}):
+        for page in self._pages(f"{self.base}/{run_id}/insights", {"limit": INSIGHT_PAGE_SIZE},
+                                f"async report {run_id} ({since}..{until})"):
             yield from page
 
     def _metric(self, row: Mapping[str, Any]) -> DailyMetric:
@@ -622,12 +701,35 @@ def _refresh_classify(response: Response, body: Any) -> None:
     classify(response, body)
 
 
-def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant | None:
-    """Exchange the connection's long-lived token for a fresh one (about 60 days).
+# What exchanging a still-valid long-lived token returns is not in Meta's current docs (they
+# only describe short-lived -> long-lived, "a different string than the original token").
+# Meta's 2012 offline_access-removal notes said the endpoint only extends short-lived tokens
+# and passes a long-lived one back without extending it, and connector users report the same
+# token with an expires_in that counts down; others report a fresh ~60-day token, at most
+# once a day. Both are handled: a later expiry (same or new token) is a renewal and is stored;
+# the same token with no later expiry is not, and the run says so (and the next run tries
+# again) instead of counting it as refreshed.
+EXTENDED_BY_AT_LEAST = timedelta(hours=1)
 
-    Raises ``MissingAppCredentials`` when FACEBOOK_APP_ID/SECRET are not set and
+
+class TokenNotExtended(TransientError):
+    """Meta handed the same token back without a later expiry: nothing was renewed."""
+
+
+def _extended(old: datetime | None, new: datetime | None) -> bool:
+    if old is None:
+        return True  # nothing to compare with: take what Meta says
+    return new is not None and new > old + EXTENDED_BY_AT_LEAST
+
+
+def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant | None:
+    """Exchange the connection's long-lived token for one that lives longer (about 60 days).
+
+    Raises ``MissingAppCredentials`` when FACEBOOK_APP_ID/SECRET are not set,
     ``AuthRevoked(definitive=True)`` when the token can no longer be exchanged (expired,
-    revoked): Meta has no refresh token, so the user must reconnect."""
+    revoked): Meta has no refresh token, so the user must reconnect; and
+    ``TokenNotExtended`` (transient) when Meta hands the same token back without extending
+    it."""
     app_id, secret = ctx.settings.facebook_app_id, ctx.settings.facebook_app_secret
     if not app_id or not secret:
         raise MissingAppCredentials(
@@ -653,4 +755,13 @@ def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant 
     expires_at: datetime | None = None
     if expires_in and expires_in > 0:
         expires_at = ctx.clock.now() + timedelta(seconds=expires_in)
+    if token == credentials.access_token and not _extended(credentials.expires_at, expires_at):
+        until = credentials.expires_at or expires_at
+        when = f"; it still expires {until.strftime('%Y-%m-%d %H:%M UTC')}" if until else ""
+        raise TokenNotExtended(
+            f"facebook: Meta returned the same token without extending it{when}. Every "
+            "refresh-tokens run tries again; if Meta never extends it, the user must reconnect "
+            "the account before it expires",
+            platform=PLATFORM,
+        )
     return TokenGrant(access_token=token, expires_at=expires_at)

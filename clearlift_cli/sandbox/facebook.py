@@ -6,11 +6,19 @@ POST for an async report), ``/{report_run_id}``, ``/{report_run_id}/insights`` a
 full ``next`` URL that carries the access token back (as Graph does), OAuthException
 errors with HTTP 400, and usage headers on every answer. Data is deterministic per account.
 
+Like Graph, it leaves ARCHIVED and DELETED campaigns (and their insights) out unless the
+request's ``filtering`` (``effective_status`` on the campaigns edge,
+``campaign.effective_status`` in insights) lists their status; it answers a request to an
+API version past its expiry (per ``platforms.versions`` and the sandbox clock) with error
+2635; an insights request above ``max_sync_rows`` fails the way Graph does (HTTP 500, code
+1, "Please reduce the amount of data..."); and exchanging a token that is already
+long-lived hands the same token back without extending it (``long_lived_renewal``).
+
 Tests steer it with ``configure_account`` (campaign count, currency, time zone, page size,
-the row limit above which a synchronous insights request fails with code 1 / subcode 99,
-async report behaviour), ``pin_insight`` (exact wire values for one campaign-day),
-``set_usage`` (usage header values), ``rate_limit_next`` (the next N requests answer a
-rate-limit error) and ``self.tokens`` (issue, expire, revoke). ``campaign_rows`` and
+the oversize row limit and its error shape, async report behaviour, endless paging faults),
+``pin_insight`` (exact wire values for one campaign-day), ``set_usage`` (usage header
+values), ``rate_limit_next`` (the next N requests answer a rate-limit error) and
+``self.tokens`` (issue, expire, revoke) or ``issue_long_lived``. ``campaign_rows`` and
 ``insight_rows`` return the raw wire rows.
 """
 
@@ -23,12 +31,13 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
 from clearlift_cli.money import minor_units_per_unit
+from clearlift_cli.platforms import versions
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.data import days, rng
 from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
@@ -36,7 +45,18 @@ from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
 EXCHANGED_TOKEN_TTL = 5183944  # seconds, what Graph answers for a long-lived token
 
 _OBJECTIVES = ["OUTCOME_SALES", "OUTCOME_TRAFFIC", "OUTCOME_LEADS", "OUTCOME_AWARENESS"]
-_STATUSES = ["ACTIVE", "ACTIVE", "PAUSED", "ACTIVE", "ARCHIVED"]
+# (status, effective_status) of the campaigns, in turn.
+_STATUSES = [("ACTIVE", "ACTIVE"), ("ACTIVE", "ACTIVE"), ("PAUSED", "PAUSED"),
+             ("ARCHIVED", "ARCHIVED"), ("ACTIVE", "WITH_ISSUES"), ("DELETED", "DELETED"),
+             ("ACTIVE", "IN_PROCESS")]
+# Statuses Graph leaves out of edges and account insights unless a filter asks for them.
+HIDDEN_BY_DEFAULT = frozenset({"ARCHIVED", "DELETED"})
+# Every value the effective_status filter accepts (the campaigns-edge reference lists the
+# ad-level ones too; a campaign never has them, so they match nothing).
+FILTER_STATUSES = frozenset({
+    "ACTIVE", "PAUSED", "DELETED", "ARCHIVED", "IN_PROCESS", "WITH_ISSUES", "PENDING_REVIEW",
+    "DISAPPROVED", "PREAPPROVED", "PENDING_BILLING_INFO", "CAMPAIGN_PAUSED", "ADSET_PAUSED"})
+TOO_MUCH_DATA = "Please reduce the amount of data you're asking for, then retry your request"
 _NAMES = ["Brand", "Prospecting", "Retargeting", "Catalog", "Lookalike", "Video", "Leads"]
 _CAMPAIGN_FIELDS = {
     "id", "name", "status", "effective_status", "objective", "daily_budget",
@@ -67,8 +87,14 @@ class AccountConfig:
     exists: bool = True
     # Rows on one page at most (None: as many as `limit` asks for).
     max_page_rows: int | None = None
-    # A synchronous insights request that would return more rows answers code 1 / 99.
+    # A synchronous insights request that would return more rows fails as too large, in
+    # Graph's usual shape ("plain": HTTP 500, code 1, no subcode) or the rarer "subcode" one
+    # (code 1, subcode 99, "An unknown error occurred", the advice in error_user_msg).
     max_sync_rows: int | None = None
+    oversize_shape: str = "plain"
+    # Paging faults: "self" (paging.next points at the page just served), "same_rows" (every
+    # page serves the first page's rows with a new cursor, forever).
+    endless_paging: str | None = None
     # Polls of a report before it reports `async_outcome` (earlier polls: not started, running).
     async_polls: int = 2
     async_outcome: str = "Job Completed"
@@ -80,6 +106,7 @@ class _Report:
     since: date
     until: date
     fields: list[str]
+    statuses: frozenset[str]
     polls: int = 0
 
 
@@ -110,13 +137,26 @@ class _RateLimitPlan:
 
 def _graph_error(message: str, code: int, subcode: int | None = None, *,
                  type_: str = "OAuthException", is_transient: bool = False,
-                 status: int = 400, headers: dict[str, str] | None = None) -> Reply:
+                 include_transient: bool = True, status: int = 400,
+                 headers: dict[str, str] | None = None, **extra: str) -> Reply:
     error: dict[str, Any] = {"message": message, "type": type_, "code": code}
     if subcode is not None:
         error["error_subcode"] = subcode
-    error["is_transient"] = is_transient
+    error.update(extra)
+    if include_transient:
+        error["is_transient"] = is_transient
     error["fbtrace_id"] = "A" + base64.b32encode(message.encode()[:10]).decode().strip("=")
     return Reply(status, {"error": error}, headers or {})
+
+
+def _too_much_data(shape: str) -> Reply:
+    """Graph's answer to a request for too much data: HTTP 500 with code 1 and, as a rule,
+    no subcode; sometimes subcode 99 with the advice in ``error_user_msg``."""
+    if shape == "subcode":
+        return _graph_error("An unknown error occurred", 1, 99, include_transient=False,
+                            status=500, error_user_title="Please reduce the amount of data",
+                            error_user_msg=TOO_MUCH_DATA)
+    return _graph_error(TOO_MUCH_DATA, 1, include_transient=False, status=500)
 
 
 def _offset(currency: str) -> int:
@@ -143,6 +183,11 @@ class FacebookApp(PlatformApp):
         self.usage = Usage()
         self._rate_limits: list[_RateLimitPlan] = []
         self._pinned: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # Long-lived tokens and when they expire (epoch seconds). Exchanging one of these
+        # while it is valid: "unchanged" hands it back with its remaining lifetime (what
+        # Meta's 2012 notes describe and users report), "renewed" gives a new 60-day token.
+        self._long_lived: dict[str, float] = {}
+        self.long_lived_renewal = "unchanged"
 
     # --- configuration ----------------------------------------------------------------
 
@@ -166,6 +211,13 @@ class FacebookApp(PlatformApp):
                     campaigns=r.randint(3, 8), name=f"Sandbox Ads {digits[-4:]}"
                 )
             return self._accounts[digits]
+
+    def issue_long_lived(self, ttl: float = EXCHANGED_TOKEN_TTL) -> str:
+        """A long-lived user token (what the API worker stores) expiring in ``ttl`` seconds."""
+        token = self.tokens.issue(ttl)[0]
+        with self._lock:
+            self._long_lived[token] = self.clock() + ttl
+        return token
 
     def set_usage(self, **values: Any) -> Usage:
         """Set usage header values: ``call_count``, ``total_time``, ``total_cputime``,
@@ -205,12 +257,12 @@ class FacebookApp(PlatformApp):
         rows = []
         for i in range(config.campaigns):
             c = rng("facebook", digits, "campaign", i)
-            status = _STATUSES[i % len(_STATUSES)]
+            status, effective = _STATUSES[i % len(_STATUSES)]
             row: dict[str, Any] = {
                 "id": str(first_id + i),
                 "name": f"{_NAMES[i % len(_NAMES)]} {i + 1}",
                 "status": status,
-                "effective_status": status if status != "PAUSED" else "CAMPAIGN_PAUSED",
+                "effective_status": effective,
                 "objective": _OBJECTIVES[i % len(_OBJECTIVES)],
                 "created_time": "2024-03-12T15:02:47-0700",
                 "updated_time": "2024-06-01T09:30:00-0700",
@@ -225,18 +277,23 @@ class FacebookApp(PlatformApp):
             rows.append(row)  # i % 3 == 2: budgets live on the ad sets
         return rows
 
-    def insight_rows(self, account_id: str | int, since: date, until: date) -> list[dict[str, Any]]:
+    def insight_rows(self, account_id: str | int, since: date, until: date,
+                     statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Daily campaign insight rows for since..until, exactly as served (all fields),
-        ordered by day then campaign. Days without delivery have no row."""
+        ordered by day then campaign, of the campaigns whose effective_status is in
+        ``statuses`` (None: every campaign, archived and deleted ones included: their past
+        delivery is real). Days without delivery have no row."""
         digits = _digits(account_id)
         config = self.account_config(digits)
-        campaigns = self.campaign_rows(digits)
+        wanted = None if statuses is None else set(statuses)
+        campaigns = [c for c in self.campaign_rows(digits)
+                     if wanted is None or c["effective_status"] in wanted]
         rows = []
         for day in days(since, until):
             for campaign in campaigns:
                 r = rng("facebook", digits, campaign["id"], day.isoformat())
                 pinned = self._pinned.get((digits, campaign["id"], day.isoformat()))
-                if pinned is None and (campaign["status"] == "ARCHIVED" or r.random() < 0.15):
+                if pinned is None and r.random() < 0.15:
                     continue
                 row = self._insight(digits, config.currency, campaign, day, r)
                 rows.append({**row, **(pinned or {})})
@@ -294,7 +351,11 @@ class FacebookApp(PlatformApp):
             return _graph_error("Unknown path components: " + request.path, 2500)
         route = parts[1:]
         if route == ["oauth", "access_token"] and request.method == "GET":
+            # OAuth is Graph API, whose versions live longer than the Ads API's.
             return self._exchange(params)
+        expired = self._expired_version(parts[0])
+        if expired is not None:
+            return expired
         refused = self._check_token(params.get("access_token"))
         if refused is not None:
             return refused
@@ -317,8 +378,12 @@ class FacebookApp(PlatformApp):
             if len(route) == 1 and request.method == "GET":
                 return self._account(account, params)
             if route[1:] == ["campaigns"] and request.method == "GET":
-                return self._page(request, params, self.campaign_rows(account), _CAMPAIGN_FIELDS,
-                                  account)
+                try:
+                    statuses = _statuses(params, "effective_status")
+                except ValueError as exc:
+                    return _graph_error(f"(#100) {exc}", 100)
+                rows = [c for c in self.campaign_rows(account) if c["effective_status"] in statuses]
+                return self._page(request, params, rows, _CAMPAIGN_FIELDS, account)
             if route[1:] == ["insights"]:
                 return self._insights(request, params, account)
         elif route and route[0].isdigit() and route[0] in self._reports:
@@ -330,6 +395,23 @@ class FacebookApp(PlatformApp):
             f"Unsupported {request.method.lower()} request. Object does not exist or "
             "does not support this operation.", 100, 33, type_="GraphMethodException")
 
+    def _expired_version(self, version: str) -> Reply | None:
+        """Graph's answer to an Ads API call on a version past its expiry (or older than
+        every version the table knows), else None."""
+        table = versions.SUNSETS["facebook"]
+        today = datetime.fromtimestamp(self.clock(), timezone.utc).date()
+        sunset = table.get(version)
+        if version in table:
+            gone = sunset is not None and today >= sunset
+        else:
+            gone = _version_key(version) < min(_version_key(v) for v in table)
+        if not gone:
+            return None
+        latest = versions.DEFAULT_VERSIONS["facebook"]
+        return _graph_error(
+            "(#2635) You are calling a deprecated version of the Ads API. Please update to the "
+            f"latest version: {latest}.", 2635, include_transient=False)
+
     def _exchange(self, params: dict[str, str]) -> Reply:
         if params.get("grant_type") != "fb_exchange_token":
             return _graph_error("Invalid grant_type", 100)
@@ -337,10 +419,18 @@ class FacebookApp(PlatformApp):
             return _graph_error("Error validating application. Invalid application ID.", 101)
         if params.get("client_secret") != APP_CREDENTIALS["FACEBOOK_APP_SECRET"]:
             return _graph_error("Error validating client secret.", 1)
-        old = params.get("fb_exchange_token")
-        new = self.tokens.exchange(old or "", EXCHANGED_TOKEN_TTL)
+        old = params.get("fb_exchange_token") or ""
+        with self._lock:
+            expiry = self._long_lived.get(old)
+        if (expiry is not None and self.long_lived_renewal == "unchanged"
+                and self.tokens.check(old) == "ok"):
+            return Reply(200, {"access_token": old, "token_type": "bearer",
+                               "expires_in": max(0, int(expiry - self.clock()))})
+        new = self.tokens.exchange(old, EXCHANGED_TOKEN_TTL)
         if new is None:
             return self._token_error(old)
+        with self._lock:
+            self._long_lived[new] = self.clock() + EXCHANGED_TOKEN_TTL
         return Reply(200, {"access_token": new, "token_type": "bearer",
                            "expires_in": EXCHANGED_TOKEN_TTL})
 
@@ -418,19 +508,23 @@ class FacebookApp(PlatformApp):
             offset = _decode_cursor(params["after"]) if params.get("after") else 0
         except ValueError:
             return _graph_error("(#100) Invalid parameter", 100)
-        cap = self.account_config(account).max_page_rows if account else None
+        config = self.account_config(account) if account else None
+        cap = config.max_page_rows if config else None
         size = max(1, min(limit, cap or limit))
-        page = rows[offset:offset + size]
+        fault = config.endless_paging if config else None
+        page = rows[:size] if fault == "same_rows" else rows[offset:offset + size]
         # Graph always sends an object's id, and an insight row's dates.
         keep = set(wanted) | ({"date_start", "date_stop"} if "date_start" in known else {"id"})
         body: dict[str, Any] = {"data": [{k: v for k, v in row.items() if k in keep or not wanted}
                                          for row in page]}
+        host = request.headers.get("host", "127.0.0.1")
         if page:
             body["paging"] = {"cursors": {"before": _encode_cursor(offset),
                                           "after": _encode_cursor(offset + len(page))}}
-            if offset + len(page) < len(rows):
+            if fault == "self":
+                body["paging"]["next"] = f"http://{host}{request.path}?{urlencode(params)}"
+            elif offset + len(page) < len(rows) or fault == "same_rows":
                 query = {**params, "after": _encode_cursor(offset + len(page))}
-                host = request.headers.get("host", "127.0.0.1")
                 body["paging"]["next"] = f"http://{host}{request.path}?{urlencode(query)}"
         return Reply(200, body)
 
@@ -448,17 +542,19 @@ class FacebookApp(PlatformApp):
         unknown = [f for f in fields if f not in _INSIGHT_FIELDS]
         if unknown:
             return _graph_error(f"(#100) {unknown[0]} is not valid for fields param.", 100)
+        try:
+            statuses = _statuses(params, "campaign.effective_status")
+        except ValueError as exc:
+            return _graph_error(f"(#100) {exc}", 100)
         config = self.account_config(account)
         if request.method == "POST":
             report_id = str(next(self._report_ids))
             with self._lock:
-                self._reports[report_id] = _Report(account, since, until, fields)
+                self._reports[report_id] = _Report(account, since, until, fields, statuses)
             return Reply(200, {"report_run_id": report_id})
-        rows = self.insight_rows(account, since, until)
+        rows = self.insight_rows(account, since, until, statuses)
         if config.max_sync_rows is not None and len(rows) > config.max_sync_rows:
-            return _graph_error(
-                "Please reduce the amount of data you're asking for, then retry your request",
-                1, 99)
+            return _too_much_data(config.oversize_shape)
         return self._page(request, params, rows, _INSIGHT_FIELDS, account)
 
     def _report_status(self, report_id: str) -> Reply:
@@ -484,7 +580,7 @@ class FacebookApp(PlatformApp):
         config = self.account_config(report.account_id)
         if report.polls <= config.async_polls or config.async_outcome != "Job Completed":
             return _graph_error("(#100) The report is not ready", 100)
-        rows = self.insight_rows(report.account_id, report.since, report.until)
+        rows = self.insight_rows(report.account_id, report.since, report.until, report.statuses)
         query = {**params, "fields": ",".join(report.fields)}
         return self._page(request, query, rows, _INSIGHT_FIELDS, report.account_id)
 
@@ -497,6 +593,51 @@ class FacebookApp(PlatformApp):
 def _digits(account_id: str | int) -> str:
     text = str(account_id)
     return text[4:] if text.startswith("act_") else text
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.lstrip("v").split("."))
+    except ValueError:
+        return (0,)
+
+
+def _statuses(params: dict[str, str], field_name: str) -> frozenset[str]:
+    """The effective statuses a request asks for: its ``filtering`` on ``field_name`` (or,
+    on the campaigns edge, the ``effective_status`` parameter); by default every status but
+    ARCHIVED and DELETED. Raises ValueError for a filter Graph would refuse."""
+    wanted: set[str] | None = None
+    raw = params.get("filtering")
+    if raw:
+        try:
+            clauses = json.loads(raw)
+        except ValueError:
+            raise ValueError("filtering must be a JSON array") from None
+        if not isinstance(clauses, list):
+            raise ValueError("filtering must be a JSON array")
+        for clause in clauses:
+            if not isinstance(clause, dict) or clause.get("field") != field_name:
+                raise ValueError(f"Filtering field {clause!r} is not supported here")
+            op, value = str(clause.get("operator", "")).upper(), clause.get("value")
+            if op not in ("IN", "NOT_IN") or not isinstance(value, list):
+                raise ValueError(f"Filtering operator {op!r} with value {value!r} is invalid")
+            bad = [v for v in value if v not in FILTER_STATUSES]
+            if bad:
+                raise ValueError(f"Filtering value {bad[0]!r} is not a valid effective_status")
+            chosen = set(value) if op == "IN" else FILTER_STATUSES - set(value)
+            wanted = chosen if wanted is None else wanted & chosen
+    if field_name == "effective_status" and params.get("effective_status"):
+        try:
+            value = json.loads(params["effective_status"])
+        except ValueError:
+            raise ValueError("effective_status must be a JSON array") from None
+        bad = [v for v in value if v not in FILTER_STATUSES] if isinstance(value, list) else [value]
+        if bad:
+            raise ValueError(f"param effective_status: {bad[0]!r} is not a valid value")
+        wanted = set(value) if wanted is None else wanted & set(value)
+    if wanted is None:
+        return FILTER_STATUSES - HIDDEN_BY_DEFAULT
+    return frozenset(wanted)
 
 
 def _fields(params: dict[str, str]) -> list[str]:

@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+import requests
 
 from clearlift_cli.errors import (
     AuthRevoked,
@@ -18,7 +19,8 @@ from clearlift_cli.errors import (
 )
 from clearlift_cli.platforms import platform_module
 from clearlift_cli.platforms.base import Credentials, PlatformContext
-from clearlift_cli.platforms.facebook import CLIENT, FacebookAdsClient, refresh_token
+from clearlift_cli.platforms import facebook as facebook_module
+from clearlift_cli.platforms.facebook import CLIENT, FacebookAdsClient, TokenNotExtended, refresh_token
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.facebook import EXCHANGED_TOKEN_TTL, FacebookApp
 from clearlift_cli.sandbox.server import SandboxServer
@@ -502,3 +504,195 @@ def test_no_error_path_leaks_token_or_secret(app, make_settings, clock, token, c
     # The HTTP library did log at DEBUG, so the check above had something to look at.
     assert any(r.name.startswith("urllib3") for r in caplog.records)
     assert app.requests, "the failure must come from a real request"
+
+
+# --- API versions (issue 14) -------------------------------------------------------------
+
+
+def _at(clock, when: datetime) -> None:
+    clock.advance((when - clock.now()).total_seconds())
+
+
+def test_expired_version_fails_the_job_naming_the_version_and_setting(app, make_settings, make_client, clock):
+    _at(clock, datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))  # v24.0 expired on 2026-11-10
+    client = make_client(settings=make_settings(facebook_api_version="v24.0"),
+                         access_token=app.tokens.issue(ttl=None)[0])
+
+    with pytest.raises(PermanentError) as info:
+        client.account()
+
+    message = str(info.value)
+    assert message.startswith("Meta Marketing API v24.0 is no longer served (sunset 2026-11-10): "
+                              "set CLEARLIFT_FACEBOOK_API_VERSION to v25.0 or newer")
+    assert "2635" in message and not isinstance(info.value, AuthRevoked)
+    assert len(app.requests) == 1  # permanent: not retried in place
+
+
+def test_sandbox_answers_expired_versions_by_its_clock_with_error_2635(app, server, clock):
+    token = app.tokens.issue(ttl=None)[0]
+
+    def get(version):
+        return requests.get(f"{server.base_url}/{version}/act_{ACCOUNT}",
+                            params={"access_token": token, "fields": "currency"}, timeout=5)
+
+    _at(clock, datetime(2026, 11, 9, 12, 0, tzinfo=timezone.utc))
+    assert get("v24.0").status_code == 200  # the day before its expiry
+    _at(clock, datetime(2026, 11, 10, 0, 0, tzinfo=timezone.utc))
+    for version in ("v24.0", "v19.0"):  # expired, and older than the table knows
+        reply = get(version)
+        assert reply.status_code == 400
+        error = reply.json()["error"]
+        assert (error["code"], error["type"]) == (2635, "OAuthException")
+        assert error["message"] == ("(#2635) You are calling a deprecated version of the Ads API. "
+                                    f"Please update to the latest version: {DEFAULT_FACEBOOK_API_VERSION}.")
+        assert "error_subcode" not in error
+    assert get("v25.0").status_code == 200 and get(DEFAULT_FACEBOOK_API_VERSION).status_code == 200
+
+
+# --- "Please reduce the amount of data" (issue 14) ---------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["plain", "subcode"])
+def test_too_much_data_in_either_shape_splits_instead_of_retrying(app, make_client, clock, shape):
+    campaigns = app.campaign_rows(ACCOUNT)
+    app.configure_account(ACCOUNT, max_sync_rows=2 * len(campaigns), oversize_shape=shape)
+    metrics = list(make_client().daily_metrics(SINCE, UNTIL))
+
+    assert as_table(metrics) == expected_metrics(app, SINCE, UNTIL)
+    ranges = time_ranges(app)
+    assert ranges[:2] == [(SINCE, UNTIL), (SINCE, date(2025, 6, 4))]  # no second try of the whole
+    assert clock.slept == [] and app.report_run_ids() == []
+
+
+def test_sandbox_too_much_data_is_http_500_code_1_without_subcode(app, server, token):
+    app.configure_account(ACCOUNT, max_sync_rows=0)
+    reply = requests.get(f"{server.base_url}/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}/insights", params={
+        "access_token": token, "level": "campaign", "time_increment": "1", "fields": "spend",
+        "time_range": json.dumps({"since": "2025-06-01", "until": "2025-06-01"})}, timeout=5)
+    assert reply.status_code == 500
+    error = reply.json()["error"]
+    assert error["code"] == 1 and "error_subcode" not in error
+    assert error["message"] == "Please reduce the amount of data you're asking for, then retry your request"
+
+
+# --- archived and deleted campaigns (issue 14) ---------------------------------------------
+
+
+def test_archived_and_deleted_campaigns_and_their_spend_are_read(app, make_client):
+    app.configure_account(ACCOUNT, campaigns=7, max_page_rows=3)
+    wire = app.campaign_rows(ACCOUNT)
+    hidden = {r["id"]: r["status"] for r in wire if r["effective_status"] in ("ARCHIVED", "DELETED")}
+    assert sorted(hidden.values()) == ["ARCHIVED", "DELETED"]
+    client = make_client()
+
+    campaigns = {c.campaign_id: c.status for c in client.campaigns()}
+    metrics = as_table(client.daily_metrics(SINCE, UNTIL))
+
+    assert set(campaigns) == {r["id"] for r in wire}
+    assert {cid: campaigns[cid] for cid in hidden} == hidden
+    assert metrics == expected_metrics(app, SINCE, UNTIL)
+    assert set(hidden) <= {cid for cid, _ in metrics}  # their past spend is real spend
+    everything = json.loads(facebook_module.status_filter("x"))[0]["value"]
+    assert set(everything) == {"ACTIVE", "PAUSED", "IN_PROCESS", "WITH_ISSUES", "ARCHIVED", "DELETED"}
+    for r in app.requests_to(rf"/act_{ACCOUNT}/campaigns$"):
+        assert json.loads(r.query["filtering"]) == [
+            {"field": "effective_status", "operator": "IN", "value": everything}]
+    for r in app.requests_to(rf"/act_{ACCOUNT}/insights$"):
+        assert json.loads(r.query["filtering"]) == [
+            {"field": "campaign.effective_status", "operator": "IN", "value": everything}]
+
+
+def test_async_report_keeps_the_status_filter(app, make_client):
+    app.configure_account(ACCOUNT, campaigns=7, async_polls=1)
+    metrics = as_table(make_client(insights_mode="async").daily_metrics(SINCE, UNTIL))
+    assert metrics == expected_metrics(app, SINCE, UNTIL)
+    (post,) = [r for r in app.requests_to(rf"/act_{ACCOUNT}/insights$") if r.method == "POST"]
+    assert "DELETED" in post.form()["filtering"]
+
+
+def test_sandbox_a_status_list_missing_a_status_loses_its_rows(app, server, token):
+    app.configure_account(ACCOUNT, campaigns=7)
+    by_status: dict[str, set[str]] = {}
+    for r in app.campaign_rows(ACCOUNT):
+        by_status.setdefault(r["effective_status"], set()).add(r["id"])
+    all_ids = set().union(*by_status.values())
+    base = f"{server.base_url}/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}"
+
+    def insight_campaigns(statuses=None):
+        params = {"access_token": token, "level": "campaign", "time_increment": "1",
+                  "fields": "campaign_id,spend", "limit": "500",
+                  "time_range": json.dumps({"since": "2025-06-01", "until": "2025-06-08"})}
+        if statuses is not None:
+            params["filtering"] = json.dumps([{"field": "campaign.effective_status", "operator": "IN",
+                                               "value": statuses}])
+        return {r["campaign_id"] for r in requests.get(f"{base}/insights", params=params, timeout=5).json()["data"]}
+
+    def edge_campaigns(statuses=None):
+        params = {"access_token": token, "fields": "id", "limit": "100"}
+        if statuses is not None:
+            params["filtering"] = json.dumps([{"field": "effective_status", "operator": "IN", "value": statuses}])
+        return {r["id"] for r in requests.get(f"{base}/campaigns", params=params, timeout=5).json()["data"]}
+
+    every = list(facebook_module.CAMPAIGN_STATUSES)
+    assert set(by_status) == set(every) and len(all_ids) == 7
+    assert insight_campaigns(every) == all_ids == edge_campaigns(every)
+    for status in every:
+        without = [s for s in every if s != status]
+        assert insight_campaigns(without) == all_ids - by_status[status], status
+        assert edge_campaigns(without) == all_ids - by_status[status], status
+    # No filter at all: Graph's default leaves archived and deleted campaigns out.
+    assert insight_campaigns() == edge_campaigns() == all_ids - by_status["ARCHIVED"] - by_status["DELETED"]
+
+
+# --- endless pagination (issue 16) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault, why", [("self", "same page twice"), ("same_rows", "repeats the 3 rows")])
+def test_endless_campaign_paging_fails_with_a_clear_message(app, make_client, fault, why):
+    app.configure_account(ACCOUNT, campaigns=8, max_page_rows=3, endless_paging=fault)
+    with pytest.raises(PermanentError, match="endless pagination while reading campaigns") as info:
+        list(make_client().campaigns())
+    assert why in str(info.value)
+    assert len(app.requests_to(rf"/act_{ACCOUNT}/campaigns$")) == 2
+
+
+def test_endless_insights_paging_fails_with_a_clear_message(app, make_client):
+    app.configure_account(ACCOUNT, campaigns=5, max_page_rows=4, endless_paging="same_rows")
+    with pytest.raises(PermanentError, match=r"endless pagination while reading insights 2025-06-01\.\.2025-06-08"):
+        list(make_client().daily_metrics(SINCE, UNTIL))
+    assert len(app.requests_to(rf"/act_{ACCOUNT}/insights$")) == 2
+
+
+# --- long-lived token renewal (issue 14) ---------------------------------------------------
+
+
+def test_exchanging_a_long_lived_token_that_meta_hands_back_unextended_is_no_renewal(app, make_settings, clock):
+    token = app.issue_long_lived(ttl=5 * 86400)
+    expires = clock.now() + timedelta(days=5)
+    ctx = PlatformContext(settings=make_settings(), account_id=ACCOUNT, clock=clock)
+
+    with pytest.raises(TokenNotExtended) as info:
+        refresh_token(ctx, Credentials(token, expires_at=expires))
+
+    assert isinstance(info.value, TransientError)  # the next refresh-tokens run tries again
+    assert "same token without extending it" in str(info.value)
+    assert expires.strftime("%Y-%m-%d") in str(info.value) and token not in str(info.value)
+    (call,) = app.requests_to("/oauth/access_token")
+    assert call.query["fb_exchange_token"] == token
+    assert app.tokens.check(token) == "ok"
+
+
+def test_exchanging_a_long_lived_token_that_meta_renews_stores_the_new_one(app, make_settings, make_client, clock):
+    app.long_lived_renewal = "renewed"
+    token = app.issue_long_lived(ttl=5 * 86400)
+    ctx = PlatformContext(settings=make_settings(), account_id=ACCOUNT, clock=clock)
+
+    grant = refresh_token(ctx, Credentials(token, expires_at=clock.now() + timedelta(days=5)))
+
+    assert grant.access_token != token
+    assert grant.expires_at == clock.now() + timedelta(seconds=EXCHANGED_TOKEN_TTL)
+    assert make_client(access_token=grant.access_token).account().currency == "USD"
+    # A token Meta hands out by an exchange is long-lived: exchanging it at once changes nothing.
+    app.long_lived_renewal = "unchanged"
+    with pytest.raises(TokenNotExtended):
+        refresh_token(ctx, Credentials(grant.access_token, expires_at=grant.expires_at))
