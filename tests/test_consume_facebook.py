@@ -217,6 +217,21 @@ def test_expired_api_version_fails_the_job_at_once_saying_what_to_set(env, sandb
     assert len(fb.requests) == 1 and env.connection(conn)["needs_reauth"] == 0
 
 
+def test_endless_paging_fails_the_job_at_once_with_a_clear_message(env, sandbox):
+    fb = sandbox.facebook
+    fb.configure_account(ACCOUNT, campaigns=8, max_page_rows=3, endless_paging="self")
+    token, _ = fb.tokens.issue(ttl=None)
+    conn = env.add("org-1", "facebook", ACCOUNT, token)
+    env.run("sync", conn, "--now")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn)
+    assert job["status"] == "failed"
+    assert "endless pagination while reading campaigns" in job["error_message"]
+    assert (queue_row(env, job["id"])["state"], queue_row(env, job["id"])["attempts"]) == ("dead", 1)
+    assert len(fb.requests_to(r"/campaigns$")) == 2  # the repeat is seen on the second page
+
+
 def test_meta_tokens_are_renewed_from_a_week_before_expiry_on_every_run_until_it_works(env, sandbox):
     fb = sandbox.facebook
     day = 86400

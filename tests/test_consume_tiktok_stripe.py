@@ -165,6 +165,22 @@ def test_tiktok_http_200_error_codes_are_classified_end_to_end(env, sandbox):
     assert [env.jobs(conns[k])[0]["status"] for k in ("revoked", "invalid")] == ["failed", "failed"]
 
 
+def test_tiktok_endless_total_page_fails_the_job_at_once(env, sandbox):
+    tt = sandbox.tiktok
+    adv = "7009008007006005999"
+    tt.configure_account(adv, campaigns=5, page_size_cap=2, endless_pages=True)
+    conn = env.add("org-1", "tiktok", adv, tt.tokens.issue(ttl=None)[0])
+    env.run("sync", conn, "--now")
+    env.run("consume", "--max-seconds", "60")
+
+    (job,) = env.jobs(conn)
+    assert job["status"] == "failed"
+    assert "endless pagination while reading campaigns" in job["error_message"]
+    assert "repeats the 2 rows" in job["error_message"]
+    assert queue_row(env, job["id"])["state"] == "dead"
+    assert len(tt.requests_to("campaign/get")) == 2
+
+
 # --- Stripe ---------------------------------------------------------------------------------
 
 
