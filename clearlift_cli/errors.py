@@ -167,3 +167,48 @@ class AuthRevoked(PermanentError):
 
 class MissingAppCredentials(ConfigError):
     """The app's client id/secret (or developer token) for a platform is not configured."""
+
+
+# --- the live D1 database over Cloudflare's REST API -------------------------------------
+# A D1 problem is a store problem (exit 4) and, where retrying can help, also a
+# TransientError so a job retries later instead of failing (see clearlift_cli/d1.py).
+
+
+class D1Unavailable(TransientError, StoreError):
+    """D1 could not answer after bounded retries (5xx, overloaded, network, truncated
+    body). ``maybe_applied`` is True when the request may have run before the answer was
+    lost, so a write that is not idempotent must be checked, not blindly resent."""
+
+    def __init__(self, message: str, *, maybe_applied: bool = False):
+        super().__init__(message, platform="d1")
+        self.maybe_applied = maybe_applied
+
+
+class D1RateLimited(RateLimited, StoreError):
+    """Cloudflare's API answered 429 for longer than we wait in place: every request with
+    this token waits (``scope="app"``)."""
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message, retry_after=retry_after, scope="app", platform="d1")
+
+
+class D1QueryError(StoreError):
+    """D1 refused a statement (HTTP 400, code 7500: bad SQL, a constraint, a limit).
+    ``sqlite_code`` is the primary SQLite result name D1 appends (``SQLITE_CONSTRAINT``)."""
+
+    def __init__(self, message: str, *, code: int | None = None, sqlite_code: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.sqlite_code = sqlite_code
+
+    @property
+    def is_constraint(self) -> bool:
+        return self.sqlite_code == "SQLITE_CONSTRAINT"
+
+
+class D1LimitExceeded(D1QueryError):
+    """A statement or request breaks one of D1's limits; found before anything was sent."""
+
+
+class D1AuthFailed(ConfigError):
+    """Cloudflare refused CLOUDFLARE_API_TOKEN for this database (401/403), or it is unset."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 from clearlift_cli import redact
-from clearlift_cli.errors import ConfigError, KeyNotBase64, KeyWrongLength, MissingKey
+from clearlift_cli.errors import ConfigError, D1AuthFailed, KeyNotBase64, KeyWrongLength, MissingKey
 from clearlift_cli.platforms.versions import DEFAULT_VERSIONS
 
 # The newest version each platform documents as available (see platforms/versions.py).
@@ -48,6 +48,10 @@ ENV_NAMES: dict[str, str] = {
     "google_ads_api_version": "CLEARLIFT_GOOGLE_ADS_API_VERSION",
     "facebook_api_version": "CLEARLIFT_FACEBOOK_API_VERSION",
     "http_timeout": "CLEARLIFT_HTTP_TIMEOUT",
+    "cloudflare_api_token": "CLOUDFLARE_API_TOKEN",
+    "cloudflare_api_token_file": "CLOUDFLARE_API_TOKEN_FILE",
+    "d1_url": "CLEARLIFT_D1_URL",
+    "control_db": "CLEARLIFT_CONTROL_DB",
 }
 
 _SECRET_FIELDS = {
@@ -56,6 +60,7 @@ _SECRET_FIELDS = {
     "google_ads_developer_token",
     "facebook_app_secret",
     "tiktok_client_secret",
+    "cloudflare_api_token",
 }
 
 _DEFAULTS: dict[str, str] = {
@@ -67,6 +72,7 @@ _DEFAULTS: dict[str, str] = {
     "google_ads_api_version": DEFAULT_GOOGLE_ADS_API_VERSION,
     "facebook_api_version": DEFAULT_FACEBOOK_API_VERSION,
     "http_timeout": "60",
+    "d1_url": "https://api.cloudflare.com/client/v4",
 }
 
 
@@ -94,6 +100,11 @@ class Settings:
     google_ads_api_version: str = DEFAULT_GOOGLE_ADS_API_VERSION
     facebook_api_version: str = DEFAULT_FACEBOOK_API_VERSION
     http_timeout: float = 60.0
+    cloudflare_api_token: str | None = field(default=None, repr=False)
+    cloudflare_api_token_file: str | None = None
+    d1_url: str = _DEFAULTS["d1_url"]
+    # clearlift's own tables when CLEARLIFT_DB is a live D1 (resolve() fills the default)
+    control_db: str = ""
 
     def key_bytes(self) -> bytes:
         """The 32-byte encryption key, or a clear error saying what is wrong with it."""
@@ -112,6 +123,26 @@ class Settings:
                 "worker's key, base64 of 32 bytes"
             )
         return decode_key(raw)
+
+    def cloudflare_token(self) -> str:
+        """The Cloudflare API token for a ``d1://`` store (from CLOUDFLARE_API_TOKEN or the
+        file CLOUDFLARE_API_TOKEN_FILE names), registered as a secret; a clear error otherwise."""
+        token = self.cloudflare_api_token
+        if not token and self.cloudflare_api_token_file:
+            try:
+                token = Path(self.cloudflare_api_token_file).read_text().strip()
+            except OSError as exc:
+                raise D1AuthFailed(
+                    f"CLOUDFLARE_API_TOKEN_FILE {self.cloudflare_api_token_file} cannot be read "
+                    f"({exc.strerror})"
+                ) from None
+        if not token:
+            raise D1AuthFailed(
+                "CLOUDFLARE_API_TOKEN is not set: set it (or CLOUDFLARE_API_TOKEN_FILE) to an "
+                "API token with D1 Edit permission on the database's account"
+            )
+        redact.register(token)
+        return token
 
     def with_overrides(self, **changes: object) -> "Settings":
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -200,7 +231,8 @@ def resolve(
 
     values.setdefault("db", str(home / "clearlift.db"))
     values.setdefault("warehouse_url", f"sqlite:///{home / 'warehouse.db'}")
-    for url_field in ("google_ads_url", "google_oauth_url", "facebook_url", "tiktok_url", "stripe_url"):
+    values.setdefault("control_db", str(home / "control.db"))
+    for url_field in ("google_ads_url", "google_oauth_url", "facebook_url", "tiktok_url", "stripe_url", "d1_url"):
         values[url_field] = str(values[url_field]).rstrip("/")
     try:
         values["http_timeout"] = float(values["http_timeout"])  # type: ignore[arg-type]
@@ -211,6 +243,7 @@ def resolve(
             redact.register(values[name])  # type: ignore[arg-type]
     values["db"] = str(values["db"])
     values["warehouse_url"] = str(values["warehouse_url"])
+    values["control_db"] = str(values["control_db"])
     return Settings(**values)  # type: ignore[arg-type]
 
 
