@@ -474,7 +474,7 @@ def demo(home: Annotated[Optional[str], typer.Option("--home", help="Keep the de
 @sandbox_app.command("serve")
 def sandbox_serve(
     host: Annotated[str, typer.Option("--host", help="Loopback address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="First port (google); the next three serve facebook, tiktok, stripe. 0: any free ports.")] = 0,
+    port: Annotated[int, typer.Option("--port", help="First port (google); the next four serve facebook, tiktok, stripe and D1. 0: any free ports.")] = 0,
     token_ttl: Annotated[Optional[float], typer.Option("--token-ttl", help="Seconds the printed access tokens live (default: never expire).")] = None,
 ) -> None:
     """Run the sandbox platform servers until interrupted; prints the settings to use.

@@ -65,8 +65,9 @@ class Fault:
     (``{"not json``), ``html`` (an HTML error page with ``status``), ``reset`` (close the
     socket without answering), ``redirect`` (``status``, default 302, to ``location``, e.g.
     another host), ``oversize`` (a 200 body of ``size`` bytes, sent in chunks without building
-    it; with ``Content-Length`` unless ``chunked``). ``path`` is a regex matched against the
-    request path."""
+    it; with ``Content-Length`` unless ``chunked``), ``drop`` (handle the request, then close
+    the connection halfway through the answer's announced body). ``path`` is a regex matched
+    against the request path."""
 
     kind: str
     path: str = ".*"
@@ -280,12 +281,14 @@ class _Handler(BaseHTTPRequestHandler):
             reply = app.handle(request)
         except Exception as exc:  # a sandbox bug must show, not hang the client
             reply = Reply(500, {"error": {"message": f"sandbox error: {exc!r}"}})
+        if fault is not None and fault.kind == "drop":
+            return self._send(reply, cut=True)
         if fault is not None and fault.kind == "truncate":
             raw = reply.encode()
             return self._send(Reply(reply.status, raw[: max(1, len(raw) // 2)], reply.headers))
         self._send(reply)
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, cut: bool = False) -> None:
         raw = reply.encode()
         self.send_response(reply.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
@@ -293,6 +296,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
+        if cut:  # the work is done, the answer is lost on the way
+            self.wfile.write(raw[: len(raw) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self.wfile.write(raw)
 
     def _send_oversize(self, size: int, chunked: bool) -> None:
