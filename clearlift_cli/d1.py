@@ -66,6 +66,7 @@ DEFAULT_URL = "https://api.cloudflare.com/client/v4"
 MAX_PARAMS = 100  # bound parameters per statement
 MAX_SQL_BYTES = 100_000  # UTF-8 bytes per statement
 MAX_REQUEST_BYTES = 1_000_000  # our cap on one request body (statements + params, as JSON)
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # as for the platforms (platforms/http.py)
 MAX_SAFE_INTEGER = 2**53 - 1  # beyond this a JavaScript number is not exact
 
 # Codes Cloudflare answers when the token cannot be used for this database.
@@ -305,6 +306,7 @@ class D1Client:
         backoff_max: float = 8.0,
         max_wait: float = 60.0,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         session: Any = None,
     ):
         if not token:
@@ -323,6 +325,7 @@ class D1Client:
         self.backoff_max = backoff_max
         self.max_wait = max_wait  # longest Retry-After slept here; longer ones raise
         self.max_request_bytes = max_request_bytes
+        self.max_response_bytes = max_response_bytes
         self._session = session
         self.stats = D1Stats()
 
@@ -345,10 +348,11 @@ class D1Client:
     def session(self) -> Any:
         if self._session is not None:
             return self._session
-        from clearlift_cli.platforms.http import _session
+        from clearlift_cli.platforms.http import _session, is_loopback
 
-        # one per thread (a client may be shared by consumer threads), keeping no cookies
-        return _session()
+        # http.py's conventions: one per thread (consumer threads may share a client), no
+        # cookies kept, no proxy for a loopback D1 (the sandbox)
+        return _session(direct=is_loopback(self.url))
 
     # -- public operations ----------------------------------------------------------------
 
@@ -404,6 +408,17 @@ class D1Client:
         base = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
         return base * random.uniform(0.8, 1.2)  # jitter: many consumers must not retry in step
 
+    def _read_capped(self, resp: Any) -> bytes:
+        body = bytearray()
+        for chunk in resp.iter_content(64 * 1024):
+            body += chunk
+            if len(body) > self.max_response_bytes:
+                raise D1LimitExceeded(
+                    f"{self.name}: an answer passed {self.max_response_bytes // (1024 * 1024)} MiB; "
+                    "read big tables in keyset pages, a bounded number of rows per request"
+                )
+        return bytes(body)
+
     def _once(self, payload: bytes, n: int, attempt: int) -> list[Rows]:
         import requests
 
@@ -411,9 +426,13 @@ class D1Client:
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
         try:
             resp = self.session.post(
-                self.url, data=payload, headers=headers, timeout=(min(10.0, self.timeout), self.timeout)
+                self.url, data=payload, headers=headers, timeout=(min(10.0, self.timeout), self.timeout),
+                allow_redirects=False, stream=True,
             )
-            text = resp.text
+            try:
+                raw = self._read_capped(resp)
+            finally:
+                resp.close()
         except requests.ConnectTimeout:
             raise D1Unavailable(f"{self.name}: connecting timed out") from None
         except requests.Timeout:
@@ -430,8 +449,10 @@ class D1Client:
             ) from None
         status = resp.status_code
         log.debug("%s: %d statement(s) -> HTTP %s", self.name, n, status)
+        if 300 <= status < 400:  # the API never redirects: a wrong URL or an intercepting proxy
+            raise ConfigError(f"{self.name}: HTTP {status} redirect refused: check CLEARLIFT_D1_URL and any proxy")
         try:
-            body = json.loads(text) if text else None
+            body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         if not isinstance(body, dict):

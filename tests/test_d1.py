@@ -234,6 +234,17 @@ def test_an_unreachable_d1_is_transient_and_was_never_applied(app, clock):
     assert dead.stats.requests == 2
 
 
+def test_a_redirect_is_refused_and_an_oversized_answer_is_not_read_whole(app, server, clock):
+    client = client_for(app, server, clock, max_response_bytes=1024 * 1024)
+    app.faults.add("redirect", path=QUERY, location="http://127.0.0.1:9/elsewhere")
+    with pytest.raises(ConfigError, match="HTTP 302 redirect refused: check CLEARLIFT_D1_URL"):
+        client.query("SELECT 1")
+    app.faults.add("oversize", path=QUERY, size=8 * 1024 * 1024)
+    with pytest.raises(D1LimitExceeded, match="passed 1 MiB"):
+        client.query("SELECT 1")
+    assert app.oversize_bytes_sent < 8 * 1024 * 1024 and client.stats.requests == 2 and clock.slept == []
+
+
 # --- the token ---------------------------------------------------------------------------
 
 
