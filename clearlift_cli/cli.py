@@ -98,12 +98,13 @@ def init(db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = N
     Example:  clearlift init --db /var/lib/clearlift/clearlift.db
     """
     from clearlift_cli import app as core
+    from clearlift_cli.redact import mask_url
 
     s = _settings(db, warehouse_url, home, config)
     changes = core.init(s, warehouse=not store_only)
-    print(f"store {s.db}: " + ("; ".join(changes) if changes else "up to date"))
+    print(f"store {mask_url(s.db)}: " + ("; ".join(changes) if changes else "up to date"))
     if not store_only:
-        print("warehouse: schema up to date")
+        print(f"warehouse {mask_url(s.warehouse_url)}: schema up to date")
 
 
 # -- connections -----------------------------------------------------------------------------

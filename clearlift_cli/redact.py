@@ -14,6 +14,10 @@ import threading
 MASK = "***"
 
 _PATTERNS = [
+    # the password of a URL: scheme://user:PASSWORD@host (up to the last @ before a space)
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s/?#@:]*:)[^\s@]*(?:@[^\s@]*)*(?=@)"),
+    # libpq key/value strings: password='with spaces' or password="..."
+    re.compile(r"(?i)((?:password|secret|key)\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"),
     # query-string or form parameters that carry secrets
     re.compile(
         r"(?i)((?:access_token|fb_exchange_token|client_secret|refresh_token|"
@@ -59,3 +63,68 @@ def redact(text: object) -> str:
     for pattern in _PATTERNS:
         s = pattern.sub(lambda m: m.group(1) + MASK, s)
     return s
+
+
+def mask_url(url: object) -> str:
+    """``url`` with the password of its authority (``scheme://user:PASSWORD@host``) and of
+    its query (``?password=...``) replaced by ``***``. Never raises and never trusts the URL
+    to be well formed: everything between ``user:`` and the last ``@`` is masked, so a
+    password holding spaces, ``@``, ``/`` or brackets is masked whole (a malformed URL may
+    lose more than its password, never less)."""
+    text = str(url)
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            text = f"{scheme}://{user}:{MASK}@{host}"
+    return redact(text)
+
+
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def unquote_error(exc: object) -> str:
+    """A parser's error message on one line with every quoted fragment (``"pa ss"``, the
+    URL itself) replaced by ``"***"``: parse errors quote the input, and the input may be a
+    URL with its password."""
+    return redact(_QUOTED.sub(f'"{MASK}"', " ".join(str(exc).split())))
+
+
+def url_passwords(url: object) -> tuple[str, ...]:
+    """The password of ``url`` as written and percent-decoded (empty when it has none), so
+    that callers can mask it even where it is too short for ``register``."""
+    from urllib.parse import unquote
+
+    _scheme, sep, rest = str(url).partition("://")
+    if not sep or "@" not in rest:
+        return ()
+    _user, colon, password = rest.rpartition("@")[0].partition(":")
+    if not colon or not password:
+        return ()
+    return tuple(dict.fromkeys((password, unquote(password))))
+
+
+# Masking a very short value would mangle ordinary words of the message.
+_MIN_SCRUB_LEN = 4
+
+
+def scrub(text: object, *secrets: str | None) -> str:
+    """``text`` on one line, with ``secrets`` (e.g. the password of the URL at hand, however
+    short) and every secret-shaped value masked."""
+    s = " ".join(str(text).split())
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        if len(secret) >= _MIN_SCRUB_LEN:
+            s = s.replace(secret, MASK)
+    return redact(s)
+
+
+def unencoded_userinfo(url: object) -> bool:
+    """True when the user or password of ``url`` holds a character that must be
+    percent-encoded there (``@ / ? #``): libpq then splits the URL elsewhere than
+    ``mask_url`` does, and its errors would quote pieces of the password as host names."""
+    _scheme, sep, rest = str(url).partition("://")
+    if not sep or "@" not in rest:
+        return False
+    userinfo = rest.rpartition("@")[0]
+    return any(c in userinfo for c in "@/?#")

@@ -244,6 +244,9 @@ def resolve(
     values["db"] = str(values["db"])
     values["warehouse_url"] = str(values["warehouse_url"])
     values["control_db"] = str(values["control_db"])
+    for name in ("db", "control_db", "warehouse_url"):
+        if isinstance(values.get(name), str):  # masked in every log line from now on
+            redact.register(*redact.url_passwords(values[name]))
     return Settings(**values)  # type: ignore[arg-type]
 
 

@@ -16,10 +16,10 @@ import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from clearlift_cli.errors import StoreError
-from clearlift_cli.redact import redact
+from clearlift_cli import redact as redact_secrets
+from clearlift_cli.errors import ConfigError, StoreError
+from clearlift_cli.redact import mask_url, redact, scrub, unencoded_userinfo, unquote_error, url_passwords
 from clearlift_cli.store import SCHEMA_VERSION, IntegrityError, Store
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
@@ -176,9 +176,8 @@ class PgConnection:
         self.raw.close()
 
 
-def _schema_from_url(url: str) -> str | None:
-    options = parse_qs(urlsplit(url).query).get("options", [""])[-1]
-    m = re.search(r"search_path\s*=\s*([A-Za-z0-9_]+)", options)
+def _schema_from_options(options: str | None) -> str | None:
+    m = re.search(r"search_path\s*=\s*([A-Za-z0-9_]+)", options or "")
     return m.group(1) if m else None
 
 
@@ -187,13 +186,29 @@ class PgStore(Store):
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK):
-        from clearlift_cli.warehouse.base import mask_url
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
 
         self.url = url
         self.path = mask_url(url)
+        if unencoded_userinfo(url):
+            raise ConfigError(
+                f"store URL {self.path} is not valid: percent-encode the user and password "
+                "(@ is %40, / is %2F, ? is %3F, # is %23, a space is %20)"
+            )
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            # libpq quotes the offending part, which may be the password or the whole URL
+            raise ConfigError(f"store URL {self.path} is not valid: {unquote_error(exc)}") from None
+        self._secrets = tuple(
+            s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s
+        )
+        redact_secrets.register(*self._secrets)
         self.clock = clock
-        self.schema = _schema_from_url(url) or DEFAULT_SCHEMA
-        self._explicit_schema = _schema_from_url(url) is not None
+        explicit = _schema_from_options(params.get("options"))
+        self.schema = explicit or DEFAULT_SCHEMA
+        self._explicit_schema = explicit is not None
         self._local = threading.local()
         self._all: list[PgConnection] = []
         self._all_lock = threading.Lock()
@@ -221,7 +236,7 @@ class PgStore(Store):
             raw = psycopg.connect(self.url, **kwargs)
             raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.path} cannot be reached: {redact(_first_line(exc))}") from None
+            raise StoreError(f"store {self.path} cannot be reached: {self._scrub(_first_line(exc))}") from None
         c = PgConnection(raw, self)
         with self._all_lock:
             self._all.append(c)
@@ -255,12 +270,15 @@ class PgStore(Store):
     def _wrap(self, exc: Exception) -> StoreError:  # type: ignore[override]
         import psycopg
 
-        text = _first_line(exc)
+        text = self._scrub(_first_line(exc))
         if isinstance(exc, psycopg.errors.UndefinedTable):
             return StoreError(f"store {self.path} lacks clearlift's tables ({text}): run `clearlift init`")
         if isinstance(exc, psycopg.OperationalError):
-            return StoreError(f"store {self.path} cannot be reached: {redact(text)}")
-        return StoreError(f"store {self.path}: {redact(text)}")
+            return StoreError(f"store {self.path} cannot be reached: {text}")
+        return StoreError(f"store {self.path}: {text}")
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, *self._secrets)
 
     def lock_scheduling(self, c: Any) -> None:
         c.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEDULE_LOCK,))

@@ -290,3 +290,53 @@ def test_sql_is_built_only_from_parameters_and_fixed_identifiers():
     for rel, names in ALLOWED.items():
         used = {p for _, p in sql_built_from_values((PACKAGE / rel).read_text(), set())}
         assert names <= used, (rel, names - used)
+
+
+# --- URLs: the store's and the warehouse's passwords never reach any output ----------------------
+
+
+def _with_password(url: str, password: str) -> str:
+    """``url`` (trust auth: any password is accepted) with ``password`` in its authority."""
+    scheme, rest = url.split("://", 1)
+    userinfo, host = rest.rsplit("@", 1) if "@" in rest else ("postgres", rest)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{password}@{host}"
+
+
+def test_init_prints_the_store_and_warehouse_urls_masked(tmp_path, pg_schema_url):
+    from tests.helpers import cli_env, run_cli
+
+    secret = "Hunter2Hunter2xyz"
+    url = _with_password(pg_schema_url, secret)
+    for variable in ("CLEARLIFT_DB", "CLEARLIFT_WAREHOUSE_URL"):
+        proc = run_cli(["-vv", "init"], cli_env(tmp_path, **{variable: url}))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out
+        assert secret not in out and ":***@" in out, out
+    # The store line names the PostgreSQL store, masked.
+    proc = run_cli(["init", "--store-only"], cli_env(tmp_path, CLEARLIFT_DB=url))
+    assert proc.stdout.startswith("store postgresql://postgres:***@"), proc.stdout
+
+
+@pytest.mark.parametrize("variable", ["CLEARLIFT_DB", "CLEARLIFT_WAREHOUSE_URL"])
+@pytest.mark.parametrize("password,host", [
+    ("pa ss w0rd", "127.0.0.1:5432"),       # a space: libpq quotes the password back
+    ("Sekr1tPw", "[::1"),                    # a malformed IPv6 host: urlsplit raises
+    ("pw@with/slash", "127.0.0.1:5432"),     # '@' and '/' in the password
+    ("x", "[fe80::1%zz]:5432"),              # too short to register: masked all the same
+])
+def test_a_malformed_url_is_a_clear_error_that_quotes_neither_password_nor_url(
+        tmp_path, variable, password, host):
+    from tests.helpers import cli_env, run_cli
+
+    url = f"postgresql://alice:{password}@{host}/test?connect_timeout=2"
+    for args in (["init"], ["consume", "--max-seconds", "1"], ["status"]):
+        proc = run_cli(args, cli_env(tmp_path, **{variable: url}))
+        out = proc.stdout + proc.stderr
+        assert "Traceback" not in out, out
+        assert url not in out, out
+        if len(password) > 1:
+            assert password not in out, out
+        # A command that needs the URL refuses it as configuration, naming it masked.
+        if args == ["init"] or variable == "CLEARLIFT_DB" or args[0] == "consume":
+            assert proc.returncode == 3, out
+            assert "postgresql://alice:***@" in out, out

@@ -8,7 +8,8 @@ backends implement ``Warehouse`` from ``clearlift_cli.warehouse.base``.
 from __future__ import annotations
 
 from clearlift_cli.errors import ConfigError
-from clearlift_cli.warehouse.base import RowOwner, Warehouse, WarehouseWriter, mask_url
+from clearlift_cli.redact import mask_url
+from clearlift_cli.warehouse.base import RowOwner, Warehouse, WarehouseWriter
 
 __all__ = ["RowOwner", "Warehouse", "WarehouseWriter", "check_url", "open_warehouse"]
 

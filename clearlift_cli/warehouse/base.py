@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from itertools import islice
 from typing import Callable, ContextManager, Generic, Iterable, Iterator, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
-from clearlift_cli.redact import MASK, redact
 
 # Rows per round trip: big enough to amortise it, small enough to keep memory flat.
 CHUNK_SIZE = 5_000
@@ -180,34 +178,6 @@ def chunked(rows: Iterable, size: int = CHUNK_SIZE) -> Iterator[list]:
     it = iter(rows)
     while chunk := list(islice(it, size)):
         yield chunk
-
-
-def mask_url(url: str) -> str:
-    """``url`` with the password (in the authority or the query) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-        netloc = f"{userinfo}@{host}"
-    return redact(urlunsplit(parts._replace(netloc=netloc)))
-
-
-_MIN_SCRUB_LEN = 4
-
-
-def scrub(text: object, *secrets: str | None) -> str:
-    """``text`` on one line, with ``secrets`` and every secret-shaped value masked."""
-    s = " ".join(str(text).split())
-    for secret in secrets:
-        # Masking a very short value would mangle ordinary words of the message.
-        if secret and len(secret) >= _MIN_SCRUB_LEN:
-            s = s.replace(secret, MASK)
-    return redact(s)
 
 
 C = TypeVar("C")

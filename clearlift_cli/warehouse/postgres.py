@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, TypeVar
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -23,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from clearlift_cli import redact
+from clearlift_cli.redact import mask_url, scrub, unencoded_userinfo, unquote_error, url_passwords
 from clearlift_cli.errors import ConfigError, WarehouseError
 from clearlift_cli.platforms.base import Account
 from clearlift_cli.warehouse import schema
@@ -32,8 +32,6 @@ from clearlift_cli.warehouse.base import (
     Warehouse,
     WarehouseWriter,
     chunked,
-    mask_url,
-    scrub,
 )
 from clearlift_cli.warehouse.schema import (
     SCHEMA_VERSION,
@@ -210,15 +208,22 @@ class PostgresWarehouse(Warehouse):
 
     def __init__(self, url: str):
         self.url_for_display = mask_url(url)
+        if unencoded_userinfo(url):
+            raise ConfigError(
+                f"warehouse URL {self.url_for_display} is not valid: percent-encode the user and password "
+                "(@ is %40, / is %2F, ? is %3F, # is %23, a space is %20)"
+            )
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as exc:
+            # libpq quotes the offending part, which may be the password or the whole URL
             raise ConfigError(
-                f"warehouse URL {self.url_for_display} is not valid: {scrub(exc)}"
+                f"warehouse URL {self.url_for_display} is not valid: {unquote_error(exc)}"
             ) from None
         # The password as the URL spells it (percent-encoded) and as libpq reads it.
-        raw = urlsplit(url).password if "://" in url else None
-        self._secrets = tuple(s for s in {raw, params.get("password")} if s)
+        self._secrets = tuple(
+            s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s
+        )
         redact.register(*self._secrets)
         self._url = url
         self._extra = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in params}

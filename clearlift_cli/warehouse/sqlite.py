@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 from clearlift_cli.errors import ConfigError, WarehouseError
 from clearlift_cli.platforms.base import Account
+from clearlift_cli.redact import mask_url
 from clearlift_cli.timeutil import parse_ts
 from clearlift_cli.warehouse import schema
 from clearlift_cli.warehouse.base import (
@@ -197,7 +198,7 @@ class SqliteWarehouse(Warehouse):
 
     def __init__(self, path: str | Path, *, url: str | None = None, busy_timeout: float = 30.0):
         self.path = Path(path).expanduser()
-        self.url_for_display = url or f"sqlite:///{self.path}"
+        self.url_for_display = mask_url(url or f"sqlite:///{self.path}")
         self._busy_timeout = busy_timeout
         self._pool: ConnectionPool[sqlite3.Connection] = ConnectionPool(
             self._connect, lambda c: c.close()
@@ -402,7 +403,7 @@ def path_from_url(url: str) -> str:
     rest = url[len("sqlite://") :]
     if not rest.startswith("/") or len(rest) == 1:
         raise ConfigError(
-            f"warehouse URL {url!r} names no file: use sqlite:///relative/path.db "
+            f"warehouse URL {mask_url(url)!r} names no file: use sqlite:///relative/path.db "
             "or sqlite:////absolute/path.db"
         )
     path = rest[1:].split("?", 1)[0]
