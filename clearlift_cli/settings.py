@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
+import stat
+import threading
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +26,8 @@ from clearlift_cli.platforms.versions import DEFAULT_VERSIONS
 # The newest version each platform documents as available (see platforms/versions.py).
 DEFAULT_GOOGLE_ADS_API_VERSION = DEFAULT_VERSIONS["google"]
 DEFAULT_FACEBOOK_API_VERSION = DEFAULT_VERSIONS["facebook"]
+
+log = logging.getLogger("clearlift.settings")
 
 # name of the dataclass field -> environment variable
 ENV_NAMES: dict[str, str] = {
@@ -112,6 +117,7 @@ class Settings:
         if raw is None and self.encryption_key_file:
             try:
                 raw = Path(self.encryption_key_file).read_text().strip()
+                warn_if_others_can_read(Path(self.encryption_key_file), "ENCRYPTION_KEY_FILE")
             except OSError as exc:
                 raise MissingKey(
                     f"ENCRYPTION_KEY_FILE {self.encryption_key_file} cannot be read "
@@ -161,6 +167,27 @@ def decode_key(raw: str) -> bytes:
     return key
 
 
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_if_others_can_read(path: Path, what: str) -> None:
+    """One warning per file and process when ``path`` (a key file, the config file) can be
+    read by its group or by everyone: it holds secrets, like the store (created 0600)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return
+    with _warned_lock:
+        if str(path) in _warned:
+            return
+        _warned.add(str(path))
+    log.warning("%s %s can be read by other users (mode %s): chmod 600 it", what, path,
+                oct(stat.S_IMODE(mode))[2:].zfill(4))
+
+
 def _read_config(path: Path, explicit: bool) -> dict[str, object]:
     if not path.exists():
         if explicit:
@@ -173,6 +200,7 @@ def _read_config(path: Path, explicit: bool) -> dict[str, object]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    warn_if_others_can_read(path, "config file")
     out: dict[str, object] = {}
     by_env = {env.lower(): name for name, env in ENV_NAMES.items()}
     for key, value in data.items():

@@ -340,3 +340,51 @@ def test_a_malformed_url_is_a_clear_error_that_quotes_neither_password_nor_url(
         if args == ["init"] or variable == "CLEARLIFT_DB" or args[0] == "consume":
             assert proc.returncode == 3, out
             assert "postgresql://alice:***@" in out, out
+
+
+# --- files that hold secrets or spend figures -------------------------------------------------------
+
+
+def test_the_embedded_warehouse_and_its_wal_are_created_0600(tmp_path):
+    from tests.helpers import cli_env, run_cli
+
+    env = cli_env(tmp_path, CLEARLIFT_WAREHOUSE_URL=None)
+    proc = run_cli(["init"], env)
+    assert proc.returncode == 0, proc.stderr
+    home = tmp_path / "home"
+    made = [home / "warehouse.db", home / "warehouse.db-wal", home / "warehouse.db-shm"]
+    assert made[0].exists()
+    for path in made:
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
+
+
+def test_a_key_file_or_config_file_others_can_read_is_warned_about_once(tmp_path):
+    from tests.helpers import KEY_B64, cli_env, run_cli
+
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY_B64 + "\n")
+    config = tmp_path / "config.toml"
+    config.write_text('clearlift_http_timeout = "30"\n')
+    env = cli_env(tmp_path, ENCRYPTION_KEY=None, ENCRYPTION_KEY_FILE=str(key_file),
+                  CLEARLIFT_CONFIG=str(config), CLEARLIFT_ACCESS_TOKEN="token-token-token")
+    assert run_cli(["init"], env).returncode == 0
+    add = ["-q", "connections", "add", "--org", "org-1", "--platform", "google",
+           "--account-id", "123", "--connected-by", "u-1"]
+
+    def warnings() -> list[str]:
+        proc = run_cli(add, env)
+        assert proc.returncode == 0, proc.stderr
+        return [line for line in proc.stderr.splitlines() if "can be read by other users" in line]
+
+    key_file.chmod(0o644)
+    config.chmod(0o640)
+    lines = warnings()
+    assert len(lines) == 2, lines  # one line each, even with -q
+    assert any(str(key_file) in line and "0644" in line for line in lines)
+    assert any(str(config) in line and "0640" in line for line in lines)
+    assert KEY_B64 not in "\n".join(lines)
+
+    key_file.chmod(0o600)
+    config.chmod(0o600)
+    assert warnings() == []

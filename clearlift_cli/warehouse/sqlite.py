@@ -8,6 +8,7 @@ busy timeout instead of failing half-way on a lock upgrade.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -206,9 +207,13 @@ class SqliteWarehouse(Warehouse):
         self._schema_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it (SQLite gives -wal and -shm the same mode):
+            # spend figures and Stripe customer ids are nobody else's business.
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         except OSError as exc:
             raise WarehouseError(
-                f"cannot create the folder of the warehouse {self.url_for_display}: {exc.strerror}"
+                f"cannot create the warehouse {self.url_for_display}: {exc.strerror}"
             ) from None
         self._pool.release(self._connect())  # fail now, not in the middle of a job
 
