@@ -44,7 +44,7 @@ def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CL
 
         wh = open_warehouse(settings.warehouse_url)
         try:
-            wh.init_schema()
+            wh.init_schema(read_policy=settings.warehouse_read_policy)
         finally:
             wh.close()
     return changes

@@ -52,6 +52,11 @@ class WarehouseError(ClearliftError):
     exit_code = ExitCode.WAREHOUSE
 
 
+class StaleWrite(WarehouseError):
+    """A later delivery (a higher claim sequence) has already written this connection's
+    rows: this one's data is older and is not written. Retrying re-claims, so it is safe."""
+
+
 class NotFound(ClearliftError):
     exit_code = ExitCode.NOT_FOUND
 

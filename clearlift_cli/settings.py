@@ -34,6 +34,7 @@ ENV_NAMES: dict[str, str] = {
     "home": "CLEARLIFT_HOME",
     "db": "CLEARLIFT_DB",
     "warehouse_url": "CLEARLIFT_WAREHOUSE_URL",
+    "warehouse_read_policy": "CLEARLIFT_WAREHOUSE_READ_POLICY",
     "config_path": "CLEARLIFT_CONFIG",
     "encryption_key": "ENCRYPTION_KEY",
     "encryption_key_file": "ENCRYPTION_KEY_FILE",
@@ -87,6 +88,9 @@ class Settings:
     db: str
     warehouse_url: str
     config_path: Path
+    # A SQL condition: `init` gives the tables it creates a read policy for Supabase's
+    # anon / authenticated roles, e.g. organization_id = (auth.jwt() ->> 'org_id').
+    warehouse_read_policy: str | None = None
     encryption_key: str | None = field(default=None, repr=False)
     encryption_key_file: str | None = None
     google_client_id: str | None = None

@@ -3,6 +3,7 @@ schema pass the same tests, plus a few tests of what only one backend can do wro
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import uuid
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from clearlift_cli.errors import ConfigError, WarehouseError
+from clearlift_cli.errors import ConfigError, StaleWrite, WarehouseError
 from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
 from clearlift_cli.warehouse import RowOwner, open_warehouse
 from clearlift_cli.warehouse.base import CHUNK_SIZE
@@ -267,13 +268,64 @@ def test_overlapping_windows_keep_the_newest_values(wh):
     )
 
 
-def test_a_stale_write_never_overwrites_newer_rows(wh):
+def test_a_later_write_wins_whatever_the_clocks_said(wh):
+    # No claim sequence (a tool, a test): the last transaction to commit wins, even when
+    # its host's clock is an hour behind the host that wrote before it.
     with wh.transaction() as w:
-        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Renamed", "PAUSED")], T2)
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Old name", "ENABLED")], T2)
     with wh.transaction() as w:
-        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Old name", "ENABLED")], T1)
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Renamed", "PAUSED")], T1)
     (row,) = wh.fetch_rows("google_ads_campaigns")
-    assert (row["campaign_name"], row["status"], row["last_synced_at"]) == ("Renamed", "PAUSED", T2)
+    assert (row["campaign_name"], row["status"], row["last_synced_at"]) == ("Renamed", "PAUSED", T1)
+
+
+def test_writers_are_ordered_by_claim_sequence_not_by_their_clocks(wh, warehouse_url):
+    """Two hosts: A's clock is an hour ahead. A claims first (sequence 1) and writes; B
+    claims later (sequence 2) and writes fresher data with its correct, earlier clock.
+    B's data stays, and a late write of A (its lease lost) is refused and changes nothing."""
+    day = date(2024, 5, 1)
+    ahead, right = T1 + timedelta(hours=1), T1 + timedelta(minutes=5)
+    with wh.transaction(write_seq=1) as a:
+        a.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Old", "ENABLED")], ahead)
+        a.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", day, clicks=1)], ahead)
+    with wh.transaction(write_seq=2) as b:
+        b.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "New", "PAUSED")], right)
+        b.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", day, clicks=9)], right)
+
+    def stored():
+        (c,) = wh.fetch_rows("google_ads_campaigns")
+        (m,) = wh.fetch_rows("google_ads_daily_metrics")
+        return c["campaign_name"], c["last_synced_at"], m["clicks"], m["last_synced_at"]
+
+    assert stored() == ("New", right, 9, right)
+    with pytest.raises(StaleWrite, match="claim 1"):
+        with wh.transaction(write_seq=1) as late:
+            late.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", day, clicks=1)], ahead)
+    assert stored() == ("New", right, 9, right)
+    assert raw_query(warehouse_url, "SELECT connection_id, write_seq FROM clearlift_write_fence") == [
+        (OWNER.connection_id, 2)
+    ]
+    # The same delivery writes its next slice; another connection is not held up.
+    with wh.transaction(write_seq=2) as b:
+        assert b.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", day + timedelta(1))], right) == 1
+    other = RowOwner("org-1", "org-1-google-456", "456")
+    with wh.transaction(write_seq=1) as w:
+        assert w.upsert_daily_metrics("google", other, ACCOUNT, [metric("c1", day)], ahead) == 1
+    assert wh.count_rows("google_ads_daily_metrics") == 3
+
+
+def test_a_replay_rewrites_no_unchanged_row(wh, warehouse_url):
+    """Unchanged rows keep the time their values were written; changed rows take the new
+    values and time; records count every distinct key written either way."""
+    day = date(2024, 5, 1)
+    metrics = [metric(f"c{i}", day, clicks=i) for i in range(5)]
+    with wh.transaction(write_seq=1) as w:
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, metrics, T1) == 5
+    changed = metrics[:4] + [metric("c4", day, clicks=40)]
+    with wh.transaction(write_seq=2) as w:
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, changed, T2) == 5
+    rows = wh.fetch_rows("google_ads_daily_metrics")
+    assert [(r["clicks"], r["last_synced_at"]) for r in rows] == [(0, T1), (1, T1), (2, T1), (3, T1), (40, T2)]
 
 
 def test_duplicate_keys_in_one_batch_last_one_wins(wh):
@@ -283,10 +335,11 @@ def test_duplicate_keys_in_one_batch_last_one_wins(wh):
     spread = [metric("c9", day, clicks=10)] + [metric(f"x{i}", day) for i in range(CHUNK_SIZE - 1)]
     spread.append(metric("c9", day, clicks=11))
     with wh.transaction() as w:
-        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, batch, T1) == 3
+        # What was written, not what was sent: each key counts once.
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, batch, T1) == 2
         assert (
             w.upsert_daily_metrics("google", OWNER, ACCOUNT, (m for m in spread), T1)
-            == CHUNK_SIZE + 1
+            == CHUNK_SIZE
         )
 
     rows = {r["campaign_id"]: r for r in wh.fetch_rows("google_ads_daily_metrics")}
@@ -719,3 +772,183 @@ def test_an_idle_connection_killed_between_jobs_is_replaced(named_pg):
     with wh.transaction() as w:
         w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "After restart", None)], T1)
     assert wh.count_rows("google_ads_campaigns") == 1
+
+
+# --- PostgreSQL: what a replay writes, and who may read -------------------------------------------
+
+
+def _versions(url: str, table: str) -> list[tuple]:
+    """Each row's key with its tuple version (xmin) and lock/delete marker (xmax)."""
+    return raw_query(url, f"SELECT campaign_id, metric_date, xmin::text, xmax::text FROM {table} "
+                          "ORDER BY campaign_id, metric_date")
+
+
+def test_a_postgres_replay_writes_no_tuple_version_and_locks_no_row(pg_schema_url):
+    wh = open_warehouse(pg_schema_url)
+    wh.init_schema()
+    try:
+        start = date(2024, 1, 1)
+        metrics = [metric(f"c{i:02d}", d, clicks=i) for d in days(start, 300) for i in range(20)]
+        with wh.transaction(write_seq=1) as w:  # 6,000 new rows: straight in with COPY
+            assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, metrics, T1) == 6_000
+        before = _versions(pg_schema_url, "google_ads_daily_metrics")
+        (size,) = raw_query(pg_schema_url, "SELECT pg_relation_size('google_ads_daily_metrics')")[0]
+
+        with wh.transaction(write_seq=2) as w:  # the same rows again, a later claim
+            assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, iter(metrics), T2) == 6_000
+        after = _versions(pg_schema_url, "google_ads_daily_metrics")
+        assert after == before  # same tuple versions, and no xmax: not even a row lock
+        assert {xmax for *_, xmax in after} == {"0"}
+        assert raw_query(pg_schema_url, "SELECT pg_relation_size('google_ads_daily_metrics')")[0][0] == size
+
+        # One changed row, one new day: exactly those two get written.
+        more = metrics[:1] + [metric("c00", start, clicks=99), metric("c00", start + timedelta(300))]
+        with wh.transaction(write_seq=3) as w:
+            assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, more, T2) == 2
+        final = {(r[0], r[1]): r for r in _versions(pg_schema_url, "google_ads_daily_metrics")}
+        untouched = {(r[0], r[1]): r for r in before if (r[0], r[1]) != ("c00", start)}
+        assert {k: final[k] for k in untouched} == untouched
+        assert final[("c00", start)][2] != before[0][2] and len(final) == 6_001
+    finally:
+        wh.close()
+
+
+def test_a_key_repeated_across_chunks_of_new_rows_lands_once_with_its_last_values(pg_schema_url):
+    wh = open_warehouse(pg_schema_url)
+    wh.init_schema()
+    try:
+        day = date(2024, 5, 1)
+        rows = [metric("dup", day, clicks=1)] + [metric(f"x{i}", day) for i in range(CHUNK_SIZE)]
+        rows += [metric("dup", day, clicks=2), metric("dup", day, clicks=3)]
+        with wh.transaction() as w:
+            assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, rows, T1) == CHUNK_SIZE + 1
+        got = {r["campaign_id"]: r["clicks"] for r in wh.fetch_rows("google_ads_daily_metrics")}
+        assert len(got) == CHUNK_SIZE + 1 and got["dup"] == 3
+    finally:
+        wh.close()
+
+
+def _security(url: str) -> dict[str, bool]:
+    return dict(raw_query(
+        url, "SELECT c.relname, c.relrowsecurity FROM pg_class c JOIN pg_namespace n "
+             "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"))
+
+
+def _policies(url: str) -> set[tuple]:
+    return {(t, p, tuple(sorted(r)), q) for t, p, r, q in raw_query(
+        url, "SELECT tablename, policyname, roles, qual FROM pg_policies "
+             "WHERE schemaname = current_schema()")}
+
+
+def test_tables_clearlift_creates_have_row_level_security_and_existing_ones_are_left_alone(
+        pg_schema_url, caplog):
+    # A table the operator made (say, from an older clearlift), with a policy of their own.
+    raw_query(pg_schema_url, "CREATE TABLE google_ads_campaigns (organization_id TEXT NOT NULL, "
+                             "connection_id TEXT NOT NULL, account_id TEXT NOT NULL, campaign_id TEXT NOT NULL, "
+                             "PRIMARY KEY (organization_id, account_id, campaign_id))")
+    raw_query(pg_schema_url, "CREATE POLICY mine ON google_ads_campaigns FOR SELECT USING (true)")
+    wh = open_warehouse(pg_schema_url)
+    try:
+        with caplog.at_level("WARNING", logger="clearlift.warehouse"):
+            wh.init_schema(read_policy="organization_id = 'org-1'")
+    finally:
+        wh.close()
+    security = _security(pg_schema_url)
+    assert security.pop("google_ads_campaigns") is False
+    assert set(security) == {*ALL_TABLES, "clearlift_warehouse_meta", "clearlift_write_fence"} - {
+        "google_ads_campaigns"}
+    assert all(security.values()), security
+    assert _policies(pg_schema_url) == {("google_ads_campaigns", "mine", ("public",), "true")}
+    assert [r.getMessage() for r in caplog.records if "row level security" in r.getMessage()] == [
+        "warehouse tables without row level security (on Supabase the anon key can read them): "
+        "google_ads_campaigns; enable it with ALTER TABLE ... ENABLE ROW LEVEL SECURITY"]
+
+
+@pytest.fixture
+def read_roles():
+    """Two roles standing in for Supabase's anon and authenticated (roles are cluster-wide:
+    unique names, dropped afterwards), and one that exists nowhere."""
+    from tests.conftest import PG_URL
+
+    tag = uuid.uuid4().hex[:10]
+    made = [f"cl_anon_{tag}", f"cl_authenticated_{tag}", f"cl_other_{tag}"]
+    for role in made:
+        raw_query(PG_URL, f'CREATE ROLE "{role}" NOLOGIN')
+    yield (made[0], made[1], f"cl_missing_{tag}"), made[2]
+    for role in made:
+        raw_query(PG_URL, f'DROP OWNED BY "{role}"')
+        raw_query(PG_URL, f'DROP ROLE "{role}"')
+
+
+def test_the_read_policy_lets_each_role_read_only_what_the_condition_allows(pg_schema_url, read_roles):
+    roles, other = read_roles
+    wh = open_warehouse(pg_schema_url)
+    try:
+        wh.init_schema(read_policy="organization_id = current_setting('clearlift_test.org', true)",
+                       read_roles=roles)
+        with wh.transaction(write_seq=1) as w:
+            for org in ("org-1", "org-2"):
+                owner = RowOwner(org, f"{org}-google-123", "123")
+                w.upsert_daily_metrics("google", owner, ACCOUNT, [metric("c1", date(2024, 5, 1))], T1)
+    finally:
+        wh.close()
+    policies = _policies(pg_schema_url)
+    assert {t for t, *_ in policies} == set(ALL_TABLES)  # not the meta and fence tables
+    assert {(p, r) for _, p, r, _ in policies} == {("clearlift_read", tuple(sorted(roles[:2])))}
+
+    schema_name = raw_query(pg_schema_url, "SELECT current_schema()")[0][0]
+
+    def visible(role: str) -> list[str]:
+        # What a client with that role sees (Supabase grants SELECT on public tables itself).
+        with psycopg.connect(pg_schema_url, autocommit=True) as conn:
+            conn.execute(f'GRANT USAGE ON SCHEMA "{schema_name}" TO "{role}"')
+            conn.execute(f'GRANT SELECT ON google_ads_daily_metrics TO "{role}"')
+            conn.execute(f'SET ROLE "{role}"')
+            conn.execute("SET clearlift_test.org = 'org-1'")
+            return [r[0] for r in conn.execute("SELECT organization_id FROM google_ads_daily_metrics")]
+
+    assert visible(roles[0]) == ["org-1"] and visible(roles[1]) == ["org-1"]
+    assert visible(other) == []  # row level security on, no policy for it: nothing
+
+
+@contextlib.contextmanager
+def supabase_roles():
+    """Roles named as on Supabase (``anon``, ``authenticated``): created if the cluster lacks
+    them and dropped afterwards; a cluster-wide advisory lock keeps two test runs from
+    dropping them under each other."""
+    from tests.conftest import PG_URL
+
+    with psycopg.connect(PG_URL, autocommit=True) as lock:
+        lock.execute("SELECT pg_advisory_lock(7221099)")
+        made = []
+        for role in ("anon", "authenticated"):
+            if not raw_query(PG_URL, "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
+                raw_query(PG_URL, f'CREATE ROLE "{role}" NOLOGIN')
+                made.append(role)
+        try:
+            yield
+        finally:
+            for role in made:
+                raw_query(PG_URL, f'DROP ROLE "{role}"')
+            lock.execute("SELECT pg_advisory_unlock(7221099)")
+
+
+def test_init_creates_the_read_policy_from_the_setting_for_supabase_roles(tmp_path, pg_schema_url):
+    from tests.helpers import cli_env, run_cli
+
+    env = cli_env(tmp_path, CLEARLIFT_WAREHOUSE_URL=pg_schema_url,
+                  CLEARLIFT_WAREHOUSE_READ_POLICY="organization_id = 'nobody' AND (")
+    with supabase_roles():
+        try:
+            proc = run_cli(["init"], env)  # the condition goes to PostgreSQL as written
+            assert proc.returncode == 5 and "syntax error" in proc.stderr, proc.stderr
+            assert not _security(pg_schema_url)  # nothing was created: one transaction
+            env["CLEARLIFT_WAREHOUSE_READ_POLICY"] = "organization_id = current_setting('request.org', true)"
+            proc = run_cli(["init"], env)
+            assert proc.returncode == 0, proc.stderr
+            policies = _policies(pg_schema_url)
+            assert {t for t, *_ in policies} == set(ALL_TABLES)
+            assert {(p, r) for _, p, r, _ in policies} == {("clearlift_read", ("anon", "authenticated"))}
+        finally:  # the policies name the roles: they go before the roles do
+            for table in _security(pg_schema_url):
+                raw_query(pg_schema_url, f'DROP TABLE "{table}" CASCADE')

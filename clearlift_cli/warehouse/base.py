@@ -15,8 +15,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import date, datetime
 from itertools import islice
+from operator import itemgetter
 from typing import Callable, ContextManager, Generic, Iterable, Iterator, TypeVar
 
+from clearlift_cli.errors import StaleWrite
 from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
 
 # Rows per round trip: big enough to amortise it, small enough to keep memory flat.
@@ -34,13 +36,42 @@ class RowOwner:
 
 class WarehouseWriter(ABC):
     """Writes of one transaction. Each upsert streams ``rows`` (any iterable, of any
-    length) in chunks and returns how many input rows it consumed; rows repeating a key
-    (within the call or already stored) overwrite the stored values, unless the stored
-    row was synced later than ``synced_at`` (a stale write never clobbers newer data)."""
+    length) in chunks and returns how many distinct keys it wrote (a row repeating a key
+    counts once; an unchanged row counts too: it is in the warehouse as the platform sent
+    it). A row repeating a key overwrites the stored values, and a row whose values are
+    all equal to the stored ones is not rewritten at all (``last_synced_at`` then keeps the
+    time the values last changed), so a replay writes nothing.
+
+    Order between writers comes from ``write_seq``, a number the store hands out at each
+    claim (later claims get larger numbers), never from a host's clock: the first write of
+    a connection's rows in a transaction takes that connection's fence in
+    ``clearlift_write_fence`` and raises ``StaleWrite`` if a later claim already holds it.
+    The fence is held until the transaction ends, so a connection's writes commit in claim
+    order. Without ``write_seq`` (tools, tests) the last transaction to commit wins."""
+
+    def __init__(self, write_seq: int | None = None):
+        self.write_seq = write_seq
+        self._fenced: set[str] = set()
 
     @abstractmethod
-    def _upsert(self, tbl, rows: Iterable[tuple]) -> int:
-        """Stream encoded rows into ``tbl`` (a ``schema.Table``); the backend's bulk path."""
+    def _upsert(self, tbl, owner: RowOwner, rows: Iterable[tuple]) -> int:
+        """Stream encoded rows of ``owner`` into ``tbl`` (a ``schema.Table``); the
+        backend's bulk path. Returns the number of distinct keys written."""
+
+    @abstractmethod
+    def _take_fence(self, connection_id: str, write_seq: int) -> bool:
+        """Record ``write_seq`` as the connection's latest writer, locked until the
+        transaction ends; False (nothing changed) when a larger one is recorded."""
+
+    def _fence(self, owner: RowOwner) -> None:
+        if self.write_seq is None or owner.connection_id in self._fenced:
+            return
+        if not self._take_fence(owner.connection_id, self.write_seq):
+            raise StaleWrite(
+                f"connection {owner.connection_id}: a later delivery of its job (or a later "
+                f"job) has written its rows; this one (claim {self.write_seq}) writes nothing"
+            )
+        self._fenced.add(owner.connection_id)
 
     def upsert_campaigns(
         self,
@@ -54,7 +85,8 @@ class WarehouseWriter(ABC):
         from clearlift_cli.warehouse import schema
 
         tbl = schema.campaigns_table(platform)
-        return self._upsert(tbl, schema.campaign_rows(owner, account, rows, synced_at))
+        self._fence(owner)
+        return self._upsert(tbl, owner, schema.campaign_rows(owner, account, rows, synced_at))
 
     def upsert_daily_metrics(
         self,
@@ -68,7 +100,8 @@ class WarehouseWriter(ABC):
         from clearlift_cli.warehouse import schema
 
         tbl = schema.daily_metrics_table(platform)
-        return self._upsert(tbl, schema.daily_metric_rows(owner, account, rows, synced_at))
+        self._fence(owner)
+        return self._upsert(tbl, owner, schema.daily_metric_rows(owner, account, rows, synced_at))
 
     def upsert_charges(
         self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
@@ -77,7 +110,10 @@ class WarehouseWriter(ABC):
         account's time zone."""
         from clearlift_cli.warehouse import schema
 
-        return self._upsert(schema.STRIPE_CHARGES, schema.charge_rows(owner, account, rows, synced_at))
+        self._fence(owner)
+        return self._upsert(
+            schema.STRIPE_CHARGES, owner, schema.charge_rows(owner, account, rows, synced_at)
+        )
 
     def update_stored_charges(
         self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
@@ -88,6 +124,7 @@ class WarehouseWriter(ABC):
         charge dates they were and are on (to rebuild their revenue)."""
         from clearlift_cli.warehouse import schema
 
+        self._fence(owner)
         written, days = 0, set()
         date_at = schema.STRIPE_CHARGES.column_names.index("charge_date")
         for chunk in chunked(rows):
@@ -96,23 +133,39 @@ class WarehouseWriter(ABC):
                 owner, account, (c for c in chunk if c.charge_id in stored), synced_at))
             days.update(stored.values())
             days.update(row[date_at] for row in keep)
-            written += self._upsert(schema.STRIPE_CHARGES, keep)
+            written += self._upsert(schema.STRIPE_CHARGES, owner, keep)
         return written, days
 
     @abstractmethod
     def _stored_charge_dates(self, owner: RowOwner, charge_ids: list[str]) -> dict[str, date]:
         """charge id -> charge_date of those of ``charge_ids`` stored for the owner's account."""
 
-    @abstractmethod
     def rebuild_daily_revenue(
         self, owner: RowOwner, account: Account, since: date, until: date, synced_at: datetime
     ) -> int:
         """Recompute ``stripe_daily_revenue`` for ``since``..``until`` (inclusive, account
-        time zone dates) from every stored charge of the owner's account, replacing the
-        rows of that range; returns the number of revenue rows written. Only charges that
-        are paid, succeeded and captured count: gross is what was captured (the whole amount
-        for rows stored before captures were), refunded what was refunded of it, net = gross -
-        refunded, and their count. An authorisation never captured is no revenue."""
+        time zone dates) from every stored charge of the owner's account: rows whose sums
+        changed are rewritten, days left without counted charges are deleted, unchanged
+        rows are left alone. Returns the number of revenue rows the range now holds. Only
+        charges that are paid, succeeded and captured count: gross is what was captured (the
+        whole amount for rows stored before captures were), refunded what was refunded of
+        it, net = gross - refunded, and their count. An authorisation never captured is no
+        revenue."""
+        from clearlift_cli.warehouse import schema
+
+        self._fence(owner)
+        return self._rebuild_daily_revenue(
+            owner,
+            schema.a_date(since, "since"),
+            schema.a_date(until, "until"),
+            schema.utc(synced_at, "synced_at"),
+        )
+
+    @abstractmethod
+    def _rebuild_daily_revenue(
+        self, owner: RowOwner, since: date, until: date, synced_at: datetime
+    ) -> int:
+        """The backend's ``rebuild_daily_revenue`` (arguments checked)."""
 
 
 class Warehouse(ABC):
@@ -126,18 +179,21 @@ class Warehouse(ABC):
     url_for_display: str  # the URL with any password masked
 
     @abstractmethod
-    def init_schema(self) -> None:
+    def init_schema(self, *, read_policy: str | None = None) -> None:
         """Create or upgrade the tables and indexes; idempotent. Records the schema
-        version in ``clearlift_warehouse_meta``; refuses a warehouse newer than this code."""
+        version in ``clearlift_warehouse_meta``; refuses a warehouse newer than this code.
+        ``read_policy``: a SQL condition for a read policy on the tables created now
+        (PostgreSQL's row level security; see ``CLEARLIFT_WAREHOUSE_READ_POLICY``)."""
 
     @abstractmethod
     def schema_version(self) -> int | None:
         """The recorded schema version, None before ``init_schema``."""
 
     @abstractmethod
-    def transaction(self) -> ContextManager[WarehouseWriter]:
+    def transaction(self, write_seq: int | None = None) -> ContextManager[WarehouseWriter]:
         """A writer whose writes commit on clean exit and roll back on exception.
-        Connection failures raise ``WarehouseError`` (after rolling back)."""
+        Connection failures raise ``WarehouseError`` (after rolling back). ``write_seq`` is
+        the store's claim sequence of the delivery writing (see ``WarehouseWriter``)."""
 
     @abstractmethod
     def count_rows(self, table: str, organization_id: str | None = None) -> int:
@@ -171,6 +227,36 @@ class Warehouse(ABC):
 
 
 # --- helpers shared by the backends ---------------------------------------------------------
+
+
+class KeyedBatches:
+    """The chunks of one upsert call with one row per key (the last one seen wins: an
+    upsert statement may touch a row only once), and the count of distinct keys written.
+
+    Keys seen by earlier chunks are remembered by their hash (about 50 bytes per key, not
+    the key's strings: a 90-day slice of 1,000 campaigns stays under 5 MB); two keys
+    sharing a 64-bit hash would be counted once and merged instead of copied, never lost."""
+
+    def __init__(self, tbl, rows: Iterable[tuple], size: int = CHUNK_SIZE):
+        self._key = itemgetter(*tbl.key_positions)  # in C: this runs for every row written
+        self._rows = rows
+        self._size = size
+        self._seen: set[int] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self._seen)
+
+    def __iter__(self) -> Iterator[tuple[list[tuple], bool]]:
+        """``(rows, repeats)``: a chunk without repeated keys, and whether any of its keys
+        was in an earlier chunk (then it must be merged, not inserted)."""
+        key = self._key
+        for chunk in chunked(self._rows, self._size):
+            latest = {key(row): row for row in chunk}
+            hashes = set(map(hash, latest))
+            repeats = not self._seen.isdisjoint(hashes)
+            self._seen |= hashes
+            yield (list(latest.values()) if len(latest) != len(chunk) else chunk), repeats
 
 
 def chunked(rows: Iterable, size: int = CHUNK_SIZE) -> Iterator[list]:

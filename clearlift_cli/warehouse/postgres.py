@@ -10,6 +10,7 @@ starts faster without it.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -30,8 +31,8 @@ from clearlift_cli.warehouse.base import (
     ConnectionPool,
     RowOwner,
     Warehouse,
+    KeyedBatches,
     WarehouseWriter,
-    chunked,
 )
 from clearlift_cli.warehouse.schema import (
     SCHEMA_VERSION,
@@ -60,6 +61,12 @@ _CONNECT_DEFAULTS = {
     "keepalives_count": "3",
 }
 
+# Supabase's roles for the public API: the anon key, and a signed-in user's JWT.
+READ_ROLES = ("anon", "authenticated")
+READ_POLICY_NAME = "clearlift_read"
+
+log = logging.getLogger("clearlift.warehouse")
+
 # Serialises concurrent `clearlift init` runs (an arbitrary constant: "clearlift" in ASCII).
 _SCHEMA_LOCK_KEY = 0x636C6561726C6966
 
@@ -69,9 +76,34 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class _Statements:
     create_stage: sql.Composed
-    copy: sql.Composed
-    upsert: sql.Composed
+    copy_stage: sql.Composed
+    copy_target: sql.Composed
+    merge: sql.Composed
     truncate: sql.Composed
+    probe: sql.Composed
+    # Position in a row of the key's date column (daily metrics), narrowing the probe.
+    probe_date: int | None
+
+
+def _row(alias: str, columns: Iterable[str]) -> sql.Composed:
+    return sql.SQL("({})").format(
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
+                           for c in columns)
+    )
+
+
+def _upsert_changed(tbl: Table) -> sql.Composed:
+    """``ON CONFLICT ... DO UPDATE`` that rewrites a row only when a value changed."""
+    return sql.SQL(
+        "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {old} IS DISTINCT FROM {new}"
+    ).format(
+        key=sql.SQL(", ").join(map(sql.Identifier, tbl.key)),
+        updates=sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in tbl.value_columns
+        ),
+        old=_row("existing", tbl.compared_columns),
+        new=_row("excluded", tbl.compared_columns),
+    )
 
 
 @lru_cache(maxsize=None)
@@ -81,29 +113,94 @@ def _statements(table_name: str) -> _Statements:
     # Not the target's own name: pg_temp comes first in search_path and would shadow it.
     stage = sql.Identifier(f"clearlift_stage_{tbl.name}")
     cols = sql.SQL(", ").join(map(sql.Identifier, tbl.column_names))
-    updates = sql.SQL(", ").join(
-        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in tbl.value_columns
+    same_key = sql.SQL(" AND ").join(
+        sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(k)) for k in tbl.key
+    )
+    dates = [i for i, c in enumerate(tbl.columns) if c.name in tbl.key and c.kind == "date"]
+    probe_date = dates[0] if dates else None
+    probe = sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE organization_id = %s AND account_id = %s{})"
+    ).format(
+        target,
+        sql.SQL("")
+        if probe_date is None
+        else sql.SQL(" AND {} BETWEEN %s AND %s").format(
+            sql.Identifier(tbl.columns[probe_date].name)
+        ),
     )
     return _Statements(
         create_stage=sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(stage, target),
-        copy=sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols),
-        upsert=sql.SQL(
-            "INSERT INTO {target} AS existing ({cols}) SELECT {cols} FROM {stage} "
-            "ON CONFLICT ({key}) DO UPDATE SET {updates} "
-            "WHERE EXCLUDED.last_synced_at >= existing.last_synced_at"
+        copy_stage=sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols),
+        copy_target=sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols),
+        # Rows equal to the stored ones are filtered out before the INSERT: ON CONFLICT
+        # would lock (and so write to) every conflicting row, even one it then skips.
+        merge=sql.SQL(
+            "INSERT INTO {target} AS existing ({cols}) SELECT {s_cols} FROM {stage} AS s "
+            "WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {same_key} "
+            "AND {t_vals} IS NOT DISTINCT FROM {s_vals}) {upsert}"
         ).format(
             target=target,
             cols=cols,
+            s_cols=sql.SQL(", ").join(
+                sql.SQL("s.{}").format(sql.Identifier(c)) for c in tbl.column_names
+            ),
             stage=stage,
-            key=sql.SQL(", ").join(map(sql.Identifier, tbl.key)),
-            updates=updates,
+            same_key=same_key,
+            t_vals=_row("t", tbl.compared_columns),
+            s_vals=_row("s", tbl.compared_columns),
+            upsert=_upsert_changed(tbl),
         ),
         truncate=sql.SQL("TRUNCATE {}").format(stage),
+        probe=probe,
+        probe_date=probe_date,
     )
 
 
+@lru_cache(maxsize=None)
+def _revenue_statements() -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    """Delete revenue days left without charges; upsert the sums that changed; count."""
+    rev, charges = sql.Identifier(STRIPE_DAILY_REVENUE.name), sql.Identifier(STRIPE_CHARGES.name)
+    delete = sql.SQL(
+        "DELETE FROM {rev} AS r WHERE r.organization_id = %(org)s AND r.account_id = %(account)s "
+        "AND r.revenue_date BETWEEN %(first)s AND %(last)s AND NOT EXISTS (SELECT 1 FROM "
+        "{charges} AS c WHERE c.organization_id = r.organization_id AND c.account_id = "
+        "r.account_id AND c.charge_date = r.revenue_date AND c.currency = r.currency AND "
+        "c.paid AND c.status = 'succeeded' AND COALESCE(c.captured, TRUE))"
+    ).format(rev=rev, charges=charges)
+    upsert = sql.SQL(
+        "INSERT INTO {rev} AS existing ({cols}) "
+        "SELECT %(org)s::text, %(conn)s::text, %(account)s::text, charge_date, currency, "
+        "SUM(COALESCE(amount_captured_minor, amount_minor)), SUM(amount_refunded_minor), "
+        "SUM(COALESCE(amount_captured_minor, amount_minor)) - SUM(amount_refunded_minor), "
+        "COUNT(*), %(synced)s::timestamptz "
+        "FROM {charges} WHERE organization_id = %(org)s AND account_id = %(account)s "
+        "AND charge_date BETWEEN %(first)s AND %(last)s AND paid AND status = 'succeeded' "
+        "AND COALESCE(captured, TRUE) GROUP BY charge_date, currency {upsert}"
+    ).format(
+        rev=rev,
+        cols=sql.SQL(", ").join(map(sql.Identifier, STRIPE_DAILY_REVENUE.column_names)),
+        charges=charges,
+        upsert=_upsert_changed(STRIPE_DAILY_REVENUE),
+    )
+    count = sql.SQL(
+        "SELECT COUNT(*) FROM {rev} WHERE organization_id = %(org)s AND account_id = %(account)s "
+        "AND revenue_date BETWEEN %(first)s AND %(last)s"
+    ).format(rev=rev)
+    return delete, upsert, count
+
+
+_FENCE = sql.SQL(
+    "INSERT INTO {fence} AS f (connection_id, write_seq, updated_at) VALUES (%s, %s, now()) "
+    "ON CONFLICT (connection_id) DO UPDATE SET write_seq = EXCLUDED.write_seq, "
+    "updated_at = EXCLUDED.updated_at WHERE EXCLUDED.write_seq >= f.write_seq "
+    "RETURNING write_seq"
+).format(fence=sql.Identifier(schema.FENCE_TABLE))
+
+
 class PostgresWriter(WarehouseWriter):
-    def __init__(self, conn: psycopg.Connection, warehouse: "PostgresWarehouse"):
+    def __init__(self, conn: psycopg.Connection, warehouse: "PostgresWarehouse",
+                 write_seq: int | None = None):
+        super().__init__(write_seq)
         self._conn = conn
         self._wh = warehouse
         self._staged: set[str] = set()
@@ -113,76 +210,75 @@ class PostgresWriter(WarehouseWriter):
         if self.closed:
             raise RuntimeError("this warehouse transaction has ended")
 
-    def _upsert(self, tbl: Table, rows: Iterable[tuple]) -> int:
+    def _take_fence(self, connection_id: str, write_seq: int) -> bool:
+        self._check_open()
+        try:
+            return self._conn.execute(_FENCE, (connection_id, write_seq)).fetchone() is not None
+        except psycopg.Error as exc:
+            raise self._wh._error("taking the connection's write fence", exc) from None
+
+    def _upsert(self, tbl: Table, owner: RowOwner, rows: Iterable[tuple]) -> int:
+        """New rows go straight into the table with COPY, the fastest path PostgreSQL
+        has; rows whose keys may already be stored are staged (COPY into a temporary
+        table) and merged once at the end of the call, skipping unchanged rows."""
         self._check_open()
         q = _statements(tbl.name)
-        written = 0
-        for chunk in chunked(rows):
-            written += len(chunk)
-            chunk = schema.dedupe(tbl, chunk)
-            try:
-                with self._conn.cursor() as cur:
-                    if tbl.name not in self._staged:
-                        cur.execute(q.create_stage)
-                        self._staged.add(tbl.name)
-                    with cur.copy(q.copy) as copy:
-                        for row in chunk:
-                            copy.write_row(row)
-                    cur.execute(q.upsert)
-                    cur.execute(q.truncate)
-            except psycopg.Error as exc:
-                raise self._wh._error(f"writing {tbl.name}", exc) from None
-        return written
-
-    def rebuild_daily_revenue(
-        self, owner: RowOwner, account: Account, since: date, until: date, synced_at: datetime
-    ) -> int:
-        self._check_open()
-        first = schema.a_date(since, "since")
-        last = schema.a_date(until, "until")
-        synced = schema.utc(synced_at, "synced_at")
-        rev = sql.Identifier(STRIPE_DAILY_REVENUE.name)
+        batches = KeyedBatches(tbl, rows)
+        staged = False
         try:
             with self._conn.cursor() as cur:
-                cur.execute(
-                    sql.SQL(
-                        "DELETE FROM {} WHERE organization_id = %s AND account_id = %s "
-                        "AND revenue_date BETWEEN %s AND %s"
-                    ).format(rev),
-                    (owner.organization_id, owner.account_id, first, last),
-                )
-                cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {rev} ({cols}) "
-                        "SELECT %s::text, %s::text, %s::text, charge_date, currency, "
-                        "SUM(COALESCE(amount_captured_minor, amount_minor)), "
-                        "SUM(amount_refunded_minor), "
-                        "SUM(COALESCE(amount_captured_minor, amount_minor)) "
-                        "- SUM(amount_refunded_minor), COUNT(*), "
-                        "%s::timestamptz FROM {charges} "
-                        "WHERE organization_id = %s AND account_id = %s "
-                        "AND charge_date BETWEEN %s AND %s AND paid AND status = 'succeeded' "
-                        "AND COALESCE(captured, TRUE) "
-                        "GROUP BY charge_date, currency"
-                    ).format(
-                        rev=rev,
-                        cols=sql.SQL(", ").join(
-                            map(sql.Identifier, STRIPE_DAILY_REVENUE.column_names)
-                        ),
-                        charges=sql.Identifier(STRIPE_CHARGES.name),
-                    ),
-                    (
-                        owner.organization_id,
-                        owner.connection_id,
-                        owner.account_id,
-                        synced,
-                        owner.organization_id,
-                        owner.account_id,
-                        first,
-                        last,
-                    ),
-                )
-                return cur.rowcount
+                for chunk, repeats in batches:
+                    if repeats and staged:  # the earlier occurrence lands first
+                        self._merge(cur, q)
+                        staged = False
+                    direct = not repeats and not self._any_stored(cur, q, owner, chunk)
+                    if not direct and tbl.name not in self._staged:
+                        cur.execute(q.create_stage)
+                        self._staged.add(tbl.name)
+                    with cur.copy(q.copy_target if direct else q.copy_stage) as copy:
+                        for row in chunk:
+                            copy.write_row(row)
+                    staged = staged or not direct
+                if staged:
+                    self._merge(cur, q)
+        except psycopg.Error as exc:
+            raise self._wh._error(f"writing {tbl.name}", exc) from None
+        return batches.count
+
+    @staticmethod
+    def _any_stored(cur: psycopg.Cursor, q: _Statements, owner: RowOwner, chunk: list) -> bool:
+        """Whether the table may hold a key of ``chunk``: any row of the owner (in the
+        chunk's dates, for daily rows). One index probe. The connection's fence keeps other
+        writers of these keys out until this transaction ends."""
+        params: tuple = (owner.organization_id, owner.account_id)
+        if q.probe_date is not None:
+            days = [row[q.probe_date] for row in chunk]
+            params += (min(days), max(days))
+        return bool(cur.execute(q.probe, params).fetchone()[0])
+
+    @staticmethod
+    def _merge(cur: psycopg.Cursor, q: _Statements) -> None:
+        cur.execute(q.merge)
+        cur.execute(q.truncate)
+
+    def _rebuild_daily_revenue(
+        self, owner: RowOwner, since: date, until: date, synced_at: datetime
+    ) -> int:
+        self._check_open()
+        delete, upsert, count = _revenue_statements()
+        params = {
+            "org": owner.organization_id,
+            "conn": owner.connection_id,
+            "account": owner.account_id,
+            "first": since,
+            "last": until,
+            "synced": synced_at,
+        }
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(delete, params)
+                cur.execute(upsert, params)
+                return int(cur.execute(count, params).fetchone()[0])
         except psycopg.Error as exc:
             raise self._wh._error("rebuilding stripe_daily_revenue", exc) from None
 
@@ -286,10 +382,10 @@ class PostgresWarehouse(Warehouse):
             self._checkin(conn)
 
     @contextmanager
-    def transaction(self) -> Iterator[PostgresWriter]:
+    def transaction(self, write_seq: int | None = None) -> Iterator[PostgresWriter]:
         conn = self._checkout()
         try:
-            writer = PostgresWriter(conn, self)
+            writer = PostgresWriter(conn, self, write_seq)
             try:
                 yield writer
             except BaseException as exc:
@@ -315,7 +411,12 @@ class PostgresWarehouse(Warehouse):
     def schema_version(self) -> int | None:
         return self._read("reading the schema version", _read_version)
 
-    def init_schema(self) -> None:
+    def init_schema(
+        self, *, read_policy: str | None = None, read_roles: tuple[str, ...] = READ_ROLES
+    ) -> None:
+        """Also: tables created here get row level security; with ``read_policy`` (a SQL
+        condition), a ``clearlift_read`` SELECT policy for those of ``read_roles`` that
+        exist. Tables that already exist keep their security and policies as they are."""
         conn = self._checkout()
         try:
             try:
@@ -323,7 +424,7 @@ class PostgresWarehouse(Warehouse):
                     conn.rollback()
                     return
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-                _migrate(conn)
+                _migrate(conn, read_policy, read_roles)
                 conn.commit()
             except psycopg.Error as exc:
                 self._rollback(conn)
@@ -410,13 +511,34 @@ def _read_version(conn: psycopg.Connection) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _migrate(conn: psycopg.Connection) -> None:
+def _create_table(conn: psycopg.Connection, name: str, definition: sql.Composable) -> bool:
+    """CREATE TABLE IF NOT EXISTS in the current schema; True when it was created here.
+    A table clearlift creates gets row level security at once: on Supabase every table
+    in ``public`` is served to the anon key, which front ends ship to every visitor."""
+    exists = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() "
+        "AND tablename = %s)",
+        (name,),
+    ).fetchone()[0]
+    if exists:
+        return False
+    ident = sql.Identifier(name)
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, definition))
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
+    return True
+
+
+def _migrate(
+    conn: psycopg.Connection, read_policy: str | None = None, read_roles: tuple[str, ...] = READ_ROLES
+) -> None:
     meta = sql.Identifier(schema.META_TABLE)
-    conn.execute(
+    _create_table(
+        conn,
+        schema.META_TABLE,
         sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY CHECK (id = 1), "
-            "schema_version INTEGER NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
-        ).format(meta)
+            "id INTEGER PRIMARY KEY CHECK (id = 1), schema_version INTEGER NOT NULL, "
+            "updated_at TIMESTAMPTZ NOT NULL"
+        ),
     )
     row = conn.execute(
         sql.SQL("SELECT schema_version FROM {} WHERE id = 1").format(meta)
@@ -426,6 +548,15 @@ def _migrate(conn: psycopg.Connection) -> None:
             f"the warehouse schema is version {row[0]}, newer than this clearlift understands "
             f"({SCHEMA_VERSION}): upgrade clearlift"
         )
+    _create_table(
+        conn,
+        schema.FENCE_TABLE,
+        sql.SQL(
+            "connection_id TEXT PRIMARY KEY, write_seq BIGINT NOT NULL, "
+            "updated_at TIMESTAMPTZ NOT NULL"
+        ),
+    )
+    created: list[str] = []
     for tbl in schema.TABLES.values():
         name = sql.Identifier(tbl.name)
         columns = sql.SQL(", ").join(
@@ -436,11 +567,11 @@ def _migrate(conn: psycopg.Connection) -> None:
             )
             for c in tbl.columns
         )
-        conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
-                name, columns, sql.SQL(", ").join(map(sql.Identifier, tbl.key))
-            )
+        definition = sql.SQL("{}, PRIMARY KEY ({})").format(
+            columns, sql.SQL(", ").join(map(sql.Identifier, tbl.key))
         )
+        if _create_table(conn, tbl.name, definition):
+            created.append(tbl.name)
         present = {
             r[0]
             for r in conn.execute(
@@ -465,6 +596,9 @@ def _migrate(conn: psycopg.Connection) -> None:
                     sql.SQL(", ").join(map(sql.Identifier, index.columns)),
                 )
             )
+    if read_policy and created:
+        _create_read_policies(conn, created, read_policy, read_roles)
+    _warn_about_open_tables(conn)
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (id, schema_version, updated_at) VALUES (1, %s, now()) "
@@ -473,3 +607,50 @@ def _migrate(conn: psycopg.Connection) -> None:
         ).format(meta),
         (SCHEMA_VERSION,),
     )
+
+
+def _create_read_policies(
+    conn: psycopg.Connection, tables: list[str], condition: str, roles: tuple[str, ...]
+) -> None:
+    """A SELECT policy for the roles that exist (Supabase's ``anon`` and ``authenticated``),
+    on the tables just created. The condition is the operator's SQL, e.g.
+    ``organization_id = (auth.jwt() ->> 'org_id')``."""
+    present = [
+        r[0]
+        for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY rolname", (list(roles),)
+        )
+    ]
+    if not present:
+        log.info("no role among %s exists: no read policy created", ", ".join(roles))
+        return
+    for table in tables:
+        conn.execute(
+            sql.SQL("CREATE POLICY {} ON {} FOR SELECT TO {} USING ({})").format(
+                sql.Identifier(READ_POLICY_NAME),
+                sql.Identifier(table),
+                sql.SQL(", ").join(map(sql.Identifier, present)),
+                sql.SQL(condition),  # the operator's own SQL, from their configuration
+            )
+        )
+
+
+def _warn_about_open_tables(conn: psycopg.Connection) -> None:
+    """One line naming clearlift's tables that exist without row level security (made by
+    an older clearlift or by hand): clearlift never changes an existing table's security."""
+    names = [schema.META_TABLE, schema.FENCE_TABLE, *schema.TABLES]
+    open_tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(%s) "
+            "AND NOT c.relrowsecurity ORDER BY c.relname",
+            (names,),
+        )
+    ]
+    if open_tables:
+        log.warning(
+            "warehouse tables without row level security (on Supabase the anon key can read "
+            "them): %s; enable it with ALTER TABLE ... ENABLE ROW LEVEL SECURITY",
+            ", ".join(open_tables),
+        )

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from operator import itemgetter
 from typing import TYPE_CHECKING, Iterable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,8 +23,11 @@ if TYPE_CHECKING:
 
 # Bump when TABLES change; init_schema adds what an older warehouse lacks.
 # 2: stripe_charges.amount_captured_minor and captured.
-SCHEMA_VERSION = 2
+# 3: clearlift_write_fence (writes ordered by the store's claim sequence).
+SCHEMA_VERSION = 3
 META_TABLE = "clearlift_warehouse_meta"
+# One row per connection: the claim sequence of the latest delivery that wrote its rows.
+FENCE_TABLE = "clearlift_write_fence"
 AD_PLATFORMS = ("google", "facebook", "tiktok")
 
 KINDS = ("text", "bigint", "numeric", "date", "timestamptz", "boolean")
@@ -64,6 +66,12 @@ class Table:
     def value_columns(self) -> tuple[str, ...]:
         """Columns an upsert overwrites (everything outside the key)."""
         return tuple(n for n in self.column_names if n not in self.key)
+
+    @property
+    def compared_columns(self) -> tuple[str, ...]:
+        """Columns whose change makes a row worth rewriting: all values but the time of
+        the sync, so a replay of unchanged rows writes nothing."""
+        return tuple(n for n in self.value_columns if n != "last_synced_at")
 
     def kind_of(self, column: str) -> str:
         for c in self.columns:
@@ -319,11 +327,3 @@ def charge_rows(
             optional_integer(ch.amount_captured_minor, "amount_captured_minor"),
             bool(ch.captured),
         )
-
-
-def dedupe(tbl: Table, chunk: list[Row]) -> list[Row]:
-    """The chunk with one row per key, the last one seen winning (an upsert may touch a
-    row only once per statement)."""
-    key = itemgetter(*tbl.key_positions)  # in C: this runs for every row written
-    latest: dict[object, Row] = {key(row): row for row in chunk}
-    return list(latest.values()) if len(latest) != len(chunk) else chunk

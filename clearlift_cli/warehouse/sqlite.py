@@ -26,8 +26,8 @@ from clearlift_cli.warehouse.base import (
     ConnectionPool,
     RowOwner,
     Warehouse,
+    KeyedBatches,
     WarehouseWriter,
-    chunked,
 )
 from clearlift_cli.warehouse.schema import (
     SCHEMA_VERSION,
@@ -74,14 +74,31 @@ def _cols(names: Iterable[str]) -> str:
     return ", ".join(_q(n) for n in names)
 
 
+def _on_conflict(tbl: Table) -> str:
+    """``ON CONFLICT ... DO UPDATE`` that rewrites a row only when a value changed."""
+    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in tbl.value_columns)
+    compared = tbl.compared_columns
+    old = ", ".join(f"{_q(tbl.name)}.{_q(c)}" for c in compared)
+    new = ", ".join(f"excluded.{_q(c)}" for c in compared)
+    return (
+        f"ON CONFLICT ({_cols(tbl.key)}) DO UPDATE SET {updates} WHERE ({old}) IS NOT ({new})"
+    )
+
+
 def _upsert_sql(tbl: Table) -> str:
     names = tbl.column_names
-    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in tbl.value_columns)
     return (
         f"INSERT INTO {_q(tbl.name)} ({_cols(names)}) VALUES ({', '.join('?' * len(names))}) "
-        f"ON CONFLICT ({_cols(tbl.key)}) DO UPDATE SET {updates} "
-        f"WHERE excluded.last_synced_at >= {_q(tbl.name)}.last_synced_at"
+        + _on_conflict(tbl)
     )
+
+
+_FENCE_SQL = (
+    f"INSERT INTO {_q(schema.FENCE_TABLE)} (connection_id, write_seq, updated_at) "
+    "VALUES (?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET "
+    "write_seq = excluded.write_seq, updated_at = excluded.updated_at "
+    f"WHERE excluded.write_seq >= {_q(schema.FENCE_TABLE)}.write_seq RETURNING write_seq"
+)
 
 
 def _row_encoder(tbl: Table) -> Callable[[tuple], list]:
@@ -113,68 +130,86 @@ def _sqlite_error(action: str, exc: BaseException, where: str) -> WarehouseError
 
 
 class SqliteWriter(WarehouseWriter):
-    def __init__(self, conn: sqlite3.Connection, where: str):
+    def __init__(self, conn: sqlite3.Connection, where: str, write_seq: int | None = None):
+        super().__init__(write_seq)
         self._conn = conn
         self._where = where
         self.closed = False
 
-    def _upsert(self, tbl: Table, rows: Iterable[tuple]) -> int:
+    def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError("this warehouse transaction has ended")
+
+    def _take_fence(self, connection_id: str, write_seq: int) -> bool:
+        self._check_open()
+        try:
+            row = self._conn.execute(
+                _FENCE_SQL, (connection_id, write_seq, _ts(datetime.now(timezone.utc)))
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _sqlite_error("taking the connection's write fence", exc, self._where) from exc
+        return row is not None
+
+    def _upsert(self, tbl: Table, owner: RowOwner, rows: Iterable[tuple]) -> int:
+        self._check_open()
         statement = _upsert_sql(tbl)
         encode = _row_encoder(tbl)
-        written = 0
-        for chunk in chunked(rows):
-            written += len(chunk)
-            encoded = [encode(r) for r in schema.dedupe(tbl, chunk)]
+        batches = KeyedBatches(tbl, rows)
+        for chunk, _repeats in batches:
             try:
-                self._conn.executemany(statement, encoded)
+                self._conn.executemany(statement, map(encode, chunk))
             except (sqlite3.Error, OverflowError) as exc:
                 raise _sqlite_error(f"writing {tbl.name}", exc, self._where) from exc
-        return written
+        return batches.count
 
-    def rebuild_daily_revenue(
-        self, owner: RowOwner, account: Account, since: date, until: date, synced_at: datetime
+    def _rebuild_daily_revenue(
+        self, owner: RowOwner, since: date, until: date, synced_at: datetime
     ) -> int:
-        if self.closed:
-            raise RuntimeError("this warehouse transaction has ended")
-        first = schema.a_date(since, "since").isoformat()
-        last = schema.a_date(until, "until").isoformat()
-        synced = _ts(schema.utc(synced_at, "synced_at"))
+        self._check_open()
+        params = {
+            "org": owner.organization_id,
+            "conn": owner.connection_id,
+            "account": owner.account_id,
+            "first": since.isoformat(),
+            "last": until.isoformat(),
+            "synced": _ts(synced_at),
+        }
         rev, ch = _q(STRIPE_DAILY_REVENUE.name), _q(STRIPE_CHARGES.name)
         try:
+            # Days left without a counted charge lose their row; the others are upserted,
+            # rewritten only when a sum changed.
             self._conn.execute(
-                f"DELETE FROM {rev} WHERE organization_id = ? AND account_id = ? "
-                "AND revenue_date BETWEEN ? AND ?",
-                (owner.organization_id, owner.account_id, first, last),
+                f"DELETE FROM {rev} WHERE organization_id = :org AND account_id = :account "
+                "AND revenue_date BETWEEN :first AND :last AND NOT EXISTS (SELECT 1 FROM "
+                f"{ch} AS c WHERE c.organization_id = {rev}.organization_id AND c.account_id = "
+                f"{rev}.account_id AND c.charge_date = {rev}.revenue_date AND c.currency = "
+                f"{rev}.currency AND c.paid = 1 AND c.status = 'succeeded' "
+                "AND coalesce(c.captured, 1) = 1)",
+                params,
             )
-            cur = self._conn.execute(
+            self._conn.execute(
                 f"INSERT INTO {rev} ({_cols(STRIPE_DAILY_REVENUE.column_names)}) "
-                "SELECT ?, ?, ?, charge_date, currency, "
+                "SELECT :org, :conn, :account, charge_date, currency, "
                 "SUM(coalesce(amount_captured_minor, amount_minor)), SUM(amount_refunded_minor), "
                 "SUM(coalesce(amount_captured_minor, amount_minor)) - SUM(amount_refunded_minor), "
-                f"COUNT(*), ? FROM {ch} "
-                "WHERE organization_id = ? AND account_id = ? AND charge_date BETWEEN ? AND ? "
-                "AND paid = 1 AND status = 'succeeded' AND coalesce(captured, 1) = 1 "
-                "GROUP BY charge_date, currency",
-                (
-                    owner.organization_id,
-                    owner.connection_id,
-                    owner.account_id,
-                    synced,
-                    owner.organization_id,
-                    owner.account_id,
-                    first,
-                    last,
-                ),
+                f"COUNT(*), :synced FROM {ch} "
+                "WHERE organization_id = :org AND account_id = :account "
+                "AND charge_date BETWEEN :first AND :last AND paid = 1 AND status = 'succeeded' "
+                "AND coalesce(captured, 1) = 1 "
+                "GROUP BY charge_date, currency " + _on_conflict(STRIPE_DAILY_REVENUE),
+                params,
             )
+            (n,) = self._conn.execute(
+                f"SELECT COUNT(*) FROM {rev} WHERE organization_id = :org "
+                "AND account_id = :account AND revenue_date BETWEEN :first AND :last",
+                params,
+            ).fetchone()
         except sqlite3.Error as exc:
             raise _sqlite_error("rebuilding stripe_daily_revenue", exc, self._where) from exc
-        return cur.rowcount
+        return int(n)
 
     def _stored_charge_dates(self, owner: RowOwner, charge_ids: list[str]) -> dict[str, date]:
-        if self.closed:
-            raise RuntimeError("this warehouse transaction has ended")
+        self._check_open()
         out: dict[str, date] = {}
         for start in range(0, len(charge_ids), 500):  # well under SQLite's variable limit
             part = charge_ids[start:start + 500]
@@ -246,13 +281,13 @@ class SqliteWarehouse(Warehouse):
             self._pool.release(conn, reusable=not conn.in_transaction)
 
     @contextmanager
-    def transaction(self) -> Iterator[SqliteWriter]:
+    def transaction(self, write_seq: int | None = None) -> Iterator[SqliteWriter]:
         with self._connection() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _sqlite_error("starting a transaction", exc, self.url_for_display) from None
-            writer = SqliteWriter(conn, self.url_for_display)
+            writer = SqliteWriter(conn, self.url_for_display, write_seq)
             try:
                 yield writer
             except BaseException:
@@ -272,7 +307,8 @@ class SqliteWarehouse(Warehouse):
         with self._connection() as conn:
             return _read_version(conn, self.url_for_display)
 
-    def init_schema(self) -> None:
+    def init_schema(self, *, read_policy: str | None = None) -> None:
+        """``read_policy`` is PostgreSQL's (row level security); a SQLite file has none."""
         with self._schema_lock, self._connection() as conn:
             if _read_version(conn, self.url_for_display) == SCHEMA_VERSION:
                 return
@@ -377,6 +413,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
             f"the warehouse schema is version {row[0]}, newer than this clearlift understands "
             f"({SCHEMA_VERSION}): upgrade clearlift"
         )
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {_q(schema.FENCE_TABLE)} (connection_id TEXT PRIMARY KEY, "
+        "write_seq INTEGER NOT NULL, updated_at TEXT NOT NULL)"
+    )
     for tbl in schema.TABLES.values():
         columns = ", ".join(
             f"{_q(c.name)} {_TYPES[c.kind]}{' NOT NULL' if c.not_null else ''}" for c in tbl.columns
