@@ -208,10 +208,19 @@ def _check_consume_config(store: Store, consumer) -> None:
         "JOIN platform_connections c ON c.id = q.connection_id "
         "WHERE q.state IN ('ready', 'leased') AND c.credentials_encrypted IS NOT NULL LIMIT 20"
     )], "queued connections'", "no job was claimed")
+    from clearlift_cli.warehouse.schema import SCHEMA_VERSION
+
     try:
-        consumer.warehouse  # an unknown URL scheme raises ConfigError here
+        warehouse = consumer.warehouse  # an unknown URL scheme raises ConfigError here
+        version = warehouse.schema_version()
     except WarehouseError:
-        pass  # unreachable now: each job reports it and is retried later
+        return  # unreachable now: each job reports it and is retried later
+    if version is None or version < SCHEMA_VERSION:
+        # e.g. no write fence yet: every job would fail on it
+        raise WarehouseError(
+            f"warehouse {warehouse.url_for_display} is at schema version {version or 0}, this "
+            f"clearlift needs {SCHEMA_VERSION}: run `clearlift init` (no job was claimed)"
+        )
 
 
 def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Clock = SYSTEM_CLOCK):

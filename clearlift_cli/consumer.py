@@ -372,7 +372,7 @@ class Consumer:
                     metrics = c.daily_metrics(s, e)
                     if buffer_slices:
                         campaigns, metrics = list(campaigns), list(metrics)
-                    with self.warehouse.transaction() as w:
+                    with self.warehouse.transaction(write_seq=claimed.claim_seq) as w:
                         n = w.upsert_campaigns(conn.platform, owner, account, campaigns, synced_at) if first else 0
                         return n + w.upsert_daily_metrics(conn.platform, owner, account, metrics, synced_at)
                 start = datetime.combine(s, datetime.min.time(), window.start.tzinfo)
@@ -387,7 +387,7 @@ class Consumer:
                 charges = c.charges(start, end)
                 if buffer_slices:
                     charges = list(charges)
-                with self.warehouse.transaction() as w:
+                with self.warehouse.transaction(write_seq=claimed.claim_seq) as w:
                     n = w.upsert_charges(owner, account, charges, synced_at)
                     return n + w.rebuild_daily_revenue(owner, account, first_day, last_day, synced_at)
 

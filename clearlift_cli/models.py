@@ -198,3 +198,6 @@ class ClaimedMessage:
     max_attempts: int
     lease_token: str
     last_error: str | None = None
+    # The store's claim sequence: every claim, on any host, gets a larger number than all
+    # before it. Warehouse writes are ordered by it, never by a host's clock.
+    claim_seq: int | None = None

@@ -43,6 +43,19 @@ class QueueStats:
     oldest_ready_age_s: float | None
 
 
+def _take_claim_sequence(c: sqlite3.Connection, n: int) -> int:
+    """Reserve ``n`` numbers of the store's claim sequence inside the claiming transaction
+    ``c``; returns the last. The counter row is locked until the claim commits, so claims
+    from every host are numbered in the order they commit."""
+    row = c.execute(
+        "INSERT INTO clearlift_meta (key, value) VALUES ('claim_seq', CAST(? AS TEXT)) "
+        "ON CONFLICT (key) DO UPDATE SET "
+        "value = CAST(CAST(clearlift_meta.value AS BIGINT) + ? AS TEXT) RETURNING value",
+        (n, n),
+    ).fetchone()
+    return int(row[0])
+
+
 def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter in its upper half: 30 s, 60 s, 120 s, ... capped."""
     base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** max(0, attempts - 1)))
@@ -131,13 +144,14 @@ class SqliteQueue:
                 """,
                 (owner, token, now + lease_seconds, now_iso, now, *extra, limit),
             ).fetchall()
+            last_seq = _take_claim_sequence(c, len(rows)) if rows else 0
         rows = sorted(rows, key=lambda r: (r["priority"], r["id"]))
         out = []
-        for r in rows:
+        for seq, r in enumerate(rows, start=last_seq - len(rows) + 1):
             msg = replace(SyncJobMessage.loads(r["body"]), retry_count=r["attempts"] - 1)
             out.append(ClaimedMessage(
                 id=r["id"], message=msg, attempts=r["attempts"], max_attempts=r["max_attempts"],
-                lease_token=r["lease_token"], last_error=r["last_error"],
+                lease_token=r["lease_token"], last_error=r["last_error"], claim_seq=seq,
             ))
         return out
 
