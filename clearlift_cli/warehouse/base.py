@@ -250,13 +250,14 @@ class KeyedBatches:
     def __iter__(self) -> Iterator[tuple[list[tuple], bool]]:
         """``(rows, repeats)``: a chunk without repeated keys, and whether any of its keys
         was in an earlier chunk (then it must be merged, not inserted)."""
-        key = self._key
+        key, seen = self._key, self._seen
         for chunk in chunked(self._rows, self._size):
-            latest = {key(row): row for row in chunk}
-            hashes = set(map(hash, latest))
-            repeats = not self._seen.isdisjoint(hashes)
-            self._seen |= hashes
-            yield (list(latest.values()) if len(latest) != len(chunk) else chunk), repeats
+            hashes = set(map(hash, map(key, chunk)))
+            repeats = not seen.isdisjoint(hashes)
+            seen |= hashes
+            if len(hashes) != len(chunk):  # a key repeats within the chunk: keep its last row
+                chunk = list({key(row): row for row in chunk}.values())
+            yield chunk, repeats
 
 
 def chunked(rows: Iterable, size: int = CHUNK_SIZE) -> Iterator[list]:

@@ -291,14 +291,18 @@ def daily_metric_rows(
     currency = account.currency.upper()
     head = (owner.organization_id, owner.connection_id, owner.account_id)
     for m in rows:
+        # The checks of integer(), exact_decimal() and a_date(), inline for the values
+        # that are already right (nearly all): this loop runs for every row written.
+        imp, clicks, spend, value = m.impressions, m.clicks, m.spend_micros, m.conversion_value_micros
+        conv, day = m.conversions, m.metric_date
         yield head + (
             str(m.campaign_id),
-            a_date(m.metric_date, "metric_date"),
-            integer(m.impressions, "impressions"),
-            integer(m.clicks, "clicks"),
-            integer(m.spend_micros, "spend_micros"),
-            exact_decimal(m.conversions, "conversions"),
-            integer(m.conversion_value_micros, "conversion_value_micros"),
+            day if type(day) is date else a_date(day, "metric_date"),
+            imp if type(imp) is int else integer(imp, "impressions"),
+            clicks if type(clicks) is int else integer(clicks, "clicks"),
+            spend if type(spend) is int else integer(spend, "spend_micros"),
+            conv if type(conv) is Decimal and conv.is_finite() else exact_decimal(conv, "conversions"),
+            value if type(value) is int else integer(value, "conversion_value_micros"),
             currency,
             synced,
         )
