@@ -347,6 +347,21 @@ def test_duplicate_keys_in_one_batch_last_one_wins(wh):
     assert (rows["c1"]["clicks"], rows["c2"]["clicks"], rows["c9"]["clicks"]) == (3, 7, 11)
 
 
+def test_a_big_upsert_over_days_partly_stored_lands_exactly(wh):
+    """Rows campaign by campaign (every chunk spans all days), over days of which some are
+    stored already with other values: stored keys take the new values, the rest is added."""
+    start = date(2024, 3, 1)
+    stored = [metric(f"c{i:03d}", d, clicks=1) for i in range(40) for d in days(start + timedelta(20), 10)]
+    with wh.transaction(write_seq=1) as w:
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, stored, T1) == 400
+    fresh = [metric(f"c{i:03d}", d, clicks=2) for i in range(300) for d in days(start, 40)]
+    with wh.transaction(write_seq=2) as w:
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, iter(fresh), T2) == 12_000
+    rows = wh.fetch_rows("google_ads_daily_metrics")
+    assert len(rows) == 12_000
+    assert {(r["clicks"], r["last_synced_at"]) for r in rows} == {(2, T2)}
+
+
 def test_an_exception_inside_a_transaction_leaves_nothing(wh):
     with wh.transaction() as w:
         w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("c1", "Kept", "ENABLED")], T1)

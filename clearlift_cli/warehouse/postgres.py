@@ -135,9 +135,7 @@ def _statements(table_name: str) -> _Statements:
         target,
         sql.SQL("")
         if probe_date is None
-        else sql.SQL(" AND {} BETWEEN %s AND %s").format(
-            sql.Identifier(tbl.columns[probe_date].name)
-        ),
+        else sql.SQL(" AND {} = ANY(%s)").format(sql.Identifier(tbl.columns[probe_date].name)),
     )
     return _Statements(
         create_stage=sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(stage, target),
@@ -234,18 +232,25 @@ class PostgresWriter(WarehouseWriter):
     def _upsert(self, tbl: Table, owner: RowOwner, rows: Iterable[tuple]) -> int:
         """New rows go straight into the table with COPY, the fastest path PostgreSQL
         has; rows whose keys may already be stored are staged (COPY into a temporary
-        table) and merged once at the end of the call, skipping unchanged rows."""
+        table) and merged once at the end of the call, skipping unchanged rows.
+
+        A chunk is new when none of its keys was in an earlier chunk (``KeyedBatches``)
+        and the table held no row of the owner, on the chunk's days for daily rows, before
+        this call: ``empty`` keeps the days (or, for other tables, the owner) found empty by
+        an index probe, since then written only by this call. The connection's fence keeps
+        other writers of these keys out until the transaction ends."""
         self._check_open()
         q = _statements(tbl.name)
         batches = KeyedBatches(tbl, rows)
         staged = False
+        empty: set = set()
         try:
             with self._conn.cursor() as cur:
                 for chunk, repeats in batches:
                     if repeats and staged:  # the earlier occurrence lands first
                         self._merge(cur, q)
                         staged = False
-                    direct = not repeats and not self._any_stored(cur, q, owner, chunk)
+                    direct = not repeats and self._all_new(cur, q, owner, chunk, empty)
                     if not direct and tbl.name not in self._staged:
                         cur.execute(q.create_stage)
                         self._staged.add(tbl.name)
@@ -262,15 +267,23 @@ class PostgresWriter(WarehouseWriter):
         return batches.count
 
     @staticmethod
-    def _any_stored(cur: psycopg.Cursor, q: _Statements, owner: RowOwner, chunk: list) -> bool:
-        """Whether the table may hold a key of ``chunk``: any row of the owner (in the
-        chunk's dates, for daily rows). One index probe. The connection's fence keeps other
-        writers of these keys out until this transaction ends."""
-        params: tuple = (owner.organization_id, owner.account_id)
-        if q.probe_date is not None:
-            days = [row[q.probe_date] for row in chunk]
-            params += (min(days), max(days))
-        return bool(cur.execute(q.probe, params).fetchone()[0])
+    def _all_new(
+        cur: psycopg.Cursor, q: _Statements, owner: RowOwner, chunk: list, empty: set
+    ) -> bool:
+        """Whether no key of ``chunk`` can be stored already (see ``_upsert``); probes
+        only the days (or the owner) not yet known to be empty, and remembers them."""
+        if q.probe_date is None:
+            unknown: set = set() if None in empty else {None}
+            params: tuple = (owner.organization_id, owner.account_id)
+        else:
+            i = q.probe_date
+            unknown = {row[i] for row in chunk} - empty
+            params = (owner.organization_id, owner.account_id, sorted(unknown))
+        if unknown:
+            if cur.execute(q.probe, params).fetchone()[0]:
+                return False
+            empty |= unknown
+        return True
 
     @staticmethod
     def _merge(cur: psycopg.Cursor, q: _Statements) -> None:
