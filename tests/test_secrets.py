@@ -206,7 +206,9 @@ ALLOWED = {
     "adoption.py": {"_LIVE_FOR_JOB"},  # a fixed NOT EXISTS clause
     "tokens.py": {"CONNECTION_COLUMNS"},
     "warehouse/sqlite.py": {"updates", "where", "meta", "rev", "ch", "columns", "_TYPES[c.kind]",
-                            "int(self._busy_timeout * 1000)"},
+                            "int(self._busy_timeout * 1000)",
+                            # quoted column lists, and the ON CONFLICT clause built from them
+                            "old", "new", "_on_conflict(tbl)", "_on_conflict(STRIPE_DAILY_REVENUE)"},
 }
 QUOTING = {"_q", "_cols"}  # the SQLite warehouse's identifier quoting, over schema names
 
