@@ -398,6 +398,15 @@ def test_a_float_for_money_is_refused_and_nothing_is_written(wh):
         with wh.transaction() as w:
             w.upsert_campaigns("bing", OWNER, ACCOUNT, [], T1)
     assert wh.count_rows("google_ads_daily_metrics") == 0
+    # Past the first chunk: refused while the earlier rows are on their way in.
+    many = [metric(f"c{i}", date(2024, 5, 1)) for i in range(CHUNK_SIZE + 10)]
+    many.append(metric("late", date(2024, 5, 2), spend_micros=2.5))
+    with pytest.raises(TypeError, match="spend_micros"):
+        with wh.transaction(write_seq=1) as w:
+            w.upsert_daily_metrics("google", OWNER, ACCOUNT, iter(many), T1)
+    assert wh.count_rows("google_ads_daily_metrics") == 0
+    with wh.transaction(write_seq=2) as w:  # the next transaction works as ever
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, many[:-1], T1) == CHUNK_SIZE + 10
 
 
 def test_a_twenty_thousand_row_generator_is_streamed(wh):

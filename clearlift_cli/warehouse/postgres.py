@@ -90,7 +90,8 @@ class _Statements:
     copy_target: sql.Composed
     merge: sql.Composed
     truncate: sql.Composed
-    probe: sql.Composed
+    probe_owner: sql.Composed
+    probe_days: sql.Composed
     # Position in a row of the key's date column (daily metrics), narrowing the probe.
     probe_date: int | None
     binary_types: tuple[str, ...]
@@ -129,9 +130,9 @@ def _statements(table_name: str) -> _Statements:
     )
     dates = [i for i, c in enumerate(tbl.columns) if c.name in tbl.key and c.kind == "date"]
     probe_date = dates[0] if dates else None
-    probe = sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE organization_id = %s AND account_id = %s{})"
-    ).format(
+    owner_rows = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE organization_id = %s AND account_id = %s{})")
+    probe_owner = owner_rows.format(target, sql.SQL(""))
+    probe_days = owner_rows.format(
         target,
         sql.SQL("")
         if probe_date is None
@@ -162,7 +163,8 @@ def _statements(table_name: str) -> _Statements:
             upsert=_upsert_changed(tbl),
         ),
         truncate=sql.SQL("TRUNCATE {}").format(stage),
-        probe=probe,
+        probe_owner=probe_owner,
+        probe_days=probe_days,
         probe_date=probe_date,
         binary_types=tuple(_BINARY_TYPES[c.kind] for c in tbl.columns),
     )
@@ -209,6 +211,50 @@ _FENCE = sql.SQL(
 ).format(fence=sql.Identifier(schema.FENCE_TABLE))
 
 
+# What _all_new found about the owner as a whole (kept in the same set as the empty days).
+_OWNER, _OWNER_STORED = "owner has no rows", "owner has rows"
+
+
+class _CopyStream:
+    """One COPY kept open while consecutive chunks go to the same table; closed (the
+    server then finishes storing it) before any other statement on the connection."""
+
+    def __init__(self, cur: psycopg.Cursor, q: _Statements):
+        self._cur = cur
+        self._types = q.binary_types
+        self._statement: sql.Composed | None = None
+        self._context = None
+
+    def into(self, statement: sql.Composed) -> Callable[[tuple], None]:
+        """The ``write_row`` of a COPY running ``statement``, opened if need be."""
+        if self._statement is not statement:
+            self.close()
+            self._context = self._cur.copy(statement)
+            copy = self._context.__enter__()
+            copy.set_types(self._types)
+            self._statement, self._write = statement, copy.write_row
+        return self._write
+
+    def ask(self, query: sql.Composed, params: tuple) -> bool:
+        self.close()
+        return bool(self._cur.execute(query, params).fetchone()[0])
+
+    def close(self, exc: BaseException | None = None) -> None:
+        context, self._context, self._statement = self._context, None, None
+        if context is not None:  # with an exception, the server is told the COPY failed
+            context.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+    def __enter__(self) -> "_CopyStream":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is not None:
+            try:
+                self.close(exc)
+            except psycopg.Error:  # the transaction is failing anyway; keep the first error
+                pass
+
+
 class PostgresWriter(WarehouseWriter):
     def __init__(self, conn: psycopg.Connection, warehouse: "PostgresWarehouse",
                  write_seq: int | None = None):
@@ -233,33 +279,36 @@ class PostgresWriter(WarehouseWriter):
         """New rows go straight into the table with COPY, the fastest path PostgreSQL
         has; rows whose keys may already be stored are staged (COPY into a temporary
         table) and merged once at the end of the call, skipping unchanged rows.
+        Consecutive chunks bound for the same place share one COPY, so the server stores
+        one chunk while the next is being checked.
 
         A chunk is new when none of its keys was in an earlier chunk (``KeyedBatches``)
-        and the table held no row of the owner, on the chunk's days for daily rows, before
-        this call: ``empty`` keeps the days (or, for other tables, the owner) found empty by
-        an index probe, since then written only by this call. The connection's fence keeps
-        other writers of these keys out until the transaction ends."""
+        and the table held no row of the owner (or, for daily rows, none on the chunk's
+        days) before this call: ``seen_empty`` keeps what index probes found empty, since
+        then written only by this call. The connection's fence keeps other writers of
+        these keys out until the transaction ends."""
         self._check_open()
         q = _statements(tbl.name)
         batches = KeyedBatches(tbl, rows)
         staged = False
-        empty: set = set()
+        seen_empty: set = set()
         try:
-            with self._conn.cursor() as cur:
+            with self._conn.cursor() as cur, _CopyStream(cur, q) as stream:
                 for chunk, repeats in batches:
                     if repeats and staged:  # the earlier occurrence lands first
+                        stream.close()
                         self._merge(cur, q)
                         staged = False
-                    direct = not repeats and self._all_new(cur, q, owner, chunk, empty)
+                    direct = not repeats and self._all_new(stream, q, owner, chunk, seen_empty)
                     if not direct and tbl.name not in self._staged:
+                        stream.close()
                         cur.execute(q.create_stage)
                         self._staged.add(tbl.name)
-                    with cur.copy(q.copy_target if direct else q.copy_stage) as copy:
-                        copy.set_types(q.binary_types)
-                        write = copy.write_row
-                        for row in chunk:
-                            write(row)
+                    write = stream.into(q.copy_target if direct else q.copy_stage)
+                    for row in chunk:
+                        write(row)
                     staged = staged or not direct
+                stream.close()
                 if staged:
                     self._merge(cur, q)
         except psycopg.Error as exc:
@@ -268,21 +317,22 @@ class PostgresWriter(WarehouseWriter):
 
     @staticmethod
     def _all_new(
-        cur: psycopg.Cursor, q: _Statements, owner: RowOwner, chunk: list, empty: set
+        stream: "_CopyStream", q: _Statements, owner: RowOwner, chunk: list, seen_empty: set
     ) -> bool:
-        """Whether no key of ``chunk`` can be stored already (see ``_upsert``); probes
-        only the days (or the owner) not yet known to be empty, and remembers them."""
+        """Whether no key of ``chunk`` can be stored already (see ``_upsert``). Probes the
+        owner once, then (daily rows) only the days not yet known to be empty."""
+        org_account = (owner.organization_id, owner.account_id)
+        if _OWNER not in seen_empty and _OWNER_STORED not in seen_empty:
+            seen_empty.add(_OWNER_STORED if stream.ask(q.probe_owner, org_account) else _OWNER)
+        if _OWNER in seen_empty:
+            return True
         if q.probe_date is None:
-            unknown: set = set() if None in empty else {None}
-            params: tuple = (owner.organization_id, owner.account_id)
-        else:
-            i = q.probe_date
-            unknown = {row[i] for row in chunk} - empty
-            params = (owner.organization_id, owner.account_id, sorted(unknown))
+            return False
+        unknown = {row[q.probe_date] for row in chunk} - seen_empty
         if unknown:
-            if cur.execute(q.probe, params).fetchone()[0]:
+            if stream.ask(q.probe_days, (*org_account, sorted(unknown))):
                 return False
-            empty |= unknown
+            seen_empty |= unknown
         return True
 
     @staticmethod
