@@ -650,7 +650,7 @@ def sqlite_path(url: str) -> str:
 
 def _masked(url: str, scheme: str) -> str:
     """``url`` with its password masked; only the scheme when it does not parse."""
-    from clearlift_cli.warehouse.base import mask_url
+    from clearlift_cli.redact import mask_url
 
     try:
         parts = urlsplit(url)
