@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
 from clearlift_cli.errors import UsageError
 from clearlift_cli.platforms import PLATFORMS
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store, open_store
-from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, from_epoch, iso_z, parse_ts
+from clearlift_cli.timeutil import SYSTEM_CLOCK, UTC, Clock, from_epoch, iso_z, parse_ts
+
+# A token expiry outside these years is a typo, not a token (and the year 1 or 9999 would
+# overflow date arithmetic downstream).
+EARLIEST_EXPIRY = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_EXPIRY = datetime(9000, 1, 1, tzinfo=UTC)
+# A lease longer than a day would hide a crashed consumer's job for as long.
+MIN_LEASE_SECONDS = 5.0
+MAX_LEASE_SECONDS = 86_400.0
 
 log = logging.getLogger("clearlift.consume")
 
@@ -80,13 +90,22 @@ def add_connection(settings: Settings, new: NewConnection, *, clock: Clock = SYS
             raise UsageError(f"--settings is not valid JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise UsageError("--settings must be a JSON object, e.g. '{\"sync_interval_minutes\": 30}'")
-        settings_text = json.dumps(parsed)
+        try:  # the ranges `schedule` holds every row to
+            connsettings.check(parsed)
+        except connsettings.SettingsError as exc:
+            raise UsageError(f"--settings: {exc}") from None
+        settings_text = connsettings.dumps(parsed)
     expires = None
     if new.expires_at:
         try:
-            expires = iso_z(parse_ts(new.expires_at))  # type: ignore[arg-type]
+            when = parse_ts(new.expires_at)
         except ValueError:
             raise UsageError(f"--expires-at {new.expires_at!r} is not an ISO timestamp") from None
+        assert when is not None
+        if not EARLIEST_EXPIRY <= when <= LATEST_EXPIRY:
+            raise UsageError(f"--expires-at {new.expires_at!r} is out of range "
+                             f"({EARLIEST_EXPIRY.year} to {LATEST_EXPIRY.year})")
+        expires = iso_z(when)
     if not new.access_token:
         raise UsageError("an access token is required")
     cipher = FieldCipher(settings.key_bytes())
@@ -168,6 +187,9 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
             clock: Clock = SYSTEM_CLOCK, on_progress=None, on_consumer=None):
     from clearlift_cli.consumer import Consumer
 
+    _check_seconds("--lease-seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
+    if max_seconds is not None:
+        _check_seconds("--max-seconds", max_seconds, 1.0, math.inf)
     store = store_for(settings, clock=clock)
     warn_dying_versions(settings, clock=clock)
     consumer = Consumer(settings, store, lease_seconds=lease_seconds, on_progress=on_progress)
@@ -197,6 +219,14 @@ def warn_dying_versions(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> l
     return out
 
 
+def _check_seconds(flag: str, value: float, low: float, high: float) -> None:
+    """UsageError (exit 2) unless ``value`` is a finite number of seconds in [low, high]:
+    the CLI's own range check lets ``inf`` through, and library callers have none."""
+    if not (math.isfinite(value) and low <= value <= high):
+        bounds = f"from {low:g} to {high:g}" if math.isfinite(high) else f"of at least {low:g}"
+        raise UsageError(f"{flag} must be a finite number of seconds {bounds}, not {value!r}")
+
+
 def _check_consume_config(store: Store, consumer) -> None:
     """Refuse the run before it claims anything when its configuration would fail every job
     (ConfigError, exit 3): a missing, malformed or wrong ENCRYPTION_KEY or an unusable
@@ -221,6 +251,10 @@ def _check_consume_config(store: Store, consumer) -> None:
             f"warehouse {warehouse.url_for_display} is at schema version {version or 0}, this "
             f"clearlift needs {SCHEMA_VERSION}: run `clearlift init` (no job was claimed)"
         )
+    if version > SCHEMA_VERSION:  # a newer clearlift's warehouse: writing could corrupt it
+        raise WarehouseError(
+            f"the warehouse schema is version {version}, newer than this clearlift understands "
+            f"({SCHEMA_VERSION}): upgrade clearlift on this host (no job was claimed)")
 
 
 def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Clock = SYSTEM_CLOCK):

@@ -72,7 +72,7 @@ def _summary(line: str) -> None:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
 
 
 @app.callback()
@@ -225,13 +225,13 @@ def schedule(db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, a
     if as_json:
         _print_json(summary)
         return
+    # Broken rows were logged once each, as warnings (worth a mail even under -q); rows an
+    # overlapping run enqueued meanwhile are only counted.
     adoption = "".join(f", {summary[k]} {label}" for k, label in
                        (("adopted", "adopted"), ("abandoned_closed", "abandoned closed")) if summary[k])
     _summary(f"schedule: {summary['found']} candidates, {summary['enqueued']} enqueued, "
-             f"{summary['not_due']} not due, {summary['skipped']} skipped{adoption} in {time.monotonic() - t0:.2f}s")
-    for item in summary["skipped_reasons"]:
-        # broken rows are worth a mail even under -q
-        sys.stderr.write(f"skipped {item['connection_id']}: {item['reason']}\n")
+             f"{summary['not_due']} not due, {summary['already_queued']} already queued, "
+             f"{summary['skipped']} skipped{adoption} in {time.monotonic() - t0:.2f}s")
 
 
 def _parse_day(value: Optional[str], flag: str) -> Optional[date]:
@@ -361,7 +361,8 @@ def status(
         return
     reports = st.all_reports(store, organization_id=org, platform=platform, failing_only=failing)
     if as_json:
-        _print_json([{"connection_id": r.connection.id, **st.sync_status(r.connection, r.latest_job)} for r in reports])
+        _print_json([{"connection_id": r.connection.id, **st.sync_status(r.connection, r.latest_job),
+                      "problem": r.problem} for r in reports])
     else:
         _console().print(render.status_table(reports))
     if any(r.failing for r in reports):
@@ -421,8 +422,10 @@ def queue_retry(ref: Annotated[Optional[str], typer.Argument(help="Dead letter i
     if bool(ref) == all_:
         raise UsageError("give one dead letter id (or job id), or --all")
     store = core.store_for(_settings(db, None, home, config))
-    jobs = SqliteQueue(store).requeue_dead(None if all_ else ref)
-    print(f"re-queued {len(jobs)} job(s)")
+    result = SqliteQueue(store).requeue_dead(None if all_ else ref)
+    print(f"re-queued {len(result.requeued)} job(s)" + (f", skipped {len(result.skipped)}:" if result.skipped else ""))
+    for s in result.skipped:
+        print(f"  skipped dead letter {s.message_id} (job {s.job_id}, connection {s.connection_id}): {s.reason}")
 
 
 @app.command("migrate-store")

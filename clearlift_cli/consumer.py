@@ -547,7 +547,10 @@ def _with_records(metadata: str | None, records: int) -> str:
     if not isinstance(data, dict):
         data = {}
     data["records_synced"] = records
-    return json.dumps(data)
+    try:
+        return json.dumps(data, allow_nan=False)
+    except ValueError:  # NaN / Infinity from elsewhere: the API worker's JSON.parse refuses them
+        return json.dumps({"records_synced": records})
 
 
 def _local_midnight(day: date, tz_name: str) -> datetime:

@@ -151,6 +151,16 @@ class AccountUnavailable(PermanentError):
         self.account_id = account_id
 
 
+class BadRow(PermanentError):
+    """A row in the store clearlift cannot use (an unreadable timestamp, an unknown
+    platform): the job fails now, since retrying cannot help until the row is fixed."""
+
+
+class UnknownPlatform(UsageError, BadRow):
+    """A platform name no module implements: a usage error on the command line (exit 2),
+    a permanent failure for a queued job."""
+
+
 class AuthRevoked(PermanentError):
     """The token is revoked or can no longer be refreshed: the user must reconnect.
 

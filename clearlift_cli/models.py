@@ -5,10 +5,15 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from clearlift_cli.timeutil import iso_z, parse_ts
+
+# The longest sync window a job may ask for (about ten years): no platform serves reports
+# older, and an absurd window (a message starting in the year 1) must not start a loop
+# of millions of date slices.
+MAX_WINDOW_DAYS = 3660
 
 
 class SyncStatus(str, enum.Enum):
@@ -106,18 +111,26 @@ class Connection:
         )
 
     def settings(self) -> dict[str, Any]:
-        """The connection's settings JSON; raises ValueError when it is not an object."""
-        text = self.settings_text or "{}"
-        value = json.loads(text)
-        if not isinstance(value, dict):
-            raise ValueError("settings is not a JSON object")
-        return value
+        """The connection's settings JSON; raises ValueError (a ``SettingsError`` naming
+        the column) when it is not an object. ``connsettings.load`` also checks ranges."""
+        from clearlift_cli.connsettings import parse
+
+        return parse(self.settings_text)
 
     def last_synced(self) -> datetime | None:
         return parse_ts(self.last_synced_at)
 
     def expires(self) -> datetime | None:
         return parse_ts(self.expires_at)
+
+
+class MalformedMessage(ValueError):
+    """A queue message that cannot be decoded; the text says which field and why."""
+
+
+def _show(value: Any) -> str:
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -129,9 +142,25 @@ class SyncWindow:
         return {"start": iso_z(self.start), "end": iso_z(self.end)}
 
     @classmethod
-    def from_json(cls, data: dict[str, str]) -> "SyncWindow":
-        start, end = parse_ts(data["start"]), parse_ts(data["end"])
+    def from_json(cls, data: Any) -> "SyncWindow":
+        """Raises MalformedMessage naming the field for anything but a sane window."""
+        if not isinstance(data, dict):
+            raise MalformedMessage("sync_window is missing or not an object")
+        bounds = []
+        for name in ("start", "end"):
+            value = data.get(name)
+            if not isinstance(value, str) or not value:
+                raise MalformedMessage(f"sync_window.{name} is missing or not a timestamp string ({_show(value)})")
+            try:
+                bounds.append(parse_ts(value))
+            except ValueError:
+                raise MalformedMessage(f"sync_window.{name} {_show(value)} is not a timestamp") from None
+        start, end = bounds
         assert start is not None and end is not None
+        if start > end:
+            raise MalformedMessage("sync_window.start is after sync_window.end")
+        if end - start > timedelta(days=MAX_WINDOW_DAYS):
+            raise MalformedMessage(f"sync_window spans more than {MAX_WINDOW_DAYS} days")
         return cls(start, end)
 
 
@@ -167,23 +196,56 @@ class SyncJobMessage:
         }
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"))
+        return json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def loads(cls, text: str) -> "SyncJobMessage":
-        data = json.loads(text)
-        meta = data.get("metadata") or {}
+        """Decode a queue message; MalformedMessage (saying which field) for anything else:
+        a message that cannot be decoded must fail alone, at claim time."""
+        try:
+            data = json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise MalformedMessage(f"message is not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise MalformedMessage("message is not a JSON object")
+
+        def text_field(name: str, *, may_be_empty: bool = False) -> str:
+            value = data.get(name)
+            if name == "account_id" and isinstance(value, int) and not isinstance(value, bool):
+                return str(value)  # the API worker may write a numeric account id
+            if not isinstance(value, str) or not (value or may_be_empty):
+                raise MalformedMessage(f"{name} is missing or not a string ({_show(value)})")
+            return value
+
+        meta = data.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}  # only informational: the queue row holds the priority and attempts
+        try:
+            job_type = JobType(data.get("job_type"))
+        except ValueError:
+            raise MalformedMessage(f"job_type {_show(data.get('job_type'))} is not full or incremental") from None
+        try:
+            priority = Priority(meta.get("priority", "normal"))
+        except ValueError:
+            priority = Priority.NORMAL
+        try:
+            retry_count = max(0, int(meta.get("retry_count", 0)))
+        except (ValueError, TypeError, OverflowError):
+            retry_count = 0
+        created_at = meta.get("created_at")
+        created_at = created_at if isinstance(created_at, str) else ""
         return cls(
-            job_id=data["job_id"],
-            connection_id=data["connection_id"],
-            organization_id=data["organization_id"],
-            platform=data["platform"],
-            account_id=str(data["account_id"]),
-            job_type=JobType(data["job_type"]),
-            sync_window=SyncWindow.from_json(data["sync_window"]),
-            retry_count=int(meta.get("retry_count", 0)),
-            created_at=meta.get("created_at", ""),
-            priority=Priority(meta.get("priority", "normal")),
+            job_id=text_field("job_id"),
+            connection_id=text_field("connection_id"),
+            # copied from the connection row, whose own checks fail the job with a better reason
+            organization_id=text_field("organization_id", may_be_empty=True),
+            platform=text_field("platform", may_be_empty=True),
+            account_id=text_field("account_id", may_be_empty=True),
+            job_type=job_type,
+            sync_window=SyncWindow.from_json(data.get("sync_window")),
+            retry_count=retry_count,
+            created_at=created_at,
+            priority=priority,
         )
 
 

@@ -11,17 +11,20 @@ Nothing is deleted: acked messages stay ``done``, failures go to ``dead`` with t
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from clearlift_cli.errors import Conflict, NotFound
-from clearlift_cli.models import ClaimedMessage, SyncJobMessage
+from clearlift_cli.errors import Conflict, NotFound, UsageError
+from clearlift_cli.models import ClaimedMessage, MalformedMessage, SyncJobMessage
 from clearlift_cli.redact import redact
 from clearlift_cli.store import IntegrityError, Store
 from clearlift_cli.timeutil import iso_z
+
+log = logging.getLogger("clearlift.queue")
 
 DEFAULT_MAX_ATTEMPTS = 4  # 1 + 3 retries
 BACKOFF_BASE_SECONDS = 30.0
@@ -61,6 +64,14 @@ def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
     base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** max(0, attempts - 1)))
     r = (rng or random).random()
     return base / 2 + r * base / 2
+
+
+def decode_message(body: str, job_id: str) -> SyncJobMessage:
+    """The message in a queue row; MalformedMessage when it cannot be run as that row's job."""
+    msg = SyncJobMessage.loads(body)
+    if msg.job_id != job_id:
+        raise MalformedMessage(f"job_id {msg.job_id[:40]!r} is not its queue row's job {job_id!r}")
+    return msg
 
 
 class SqliteQueue:
@@ -140,19 +151,28 @@ class SqliteQueue:
                  WHERE id IN (SELECT id FROM sync_queue
                                WHERE state IN ('ready', 'leased') AND visible_at <= ?{skip}
                                ORDER BY priority, visible_at, id LIMIT ?{self.store.skip_locked})
-             RETURNING id, body, attempts, max_attempts, lease_token, last_error, priority, visible_at
+             RETURNING id, job_id, body, attempts, max_attempts, lease_token, last_error, priority, visible_at
                 """,
                 (owner, token, now + lease_seconds, now_iso, now, *extra, limit),
             ).fetchall()
             last_seq = _take_claim_sequence(c, len(rows)) if rows else 0
-        rows = sorted(rows, key=lambda r: (r["priority"], r["id"]))
-        out = []
-        for seq, r in enumerate(rows, start=last_seq - len(rows) + 1):
-            msg = replace(SyncJobMessage.loads(r["body"]), retry_count=r["attempts"] - 1)
-            out.append(ClaimedMessage(
-                id=r["id"], message=msg, attempts=r["attempts"], max_attempts=r["max_attempts"],
-                lease_token=r["lease_token"], last_error=r["last_error"], claim_seq=seq,
-            ))
+            out = []
+            ordered = sorted(rows, key=lambda r: (r["priority"], r["id"]))
+            for seq, r in enumerate(ordered, start=last_seq - len(rows) + 1):
+                try:
+                    msg = decode_message(r["body"], r["job_id"])
+                except MalformedMessage as exc:
+                    # Dead-lettered alone, in this same commit: decoding again cannot help,
+                    # and it must not cost the rest of the batch an attempt.
+                    reason = redact(f"malformed queue message: {exc}")
+                    self._dead(c, r["id"], reason)
+                    log.warning("queue message %s (job %s) dead-lettered: %s", r["id"], r["job_id"], reason)
+                    continue
+                out.append(ClaimedMessage(
+                    id=r["id"], message=replace(msg, retry_count=r["attempts"] - 1), attempts=r["attempts"],
+                    max_attempts=r["max_attempts"], lease_token=r["lease_token"], last_error=r["last_error"],
+                    claim_seq=seq,
+                ))
         return out
 
     def heartbeat(self, claimed: ClaimedMessage, lease_seconds: float) -> bool:
@@ -273,23 +293,34 @@ class SqliteQueue:
             (limit,),
         )
 
-    def requeue_dead(self, ref: str | None = None) -> list[str]:
+    def requeue_dead(self, ref: str | None = None) -> "Requeued":
         """Re-queue one dead letter (by message id or job id) or, with None, all of them;
-        attempts start again from 0. Returns the job ids re-queued."""
+        attempts start again from 0. With None, a dead letter that cannot be re-queued is
+        skipped and reported (``Requeued.skipped``); a single one raises instead."""
         now = self.clock.time()
         now_iso = iso_z(self.clock.now())
+        result = Requeued()
         with self.store.write() as c:
             if ref is None:
-                rows = c.execute("SELECT id, job_id, connection_id FROM sync_queue WHERE state = 'dead'").fetchall()
+                rows = c.execute(
+                    "SELECT id, job_id, connection_id, body FROM sync_queue WHERE state = 'dead' ORDER BY id"
+                ).fetchall()
             else:
                 rows = c.execute(
-                    "SELECT id, job_id, connection_id FROM sync_queue WHERE state = 'dead' "
+                    "SELECT id, job_id, connection_id, body FROM sync_queue WHERE state = 'dead' "
                     "AND (job_id = ? OR CAST(id AS TEXT) = ?)", (ref, ref),
                 ).fetchall()
                 if not rows:
                     raise NotFound(f"no dead letter {ref!r} (see `clearlift queue dead`)")
-            done = []
             for r in rows:
+                try:
+                    decode_message(r["body"], r["job_id"])
+                except MalformedMessage as exc:
+                    reason = redact(f"its message is malformed ({exc}); `clearlift sync CONNECTION --now` queues a new job")
+                    if ref is not None:
+                        raise UsageError(f"dead letter {r['id']} cannot be re-queued: {reason}") from None
+                    result.skipped.append(SkippedDeadLetter(r["id"], r["job_id"], r["connection_id"], reason))
+                    continue
                 # a savepoint per row: PostgreSQL aborts the whole transaction on an error
                 c.execute("SAVEPOINT requeue")
                 try:
@@ -302,17 +333,33 @@ class SqliteQueue:
                 except IntegrityError:
                     c.execute("ROLLBACK TO SAVEPOINT requeue")
                     c.execute("RELEASE SAVEPOINT requeue")
+                    reason = f"connection {r['connection_id']} already has a queued or running job"
                     if ref is not None:
-                        raise Conflict(
-                            f"connection {r['connection_id']} already has a queued or running job"
-                        ) from None
+                        raise Conflict(reason) from None
+                    result.skipped.append(SkippedDeadLetter(r["id"], r["job_id"], r["connection_id"], reason))
                     continue
                 c.execute(
                     "UPDATE sync_jobs SET status = 'pending', completed_at = NULL, updated_at = ? "
                     "WHERE id = ?", (now_iso, r["job_id"]),
                 )
-                done.append(r["job_id"])
-        return done
+                result.requeued.append(r["job_id"])
+        return result
 
 
-__all__ = ["SqliteQueue", "QueueStats", "backoff_seconds"]
+@dataclass(frozen=True)
+class SkippedDeadLetter:
+    message_id: int
+    job_id: str
+    connection_id: str
+    reason: str
+
+
+@dataclass
+class Requeued:
+    """What ``requeue_dead`` did: job ids re-queued, and dead letters left as they were."""
+
+    requeued: list[str] = field(default_factory=list)
+    skipped: list[SkippedDeadLetter] = field(default_factory=list)
+
+
+__all__ = ["SqliteQueue", "QueueStats", "Requeued", "SkippedDeadLetter", "backoff_seconds", "decode_message"]

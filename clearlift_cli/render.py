@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -52,11 +53,13 @@ def status_table(reports: list[ConnectionReport]) -> Table:
     for r in reports:
         c, j = r.connection, r.latest_job
         state = "paused" if not c.is_active else "needs re-auth" if c.needs_reauth else c.sync_status
+        if c.is_active and r.problem and not c.needs_reauth:
+            state = "failed"  # `schedule` skips a broken row: it will not sync until fixed
         t.add_row(
             c.id, _styled(state), _short(c.last_synced_at),
             _styled(f"{j['job_type']} {j['status']}" if j is not None else None),
             str(_records(j)) if j is not None else "-",
-            redact(c.sync_error or ""),
+            redact(r.problem or c.sync_error or ""),
         )
     return t
 
@@ -68,6 +71,8 @@ def connection_panel(r: ConnectionReport) -> Panel:
         f"active: {'yes' if c.is_active else 'no (paused)'}    status: {c.sync_status or '-'}    "
         f"last synced: {c.last_synced_at or 'never'}",
     ]
+    if r.problem:
+        lines.append(f"[red]not scheduled:[/red] {escape(redact(r.problem))}")
     if c.sync_error:
         lines.append(f"[red]error:[/red] {redact(c.sync_error)}")
     if j is not None:
@@ -80,7 +85,7 @@ def connection_panel(r: ConnectionReport) -> Panel:
             lines.append(f"job error: {redact(j['error_message'])}")
     else:
         lines.append("latest job: none yet")
-    lines.append(f"next due: {iso_z(r.next_due_at) if r.next_due_at else '- (paused or needs re-auth)'}")
+    lines.append(f"next due: {iso_z(r.next_due_at) if r.next_due_at else '- (paused, needs re-auth, or not scheduled)'}")
     if r.coverage:
         lines.append("synced: " + ", ".join(f"{s}..{e}" for s, e in r.coverage))
     if r.gaps:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from clearlift_cli import connsettings
 from clearlift_cli.adoption import AdoptionResult, adopt_orphan_jobs
+from clearlift_cli.connsettings import DEFAULT_INTERVAL_MINUTES, ConnectionSettings
 from clearlift_cli.errors import Conflict, UsageError
 from clearlift_cli.models import (
-    Connection, JobType, Priority, SyncJobMessage, SyncWindow,
+    MAX_WINDOW_DAYS, Connection, JobType, Priority, SyncJobMessage, SyncWindow,
 )
 from clearlift_cli.platforms import PLATFORMS, platform_module
 from clearlift_cli.queue import SqliteQueue
@@ -29,24 +31,30 @@ from clearlift_cli.timeutil import UTC, iso_z, julian_day, parse_ts
 
 log = logging.getLogger("clearlift.schedule")
 
-DEFAULT_INTERVAL_MINUTES = 60
 FULL_SYNC_DAYS = 7
 ATTRIBUTION_EVERY = timedelta(hours=24)
+
+
+class AlreadyQueued(Conflict):
+    """The connection got a job from an overlapping run meanwhile (safe by design)."""
 
 
 @dataclass
 class ScheduleResult:
     found: int = 0
     enqueued: list[str] = field(default_factory=list)  # job ids
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (connection id, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # broken rows: (connection id, reason)
     not_due: int = 0
     adoption: AdoptionResult = field(default_factory=AdoptionResult)  # job rows clearlift did not create
+    # Given a job meanwhile by an overlapping run (safe by design): counted, not reported.
+    already_queued: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
             "found": self.found,
             "enqueued": len(self.enqueued),
             "not_due": self.not_due,
+            "already_queued": self.already_queued,
             "skipped": len(self.skipped),
             "skipped_reasons": [{"connection_id": c, "reason": r} for c, r in self.skipped],
             "adopted": len(self.adoption.adopted),
@@ -96,12 +104,10 @@ def _attribution_state(store: Store, connection_ids: list[str]) -> dict[str, dat
     return out
 
 
-def lookback_days(conn: Connection, settings: dict[str, Any], configured: dict[str, int]) -> int:
-    default = configured.get(conn.platform, platform_module(conn.platform).CLIENT.default_lookback_days)
-    value = settings.get("lookback_days", default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"settings.lookback_days must be a whole number of days, not {value!r}")
-    return value
+def lookback_days(conn: Connection, settings: ConnectionSettings, configured: dict[str, int]) -> int:
+    if settings.lookback_days is not None:
+        return settings.lookback_days
+    return configured.get(conn.platform, platform_module(conn.platform).CLIENT.default_lookback_days)
 
 
 def plan_job(
@@ -109,25 +115,29 @@ def plan_job(
     last_attribution_at: datetime | None = None,
 ) -> tuple[JobType, Priority, SyncWindow, bool] | None:
     """What job (type, priority, window, is_attribution_window) ``conn`` needs now, or None
-    when it is not due. Raises ValueError for a broken row (settings, timestamps)."""
+    when it is not due. Raises ValueError for a broken row (settings, timestamps), naming
+    the column."""
     if conn.platform not in PLATFORMS:
         raise ValueError(f"unknown platform {conn.platform!r}")
-    settings = conn.settings()
-    interval = settings.get("sync_interval_minutes", DEFAULT_INTERVAL_MINUTES)
-    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
-        raise ValueError(f"settings.sync_interval_minutes must be a positive number, not {interval!r}")
-    last = conn.last_synced()  # ValueError for an unparseable timestamp
+    settings = connsettings.load(conn.settings_text)
+    try:
+        last = conn.last_synced()
+    except ValueError as exc:
+        raise ValueError(f"last_synced_at column is not a timestamp ({exc})") from None
     if last is None:
         return JobType.FULL, Priority.HIGH, SyncWindow(now - timedelta(days=FULL_SYNC_DAYS), now), False
-    if now < last + timedelta(minutes=interval):
-        return None
-    days = lookback_days(conn, settings, configured_lookback or {})
-    start = last - timedelta(days=days)
-    attribution = settings.get("attribution_window_days",
-                               platform_module(conn.platform).CLIENT.attribution_window_days)
+    try:
+        if now < last + timedelta(minutes=settings.sync_interval_minutes):
+            return None
+        start = last - timedelta(days=lookback_days(conn, settings, configured_lookback or {}))
+    except OverflowError:  # the year 1 or 9999: the row was written by something broken
+        raise ValueError(f"last_synced_at column {conn.last_synced_at!r} is out of range") from None
+    attribution = settings.attribution_window_days
+    if attribution is None:
+        attribution = platform_module(conn.platform).CLIENT.attribution_window_days
     is_attr = False
     if attribution and (last_attribution_at is None or now - last_attribution_at >= ATTRIBUTION_EVERY):
-        start = min(start, now - timedelta(days=int(attribution)))
+        start = min(start, now - timedelta(days=attribution))
         is_attr = True
     return JobType.INCREMENTAL, Priority.NORMAL, SyncWindow(start, now), is_attr
 
@@ -154,10 +164,10 @@ def _insert_job(
                             AND status IN ('pending', 'running'))
         """,
         (job_id, conn.organization_id, conn.id, job_type.value, created, created,
-         json.dumps(metadata), conn.id),
+         json.dumps(metadata, allow_nan=False), conn.id),
     ).rowcount
     if n == 0:
-        raise Conflict(f"connection {conn.id} already has a pending or running job")
+        raise AlreadyQueued(f"connection {conn.id} already has a pending or running job")
     message = SyncJobMessage(
         job_id=job_id, connection_id=conn.id, organization_id=conn.organization_id,
         platform=conn.platform, account_id=conn.account_id, job_type=job_type,
@@ -188,8 +198,9 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
             plan = plan_job(conn, now, configured_lookback=configured_lookback,
                             last_attribution_at=attribution_at.get(conn.id))
         except (ValueError, TypeError, KeyError) as exc:
+            # one line per broken row (a warning: worth a mail even under -q), said once
             result.skipped.append((row["id"], str(exc)))
-            log.warning("skipped connection %s: %s", row["id"], exc)
+            log.warning("skipped %s: %s", row["id"], exc)
             continue
         if plan is None:
             result.not_due += 1
@@ -202,8 +213,13 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
             for conn, (job_type, priority, window, is_attr) in plans[i:i + 500]:
                 try:
                     job_id = _insert_job(c, queue, conn, job_type, priority, window, now, triggered_by="schedule")
-                except Conflict as exc:
+                except AlreadyQueued as exc:
+                    log.debug("not enqueued: %s", exc)
+                    result.already_queued += 1
+                    continue
+                except Conflict as exc:  # a live message whose job row is not live: worth a look
                     result.skipped.append((conn.id, str(exc)))
+                    log.warning("skipped %s: %s", conn.id, exc)
                     continue
                 if is_attr:
                     c.execute(
@@ -234,6 +250,9 @@ def enqueue_manual(
     end = min(now, datetime.combine(until + timedelta(days=1), time.min, UTC)) if until else now
     if start >= end:
         raise UsageError("the window is empty (is --since in the future?)")
+    if end - start > timedelta(days=MAX_WINDOW_DAYS):
+        raise UsageError(f"--since {since} is more than {MAX_WINDOW_DAYS} days (about ten years) before the "
+                         "window's end: one job syncs at most that much")
     window = SyncWindow(start, end)
     with store.write() as c:
         store.lock_scheduling(c)

@@ -120,12 +120,20 @@ class Settings:
         raw = self.encryption_key
         if raw is None and self.encryption_key_file:
             try:
-                raw = Path(self.encryption_key_file).read_text().strip()
+                data = Path(self.encryption_key_file).read_bytes()
                 warn_if_others_can_read(Path(self.encryption_key_file), "ENCRYPTION_KEY_FILE")
             except OSError as exc:
                 raise MissingKey(
                     f"ENCRYPTION_KEY_FILE {self.encryption_key_file} cannot be read "
                     f"({exc.strerror})"
+                ) from None
+            try:
+                raw = data.decode("ascii").strip()
+            except UnicodeDecodeError:
+                # e.g. the 32 raw key bytes: the API worker's key is their base64 text
+                raise KeyNotBase64(
+                    f"ENCRYPTION_KEY_FILE {self.encryption_key_file} holds binary data, not the "
+                    "key's base64 text (base64 of 32 bytes, e.g. `base64 -w0 raw.key`)"
                 ) from None
         if not raw:
             raise MissingKey(
@@ -145,6 +153,11 @@ class Settings:
                 raise D1AuthFailed(
                     f"CLOUDFLARE_API_TOKEN_FILE {self.cloudflare_api_token_file} cannot be read "
                     f"({exc.strerror})"
+                ) from None
+            except UnicodeDecodeError:
+                raise D1AuthFailed(
+                    f"CLOUDFLARE_API_TOKEN_FILE {self.cloudflare_api_token_file} holds binary data, "
+                    "not an API token"
                 ) from None
         if not token:
             raise D1AuthFailed(

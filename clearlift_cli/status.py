@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from clearlift_cli import connsettings
 from clearlift_cli.models import Connection
 from clearlift_cli.redact import redact
-from clearlift_cli.scheduler import DEFAULT_INTERVAL_MINUTES
+from clearlift_cli.scheduler import plan_job
 from clearlift_cli.store import Store
 from clearlift_cli.timeutil import iso_z, parse_ts
 
@@ -54,18 +55,27 @@ def sync_status(conn: Connection, job: Any | None) -> dict[str, Any]:
     }
 
 
+def connection_problem(conn: Connection, now: datetime) -> str | None:
+    """Why ``schedule`` cannot plan this connection (a broken row: unknown platform,
+    settings out of range or not JSON, an unreadable timestamp), or None."""
+    try:
+        plan_job(conn, now)
+    except (ValueError, TypeError) as exc:
+        return redact(str(exc))
+    return None
+
+
 def next_due(conn: Connection, now: datetime) -> datetime | None:
-    """When ``schedule`` will next enqueue this connection (None: paused or needs re-auth)."""
+    """When ``schedule`` will next enqueue this connection (None: paused, needs re-auth,
+    or a broken row that ``schedule`` skips)."""
     if not conn.is_active or conn.needs_reauth:
         return None
     try:
         last = parse_ts(conn.last_synced_at)
-        interval = conn.settings().get("sync_interval_minutes", DEFAULT_INTERVAL_MINUTES)
-    except ValueError:
+        interval = connsettings.load(conn.settings_text).sync_interval_minutes
+        return now if last is None else max(now, last + timedelta(minutes=interval))
+    except (ValueError, OverflowError):
         return None
-    if last is None:
-        return now
-    return max(now, last + timedelta(minutes=float(interval)))
 
 
 @dataclass(frozen=True)
@@ -75,11 +85,12 @@ class ConnectionReport:
     next_due_at: datetime | None
     coverage: list[tuple[str, str]]
     gaps: list[tuple[str, str]]
+    problem: str | None = None  # a broken row `schedule` skips (connection_problem)
 
     @property
     def failing(self) -> bool:
         c = self.connection
-        return c.is_active and (c.needs_reauth or c.sync_status == "failed")
+        return c.is_active and (c.needs_reauth or c.sync_status == "failed" or self.problem is not None)
 
     def to_json(self) -> dict[str, Any]:
         c = self.connection
@@ -92,6 +103,7 @@ class ConnectionReport:
             "needs_reauth": c.needs_reauth,
             "reauth_reason": redact(c.reauth_reason) if c.reauth_reason else None,
             "next_due_at": iso_z(self.next_due_at) if self.next_due_at else None,
+            "problem": redact(self.problem) if self.problem else None,
             "coverage": [{"start": s, "end": e} for s, e in self.coverage],
             "gaps": [{"start": s, "end": e} for s, e in self.gaps],
         }
@@ -113,7 +125,9 @@ def _gaps(coverage: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def connection_report(store: Store, connection_id: str) -> ConnectionReport:
     conn = store.get_connection(connection_id)
     cov = store.coverage(conn.id)
-    return ConnectionReport(conn, store.latest_job(conn.id), next_due(conn, store.clock.now()), cov, _gaps(cov))
+    now = store.clock.now()
+    return ConnectionReport(conn, store.latest_job(conn.id), next_due(conn, now), cov, _gaps(cov),
+                            connection_problem(conn, now))
 
 
 def all_reports(
@@ -124,7 +138,7 @@ def all_reports(
     jobs = store.latest_jobs()
     out = []
     for conn in store.list_connections(organization_id=organization_id, platform=platform):
-        r = ConnectionReport(conn, jobs.get(conn.id), next_due(conn, now), [], [])
+        r = ConnectionReport(conn, jobs.get(conn.id), next_due(conn, now), [], [], connection_problem(conn, now))
         if failing_only and not r.failing:
             continue
         out.append(r)

@@ -331,13 +331,14 @@ class Store:
             ).fetchone()
         except sqlite3.OperationalError:
             return 0
-        return int(row[0]) if row else 0
+        return _version(row[0] if row else None, self.path)
 
     def migrate(self) -> list[str]:
         """Create or upgrade the store; idempotent. Returns what was changed."""
         changes: list[str] = []
         with self.write() as c:
             before = self.schema_version()
+            self._refuse_newer(before)
             existing = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             for stmt in _statements(D1_TABLES):
                 c.execute(stmt)
@@ -362,9 +363,19 @@ class Store:
         return changes
 
     def require_schema(self) -> None:
-        if self.schema_version() < SCHEMA_VERSION:
+        version = self.schema_version()
+        self._refuse_newer(version)
+        if version < SCHEMA_VERSION:
             raise StoreError(
                 f"store {self.path} is not initialised for this clearlift version: run `clearlift init`"
+            )
+
+    def _refuse_newer(self, version: int) -> None:
+        """A store a newer clearlift upgraded may hold what this one would corrupt."""
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} is at schema version {version}, newer than this clearlift "
+                f"understands ({SCHEMA_VERSION}): upgrade clearlift on this host"
             )
 
     # -- connections ------------------------------------------------------------------------
@@ -620,6 +631,17 @@ def _statements(script: str) -> Iterable[str]:
     for stmt in script.split(";"):
         if stmt.strip():
             yield stmt
+
+
+def _version(value: Any, where: str) -> int:
+    """clearlift_meta's schema_version as a number (0 when absent)."""
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StoreError(f"store {where} has an unreadable schema version {str(value)[:20]!r} "
+                         "in clearlift_meta") from None
 
 
 def new_job_id() -> str:

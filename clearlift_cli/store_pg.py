@@ -20,7 +20,7 @@ from typing import Any
 from clearlift_cli import redact as redact_secrets
 from clearlift_cli.errors import ConfigError, StoreError
 from clearlift_cli.redact import mask_url, redact, scrub, unencoded_userinfo, unquote_error, url_passwords
-from clearlift_cli.store import SCHEMA_VERSION, IntegrityError, Store
+from clearlift_cli.store import SCHEMA_VERSION, IntegrityError, Store, _version
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
 DEFAULT_SCHEMA = "clearlift"
@@ -293,13 +293,14 @@ class PgStore(Store):
         if not self.has_table("clearlift_meta"):
             return 0
         rows = self.read("SELECT value FROM clearlift_meta WHERE key = 'schema_version'")
-        return int(rows[0][0]) if rows else 0
+        return _version(rows[0][0] if rows else None, self.path)
 
     def migrate(self) -> list[str]:
         changes: list[str] = []
         with self.write() as c:
             c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
             before = self.schema_version()
+            self._refuse_newer(before)
             for stmt in FUNCTIONS + TABLES:
                 c.execute(stmt)
             if before < SCHEMA_VERSION:

@@ -29,7 +29,14 @@ def parse_ts(value: str | datetime | None) -> datetime | None:
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
+        raise ValueError(f"{_short(text)} is out of the range of dates") from None
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
 def iso_z(dt: datetime) -> str:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
 from clearlift_cli.errors import (
-    AuthRevoked, CryptoError, MissingAppCredentials, PlatformError, TransientError,
+    AuthRevoked, BadRow, CryptoError, MissingAppCredentials, PlatformError, TransientError,
 )
 from clearlift_cli.models import Connection
 from clearlift_cli.platforms import PLATFORMS, platform_module
@@ -41,7 +41,12 @@ def decrypt_credentials(cipher: FieldCipher, conn: Connection) -> Credentials:
     refresh = None
     if conn.refresh_token_encrypted:
         refresh = cipher.decrypt(conn.refresh_token_encrypted, what="refresh_token_encrypted")
-    return Credentials(access_token=access, refresh_token=refresh, expires_at=conn.expires())
+    try:
+        expires = conn.expires()
+    except ValueError:
+        raise BadRow(f"expires_at column {str(conn.expires_at)[:40]!r} is not a timestamp: the API worker "
+                     "must rewrite it (reconnecting the account does)", platform=conn.platform) from None
+    return Credentials(access_token=access, refresh_token=refresh, expires_at=expires)
 
 
 def platform_context(settings: Settings, store: Store, conn: Connection, **kw) -> PlatformContext:

@@ -343,6 +343,157 @@ def test_badly_written_rows_fail_their_own_jobs_with_a_reason_and_the_rest_runs(
     assert all(j["state"] in ("done", "dead") for j in jobs.values())
     status = env.run("status", "--failing", "--json", check=False)
     assert status.returncode == 1
-    failing = {r["connection_id"]: r["latest_sync"]["error"] for r in json.loads(status.stdout)}
+    rows = {r["connection_id"]: r for r in json.loads(status.stdout)}
+    failing = {cid: r["latest_sync"]["error"] for cid, r in rows.items() if r["latest_sync"]}
     assert failing[tampered] == "credentials_encrypted is not valid base64"
-    assert len(failing) == 2 + len(odd["google"]) + len(odd["facebook"])
+    # rows `schedule` skips are failing too, with what is wrong (issue 16)
+    assert rows["myspace"]["problem"] == "unknown platform 'myspace'" and rows["myspace"]["latest_sync"] is None
+    assert rows["bad-settings"]["problem"].startswith("settings column is not valid JSON (Expecting property name")
+    assert len(rows) == 4 + len(odd["google"]) + len(odd["facebook"])
+
+
+# --- issue 16: one bad row or message must not take the others down -----------------------------
+
+
+def test_a_malformed_queue_message_fails_alone_and_the_batch_runs(env, sandbox):
+    """A message that cannot be decoded crashed every `consume` after the claim committed,
+    burning an attempt of every job claimed with it; now it is dead-lettered alone."""
+    third = seed(env, "google", "1000000003")
+    env.run("schedule")
+    (job,) = env.jobs(third)
+    body = json.loads(queue_row(env, job["id"])["body"])
+    body["sync_window"]["end"] = None
+    with env.store() as c:
+        c.execute("UPDATE sync_queue SET body = ? WHERE job_id = ?", (json.dumps(body), job["id"]))
+    proc = env.run("consume", "--json")
+    assert "Traceback" not in proc.stderr and "unexpected error" not in proc.stderr
+    assert json.loads(proc.stdout) | {"records": 0} == {"jobs": 2, "completed": 2, "records": 0, "stopped_by": "empty"}
+    reason = "malformed queue message: sync_window.end is missing or not a timestamp string (null)"
+    assert (env.job(job["id"])["status"], env.job(job["id"])["error_message"]) == ("failed", reason)
+    assert (queue_row(env, job["id"])["state"], queue_row(env, job["id"])["last_error"]) == ("dead", reason)
+    for cid in env.conns:
+        (done,) = env.jobs(cid)
+        assert done["status"] == "completed" and queue_row(env, done["id"])["attempts"] == 1
+    failing = env.run("status", "--failing", "--json", check=False)
+    assert [r["connection_id"] for r in json.loads(failing.stdout)] == [third]
+    retry = env.run("queue", "retry", "--all")  # says what it left and why
+    assert "re-queued 0 job(s), skipped 1:" in retry.stdout
+    assert f"job {job['id']}, connection {third}): its message is malformed (sync_window.end" in retry.stdout
+
+
+def test_rows_retrying_cannot_fix_fail_at_once_with_a_clear_reason(env, sandbox):
+    """An unknown platform on a queued job's connection and an unreadable expires_at were
+    'unexpected errors', retried four times each; refresh-tokens crashed on the latter."""
+    odd, garbled = env.conns
+    with env.store() as c:
+        c.execute("UPDATE platform_connections SET platform = 'myspace' WHERE id = ?", (odd,))
+        c.execute("UPDATE platform_connections SET expires_at = '0001-01-01T00:00:00+01:00' WHERE id = ?",
+                  (garbled,))
+    proc = env.run("consume", "--json")
+    assert "unexpected error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["failed"] == 2
+    (job,) = env.jobs(odd)
+    assert job["error_message"] == "unknown platform 'myspace' (known: google, facebook, tiktok, stripe)"
+    (job2,) = env.jobs(garbled)
+    assert job2["error_message"].startswith("expires_at column '0001-01-01T00:00:00+01:00' is not a timestamp")
+    for j in (job, job2):
+        assert j["status"] == "failed"
+        assert (queue_row(env, j["id"])["state"], queue_row(env, j["id"])["attempts"]) == ("dead", 1)
+    refresh = env.run("refresh-tokens", "--json", check=False)
+    assert refresh.returncode == 0 and "Traceback" not in refresh.stderr, refresh.stderr
+    (failure,) = json.loads(refresh.stdout)["failures"]
+    assert failure["connection_id"] == garbled and "is not a timestamp" in failure["reason"]
+
+
+def test_a_binary_key_file_is_refused_with_a_clear_error(env, tmp_path):
+    key_file = tmp_path / "raw.key"
+    key_file.write_bytes(base64.b64decode(env.key))  # the 32 raw bytes instead of their base64
+    if all(b < 128 for b in key_file.read_bytes()):
+        key_file.write_bytes(b"\xff" + key_file.read_bytes()[1:])
+    with env.store() as c:  # due for a refresh, so refresh-tokens needs the key
+        c.execute("UPDATE platform_connections SET expires_at = ?", (iso_z(datetime.now(UTC) + timedelta(seconds=60)),))
+    for args in (["consume"], ["refresh-tokens"], add_args()):
+        refused(env, *args, code=3, says=f"ENCRYPTION_KEY_FILE {key_file} holds binary data, not the key's base64 text",
+                ENCRYPTION_KEY="", ENCRYPTION_KEY_FILE=str(key_file), CLEARLIFT_ACCESS_TOKEN=TOKEN)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--expires-at", "0001-01-01T00:00:00+01:00"], "is not an ISO timestamp"),
+    (["--expires-at", "1900-01-01T00:00:00Z"], "is out of range (1970 to 9000)"),
+    (["--expires-at", "9999-12-31T23:59:59Z"], "is out of range (1970 to 9000)"),
+    (["--settings", '{"sync_interval_minutes": Infinity}'], "--settings: settings.sync_interval_minutes must be a finite"),
+    (["--settings", '{"sync_interval_minutes": 1e10}'], "--settings: settings.sync_interval_minutes must be from 1"),
+    (["--settings", '{"sync_interval_minutes": "three"}'], "settings.sync_interval_minutes must be a number"),
+    (["--settings", '{"lookback_days": 10000000}'], "settings.lookback_days must be a whole number of days from 0"),
+    (["--settings", '{"attribution_window_days": 100000000}'], "settings.attribution_window_days must be"),
+    (["--settings", '{"usage_throttle_pct": NaN}'], "settings column holds NaN or Infinity"),
+])
+def test_connections_add_refuses_values_out_of_range(env, flags, says):
+    refused(env, *add_args(), *flags, code=2, says=says, CLEARLIFT_ACCESS_TOKEN=TOKEN)
+
+
+def test_connections_add_stores_settings_the_api_worker_can_parse(env):
+    env.run(*add_args(), "--settings", '{"sync_interval_minutes": 30, "lookback_days": 7.0, "x": [1]}',
+            "--expires-at", "2030-01-01T00:00:00+02:00", CLEARLIFT_ACCESS_TOKEN=TOKEN)
+    row = env.connection("org-9-google-1000000009")
+    assert json.loads(row["settings"], parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {
+        "sync_interval_minutes": 30, "lookback_days": 7.0, "x": [1]}
+    assert row["expires_at"] == "2029-12-31T22:00:00.000Z"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["consume", "--lease-seconds", "inf"], "--lease-seconds must be a finite number of seconds from 5 to 86400, not inf"),
+    (["consume", "--lease-seconds", "1e9"], "--lease-seconds must be a finite number of seconds from 5 to 86400"),
+    (["consume", "--max-seconds", "inf"], "--max-seconds must be a finite number of seconds of at least 1, not inf"),
+])
+def test_absurd_durations_are_refused_before_anything_is_claimed(env, args, says):
+    refused(env, *args, code=2, says=says)
+    # Typer's own range check refuses these (its usage line, then one Error line)
+    for bad in (["--lease-seconds", "-1"], ["--lease-seconds", "nan"], ["--max-seconds", "nan"]):
+        before = snapshot(env.db)
+        proc = env.run("consume", *bad, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (bad, proc.stderr)
+        assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]) == 1, proc.stderr
+        assert snapshot(env.db) == before
+
+
+def test_sync_refuses_a_window_beyond_ten_years(env):
+    for since in ("0001-01-01", "2000-01-01"):
+        refused(env, "sync", env.conns[0], "--now", "--since", since, code=2, says="is more than 3660 days")
+
+
+def _set_store_version(env: Env, version: int) -> None:
+    with env.store() as c:
+        c.execute("UPDATE clearlift_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+
+def test_a_store_from_a_newer_clearlift_is_refused_by_every_command(env):
+    """`init` said "up to date" and `consume` wrote to it; every command now refuses."""
+    from clearlift_cli.store import SCHEMA_VERSION
+
+    _set_store_version(env, SCHEMA_VERSION + 1)
+    says = f"is at schema version {SCHEMA_VERSION + 1}, newer than this clearlift understands ({SCHEMA_VERSION})"
+    for args in (["init"], ["init", "--store-only"], ["schedule"], ["consume"], ["status"], ["status", env.conns[0]],
+                 ["refresh-tokens"], ["queue"], ["queue", "dead"], ["queue", "retry", "--all"],
+                 ["connections", "list"], ["connections", "pause", env.conns[0]], ["sync", env.conns[0], "--now"],
+                 add_args()):
+        refused(env, *args, code=4, says=says, CLEARLIFT_ACCESS_TOKEN=TOKEN)
+    assert env.sandbox.google.requests == []
+    _set_store_version(env, SCHEMA_VERSION)
+    assert "2 completed" in env.run("consume").stdout
+
+
+def test_a_warehouse_from_a_newer_clearlift_is_refused_before_jobs_are_claimed(env):
+    from clearlift_cli.warehouse.schema import META_TABLE, SCHEMA_VERSION
+
+    wh = sqlite3.connect(env.warehouse_url[len("sqlite:///"):])
+    with wh:
+        wh.execute(f"UPDATE {META_TABLE} SET schema_version = ?", (SCHEMA_VERSION + 1,))
+    wh.close()
+    says = f"the warehouse schema is version {SCHEMA_VERSION + 1}, newer than this clearlift understands"
+    for args in (["consume"], ["init"]):
+        refused(env, *args, code=5, says=says)
+    for cid in env.conns:
+        (job,) = env.jobs(cid)
+        assert (job["status"], queue_row(env, job["id"])["attempts"]) == ("pending", 0)
+    assert env.sandbox.google.requests == []

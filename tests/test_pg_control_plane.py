@@ -175,3 +175,39 @@ def test_migrate_store_into_a_control_plane_in_use_drops_no_message(tmp_path, sa
     assert "1 adopted" in dst.run("schedule").stdout
     assert json.loads(query(pg_schema_url, "SELECT body FROM sync_queue WHERE job_id = ?", (shared,))[0][0])[
         "job_id"] == shared
+
+
+def test_a_control_plane_from_a_newer_clearlift_is_refused(pg_env, pg_schema_url):
+    from clearlift_cli.store import SCHEMA_VERSION
+    from tests.helpers import one_line_error, raw
+
+    c = raw(pg_schema_url)
+    c.execute("UPDATE clearlift_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    c.close()
+    for args in (["init"], ["schedule"], ["consume"], ["status"], ["queue"]):
+        proc = pg_env.run(*args, check=False)
+        assert proc.returncode == 4, (args, proc.stderr)
+        line = one_line_error(proc.stderr)
+        assert f"is at schema version {SCHEMA_VERSION + 1}, newer than this clearlift understands" in line, line
+    assert query(pg_schema_url, "SELECT value FROM clearlift_meta WHERE key = 'schema_version'")[0][0] == str(
+        SCHEMA_VERSION + 1)
+
+
+def test_a_postgres_warehouse_from_a_newer_clearlift_is_refused_before_jobs_are_claimed(pg_env, sandbox,
+                                                                                      pg_schema_url):
+    from clearlift_cli.warehouse.schema import META_TABLE, SCHEMA_VERSION
+    from tests.helpers import one_line_error, raw
+
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    cid = pg_env.add("org-1", "google", "1234567890", access, refresh)
+    pg_env.run("schedule")
+    c = raw(pg_schema_url)
+    c.execute(f"UPDATE {META_TABLE} SET schema_version = ?", (SCHEMA_VERSION + 1,))
+    c.close()
+    proc = pg_env.run("consume", check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert f"the warehouse schema is version {SCHEMA_VERSION + 1}, newer than this clearlift" in one_line_error(
+        proc.stderr)
+    (job,) = query(pg_schema_url, "SELECT j.status, q.attempts FROM sync_jobs j JOIN sync_queue q ON q.job_id = j.id "
+                                  "WHERE j.connection_id = ?", (cid,))
+    assert tuple(job) == ("pending", 0) and sandbox.google.requests == []

@@ -10,12 +10,12 @@ import pytest
 
 from clearlift_cli import scheduler
 from clearlift_cli.consumer import fail_jobs
-from clearlift_cli.errors import Conflict, NotFound
+from clearlift_cli.errors import Conflict, NotFound, UsageError
 from clearlift_cli.models import JobType, Priority, SyncJobMessage
 from clearlift_cli.queue import DEFAULT_MAX_ATTEMPTS, SqliteQueue
 from clearlift_cli.timeutil import iso_z
 
-from tests.helpers import T0, enqueue_message, frozen, insert_connection, new_store, query, queue_row
+from tests.helpers import T0, enqueue_message, frozen, insert_connection, new_store, query, queue_row, raw
 
 LEASE = 60.0
 
@@ -311,7 +311,7 @@ def test_requeue_dead_starts_attempts_again(env):
     assert queue_row(db, msg.job_id)["state"] == "dead"
     with pytest.raises(NotFound):
         queue.requeue_dead("no-such-job")
-    assert queue.requeue_dead(msg.job_id) == [msg.job_id]
+    assert queue.requeue_dead(msg.job_id).requeued == [msg.job_id]
     row = queue_row(db, msg.job_id)
     assert (row["state"], row["attempts"], row["finished_at"], row["lease_owner"]) == ("ready", 0, None, None)
     assert row["last_error"] == "boom"  # kept for the record
@@ -329,8 +329,8 @@ def test_requeue_all_dead_letters_by_message_id_and_all(env):
         for claimed in batch:
             assert queue.dead_letter(c, claimed, "nope")
     first_id = queue_row(db, msgs[0].job_id)["id"]
-    assert queue.requeue_dead(str(first_id)) == [msgs[0].job_id]
-    assert sorted(queue.requeue_dead()) == sorted(m.job_id for m in msgs[1:])
+    assert queue.requeue_dead(str(first_id)).requeued == [msgs[0].job_id]
+    assert sorted(queue.requeue_dead().requeued) == sorted(m.job_id for m in msgs[1:])
     assert queue.stats().ready_normal == 3 and queue.stats().dead == 0
 
 
@@ -345,7 +345,11 @@ def test_requeue_refuses_when_the_connection_has_a_newer_live_job(env):
     with pytest.raises(Conflict):
         queue.requeue_dead(old.job_id)
     assert queue_row(db, old.job_id)["state"] == "dead"
-    assert queue.requeue_dead() == []  # --all skips it rather than failing
+    result = queue.requeue_dead()  # --all skips it rather than failing, and says why
+    assert result.requeued == []
+    ((message_id, job_id, connection_id, reason),) = [tuple(vars(s).values()) for s in result.skipped]
+    assert (message_id, job_id, connection_id) == (queue_row(db, old.job_id)["id"], old.job_id, "org-1-google-5")
+    assert reason == "connection org-1-google-5 already has a queued or running job"
 
 
 def test_nothing_is_deleted(env):
@@ -358,6 +362,61 @@ def test_nothing_is_deleted(env):
         queue.retry(c, claimed[2], "later")
     states = {r["job_id"]: r["state"] for r in query(db, "SELECT job_id, state FROM sync_queue")}
     assert states == {msgs[0].job_id: "done", msgs[1].job_id: "dead", msgs[2].job_id: "ready"}
+
+
+# -- messages that cannot be decoded -----------------------------------------------------
+
+MALFORMED = {
+    "end is null": lambda b: {**b, "sync_window": {**b["sync_window"], "end": None}},
+    "fields missing": lambda b: {k: v for k, v in b.items() if k not in ("connection_id", "account_id")},
+    "bad date": lambda b: {**b, "sync_window": {**b["sync_window"], "start": "2025-13-45"}},
+    "not JSON": lambda b: "{truncated",
+    "another job's message": lambda b: {**b, "job_id": "someone-else"},
+}
+
+
+def _corrupt(db, job_id, how) -> None:
+    row = queue_row(db, job_id)
+    bad = MALFORMED[how](json.loads(row["body"]))
+    c = raw(db)
+    with c:
+        c.execute("UPDATE sync_queue SET body = ? WHERE id = ?",
+                  (bad if isinstance(bad, str) else json.dumps(bad), row["id"]))
+    c.close()
+
+
+def test_a_malformed_message_is_dead_lettered_alone_at_claim(env):
+    """Each message that cannot be decoded fails alone, in the claim's own commit, with the
+    reason on the message and on its job; the rest of the batch is delivered normally."""
+    store, queue, clock, db = env
+    good = [enqueue_message(store, queue) for _ in range(2)]
+    bad = {how: enqueue_message(store, queue) for how in MALFORMED}
+    for how, msg in bad.items():
+        _corrupt(db, msg.job_id, how)
+    batch = queue.claim("a", limit=20, lease_seconds=LEASE)
+    assert sorted(c.message.job_id for c in batch) == sorted(m.job_id for m in good)
+    assert all(c.attempts == 1 for c in batch)
+    says = {"end is null": "sync_window.end is missing", "fields missing": "connection_id is missing",
+            "bad date": "sync_window.start '2025-13-45' is not a timestamp", "not JSON": "message is not JSON",
+            "another job's message": "job_id 'someone-else' is not its queue row's job"}
+    for how, msg in bad.items():
+        row = queue_row(db, msg.job_id)
+        assert row["state"] == "dead" and row["lease_token"] is None, how
+        assert row["last_error"].startswith("malformed queue message: ") and says[how] in row["last_error"], how
+        (job,) = query(db, "SELECT status, error_message FROM sync_jobs WHERE id = ?", (msg.job_id,))
+        assert (job["status"], job["error_message"]) == ("failed", row["last_error"]), how
+    assert queue.claim("b", limit=20, lease_seconds=LEASE) == []  # nothing left to trip over
+    # `queue retry --all` leaves them (re-queueing cannot help) and says why; one by id is refused
+    result = queue.requeue_dead()
+    assert result.requeued == []
+    reasons = {s.job_id: s.reason for s in result.skipped}
+    assert set(reasons) == {m.job_id for m in bad.values()}
+    for how, m in bad.items():
+        assert reasons[m.job_id].startswith("its message is malformed (") and says[how] in reasons[m.job_id], how
+        assert "clearlift sync CONNECTION --now" in reasons[m.job_id]
+    with pytest.raises(UsageError, match="cannot be re-queued: its message is malformed"):
+        queue.requeue_dead(bad["end is null"].job_id)
+    assert {queue_row(db, m.job_id)["state"] for m in bad.values()} == {"dead"}
 
 
 # -- order, batches, pauses ------------------------------------------------------------

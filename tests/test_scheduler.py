@@ -6,6 +6,8 @@ only the clock is frozen."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -17,7 +19,7 @@ from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.timeutil import iso_z, parse_ts
 
 from tests.helpers import (
-    cli_env, frozen, home_db, insert_connection, insert_connections, new_store, one_line_error,
+    CLEARLIFT, cli_env, frozen, home_db, insert_connection, insert_connections, new_store, one_line_error,
     query, raw, run_cli,
 )
 
@@ -243,6 +245,14 @@ BROKEN = [
     {"account_id": "b4", "last_synced_at": "yesterday"},
     {"account_id": "b5", "settings": '{"sync_interval_minutes": -5}', "last_synced_at": "2025-10-01 00:00:00"},
     {"account_id": "b6", "settings": '{"lookback_days": "three"}', "last_synced_at": "2025-10-01 00:00:00"},
+    # issue 16: each of these once overflowed date arithmetic and crashed the whole run
+    {"account_id": "b7", "settings": '{"sync_interval_minutes": 1e10}', "last_synced_at": "2025-10-01 00:00:00"},
+    {"account_id": "b8", "settings": '{"sync_interval_minutes": Infinity}', "last_synced_at": "2025-10-01 00:00:00"},
+    {"account_id": "b9", "settings": '{"lookback_days": 10000000}', "last_synced_at": "2025-10-01 00:00:00"},
+    {"account_id": "b10", "settings": '{"attribution_window_days": 100000000}', "last_synced_at": "2025-10-01 00:00:00"},
+    {"account_id": "b11", "settings": '{"sync_interval_minutes": 30}', "last_synced_at": "9999-12-31T23:59:00.000Z"},
+    {"account_id": "b12", "last_synced_at": "0001-01-01T00:00:00.000Z"},
+    {"account_id": "b13", "settings": '{"sync_interval_minutes": "30"}', "last_synced_at": "2025-10-01 00:00:00"},
 ]
 
 
@@ -259,6 +269,14 @@ def test_broken_rows_are_reported_and_the_others_scheduled(db):
     assert "myspace" in reasons[broken[0]]
     assert "settings" in reasons[broken[2]] and "sync_interval_minutes" in reasons[broken[4]]
     assert "lookback_days" in reasons[broken[5]]
+    assert reasons[broken[6]] == "settings.sync_interval_minutes must be from 1 to 43200 minutes (30 days), not 10000000000.0"
+    assert reasons[broken[7]] == "settings.sync_interval_minutes must be a finite number, not inf"
+    assert reasons[broken[8]] == "settings.lookback_days must be a whole number of days from 0 to 365, not 10000000"
+    assert reasons[broken[9]] == ("settings.attribution_window_days must be a whole number of days from 0 to 90, "
+                                  "not 100000000")
+    assert reasons[broken[10]] == "last_synced_at column '9999-12-31T23:59:00.000Z' is out of range"
+    assert reasons[broken[11]] == "last_synced_at column '0001-01-01T00:00:00.000Z' is out of range"
+    assert reasons[broken[12]] == "settings.sync_interval_minutes must be a number, not '30'"
     summary = result.summary()
     assert summary["enqueued"] == 2 and summary["skipped"] == len(BROKEN)
 
@@ -273,15 +291,87 @@ def test_installed_schedule_reports_broken_rows_and_exits_0(tmp_path):
     result = run_cli(["schedule"], env)
     assert result.returncode == 0, result.stderr
     assert "2 enqueued" in result.stdout and f"{len(BROKEN)} skipped" in result.stdout
-    for cid in broken:
-        assert f"skipped {cid}:" in result.stdout + result.stderr
+    for cid in broken:  # each said once (it used to be twice: a log line and a print)
+        assert (result.stdout + result.stderr).count(f"skipped {cid}:") == 1, result.stderr
+    assert "Traceback" not in result.stderr
     assert set(jobs_by_connection(db)) == set(good)
+    quiet = run_cli(["-q", "schedule"], env)  # broken rows are still worth a mail under -q
+    assert quiet.returncode == 0 and quiet.stdout == ""
+    assert sorted(ln.split(" skipped ")[1].split(":")[0] for ln in quiet.stderr.splitlines()) == sorted(broken)
 
     as_json = run_cli(["schedule", "--json"], env)
     assert as_json.returncode == 0
     summary = json.loads(as_json.stdout)
     assert summary["enqueued"] == 0  # the good ones have pending jobs now
     assert {s["connection_id"] for s in summary["skipped_reasons"]} == set(broken)
+
+
+def test_installed_status_shows_what_schedule_skips_and_every_other_connection(tmp_path):
+    """`status`, `status CONN`, `status --json` and `status --failing` all work with broken
+    rows among the others, and say what is wrong with each (they crashed on the first)."""
+    env = cli_env(tmp_path)
+    db = home_db(tmp_path)
+    new_store(db).close()
+    good = insert_connections(db, [{"account_id": "g1", "last_synced_at": None},
+                                   {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"}])
+    broken = insert_connections(db, BROKEN)
+    table = run_cli(["status"], env)
+    assert table.returncode == 1 and "Traceback" not in table.stderr, table.stderr
+    assert f"{len(good) + len(broken)} connection(s): {len(good) + len(broken)} active, {len(broken)} failing" \
+        in table.stdout
+    rows = {r["connection_id"]: r for r in json.loads(run_cli(["status", "--json"], env).stdout)}
+    assert set(rows) == set(good) | set(broken)
+    assert all(rows[cid]["problem"] is None for cid in good)
+    assert rows[broken[7]]["problem"] == "settings.sync_interval_minutes must be a finite number, not inf"
+    assert "settings column is not valid JSON" in rows[broken[1]]["problem"]
+    failing = run_cli(["status", "--failing", "--json"], env)
+    assert failing.returncode == 1
+    assert {r["connection_id"] for r in json.loads(failing.stdout)} == set(broken)
+    for cid in broken:
+        one = run_cli(["status", cid], env)
+        assert one.returncode == 0 and "not scheduled:" in one.stdout, (cid, one.stdout, one.stderr)
+        assert run_cli(["status", cid, "--json"], env).returncode == 0
+    assert "not scheduled" not in run_cli(["status", good[0]], env).stdout
+
+
+def test_overlapping_schedule_runs_count_jobs_already_queued_and_print_nothing(tmp_path, pg_schema_url):
+    """Three runs that all read the same due connections before any of them enqueues (as
+    overlapping cron runs do): one enqueues, the others count the connections as already
+    queued. Nothing on stderr (it used to be a line per connection), nothing at all with -q."""
+    import psycopg
+
+    env = cli_env(tmp_path, CLEARLIFT_DB=pg_schema_url)
+    assert run_cli(["init", "--store-only"], env).returncode == 0
+    due = insert_connections(pg_schema_url, [{"account_id": f"n{i}", "last_synced_at": None} for i in range(25)])
+    schema = pg_schema_url.rsplit("search_path%3D", 1)[1]
+    # Every run reads clearlift_connection_state right after its candidates: holding that
+    # table makes all three wait there, each with the same candidates in hand.
+    holder = psycopg.connect(pg_schema_url, autocommit=False)
+    holder.execute("LOCK TABLE clearlift_connection_state IN ACCESS EXCLUSIVE MODE")
+    args = [["-q", "schedule"], ["schedule"], ["schedule", "--json"]]
+    procs = [subprocess.Popen([CLEARLIFT, *a], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for a in args]
+    try:
+        watcher = psycopg.connect(pg_schema_url, autocommit=True)
+        deadline = time.monotonic() + 60
+        while watcher.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+                (f"{schema}.clearlift_connection_state",)).fetchone()[0] < 3:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "runs never overlapped"
+            time.sleep(0.02)
+        watcher.close()
+    finally:
+        holder.rollback()
+        holder.close()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert [err for _, err in outs] == ["", "", ""]
+    assert outs[0][0] == ""  # -q
+    text, as_json = outs[1][0], json.loads(outs[2][0])
+    assert as_json["enqueued"] + as_json["already_queued"] == len(due) and as_json["skipped"] == 0
+    assert f"{len(due)} enqueued" in text or f"{len(due)} already queued" in text, text
+    assert "0 skipped" in text
+    assert sorted(r[0] for r in query(pg_schema_url, "SELECT connection_id FROM sync_jobs")) == sorted(due)
 
 
 def test_installed_schedule_fails_when_the_store_is_unusable(tmp_path):
@@ -424,6 +514,8 @@ def test_installed_sync_now_enqueues_a_backfill(cli_store):
     (["--until", "01/02/2025"], ExitCode.USAGE, "--until"),
     (["--since", "2025-03-01", "--until", "2025-02-01"], ExitCode.USAGE, "after"),
     (["--until", "2999-01-01"], ExitCode.USAGE, "future"),
+    (["--since", "0001-01-01"], ExitCode.USAGE, "--since 0001-01-01 is more than 3660 days"),
+    (["--since", "1990-01-01", "--until", "2020-01-01"], ExitCode.USAGE, "is more than 3660 days"),
 ])
 def test_installed_sync_now_validates_dates(cli_store, args, code, expected):
     env, db, (active, _) = cli_store

@@ -18,7 +18,7 @@ def platform_module(name: str) -> ModuleType:
     """The module for ``name``; it defines ``CLIENT`` (an AdsClient or RevenueClient
     subclass) and ``refresh_token(ctx, credentials) -> TokenGrant | None``."""
     if name not in PLATFORMS:
-        from clearlift_cli.errors import UsageError
+        from clearlift_cli.errors import UnknownPlatform
 
-        raise UsageError(f"unknown platform {name!r} (known: {', '.join(PLATFORMS)})")
+        raise UnknownPlatform(f"unknown platform {name!r} (known: {', '.join(PLATFORMS)})", platform=name)
     return importlib.import_module(PLATFORMS[name])
