@@ -78,7 +78,10 @@ def adopted_metadata(text: str | None, *, at: str, window: SyncWindow, priority:
         data = {"original_metadata": text}
     data["adopted"] = {"at": at, "by": "clearlift schedule", "sync_window": window.to_json(),
                        "priority": priority.value}
-    return json.dumps(data)
+    try:
+        return json.dumps(data, allow_nan=False)
+    except ValueError:  # NaN / Infinity: the API worker's JSON.parse refuses them, keep the text
+        return json.dumps({"original_metadata": text, "adopted": data["adopted"]})
 
 
 def last_sign_of_life(row: Any) -> datetime | None:

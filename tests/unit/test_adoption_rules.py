@@ -35,6 +35,13 @@ def test_adopted_metadata_that_was_not_an_object_is_kept_whole(text, kept) -> No
     assert out["adopted"]["priority"] == "normal"
 
 
+def test_adopted_metadata_is_json_the_api_worker_can_parse() -> None:
+    text = '{"records_synced": NaN, "ratio": Infinity}'  # Python reads it; JSON.parse does not
+    out = adopted_metadata(text, at="t", window=WINDOW, priority=Priority.NORMAL)
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} written"))
+    assert data["original_metadata"] == text and data["adopted"]["priority"] == "normal"
+
+
 def test_last_sign_of_life_is_the_newest_timestamp_in_either_spelling() -> None:
     row = {"created_at": "2025-10-10 18:00:00", "started_at": "2025-10-10T18:30:00.000Z",
            "updated_at": "2025-10-10 19:15:00"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from clearlift_cli import connsettings
@@ -60,3 +62,11 @@ def test_what_clearlift_writes_is_strict_json() -> None:
     assert connsettings.dumps({"sync_interval_minutes": 30}) == '{"sync_interval_minutes": 30}'
     with pytest.raises(ValueError):
         connsettings.dumps({"sync_interval_minutes": float("inf")})
+
+
+def test_job_metadata_clearlift_rewrites_stays_strict_json() -> None:
+    from clearlift_cli.consumer import _with_records
+
+    out = _with_records('{"ratio": NaN, "kept": 1}', 7)  # JSON.parse would refuse the whole text
+    assert json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} written")) == {"records_synced": 7}
+    assert json.loads(_with_records('{"kept": 1}', 7)) == {"kept": 1, "records_synced": 7}
