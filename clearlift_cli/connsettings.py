@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 DEFAULT_INTERVAL_MINUTES = 60
@@ -34,7 +35,6 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    values: dict[str, Any]
     sync_interval_minutes: float
     lookback_days: int | None  # None: the configured or platform default
     attribution_window_days: int | None  # None: the platform default; 0: never
@@ -46,6 +46,8 @@ def parse(text: str | None) -> dict[str, Any]:
         value = json.loads(text or "{}")
     except (ValueError, TypeError) as exc:
         raise SettingsError(f"settings column is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise SettingsError("settings column is not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
         raise SettingsError(f"settings column is not a JSON object (it is a JSON {type(value).__name__})")
     return value
@@ -82,16 +84,30 @@ def check(values: dict[str, Any]) -> ConnectionSettings:
             f"{MAX_INTERVAL_MINUTES} minutes (30 days), not {_show(interval)}")
     lookback = _whole_days(values, "lookback_days", MAX_LOOKBACK_DAYS)
     attribution = _whole_days(values, "attribution_window_days", MAX_ATTRIBUTION_WINDOW_DAYS)
-    try:
-        json.dumps(values, allow_nan=False)
-    except ValueError:
-        raise SettingsError("settings column holds NaN or Infinity, which JSON does not allow") from None
-    return ConnectionSettings(values, float(interval), lookback, attribution)
+    if _holds_non_finite(values):
+        raise SettingsError("settings column holds NaN or Infinity, which JSON does not allow")
+    return ConnectionSettings(float(interval), lookback, attribution)
 
 
+@lru_cache(maxsize=1024)
 def load(text: str | None) -> ConnectionSettings:
-    """``check(parse(text))``: what ``schedule`` and ``status`` use."""
+    """``check(parse(text))``: what ``schedule`` and ``status`` use (cached by text: most
+    connections share a handful of settings, and ``status`` reads every one)."""
     return check(parse(text))
+
+
+def _holds_non_finite(value: Any) -> bool:
+    stack = [value]  # iterative: parsed JSON may nest deeper than Python's recursion limit
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def dumps(values: dict[str, Any]) -> str:

@@ -206,6 +206,8 @@ class SyncJobMessage:
             data = json.loads(text)
         except (ValueError, TypeError) as exc:
             raise MalformedMessage(f"message is not JSON ({exc})") from None
+        except RecursionError:
+            raise MalformedMessage("message is not JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise MalformedMessage("message is not a JSON object")
 

@@ -126,8 +126,9 @@ def connection_report(store: Store, connection_id: str) -> ConnectionReport:
     conn = store.get_connection(connection_id)
     cov = store.coverage(conn.id)
     now = store.clock.now()
-    return ConnectionReport(conn, store.latest_job(conn.id), next_due(conn, now), cov, _gaps(cov),
-                            connection_problem(conn, now))
+    problem = connection_problem(conn, now)
+    return ConnectionReport(conn, store.latest_job(conn.id), None if problem else next_due(conn, now), cov,
+                            _gaps(cov), problem)
 
 
 def all_reports(
@@ -138,7 +139,8 @@ def all_reports(
     jobs = store.latest_jobs()
     out = []
     for conn in store.list_connections(organization_id=organization_id, platform=platform):
-        r = ConnectionReport(conn, jobs.get(conn.id), next_due(conn, now), [], [], connection_problem(conn, now))
+        problem = connection_problem(conn, now)
+        r = ConnectionReport(conn, jobs.get(conn.id), None if problem else next_due(conn, now), [], [], problem)
         if failing_only and not r.failing:
             continue
         out.append(r)

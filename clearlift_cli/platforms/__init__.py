@@ -14,6 +14,9 @@ PLATFORMS: dict[str, str] = {
 }
 
 
+_LOADED: dict[str, ModuleType] = {}
+
+
 def platform_module(name: str) -> ModuleType:
     """The module for ``name``; it defines ``CLIENT`` (an AdsClient or RevenueClient
     subclass) and ``refresh_token(ctx, credentials) -> TokenGrant | None``."""
@@ -21,4 +24,7 @@ def platform_module(name: str) -> ModuleType:
         from clearlift_cli.errors import UnknownPlatform
 
         raise UnknownPlatform(f"unknown platform {name!r} (known: {', '.join(PLATFORMS)})", platform=name)
-    return importlib.import_module(PLATFORMS[name])
+    module = _LOADED.get(name)
+    if module is None:  # the scheduler and status ask once per connection
+        module = _LOADED[name] = importlib.import_module(PLATFORMS[name])
+    return module

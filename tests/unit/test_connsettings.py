@@ -70,3 +70,8 @@ def test_job_metadata_clearlift_rewrites_stays_strict_json() -> None:
     out = _with_records('{"ratio": NaN, "kept": 1}', 7)  # JSON.parse would refuse the whole text
     assert json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} written")) == {"records_synced": 7}
     assert json.loads(_with_records('{"kept": 1}', 7)) == {"kept": 1, "records_synced": 7}
+
+
+def test_settings_nested_too_deeply_are_a_settings_error_not_a_crash() -> None:
+    with pytest.raises(SettingsError, match="nested too deeply"):
+        connsettings.load("[" * 100_000 + "]" * 100_000)

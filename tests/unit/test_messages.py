@@ -54,6 +54,7 @@ def test_the_contract_message_round_trips() -> None:
     ("not json at all", "message is not JSON"),
     ("", "message is not JSON"),
     ("[1, 2]", "message is not a JSON object"),
+    ("[" * 100_000 + "]" * 100_000, "message is not JSON (nested too deeply)"),
 ])
 def test_malformed_messages_say_which_field(text, says) -> None:
     with pytest.raises(MalformedMessage) as info:
