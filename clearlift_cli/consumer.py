@@ -285,7 +285,9 @@ class Consumer:
         if creds.expires_at and creds.expires_at <= now + EXPIRY_SLACK:
             creds = refresh_connection(self.settings, self.store, self.cipher, conn) or creds
         module = platform_module(conn.platform)
-        last_progress = [0.0]
+        # start_job has just written the phase: the store hears of progress at most once a
+        # second after that (a short job writes none; its completion says it all).
+        last_progress = [_time.monotonic()]
 
         def progress(phase: str, done: int, total: int | None) -> None:
             if self.on_progress:
@@ -350,8 +352,7 @@ class Consumer:
         if until < since:
             until = since
         slices = date_slices(since, until, module.CLIENT.max_window_days)
-        done = self.store.completed_slices(msg.job_id)
-        records = self.store.slice_records(msg.job_id)
+        done, records = self.store.slice_progress(msg.job_id)
         total_slices = len(slices)
         is_ads = issubclass(module.CLIENT, AdsClient)
         # A single-writer warehouse (embedded SQLite): fetch a slice before taking its lock,

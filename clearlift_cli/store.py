@@ -575,12 +575,11 @@ class Store:
                 (phase, total, pct, self.now_iso(), job_id),
             )
 
-    def completed_slices(self, job_id: str) -> set[str]:
-        return {r[0] for r in self.read("SELECT start_date FROM clearlift_coverage WHERE job_id = ?", (job_id,))}
-
-    def slice_records(self, job_id: str) -> int:
-        rows = self.read("SELECT coalesce(sum(records), 0) FROM clearlift_coverage WHERE job_id = ?", (job_id,))
-        return int(rows[0][0])
+    def slice_progress(self, job_id: str) -> tuple[set[str], int]:
+        """The slices a job already wrote (their start dates) and the records they counted:
+        what a retried delivery skips. One read."""
+        rows = self.read("SELECT start_date, records FROM clearlift_coverage WHERE job_id = ?", (job_id,))
+        return {r[0] for r in rows}, sum(int(r[1] or 0) for r in rows)
 
     def record_slice(self, job_id: str, connection_id: str, start: str, end: str, records: int) -> None:
         with self.write() as c:
