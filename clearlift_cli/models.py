@@ -81,8 +81,11 @@ class Connection:
     consecutive_auth_failures: int = 0
 
     @classmethod
-    def from_row(cls, row: Any) -> "Connection":
-        keys = set(row.keys())
+    def from_row(cls, row: Any, keys: frozenset[str] | set[str] | None = None) -> "Connection":
+        """``keys``: the row's column names, when the caller reads many rows of one query
+        (saves building the set once per row)."""
+        if keys is None:
+            keys = set(row.keys())
 
         def get(name: str, default: Any = None) -> Any:
             return row[name] if name in keys else default
@@ -139,7 +142,12 @@ class SyncWindow:
     end: datetime
 
     def to_json(self) -> dict[str, str]:
-        return {"start": iso_z(self.start), "end": iso_z(self.end)}
+        # Computed once: a new job writes its window twice (job metadata and message).
+        cached = self.__dict__.get("_json")
+        if cached is None:
+            cached = {"start": iso_z(self.start), "end": iso_z(self.end)}
+            object.__setattr__(self, "_json", cached)
+        return dict(cached)
 
     @classmethod
     def from_json(cls, data: Any) -> "SyncWindow":

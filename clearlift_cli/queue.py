@@ -108,6 +108,24 @@ class SqliteQueue:
             ) from None
         return int(row[0])
 
+    def enqueue_many(
+        self, c: sqlite3.Connection, messages: list[SyncJobMessage],
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> int:
+        """Add ``messages`` inside the caller's write transaction in one statement; returns
+        how many were added (fewer when a connection already had a live message: the
+        caller decides what that means)."""
+        now = self.clock.time()
+        stamp = iso_z(self.clock.now())
+        cur = c.executemany(
+            "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
+            "visible_at, attempts, max_attempts, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [(m.job_id, m.connection_id, m.platform, m.dumps(), m.priority.rank, now,
+              max_attempts, stamp, stamp) for m in messages],
+        )
+        return int(cur.rowcount)
+
     # -- consuming ------------------------------------------------------------------------
 
     def claim(

@@ -156,13 +156,7 @@ def _insert_job(
     }
     # The guard makes a second live job impossible even if two schedulers raced here.
     n = c.execute(
-        """
-        INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at,
-                               updated_at, metadata, records_synced, progress_percentage)
-        SELECT ?, ?, ?, 'pending', ?, ?, ?, ?, 0, 0
-         WHERE NOT EXISTS (SELECT 1 FROM sync_jobs WHERE connection_id = ?
-                            AND status IN ('pending', 'running'))
-        """,
+        _LIVE_JOB_INSERT,
         (job_id, conn.organization_id, conn.id, job_type.value, created, created,
          json.dumps(metadata, allow_nan=False), conn.id),
     ).rowcount
@@ -181,6 +175,103 @@ def _insert_job(
         raise
     return job_id
 
+class _Raced(Exception):
+    """A bulk insert created fewer rows than planned: another writer got there first."""
+
+
+_LIVE_JOB_INSERT = """
+    INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at,
+                           updated_at, metadata, records_synced, progress_percentage)
+    SELECT ?, ?, ?, 'pending', ?, ?, ?, ?, 0, 0
+     WHERE NOT EXISTS (SELECT 1 FROM sync_jobs WHERE connection_id = ?
+                        AND status IN ('pending', 'running'))
+"""
+
+_ATTRIBUTION_UPSERT = (
+    "INSERT INTO clearlift_connection_state (connection_id, last_attribution_window_at) "
+    "VALUES (?, ?) ON CONFLICT (connection_id) DO UPDATE SET "
+    "last_attribution_window_at = excluded.last_attribution_window_at"
+)
+
+
+def _live_connections(c: sqlite3.Connection, ids: list[str]) -> tuple[set[str], set[str]]:
+    """Of ``ids``, those with a pending/running job row and those with a live message."""
+    marks = ",".join("?" * len(ids))
+    jobs = {r[0] for r in c.execute(
+        f"SELECT connection_id FROM sync_jobs WHERE status IN ('pending', 'running') "
+        f"AND connection_id IN ({marks})", ids).fetchall()}
+    messages = {r[0] for r in c.execute(
+        f"SELECT connection_id FROM sync_queue WHERE state IN ('ready', 'leased') "
+        f"AND connection_id IN ({marks})", ids).fetchall()}
+    return jobs, messages
+
+
+def _create_jobs(
+    c: sqlite3.Connection, queue: SqliteQueue, chunk: list[tuple[Connection, Any]],
+    now: datetime, result: ScheduleResult,
+) -> None:
+    """Create the chunk's jobs and their messages in a handful of statements (one per
+    table, not two per job): the connections that got a live job meanwhile are counted, the
+    rest inserted together. Raises _Raced, rolling the chunk back, if any insert found a
+    live row after all."""
+    jobs_live, messages_live = _live_connections(c, [conn.id for conn, _ in chunk])
+    created = iso_z(now)
+    job_rows, messages, attribution, job_ids = [], [], [], []
+    for conn, (job_type, priority, window, is_attr) in chunk:
+        if conn.id in jobs_live:
+            log.debug("not enqueued: connection %s already has a pending or running job", conn.id)
+            result.already_queued += 1
+            continue
+        if conn.id in messages_live:  # a live message whose job row is not live: worth a look
+            reason = f"connection {conn.id} already has a queued or running job"
+            result.skipped.append((conn.id, reason))
+            log.warning("skipped %s: %s", conn.id, reason)
+            continue
+        job_id = new_job_id()
+        window_json = window.to_json()
+        metadata = {"sync_window": window_json, "priority": priority.value, "retry_count": 0,
+                    "triggered_by": "schedule"}
+        job_rows.append((job_id, conn.organization_id, conn.id, job_type.value, created, created,
+                         json.dumps(metadata, allow_nan=False), conn.id))
+        messages.append(SyncJobMessage(
+            job_id=job_id, connection_id=conn.id, organization_id=conn.organization_id,
+            platform=conn.platform, account_id=conn.account_id, job_type=job_type,
+            sync_window=window, retry_count=0, created_at=created, priority=priority,
+        ))
+        if is_attr:
+            attribution.append((conn.id, created))
+        job_ids.append(job_id)
+    if not job_rows:
+        return
+    if c.executemany(_LIVE_JOB_INSERT, job_rows).rowcount != len(job_rows):
+        raise _Raced()
+    if queue.enqueue_many(c, messages) != len(messages):
+        raise _Raced()
+    if attribution:
+        c.executemany(_ATTRIBUTION_UPSERT, attribution)
+    result.enqueued.extend(job_ids)
+
+
+def _create_jobs_one_by_one(
+    c: sqlite3.Connection, queue: SqliteQueue, chunk: list[tuple[Connection, Any]],
+    now: datetime, result: ScheduleResult,
+) -> None:
+    """The careful path: one job at a time, each insert guarded on its own."""
+    for conn, (job_type, priority, window, is_attr) in chunk:
+        try:
+            job_id = _insert_job(c, queue, conn, job_type, priority, window, now, triggered_by="schedule")
+        except AlreadyQueued as exc:
+            log.debug("not enqueued: %s", exc)
+            result.already_queued += 1
+            continue
+        except Conflict as exc:  # a live message whose job row is not live: worth a look
+            result.skipped.append((conn.id, str(exc)))
+            log.warning("skipped %s: %s", conn.id, exc)
+            continue
+        if is_attr:
+            c.execute(_ATTRIBUTION_UPSERT, (conn.id, iso_z(now)))
+        result.enqueued.append(job_id)
+
 
 def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str, int] | None = None) -> ScheduleResult:
     """Enqueue a job for every due connection. Broken rows are reported and skipped."""
@@ -192,9 +283,10 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
     result.found = len(rows)
     attribution_at = _attribution_state(store, [r["id"] for r in rows])
     plans = []
+    keys = frozenset(rows[0].keys()) if rows else frozenset()
     for row in rows:
         try:
-            conn = Connection.from_row(row)
+            conn = Connection.from_row(row, keys)
             plan = plan_job(conn, now, configured_lookback=configured_lookback,
                             last_attribution_at=attribution_at.get(conn.id))
         except (ValueError, TypeError, KeyError) as exc:
@@ -208,27 +300,17 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
         plans.append((conn, plan))
     # One short transaction per chunk keeps other writers (consumers) moving.
     for i in range(0, len(plans), 500):
-        with store.write() as c:
-            store.lock_scheduling(c)
-            for conn, (job_type, priority, window, is_attr) in plans[i:i + 500]:
-                try:
-                    job_id = _insert_job(c, queue, conn, job_type, priority, window, now, triggered_by="schedule")
-                except AlreadyQueued as exc:
-                    log.debug("not enqueued: %s", exc)
-                    result.already_queued += 1
-                    continue
-                except Conflict as exc:  # a live message whose job row is not live: worth a look
-                    result.skipped.append((conn.id, str(exc)))
-                    log.warning("skipped %s: %s", conn.id, exc)
-                    continue
-                if is_attr:
-                    c.execute(
-                        "INSERT INTO clearlift_connection_state (connection_id, last_attribution_window_at) "
-                        "VALUES (?, ?) ON CONFLICT (connection_id) DO UPDATE SET "
-                        "last_attribution_window_at = excluded.last_attribution_window_at",
-                        (conn.id, iso_z(now)),
-                    )
-                result.enqueued.append(job_id)
+        chunk = plans[i:i + 500]
+        try:
+            with store.write() as c:
+                store.lock_scheduling(c)
+                _create_jobs(c, queue, chunk, now, result)
+        except _Raced:
+            # Something wrote live jobs between our look and our insert (the chunk was
+            # rolled back whole): do it again one connection at a time.
+            with store.write() as c:
+                store.lock_scheduling(c)
+                _create_jobs_one_by_one(c, queue, chunk, now, result)
     return result
 
 

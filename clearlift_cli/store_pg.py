@@ -172,6 +172,21 @@ class PgConnection:
             raise self.store._wrap(exc) from None
         return cur
 
+    def executemany(self, sql: str, seq: Any):
+        """One statement for many parameter rows (psycopg pipelines them); ``rowcount`` is
+        the total over all rows, as with sqlite3."""
+        import psycopg
+
+        sql = _QMARK.sub("%s", sql.replace("%", "%%"))
+        cur = self.raw.cursor()
+        try:
+            cur.executemany(sql, [tuple(p) for p in seq])
+        except psycopg.errors.IntegrityError as exc:
+            raise IntegrityError(redact(exc)) from None
+        except psycopg.Error as exc:
+            raise self.store._wrap(exc) from None
+        return cur
+
     def close(self) -> None:
         self.raw.close()
 

@@ -603,3 +603,32 @@ def test_installed_sync_wait_withdraws_its_job_when_the_run_cannot_start(tmp_pat
     assert "withdrawn: nothing is left queued" in result.stderr
     assert {r["connection_id"] for r in query(db, "SELECT * FROM sync_jobs")} == {b, c}
     assert {r["connection_id"] for r in query(db, "SELECT * FROM sync_queue")} == {b, c}
+
+
+def test_bulk_job_creation_that_finds_a_live_row_rolls_back_and_goes_one_by_one(db):
+    """The bulk path counts its inserts: a connection that already had a live job by the
+    time of the insert (here: the same connection twice in one chunk) makes it roll the
+    chunk back (_Raced), and the careful path then creates exactly one job for it."""
+    now = NOWS[0]
+    new_store(db).close()
+    conn_id = insert_connection(db, account_id="1", last_synced_at=None)
+    store = new_store(db, clock=frozen(now))
+    try:
+        queue = SqliteQueue(store)
+        conn = store.get_connection(conn_id)
+        plan = scheduler.plan_job(conn, now)
+        assert plan is not None
+        chunk = [(conn, plan), (conn, plan)]
+        result = scheduler.ScheduleResult()
+        with pytest.raises(scheduler._Raced):
+            with store.write() as c:
+                scheduler._create_jobs(c, queue, chunk, now, result)
+        assert query(db, "SELECT count(*) AS n FROM sync_jobs")[0]["n"] == 0
+        assert query(db, "SELECT count(*) AS n FROM sync_queue")[0]["n"] == 0
+        result = scheduler.ScheduleResult()
+        with store.write() as c:
+            scheduler._create_jobs_one_by_one(c, queue, chunk, now, result)
+    finally:
+        store.close()
+    assert len(result.enqueued) == 1 and result.already_queued == 1
+    assert query(db, "SELECT count(*) AS n FROM sync_queue WHERE state = 'ready'")[0]["n"] == 1
