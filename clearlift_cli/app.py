@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Iterator
 
 from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
-from clearlift_cli.errors import UsageError
+from clearlift_cli.errors import StoreError, UsageError
 from clearlift_cli.platforms import PLATFORMS
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
@@ -131,7 +132,10 @@ def schedule(settings: Settings, *, clock: Clock = SYSTEM_CLOCK):
 
     store = store_for(settings, clock=clock)
     try:
-        return scheduler.schedule(store, SqliteQueue(store))
+        with _recorded(store, "schedule") as run:
+            result = scheduler.schedule(store, SqliteQueue(store))
+            run.summary = result.summary()
+        return result
     finally:
         store.close()
 
@@ -196,9 +200,14 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
     if on_consumer:
         on_consumer(consumer)
     try:
-        _check_consume_config(store, consumer)
-        return consumer.run(max_jobs=max_jobs, max_seconds=max_seconds, concurrency=concurrency,
-                            only_job=only_job)
+        # `sync --wait` runs one job by hand: recorded apart, so it never hides a stopped cron
+        with _recorded(store, "sync" if only_job else "consume") as run:
+            _check_consume_config(store, consumer)
+            result = consumer.run(max_jobs=max_jobs, max_seconds=max_seconds, concurrency=concurrency,
+                                  only_job=only_job)
+            run.summary = {**result.summary(), "max_seconds": max_seconds}
+            run.outcomes = result.outcomes
+        return result
     finally:
         consumer.close()
         store.close()
@@ -262,9 +271,38 @@ def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Cl
 
     store = store_for(settings, clock=clock)
     try:
-        return tokens.refresh_due(settings, store, margin_seconds=margin_seconds)
+        with _recorded(store, "refresh-tokens") as run:
+            result = tokens.refresh_due(settings, store, margin_seconds=margin_seconds)
+            run.summary = {k: v for k, v in result.summary().items() if k != "failures"}
+        return result
     finally:
         store.close()
+
+
+class _Run:
+    summary: dict[str, Any]
+    outcomes: list
+
+    def __init__(self) -> None:
+        self.summary, self.outcomes = {}, []
+
+
+@contextmanager
+def _recorded(store: Store, command: str) -> Iterator[_Run]:
+    """Record the run of ``command`` in the store when it ends, failed or not (what
+    ``doctor`` and ``metrics`` read to tell whether cron still runs it)."""
+    from clearlift_cli import runs
+
+    started = store.clock.time()
+    run = _Run()
+    try:
+        yield run
+    except StoreError:
+        raise  # the store itself failed: nothing can be recorded in it
+    except Exception as exc:
+        runs.record(store, command, started_at=started, ok=False, summary=runs.failed_summary(exc))
+        raise
+    runs.record(store, command, started_at=started, ok=True, summary=run.summary, outcomes=run.outcomes)
 
 
 def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOCK):
@@ -298,3 +336,28 @@ def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str,
         "oldest_ready_age_seconds": None if s.oldest_ready_age_s is None else round(s.oldest_ready_age_s, 1),
         "paused_platforms": {p: iso_z(from_epoch(u)) for p, u in pauses.items()},
     }
+
+
+def doctor(settings: Settings, *, clock: Clock = SYSTEM_CLOCK):
+    """Every check of ``clearlift doctor`` (see ``clearlift_cli.doctor``)."""
+    from clearlift_cli.doctor import diagnose
+
+    return diagnose(settings, clock=clock)
+
+
+def metrics(settings: Settings, *, output: str | None = None, clock: Clock = SYSTEM_CLOCK) -> str:
+    """The Prometheus exposition text; with ``output``, also written there atomically."""
+    from clearlift_cli import metrics as exposition
+    from clearlift_cli.errors import ConfigError
+
+    store = store_for(settings, clock=clock)
+    try:
+        text = exposition.render(exposition.collect(store, settings))
+    finally:
+        store.close()
+    if output:
+        try:
+            exposition.write_atomically(output, text)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the metrics file {output}: {exc.strerror}") from None
+    return text

@@ -304,6 +304,27 @@ class SqliteQueue:
         oldest = None if row[6] is None else max(0.0, now - row[6])
         return QueueStats(*(int(v or 0) for v in row[:6]), oldest_ready_age_s=oldest)
 
+    def depth(self, *, lease_grace_seconds: float = 60.0) -> dict[tuple[str, str], int]:
+        """Live and dead messages by (state, priority): state is ``ready`` (claimable now),
+        ``delayed`` (waiting for a retry or a rate limit), ``leased`` (held by a consumer),
+        ``expired`` (leased, the lease past due by more than the grace: its consumer died or
+        hangs; the next claim takes it back) or ``dead``. Every key is present."""
+        now = self.clock.time()
+        out = {(s, p): 0 for s in ("ready", "delayed", "leased", "expired", "dead") for p in ("high", "normal")}
+        for r in self.store.read(
+            """
+            SELECT CASE WHEN state = 'dead' THEN 'dead'
+                        WHEN state = 'leased' AND visible_at < ? THEN 'expired'
+                        WHEN state = 'leased' THEN 'leased'
+                        WHEN visible_at <= ? THEN 'ready' ELSE 'delayed' END,
+                   priority, count(*)
+              FROM sync_queue WHERE state IN ('ready', 'leased', 'dead') GROUP BY 1, 2
+            """,
+            (now - lease_grace_seconds, now),
+        ):
+            out[(r[0], "high" if r[1] == 0 else "normal")] += int(r[2])
+        return out
+
     def dead_letters(self, limit: int = 100) -> list[sqlite3.Row]:
         return self.store.read(
             "SELECT id, job_id, connection_id, platform, attempts, last_error, finished_at "

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from clearlift_cli.redact import redact
-from clearlift_cli.status import REAUTH_HINT, ConnectionReport, _records
+from clearlift_cli.status import REAUTH_HINT, ConnectionReport, StatusOverview, _records
 from clearlift_cli.timeutil import iso_z
 
 _STATUS_STYLE = {"completed": "green", "failed": "red", "syncing": "cyan", "running": "cyan", "pending": "yellow"}
@@ -40,10 +40,12 @@ def _short(ts: str | None) -> str:
     return ts.replace("T", " ")[:16]
 
 
-def status_table(reports: list[ConnectionReport]) -> Table:
-    failing = sum(r.failing for r in reports)
-    active = sum(r.connection.is_active for r in reports)
-    t = Table(title=f"{len(reports)} connection(s): {active} active, {failing} failing", title_justify="left")
+def status_table(reports: list[ConnectionReport], title: str | None = None) -> Table:
+    if title is None:
+        failing = sum(r.failing for r in reports)
+        active = sum(r.connection.is_active for r in reports)
+        title = f"{len(reports)} connection(s): {active} active, {failing} failing"
+    t = Table(title=title or None, title_justify="left")
     t.add_column("connection", no_wrap=True)
     t.add_column("status", no_wrap=True)
     t.add_column("last synced (UTC)", no_wrap=True)
@@ -62,6 +64,26 @@ def status_table(reports: list[ConnectionReport]) -> Table:
             redact(r.problem or c.sync_error or ""),
         )
     return t
+
+
+def status_overview(ov: StatusOverview) -> list[Any]:
+    """``status`` with no argument, top to bottom: the counts, one line per notice, the
+    table (failing and re-auth rows first), and how many rows it leaves out."""
+    states = ", ".join(f"{n} {s}" for s, n in sorted(ov.by_status.items()))
+    head = Text(f"{ov.total} connection(s): {ov.active} active ({states or 'none'}), {ov.paused} paused; ")
+    head.append(f"{ov.failing} failing", style="red b" if ov.failing else "")
+    head.append(f" ({ov.needs_reauth} need re-auth)" if ov.needs_reauth else "")
+    out: list[Any] = [head]
+    out += [Text(f"warning: {redact(line)}", style="yellow") for line in ov.notices]
+    if ov.reports:
+        out.append(status_table(ov.reports, title=""))
+    if ov.hidden_failing:
+        out.append(Text(f"… {ov.hidden_failing} more failing not shown (clearlift status --failing lists "
+                        "every one)", style="red"))
+    if ov.hidden > ov.hidden_failing:
+        out.append(Text(f"… {ov.hidden - ov.hidden_failing} other(s) not shown (clearlift status --all lists "
+                        "every row)", style="dim"))
+    return out
 
 
 def connection_panel(r: ConnectionReport) -> Panel:
@@ -130,3 +152,22 @@ def run_with_progress(run: Callable[[Callable], Any], job_id: str):
         print(f"job {job_id}: {outcome.status}, {outcome.records} records in {outcome.seconds:.1f}s"
               + (f" — {outcome.error}" if outcome.error else ""))
     return outcome
+
+
+def doctor_text(report) -> str:
+    """``clearlift doctor`` for people and cron mail: the settings and where each came from,
+    then one line per check: status, name, what was found — what to do."""
+    lines = ["settings (flag > env > config file > default; secrets shown only as set / not set):"]
+    width = max((len(name) for name, _, _ in report.settings), default=0)
+    for name, value, source in report.settings:
+        lines.append(f"  {name:<{width}}  {value}" + (f"  ({source})" if source != "-" else ""))
+    lines.append("")
+    width = max((len(c.name) for c in report.checks), default=0)
+    for c in report.checks:
+        line = f"{c.status:<4}  {c.name:<{width}}  {c.message}"
+        if c.fix and c.status != "ok":
+            line += f" — {c.fix}"
+        lines.append(redact(line))
+    counts = report.counts()
+    lines.append(f"doctor: {counts['fail']} failed, {counts['warn']} warning(s), {counts['ok']} ok")
+    return "\n".join(lines) + "\n"

@@ -114,6 +114,8 @@ class Settings:
     d1_url: str = _DEFAULTS["d1_url"]
     # clearlift's own tables when CLEARLIFT_DB is a live D1 (resolve() fills the default)
     control_db: str = ""
+    # Where each setting came from: flag, env, config file or default (see ``sources``).
+    origin: dict = field(default_factory=dict, repr=False, compare=False)
 
     def key_bytes(self) -> bytes:
         """The 32-byte encryption key, or a clear error saying what is wrong with it."""
@@ -246,37 +248,49 @@ def resolve(
     def early(name: str) -> object | None:
         return flags.get(name) or from_env(name)
 
+    origin: dict[str, str] = {}
+
+    def source_of(name: str) -> str:
+        # Typer hands an option's environment variable over as the flag's value
+        if flags.get(name) is not None and str(flags[name]) != from_env(name):
+            return "flag"
+        return "env"
+
     home_raw = early("home")
     if home_raw:
         home = Path(str(home_raw)).expanduser()
+        origin["home"] = source_of("home")
     else:
+        origin["home"] = "default"
         xdg = env.get("XDG_DATA_HOME")
         base = Path(xdg) if xdg else Path(env.get("HOME", str(Path.home()))) / ".local" / "share"
         home = base / "clearlift"
 
     config_raw = early("config_path")
     config_path = Path(str(config_raw)).expanduser() if config_raw else home / "config.toml"
+    origin["config_path"] = source_of("config_path") if config_raw else "default"
     config = _read_config(config_path, explicit=bool(config_raw)) if read_config else {}
     if "home" in config and not home_raw:
         home = Path(str(config["home"])).expanduser()
+        origin["home"] = "config file"
 
     values: dict[str, object] = {"home": home, "config_path": config_path}
     for name in ENV_NAMES:
         if name in ("home", "config_path"):
             continue
-        value = flags.get(name)
-        if value is None:
-            value = from_env(name)
-        if value is None:
-            value = config.get(name)
-        if value is None:
-            value = _DEFAULTS.get(name)
-        if value is not None:
-            values[name] = value
+        for where, value in (("flag", flags.get(name)), ("env", from_env(name)),
+                             ("config file", config.get(name)), ("default", _DEFAULTS.get(name))):
+            if value is not None:
+                values[name] = value
+                origin[name] = source_of(name) if where == "flag" else where
+                break
 
-    values.setdefault("db", str(home / "clearlift.db"))
-    values.setdefault("warehouse_url", f"sqlite:///{home / 'warehouse.db'}")
-    values.setdefault("control_db", str(home / "control.db"))
+    for name, default in (("db", str(home / "clearlift.db")),
+                          ("warehouse_url", f"sqlite:///{home / 'warehouse.db'}"),
+                          ("control_db", str(home / "control.db"))):
+        if name not in values:
+            values[name] = default
+            origin[name] = "default"
     for url_field in ("google_ads_url", "google_oauth_url", "facebook_url", "tiktok_url", "stripe_url", "d1_url"):
         values[url_field] = str(values[url_field]).rstrip("/")
     try:
@@ -292,7 +306,26 @@ def resolve(
     for name in ("db", "control_db", "warehouse_url"):
         if isinstance(values.get(name), str):  # masked in every log line from now on
             redact.register(*redact.url_passwords(values[name]))
+    values["origin"] = origin
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def sources(settings: Settings) -> list[tuple[str, str, str]]:
+    """Every setting as (environment name, value to show, where it came from: flag, env,
+    config file, default, or "-" when unset). Secrets show only as set / not set; URLs
+    with their password masked."""
+    out = []
+    for name, env_name in ENV_NAMES.items():
+        value = getattr(settings, name)
+        where = settings.origin.get(name, "-")
+        if name in _SECRET_FIELDS:
+            shown = "set" if value else "not set"
+        elif value is None or value == "":
+            shown, where = "not set", "-"
+        else:
+            shown = redact.mask_url(str(value)) if "://" in str(value) else str(value)
+        out.append((env_name, shown, where))
+    return out
 
 
 def secret_from_env(name: str, environ: Mapping[str, str] | None = None) -> str | None:

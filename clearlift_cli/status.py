@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from clearlift_cli import connsettings
@@ -23,17 +23,28 @@ REAUTH_HINT = (
 
 def _records(job: Any) -> int:
     """The API prefers metadata.records_synced over the column when present."""
-    try:
-        meta = json.loads(job["metadata"] or "{}")
-        if isinstance(meta, dict) and meta.get("records_synced") is not None:
-            return int(meta["records_synced"])
-    except (ValueError, TypeError):
-        pass
-    return int(job["records_synced"] or 0)
+    return _records_of(job["metadata"], job["records_synced"])
+
+
+def _records_of(metadata: str | None, column: Any) -> int:
+    if metadata and "records_synced" in metadata:
+        try:
+            meta = json.loads(metadata)
+            if isinstance(meta, dict) and meta.get("records_synced") is not None:
+                return int(meta["records_synced"])
+        except (ValueError, TypeError, OverflowError):
+            pass
+    return int(column or 0)
 
 
 def sync_status(conn: Connection, job: Any | None) -> dict[str, Any]:
     """Exactly the shape of the API's ``/v1/connectors/:connection_id/sync-status``."""
+    return _shape(conn.platform, conn.account_name, conn.is_active, conn.last_synced_at,
+                  conn.sync_status, job)
+
+
+def _shape(platform: str, account_name: str | None, is_active: bool, last_synced_at: str | None,
+           sync_status_: str | None, job: Any | None) -> dict[str, Any]:
     latest = None
     if job is not None:
         latest = {
@@ -45,11 +56,11 @@ def sync_status(conn: Connection, job: Any | None) -> dict[str, Any]:
         }
     return {
         "connection": {
-            "platform": conn.platform,
-            "account_name": conn.account_name,
-            "is_active": conn.is_active,
-            "last_synced_at": conn.last_synced_at,
-            "sync_status": conn.sync_status,
+            "platform": platform,
+            "account_name": account_name,
+            "is_active": is_active,
+            "last_synced_at": last_synced_at,
+            "sync_status": sync_status_,
         },
         "latest_sync": latest,
     }
@@ -111,8 +122,6 @@ class ConnectionReport:
 
 
 def _gaps(coverage: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    from datetime import date
-
     out = []
     for (_, prev_end), (next_start, _) in zip(coverage, coverage[1:]):
         a = date.fromisoformat(prev_end) + timedelta(days=1)
@@ -131,17 +140,153 @@ def connection_report(store: Store, connection_id: str) -> ConnectionReport:
                             _gaps(cov), problem)
 
 
+def _latest_job(row: Any) -> dict[str, Any] | None:
+    """The latest job of a ``connections_with_latest_job`` row, keyed like a sync_jobs row."""
+    if row["job_id"] is None:
+        return None
+    return {"id": row["job_id"], "status": row["job_status"], "job_type": row["job_type"],
+            "completed_at": row["job_completed_at"], "records_synced": row["job_records_synced"],
+            "metadata": row["job_metadata"], "error_message": row["job_error_message"],
+            "created_at": row["job_created_at"]}
+
+
+
+
 def all_reports(
     store: Store, *, organization_id: str | None = None, platform: str | None = None,
     failing_only: bool = False,
 ) -> list[ConnectionReport]:
+    """A report per connection (no coverage), in ``list_connections`` order."""
     now = store.clock.now()
-    jobs = store.latest_jobs()
     out = []
-    for conn in store.list_connections(organization_id=organization_id, platform=platform):
-        problem = connection_problem(conn, now)
-        r = ConnectionReport(conn, jobs.get(conn.id), None if problem else next_due(conn, now), [], [], problem)
+    for row in store.connections_with_latest_job(organization_id=organization_id, platform=platform):
+        r = _report(row, now)
         if failing_only and not r.failing:
             continue
         out.append(r)
+    return out
+
+
+def _report(row: Any, now: datetime) -> ConnectionReport:
+    conn = Connection.from_row(row)
+    problem = connection_problem(conn, now)
+    return ConnectionReport(conn, _latest_job(row), None if problem else next_due(conn, now), [], [], problem)
+
+
+def status_json(
+    store: Store, *, organization_id: str | None = None, platform: str | None = None,
+    failing_only: bool = False,
+) -> tuple[list[dict[str, Any]], bool, set[str]]:
+    """``status --json`` with no argument: ``{"connection_id": …, **sync-status shape,
+    "problem": …}`` per connection, whether any active connection is failing, needs re-auth
+    or cannot be scheduled (a broken row), and the
+    platforms of the active ones. The 10k-connection path: plain tuples read by position,
+    no per-row objects (the same shape as ``sync_status``, which a test holds it to)."""
+    rows = store.connections_with_latest_job(organization_id=organization_id, platform=platform)
+    out: list[dict[str, Any]] = []
+    failing, platforms = False, set()
+    if not rows:
+        return out, failing, platforms
+    index = {k: i for i, k in enumerate(rows[0].keys())}
+    at = [index[k] for k in _JSON_COLUMNS]
+    now = store.clock.now()
+    for row in rows:
+        (cid, plat, name, active, last, status, reauth, job_id, job_status, job_type, completed, records,
+         metadata, error) = [row[i] for i in at]
+        problem = connection_problem(Connection.from_row(row), now)
+        bad = bool(active) and (bool(reauth) or status == "failed" or problem is not None)
+        failing = failing or bad
+        if active:
+            platforms.add(plat)
+        if failing_only and not bad:
+            continue
+        latest = None
+        if job_id is not None:
+            latest = {"status": job_status, "type": job_type, "completed_at": completed,
+                      "records_synced": _records_of(metadata, records),
+                      "error": redact(error) if error else None}
+        out.append({"connection_id": cid, "connection": {
+            "platform": plat, "account_name": name, "is_active": bool(active), "last_synced_at": last,
+            "sync_status": status}, "latest_sync": latest, "problem": problem})
+    return out, failing, platforms
+
+
+@dataclass(frozen=True)
+class StatusOverview:
+    """``status`` with no argument: counts over every matching connection, the rows to
+    show (failing and re-auth ones first) and one-line notices for the operator."""
+
+    total: int
+    active: int
+    paused: int
+    by_status: dict[str, int]  # active connections by sync_status
+    failing: int  # active, and failed, needing re-auth or not schedulable (a broken row)
+    needs_reauth: int
+    reports: list[ConnectionReport]  # the rows shown, failing first
+    hidden: int  # matching rows not shown (``--all`` shows them)
+    hidden_failing: int  # of which failing or needing re-auth (``--failing`` shows them)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def any_failing(self) -> bool:
+        return self.failing > 0
+
+
+def overview(
+    store: Store, *, organization_id: str | None = None, platform: str | None = None,
+    failing_only: bool = False, limit: int | None = None, settings: Any = None,
+) -> StatusOverview:
+    """Counts over every matching connection; every failing one (re-auth first) and then
+    the others, ``limit`` rows in all (None: every row; ``failing_only``: every failing
+    row and no other). With ``settings``, a notice for each configured API version of an
+    active connection's platform that is sunset or ending soon."""
+    rows = store.connections_with_latest_job(organization_id=organization_id, platform=platform)
+    reauth_rows, failed_rows, other_rows = [], [], []
+    by_status: dict[str, int] = {}
+    active = 0
+    platforms: set[str] = set()
+    now = store.clock.now()
+    for row in rows:
+        if not row["is_active"]:
+            other_rows.append(row)
+            continue
+        active += 1
+        platforms.add(row["platform"])
+        status = row["sync_status"] or "pending"
+        by_status[status] = by_status.get(status, 0) + 1
+        if row["needs_reauth"]:
+            reauth_rows.append(row)
+        elif status == "failed" or connection_problem(Connection.from_row(row), now) is not None:
+            failed_rows.append(row)
+        else:
+            other_rows.append(row)
+    failing_rows = reauth_rows + failed_rows
+    if failing_only:
+        chosen = failing_rows
+    elif limit is None:
+        chosen = failing_rows + other_rows
+    else:
+        chosen = failing_rows[:limit] + other_rows[:max(0, limit - len(failing_rows))]
+    matching = len(failing_rows) if failing_only else len(rows)
+    reports = [_report(row, now) for row in chosen]
+    return StatusOverview(
+        total=len(rows), active=active, paused=len(rows) - active, by_status=by_status,
+        failing=len(failing_rows), needs_reauth=len(reauth_rows), reports=reports,
+        hidden=matching - len(reports),
+        hidden_failing=len(failing_rows) - sum(r.failing for r in reports),
+        notices=version_notices(settings, platforms, now.date()) if settings is not None else [],
+    )
+
+
+def version_notices(settings: Any, platforms: set[str], today: date) -> list[str]:
+    """One line per configured API version, of a platform in ``platforms``, that is sunset
+    or ends within ``versions.WARN_DAYS`` days."""
+    from clearlift_cli.platforms.versions import check, configured_versions
+
+    out = []
+    for platform, version in configured_versions(settings).items():
+        if platform in platforms:
+            vc = check(platform, version, today)
+            if vc.state in ("ending", "sunset") and vc.message:
+                out.append(vc.message)
     return out

@@ -27,7 +27,10 @@ from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z
 
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 4
+# How long the record of each schedule / consume / refresh-tokens run is kept.
+RUNS_KEPT_SECONDS = 7 * 86400
+# 4: the index on live jobs (adoption); 5: clearlift_runs, clearlift_job_totals
+SCHEMA_VERSION = 5
 
 D1_TABLES = """
 CREATE TABLE IF NOT EXISTS platform_connections (
@@ -134,6 +137,24 @@ CREATE INDEX IF NOT EXISTS clearlift_coverage_conn ON clearlift_coverage (connec
 CREATE TABLE IF NOT EXISTS clearlift_connection_state (
   connection_id TEXT PRIMARY KEY,
   last_attribution_window_at TEXT
+);
+CREATE TABLE IF NOT EXISTS clearlift_runs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  command TEXT NOT NULL,
+  host TEXT NOT NULL,
+  started_at REAL NOT NULL,
+  finished_at REAL NOT NULL,
+  ok INTEGER NOT NULL,
+  summary TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS clearlift_runs_command ON clearlift_runs (command, finished_at);
+CREATE TABLE IF NOT EXISTS clearlift_job_totals (
+  platform TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  jobs INTEGER NOT NULL DEFAULT 0,
+  records INTEGER NOT NULL DEFAULT 0,
+  seconds REAL NOT NULL DEFAULT 0,
+  PRIMARY KEY (platform, outcome)
 );
 CREATE INDEX IF NOT EXISTS clearlift_conn_due
   ON platform_connections (is_active, julianday(last_synced_at));
@@ -624,6 +645,132 @@ class Store:
         return {r[0]: r[1] for r in self.read(
             "SELECT platform, until FROM clearlift_platform_pauses WHERE until > ?", (now,)
         )}
+
+    # -- runs of the cron commands and job totals (doctor, metrics) --------------------------
+
+    def record_run(
+        self, command: str, *, host: str, started_at: float, finished_at: float, ok: bool,
+        summary_json: str, job_totals: Iterable[tuple[str, str, int, int, float]] = (),
+        keep_seconds: float = RUNS_KEPT_SECONDS,
+    ) -> None:
+        """Record one finished run of ``command`` and add its jobs to the running totals
+        (``(platform, outcome, jobs, records, seconds)``), in one transaction. Runs older
+        than ``keep_seconds`` are forgotten (the totals keep counting)."""
+        with self.write() as c:
+            c.execute(
+                "INSERT INTO clearlift_runs (command, host, started_at, finished_at, ok, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (command, host, started_at, finished_at, 1 if ok else 0, summary_json),
+            )
+            c.execute("DELETE FROM clearlift_runs WHERE command = ? AND finished_at < ?",
+                      (command, finished_at - keep_seconds))
+            for platform, outcome, jobs, records, seconds in job_totals:
+                c.execute(
+                    "INSERT INTO clearlift_job_totals (platform, outcome, jobs, records, seconds) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, outcome) DO UPDATE SET "
+                    "jobs = clearlift_job_totals.jobs + excluded.jobs, "
+                    "records = clearlift_job_totals.records + excluded.records, "
+                    "seconds = clearlift_job_totals.seconds + excluded.seconds",
+                    (platform, outcome, jobs, records, seconds),
+                )
+
+    def last_runs(self) -> dict[str, dict[str, Any]]:
+        """Per command: the latest run (``finished_at``, ``ok``, ``summary``, ``started_at``,
+        ``host``) and ``last_ok_at``, when the latest successful one finished (or None)."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.read(
+            "SELECT r.command, r.host, r.started_at, r.finished_at, r.ok, r.summary, "
+            "(SELECT max(o.finished_at) FROM clearlift_runs o WHERE o.command = r.command AND o.ok = 1) "
+            "FROM clearlift_runs r WHERE r.id IN (SELECT max(id) FROM clearlift_runs GROUP BY command)"
+        ):
+            out[r[0]] = {"host": r[1], "started_at": r[2], "finished_at": r[3], "ok": bool(r[4]),
+                         "summary": r[5], "last_ok_at": r[6]}
+        return out
+
+    def run_summaries_since(self, command: str, since_epoch: float) -> list[str]:
+        """The summary JSON of every ``command`` run that finished after ``since_epoch``."""
+        return [r[0] for r in self.read(
+            "SELECT summary FROM clearlift_runs WHERE command = ? AND finished_at > ?",
+            (command, since_epoch),
+        )]
+
+    def job_totals(self) -> list[tuple[str, str, int, int, float]]:
+        """Every job outcome counted so far: (platform, outcome, jobs, records, seconds)."""
+        return [(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in self.read(
+            "SELECT platform, outcome, jobs, records, seconds FROM clearlift_job_totals "
+            "ORDER BY platform, outcome")]
+
+    # -- the operator's view of connections (status, doctor, metrics) ------------------------
+
+    def connection_counts(self) -> list[tuple[str, bool, str, bool, int, int]]:
+        """Connections grouped: (platform, is_active, sync_status, needs_reauth, count,
+        how many of them hold a token that expires or a refresh token)."""
+        return [(r[0], bool(r[1]), r[2] or "pending", bool(r[3]), int(r[4]), int(r[5])) for r in self.read(
+            "SELECT platform, coalesce(is_active, 0) != 0, sync_status, coalesce(needs_reauth, 0) != 0, "
+            "count(*), count(*) FILTER (WHERE expires_at IS NOT NULL OR refresh_token_encrypted IS NOT NULL) "
+            "FROM platform_connections GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4")]
+
+    def connections_with_latest_job(
+        self, *, organization_id: str | None = None, platform: str | None = None
+    ) -> list[sqlite3.Row]:
+        """Every connection (``CONNECTION_COLUMNS``) with its latest job's columns as
+        ``job_id``, ``job_status``, ``job_type``, ``job_completed_at``, ``job_records_synced``,
+        ``job_metadata``, ``job_error_message``, ``job_created_at`` (NULL without a job),
+        ordered as ``list_connections``. One indexed look-up per connection, so the cost
+        follows the connections, not the years of jobs behind them."""
+        cols = ", ".join(f"c.{name.strip()}" for name in CONNECTION_COLUMNS.split(","))
+        sql = (
+            f"SELECT {cols}, j.id AS job_id, j.status AS job_status, j.job_type AS job_type, "
+            "j.completed_at AS job_completed_at, j.records_synced AS job_records_synced, "
+            "j.metadata AS job_metadata, j.error_message AS job_error_message, "
+            "j.created_at AS job_created_at "
+            "FROM platform_connections c LEFT JOIN sync_jobs j ON j.id = ("
+            "  SELECT l.id FROM sync_jobs l WHERE l.connection_id = c.id "
+            "  ORDER BY l.created_at DESC, l.id DESC LIMIT 1) WHERE 1=1"
+        )
+        params: list[Any] = []
+        if organization_id:
+            sql += " AND c.organization_id = ?"
+            params.append(organization_id)
+        if platform:
+            sql += " AND c.platform = ?"
+            params.append(platform)
+        sql += " ORDER BY c.organization_id, c.platform, c.account_id"
+        return self.read(sql, params)
+
+    def token_sample(self, limit: int) -> list[tuple[str, str, str]]:
+        """Up to ``limit`` stored tokens of active connections, picked at random:
+        (connection id, column, ciphertext)."""
+        rows = self.read(
+            "SELECT id, credentials_encrypted, refresh_token_encrypted FROM platform_connections "
+            "WHERE coalesce(is_active, 0) != 0 AND credentials_encrypted IS NOT NULL "
+            "ORDER BY random() LIMIT ?", (limit,))
+        out = []
+        for r in rows:
+            out.append((r[0], "credentials_encrypted", r[1]))
+            if r[2]:
+                out.append((r[0], "refresh_token_encrypted", r[2]))
+        return out[:limit]
+
+    def check_writable(self) -> None:
+        """Make a write and roll it back; a StoreError says why the store cannot be written."""
+
+        class _RolledBack(Exception):
+            pass
+
+        try:
+            with self.write() as c:
+                c.execute(
+                    "INSERT INTO clearlift_meta (key, value) VALUES ('doctor_probe', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (self.now_iso(),))
+                raise _RolledBack
+        except _RolledBack:
+            pass
+
+    @property
+    def local_files(self) -> list[str]:
+        """Files of this store on this host (disk space checks); none for a server."""
+        return [self.path]
 
 
 def _statements(script: str) -> Iterable[str]:

@@ -109,6 +109,19 @@ TABLES = [
     "CREATE INDEX IF NOT EXISTS clearlift_coverage_conn ON clearlift_coverage (connection_id, start_date)",
     "CREATE TABLE IF NOT EXISTS clearlift_connection_state (connection_id TEXT PRIMARY KEY, "
     "last_attribution_window_at TEXT)",
+    """
+    CREATE TABLE IF NOT EXISTS clearlift_runs (
+      id BIGSERIAL PRIMARY KEY, command TEXT NOT NULL, host TEXT NOT NULL,
+      started_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION NOT NULL,
+      ok INTEGER NOT NULL, summary TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX IF NOT EXISTS clearlift_runs_command ON clearlift_runs (command, finished_at)",
+    """
+    CREATE TABLE IF NOT EXISTS clearlift_job_totals (
+      platform TEXT NOT NULL, outcome TEXT NOT NULL, jobs BIGINT NOT NULL DEFAULT 0,
+      records BIGINT NOT NULL DEFAULT 0, seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+      PRIMARY KEY (platform, outcome)
+    )""",
     "CREATE INDEX IF NOT EXISTS clearlift_conn_due ON platform_connections (is_active, julianday(last_synced_at))",
     "CREATE INDEX IF NOT EXISTS clearlift_conn_interval_override ON platform_connections (id) "
     "WHERE instr(settings, 'sync_interval_minutes') > 0",
@@ -298,6 +311,10 @@ class PgStore(Store):
     def lock_scheduling(self, c: Any) -> None:
         c.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEDULE_LOCK,))
 
+    @property
+    def local_files(self) -> list[str]:
+        return []
+
     def has_table(self, name: str) -> bool:
         return bool(self.read(
             "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
@@ -342,6 +359,7 @@ COPIED_TABLES: dict[str, tuple[str, ...]] = {
     "clearlift_coverage": ("job_id", "start_date"),
     "clearlift_platform_pauses": ("platform",),
     "clearlift_connection_state": ("connection_id",),
+    "clearlift_job_totals": ("platform", "outcome"),
 }
 # Tables whose `id` is only a local serial: a row whose id the destination already uses
 # is copied under a new one rather than dropped.

@@ -49,6 +49,10 @@ from clearlift_cli.platforms.paging import PageGuard
 from clearlift_cli.redact import redact
 
 PLATFORM = "facebook"
+# Settings every job needs, and those token renewals need (doctor checks them):
+# long-lived tokens are renewed by exchanging them with the app's id and secret.
+APP_SETTINGS: tuple[str, ...] = ()
+REFRESH_SETTINGS: tuple[str, ...] = ("facebook_app_id", "facebook_app_secret")
 
 ACCOUNT_FIELDS = "name,currency,timezone_name"
 CAMPAIGN_FIELDS = "id,name,status,effective_status,objective,daily_budget,lifetime_budget"

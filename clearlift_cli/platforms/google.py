@@ -50,6 +50,10 @@ from clearlift_cli.platforms.http import HttpClient, Response
 from clearlift_cli.redact import redact
 
 PLATFORM = "google"
+# Settings every job needs, and those token renewals need (doctor checks them):
+# every request carries the developer token; access tokens live an hour.
+APP_SETTINGS: tuple[str, ...] = ("google_ads_developer_token",)
+REFRESH_SETTINGS: tuple[str, ...] = ("google_client_id", "google_client_secret")
 
 ACCOUNT_QUERY = (
     "SELECT customer.id, customer.descriptive_name, customer.currency_code, "

@@ -53,6 +53,10 @@ from clearlift_cli.redact import redact
 log = logging.getLogger("clearlift.stripe")
 
 PLATFORM = "stripe"
+# Settings every job needs, and those token renewals need (doctor checks them):
+# each connection holds its own secret key.
+APP_SETTINGS: tuple[str, ...] = ()
+REFRESH_SETTINGS: tuple[str, ...] = ()
 PAGE_LIMIT = 100
 # The API version every request is read in (see the module docstring).
 STRIPE_VERSION = "2025-03-31.basil"
