@@ -420,7 +420,7 @@ def status(
             _warn(notices)
             _print_json(st.sync_status(report.connection, report.latest_job))
         else:
-            _console().print(*(f"warning: {n}" for n in notices), render.connection_panel(report))
+            _print_lines([*render.notices(notices), render.connection_panel(report)])
         return
     if as_json:
         rows, any_failing, platforms = st.status_json(store, organization_id=org, platform=platform,
@@ -430,10 +430,17 @@ def status(
     else:
         ov = st.overview(store, organization_id=org, platform=platform, failing_only=failing,
                          limit=None if all_rows else _screenful(), settings=s)
-        _console().print(*render.status_overview(ov))
+        _print_lines(render.status_overview(ov))
         any_failing = ov.any_failing
     if any_failing:
         raise typer.Exit(ExitCode.FAILURE)
+
+
+def _print_lines(items: list[Any]) -> None:
+    """Each text or table on lines of its own."""
+    console = _console()
+    for item in items:
+        console.print(item)
 
 
 def _warn(lines: list[str]) -> None:

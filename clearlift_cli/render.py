@@ -66,6 +66,11 @@ def status_table(reports: list[ConnectionReport], title: str | None = None) -> T
     return t
 
 
+def notices(lines: list[str]) -> list[Text]:
+    """One ``warning:`` line per notice (plain text: no markup is read from it)."""
+    return [Text(f"warning: {redact(line)}", style="yellow") for line in lines]
+
+
 def status_overview(ov: StatusOverview) -> list[Any]:
     """``status`` with no argument, top to bottom: the counts, one line per notice, the
     table (failing and re-auth rows first), and how many rows it leaves out."""
@@ -74,7 +79,7 @@ def status_overview(ov: StatusOverview) -> list[Any]:
     head.append(f"{ov.failing} failing", style="red b" if ov.failing else "")
     head.append(f" ({ov.needs_reauth} need re-auth)" if ov.needs_reauth else "")
     out: list[Any] = [head]
-    out += [Text(f"warning: {redact(line)}", style="yellow") for line in ov.notices]
+    out += notices(ov.notices)
     if ov.reports:
         out.append(status_table(ov.reports, title=""))
     if ov.hidden_failing:

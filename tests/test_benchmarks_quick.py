@@ -20,6 +20,7 @@ _PG = pytest.mark.postgres
 BENCHMARKS = [
     pytest.param("warehouse_load", marks=_PG), pytest.param("consume_latency", marks=_PG),
     "schedule_scale", "queue_throughput", pytest.param("memory_backfill", marks=_PG), "startup",
+    "status_scale",
 ]
 
 

@@ -128,6 +128,9 @@ def check(platform: str, version: str, today: date) -> VersionCheck:
         )
     if sunset is not None and (sunset - today).days <= WARN_DAYS:
         target = DEFAULT_VERSIONS.get(platform, "a newer version")
+        if target != "a newer version" and _version_key(target) <= _version_key(version):
+            # the newest version this clearlift knows is the one ending
+            target = "a newer version (and upgrade clearlift)"
         return VersionCheck(
             platform, version, "ending", sunset,
             f"{label} {version} is sunset on {sunset.isoformat()} "

@@ -62,3 +62,11 @@ def test_consume_warns_for_each_version_ending_or_gone() -> None:
         "Google Ads API v22 is no longer served (sunset 2026-10-07): set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer",
         "Meta Marketing API v24.0 is no longer served (sunset 2026-11-10): set CLEARLIFT_FACEBOOK_API_VERSION to v25.0 or newer",
     ]
+
+
+def test_the_newest_known_version_ending_asks_for_a_newer_one() -> None:
+    got = versions.check("google", "v26", date(2027, 10, 1))
+    assert got.state == "ending"
+    assert got.message == ("Google Ads API v26 is sunset on 2027-11-01 (31 days): set "
+                           "CLEARLIFT_GOOGLE_ADS_API_VERSION to a newer version (and upgrade clearlift)")
+    assert versions.check("google", "v23", date(2027, 1, 1)).message.endswith("to v26")
