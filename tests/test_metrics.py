@@ -215,3 +215,19 @@ def test_metrics_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
         assert value(families, "clearlift_jobs_last_hour", platform="google", outcome="completed") == 1
         assert value(families, "clearlift_last_run_success", command="consume") == 1
         json.dumps(families)  # plain data all the way down
+
+
+def test_the_sample_alert_rules_use_only_metrics_that_exist(env):
+    from pathlib import Path
+
+    rules = (Path(__file__).resolve().parent.parent / "contrib" / "prometheus" / "clearlift.rules.yml").read_text()
+    families = parse_exposition(env.run("metrics").stdout)
+    used = set(re.findall(r"\bclearlift_[a-z_]+", rules))
+    assert used, "no clearlift metric in the rules"
+    for name in used:
+        assert name in families, f"{name} is used by an alert rule but not exported"
+    alerts = re.findall(r"^      - alert: (\w+)$", rules, re.M)
+    assert len(alerts) == len(set(alerts)) >= 8
+    for block in re.split(r"^      - alert: ", rules, flags=re.M)[1:]:
+        assert re.search(r"^        expr: ", block, re.M) and "severity:" in block and "summary:" in block, block
+    assert "\t" not in rules
