@@ -175,6 +175,13 @@ CONNECTION_COLUMNS = (
 )
 
 
+# What status shows of a connection (the tokens stay out: cheaper, and never displayed).
+STATUS_COLUMNS = (
+    "id, organization_id, platform, account_id, account_name, connected_by, last_synced_at, "
+    "sync_status, sync_error, is_active, settings, needs_reauth, reauth_reason, reauth_detected_at"
+)
+
+
 def _is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -552,18 +559,6 @@ class Store:
         )
         return rows[0] if rows else None
 
-    def latest_jobs(self) -> dict[str, sqlite3.Row]:
-        rows = self.read(
-            """
-            SELECT * FROM (
-              SELECT j.*, row_number() OVER (PARTITION BY connection_id
-                                             ORDER BY created_at DESC, id DESC) AS clearlift_rank
-                FROM sync_jobs j) ranked
-             WHERE clearlift_rank = 1
-            """
-        )
-        return {r["connection_id"]: r for r in rows}
-
     def live_job(self, connection_id: str) -> sqlite3.Row | None:
         rows = self.read(
             "SELECT * FROM sync_jobs WHERE connection_id = ? AND status IN ('pending', 'running') "
@@ -713,12 +708,12 @@ class Store:
     def connections_with_latest_job(
         self, *, organization_id: str | None = None, platform: str | None = None
     ) -> list[sqlite3.Row]:
-        """Every connection (``CONNECTION_COLUMNS``) with its latest job's columns as
+        """Every connection (``STATUS_COLUMNS``: no tokens) with its latest job's columns as
         ``job_id``, ``job_status``, ``job_type``, ``job_completed_at``, ``job_records_synced``,
         ``job_metadata``, ``job_error_message``, ``job_created_at`` (NULL without a job),
         ordered as ``list_connections``. One indexed look-up per connection, so the cost
         follows the connections, not the years of jobs behind them."""
-        cols = ", ".join(f"c.{name.strip()}" for name in CONNECTION_COLUMNS.split(","))
+        cols = ", ".join(f"c.{name.strip()}" for name in STATUS_COLUMNS.split(","))
         sql = (
             f"SELECT {cols}, j.id AS job_id, j.status AS job_status, j.job_type AS job_type, "
             "j.completed_at AS job_completed_at, j.records_synced AS job_records_synced, "
