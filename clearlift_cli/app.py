@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
-from clearlift_cli.errors import StoreError, UsageError
+from clearlift_cli.errors import ConfigError, StoreError, UsageError
 from clearlift_cli.platforms import PLATFORMS
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
@@ -297,8 +297,10 @@ def _recorded(store: Store, command: str) -> Iterator[_Run]:
     run = _Run()
     try:
         yield run
-    except StoreError:
-        raise  # the store itself failed: nothing can be recorded in it
+    except (StoreError, ConfigError, UsageError):
+        # the store failed (nothing can be recorded in it), or the run was refused before it
+        # did anything (a wrong key, a bad URL), and a refused run leaves the store as it was
+        raise
     except Exception as exc:
         runs.record(store, command, started_at=started, ok=False, summary=runs.failed_summary(exc))
         raise

@@ -215,17 +215,29 @@ def test_a_failing_run_is_named_and_never_run_commands_warn(env):
         assert checks(report)[f"cron.{name}"]["status"] == "warn"
         assert "no " + name + " run recorded" in checks(report)[f"cron.{name}"]["message"]
     run_cron_once(env)
-    # consume refuses to start with another key: the run is recorded as failed
+    # a run refused before it did anything (here: another key) leaves no trace in the store
     wrong = base64.b64encode(os.urandom(32)).decode()
     for acct in ("4444444444", "5555555555"):
         access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
         env.add("org-4", "google", acct, access, refresh)
     env.run("schedule")
     assert env.run("consume", check=False, ENCRYPTION_KEY=wrong).returncode == 3
+    assert checks(doctor_json(env)[1])["cron.consume"]["status"] == "ok"
+    # a run that failed on its way is named, with its (redacted) error
+    from clearlift_cli import runs
+    from clearlift_cli.store import open_store
+
+    store = open_store(str(env.db))
+    try:
+        runs.record(store, "consume", started_at=store.clock.time(), ok=False,
+                    summary=runs.failed_summary(RuntimeError(f"boom with {wrong}")))
+    finally:
+        store.close()
     code, report = doctor_json(env)
     consume = checks(report)["cron.consume"]
-    assert consume["status"] == "warn" and "the latest run" in consume["message"] and "failed" in consume["message"]
-    assert "ENCRYPTION_KEY decrypts none" in consume["message"]
+    assert code == 0 and consume["status"] == "warn"
+    assert "the latest run" in consume["message"] and "failed: RuntimeError: boom" in consume["message"]
+    assert wrong not in json.dumps(report)
 
 
 def test_queue_and_connection_problems_are_warnings(env):
