@@ -230,14 +230,14 @@ def test_a_failing_run_is_named_and_never_run_commands_warn(env):
     store = open_store(str(env.db))
     try:
         runs.record(store, "consume", started_at=store.clock.time(), ok=False,
-                    summary=runs.failed_summary(RuntimeError(f"boom with {wrong}")))
+                    summary=runs.failed_summary(RuntimeError("boom: GET /v27.0/me?access_token=EAAB-secret-42")))
     finally:
         store.close()
     code, report = doctor_json(env)
     consume = checks(report)["cron.consume"]
     assert code == 0 and consume["status"] == "warn"
     assert "the latest run" in consume["message"] and "failed: RuntimeError: boom" in consume["message"]
-    assert wrong not in json.dumps(report)
+    assert "EAAB-secret-42" not in json.dumps(report)
 
 
 def test_queue_and_connection_problems_are_warnings(env):
