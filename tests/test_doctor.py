@@ -17,6 +17,7 @@ import pytest
 from clearlift_cli import app
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
+from clearlift_cli.store import SCHEMA_VERSION
 from clearlift_cli.timeutil import FrozenClock
 from tests.e2e import Env
 
@@ -74,7 +75,7 @@ def test_a_healthy_host_passes_every_check(env):
                  "cron.refresh-tokens", "disk.home"):
         assert name in by_name, name
     assert "decrypts 5 of 5 sampled stored tokens" in by_name["encryption_key"]["message"]
-    assert "schema version 4, writable" in by_name["store"]["message"]
+    assert f"schema version {SCHEMA_VERSION}, writable" in by_name["store"]["message"]
     # one line per check, each with its status first, then a summary line
     lines = proc.stdout.splitlines()
     check_lines = [ln for ln in lines if ln.split(" ", 1)[0] in ("ok", "warn", "fail")]
@@ -271,7 +272,7 @@ def test_a_missing_or_old_store_fails_and_the_rest_still_runs(env, tmp_path):
     assert by_name["warehouse"]["status"] == "ok" and "api_version.google" in by_name
     assert "cron.consume" not in by_name  # needs the store
     with env.store() as c:
-        c.execute("UPDATE clearlift_meta SET value = '3' WHERE key = 'schema_version'")
+        c.execute("UPDATE clearlift_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
     code, report = doctor_json(env)
     assert code == 1 and checks(report)["store"]["status"] == "fail"
     assert checks(report)["store"]["fix"].startswith("run `clearlift init`")
@@ -291,7 +292,7 @@ def test_doctor_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
         code, report = doctor_json(env)
         by_name = checks(report)
         assert code == 0, report
-        assert "(postgres): schema version 4, writable" in by_name["store"]["message"]
+        assert f"(postgres): schema version {SCHEMA_VERSION}, writable" in by_name["store"]["message"]
         assert by_name["cron.consume"]["status"] == "ok" and by_name["cron.schedule"]["status"] == "ok"
         assert "disk.store" not in by_name  # nothing of the store lives on this host
         assert by_name["encryption_key"]["message"].endswith("decrypts 2 of 2 sampled stored tokens")

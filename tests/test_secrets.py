@@ -200,7 +200,8 @@ SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA
 ALLOWED = {
     "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
     "scheduler.py": {"cols", "live"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause
-    "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl"},  # LATER_COLUMNS
+    # LATER_COLUMNS; cols: STATUS_COLUMNS prefixed with the table's alias
+    "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl", "cols"},
     # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share
     "store_pg.py": {"NOW_TEXT", "cols", "names", "where", "table", "marks", "self.schema"},
     "adoption.py": {"_LIVE_FOR_JOB"},  # a fixed NOT EXISTS clause
