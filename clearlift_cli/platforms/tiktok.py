@@ -57,9 +57,9 @@ from clearlift_cli.redact import redact
 
 PLATFORM = "tiktok"
 # Settings every job needs, and those token renewals need (doctor checks them):
-# only tokens that come with a refresh token need the app's id and secret.
+# advertiser tokens do not expire and are never refreshed (see ``refresh_token``).
 APP_SETTINGS: tuple[str, ...] = ()
-REFRESH_SETTINGS: tuple[str, ...] = ("tiktok_app_id", "tiktok_client_secret")
+REFRESH_SETTINGS: tuple[str, ...] = ()
 API_PATH = "/open_api/v1.3"
 PAGE_SIZE = 1000
 # TikTok rejects daily reports whose start_date..end_date spans more than 30 days.
