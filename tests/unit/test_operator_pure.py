@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from clearlift_cli.metrics import Family, quantile_from_buckets, render
 from clearlift_cli.runs import DURATION_BUCKETS, outcomes_by_platform
 from clearlift_cli.settings import resolve, sources
-from clearlift_cli.warehouse.base import mask_url
+from clearlift_cli.redact import mask_url
 
 
 def test_exposition_text_escapes_labels_and_help_and_spells_special_values():
