@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
-from clearlift_cli.errors import ConfigError, StoreError, UsageError
+from clearlift_cli.errors import ClearliftError, UsageError
 from clearlift_cli.platforms import PLATFORMS
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
@@ -289,17 +289,17 @@ class _Run:
 
 @contextmanager
 def _recorded(store: Store, command: str) -> Iterator[_Run]:
-    """Record the run of ``command`` in the store when it ends, failed or not (what
-    ``doctor`` and ``metrics`` read to tell whether cron still runs it)."""
+    """Record the run of ``command`` in the store when it ends, or when it fails unexpectedly
+    (what ``doctor`` and ``metrics`` read to tell whether cron still runs it)."""
     from clearlift_cli import runs
 
     started = store.clock.time()
     run = _Run()
     try:
         yield run
-    except (StoreError, ConfigError, UsageError):
-        # the store failed (nothing can be recorded in it), or the run was refused before it
-        # did anything (a wrong key, a bad URL), and a refused run leaves the store as it was
+    except ClearliftError:
+        # refused or stopped with a clear error (a wrong key, a warehouse it cannot use, the
+        # store itself): a refused run leaves the store as it was; its error went to cron mail
         raise
     except Exception as exc:
         runs.record(store, command, started_at=started, ok=False, summary=runs.failed_summary(exc))

@@ -52,8 +52,10 @@ STATUS_JSON = """\b
 JSON (--json) with a connection id: the API's sync-status shape
   {"connection": {"platform", "account_name", "is_active", "last_synced_at", "sync_status"},
    "latest_sync": {"status", "type", "completed_at", "records_synced", "error"} | null}
-without one: a list of that shape with "connection_id" first
-  [{"connection_id": "org-1-google-123", "connection": {...}, "latest_sync": {...} | null}, ...]
+without one: a list of that shape with "connection_id" first and "problem" last (why
+schedule skips a broken row: bad settings, unknown platform; null when none)
+  [{"connection_id": "org-1-google-123", "connection": {...}, "latest_sync": {...} | null,
+    "problem": null}, ...]
 API versions that are sunset or end within 45 days: one "warning:" line each
 (on stderr with --json)."""
 

@@ -173,6 +173,11 @@ def _report(row: Any, now: datetime) -> ConnectionReport:
     return ConnectionReport(conn, _latest_job(row), None if problem else next_due(conn, now), [], [], problem)
 
 
+_JSON_COLUMNS = ("id", "platform", "account_name", "is_active", "last_synced_at", "sync_status", "needs_reauth",
+                 "job_id", "job_status", "job_type", "job_completed_at", "job_records_synced", "job_metadata",
+                 "job_error_message")
+
+
 def status_json(
     store: Store, *, organization_id: str | None = None, platform: str | None = None,
     failing_only: bool = False,

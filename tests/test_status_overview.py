@@ -85,6 +85,22 @@ def test_overview_counts_everything_and_shows_failing_rows_first(store):
     assert len(st.overview(s, limit=None).reports) == 120
 
 
+def test_a_row_schedule_cannot_plan_counts_as_failing(store):
+    s, kinds = store
+    ok_id = kinds["ok"][0]
+    c = raw(s.path)
+    with c:
+        c.execute("UPDATE platform_connections SET settings = 'not json' WHERE id = ?", (ok_id,))
+    c.close()
+    ov = st.overview(s, limit=200)
+    failing = len(kinds["failed"]) + len(kinds["reauth"]) + 1
+    assert ov.failing == failing and ok_id in [r.connection.id for r in ov.reports[:failing]]
+    broken = next(r for r in ov.reports if r.connection.id == ok_id)
+    assert broken.failing and "settings column is not valid JSON" in broken.problem
+    rows, _, _ = st.status_json(s, failing_only=True)
+    assert "settings column is not valid JSON" in next(r for r in rows if r["connection_id"] == ok_id)["problem"]
+
+
 def test_status_json_rows_match_the_single_connection_shape(store):
     s, kinds = store
     rows, failing, platforms = st.status_json(s)
@@ -92,7 +108,9 @@ def test_status_json_rows_match_the_single_connection_shape(store):
     assert len(rows) == 120
     one = next(r for r in rows if r["connection_id"] == kinds["failed"][0])
     report = st.connection_report(s, kinds["failed"][0])
-    assert {k: v for k, v in one.items() if k != "connection_id"} == st.sync_status(report.connection, report.latest_job)
+    assert {k: v for k, v in one.items() if k not in ("connection_id", "problem")} \
+        == st.sync_status(report.connection, report.latest_job)
+    assert one["problem"] is None
     assert one["latest_sync"]["records_synced"] == 11 and one["latest_sync"]["status"] == "failed"
     only, _, _ = st.status_json(s, failing_only=True)
     assert {r["connection_id"] for r in only} == set(kinds["failed"] + kinds["reauth"])
@@ -184,12 +202,12 @@ def test_every_reporting_command_prints_the_json_its_help_documents(cli):
     failing_id = kinds["failed"][0]
 
     rows = json.loads(run_cli(["status", "--json"], env).stdout)
-    assert list(rows[0]) == ["connection_id", "connection", "latest_sync"]
+    assert list(rows[0]) == ["connection_id", "connection", "latest_sync", "problem"]
     assert list(rows[0]["connection"]) == ["platform", "account_name", "is_active", "last_synced_at", "sync_status"]
     assert list(rows[0]["latest_sync"]) == ["status", "type", "completed_at", "records_synced", "error"]
     one = json.loads(run_cli(["status", failing_id, "--json"], env).stdout)
     assert list(one) == ["connection", "latest_sync"]
-    assert {"connection_id", "connection", "latest_sync", *rows[0]["connection"], *rows[0]["latest_sync"]} \
+    assert {"connection_id", "connection", "latest_sync", "problem", *rows[0]["connection"], *rows[0]["latest_sync"]} \
         <= documented_keys(env, "status")
 
     queue = json.loads(run_cli(["queue", "--json"], env).stdout)
