@@ -203,10 +203,11 @@ class Consumer:
                                 claimed = in_flight.pop(fut)
                                 result.outcomes.append(self._collect(fut, claimed))
                         continue
-                    # Stopping: let in-flight jobs finish (their leases keep them safe).
+                    # Stopping: let in-flight jobs finish. Each stays in ``in_flight`` until it
+                    # has ended, so the heartbeat keeps renewing its lease meanwhile.
                     for fut in list(in_flight):
-                        claimed = in_flight.pop(fut)
-                        result.outcomes.append(self._collect(fut, claimed))
+                        result.outcomes.append(self._collect(fut, in_flight[fut]))
+                        del in_flight[fut]
                     break
         finally:
             hb_stop.set()
