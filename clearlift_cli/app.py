@@ -17,7 +17,7 @@ from clearlift_cli.platforms import PLATFORMS
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store, open_store
-from clearlift_cli.timeutil import SYSTEM_CLOCK, UTC, Clock, from_epoch, iso_z, parse_ts
+from clearlift_cli.timeutil import SYSTEM_CLOCK, UTC, Clock, iso_from_epoch, iso_z, parse_ts
 
 # A token expiry outside these years is a typo, not a token (and the year 1 or 9999 would
 # overflow date arithmetic downstream).
@@ -296,5 +296,27 @@ def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str,
         "ready": {"high": s.ready_high, "normal": s.ready_normal},
         "delayed": s.delayed, "leased": s.leased, "dead": s.dead, "done": s.done,
         "oldest_ready_age_seconds": None if s.oldest_ready_age_s is None else round(s.oldest_ready_age_s, 1),
-        "paused_platforms": {p: iso_z(from_epoch(u)) for p, u in pauses.items()},
+        "paused_platforms": {p: iso_from_epoch(u) for p, u in pauses.items()},
     }
+
+
+@dataclass(frozen=True)
+class Unpaused:
+    platform: str
+    was_paused: bool
+    released: int  # the platform's jobs deferred by a rate limit, claimable again now
+
+
+def unpause_platform(settings: Settings, platform: str, *, clock: Clock = SYSTEM_CLOCK) -> Unpaused:
+    """Lift a platform-wide rate-limit pause now, and make the platform's jobs that a rate
+    limit deferred claimable again (an operator who knows the limit is over)."""
+    if platform not in PLATFORMS:
+        raise UsageError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
+    store = store_for(settings, clock=clock)
+    try:
+        with store.write() as c:
+            was_paused = store.lift_platform_pause(c, platform)
+            released = SqliteQueue(store).release_deferred(c, platform)
+    finally:
+        store.close()
+    return Unpaused(platform, was_paused, released)

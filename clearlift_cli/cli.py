@@ -362,7 +362,8 @@ def status(
     reports = st.all_reports(store, organization_id=org, platform=platform, failing_only=failing)
     if as_json:
         _print_json([{"connection_id": r.connection.id, **st.sync_status(r.connection, r.latest_job),
-                      "problem": r.problem} for r in reports])
+                      "problem": r.problem,
+                      "deferred": r.deferred.to_json() if r.deferred else None} for r in reports])
     else:
         _console().print(render.status_table(reports))
     if any(r.failing for r in reports):
@@ -389,7 +390,7 @@ def queue_summary(ctx: typer.Context, db: DbOpt = None, home: HomeOpt = None, co
           f"leased: {stats['leased']}; dead: {stats['dead']}; done: {stats['done']}; "
           f"oldest ready: {'-' if age is None else f'{age:.0f}s'}")
     for p, until in stats["paused_platforms"].items():
-        print(f"platform {p} paused by a rate limit until {until}")
+        print(f"platform {p} paused by a rate limit until {until} (lift it: clearlift queue unpause {p})")
 
 
 @queue_app.command("dead")
@@ -426,6 +427,21 @@ def queue_retry(ref: Annotated[Optional[str], typer.Argument(help="Dead letter i
     print(f"re-queued {len(result.requeued)} job(s)" + (f", skipped {len(result.skipped)}:" if result.skipped else ""))
     for s in result.skipped:
         print(f"  skipped dead letter {s.message_id} (job {s.job_id}, connection {s.connection_id}): {s.reason}")
+
+
+@queue_app.command("unpause")
+def queue_unpause(platform: Annotated[str, typer.Argument(help="google, facebook, tiktok or stripe.")],
+                  db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Lift a platform-wide rate-limit pause now, and make that platform's jobs deferred by a
+    rate limit claimable again (when you know the limit is over, e.g. a quota was raised).
+
+    Example:  clearlift queue unpause google
+    """
+    from clearlift_cli import app as core
+
+    done = core.unpause_platform(_settings(db, None, home, config), platform)
+    print(f"{done.platform}: {'pause lifted' if done.was_paused else 'was not paused'}; "
+          f"{done.released} deferred job(s) claimable now")
 
 
 @app.command("migrate-store")

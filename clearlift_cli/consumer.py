@@ -31,7 +31,7 @@ from clearlift_cli.errors import (
 from clearlift_cli.models import ClaimedMessage, Connection
 from clearlift_cli.platforms import platform_module
 from clearlift_cli.platforms.base import AdsClient
-from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.queue import RATE_LIMIT_NOTE, SqliteQueue
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store
@@ -44,6 +44,9 @@ log = logging.getLogger("clearlift.consume")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_LEASE_SECONDS = 300.0
+# A job deferred by a rate limit waits at least this long (its hint, clamped to
+# errors.RETRY_HINT_FLOOR/CEILING_SECONDS, when longer).
+MIN_DEFERRAL_SECONDS = 30.0
 # Refresh before a job when the token expires within this long.
 EXPIRY_SLACK = timedelta(seconds=60)
 
@@ -501,11 +504,14 @@ class Consumer:
 
     def _defer(self, claimed, conn: Connection, exc: RateLimited, previous_status, outcome) -> JobOutcome:
         msg = claimed.message
-        until = self.clock.time() + exc.retry_after
-        note = f"Rate limited by {conn.platform}; deferred {exc.retry_after:.0f}s: {exc}"
+        # Short hints were already waited out in place (HttpClient): a job that leaves its
+        # worker comes back no sooner than the floor, whatever the platform said.
+        delay = max(exc.retry_after, MIN_DEFERRAL_SECONDS)
+        until = self.clock.time() + delay
+        note = f"{RATE_LIMIT_NOTE} {conn.platform}; deferred {delay:.0f}s: {exc}"
         now_iso = iso_z(self.clock.now())
         with self.store.write() as c:
-            state = self.queue.retry(c, claimed, note, delay=exc.retry_after, count_attempt=False)
+            state = self.queue.retry(c, claimed, note, delay=delay, count_attempt=False)
             if state != "ready":
                 return outcome("stale", 0, note)
             if exc.scope == "app":

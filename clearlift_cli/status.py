@@ -12,7 +12,7 @@ from clearlift_cli.models import Connection
 from clearlift_cli.redact import redact
 from clearlift_cli.scheduler import plan_job
 from clearlift_cli.store import Store
-from clearlift_cli.timeutil import iso_z, parse_ts
+from clearlift_cli.timeutil import UTC, from_epoch, iso_z, parse_ts
 
 REAUTH_HINT = (
     "The platform no longer accepts this connection's token. Ask the user to reconnect the "
@@ -79,6 +79,38 @@ def next_due(conn: Connection, now: datetime) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class Deferral:
+    """Why a connection's queued job waits, and until when: a rate limit (its own, or its
+    platform's app-wide pause) or a retry backoff."""
+
+    until: datetime
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"until": iso_z(self.until), "reason": self.reason}
+
+
+def deferrals(store: Store, connection_id: str | None = None) -> dict[str, Deferral]:
+    """connection id -> its queued job's deferral, for connections whose job waits now."""
+    pauses = store.platform_pause_reasons()
+    out = {}
+    for r in store.deferred_messages(connection_id, paused_platforms=pauses):
+        until, reason = r["visible_at"], r["last_error"] or "waiting to retry"
+        paused = pauses.get(r["platform"])
+        if paused and paused[0] > until:
+            until, reason = paused[0], f"platform {r['platform']} paused: {paused[1]}"
+        out[r["connection_id"]] = Deferral(_from_epoch(until), redact(reason))
+    return out
+
+
+def _from_epoch(epoch: float) -> datetime:
+    try:
+        return from_epoch(epoch)
+    except (OverflowError, OSError, ValueError):
+        return datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
 class ConnectionReport:
     connection: Connection
     latest_job: Any | None
@@ -86,6 +118,7 @@ class ConnectionReport:
     coverage: list[tuple[str, str]]
     gaps: list[tuple[str, str]]
     problem: str | None = None  # a broken row `schedule` skips (connection_problem)
+    deferred: Deferral | None = None  # its queued job waits (rate limit, backoff) until ...
 
     @property
     def failing(self) -> bool:
@@ -106,6 +139,7 @@ class ConnectionReport:
             "problem": redact(self.problem) if self.problem else None,
             "coverage": [{"start": s, "end": e} for s, e in self.coverage],
             "gaps": [{"start": s, "end": e} for s, e in self.gaps],
+            "deferred": self.deferred.to_json() if self.deferred else None,
         }
         return out
 
@@ -128,7 +162,7 @@ def connection_report(store: Store, connection_id: str) -> ConnectionReport:
     now = store.clock.now()
     problem = connection_problem(conn, now)
     return ConnectionReport(conn, store.latest_job(conn.id), None if problem else next_due(conn, now), cov,
-                            _gaps(cov), problem)
+                            _gaps(cov), problem, deferrals(store, conn.id).get(conn.id))
 
 
 def all_reports(
@@ -137,10 +171,12 @@ def all_reports(
 ) -> list[ConnectionReport]:
     now = store.clock.now()
     jobs = store.latest_jobs()
+    waiting = deferrals(store)
     out = []
     for conn in store.list_connections(organization_id=organization_id, platform=platform):
         problem = connection_problem(conn, now)
-        r = ConnectionReport(conn, jobs.get(conn.id), None if problem else next_due(conn, now), [], [], problem)
+        r = ConnectionReport(conn, jobs.get(conn.id), None if problem else next_due(conn, now), [], [], problem,
+                             waiting.get(conn.id))
         if failing_only and not r.failing:
             continue
         out.append(r)

@@ -620,10 +620,35 @@ class Store:
         )
 
     def platform_pauses(self) -> dict[str, float]:
+        return {p: until for p, (until, _) in self.platform_pause_reasons().items()}
+
+    def platform_pause_reasons(self) -> dict[str, tuple[float, str]]:
+        """Platforms paused now: platform -> (until, epoch seconds; why)."""
         now = self.clock.time()
-        return {r[0]: r[1] for r in self.read(
-            "SELECT platform, until FROM clearlift_platform_pauses WHERE until > ?", (now,)
+        return {r[0]: (r[1], r[2] or "") for r in self.read(
+            "SELECT platform, until, reason FROM clearlift_platform_pauses WHERE until > ?", (now,)
         )}
+
+    def lift_platform_pause(self, c: sqlite3.Connection, platform: str) -> bool:
+        """Remove ``platform``'s pause (inside the caller's transaction); False if it had none."""
+        row = c.execute(
+            "DELETE FROM clearlift_platform_pauses WHERE platform = ? RETURNING until", (platform,)
+        ).fetchone()
+        return row is not None and row[0] > self.clock.time()
+
+    def deferred_messages(self, connection_id: str | None = None, *,
+                          paused_platforms: Iterable[str] = ()) -> list[sqlite3.Row]:
+        """Queued messages that wait (a rate limit, a retry backoff, or their platform is in
+        ``paused_platforms``): connection_id, platform, visible_at (epoch seconds), last_error."""
+        paused = list(paused_platforms)
+        sql = ("SELECT connection_id, platform, visible_at, last_error FROM sync_queue "
+               "WHERE state = 'ready' AND (visible_at > ?"
+               + (f" OR platform IN ({', '.join('?' * len(paused))})" if paused else "") + ")")
+        params: tuple = (self.clock.time(), *paused)
+        if connection_id is not None:
+            sql += " AND connection_id = ?"
+            params += (connection_id,)
+        return self.read(sql, params)
 
 
 def _statements(script: str) -> Iterable[str]:
