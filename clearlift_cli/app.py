@@ -33,7 +33,7 @@ _ACCOUNT_ID_OK = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 
 
 def store_for(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Store:
-    store = open_store(settings.db, clock=clock)
+    store = open_store(settings.db, clock=clock, pg_limits=settings.pg_limits())
     store.require_schema()
     return store
 
@@ -44,7 +44,7 @@ def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CL
         from clearlift_cli.warehouse import check_url
 
         check_url(settings.warehouse_url)  # a bad URL creates nothing, the store included
-    store = open_store(settings.db, clock=clock, create=True)
+    store = open_store(settings.db, clock=clock, create=True, pg_limits=settings.pg_limits())
     try:
         changes = store.migrate()
     finally:
@@ -52,7 +52,7 @@ def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CL
     if warehouse:
         from clearlift_cli.warehouse import open_warehouse
 
-        wh = open_warehouse(settings.warehouse_url)
+        wh = open_warehouse(settings.warehouse_url, pg_limits=settings.pg_limits())
         try:
             wh.init_schema(read_policy=settings.warehouse_read_policy)
         finally:
@@ -277,7 +277,7 @@ def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOC
     if settings.db.startswith(("postgresql://", "postgres://")):
         raise UsageError("the source store (--db / CLEARLIFT_DB) must be a SQLite file")
     src = store_for(settings, clock=clock)
-    dst = PgStore(to_url, clock=clock)
+    dst = PgStore(to_url, clock=clock, limits=settings.pg_limits())
     try:
         return copy_store(src, dst)
     finally:

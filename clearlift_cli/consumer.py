@@ -144,7 +144,8 @@ class Consumer:
     def warehouse(self) -> Warehouse:
         with self._warehouse_lock:
             if self._warehouse is None:
-                self._warehouse = open_warehouse(self.settings.warehouse_url)
+                self._warehouse = open_warehouse(self.settings.warehouse_url,
+                                                 pg_limits=self.settings.pg_limits())
             return self._warehouse
 
     @property

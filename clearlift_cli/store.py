@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from clearlift_cli.errors import ConfigError, NotFound, StoreError
 from clearlift_cli.models import Connection
+from clearlift_cli.pgconnect import PgLimits
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z
 
@@ -640,15 +641,18 @@ class Store:
                           paused_platforms: Iterable[str] = ()) -> list[sqlite3.Row]:
         """Queued messages that wait (a rate limit, a retry backoff, or their platform is in
         ``paused_platforms``): connection_id, platform, visible_at (epoch seconds), last_error."""
-        paused = list(paused_platforms)
-        sql = ("SELECT connection_id, platform, visible_at, last_error FROM sync_queue "
-               "WHERE state = 'ready' AND (visible_at > ?"
-               + (f" OR platform IN ({', '.join('?' * len(paused))})" if paused else "") + ")")
-        params: tuple = (self.clock.time(), *paused)
-        if connection_id is not None:
-            sql += " AND connection_id = ?"
-            params += (connection_id,)
-        return self.read(sql, params)
+        now = self.clock.time()
+        one = " AND connection_id = ?" if connection_id is not None else ""
+        rows = self.read(_DEFERRED_SQL + " AND visible_at > ?" + one,
+                         (now, connection_id) if one else (now,))
+        for platform in paused_platforms:  # claimable but for the pause
+            rows += self.read(_DEFERRED_SQL + " AND visible_at <= ? AND platform = ?" + one,
+                              (now, platform, connection_id) if one else (now, platform))
+        return rows
+
+
+_DEFERRED_SQL = ("SELECT connection_id, platform, visible_at, last_error FROM sync_queue "
+                 "WHERE state = 'ready'")
 
 
 def _statements(script: str) -> Iterable[str]:
@@ -706,13 +710,15 @@ def _masked(url: str, scheme: str) -> str:
     return mask_url(url)
 
 
-def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False) -> Store:
-    """Open the store at ``url``: a file path, ``sqlite:///path``, or ``postgresql://…``.
-    Any other URL scheme is a ConfigError (exit 3), never a file path."""
+def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False,
+               pg_limits: PgLimits | None = None) -> Store:
+    """Open the store at ``url``: a file path, ``sqlite:///path``, or ``postgresql://…``
+    (whose connections get ``pg_limits``). Any other URL scheme is a ConfigError (exit 3),
+    never a file path."""
     if _is_postgres(url):
         from clearlift_cli.store_pg import PgStore
 
-        return PgStore(url, clock=clock)
+        return PgStore(url, clock=clock, limits=pg_limits)
     path = sqlite_path(url)
     try:
         return Store(path, clock=clock, create=create)
