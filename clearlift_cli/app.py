@@ -184,7 +184,7 @@ def run_job_here(settings: Settings, job_id: str, *, on_progress=None, clock: Cl
 
 def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: float | None = None,
             concurrency: int = 8, lease_seconds: float = 300.0, only_job: str | None = None,
-            clock: Clock = SYSTEM_CLOCK, on_progress=None, on_consumer=None):
+            stop_grace: float | None = None, clock: Clock = SYSTEM_CLOCK, on_progress=None, on_consumer=None):
     from clearlift_cli.consumer import Consumer
 
     _check_seconds("--lease-seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
@@ -197,8 +197,9 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
         on_consumer(consumer)
     try:
         _check_consume_config(store, consumer)
+        grace = {} if stop_grace is None else {"stop_grace": stop_grace}
         return consumer.run(max_jobs=max_jobs, max_seconds=max_seconds, concurrency=concurrency,
-                            only_job=only_job)
+                            only_job=only_job, **grace)
     finally:
         consumer.close()
         store.close()

@@ -276,26 +276,40 @@ def sync(
 @app.command()
 def consume(
     max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=1, help="Stop claiming after this long.")] = 600,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=1, help="Stop claiming after this long (running jobs then get --stop-grace).")] = 600,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Jobs run at once.")] = 8,
     lease_seconds: Annotated[float, typer.Option("--lease-seconds", min=5, help="How long a claimed job stays invisible to other consumers (kept alive by heartbeat).")] = 300,
+    stop_grace: Annotated[float, typer.Option("--stop-grace", min=0, help="After --max-seconds or SIGTERM, how long running jobs may take to finish before they are cut and go back to the queue.")] = 30,
     db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Claim and run jobs until the queue is empty or a limit is reached (cron: every minute).
 
-    SIGTERM stops claiming and lets running jobs finish.
+    At --max-seconds or on SIGTERM it claims no more; running jobs get --stop-grace seconds to
+    finish, then their requests are cut and they go back to the queue (no attempt used, the
+    slices they committed kept). A second SIGTERM cuts them at once.
 
     Example:  flock -n /tmp/clearlift-consume.lock clearlift consume --max-seconds 600 --concurrency 16
     """
     from clearlift_cli import app as core
 
     t0 = time.monotonic()
-    holder: dict[str, Any] = {}
-    signal.signal(signal.SIGTERM, lambda *_: holder["c"].stop() if "c" in holder else None)
+    holder: dict[str, Any] = {"signals": 0}
+
+    def on_sigterm(*_: object) -> None:
+        holder["signals"] += 1
+        if "c" in holder:
+            holder["c"].stop()
+
+    def on_consumer(c) -> None:
+        holder["c"] = c
+        for _ in range(holder["signals"]):  # a SIGTERM that came while starting up
+            c.stop()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     result = core.consume(_settings(db, warehouse_url, home, config), max_jobs=max_jobs, max_seconds=max_seconds,
-                          concurrency=concurrency, lease_seconds=lease_seconds,
-                          on_consumer=lambda c: holder.__setitem__("c", c))
+                          concurrency=concurrency, lease_seconds=lease_seconds, stop_grace=stop_grace,
+                          on_consumer=on_consumer)
     summary = result.summary()
     if as_json:
         _print_json(summary)

@@ -204,6 +204,12 @@ class AuthRevoked(PermanentError):
         self.definitive = definitive
 
 
+class Interrupted(ClearliftError):
+    """The consumer is stopping (``--max-seconds``, SIGTERM) and cut this job short after
+    its grace period: the job goes back to the queue as it was, without using an attempt
+    (slices already committed are kept)."""
+
+
 class MissingAppCredentials(ConfigError):
     """The app's client id/secret (or developer token) for a platform is not configured."""
 

@@ -76,3 +76,83 @@ def test_a_stopping_consumer_renews_its_running_jobs_lease_so_no_one_runs_it_twi
     assert (row["state"], row["attempts"], row["lease_owner"]) == ("done", 1, "first")
     assert len(sandbox.google.requests) == 3  # account, campaigns, metrics: one job's worth
     assert_job_landed_exactly(env, "google", cid, job["id"])
+
+
+# --- every request has a total deadline; stopping holds for work in flight -------------------
+
+
+def test_a_body_sent_one_byte_at_a_time_is_cut_at_the_requests_total_deadline(sandbox):
+    from clearlift_cli.errors import TransientError
+    from clearlift_cli.platforms.http import HttpClient
+
+    http = HttpClient(platform="google", timeout=1.0, attempts=1)
+    url = sandbox.servers["google"].base_url + "/v26/customers/1234567890/googleAds:searchStream"
+    whole = http.request("POST", url, classify=lambda r, b: None)  # an error answer, a few hundred bytes
+    assert len(json.dumps(whole)) > 100
+    sandbox.google.faults.add("slow_body", path="googleAds", times=1, seconds=0.05)  # 20 bytes a second
+    t0 = time.monotonic()
+    with pytest.raises(TransientError, match=r"timed out after 1s \(its whole deadline") as info:
+        http.request("POST", url, classify=lambda r, b: None)
+    assert 0.9 < time.monotonic() - t0 < 2.0  # not the many seconds the whole body takes
+    assert "CLEARLIFT_HTTP_TIMEOUT" in str(info.value)
+    # The cut connection is not reused: the next request on this thread's session is fine.
+    again = http.request("POST", url, classify=lambda r, b: None)
+    assert again[0]["error"]["message"] == whole[0]["error"]["message"]
+
+
+def slow_google_job(env: Env, sandbox) -> tuple[str, str]:
+    """A Google job whose data answer comes one byte per second (~10 minutes)."""
+    cid = seed(env, "google", "1234567890")
+    env.run("schedule")
+    (job,) = env.jobs(cid)
+    sandbox.google.faults.add("slow_body", path="googleAds", times=-1, seconds=1.0)
+    return cid, job["id"]
+
+
+def assert_released_then_completes(env: Env, sandbox, cid: str, job_id: str, summary: dict) -> None:
+    assert summary["jobs"] == 1 and summary.get("released") == 1, summary
+    row = queue_row(env, job_id)
+    assert (row["state"], row["attempts"], row["lease_token"]) == ("ready", 0, None)
+    assert row["visible_at"] <= time.time()  # claimable again at once
+    job = env.job(job_id)
+    assert job["status"] == "pending" and "consumer is stopping" in job["error_message"]
+    sandbox.google.faults.clear()
+    assert json.loads(env.run("consume", "--json").stdout).get("completed") == 1
+    assert queue_row(env, job_id)["attempts"] == 1
+    assert_job_landed_exactly(env, "google", cid, job_id)
+
+
+def test_max_seconds_holds_for_a_request_in_flight(env, sandbox):
+    cid, job_id = slow_google_job(env, sandbox)
+    t0 = time.monotonic()
+    proc = env.run("consume", "--json", "--max-seconds", "1", "--stop-grace", "1")  # HTTP timeout: 5 s
+    took = time.monotonic() - t0
+    assert took < 2 + 4, took  # max-seconds + grace + start-up, not the body's ten minutes
+    assert "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["stopped_by"] == "max-seconds"
+    assert_released_then_completes(env, sandbox, cid, job_id, summary)
+
+
+@pytest.mark.parametrize("signals, grace", [(1, "1"), (2, "600")])
+def test_sigterm_holds_for_a_request_in_flight(env, sandbox, signals, grace):
+    cid, job_id = slow_google_job(env, sandbox)
+    proc = popen(env, "consume", "--json", "--stop-grace", grace, CLEARLIFT_HTTP_TIMEOUT="600")
+    try:
+        wait_for(lambda: sandbox.google.requests_to("googleAds"), 30, "the job's first request")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        for _ in range(signals):  # a second SIGTERM: no more grace
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert took < 1 + 3, took
+    summary = json.loads(out)
+    assert summary["stopped_by"] == "signal"
+    assert_released_then_completes(env, sandbox, cid, job_id, summary)
