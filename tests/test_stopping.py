@@ -156,3 +156,33 @@ def test_sigterm_holds_for_a_request_in_flight(env, sandbox, signals, grace):
     summary = json.loads(out)
     assert summary["stopped_by"] == "signal"
     assert_released_then_completes(env, sandbox, cid, job_id, summary)
+
+
+def test_a_streamed_answer_that_stalls_is_cut_when_its_next_element_is_late(sandbox, tmp_path):
+    # Google's searchStream is read element by element: the deadline runs to each element.
+    from clearlift_cli.errors import TransientError
+    from clearlift_cli.platforms import google
+    from clearlift_cli.platforms.base import Credentials, PlatformContext
+    from clearlift_cli.sandbox import APP_CREDENTIALS
+    from clearlift_cli.settings import ENV_NAMES
+
+    sandbox.google.batch_size = 1  # one campaign per element, ~350 bytes each
+    sandbox.google.configure_account("1234567890", campaigns=600)
+    by_env = {env: name for name, env in ENV_NAMES.items()}
+    flags = {by_env[k]: v for k, v in APP_CREDENTIALS.items() if k.startswith("GOOGLE")}
+    settings = resolve(flags={**flags, "home": str(tmp_path), "google_ads_url": sandbox.servers["google"].base_url,
+                              "google_oauth_url": sandbox.servers["google"].base_url, "http_timeout": 1},
+                       environ={})
+    access, _ = sandbox.google.tokens.issue(ttl=3600)
+    ctx = PlatformContext(settings=settings, account_id="1234567890", connection_settings={})
+    client = google.CLIENT(ctx, Credentials(access_token=access))
+    whole = len(list(client.campaigns()))  # those not REMOVED
+    assert whole >= 300
+    # 100 kB at once (the reader takes 64 KiB at a time), then a byte every 50 ms.
+    sandbox.google.faults.add("slow_body", path="searchStream", times=-1, seconds=0.05, size=100_000)
+    got, t0 = [], time.monotonic()
+    with pytest.raises(TransientError, match=r"timed out after 1s \(its whole deadline"):
+        for campaign in client.campaigns():
+            got.append(campaign)
+    assert 0 < len(got) < whole  # the first elements came, then the stalled one was cut
+    assert time.monotonic() - t0 < 3

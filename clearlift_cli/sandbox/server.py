@@ -67,8 +67,9 @@ class Fault:
     another host), ``oversize`` (a 200 body of ``size`` bytes, sent in chunks without building
     it; with ``Content-Length`` unless ``chunked``), ``drop`` (handle the request, then close
     the connection halfway through the answer's announced body), ``slow_body`` (the real
-    answer, its headers at once and then its body one byte every ``seconds``, default 1: a
-    per-read timeout never fires). ``path`` is a regex matched against the request path."""
+    answer, its headers and first ``size`` bytes at once, then the rest one byte every
+    ``seconds``, default 1: a per-read timeout never fires). ``path`` is a regex matched
+    against the request path."""
 
     kind: str
     path: str = ".*"
@@ -288,10 +289,11 @@ class _Handler(BaseHTTPRequestHandler):
             raw = reply.encode()
             return self._send(Reply(reply.status, raw[: max(1, len(raw) // 2)], reply.headers))
         if fault is not None and fault.kind == "slow_body":
-            return self._send(reply, byte_every=fault.seconds or 1.0)
+            return self._send(reply, byte_every=fault.seconds or 1.0, at_once=fault.size)
         self._send(reply)
 
-    def _send(self, reply: Reply, cut: bool = False, *, byte_every: float | None = None) -> None:
+    def _send(self, reply: Reply, cut: bool = False, *, byte_every: float | None = None,
+              at_once: int = 0) -> None:
         raw = reply.encode()
         self.send_response(reply.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
@@ -309,7 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.close_connection = True
         try:
-            for i in range(len(raw)):
+            self.wfile.write(raw[:at_once])
+            for i in range(at_once, len(raw)):
                 self.wfile.write(raw[i:i + 1])
                 self.wfile.flush()
                 time.sleep(byte_every)
