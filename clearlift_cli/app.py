@@ -190,6 +190,8 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
     _check_seconds("--lease-seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
     if max_seconds is not None:
         _check_seconds("--max-seconds", max_seconds, 1.0, math.inf)
+    if stop_grace is not None:  # an endless grace would let one stalled job hold the run for ever
+        _check_seconds("--stop-grace", stop_grace, 0.0, MAX_LEASE_SECONDS)
     store = store_for(settings, clock=clock)
     warn_dying_versions(settings, clock=clock)
     consumer = Consumer(settings, store, lease_seconds=lease_seconds, on_progress=on_progress)

@@ -186,3 +186,8 @@ def test_a_streamed_answer_that_stalls_is_cut_when_its_next_element_is_late(sand
             got.append(campaign)
     assert 0 < len(got) < whole  # the first elements came, then the stalled one was cut
     assert time.monotonic() - t0 < 3
+
+
+def test_an_endless_stop_grace_is_refused(env):
+    proc = env.run("consume", "--stop-grace", "inf", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --stop-grace must be a finite number"), proc.stderr
