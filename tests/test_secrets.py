@@ -199,7 +199,7 @@ SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA
 # checked by reading the code: constants, names from the schema modules, quoted identifiers.
 ALLOWED = {
     "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
-    "scheduler.py": {"cols", "live"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause
+    "scheduler.py": {"cols", "live", "marks"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause; "?" placeholders
     "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl"},  # LATER_COLUMNS
     # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share
     "store_pg.py": {"NOW_TEXT", "cols", "names", "where", "table", "marks", "self.schema"},
