@@ -18,7 +18,7 @@ from clearlift_cli.platforms import PLATFORMS
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store, open_store
-from clearlift_cli.timeutil import SYSTEM_CLOCK, UTC, Clock, from_epoch, iso_z, parse_ts
+from clearlift_cli.timeutil import SYSTEM_CLOCK, UTC, Clock, iso_from_epoch, iso_z, parse_ts
 
 # A token expiry outside these years is a typo, not a token (and the year 1 or 9999 would
 # overflow date arithmetic downstream).
@@ -34,7 +34,7 @@ _ACCOUNT_ID_OK = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 
 
 def store_for(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Store:
-    store = open_store(settings.db, clock=clock)
+    store = open_store(settings.db, clock=clock, pg_limits=settings.pg_limits())
     store.require_schema()
     return store
 
@@ -45,7 +45,7 @@ def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CL
         from clearlift_cli.warehouse import check_url
 
         check_url(settings.warehouse_url)  # a bad URL creates nothing, the store included
-    store = open_store(settings.db, clock=clock, create=True)
+    store = open_store(settings.db, clock=clock, create=True, pg_limits=settings.pg_limits())
     try:
         changes = store.migrate()
     finally:
@@ -53,7 +53,7 @@ def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CL
     if warehouse:
         from clearlift_cli.warehouse import open_warehouse
 
-        wh = open_warehouse(settings.warehouse_url)
+        wh = open_warehouse(settings.warehouse_url, pg_limits=settings.pg_limits())
         try:
             wh.init_schema(read_policy=settings.warehouse_read_policy)
         finally:
@@ -188,12 +188,14 @@ def run_job_here(settings: Settings, job_id: str, *, on_progress=None, clock: Cl
 
 def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: float | None = None,
             concurrency: int = 8, lease_seconds: float = 300.0, only_job: str | None = None,
-            clock: Clock = SYSTEM_CLOCK, on_progress=None, on_consumer=None):
+            stop_grace: float | None = None, clock: Clock = SYSTEM_CLOCK, on_progress=None, on_consumer=None):
     from clearlift_cli.consumer import Consumer
 
     _check_seconds("--lease-seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
     if max_seconds is not None:
         _check_seconds("--max-seconds", max_seconds, 1.0, math.inf)
+    if stop_grace is not None:  # an endless grace would let one stalled job hold the run for ever
+        _check_seconds("--stop-grace", stop_grace, 0.0, MAX_LEASE_SECONDS)
     store = store_for(settings, clock=clock)
     warn_dying_versions(settings, clock=clock)
     consumer = Consumer(settings, store, lease_seconds=lease_seconds, on_progress=on_progress)
@@ -203,8 +205,9 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
         # `sync --wait` runs one job by hand: recorded apart, so it never hides a stopped cron
         with _recorded(store, "sync" if only_job else "consume") as run:
             _check_consume_config(store, consumer)
+            grace = {} if stop_grace is None else {"stop_grace": stop_grace}
             result = consumer.run(max_jobs=max_jobs, max_seconds=max_seconds, concurrency=concurrency,
-                                  only_job=only_job)
+                                  only_job=only_job, **grace)
             run.summary = {**result.summary(), "max_seconds": max_seconds}
             run.outcomes = result.outcomes
         return result
@@ -317,7 +320,7 @@ def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOC
     if settings.db.startswith(("postgresql://", "postgres://")):
         raise UsageError("the source store (--db / CLEARLIFT_DB) must be a SQLite file")
     src = store_for(settings, clock=clock)
-    dst = PgStore(to_url, clock=clock)
+    dst = PgStore(to_url, clock=clock, limits=settings.pg_limits())
     try:
         return copy_store(src, dst)
     finally:
@@ -336,7 +339,7 @@ def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str,
         "ready": {"high": s.ready_high, "normal": s.ready_normal},
         "delayed": s.delayed, "leased": s.leased, "dead": s.dead, "done": s.done,
         "oldest_ready_age_seconds": None if s.oldest_ready_age_s is None else round(s.oldest_ready_age_s, 1),
-        "paused_platforms": {p: iso_z(from_epoch(u)) for p, u in pauses.items()},
+        "paused_platforms": {p: iso_from_epoch(u) for p, u in pauses.items()},
     }
 
 
@@ -363,3 +366,25 @@ def metrics(settings: Settings, *, output: str | None = None, clock: Clock = SYS
         except OSError as exc:
             raise ConfigError(f"cannot write the metrics file {output}: {exc.strerror}") from None
     return text
+
+
+@dataclass(frozen=True)
+class Unpaused:
+    platform: str
+    was_paused: bool
+    released: int  # the platform's jobs deferred by a rate limit, claimable again now
+
+
+def unpause_platform(settings: Settings, platform: str, *, clock: Clock = SYSTEM_CLOCK) -> Unpaused:
+    """Lift a platform-wide rate-limit pause now, and make the platform's jobs that a rate
+    limit deferred claimable again (an operator who knows the limit is over)."""
+    if platform not in PLATFORMS:
+        raise UsageError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
+    store = store_for(settings, clock=clock)
+    try:
+        with store.write() as c:
+            was_paused = store.lift_platform_pause(c, platform)
+            released = SqliteQueue(store).release_deferred(c, platform)
+    finally:
+        store.close()
+    return Unpaused(platform, was_paused, released)

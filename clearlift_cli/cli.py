@@ -52,10 +52,11 @@ STATUS_JSON = """\b
 JSON (--json) with a connection id: the API's sync-status shape
   {"connection": {"platform", "account_name", "is_active", "last_synced_at", "sync_status"},
    "latest_sync": {"status", "type", "completed_at", "records_synced", "error"} | null}
-without one: a list of that shape with "connection_id" first and "problem" last (why
-schedule skips a broken row: bad settings, unknown platform; null when none)
+without one: a list of that shape with "connection_id" first, then "problem" (why
+schedule skips a broken row: bad settings, unknown platform) and "deferred" (until when
+and why its queued job waits: a rate limit, a retry), each null when none
   [{"connection_id": "org-1-google-123", "connection": {...}, "latest_sync": {...} | null,
-    "problem": null}, ...]
+    "problem": null, "deferred": {"until": "ISO", "reason": "..."} | null}, ...]
 API versions that are sunset or end within 45 days: one "warning:" line each
 (on stderr with --json)."""
 
@@ -325,26 +326,40 @@ def sync(
 @app.command()
 def consume(
     max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=1, help="Stop claiming after this long.")] = 600,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=1, help="Stop claiming after this long (running jobs then get --stop-grace).")] = 600,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Jobs run at once.")] = 8,
     lease_seconds: Annotated[float, typer.Option("--lease-seconds", min=5, help="How long a claimed job stays invisible to other consumers (kept alive by heartbeat).")] = 300,
+    stop_grace: Annotated[float, typer.Option("--stop-grace", min=0, help="After --max-seconds or SIGTERM, how long running jobs may take to finish before they are cut and go back to the queue.")] = 30,
     db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Claim and run jobs until the queue is empty or a limit is reached (cron: every minute).
 
-    SIGTERM stops claiming and lets running jobs finish.
+    At --max-seconds or on SIGTERM it claims no more; running jobs get --stop-grace seconds to
+    finish, then their requests are cut and they go back to the queue (no attempt used, the
+    slices they committed kept). A second SIGTERM cuts them at once.
 
     Example:  flock -n /tmp/clearlift-consume.lock clearlift consume --max-seconds 600 --concurrency 16
     """
     from clearlift_cli import app as core
 
     t0 = time.monotonic()
-    holder: dict[str, Any] = {}
-    signal.signal(signal.SIGTERM, lambda *_: holder["c"].stop() if "c" in holder else None)
+    holder: dict[str, Any] = {"signals": 0}
+
+    def on_sigterm(*_: object) -> None:
+        holder["signals"] += 1
+        if "c" in holder:
+            holder["c"].stop()
+
+    def on_consumer(c) -> None:
+        holder["c"] = c
+        for _ in range(holder["signals"]):  # a SIGTERM that came while starting up
+            c.stop()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     result = core.consume(_settings(db, warehouse_url, home, config), max_jobs=max_jobs, max_seconds=max_seconds,
-                          concurrency=concurrency, lease_seconds=lease_seconds,
-                          on_consumer=lambda c: holder.__setitem__("c", c))
+                          concurrency=concurrency, lease_seconds=lease_seconds, stop_grace=stop_grace,
+                          on_consumer=on_consumer)
     summary = result.summary()
     if as_json:
         _print_json(summary)
@@ -470,7 +485,7 @@ def queue_summary(ctx: typer.Context, db: DbOpt = None, home: HomeOpt = None, co
           f"leased: {stats['leased']}; dead: {stats['dead']}; done: {stats['done']}; "
           f"oldest ready: {'-' if age is None else f'{age:.0f}s'}")
     for p, until in stats["paused_platforms"].items():
-        print(f"platform {p} paused by a rate limit until {until}")
+        print(f"platform {p} paused by a rate limit until {until} (lift it: clearlift queue unpause {p})")
 
 
 @queue_app.command("dead", epilog=QUEUE_DEAD_JSON)
@@ -548,6 +563,21 @@ def metrics(
     text = core.metrics(_settings(db, None, home, config), output=output)
     if not output:
         sys.stdout.write(text)
+
+
+@queue_app.command("unpause")
+def queue_unpause(platform: Annotated[str, typer.Argument(help="google, facebook, tiktok or stripe.")],
+                  db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Lift a platform-wide rate-limit pause now, and make that platform's jobs deferred by a
+    rate limit claimable again (when you know the limit is over, e.g. a quota was raised).
+
+    Example:  clearlift queue unpause google
+    """
+    from clearlift_cli import app as core
+
+    done = core.unpause_platform(_settings(db, None, home, config), platform)
+    print(f"{done.platform}: {'pause lifted' if done.was_paused else 'was not paused'}; "
+          f"{done.released} deferred job(s) claimable now")
 
 
 @app.command("migrate-store")

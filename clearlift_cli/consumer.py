@@ -25,13 +25,15 @@ from typing import Callable
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.errors import (
-    AccountUnavailable, AuthRevoked, ClearliftError, ConfigError, CryptoError, NotFound, PermanentError,
+    AccountUnavailable, AuthRevoked, ClearliftError, ConfigError, CryptoError, Interrupted, NotFound,
+    PermanentError,
     RateLimited, StoreError, TokenExpired, TransientError, WarehouseError,
 )
 from clearlift_cli.models import ClaimedMessage, Connection
 from clearlift_cli.platforms import platform_module
 from clearlift_cli.platforms.base import AdsClient
-from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.platforms.deadline import JobScope, job_scope
+from clearlift_cli.queue import RATE_LIMIT_NOTE, SqliteQueue
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store
@@ -44,6 +46,11 @@ log = logging.getLogger("clearlift.consume")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_LEASE_SECONDS = 300.0
+# After --max-seconds or SIGTERM, running jobs have this long to finish before they are cut.
+DEFAULT_STOP_GRACE_SECONDS = 30.0
+# A job deferred by a rate limit waits at least this long (its hint, clamped to
+# errors.RETRY_HINT_FLOOR/CEILING_SECONDS, when longer).
+MIN_DEFERRAL_SECONDS = 30.0
 # Refresh before a job when the token expires within this long.
 EXPIRY_SLACK = timedelta(seconds=60)
 
@@ -53,7 +60,7 @@ class JobOutcome:
     job_id: str
     connection_id: str
     platform: str
-    status: str  # completed | retry | deferred | failed | dropped | stale
+    status: str  # completed | retry | deferred | released | failed | dropped | stale
     records: int = 0
     error: str | None = None
     seconds: float = 0.0
@@ -132,6 +139,10 @@ class Consumer:
         self.lease_seconds = lease_seconds
         self.on_progress = on_progress
         self._stop = threading.Event()
+        self._cut_now = threading.Event()  # a second stop(): no more grace
+        self._cutting = threading.Event()
+        self._scopes: dict[str, JobScope] = {}  # job id -> the scope of its running job
+        self._scopes_lock = threading.Lock()
         self._cipher: FieldCipher | None = None
         self._has_onboarding = store.has_table("onboarding_progress")
 
@@ -141,7 +152,8 @@ class Consumer:
     def warehouse(self) -> Warehouse:
         with self._warehouse_lock:
             if self._warehouse is None:
-                self._warehouse = open_warehouse(self.settings.warehouse_url)
+                self._warehouse = open_warehouse(self.settings.warehouse_url,
+                                                 pg_limits=self.settings.pg_limits())
             return self._warehouse
 
     @property
@@ -159,7 +171,10 @@ class Consumer:
         fail_jobs(c, items, iso_z(self.clock.now()))
 
     def stop(self) -> None:
-        """Finish in-flight jobs, claim no more (SIGTERM)."""
+        """SIGTERM: claim no more; running jobs get the stop grace to finish. A second call
+        cuts them now."""
+        if self._stop.is_set():
+            self._cut_now.set()
         self._stop.set()
 
     # -- the loop -------------------------------------------------------------------------
@@ -167,10 +182,18 @@ class Consumer:
     def run(
         self, *, max_jobs: int | None = None, max_seconds: float | None = None,
         concurrency: int = DEFAULT_CONCURRENCY, only_job: str | None = None,
+        stop_grace: float = DEFAULT_STOP_GRACE_SECONDS,
     ) -> ConsumeResult:
+        """Claim and run jobs until the queue is empty, ``max_jobs`` were claimed,
+        ``max_seconds`` have passed or ``stop()`` is called; then claim no more. After
+        ``max_seconds`` or ``stop()``, running jobs have ``stop_grace`` seconds to finish;
+        then their requests are cut and they go back to the queue unharmed (``released``),
+        so the run ends within a bounded time whatever a platform does."""
         result = ConsumeResult()
         started = _time.monotonic()
         claimed_total = 0
+        claiming = True
+        cut_at: float | None = None  # when running jobs are cut (monotonic)
         in_flight: dict[Future, ClaimedMessage] = {}
         hb_stop = threading.Event()
         hb = threading.Thread(target=self._heartbeat_loop, args=(in_flight, hb_stop), daemon=True)
@@ -178,13 +201,25 @@ class Consumer:
         try:
             with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="job") as pool:
                 while True:
+                    now = _time.monotonic()
+                    reason = None
                     if self._stop.is_set():
-                        result.stopped_by = "signal"
-                    elif max_seconds is not None and _time.monotonic() - started >= max_seconds:
-                        result.stopped_by = "max-seconds"
+                        reason = "signal"
+                    elif max_seconds is not None and now - started >= max_seconds:
+                        reason = "max-seconds"
                     elif max_jobs is not None and claimed_total >= max_jobs:
-                        result.stopped_by = "max-jobs"
-                    else:
+                        reason = "max-jobs"
+                    if reason is not None and claiming:
+                        claiming = False
+                        result.stopped_by = reason
+                    if reason in ("signal", "max-seconds") and cut_at is None:
+                        cut_at = now + max(0.0, stop_grace)
+                        if in_flight:
+                            log.info("stopping (%s): %d running job(s) have %gs to finish", reason,
+                                     len(in_flight), stop_grace)
+                    if self._cut_now.is_set():
+                        cut_at = now
+                    if claiming:
                         free = concurrency - len(in_flight)
                         if max_jobs is not None:
                             free = min(free, max_jobs - claimed_total)
@@ -192,26 +227,54 @@ class Consumer:
                             batch = self.queue.claim(self.owner, limit=free, lease_seconds=self.lease_seconds,
                                                      only_job=only_job)
                             for claimed in batch:
-                                in_flight[pool.submit(self.run_one, claimed)] = claimed
+                                in_flight[pool.submit(self._run_cuttable, claimed)] = claimed
                             claimed_total += len(batch)
                             if not batch and not in_flight:
                                 result.stopped_by = "empty"
                                 break
-                        if in_flight:
-                            done, _ = wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
-                            for fut in done:
-                                claimed = in_flight.pop(fut)
-                                result.outcomes.append(self._collect(fut, claimed))
-                        continue
-                    # Stopping: let in-flight jobs finish (their leases keep them safe).
-                    for fut in list(in_flight):
-                        claimed = in_flight.pop(fut)
-                        result.outcomes.append(self._collect(fut, claimed))
-                    break
+                    elif not in_flight:
+                        break
+                    if cut_at is not None and now >= cut_at:
+                        self._cut_running()
+                    if in_flight:
+                        # A job stays in ``in_flight`` until it has ended, so the heartbeat
+                        # renews its lease all along, stopping or not.
+                        tick = 1.0 if cut_at is None else min(1.0, max(0.05, cut_at - now))
+                        done, _ = wait(list(in_flight), timeout=tick, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            result.outcomes.append(self._collect(fut, in_flight[fut]))
+                            del in_flight[fut]
         finally:
             hb_stop.set()
             hb.join(timeout=5)
         return result
+
+    def _run_cuttable(self, claimed: ClaimedMessage) -> JobOutcome:
+        """``run_one`` in a job scope that ``_cut_running`` can cut."""
+        scope = JobScope()
+        job_id = claimed.message.job_id
+        with self._scopes_lock:
+            self._scopes[job_id] = scope
+        if self._cutting.is_set():
+            scope.cut()
+        try:
+            with job_scope(scope):
+                return self.run_one(claimed)
+        finally:
+            with self._scopes_lock:
+                self._scopes.pop(job_id, None)
+
+    def _cut_running(self) -> None:
+        """Cut every running job: its request in flight ends now, its next one raises
+        Interrupted, and run_one releases it."""
+        if not self._cutting.is_set():
+            self._cutting.set()
+            log.warning("stop grace over: cutting %d running job(s); they go back to the queue",
+                        len(self._scopes))
+        with self._scopes_lock:
+            scopes = list(self._scopes.values())
+        for scope in scopes:
+            scope.cut()
 
     def _collect(self, fut: Future, claimed: ClaimedMessage) -> JobOutcome:
         try:
@@ -262,6 +325,8 @@ class Consumer:
             records = self._sync(claimed, conn)
         except RateLimited as exc:
             return self._defer(claimed, conn, exc, previous_status, outcome)
+        except Interrupted as exc:
+            return self._release(claimed, str(exc), previous_status, outcome)
         except AuthRevoked as exc:
             flagged = self.store.record_auth_failure(
                 conn.id, reason=exc.reason, definitive=exc.definitive, prefix="Authentication failed")
@@ -500,17 +565,32 @@ class Consumer:
 
     def _defer(self, claimed, conn: Connection, exc: RateLimited, previous_status, outcome) -> JobOutcome:
         msg = claimed.message
-        until = self.clock.time() + exc.retry_after
-        note = f"Rate limited by {conn.platform}; deferred {exc.retry_after:.0f}s: {exc}"
+        # Short hints were already waited out in place (HttpClient): a job that leaves its
+        # worker comes back no sooner than the floor, whatever the platform said.
+        delay = max(exc.retry_after, MIN_DEFERRAL_SECONDS)
+        until = self.clock.time() + delay
+        note = f"{RATE_LIMIT_NOTE} {conn.platform}; deferred {delay:.0f}s: {exc}"
         now_iso = iso_z(self.clock.now())
         with self.store.write() as c:
-            state = self.queue.retry(c, claimed, note, delay=exc.retry_after, count_attempt=False)
+            state = self.queue.retry(c, claimed, note, delay=delay, count_attempt=False)
             if state != "ready":
                 return outcome("stale", 0, note)
             if exc.scope == "app":
                 self.store.pause_platform(c, conn.platform, until, note)
             self._back_to_pending(c, msg.job_id, conn.id, note, previous_status, now_iso)
         return outcome("deferred", 0, note)
+
+    def _release(self, claimed, error: str, previous_status, outcome) -> JobOutcome:
+        """Put a job cut short by a stopping consumer back as it was: claimable at once, no
+        attempt used (its committed slices are kept and not fetched again)."""
+        msg = claimed.message
+        note = redact(f"{error}; released for the next consume run")
+        with self.store.write() as c:
+            state = self.queue.retry(c, claimed, note, delay=0.0, count_attempt=False)
+            if state == "ready":
+                self._back_to_pending(c, msg.job_id, msg.connection_id, note, previous_status,
+                                      iso_z(self.clock.now()))
+        return outcome("released" if state == "ready" else "stale", 0, note)
 
     @staticmethod
     def _back_to_pending(c, job_id: str, connection_id: str, error: str, previous_status, now_iso) -> None:

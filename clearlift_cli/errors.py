@@ -115,10 +115,34 @@ class TransientError(PlatformError):
     """Worth retrying with backoff: network trouble, 5xx, malformed or truncated body."""
 
 
+# A platform's "retry after" hint is kept within these bounds (seconds). Below the floor (0,
+# negative, NaN) a deferred job would be claimed again at once and hammer the platform;
+# above the ceiling (1e12, inf) it would wait for ever, and an app-wide hint would pause the
+# whole platform. A day is the longest real wait: Google's daily developer-token quota and
+# Facebook's regain estimates are shorter.
+RETRY_HINT_FLOOR_SECONDS = 1.0
+RETRY_HINT_CEILING_SECONDS = 86_400.0
+
+
+def clamp_retry_hint(seconds: object) -> float:
+    """``seconds`` within [RETRY_HINT_FLOOR_SECONDS, RETRY_HINT_CEILING_SECONDS]; anything
+    that is not a number (NaN included) counts as no wait, so the floor."""
+    try:
+        value = float(seconds)  # type: ignore[arg-type]
+    except OverflowError:  # an integer too large for a float
+        return RETRY_HINT_CEILING_SECONDS if seconds > 0 else RETRY_HINT_FLOOR_SECONDS  # type: ignore[operator]
+    except (TypeError, ValueError):
+        return RETRY_HINT_FLOOR_SECONDS
+    if value != value:  # NaN
+        return RETRY_HINT_FLOOR_SECONDS
+    return min(RETRY_HINT_CEILING_SECONDS, max(RETRY_HINT_FLOOR_SECONDS, value))
+
+
 class RateLimited(TransientError):
-    """The platform asked us to wait. ``retry_after`` is seconds; ``scope`` says who waits:
-    ``"account"`` (this connection only) or ``"app"`` (every job of this platform, e.g.
-    Google's developer-token quota or Facebook's app-level limit)."""
+    """The platform asked us to wait. ``retry_after`` is seconds, clamped to a sane range
+    (``clamp_retry_hint``); ``scope`` says who waits: ``"account"`` (this connection only)
+    or ``"app"`` (every job of this platform, e.g. Google's developer-token quota or
+    Facebook's app-level limit)."""
 
     def __init__(
         self,
@@ -129,7 +153,7 @@ class RateLimited(TransientError):
         platform: str | None = None,
     ):
         super().__init__(message, platform=platform)
-        self.retry_after = max(0.0, float(retry_after))
+        self.retry_after = clamp_retry_hint(retry_after)
         self.scope = scope
 
 
@@ -178,6 +202,12 @@ class AuthRevoked(PermanentError):
         super().__init__(message, platform=platform)
         self.reason = reason or message
         self.definitive = definitive
+
+
+class Interrupted(ClearliftError):
+    """The consumer is stopping (``--max-seconds``, SIGTERM) and cut this job short after
+    its grace period: the job goes back to the queue as it was, without using an attempt
+    (slices already committed are kept)."""
 
 
 class MissingAppCredentials(ConfigError):

@@ -29,6 +29,8 @@ log = logging.getLogger("clearlift.queue")
 DEFAULT_MAX_ATTEMPTS = 4  # 1 + 3 retries
 BACKOFF_BASE_SECONDS = 30.0
 BACKOFF_CAP_SECONDS = 900.0
+# How the error of a message deferred by a rate limit begins (``Rate limited by google; ...``).
+RATE_LIMIT_NOTE = "Rate limited by"
 
 # Called inside the transaction that dead-letters messages, with (connection, [(job_id,
 # error)]), so job rows fail in the same commit as their messages.
@@ -283,6 +285,16 @@ class SqliteQueue:
                 c.execute("DELETE FROM sync_jobs WHERE id = ? AND status = 'pending'", (job_id,))
         return gone
 
+    def release_deferred(self, c: sqlite3.Connection, platform: str) -> int:
+        """Make ``platform``'s messages deferred by a rate limit claimable now (inside the
+        caller's transaction); the number released."""
+        now = self.clock.time()
+        return c.execute(
+            "UPDATE sync_queue SET visible_at = ?, updated_at = ? WHERE state = 'ready' AND platform = ? "
+            "AND visible_at > ? AND last_error LIKE ?",
+            (now, iso_z(self.clock.now()), platform, now, RATE_LIMIT_NOTE + " %"),
+        ).rowcount
+
     # -- inspecting and re-queueing -----------------------------------------------------------
 
     def stats(self) -> QueueStats:
@@ -401,4 +413,5 @@ class Requeued:
     skipped: list[SkippedDeadLetter] = field(default_factory=list)
 
 
-__all__ = ["SqliteQueue", "QueueStats", "Requeued", "SkippedDeadLetter", "backoff_seconds", "decode_message"]
+__all__ = ["SqliteQueue", "QueueStats", "RATE_LIMIT_NOTE", "Requeued", "SkippedDeadLetter", "backoff_seconds",
+           "decode_message"]

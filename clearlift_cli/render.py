@@ -52,6 +52,7 @@ def status_table(reports: list[ConnectionReport], title: str | None = None) -> T
     t.add_column("latest job", no_wrap=True)
     t.add_column("records", justify="right")
     t.add_column("error", overflow="ellipsis", max_width=40, no_wrap=True)
+    t.add_column("next attempt (UTC)", no_wrap=True)
     for r in reports:
         c, j = r.connection, r.latest_job
         state = "paused" if not c.is_active else "needs re-auth" if c.needs_reauth else c.sync_status
@@ -62,6 +63,7 @@ def status_table(reports: list[ConnectionReport], title: str | None = None) -> T
             _styled(f"{j['job_type']} {j['status']}" if j is not None else None),
             str(_records(j)) if j is not None else "-",
             redact(r.problem or c.sync_error or ""),
+            _deferral(r),
         )
     return t
 
@@ -91,6 +93,13 @@ def status_overview(ov: StatusOverview) -> list[Any]:
     return out
 
 
+def _deferral(r: ConnectionReport) -> str:
+    """'2025-10-10 21:45 (Rate limited by google; ...)' while the queued job waits, else ''."""
+    if r.deferred is None:
+        return ""
+    return f"{_short(iso_z(r.deferred.until))} ({redact(r.deferred.reason)})"
+
+
 def connection_panel(r: ConnectionReport) -> Panel:
     c, j = r.connection, r.latest_job
     lines = [
@@ -113,6 +122,8 @@ def connection_panel(r: ConnectionReport) -> Panel:
     else:
         lines.append("latest job: none yet")
     lines.append(f"next due: {iso_z(r.next_due_at) if r.next_due_at else '- (paused, needs re-auth, or not scheduled)'}")
+    if r.deferred is not None:
+        lines.append(f"[yellow]next attempt:[/yellow] {iso_z(r.deferred.until)} — {escape(redact(r.deferred.reason))}")
     if r.coverage:
         lines.append("synced: " + ", ".join(f"{s}..{e}" for s, e in r.coverage))
     if r.gaps:

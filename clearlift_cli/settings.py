@@ -21,6 +21,9 @@ from typing import Mapping
 
 from clearlift_cli import redact
 from clearlift_cli.errors import ConfigError, D1AuthFailed, KeyNotBase64, KeyWrongLength, MissingKey
+from clearlift_cli.pgconnect import (
+    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT, PgLimits,
+)
 from clearlift_cli.platforms.versions import DEFAULT_VERSIONS
 
 # The newest version each platform documents as available (see platforms/versions.py).
@@ -58,6 +61,17 @@ ENV_NAMES: dict[str, str] = {
     "cloudflare_api_token_file": "CLOUDFLARE_API_TOKEN_FILE",
     "d1_url": "CLEARLIFT_D1_URL",
     "control_db": "CLEARLIFT_CONTROL_DB",
+    "pg_statement_timeout": "CLEARLIFT_PG_STATEMENT_TIMEOUT",
+    "pg_lock_timeout": "CLEARLIFT_PG_LOCK_TIMEOUT",
+    "pg_idle_timeout": "CLEARLIFT_PG_IDLE_TIMEOUT",
+}
+
+# seconds-valued settings: field -> default (PostgreSQL limits: see pgconnect.py)
+_SECONDS: dict[str, float] = {
+    "http_timeout": 60.0,
+    "pg_statement_timeout": DEFAULT_STATEMENT_TIMEOUT,
+    "pg_lock_timeout": DEFAULT_LOCK_TIMEOUT,
+    "pg_idle_timeout": DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
 }
 
 _SECRET_FIELDS = {
@@ -77,7 +91,6 @@ _DEFAULTS: dict[str, str] = {
     "stripe_url": "https://api.stripe.com",
     "google_ads_api_version": DEFAULT_GOOGLE_ADS_API_VERSION,
     "facebook_api_version": DEFAULT_FACEBOOK_API_VERSION,
-    "http_timeout": "60",
     "d1_url": "https://api.cloudflare.com/client/v4",
 }
 
@@ -116,6 +129,13 @@ class Settings:
     control_db: str = ""
     # Where each setting came from: flag, env, config file or default (see ``sources``).
     origin: dict = field(default_factory=dict, repr=False, compare=False)
+    pg_statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+    pg_lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    pg_idle_timeout: float = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT
+
+    def pg_limits(self) -> PgLimits:
+        """The bounds every PostgreSQL connection gets (store and warehouse)."""
+        return PgLimits(self.pg_statement_timeout, self.pg_lock_timeout, self.pg_idle_timeout)
 
     def key_bytes(self) -> bytes:
         """The 32-byte encryption key, or a clear error saying what is wrong with it."""
@@ -293,10 +313,8 @@ def resolve(
             origin[name] = "default"
     for url_field in ("google_ads_url", "google_oauth_url", "facebook_url", "tiktok_url", "stripe_url", "d1_url"):
         values[url_field] = str(values[url_field]).rstrip("/")
-    try:
-        values["http_timeout"] = float(values["http_timeout"])  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError("CLEARLIFT_HTTP_TIMEOUT must be a number of seconds") from None
+    for name, default in _SECONDS.items():
+        values[name] = _seconds(values.get(name, default), ENV_NAMES[name], allow_zero=name != "http_timeout")
     for name in _SECRET_FIELDS:
         if isinstance(values.get(name), str):
             redact.register(values[name])  # type: ignore[arg-type]
@@ -326,6 +344,18 @@ def sources(settings: Settings) -> list[tuple[str, str, str]]:
             shown = redact.mask_url(str(value)) if "://" in str(value) else str(value)
         out.append((env_name, shown, where))
     return out
+
+
+def _seconds(value: object, env_name: str, *, allow_zero: bool) -> float:
+    """A finite, non-negative number of seconds (positive unless ``allow_zero``)."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (seconds > 0 or allow_zero and seconds == 0) or seconds == float("inf"):
+        raise ConfigError(f"{env_name} must be a number of seconds" + (" (0: no limit)" if allow_zero else "")
+                          + f", not {str(value)[:40]!r}")
+    return seconds
 
 
 def secret_from_env(name: str, environ: Mapping[str, str] | None = None) -> str | None:

@@ -12,7 +12,7 @@ from clearlift_cli.models import Connection
 from clearlift_cli.redact import redact
 from clearlift_cli.scheduler import plan_job
 from clearlift_cli.store import Store
-from clearlift_cli.timeutil import iso_z, parse_ts
+from clearlift_cli.timeutil import UTC, from_epoch, iso_z, parse_ts
 
 REAUTH_HINT = (
     "The platform no longer accepts this connection's token. Ask the user to reconnect the "
@@ -39,12 +39,6 @@ def _records_of(metadata: str | None, column: Any) -> int:
 
 def sync_status(conn: Connection, job: Any | None) -> dict[str, Any]:
     """Exactly the shape of the API's ``/v1/connectors/:connection_id/sync-status``."""
-    return _shape(conn.platform, conn.account_name, conn.is_active, conn.last_synced_at,
-                  conn.sync_status, job)
-
-
-def _shape(platform: str, account_name: str | None, is_active: bool, last_synced_at: str | None,
-           sync_status_: str | None, job: Any | None) -> dict[str, Any]:
     latest = None
     if job is not None:
         latest = {
@@ -56,11 +50,11 @@ def _shape(platform: str, account_name: str | None, is_active: bool, last_synced
         }
     return {
         "connection": {
-            "platform": platform,
-            "account_name": account_name,
-            "is_active": is_active,
-            "last_synced_at": last_synced_at,
-            "sync_status": sync_status_,
+            "platform": conn.platform,
+            "account_name": conn.account_name,
+            "is_active": conn.is_active,
+            "last_synced_at": conn.last_synced_at,
+            "sync_status": conn.sync_status,
         },
         "latest_sync": latest,
     }
@@ -90,6 +84,38 @@ def next_due(conn: Connection, now: datetime) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class Deferral:
+    """Why a connection's queued job waits, and until when: a rate limit (its own, or its
+    platform's app-wide pause) or a retry backoff."""
+
+    until: datetime
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"until": iso_z(self.until), "reason": self.reason}
+
+
+def deferrals(store: Store, connection_id: str | None = None) -> dict[str, Deferral]:
+    """connection id -> its queued job's deferral, for connections whose job waits now."""
+    pauses = store.platform_pause_reasons()
+    out = {}
+    for r in store.deferred_messages(connection_id, paused_platforms=pauses):
+        until, reason = r["visible_at"], r["last_error"] or "waiting to retry"
+        paused = pauses.get(r["platform"])
+        if paused and paused[0] > until:
+            until, reason = paused[0], f"platform {r['platform']} paused: {paused[1]}"
+        out[r["connection_id"]] = Deferral(_from_epoch(until), redact(reason))
+    return out
+
+
+def _from_epoch(epoch: float) -> datetime:
+    try:
+        return from_epoch(epoch)
+    except (OverflowError, OSError, ValueError):
+        return datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
 class ConnectionReport:
     connection: Connection
     latest_job: Any | None
@@ -97,6 +123,7 @@ class ConnectionReport:
     coverage: list[tuple[str, str]]
     gaps: list[tuple[str, str]]
     problem: str | None = None  # a broken row `schedule` skips (connection_problem)
+    deferred: Deferral | None = None  # its queued job waits (rate limit, backoff) until ...
 
     @property
     def failing(self) -> bool:
@@ -117,11 +144,14 @@ class ConnectionReport:
             "problem": redact(self.problem) if self.problem else None,
             "coverage": [{"start": s, "end": e} for s, e in self.coverage],
             "gaps": [{"start": s, "end": e} for s, e in self.gaps],
+            "deferred": self.deferred.to_json() if self.deferred else None,
         }
         return out
 
 
 def _gaps(coverage: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    from datetime import date
+
     out = []
     for (_, prev_end), (next_start, _) in zip(coverage, coverage[1:]):
         a = date.fromisoformat(prev_end) + timedelta(days=1)
@@ -137,7 +167,7 @@ def connection_report(store: Store, connection_id: str) -> ConnectionReport:
     now = store.clock.now()
     problem = connection_problem(conn, now)
     return ConnectionReport(conn, store.latest_job(conn.id), None if problem else next_due(conn, now), cov,
-                            _gaps(cov), problem)
+                            _gaps(cov), problem, deferrals(store, conn.id).get(conn.id))
 
 
 def _latest_job(row: Any) -> dict[str, Any] | None:
@@ -158,19 +188,21 @@ def all_reports(
 ) -> list[ConnectionReport]:
     """A report per connection (no coverage), in ``list_connections`` order."""
     now = store.clock.now()
+    waiting = deferrals(store)
     out = []
     for row in store.connections_with_latest_job(organization_id=organization_id, platform=platform):
-        r = _report(row, now)
+        r = _report(row, now, waiting)
         if failing_only and not r.failing:
             continue
         out.append(r)
     return out
 
 
-def _report(row: Any, now: datetime) -> ConnectionReport:
+def _report(row: Any, now: datetime, waiting: dict[str, Deferral]) -> ConnectionReport:
     conn = Connection.from_row(row)
     problem = connection_problem(conn, now)
-    return ConnectionReport(conn, _latest_job(row), None if problem else next_due(conn, now), [], [], problem)
+    return ConnectionReport(conn, _latest_job(row), None if problem else next_due(conn, now), [], [], problem,
+                            waiting.get(conn.id))
 
 
 _JSON_COLUMNS = ("id", "platform", "account_name", "is_active", "last_synced_at", "sync_status", "needs_reauth",
@@ -183,7 +215,7 @@ def status_json(
     failing_only: bool = False,
 ) -> tuple[list[dict[str, Any]], bool, set[str]]:
     """``status --json`` with no argument: ``{"connection_id": …, **sync-status shape,
-    "problem": …}`` per connection, whether any active connection is failing, needs re-auth
+    "problem": …, "deferred": …}`` per connection, whether any active connection is failing, needs re-auth
     or cannot be scheduled (a broken row), and the
     platforms of the active ones. The 10k-connection path: plain tuples read by position,
     no per-row objects (the same shape as ``sync_status``, which a test holds it to)."""
@@ -195,6 +227,7 @@ def status_json(
     index = {k: i for i, k in enumerate(rows[0].keys())}
     at = [index[k] for k in _JSON_COLUMNS]
     now = store.clock.now()
+    waiting = deferrals(store)
     for row in rows:
         (cid, plat, name, active, last, status, reauth, job_id, job_status, job_type, completed, records,
          metadata, error) = [row[i] for i in at]
@@ -212,7 +245,8 @@ def status_json(
                       "error": redact(error) if error else None}
         out.append({"connection_id": cid, "connection": {
             "platform": plat, "account_name": name, "is_active": bool(active), "last_synced_at": last,
-            "sync_status": status}, "latest_sync": latest, "problem": problem})
+            "sync_status": status}, "latest_sync": latest, "problem": problem,
+            "deferred": waiting[cid].to_json() if cid in waiting else None})
     return out, failing, platforms
 
 
@@ -273,7 +307,8 @@ def overview(
     else:
         chosen = failing_rows[:limit] + other_rows[:max(0, limit - len(failing_rows))]
     matching = len(failing_rows) if failing_only else len(rows)
-    reports = [_report(row, now) for row in chosen]
+    waiting = deferrals(store)
+    reports = [_report(row, now, waiting) for row in chosen]
     return StatusOverview(
         total=len(rows), active=active, paused=len(rows) - active, by_status=by_status,
         failing=len(failing_rows), needs_reauth=len(reauth_rows), reports=reports,

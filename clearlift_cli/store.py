@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from clearlift_cli.errors import ConfigError, NotFound, StoreError
 from clearlift_cli.models import Connection
+from clearlift_cli.pgconnect import PgLimits
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock, iso_z
 
@@ -636,9 +637,13 @@ class Store:
         )
 
     def platform_pauses(self) -> dict[str, float]:
+        return {p: until for p, (until, _) in self.platform_pause_reasons().items()}
+
+    def platform_pause_reasons(self) -> dict[str, tuple[float, str]]:
+        """Platforms paused now: platform -> (until, epoch seconds; why)."""
         now = self.clock.time()
-        return {r[0]: r[1] for r in self.read(
-            "SELECT platform, until FROM clearlift_platform_pauses WHERE until > ?", (now,)
+        return {r[0]: (r[1], r[2] or "") for r in self.read(
+            "SELECT platform, until, reason FROM clearlift_platform_pauses WHERE until > ?", (now,)
         )}
 
     # -- runs of the cron commands and job totals (doctor, metrics) --------------------------
@@ -767,6 +772,30 @@ class Store:
         """Files of this store on this host (disk space checks); none for a server."""
         return [self.path]
 
+    def lift_platform_pause(self, c: sqlite3.Connection, platform: str) -> bool:
+        """Remove ``platform``'s pause (inside the caller's transaction); False if it had none."""
+        row = c.execute(
+            "DELETE FROM clearlift_platform_pauses WHERE platform = ? RETURNING until", (platform,)
+        ).fetchone()
+        return row is not None and row[0] > self.clock.time()
+
+    def deferred_messages(self, connection_id: str | None = None, *,
+                          paused_platforms: Iterable[str] = ()) -> list[sqlite3.Row]:
+        """Queued messages that wait (a rate limit, a retry backoff, or their platform is in
+        ``paused_platforms``): connection_id, platform, visible_at (epoch seconds), last_error."""
+        now = self.clock.time()
+        one = " AND connection_id = ?" if connection_id is not None else ""
+        rows = self.read(_DEFERRED_SQL + " AND visible_at > ?" + one,
+                         (now, connection_id) if one else (now,))
+        for platform in paused_platforms:  # claimable but for the pause
+            rows += self.read(_DEFERRED_SQL + " AND visible_at <= ? AND platform = ?" + one,
+                              (now, platform, connection_id) if one else (now, platform))
+        return rows
+
+
+_DEFERRED_SQL = ("SELECT connection_id, platform, visible_at, last_error FROM sync_queue "
+                 "WHERE state = 'ready'")
+
 
 def _statements(script: str) -> Iterable[str]:
     for stmt in script.split(";"):
@@ -823,13 +852,15 @@ def _masked(url: str, scheme: str) -> str:
     return mask_url(url)
 
 
-def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False) -> Store:
-    """Open the store at ``url``: a file path, ``sqlite:///path``, or ``postgresql://…``.
-    Any other URL scheme is a ConfigError (exit 3), never a file path."""
+def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False,
+               pg_limits: PgLimits | None = None) -> Store:
+    """Open the store at ``url``: a file path, ``sqlite:///path``, or ``postgresql://…``
+    (whose connections get ``pg_limits``). Any other URL scheme is a ConfigError (exit 3),
+    never a file path."""
     if _is_postgres(url):
         from clearlift_cli.store_pg import PgStore
 
-        return PgStore(url, clock=clock)
+        return PgStore(url, clock=clock, limits=pg_limits)
     path = sqlite_path(url)
     try:
         return Store(path, clock=clock, create=create)

@@ -17,8 +17,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from clearlift_cli import pgconnect
 from clearlift_cli import redact as redact_secrets
 from clearlift_cli.errors import ConfigError, StoreError
+from clearlift_cli.pgconnect import DEFAULT_LIMITS, PgLimits
 from clearlift_cli.redact import mask_url, redact, scrub, unencoded_userinfo, unquote_error, url_passwords
 from clearlift_cli.store import SCHEMA_VERSION, IntegrityError, Store, _version
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
@@ -213,11 +215,12 @@ class PgStore(Store):
     backend = "postgres"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK):
+    def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, limits: PgLimits | None = None):
         import psycopg
         from psycopg.conninfo import conninfo_to_dict
 
         self.url = url
+        self.limits = limits or DEFAULT_LIMITS
         self.path = mask_url(url)
         if unencoded_userinfo(url):
             raise ConfigError(
@@ -234,6 +237,7 @@ class PgStore(Store):
         )
         redact_secrets.register(*self._secrets)
         self.clock = clock
+        self._url_options = params.get("options") or ""
         explicit = _schema_from_options(params.get("options"))
         self.schema = explicit or DEFAULT_SCHEMA
         self._explicit_schema = explicit is not None
@@ -256,12 +260,11 @@ class PgStore(Store):
     def _connect(self) -> PgConnection:  # type: ignore[override]
         import psycopg
 
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10,
-                                  "application_name": "clearlift-store"}
-        if not self._explicit_schema:
-            kwargs["options"] = f"-csearch_path={self.schema}"
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if not self._explicit_schema:  # keep what else the URL's options say
+            kwargs["options"] = f"{self._url_options} -csearch_path={self.schema}".strip()
         try:
-            raw = psycopg.connect(self.url, **kwargs)
+            raw = pgconnect.connect(self.url, self.limits, application_name="clearlift-store", **kwargs)
             raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         except psycopg.Error as exc:
             raise StoreError(f"store {self.path} cannot be reached: {self._scrub(_first_line(exc))}") from None
@@ -309,6 +312,9 @@ class PgStore(Store):
         return scrub(text, *self._secrets)
 
     def lock_scheduling(self, c: Any) -> None:
+        # Overlapping schedulers wait for each other (safe by design), up to statement_timeout
+        # rather than the shorter lock_timeout: a big scheduling run may take minutes.
+        c.execute("SELECT set_config('lock_timeout', '0', true)")
         c.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEDULE_LOCK,))
 
     @property

@@ -62,6 +62,15 @@ def from_epoch(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+def iso_from_epoch(epoch: float) -> str:
+    """``iso_z`` of an epoch, held to the years a datetime can spell (a far-future value
+    written by an older version or another tool is shown, never a crash)."""
+    try:
+        return iso_z(from_epoch(epoch))
+    except (OverflowError, OSError, ValueError):
+        return iso_z(datetime.min.replace(tzinfo=UTC) if epoch < 0 else datetime.max.replace(tzinfo=UTC))
+
+
 def julian_day(dt: datetime) -> float:
     """SQLite's julianday() of an aware datetime (what the store's due/expiry indexes hold)."""
     return dt.timestamp() / 86400.0 + 2440587.5

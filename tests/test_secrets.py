@@ -199,7 +199,7 @@ SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA
 # checked by reading the code: constants, names from the schema modules, quoted identifiers.
 ALLOWED = {
     "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
-    "scheduler.py": {"cols", "live"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause
+    "scheduler.py": {"cols", "live", "marks"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause; "?" placeholders
     # LATER_COLUMNS; cols: STATUS_COLUMNS prefixed with the table's alias
     "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl", "cols"},
     # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share

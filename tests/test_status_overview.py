@@ -108,7 +108,7 @@ def test_status_json_rows_match_the_single_connection_shape(store):
     assert len(rows) == 120
     one = next(r for r in rows if r["connection_id"] == kinds["failed"][0])
     report = st.connection_report(s, kinds["failed"][0])
-    assert {k: v for k, v in one.items() if k not in ("connection_id", "problem")} \
+    assert {k: v for k, v in one.items() if k not in ("connection_id", "problem", "deferred")} \
         == st.sync_status(report.connection, report.latest_job)
     assert one["problem"] is None
     assert one["latest_sync"]["records_synced"] == 11 and one["latest_sync"]["status"] == "failed"
@@ -202,12 +202,12 @@ def test_every_reporting_command_prints_the_json_its_help_documents(cli):
     failing_id = kinds["failed"][0]
 
     rows = json.loads(run_cli(["status", "--json"], env).stdout)
-    assert list(rows[0]) == ["connection_id", "connection", "latest_sync", "problem"]
+    assert list(rows[0]) == ["connection_id", "connection", "latest_sync", "problem", "deferred"]
     assert list(rows[0]["connection"]) == ["platform", "account_name", "is_active", "last_synced_at", "sync_status"]
     assert list(rows[0]["latest_sync"]) == ["status", "type", "completed_at", "records_synced", "error"]
     one = json.loads(run_cli(["status", failing_id, "--json"], env).stdout)
     assert list(one) == ["connection", "latest_sync"]
-    assert {"connection_id", "connection", "latest_sync", "problem", *rows[0]["connection"], *rows[0]["latest_sync"]} \
+    assert {"connection_id", "connection", "latest_sync", "problem", "deferred", *rows[0]["connection"], *rows[0]["latest_sync"]} \
         <= documented_keys(env, "status")
 
     queue = json.loads(run_cli(["queue", "--json"], env).stdout)

@@ -35,7 +35,8 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from clearlift_cli.errors import PermanentError, RateLimited, TokenExpired, TransientError
+from clearlift_cli.errors import Interrupted, PermanentError, RateLimited, TokenExpired, TransientError
+from clearlift_cli.platforms import deadline
 from clearlift_cli.platforms.jsonstream import StreamError, iter_json_array
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
@@ -90,6 +91,7 @@ def _session(direct: bool = False):
         from http.cookiejar import DefaultCookiePolicy
 
         s = requests.Session()
+        _with_deadlines(s)
         s.headers["User-Agent"] = "clearlift/0.1"
         # shared by every connection this thread syncs: keep no cookies from one to the next
         s.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
@@ -97,6 +99,12 @@ def _session(direct: bool = False):
             s.trust_env = False
         setattr(_sessions, name, s)
     return s
+
+
+def _with_deadlines(session) -> None:
+    """Let ``deadline.request_deadline`` cut this session's requests (total deadline, stop)."""
+    session.mount("http://", deadline.cuttable_adapter())
+    session.mount("https://", deadline.cuttable_adapter())
 
 
 def is_loopback(url: str) -> bool:
@@ -214,22 +222,26 @@ class HttpClient:
         ``TransientError`` (what was yielded cannot be taken back: the caller's transaction
         must be)."""
         def first_element():
-            resp, response = self._open(method, url, classify=classify, json_body=json_body, headers=headers)
-            elements = self._elements(resp)
-            try:
-                element = next(elements, _END)
-                if element is not _END:
-                    classify(response, element)  # raises for an error element
-            except BaseException:
-                resp.close()
-                raise
-            return resp, response, elements, element
+            # the deadline runs from connecting to the first element, then to each next one
+            # (the time the caller spends between elements is its own)
+            with deadline.request_deadline(self.timeout) as cut:
+                resp, response = self._open(method, url, classify=classify, json_body=json_body, headers=headers)
+                elements = self._elements(resp)
+                try:
+                    element = next(elements, _END)
+                    if element is not _END:
+                        classify(response, element)  # raises for an error element
+                except BaseException:
+                    resp.close()
+                    raise
+            return resp, response, elements, element, cut.connections
 
-        resp, response, elements, element = self._retrying()(first_element)
+        resp, response, elements, element, conns = self._retrying()(first_element)
         try:
             while element is not _END:
                 yield element
-                element = next(elements, _END)
+                with deadline.request_deadline(self.timeout, connections=conns):
+                    element = next(elements, _END)
                 if element is not _END:
                     classify(response, element)
         finally:
@@ -259,23 +271,38 @@ class HttpClient:
 
     @contextlib.contextmanager
     def _network_errors(self):
-        """Turn the network's exceptions into ``TransientError``."""
+        """Turn the network's exceptions into ``TransientError`` (``Interrupted`` when the
+        consumer is stopping and cut the request)."""
         import requests
 
         try:
             yield
-        except requests.Timeout:
-            raise TransientError(
-                f"{self.platform}: request timed out after {self.timeout:g}s", platform=self.platform
-            ) from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise TransientError(
-                f"{self.platform}: connection failed ({type(exc).__name__})", platform=self.platform
-            ) from None
         except requests.RequestException as exc:
-            raise TransientError(
-                f"{self.platform}: request failed: {redact(exc)}", platform=self.platform
-            ) from None
+            raise self._cut_error() or self._failure(exc) from None
+
+    def _cut_error(self) -> Exception | None:
+        """Why this thread's request failed if it was cut: its deadline passed, or the
+        consumer is stopping (None when it was not cut)."""
+        cut = deadline.current_request()
+        if cut is not None and cut.reason == deadline.STOPPING:
+            return Interrupted(f"{self.platform}: request cut short: the consumer is stopping")
+        if cut is not None and cut.reason == deadline.DEADLINE:
+            return TransientError(
+                f"{self.platform}: request timed out after {self.timeout:g}s (its whole deadline, "
+                "connect to last byte: CLEARLIFT_HTTP_TIMEOUT)", platform=self.platform)
+        return None
+
+    def _failure(self, exc: Exception) -> TransientError:
+        """The error a request that got no answer stands for."""
+        import requests
+
+        if isinstance(exc, requests.Timeout):
+            return TransientError(f"{self.platform}: request timed out after {self.timeout:g}s",
+                                  platform=self.platform)
+        if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+            return TransientError(f"{self.platform}: connection failed ({type(exc).__name__})",
+                                  platform=self.platform)
+        return TransientError(f"{self.platform}: request failed: {redact(exc)}", platform=self.platform)
 
     def _refuse_redirect(self, resp) -> None:
         if 300 <= resp.status_code < 400:
@@ -292,7 +319,9 @@ class HttpClient:
 
     def _once(self, method, url, *, classify, params, json_body, data, headers) -> Any:
         self.requests_sent += 1
-        with self._network_errors():
+        # self.timeout is the whole request's deadline, connect to last byte; requests' own
+        # timeout only bounds each socket operation.
+        with deadline.request_deadline(self.timeout), self._network_errors():
             resp = self._session_for(url).request(
                 method, url, params=params, json=json_body, data=data,
                 headers=dict(headers or {}), timeout=(min(10.0, self.timeout), self.timeout),
@@ -364,6 +393,9 @@ class HttpClient:
             with self._network_errors():
                 yield from iter_json_array(resp.iter_content(_READ_CHUNK), max_chars=self.max_response_bytes)
         except StreamError as exc:
+            cut = self._cut_error()  # a cut answer without a length ends like a short one
+            if cut is not None:
+                raise cut from None
             if exc.kind == "too-large":
                 raise PermanentError(
                     f"{self.platform}: one element of the streamed answer is larger than "

@@ -234,6 +234,16 @@ class CustomerConfig:
     manager: bool = False  # a manager (MCC): no campaigns, no metrics, clients below it
 
 
+def _duration(seconds: float) -> str:
+    """A protobuf Duration as JSON spells it: whole seconds then 0, 3, 6 or 9 fractional
+    digits and "s" ("40s", "1.500s", "1000000000000s"), never an exponent."""
+    whole = int(seconds)
+    frac = f"{round(abs(seconds - whole) * 1e9):09d}"
+    while frac.endswith("000"):
+        frac = frac[:-3]
+    return f"{whole}.{frac}s" if frac else f"{whole}s"
+
+
 @dataclass
 class _QuotaFault:
     times: int
@@ -624,7 +634,7 @@ class GoogleAdsApp(PlatformApp):
                         "or has been deactivated.")
         quota = self._take(self._quota)
         if quota is not None:
-            delay = f"{quota.retry_delay:g}s"
+            delay = _duration(quota.retry_delay)
             return fail(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).",
                         {"quotaError": "RESOURCE_EXHAUSTED"},
                         f"Too many requests. Retry in {quota.retry_delay:g} seconds.",

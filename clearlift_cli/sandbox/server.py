@@ -66,7 +66,9 @@ class Fault:
     socket without answering), ``redirect`` (``status``, default 302, to ``location``, e.g.
     another host), ``oversize`` (a 200 body of ``size`` bytes, sent in chunks without building
     it; with ``Content-Length`` unless ``chunked``), ``drop`` (handle the request, then close
-    the connection halfway through the answer's announced body). ``path`` is a regex matched
+    the connection halfway through the answer's announced body), ``slow_body`` (the real
+    answer, its headers and first ``size`` bytes at once, then the rest one byte every
+    ``seconds``, default 1: a per-read timeout never fires). ``path`` is a regex matched
     against the request path."""
 
     kind: str
@@ -286,9 +288,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "truncate":
             raw = reply.encode()
             return self._send(Reply(reply.status, raw[: max(1, len(raw) // 2)], reply.headers))
+        if fault is not None and fault.kind == "slow_body":
+            return self._send(reply, byte_every=fault.seconds or 1.0, at_once=fault.size)
         self._send(reply)
 
-    def _send(self, reply: Reply, cut: bool = False) -> None:
+    def _send(self, reply: Reply, cut: bool = False, *, byte_every: float | None = None,
+              at_once: int = 0) -> None:
         raw = reply.encode()
         self.send_response(reply.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
@@ -301,7 +306,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(raw)
+        if byte_every is None:
+            self.wfile.write(raw)
+            return
+        self.close_connection = True
+        try:
+            self.wfile.write(raw[:at_once])
+            for i in range(at_once, len(raw)):
+                self.wfile.write(raw[i:i + 1])
+                self.wfile.flush()
+                time.sleep(byte_every)
+        except OSError:  # the client gave up (its deadline cut the request)
+            pass
 
     def _send_oversize(self, size: int, chunked: bool) -> None:
         """A 200 JSON answer of ``size`` bytes (whitespace), written piecewise until the client

@@ -22,9 +22,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from clearlift_cli import redact
+from clearlift_cli import pgconnect, redact
 from clearlift_cli.redact import mask_url, scrub, unencoded_userinfo, unquote_error, url_passwords
 from clearlift_cli.errors import ConfigError, WarehouseError
+from clearlift_cli.pgconnect import PgLimits
 from clearlift_cli.platforms.base import Account
 from clearlift_cli.warehouse import schema
 from clearlift_cli.warehouse.base import (
@@ -58,17 +59,6 @@ _TYPES = {
     "date": "DATE",
     "timestamptz": "TIMESTAMPTZ",
     "boolean": "BOOLEAN",
-}
-
-# Applied unless the URL sets them: libpq would otherwise wait forever for a dead host,
-# and notice a silently dropped connection only after two hours.
-_CONNECT_DEFAULTS = {
-    "connect_timeout": "10",
-    "application_name": "clearlift",
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
 }
 
 # Supabase's roles for the public API: the anon key, and a signed-in user's JWT.
@@ -381,8 +371,9 @@ class PostgresWarehouse(Warehouse):
 
     backend = "postgres"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, limits: PgLimits | None = None):
         self.url_for_display = mask_url(url)
+        self._limits = limits
         if unencoded_userinfo(url):
             raise ConfigError(
                 f"warehouse URL {self.url_for_display} is not valid: percent-encode the user and password "
@@ -401,7 +392,6 @@ class PostgresWarehouse(Warehouse):
         )
         redact.register(*self._secrets)
         self._url = url
-        self._extra = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in params}
         self._pool: ConnectionPool[psycopg.Connection] = ConnectionPool(
             self._connect, lambda c: c.close()
         )
@@ -416,7 +406,9 @@ class PostgresWarehouse(Warehouse):
 
     def _connect(self) -> psycopg.Connection:
         try:
-            return psycopg.connect(self._url, prepare_threshold=None, **self._extra)
+            # bounded waits and keepalives (see pgconnect), unless the URL sets its own
+            return pgconnect.connect(self._url, self._limits, application_name="clearlift",
+                                     prepare_threshold=None)
         except psycopg.Error as exc:
             raise self._error("connecting", exc) from None
 

@@ -1,0 +1,136 @@
+"""Issue 16: every PostgreSQL connection clearlift opens, store and warehouse alike, has an
+end to every wait: statement, lock and idle-in-transaction timeouts and TCP keepalives.
+A real PostgreSQL server (CLEARLIFT_TEST_DATABASE_URL or 127.0.0.1:5432), never skipped."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+import pytest
+
+from clearlift_cli.errors import StoreError, WarehouseError
+from clearlift_cli.pgconnect import PgLimits
+from clearlift_cli.store_pg import PgStore
+from clearlift_cli.warehouse import open_warehouse
+from tests.conftest import PG_URL
+from tests.e2e import Env
+from tests.test_reliability import seed
+
+SETTINGS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+            "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+DEFAULTS = {"statement_timeout": "5min", "lock_timeout": "1min", "idle_in_transaction_session_timeout": "30min",
+            "tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+CLIENT = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+          "keepalives_count": "3", "tcp_user_timeout": "60000"}
+
+
+def shown(execute) -> dict[str, str]:
+    return {name: execute(f"SHOW {name}")[0][0] for name in SETTINGS}
+
+
+def warehouse_connection(wh):
+    """One of the warehouse's own pooled connections, as a job's transaction gets it."""
+    conn = wh._checkout()
+    wh._rollback(conn)
+    return conn
+
+
+def test_store_and_warehouse_connections_have_bounded_waits_and_keepalives(pg_schema_url):
+    store = PgStore(pg_schema_url)
+    wh = open_warehouse(pg_schema_url)
+    try:
+        assert shown(store.read) == DEFAULTS
+        assert shown(lambda q: wh._read("show", lambda c: c.execute(q).fetchall())) == DEFAULTS
+        for raw in (store.conn().raw, warehouse_connection(wh)):
+            params = raw.info.get_parameters()
+            assert {k: params.get(k) for k in CLIENT} == CLIENT
+    finally:
+        store.close()
+        wh.close()
+
+
+def test_settings_set_the_timeouts_and_the_url_still_wins(pg_schema_url):
+    limits = PgLimits(statement_timeout=2.5, lock_timeout=0.75, idle_in_transaction_timeout=0)
+    store = PgStore(pg_schema_url, limits=limits)
+    wh = open_warehouse(f"{pg_schema_url}%20-c%20lock_timeout%3D7s&connect_timeout=3", pg_limits=limits)
+    try:
+        assert shown(store.read) | {} == DEFAULTS | {
+            "statement_timeout": "2500ms", "lock_timeout": "750ms", "idle_in_transaction_session_timeout": "0"}
+        got = shown(lambda q: wh._read("show", lambda c: c.execute(q).fetchall()))
+        assert (got["lock_timeout"], got["statement_timeout"]) == ("7s", "2500ms")
+        assert warehouse_connection(wh).info.get_parameters()["connect_timeout"] == "3"
+    finally:
+        store.close()
+        wh.close()
+
+
+def test_a_lock_held_by_another_session_fails_our_statement_within_lock_timeout(pg_schema_url):
+    store = PgStore(pg_schema_url, limits=PgLimits(lock_timeout=0.5))
+    store.migrate()
+    wh = open_warehouse(pg_schema_url, pg_limits=PgLimits(lock_timeout=0.5))
+    wh.init_schema()
+    holder = psycopg.connect(pg_schema_url)
+    try:
+        holder.execute("LOCK TABLE sync_queue, google_ads_campaigns IN ACCESS EXCLUSIVE MODE")
+        # Each waits 0.5 s, not for ever (the slack is for a loaded test machine).
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match="lock timeout"):
+            with store.write() as c:
+                c.execute("UPDATE sync_queue SET attempts = 0")
+        t1 = time.monotonic()
+        with pytest.raises(WarehouseError, match="lock timeout"):
+            wh.count_rows("google_ads_campaigns")
+        assert t1 - t0 < 10 and time.monotonic() - t1 < 10
+    finally:
+        holder.rollback()
+        holder.close()
+        store.close()
+        wh.close()
+
+
+def test_a_transaction_left_idle_is_ended_by_the_server(pg_schema_url):
+    # What a frozen or hung consumer leaves behind: its transaction must not keep its locks.
+    wh = open_warehouse(pg_schema_url, pg_limits=PgLimits(idle_in_transaction_timeout=0.5))
+    wh.init_schema()
+    try:
+        with pytest.raises(WarehouseError):
+            with wh.transaction() as w:
+                w._conn.execute("LOCK TABLE google_ads_campaigns IN ACCESS EXCLUSIVE MODE")
+                time.sleep(1.5)  # idle in transaction, holding the lock
+                w._conn.execute("SELECT 1")
+        with psycopg.connect(pg_schema_url) as other:
+            other.execute("SET lock_timeout = '2s'")
+            other.execute("LOCK TABLE google_ads_campaigns IN ACCESS EXCLUSIVE MODE")  # free again
+            other.rollback()
+    finally:
+        wh.close()
+
+
+@pytest.fixture
+def pg_env(tmp_path, sandbox, pg_schema_url):
+    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox,
+            extra={"CLEARLIFT_DB": pg_schema_url, "CLEARLIFT_PG_LOCK_TIMEOUT": "0.5"})
+    e.run("init")
+    return e
+
+
+def test_the_installed_command_fails_a_locked_store_or_warehouse_quickly(pg_env, pg_schema_url):
+    cid = seed(pg_env, "google", "1234567890")
+    pg_env.run("schedule")
+    holder = psycopg.connect(pg_schema_url)
+    try:
+        holder.execute("LOCK TABLE google_ads_campaigns IN ACCESS EXCLUSIVE MODE")
+        t0 = time.monotonic()
+        out = json.loads(pg_env.run("consume", "--json").stdout)
+        assert out.get("retry") == 1 and time.monotonic() - t0 < 20, out
+        holder.execute("LOCK TABLE sync_queue IN ACCESS EXCLUSIVE MODE")
+        proc = pg_env.run("queue", "--json", check=False)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert proc.returncode == 4 and "lock timeout" in proc.stderr, proc.stderr
+    rows = json.loads(pg_env.run("status", "--json").stdout)
+    (job,) = [r for r in rows if r["connection_id"] == cid]
+    assert "lock timeout" in job["latest_sync"]["error"]
