@@ -332,6 +332,18 @@ class HttpClient:
             finally:
                 resp.close()
         self._refuse_redirect(resp)
+        text, body = self._classify_whole(method, resp, raw, classify)
+        if body is None and resp.status_code != 204:
+            kind = "an HTML page" if text.lstrip().startswith("<") else "malformed or truncated JSON"
+            raise TransientError(
+                f"{self.platform}: HTTP {resp.status_code} answered with {kind}",
+                platform=self.platform,
+            )
+        return body
+
+    def _classify_whole(self, method, resp, raw: bytes, classify) -> tuple[str, Any]:
+        """Decode an answer read whole, let the observers see it and classify it (which
+        raises for an error answer); returns its text and its JSON body (None if none)."""
         text = raw.decode(resp.encoding or "utf-8", errors="replace")
         response = Response(resp.status_code, resp.headers, text, redact(resp.url))
         log.debug("%s %s -> %s", method, response.url, resp.status_code)
@@ -341,14 +353,8 @@ class HttpClient:
             body = None
         for observe in self.observers:
             observe(response)
-        classify(response, body)  # raises for an error answer
-        if body is None and resp.status_code != 204:
-            kind = "an HTML page" if text.lstrip().startswith("<") else "malformed or truncated JSON"
-            raise TransientError(
-                f"{self.platform}: HTTP {resp.status_code} answered with {kind}",
-                platform=self.platform,
-            )
-        return body
+        classify(response, body)
+        return text, body
 
     def _open(self, method, url, *, classify, json_body, headers):
         """Send a streamed request. An error status is read whole (capped) and classified,
@@ -367,16 +373,7 @@ class HttpClient:
                     resp.close()
         self._refuse_redirect(resp)
         if resp.status_code >= 300:
-            text = raw.decode(resp.encoding or "utf-8", errors="replace")
-            response = Response(resp.status_code, resp.headers, text, redact(resp.url))
-            log.debug("%s %s -> %s", method, response.url, resp.status_code)
-            try:
-                body = json.loads(text) if text else None
-            except ValueError:
-                body = None
-            for observe in self.observers:
-                observe(response)
-            classify(response, body)
+            text, _ = self._classify_whole(method, resp, raw, classify)
             kind = "an HTML page" if text.lstrip().startswith("<") else "no readable error"
             raise TransientError(f"{self.platform}: HTTP {resp.status_code} answered with {kind}",
                                  platform=self.platform)
