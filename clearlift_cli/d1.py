@@ -45,7 +45,6 @@ import random
 import re
 import threading
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Iterable, Sequence, Union
 
 from clearlift_cli import redact as _redact
@@ -274,20 +273,6 @@ def _check(statement: Statement) -> dict[str, Any]:
     return wire
 
 
-def _retry_after(headers: Any, now: float) -> float | None:
-    """Seconds of ``Retry-After``: delta-seconds or an HTTP date (RFC 9110)."""
-    raw = headers.get("Retry-After") if headers is not None else None
-    if not raw:
-        return None
-    raw = raw.strip()
-    if raw.isdigit():
-        return float(raw)
-    try:
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
 class D1Client:
     """Runs statements against one D1 database. ``query`` returns the rows of one statement
     (``Rows``, with ``.meta``); ``batch`` runs several in one request and one transaction."""
@@ -463,7 +448,9 @@ class D1Client:
         detail = f"HTTP {status}" + (f", code {code}: {message}" if errors else "")
 
         if status == 429:
-            wait = _retry_after(resp.headers, self.clock.time())
+            from clearlift_cli.platforms.http import parse_retry_after
+
+            wait = parse_retry_after(resp.headers.get("Retry-After"), self.clock.time())
             if wait is None:  # never retry a 429 at once
                 wait = max(1.0, self._backoff(attempt))
             raise D1RateLimited(f"{self.name}: rate limited by Cloudflare's API ({detail})", retry_after=wait)

@@ -25,6 +25,8 @@ import ipaddress
 import json
 import logging
 import threading
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -65,14 +67,30 @@ class Response:
         self.text = text
         self.url = url  # already redacted
 
-    def retry_after(self, default: float | None = None) -> float | None:
-        """Seconds of an HTTP ``Retry-After: <seconds>`` header (``default`` when absent or
-        not a number): a proxy's or platform's 429 may say how long to wait only there."""
-        raw = self.headers.get("Retry-After") if self.headers else None
-        try:
-            return max(0.0, float(raw)) if raw else default
-        except ValueError:
-            return default
+    def retry_after(self, default: float | None = None, now: float | None = None) -> float | None:
+        """Seconds of an HTTP ``Retry-After`` header (``default`` when absent or unreadable):
+        a proxy's or platform's 429 may say how long to wait only there."""
+        wait = parse_retry_after(self.headers.get("Retry-After") if self.headers else None,
+                                 time.time() if now is None else now)
+        return default if wait is None else wait
+
+
+def parse_retry_after(raw: str | None, now: float) -> float | None:
+    """Seconds of a ``Retry-After`` value: delta-seconds or an HTTP date (RFC 9110),
+    counted from ``now`` (epoch seconds); None when absent or unreadable."""
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        pass
+    else:  # NaN says nothing; a huge or infinite wait is clamped by whoever waits
+        return None if seconds != seconds else max(0.0, seconds)
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 _sessions = threading.local()

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from clearlift_cli.d1 import MAX_SQL_BYTES, Meta, _retry_after, in_list, multi_row_insert, parse_d1_url
+from clearlift_cli.d1 import MAX_SQL_BYTES, Meta, in_list, multi_row_insert, parse_d1_url
+from clearlift_cli.platforms.http import parse_retry_after
 from clearlift_cli.errors import ConfigError, D1LimitExceeded
 from clearlift_cli.sandbox.d1 import split_statements
 
@@ -51,10 +52,10 @@ def test_multi_row_insert_respects_parameters_and_statement_length():
 def test_retry_after_reads_seconds_or_an_http_date():
     now = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
     later = format_datetime(datetime(2026, 11, 29, 12, 2, tzinfo=timezone.utc), usegmt=True)
-    assert _retry_after({"Retry-After": "30"}, now.timestamp()) == 30.0
-    assert _retry_after({"Retry-After": later}, now.timestamp()) == 120.0
-    assert _retry_after({"Retry-After": "soon"}, now.timestamp()) is None
-    assert _retry_after({}, now.timestamp()) is None
+    assert parse_retry_after("30", now.timestamp()) == 30.0
+    assert parse_retry_after(later, now.timestamp()) == 120.0
+    assert parse_retry_after("soon", now.timestamp()) is None
+    assert parse_retry_after(None, now.timestamp()) is None
 
 
 def test_meta_from_the_wire_tolerates_missing_fields():
