@@ -48,11 +48,16 @@ def sandbox():
 
 
 @pytest.fixture
-def env(tmp_path, sandbox, pg_schema_url):
+def env(request, tmp_path, sandbox):
     """The installed command with a fresh store and a PostgreSQL warehouse schema,
-    pointed at the sandboxes (see tests/e2e.py)."""
+    pointed at the sandboxes (see tests/e2e.py); a module marked ``sqlite_warehouse``
+    gets the embedded SQLite warehouse instead."""
     from tests.e2e import Env
 
-    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox)
+    if request.node.get_closest_marker("sqlite_warehouse"):
+        warehouse_url = f"sqlite:///{tmp_path}/warehouse.db"
+    else:
+        warehouse_url = request.getfixturevalue("pg_schema_url")
+    e = Env(home=tmp_path / "home", warehouse_url=warehouse_url, sandbox=sandbox)
     e.run("init")
     return e

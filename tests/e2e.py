@@ -7,13 +7,19 @@ import base64
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Callable
+
+from clearlift_cli import app as core
+from clearlift_cli.settings import resolve
 
 CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or "clearlift"
 
@@ -169,3 +175,33 @@ def store_bytes(env: Env) -> bytes:
 
 def without_synced_at(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "last_synced_at"} for r in rows]
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+def seed(env: Env, platform: str, account: str, org: str = "org-1") -> str:
+    """Add a connection with a fresh never-expiring sandbox token, as `connections add`
+    does (in-process: quicker when a test needs many)."""
+    app = env.sandbox.app(platform)
+    access, refresh = (app.issue_key(account), None) if platform == "stripe" else app.tokens.issue(ttl=None)
+    settings = resolve(environ=env.environ(), read_config=False)
+    cid, _ = core.add_connection(settings, core.NewConnection(
+        organization_id=org, platform=platform, account_id=account, account_name=None,
+        connected_by="user-1", access_token=access, refresh_token=refresh))
+    return cid
+
+def popen(env: Env, *args: str, **more: str) -> subprocess.Popen:
+    return subprocess.Popen([CLEARLIFT, *args], env=env.environ(**more), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

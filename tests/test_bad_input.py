@@ -23,9 +23,8 @@ import pytest
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.timeutil import iso_z
-from tests.e2e import Env, queue_row
+from tests.e2e import Env, closed_port, queue_row, seed
 from tests.helpers import one_line_error
-from tests.test_reliability import closed_port, seed
 
 UTC = timezone.utc
 TOKEN = "tok-never-stored-0123456789"

@@ -24,12 +24,8 @@ from tests.e2e import Env
 UTC = timezone.utc
 
 
-@pytest.fixture
-def env(tmp_path):
-    with Sandbox() as sb:
-        e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb)
-        e.run("init")
-        yield e
+# `env` (conftest) with the embedded SQLite warehouse.
+pytestmark = pytest.mark.sqlite_warehouse
 
 
 def checks(report: dict) -> dict[str, dict]:

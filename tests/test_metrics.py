@@ -84,12 +84,8 @@ def test_the_parser_refuses_what_the_format_forbids():
     assert math.isnan(ok["a"]["samples"][0][2]) and ok["a"]["samples"][1] == ("a_sum", {"q": "1"}, 2.0)
 
 
-@pytest.fixture
-def env(tmp_path):
-    with Sandbox() as sb:
-        e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb)
-        e.run("init")
-        yield e
+# `env` (conftest) with the embedded SQLite warehouse.
+pytestmark = pytest.mark.sqlite_warehouse
 
 
 def scenario(env: Env) -> dict[str, str]:

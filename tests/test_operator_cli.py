@@ -10,16 +10,11 @@ import subprocess
 
 import pytest
 
-from clearlift_cli.sandbox import Sandbox
-from tests.e2e import CLEARLIFT, Env
+from tests.e2e import CLEARLIFT
 
 
-@pytest.fixture
-def env(tmp_path):
-    with Sandbox() as sb:
-        e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb)
-        e.run("init")
-        yield e
+# `env` (conftest) with the embedded SQLite warehouse.
+pytestmark = pytest.mark.sqlite_warehouse
 
 
 def test_status_json_is_exactly_the_api_shape(env):

@@ -14,9 +14,7 @@ from clearlift_cli.errors import StoreError, WarehouseError
 from clearlift_cli.pgconnect import PgLimits
 from clearlift_cli.store_pg import PgStore
 from clearlift_cli.warehouse import open_warehouse
-from tests.conftest import PG_URL
-from tests.e2e import Env
-from tests.test_reliability import seed
+from tests.e2e import Env, seed
 
 SETTINGS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
             "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")

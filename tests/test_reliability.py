@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,16 +22,17 @@ import time
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from clearlift_cli import app as core
 from clearlift_cli.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
-from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
 from tests.conftest import PG_URL
-from tests.e2e import CLEARLIFT, Env, coverage, make_visible, queue_row, without_synced_at
+from tests.e2e import (
+    Env, closed_port, coverage, make_visible, popen, queue_row, seed, wait_for,
+    without_synced_at,
+)
 from tests.test_consume_facebook import expected_metrics as facebook_expected
 from tests.test_consume_google import expected_metrics as google_expected
 from tests.test_consume_tiktok_stripe import tiktok_expected
@@ -43,17 +43,8 @@ METRICS = {p: f"{p}_ads_daily_metrics" for p in ("google", "facebook", "tiktok")
 CAMPAIGNS = {p: f"{p}_ads_campaigns" for p in ("google", "facebook", "tiktok")}
 
 
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def env(tmp_path, sandbox):
-    e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
-    e.run("init")
-    return e
+# `env` (conftest) with the embedded SQLite warehouse.
+pytestmark = pytest.mark.sqlite_warehouse
 
 
 @pytest.fixture
@@ -70,31 +61,7 @@ def pg_env(tmp_path, sandbox, pg_schema_url):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
-
-def seed(env: Env, platform: str, account: str, org: str = "org-1") -> str:
-    """Add a connection with a fresh never-expiring sandbox token, as `connections add`
-    does (in-process: quicker when a test needs many)."""
-    app = env.sandbox.app(platform)
-    access, refresh = (app.issue_key(account), None) if platform == "stripe" else app.tokens.issue(ttl=None)
-    settings = resolve(environ=env.environ(), read_config=False)
-    cid, _ = core.add_connection(settings, core.NewConnection(
-        organization_id=org, platform=platform, account_id=account, account_name=None,
-        connected_by="user-1", access_token=access, refresh_token=refresh))
-    return cid
-
-
-def popen(env: Env, *args: str, **more: str) -> subprocess.Popen:
-    return subprocess.Popen([CLEARLIFT, *args], env=env.environ(**more), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
@@ -696,11 +663,6 @@ def test_warehouse_connection_killed_mid_slice_rolls_back_and_the_job_is_retried
     assert len(coverage(env, job_id)) == 2
     assert_job_landed_exactly(env, "tiktok", cid, job_id)
 
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_warehouse_retries_the_job_and_the_run_exits_cleanly(pg_env, sandbox):

@@ -10,24 +10,13 @@ from datetime import datetime
 
 import pytest
 
-from clearlift_cli.sandbox import Sandbox
-from tests.e2e import Env, queue_row
-from tests.test_reliability import seed
+from tests.e2e import queue_row, seed
 
 DAY = 86_400.0  # the hint ceiling (errors.RETRY_HINT_CEILING_SECONDS)
 
 
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def env(tmp_path, sandbox):
-    e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
-    e.run("init")
-    return e
+# `env` (conftest) with the embedded SQLite warehouse.
+pytestmark = pytest.mark.sqlite_warehouse
 
 
 def quota_error(scope: str = "DEVELOPER", retry_delay: str | None = None) -> dict:

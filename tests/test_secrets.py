@@ -32,12 +32,6 @@ TOKEN_SHAPE = re.compile(r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-
 LEVELS = {"quiet": ("-q",), "default": (), "verbose": ("-v",), "debug": ("-vv",)}
 
 
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
 def echo(*secrets: str) -> str:
     """An error message that repeats secrets back, as some platforms do."""
     return "request for token " + " / ".join(secrets) + " was refused"
@@ -201,7 +195,7 @@ ALLOWED = {
     "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
     "scheduler.py": {"cols", "live", "marks"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause; "?" placeholders
     # LATER_COLUMNS; cols: STATUS_COLUMNS prefixed with the table's alias
-    "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl", "cols"},
+    "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl", "cols", "where"},
     # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share
     "store_pg.py": {"NOW_TEXT", "cols", "names", "where", "table", "marks", "self.schema"},
     "adoption.py": {"_LIVE_FOR_JOB"},  # a fixed NOT EXISTS clause

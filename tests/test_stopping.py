@@ -15,23 +15,13 @@ import pytest
 
 from clearlift_cli import app as core
 from clearlift_cli.consumer import Consumer
-from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
-from tests.e2e import Env, queue_row
-from tests.test_reliability import assert_job_landed_exactly, popen, seed, wait_for
+from tests.e2e import Env, popen, queue_row, seed, wait_for
+from tests.test_reliability import assert_job_landed_exactly
 
 
-@pytest.fixture
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def env(tmp_path, sandbox):
-    e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
-    e.run("init")
-    return e
+# `env` (conftest) with the embedded SQLite warehouse.
+pytestmark = pytest.mark.sqlite_warehouse
 
 
 def consumer(env: Env, owner: str, lease: float) -> Consumer:

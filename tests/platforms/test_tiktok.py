@@ -12,7 +12,6 @@ import requests
 
 from clearlift_cli.errors import (
     AuthRevoked,
-    MissingAppCredentials,
     PermanentError,
     RateLimited,
     TokenExpired,
