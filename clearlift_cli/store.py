@@ -420,15 +420,9 @@ class Store:
     def list_connections(
         self, *, organization_id: str | None = None, platform: str | None = None
     ) -> list[Connection]:
-        sql = f"SELECT {CONNECTION_COLUMNS} FROM platform_connections WHERE 1=1"
-        params: list[Any] = []
-        if organization_id:
-            sql += " AND organization_id = ?"
-            params.append(organization_id)
-        if platform:
-            sql += " AND platform = ?"
-            params.append(platform)
-        sql += " ORDER BY organization_id, platform, account_id"
+        where, params = _connection_filter("", organization_id, platform)
+        sql = (f"SELECT {CONNECTION_COLUMNS} FROM platform_connections WHERE 1=1{where} "
+               "ORDER BY organization_id, platform, account_id")
         return [Connection.from_row(r) for r in self.read(sql, params)]
 
     def upsert_connection(
@@ -728,15 +722,8 @@ class Store:
             "  SELECT l.id FROM sync_jobs l WHERE l.connection_id = c.id "
             "  ORDER BY l.created_at DESC, l.id DESC LIMIT 1) WHERE 1=1"
         )
-        params: list[Any] = []
-        if organization_id:
-            sql += " AND c.organization_id = ?"
-            params.append(organization_id)
-        if platform:
-            sql += " AND c.platform = ?"
-            params.append(platform)
-        sql += " ORDER BY c.organization_id, c.platform, c.account_id"
-        return self.read(sql, params)
+        where, params = _connection_filter("c.", organization_id, platform)
+        return self.read(sql + where + " ORDER BY c.organization_id, c.platform, c.account_id", params)
 
     def token_sample(self, limit: int) -> list[tuple[str, str, str]]:
         """Up to ``limit`` stored tokens of active connections, picked at random:
@@ -812,6 +799,21 @@ def _version(value: Any, where: str) -> int:
     except (TypeError, ValueError):
         raise StoreError(f"store {where} has an unreadable schema version {str(value)[:20]!r} "
                          "in clearlift_meta") from None
+
+
+def _connection_filter(
+    prefix: str, organization_id: str | None, platform: str | None
+) -> tuple[str, list[Any]]:
+    """`` AND …`` terms (columns of ``platform_connections``, with ``prefix``) and their
+    parameters, for listing the connections of one organisation and/or platform."""
+    where, params = "", []
+    if organization_id:
+        where += f" AND {prefix}organization_id = ?"
+        params.append(organization_id)
+    if platform:
+        where += f" AND {prefix}platform = ?"
+        params.append(platform)
+    return where, params
 
 
 def new_job_id() -> str:
