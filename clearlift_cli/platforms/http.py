@@ -81,12 +81,10 @@ def parse_retry_after(raw: str | None, now: float) -> float | None:
     if not raw:
         return None
     raw = raw.strip()
-    try:
-        seconds = float(raw)
+    try:  # 0, negative, NaN or infinite waits are held to a sane range by whoever waits
+        return max(0.0, float(raw))
     except ValueError:
         pass
-    else:  # NaN says nothing; a huge or infinite wait is clamped by whoever waits
-        return None if seconds != seconds else max(0.0, seconds)
     try:
         return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
     except (TypeError, ValueError, IndexError):
