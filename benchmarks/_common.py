@@ -15,11 +15,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 PG_URL = os.environ.get("CLEARLIFT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -60,7 +61,7 @@ def machine() -> dict[str, Any]:
 class Stopwatch:
     """``with Stopwatch() as sw: ...`` then ``sw.seconds``."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self.seconds = 0.0
         self._t0 = time.perf_counter()
         return self
@@ -136,7 +137,7 @@ class SandboxProcess:
         self._proc = ctx.Process(target=_sandbox_main, args=(child,), daemon=True)
         self.env: dict[str, str] = {}
 
-    def __enter__(self) -> "SandboxProcess":
+    def __enter__(self) -> SandboxProcess:
         self._proc.start()
         self.env = self._call("env")
         return self
@@ -252,7 +253,7 @@ def fill_store(db: str | Path, total: int, due: int, *, now: datetime | None = N
     completed job per synced connection and the attribution state of synced Facebook ones."""
     import sqlite3
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     t0 = time.perf_counter()
     c = sqlite3.connect(str(db), isolation_level=None)
     c.execute("PRAGMA journal_mode = WAL")
@@ -275,9 +276,24 @@ def fill_store(db: str | Path, total: int, due: int, *, now: datetime | None = N
                 last, active = long_ago, 0
             else:
                 last = recent[i % len(recent)]
-            yield (f"{org}-{platform}-{account}", org, platform, account, f"{platform} {account}",
-                   f"user-{i // 4}", connected, last, "pending" if last is None else "completed",
-                   active, "{}", "bench-ciphertext", None, None, 0, 0)
+            yield (
+                f"{org}-{platform}-{account}",
+                org,
+                platform,
+                account,
+                f"{platform} {account}",
+                f"user-{i // 4}",
+                connected,
+                last,
+                "pending" if last is None else "completed",
+                active,
+                "{}",
+                "bench-ciphertext",
+                None,
+                None,
+                0,
+                0,
+            )
 
     def jobs(lo: int, hi: int):
         for i in range(lo, hi):
@@ -285,8 +301,19 @@ def fill_store(db: str | Path, total: int, due: int, *, now: datetime | None = N
                 continue  # never synced: no job yet
             platform = PLATFORM_MIX[i % 4]
             cid = f"org-{i // 4:07d}-{platform}-{1_000_000_000 + i}"
-            yield (f"job-{i:08d}", f"org-{i // 4:07d}", cid, "completed", "incremental",
-                   connected, connected, connected, 42, '{"records_synced": 42}', connected)
+            yield (
+                f"job-{i:08d}",
+                f"org-{i // 4:07d}",
+                cid,
+                "completed",
+                "incremental",
+                connected,
+                connected,
+                connected,
+                42,
+                '{"records_synced": 42}',
+                connected,
+            )
 
     def states(lo: int, hi: int):
         for i in range(lo, hi):
@@ -325,14 +352,16 @@ def fill_store(db: str | Path, total: int, due: int, *, now: datetime | None = N
 # --- subprocesses ------------------------------------------------------------------------------
 
 
-def wall_times(argv: list[str], *, runs: int, env: dict[str, str] | None = None,
-               ok_codes: tuple[int, ...] = (0,)) -> list[float]:
+def wall_times(
+    argv: list[str], *, runs: int, env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)
+) -> list[float]:
     """Wall seconds of ``runs`` runs of ``argv`` (after one unmeasured warm-up run)."""
     out = []
     for i in range(runs + 1):
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
         wall = time.perf_counter() - t0
         if proc.returncode not in ok_codes:
             raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")

@@ -15,7 +15,16 @@ from __future__ import annotations
 import sqlite3
 
 from benchmarks._common import (
-    Stopwatch, emit, fill_store, heading, machine, parse_args, rnd, show, settings_for, temp_home,
+    Stopwatch,
+    emit,
+    fill_store,
+    heading,
+    machine,
+    parse_args,
+    rnd,
+    settings_for,
+    show,
+    temp_home,
 )
 from clearlift_cli import app, scheduler
 from clearlift_cli.queue import SqliteQueue
@@ -31,8 +40,9 @@ def run_size(total: int, due: int) -> dict:
         filled = fill_store(s.db, total, due)
         with sqlite3.connect(s.db) as c, Stopwatch() as scan:
             # What any plan that looked at every connection would pay at least once.
-            c.execute("SELECT count(*), max(last_synced_at) FROM platform_connections "
-                      "WHERE settings != 'x'").fetchone()
+            c.execute(
+                "SELECT count(*), max(last_synced_at) FROM platform_connections WHERE settings != 'x'"
+            ).fetchone()
         store = open_store(s.db)
         try:
             with Stopwatch() as sw:
@@ -44,9 +54,16 @@ def run_size(total: int, due: int) -> dict:
             store.close()
     assert len(result.enqueued) == due and queued == due, (result.summary(), queued)
     assert not rerun.enqueued, rerun.summary()
-    return {"total": total, "due": due, "seconds": sw.seconds, "rerun_s": again.seconds,
-            "scan_s": scan.seconds, "fill_s": filled.seconds, "found": result.found,
-            "skipped": len(result.skipped)}
+    return {
+        "total": total,
+        "due": due,
+        "seconds": sw.seconds,
+        "rerun_s": again.seconds,
+        "scan_s": scan.seconds,
+        "fill_s": filled.seconds,
+        "found": result.found,
+        "skipped": len(result.skipped),
+    }
 
 
 def main() -> None:
@@ -58,23 +75,36 @@ def main() -> None:
         r = run_size(total, due)
         results.append(r)
         show("store filled in (not timed)", f"{r['fill_s']:.1f} s")
-        show("scheduler.schedule", f"{r['seconds']:.3f} s",
-             f"{r['due'] / r['seconds']:,.0f} jobs enqueued/s "
-             f"(target <= {TARGET_S:g} s: {'met' if r['seconds'] <= TARGET_S else 'MISSED'})")
+        show(
+            "scheduler.schedule",
+            f"{r['seconds']:.3f} s",
+            f"{r['due'] / r['seconds']:,.0f} jobs enqueued/s "
+            f"(target <= {TARGET_S:g} s: {'met' if r['seconds'] <= TARGET_S else 'MISSED'})",
+        )
         show("schedule again at once (all jobs pending)", f"{r['rerun_s']:.3f} s")
         show("for scale: one full scan of the connections", f"{r['scan_s']:.3f} s")
     small, large = results
     growth = large["seconds"] / small["seconds"]
     heading("scaling")
-    show(f"{large['total'] // small['total']}x the connections, same due count",
-         f"{growth:.2f}x the time", "(1.0 = cost follows due connections only)")
+    show(
+        f"{large['total'] // small['total']}x the connections, same due count",
+        f"{growth:.2f}x the time",
+        "(1.0 = cost follows due connections only)",
+    )
     met = all(r["seconds"] <= TARGET_S for r in results)
-    emit("schedule_scale", quick=args.quick, **machine(), due=small["due"],
-         sizes=[r["total"] for r in results],
-         seconds={str(r["total"]): rnd(r["seconds"]) for r in results},
-         rerun_seconds={str(r["total"]): rnd(r["rerun_s"]) for r in results},
-         scan_seconds={str(r["total"]): rnd(r["scan_s"]) for r in results},
-         ratio_large_vs_small=rnd(growth), target_s=TARGET_S, target_met=met)
+    emit(
+        "schedule_scale",
+        quick=args.quick,
+        **machine(),
+        due=small["due"],
+        sizes=[r["total"] for r in results],
+        seconds={str(r["total"]): rnd(r["seconds"]) for r in results},
+        rerun_seconds={str(r["total"]): rnd(r["rerun_s"]) for r in results},
+        scan_seconds={str(r["total"]): rnd(r["scan_s"]) for r in results},
+        ratio_large_vs_small=rnd(growth),
+        target_s=TARGET_S,
+        target_met=met,
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,19 @@ from __future__ import annotations
 import sqlite3
 
 from benchmarks._common import (
-    CLEARLIFT, app_init_store, cli_environ, emit, fill_store, heading, machine, median,
-    parse_args, rnd, show, temp_home, wall_times,
+    CLEARLIFT,
+    app_init_store,
+    cli_environ,
+    emit,
+    fill_store,
+    heading,
+    machine,
+    median,
+    parse_args,
+    rnd,
+    show,
+    temp_home,
+    wall_times,
 )
 
 TARGET_S = 0.5
@@ -37,11 +48,17 @@ def add_history(db: str, failing_every: int = 100, reauth_every: int = 200) -> i
         "SELECT k FROM k) n",
         (JOBS_PER_CONNECTION - 1,),
     )
-    c.execute("UPDATE platform_connections SET sync_status = 'failed', sync_error = 'HTTP 500 from the platform' "
-              "WHERE is_active = 1 AND rowid % ? = 0", (failing_every,))
-    c.execute("UPDATE platform_connections SET sync_status = 'failed', needs_reauth = 1, "
-              "reauth_reason = 'invalid_grant', reauth_detected_at = '2026-01-01T00:00:00.000Z' "
-              "WHERE is_active = 1 AND rowid % ? = 1", (reauth_every,))
+    c.execute(
+        "UPDATE platform_connections SET sync_status = 'failed', sync_error = 'HTTP 500 from the platform' "
+        "WHERE is_active = 1 AND rowid % ? = 0",
+        (failing_every,),
+    )
+    c.execute(
+        "UPDATE platform_connections SET sync_status = 'failed', needs_reauth = 1, "
+        "reauth_reason = 'invalid_grant', reauth_detected_at = '2026-01-01T00:00:00.000Z' "
+        "WHERE is_active = 1 AND rowid % ? = 1",
+        (reauth_every,),
+    )
     c.execute("COMMIT")
     c.execute("ANALYZE")
     jobs = c.execute("SELECT count(*) FROM sync_jobs").fetchone()[0]
@@ -64,24 +81,43 @@ def main() -> None:
         baseline = median(wall_times([CLEARLIFT, "status"], runs=runs, env=empty_env, ok_codes=(0, 1)))
         show("clearlift status, empty store", f"{baseline:.3f} s", "(baseline: start-up)")
         figures = {}
-        for label, argv in (("status", ["status"]), ("status_json", ["status", "--json"]),
-                            ("status_all", ["status", "--all"])):
+        for label, argv in (
+            ("status", ["status"]),
+            ("status_json", ["status", "--json"]),
+            ("status_all", ["status", "--all"]),
+        ):
             # --all lays out every row with rich (seconds at 10k): a few runs show it well enough
             n = runs if label != "status_all" else min(runs, 3)
             figures[label] = median(wall_times([CLEARLIFT, *argv], runs=n, env=env, ok_codes=(0, 1)))
-            target = f"; target <= {TARGET_S} s: {'met' if figures[label] <= TARGET_S else 'MISSED'}" \
-                if label != "status_all" else ""
-            show("clearlift " + " ".join(argv), f"{figures[label]:.3f} s",
-                 f"{figures[label] / baseline:.1f}x the baseline, "
-                 f"{(figures[label] - baseline) / connections * 1e6:.0f} µs per connection{target}")
+            target = (
+                f"; target <= {TARGET_S} s: {'met' if figures[label] <= TARGET_S else 'MISSED'}"
+                if label != "status_all"
+                else ""
+            )
+            show(
+                "clearlift " + " ".join(argv),
+                f"{figures[label]:.3f} s",
+                f"{figures[label] / baseline:.1f}x the baseline, "
+                f"{(figures[label] - baseline) / connections * 1e6:.0f} µs per connection{target}",
+            )
     met = figures["status"] <= TARGET_S and figures["status_json"] <= TARGET_S
-    emit("status_scale", quick=args.quick, **machine(), connections=connections, jobs=jobs, runs=runs,
-         baseline_s=rnd(baseline), status_s=rnd(figures["status"]), status_json_s=rnd(figures["status_json"]),
-         status_all_s=rnd(figures["status_all"]),
-         ratio_status_vs_baseline=rnd(figures["status"] / baseline),
-         ratio_json_vs_baseline=rnd(figures["status_json"] / baseline),
-         ratio_all_vs_baseline=rnd(figures["status_all"] / baseline),
-         target_s=TARGET_S, target_met=met)
+    emit(
+        "status_scale",
+        quick=args.quick,
+        **machine(),
+        connections=connections,
+        jobs=jobs,
+        runs=runs,
+        baseline_s=rnd(baseline),
+        status_s=rnd(figures["status"]),
+        status_json_s=rnd(figures["status_json"]),
+        status_all_s=rnd(figures["status_all"]),
+        ratio_status_vs_baseline=rnd(figures["status"] / baseline),
+        ratio_json_vs_baseline=rnd(figures["status_json"] / baseline),
+        ratio_all_vs_baseline=rnd(figures["status_all"] / baseline),
+        target_s=TARGET_S,
+        target_met=met,
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,20 @@ import random
 import tempfile
 import uuid
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from benchmarks._common import (
-    PG_URL, Stopwatch, emit, heading, machine, parse_args, pg_schema, rnd, show, temp_home,
+    PG_URL,
+    Stopwatch,
+    emit,
+    heading,
+    machine,
+    parse_args,
+    pg_schema,
+    rnd,
+    show,
+    temp_home,
 )
 from clearlift_cli.platforms.base import Account, DailyMetric
 from clearlift_cli.warehouse import RowOwner, open_warehouse
@@ -50,22 +59,36 @@ def make_metrics(n: int) -> list[DailyMetric]:
         impressions = r.randint(1, 20_000)
         clicks = r.randint(0, impressions // 15)
         conversions = Decimal(r.randint(0, 40)) / 2
-        out.append(DailyMetric(
-            campaign_id=campaigns[i % len(campaigns)],
-            metric_date=first + timedelta(days=i // len(campaigns)),
-            impressions=impressions, clicks=clicks,
-            spend_micros=clicks * r.randint(5, 300) * 10_000,
-            conversions=conversions,
-            conversion_value_micros=r.randint(0, 2_000_000) * 10_000 if conversions else 0,
-        ))
+        out.append(
+            DailyMetric(
+                campaign_id=campaigns[i % len(campaigns)],
+                metric_date=first + timedelta(days=i // len(campaigns)),
+                impressions=impressions,
+                clicks=clicks,
+                spend_micros=clicks * r.randint(5, 300) * 10_000,
+                conversions=conversions,
+                conversion_value_micros=r.randint(0, 2_000_000) * 10_000 if conversions else 0,
+            )
+        )
     return out
 
 
 def plain_row(m: DailyMetric, synced: datetime) -> tuple:
     """The row in column order, with no checks: what a hand-written loader would send."""
-    return (OWNER.organization_id, OWNER.connection_id, OWNER.account_id, m.campaign_id,
-            m.metric_date, m.impressions, m.clicks, m.spend_micros, m.conversions,
-            m.conversion_value_micros, "USD", synced)
+    return (
+        OWNER.organization_id,
+        OWNER.connection_id,
+        OWNER.account_id,
+        m.campaign_id,
+        m.metric_date,
+        m.impressions,
+        m.clicks,
+        m.spend_micros,
+        m.conversions,
+        m.conversion_value_micros,
+        "USD",
+        synced,
+    )
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -79,9 +102,22 @@ def pg_variants(url: str, metrics: list[DailyMetric], reps: int) -> dict:
     cols = sql.SQL(", ").join(map(sql.Identifier, TABLE.column_names))
     key = sql.SQL(", ").join(map(sql.Identifier, TABLE.key))
     updates = sql.SQL(", ").join(
-        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in TABLE.value_columns)
-    binary_types = ["text", "text", "text", "text", "date", "int8", "int8", "int8", "numeric",
-                    "int8", "text", "timestamptz"]
+        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in TABLE.value_columns
+    )
+    binary_types = [
+        "text",
+        "text",
+        "text",
+        "text",
+        "date",
+        "int8",
+        "int8",
+        "int8",
+        "numeric",
+        "int8",
+        "text",
+        "timestamptz",
+    ]
     wh = open_warehouse(url)
     wh.init_schema()
     admin = psycopg.connect(url, autocommit=True)
@@ -96,7 +132,7 @@ def pg_variants(url: str, metrics: list[DailyMetric], reps: int) -> dict:
 
     def raw_copy(binary: bool) -> float:
         table = fresh("bench_copy")
-        synced = datetime.now(timezone.utc)
+        synced = datetime.now(UTC)
         statement = sql.SQL("COPY {} ({}) FROM STDIN" + (" (FORMAT BINARY)" if binary else ""))
         with psycopg.connect(url) as conn, Stopwatch() as sw:
             with conn.cursor() as cur, cur.copy(statement.format(table, cols)) as copy:
@@ -110,7 +146,7 @@ def pg_variants(url: str, metrics: list[DailyMetric], reps: int) -> dict:
     def writer(rows: list[DailyMetric], *, clear: bool) -> float:
         if clear:
             admin.execute(sql.SQL("TRUNCATE {}").format(target))
-        synced = datetime.now(timezone.utc)
+        synced = datetime.now(UTC)
         with Stopwatch() as sw, wh.transaction(write_seq=next(claims)) as w:
             written = w.upsert_daily_metrics(PLATFORM, OWNER, ACCOUNT, rows, synced)
         assert written == n
@@ -122,11 +158,15 @@ def pg_variants(url: str, metrics: list[DailyMetric], reps: int) -> dict:
     def executemany() -> float:
         table = fresh("bench_executemany")
         statement = sql.SQL(
-            "INSERT INTO {t} AS existing ({cols}) VALUES ({ph}) ON CONFLICT ({key}) DO UPDATE "
-            "SET {updates}"
-        ).format(t=table, cols=cols, ph=sql.SQL(", ").join(sql.Placeholder() * len(TABLE.columns)),
-                 key=key, updates=updates)
-        synced = datetime.now(timezone.utc)
+            "INSERT INTO {t} AS existing ({cols}) VALUES ({ph}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        ).format(
+            t=table,
+            cols=cols,
+            ph=sql.SQL(", ").join(sql.Placeholder() * len(TABLE.columns)),
+            key=key,
+            updates=updates,
+        )
+        synced = datetime.now(UTC)
         with psycopg.connect(url) as conn, Stopwatch() as sw:
             with conn.cursor() as cur:
                 cur.executemany(statement, (plain_row(m, synced) for m in metrics))
@@ -153,9 +193,15 @@ def pg_variants(url: str, metrics: list[DailyMetric], reps: int) -> dict:
     finally:
         admin.close()
         wh.close()
-    return {"copy_s": min(copies), "copy_binary_s": min(binaries), "writer_s": min(inserts),
-            "writer_update_s": min(replays), "replay_growth_bytes": max(growth),
-            "writer_changed_s": changed_s, "executemany_s": many_s}
+    return {
+        "copy_s": min(copies),
+        "copy_binary_s": min(binaries),
+        "writer_s": min(inserts),
+        "writer_update_s": min(replays),
+        "replay_growth_bytes": max(growth),
+        "writer_changed_s": changed_s,
+        "executemany_s": many_s,
+    }
 
 
 def dlt_merge(metrics: list[DailyMetric]) -> float | None:
@@ -171,21 +217,28 @@ def dlt_merge(metrics: list[DailyMetric]) -> float | None:
 
     # dlt insists on a password; a server that trusts the connection ignores it.
     scheme, rest = PG_URL.split("://", 1)
-    credentials = PG_URL if ":" in rest.split("@", 1)[0] or "@" not in rest else (
-        f"{scheme}://{rest.split('@', 1)[0]}:unused@{rest.split('@', 1)[1]}")
+    credentials = (
+        PG_URL
+        if ":" in rest.split("@", 1)[0] or "@" not in rest
+        else (f"{scheme}://{rest.split('@', 1)[0]}:unused@{rest.split('@', 1)[1]}")
+    )
     tag = uuid.uuid4().hex[:10]
     dataset = f"bench_dlt_{tag}"
-    synced = datetime.now(timezone.utc)
+    synced = datetime.now(UTC)
     names = TABLE.column_names
     rows = [dict(zip(names, plain_row(m, synced))) for m in metrics]
     try:
         with tempfile.TemporaryDirectory(prefix="clearlift-dlt-") as workdir:
             pipeline = dlt.pipeline(
-                pipeline_name=f"clearlift_bench_{tag}", pipelines_dir=workdir,
+                pipeline_name=f"clearlift_bench_{tag}",
+                pipelines_dir=workdir,
                 destination=dlt.destinations.postgres(credentials=credentials),
-                dataset_name=dataset, progress=None)
-            resource = dlt.resource(rows, name=TABLE.name, write_disposition="merge",
-                                    primary_key=list(TABLE.key))
+                dataset_name=dataset,
+                progress=None,
+            )
+            resource = dlt.resource(
+                rows, name=TABLE.name, write_disposition="merge", primary_key=list(TABLE.key)
+            )
             with Stopwatch() as sw:
                 pipeline.run(resource)
         return sw.seconds
@@ -203,14 +256,14 @@ def sqlite_variants(metrics: list[DailyMetric], reps: int) -> dict:
 
     n = len(metrics)
     names = TABLE.column_names
-    insert = (f"INSERT INTO {TABLE.name} ({', '.join(names)}) "
-              f"VALUES ({', '.join('?' * len(names))})")
+    insert = f"INSERT INTO {TABLE.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
     with temp_home() as home:
+
         def writer(i: int) -> tuple[float, float]:
             wh = open_warehouse(f"sqlite:///{home}/writer-{i}.db")
             wh.init_schema()
-            synced = datetime.now(timezone.utc)
+            synced = datetime.now(UTC)
             try:
                 with Stopwatch() as sw, wh.transaction(write_seq=1) as w:
                     assert w.upsert_daily_metrics(PLATFORM, OWNER, ACCOUNT, metrics, synced) == n
@@ -227,14 +280,29 @@ def sqlite_variants(metrics: list[DailyMetric], reps: int) -> dict:
             conn = sqlite3.connect(f"{home}/plain-{i}.db", isolation_level=None)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            synced = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            synced = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             with Stopwatch() as sw:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(insert, (
-                    (OWNER.organization_id, OWNER.connection_id, OWNER.account_id, m.campaign_id,
-                     m.metric_date.isoformat(), m.impressions, m.clicks, m.spend_micros,
-                     str(m.conversions), m.conversion_value_micros, "USD", synced)
-                    for m in metrics))
+                conn.executemany(
+                    insert,
+                    (
+                        (
+                            OWNER.organization_id,
+                            OWNER.connection_id,
+                            OWNER.account_id,
+                            m.campaign_id,
+                            m.metric_date.isoformat(),
+                            m.impressions,
+                            m.clicks,
+                            m.spend_micros,
+                            str(m.conversions),
+                            m.conversion_value_micros,
+                            "USD",
+                            synced,
+                        )
+                        for m in metrics
+                    ),
+                )
                 conn.execute("COMMIT")
             conn.close()
             return sw.seconds
@@ -243,8 +311,11 @@ def sqlite_variants(metrics: list[DailyMetric], reps: int) -> dict:
         for i in range(reps):
             plains.append(plain(i))
             runs.append(writer(i))
-    return {"plain_s": min(plains), "writer_s": min(r[0] for r in runs),
-            "writer_update_s": min(r[1] for r in runs)}
+    return {
+        "plain_s": min(plains),
+        "writer_s": min(r[0] for r in runs),
+        "writer_update_s": min(r[1] for r in runs),
+    }
 
 
 def main() -> None:
@@ -269,54 +340,91 @@ def main() -> None:
     update_ratio = copy_s / pg["writer_update_s"]
     dlt_ratio = None if dlt_s is None else dlt_s / pg["writer_s"]
     show("raw COPY (text) into an empty indexed table", f"{rate(pg['copy_s']):>10,.0f} rows/s")
-    show("raw COPY (binary) into an empty indexed table", f"{rate(pg['copy_binary_s']):>10,.0f} rows/s",
-         "(baseline: the faster COPY)")
-    show("clearlift writer, new rows", f"{rate(pg['writer_s']):>10,.0f} rows/s",
-         f"{new_ratio:.0%} of COPY ({verdict(new_ratio * 100, NEW_TARGET * 100, '%')})")
-    show("clearlift writer, same rows again (replay)", f"{rate(pg['writer_update_s']):>10,.0f} rows/s",
-         f"{update_ratio:.0%} of COPY ({verdict(update_ratio * 100, UPDATE_TARGET * 100, '%')}); "
-         f"table grew {pg['replay_growth_bytes']:,} bytes")
-    show("clearlift writer, every row changed", f"{rate(pg['writer_changed_s']):>10,.0f} rows/s",
-         f"{copy_s / pg['writer_changed_s']:.0%} of COPY")
-    show("psycopg executemany upsert", f"{rate(pg['executemany_s']):>10,.0f} rows/s",
-         f"writer is {pg['executemany_s'] / pg['writer_s']:.1f}x faster")
+    show(
+        "raw COPY (binary) into an empty indexed table",
+        f"{rate(pg['copy_binary_s']):>10,.0f} rows/s",
+        "(baseline: the faster COPY)",
+    )
+    show(
+        "clearlift writer, new rows",
+        f"{rate(pg['writer_s']):>10,.0f} rows/s",
+        f"{new_ratio:.0%} of COPY ({verdict(new_ratio * 100, NEW_TARGET * 100, '%')})",
+    )
+    show(
+        "clearlift writer, same rows again (replay)",
+        f"{rate(pg['writer_update_s']):>10,.0f} rows/s",
+        f"{update_ratio:.0%} of COPY ({verdict(update_ratio * 100, UPDATE_TARGET * 100, '%')}); "
+        f"table grew {pg['replay_growth_bytes']:,} bytes",
+    )
+    show(
+        "clearlift writer, every row changed",
+        f"{rate(pg['writer_changed_s']):>10,.0f} rows/s",
+        f"{copy_s / pg['writer_changed_s']:.0%} of COPY",
+    )
+    show(
+        "psycopg executemany upsert",
+        f"{rate(pg['executemany_s']):>10,.0f} rows/s",
+        f"writer is {pg['executemany_s'] / pg['writer_s']:.1f}x faster",
+    )
     if dlt_s is None:
         show("dlt merge", "skipped", "dlt is not installed: pip install '.[bench]'")
     else:
-        show("dlt merge (same rows, same server)", f"{rate(dlt_s):>10,.0f} rows/s",
-             f"writer is {dlt_ratio:.1f}x faster ({verdict(dlt_ratio, DLT_TARGET, 'x')})")
+        show(
+            "dlt merge (same rows, same server)",
+            f"{rate(dlt_s):>10,.0f} rows/s",
+            f"writer is {dlt_ratio:.1f}x faster ({verdict(dlt_ratio, DLT_TARGET, 'x')})",
+        )
 
     heading(f"SQLite (embedded warehouse): {n:,} rows, best of {reps}")
     lite = sqlite_variants(metrics, reps)
     lite_ratio = lite["plain_s"] / lite["writer_s"]
     show("plain executemany INSERT", f"{rate(lite['plain_s']):>10,.0f} rows/s", "(baseline)")
-    show("clearlift writer, new rows", f"{rate(lite['writer_s']):>10,.0f} rows/s",
-         f"{lite_ratio:.0%} of plain ({verdict(lite_ratio * 100, SQLITE_TARGET * 100, '%')})")
-    show("clearlift writer, same rows again (replay)", f"{rate(lite['writer_update_s']):>10,.0f} rows/s",
-         f"{lite['plain_s'] / lite['writer_update_s']:.0%} of plain")
+    show(
+        "clearlift writer, new rows",
+        f"{rate(lite['writer_s']):>10,.0f} rows/s",
+        f"{lite_ratio:.0%} of plain ({verdict(lite_ratio * 100, SQLITE_TARGET * 100, '%')})",
+    )
+    show(
+        "clearlift writer, same rows again (replay)",
+        f"{rate(lite['writer_update_s']):>10,.0f} rows/s",
+        f"{lite['plain_s'] / lite['writer_update_s']:.0%} of plain",
+    )
 
-    met = (new_ratio >= NEW_TARGET and update_ratio >= UPDATE_TARGET
-           and (dlt_ratio is None or dlt_ratio >= DLT_TARGET) and lite_ratio >= SQLITE_TARGET)
-    emit("warehouse_load", rows=n, quick=args.quick, **machine(),
-         rows_per_s=rnd(rate(pg["writer_s"]), 0),
-         copy_rows_per_s=rnd(rate(pg["copy_s"]), 0),
-         copy_binary_rows_per_s=rnd(rate(pg["copy_binary_s"]), 0),
-         update_rows_per_s=rnd(rate(pg["writer_update_s"]), 0),
-         changed_rows_per_s=rnd(rate(pg["writer_changed_s"]), 0),
-         replay_growth_bytes=pg["replay_growth_bytes"],
-         executemany_rows_per_s=rnd(rate(pg["executemany_s"]), 0),
-         dlt_rows_per_s=rnd(rate(dlt_s), 0),
-         ratio_vs_copy=rnd(new_ratio),
-         update_ratio_vs_copy=rnd(update_ratio),
-         ratio_vs_dlt=rnd(dlt_ratio),
-         ratio_vs_executemany=rnd(pg["executemany_s"] / pg["writer_s"]),
-         sqlite_rows_per_s=rnd(rate(lite["writer_s"]), 0),
-         sqlite_plain_rows_per_s=rnd(rate(lite["plain_s"]), 0),
-         sqlite_update_rows_per_s=rnd(rate(lite["writer_update_s"]), 0),
-         sqlite_ratio_vs_executemany=rnd(lite_ratio),
-         targets={"new_vs_copy": NEW_TARGET, "replay_vs_copy": UPDATE_TARGET,
-                  "vs_dlt": DLT_TARGET, "sqlite_vs_plain": SQLITE_TARGET},
-         target_met=met)
+    met = (
+        new_ratio >= NEW_TARGET
+        and update_ratio >= UPDATE_TARGET
+        and (dlt_ratio is None or dlt_ratio >= DLT_TARGET)
+        and lite_ratio >= SQLITE_TARGET
+    )
+    emit(
+        "warehouse_load",
+        rows=n,
+        quick=args.quick,
+        **machine(),
+        rows_per_s=rnd(rate(pg["writer_s"]), 0),
+        copy_rows_per_s=rnd(rate(pg["copy_s"]), 0),
+        copy_binary_rows_per_s=rnd(rate(pg["copy_binary_s"]), 0),
+        update_rows_per_s=rnd(rate(pg["writer_update_s"]), 0),
+        changed_rows_per_s=rnd(rate(pg["writer_changed_s"]), 0),
+        replay_growth_bytes=pg["replay_growth_bytes"],
+        executemany_rows_per_s=rnd(rate(pg["executemany_s"]), 0),
+        dlt_rows_per_s=rnd(rate(dlt_s), 0),
+        ratio_vs_copy=rnd(new_ratio),
+        update_ratio_vs_copy=rnd(update_ratio),
+        ratio_vs_dlt=rnd(dlt_ratio),
+        ratio_vs_executemany=rnd(pg["executemany_s"] / pg["writer_s"]),
+        sqlite_rows_per_s=rnd(rate(lite["writer_s"]), 0),
+        sqlite_plain_rows_per_s=rnd(rate(lite["plain_s"]), 0),
+        sqlite_update_rows_per_s=rnd(rate(lite["writer_update_s"]), 0),
+        sqlite_ratio_vs_executemany=rnd(lite_ratio),
+        targets={
+            "new_vs_copy": NEW_TARGET,
+            "replay_vs_copy": UPDATE_TARGET,
+            "vs_dlt": DLT_TARGET,
+            "sqlite_vs_plain": SQLITE_TARGET,
+        },
+        target_met=met,
+    )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,12 @@ def adopted_metadata(text: str | None, *, at: str, window: SyncWindow, priority:
         data = None
     if not isinstance(data, dict):
         data = {"original_metadata": text}
-    data["adopted"] = {"at": at, "by": "clearlift schedule", "sync_window": window.to_json(),
-                       "priority": priority.value}
+    data["adopted"] = {
+        "at": at,
+        "by": "clearlift schedule",
+        "sync_window": window.to_json(),
+        "priority": priority.value,
+    }
     try:
         return json.dumps(data, allow_nan=False)
     except ValueError:  # NaN / Infinity: the API worker's JSON.parse refuses them, keep the text
@@ -98,7 +102,11 @@ def last_sign_of_life(row: Any) -> datetime | None:
 
 
 def adopt_orphan_jobs(
-    store: Store, queue: SqliteQueue, now: datetime, *, window_days: int,
+    store: Store,
+    queue: SqliteQueue,
+    now: datetime,
+    *,
+    window_days: int,
     stale_after: timedelta = STALE_RUNNING_AFTER,
 ) -> AdoptionResult:
     """Adopt pending rows with no live queue message and close abandoned running ones."""
@@ -110,7 +118,7 @@ def adopt_orphan_jobs(
     for i in range(0, len(rows), _CHUNK):
         with store.write() as c:
             store.lock_scheduling(c)
-            for row in rows[i:i + _CHUNK]:
+            for row in rows[i : i + _CHUNK]:
                 if row["status"] == "pending":
                     _adopt_one(c, queue, row, now, window_days, result)
                 else:
@@ -126,19 +134,27 @@ def _sort_key(value: Any) -> float:
     return ts.timestamp() if ts else float("-inf")
 
 
-_LIVE_FOR_JOB = ("NOT EXISTS (SELECT 1 FROM sync_queue q WHERE q.job_id = sync_jobs.id "
-                 "AND q.state IN ('ready', 'leased'))")
+_LIVE_FOR_JOB = (
+    "NOT EXISTS (SELECT 1 FROM sync_queue q WHERE q.job_id = sync_jobs.id AND q.state IN ('ready', 'leased'))"
+)
 
 
-def _adopt_one(c: Any, queue: SqliteQueue, row: Any, now: datetime, window_days: int,
-               result: AdoptionResult) -> None:
+def _adopt_one(
+    c: Any, queue: SqliteQueue, row: Any, now: datetime, window_days: int, result: AdoptionResult
+) -> None:
     job_id = row["id"]
     if row["conn_id"] is None:
         _fail(c, row, now, "Connection no longer exists; job dropped", result, status="pending")
         return
     if row["platform"] not in PLATFORMS:
-        _fail(c, row, now, f"Connection has unknown platform {row['platform']!r}; job dropped",
-              result, status="pending")
+        _fail(
+            c,
+            row,
+            now,
+            f"Connection has unknown platform {row['platform']!r}; job dropped",
+            result,
+            status="pending",
+        )
         return
     if not row["is_active"]:
         result.waiting.append((job_id, "connection is paused (is_active = 0)"))
@@ -155,9 +171,16 @@ def _adopt_one(c: Any, queue: SqliteQueue, row: Any, now: datetime, window_days:
     except (ValueError, TypeError):
         created = stamp
     message = SyncJobMessage(
-        job_id=job_id, connection_id=row["conn_id"], organization_id=row["conn_org"],
-        platform=row["platform"], account_id=str(row["account_id"]), job_type=job_type,
-        sync_window=window, retry_count=0, created_at=created, priority=priority,
+        job_id=job_id,
+        connection_id=row["conn_id"],
+        organization_id=row["conn_org"],
+        platform=row["platform"],
+        account_id=str(row["account_id"]),
+        job_type=job_type,
+        sync_window=window,
+        retry_count=0,
+        created_at=created,
+        priority=priority,
     )
     # A savepoint per row: on PostgreSQL a unique violation (a racing `queue retry`) would
     # otherwise abort the whole transaction, and an adoption that cannot enqueue must leave
@@ -183,8 +206,12 @@ def _adopt_one(c: Any, queue: SqliteQueue, row: Any, now: datetime, window_days:
     c.execute("RELEASE SAVEPOINT clearlift_adopt")
     if n == 1:
         result.adopted.append(job_id)
-        log.info("adopted pending job %s of %s (no queue message): queued, %s .. %s",
-                 job_id, row["conn_id"], *message.sync_window.to_json().values())
+        log.info(
+            "adopted pending job %s of %s (no queue message): queued, %s .. %s",
+            job_id,
+            row["conn_id"],
+            *message.sync_window.to_json().values(),
+        )
 
 
 def _revive(c: Any, queue: SqliteQueue, message: SyncJobMessage) -> bool:
@@ -193,25 +220,31 @@ def _revive(c: Any, queue: SqliteQueue, message: SyncJobMessage) -> bool:
     another live message."""
     now = queue.clock.time()
     stamp = iso_z(queue.clock.now())
-    return c.execute(
-        "UPDATE sync_queue SET state = 'ready', body = ?, priority = ?, visible_at = ?, attempts = 0, "
-        "lease_owner = NULL, lease_token = NULL, last_error = NULL, finished_at = NULL, updated_at = ? "
-        "WHERE job_id = ? AND state IN ('done', 'dead') AND NOT EXISTS (SELECT 1 FROM sync_queue q "
-        "WHERE q.connection_id = ? AND q.state IN ('ready', 'leased'))",
-        (message.dumps(), message.priority.rank, now, stamp, message.job_id, message.connection_id),
-    ).rowcount == 1
+    return (
+        c.execute(
+            "UPDATE sync_queue SET state = 'ready', body = ?, priority = ?, visible_at = ?, attempts = 0, "
+            "lease_owner = NULL, lease_token = NULL, last_error = NULL, finished_at = NULL, updated_at = ? "
+            "WHERE job_id = ? AND state IN ('done', 'dead') AND NOT EXISTS (SELECT 1 FROM sync_queue q "
+            "WHERE q.connection_id = ? AND q.state IN ('ready', 'leased'))",
+            (message.dumps(), message.priority.rank, now, stamp, message.job_id, message.connection_id),
+        ).rowcount
+        == 1
+    )
 
 
-def _close_if_abandoned(c: Any, row: Any, now: datetime, stale_after: timedelta,
-                        result: AdoptionResult) -> None:
+def _close_if_abandoned(
+    c: Any, row: Any, now: datetime, stale_after: timedelta, result: AdoptionResult
+) -> None:
     seen = last_sign_of_life(row)
     if seen is not None and now - seen < stale_after:
         return
     since = f"since {iso_z(seen)}" if seen else "with no timestamps"
     hours = stale_after.total_seconds() / 3600
-    error = (f"Abandoned: running {since} with no worker holding it (its worker died, or it "
-             f"belongs to the retired Cloudflare workers); closed by clearlift after {hours:g} h "
-             "without a sign of life, the connection is synced again")
+    error = (
+        f"Abandoned: running {since} with no worker holding it (its worker died, or it "
+        f"belongs to the retired Cloudflare workers); closed by clearlift after {hours:g} h "
+        "without a sign of life, the connection is synced again"
+    )
     _fail(c, row, now, error, result, status="running")
 
 
@@ -240,5 +273,10 @@ def _fail(c: Any, row: Any, now: datetime, error: str, result: AdoptionResult, *
     log.warning("closed job %s of %s as failed: %s", row["id"], row["connection_id"], error)
 
 
-__all__ = ["AdoptionResult", "STALE_RUNNING_AFTER", "adopt_orphan_jobs", "adopted_metadata",
-           "last_sign_of_life"]
+__all__ = [
+    "AdoptionResult",
+    "STALE_RUNNING_AFTER",
+    "adopt_orphan_jobs",
+    "adopted_metadata",
+    "last_sign_of_life",
+]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Iterator
+from typing import Any
 
 from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
@@ -75,12 +76,16 @@ class NewConnection:
     scopes: str | None = None
 
 
-def add_connection(settings: Settings, new: NewConnection, *, clock: Clock = SYSTEM_CLOCK) -> tuple[str, bool]:
+def add_connection(
+    settings: Settings, new: NewConnection, *, clock: Clock = SYSTEM_CLOCK
+) -> tuple[str, bool]:
     """What the API worker does on OAuth callback: encrypt tokens, upsert the row."""
     if new.platform not in PLATFORMS:
         raise UsageError(f"unknown platform {new.platform!r} (known: {', '.join(PLATFORMS)})")
     if not new.account_id or not set(new.account_id) <= _ACCOUNT_ID_OK:
-        raise UsageError(f"account id {new.account_id!r} has characters other than letters, digits, '_', '-', '.'")
+        raise UsageError(
+            f"account id {new.account_id!r} has characters other than letters, digits, '_', '-', '.'"
+        )
     if not new.organization_id.strip():
         raise UsageError("organization id is empty")
     settings_text = "{}"
@@ -104,8 +109,10 @@ def add_connection(settings: Settings, new: NewConnection, *, clock: Clock = SYS
             raise UsageError(f"--expires-at {new.expires_at!r} is not an ISO timestamp") from None
         assert when is not None
         if not EARLIEST_EXPIRY <= when <= LATEST_EXPIRY:
-            raise UsageError(f"--expires-at {new.expires_at!r} is out of range "
-                             f"({EARLIEST_EXPIRY.year} to {LATEST_EXPIRY.year})")
+            raise UsageError(
+                f"--expires-at {new.expires_at!r} is out of range "
+                f"({EARLIEST_EXPIRY.year} to {LATEST_EXPIRY.year})"
+            )
         expires = iso_z(when)
     if not new.access_token:
         raise UsageError("an access token is required")
@@ -113,15 +120,29 @@ def add_connection(settings: Settings, new: NewConnection, *, clock: Clock = SYS
     store = store_for(settings, clock=clock)
     try:
         # Tokens sealed with a wrong key would be unreadable for the API worker and for us.
-        refuse_a_wrong_key(cipher, [r[0] for r in store.read(
-            "SELECT credentials_encrypted FROM platform_connections "
-            "WHERE credentials_encrypted IS NOT NULL LIMIT 20")], "stored connections'", "nothing was written")
+        refuse_a_wrong_key(
+            cipher,
+            [
+                r[0]
+                for r in store.read(
+                    "SELECT credentials_encrypted FROM platform_connections "
+                    "WHERE credentials_encrypted IS NOT NULL LIMIT 20"
+                )
+            ],
+            "stored connections'",
+            "nothing was written",
+        )
         return store.upsert_connection(
-            organization_id=new.organization_id, platform=new.platform, account_id=new.account_id,
-            account_name=new.account_name, connected_by=new.connected_by,
+            organization_id=new.organization_id,
+            platform=new.platform,
+            account_id=new.account_id,
+            account_name=new.account_name,
+            connected_by=new.connected_by,
             credentials_encrypted=cipher.encrypt(new.access_token),
             refresh_token_encrypted=cipher.encrypt(new.refresh_token) if new.refresh_token else None,
-            expires_at=expires, settings_text=settings_text, scopes=new.scopes,
+            expires_at=expires,
+            settings_text=settings_text,
+            scopes=new.scopes,
         )
     finally:
         store.close()
@@ -140,8 +161,15 @@ def schedule(settings: Settings, *, clock: Clock = SYSTEM_CLOCK):
         store.close()
 
 
-def sync_now(settings: Settings, connection_id: str, *, since: date | None, until: date | None,
-             wait: bool = False, clock: Clock = SYSTEM_CLOCK):
+def sync_now(
+    settings: Settings,
+    connection_id: str,
+    *,
+    since: date | None,
+    until: date | None,
+    wait: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
+):
     """``sync CONN --now``: enqueue a full job. With ``wait`` (the job then runs here, see
     ``run_job_here``) whatever would stop that run before it starts — a missing, malformed
     or wrong ENCRYPTION_KEY, an unusable warehouse URL — is refused before anything is
@@ -156,10 +184,19 @@ def sync_now(settings: Settings, connection_id: str, *, since: date | None, unti
             from clearlift_cli.warehouse import check_url
 
             cipher = FieldCipher(settings.key_bytes())
-            refuse_a_wrong_key(cipher, [r[0] for r in store.read(
-                "SELECT credentials_encrypted FROM platform_connections WHERE credentials_encrypted IS NOT NULL "
-                "ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 20", (connection_id,))],
-                "stored connections'", "nothing was enqueued")
+            refuse_a_wrong_key(
+                cipher,
+                [
+                    r[0]
+                    for r in store.read(
+                        "SELECT credentials_encrypted FROM platform_connections WHERE credentials_encrypted IS NOT NULL "
+                        "ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 20",
+                        (connection_id,),
+                    )
+                ],
+                "stored connections'",
+                "nothing was enqueued",
+            )
             check_url(settings.warehouse_url)
         return scheduler.enqueue_manual(store, SqliteQueue(store), connection_id, since=since, until=until)
     finally:
@@ -186,9 +223,19 @@ def run_job_here(settings: Settings, job_id: str, *, on_progress=None, clock: Cl
         raise
 
 
-def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: float | None = None,
-            concurrency: int = 8, lease_seconds: float = 300.0, only_job: str | None = None,
-            stop_grace: float | None = None, clock: Clock = SYSTEM_CLOCK, on_progress=None, on_consumer=None):
+def consume(
+    settings: Settings,
+    *,
+    max_jobs: int | None = None,
+    max_seconds: float | None = None,
+    concurrency: int = 8,
+    lease_seconds: float = 300.0,
+    only_job: str | None = None,
+    stop_grace: float | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    on_progress=None,
+    on_consumer=None,
+):
     from clearlift_cli.consumer import Consumer
 
     _check_seconds("--lease-seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
@@ -206,8 +253,13 @@ def consume(settings: Settings, *, max_jobs: int | None = None, max_seconds: flo
         with _recorded(store, "sync" if only_job else "consume") as run:
             _check_consume_config(store, consumer)
             grace = {} if stop_grace is None else {"stop_grace": stop_grace}
-            result = consumer.run(max_jobs=max_jobs, max_seconds=max_seconds, concurrency=concurrency,
-                                  only_job=only_job, **grace)
+            result = consumer.run(
+                max_jobs=max_jobs,
+                max_seconds=max_seconds,
+                concurrency=concurrency,
+                only_job=only_job,
+                **grace,
+            )
             run.summary = {**result.summary(), "max_seconds": max_seconds}
             run.outcomes = result.outcomes
         return result
@@ -245,11 +297,19 @@ def _check_consume_config(store: Store, consumer) -> None:
     warehouse URL must not dead-letter jobs and mark every connection failed."""
     from clearlift_cli.errors import WarehouseError
 
-    refuse_a_wrong_key(consumer.cipher, [r[0] for r in store.read(
-        "SELECT DISTINCT c.credentials_encrypted FROM sync_queue q "
-        "JOIN platform_connections c ON c.id = q.connection_id "
-        "WHERE q.state IN ('ready', 'leased') AND c.credentials_encrypted IS NOT NULL LIMIT 20"
-    )], "queued connections'", "no job was claimed")
+    refuse_a_wrong_key(
+        consumer.cipher,
+        [
+            r[0]
+            for r in store.read(
+                "SELECT DISTINCT c.credentials_encrypted FROM sync_queue q "
+                "JOIN platform_connections c ON c.id = q.connection_id "
+                "WHERE q.state IN ('ready', 'leased') AND c.credentials_encrypted IS NOT NULL LIMIT 20"
+            )
+        ],
+        "queued connections'",
+        "no job was claimed",
+    )
     from clearlift_cli.warehouse.schema import SCHEMA_VERSION
 
     try:
@@ -266,7 +326,8 @@ def _check_consume_config(store: Store, consumer) -> None:
     if version > SCHEMA_VERSION:  # a newer clearlift's warehouse: writing could corrupt it
         raise WarehouseError(
             f"the warehouse schema is version {version}, newer than this clearlift understands "
-            f"({SCHEMA_VERSION}): upgrade clearlift on this host (no job was claimed)")
+            f"({SCHEMA_VERSION}): upgrade clearlift on this host (no job was claimed)"
+        )
 
 
 def refresh_tokens(settings: Settings, *, margin_seconds: float = 300, clock: Clock = SYSTEM_CLOCK):
@@ -337,7 +398,10 @@ def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str,
         store.close()
     return {
         "ready": {"high": s.ready_high, "normal": s.ready_normal},
-        "delayed": s.delayed, "leased": s.leased, "dead": s.dead, "done": s.done,
+        "delayed": s.delayed,
+        "leased": s.leased,
+        "dead": s.dead,
+        "done": s.done,
         "oldest_ready_age_seconds": None if s.oldest_ready_age_s is None else round(s.oldest_ready_age_s, 1),
         "paused_platforms": {p: iso_from_epoch(u) for p, u in pauses.items()},
     }

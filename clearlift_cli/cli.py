@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from datetime import date
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -28,22 +28,46 @@ app = typer.Typer(
 )
 connections_app = typer.Typer(help="Add, list, pause and resume platform connections.", no_args_is_help=True)
 queue_app = typer.Typer(help="Inspect the job queue; list and re-queue dead letters.")
-sandbox_app = typer.Typer(help="Sandbox platform servers on loopback (for tests, demos, staging).", no_args_is_help=True)
+sandbox_app = typer.Typer(
+    help="Sandbox platform servers on loopback (for tests, demos, staging).", no_args_is_help=True
+)
 app.add_typer(connections_app, name="connections")
 app.add_typer(queue_app, name="queue")
 app.add_typer(sandbox_app, name="sandbox")
 
 # -- options every command shares --------------------------------------------------------
 
-DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="CLEARLIFT_DB", show_envvar=True,
-                                              help="The store (D1 schema + queue): a SQLite file, or postgresql://… for many hosts.")]
-WarehouseOpt = Annotated[Optional[str], typer.Option(
-    "--warehouse-url", envvar="CLEARLIFT_WAREHOUSE_URL", show_envvar=True,
-    help="postgresql://… or sqlite:///path (default: sqlite:///$CLEARLIFT_HOME/warehouse.db).")]
-HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="CLEARLIFT_HOME", show_envvar=True,
-                                                help="Where local state lives.")]
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", envvar="CLEARLIFT_CONFIG", show_envvar=True,
-                                                  help="TOML config file (same keys, lower case).")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="CLEARLIFT_DB",
+        show_envvar=True,
+        help="The store (D1 schema + queue): a SQLite file, or postgresql://… for many hosts.",
+    ),
+]
+WarehouseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--warehouse-url",
+        envvar="CLEARLIFT_WAREHOUSE_URL",
+        show_envvar=True,
+        help="postgresql://… or sqlite:///path (default: sqlite:///$CLEARLIFT_HOME/warehouse.db).",
+    ),
+]
+HomeOpt = Annotated[
+    str | None,
+    typer.Option("--home", envvar="CLEARLIFT_HOME", show_envvar=True, help="Where local state lives."),
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        envvar="CLEARLIFT_CONFIG",
+        show_envvar=True,
+        help="TOML config file (same keys, lower case).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 # -- the JSON each reporting command prints (shown in its --help and docs/commands.md) -----
@@ -127,10 +151,19 @@ def _print_json(data: Any) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log detail (-vv debug).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log detail (-vv debug).")
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
-    log_format: Annotated[str, typer.Option("--log-format", envvar="CLEARLIFT_LOG_FORMAT", show_envvar=True,
-                                            help="text (default) or json, for log shippers.")] = "text",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="CLEARLIFT_LOG_FORMAT",
+            show_envvar=True,
+            help="text (default) or json, for log shippers.",
+        ),
+    ] = "text",
 ) -> None:
     if log_format not in ("text", "json"):
         raise UsageError("--log-format must be text or json")
@@ -140,9 +173,15 @@ def _main(
 
 # -- init ------------------------------------------------------------------------------------
 
+
 @app.command()
-def init(db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
-         store_only: Annotated[bool, typer.Option("--store-only", help="Do not touch the warehouse.")] = False) -> None:
+def init(
+    db: DbOpt = None,
+    warehouse_url: WarehouseOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    store_only: Annotated[bool, typer.Option("--store-only", help="Do not touch the warehouse.")] = False,
+) -> None:
     """Create or upgrade the store and the warehouse schema (safe to run again).
 
     Example:  clearlift init --db /var/lib/clearlift/clearlift.db
@@ -159,23 +198,33 @@ def init(db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = N
 
 # -- connections -----------------------------------------------------------------------------
 
+
 @connections_app.command("add")
 def connections_add(
     org: Annotated[str, typer.Option("--org", help="Organization id.")],
     platform: Annotated[str, typer.Option("--platform", help="google, facebook, tiktok or stripe.")],
     account_id: Annotated[str, typer.Option("--account-id", help="The platform's account id.")],
     connected_by: Annotated[str, typer.Option("--connected-by", help="User id who connected it.")],
-    account_name: Annotated[Optional[str], typer.Option("--account-name")] = None,
-    expires_at: Annotated[Optional[str], typer.Option("--expires-at", help="Access token expiry (ISO).")] = None,
-    settings_json: Annotated[Optional[str], typer.Option("--settings", help="Settings JSON object.")] = None,
-    scopes: Annotated[Optional[str], typer.Option("--scopes")] = None,
-    access_token_env: Annotated[str, typer.Option(
-        "--access-token-env", help="Read the access token from this environment variable.")] = "CLEARLIFT_ACCESS_TOKEN",
-    refresh_token_env: Annotated[str, typer.Option(
-        "--refresh-token-env", help="Read the refresh token from this environment variable.")] = "CLEARLIFT_REFRESH_TOKEN",
-    tokens_stdin: Annotated[bool, typer.Option(
-        "--tokens-stdin", help="Read the access token (line 1) and refresh token (line 2) from stdin.")] = False,
-    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+    account_name: Annotated[str | None, typer.Option("--account-name")] = None,
+    expires_at: Annotated[str | None, typer.Option("--expires-at", help="Access token expiry (ISO).")] = None,
+    settings_json: Annotated[str | None, typer.Option("--settings", help="Settings JSON object.")] = None,
+    scopes: Annotated[str | None, typer.Option("--scopes")] = None,
+    access_token_env: Annotated[
+        str, typer.Option("--access-token-env", help="Read the access token from this environment variable.")
+    ] = "CLEARLIFT_ACCESS_TOKEN",
+    refresh_token_env: Annotated[
+        str,
+        typer.Option("--refresh-token-env", help="Read the refresh token from this environment variable."),
+    ] = "CLEARLIFT_REFRESH_TOKEN",
+    tokens_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--tokens-stdin", help="Read the access token (line 1) and refresh token (line 2) from stdin."
+        ),
+    ] = False,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Add or update a connection, encrypting its tokens as the API worker does.
 
@@ -186,9 +235,8 @@ def connections_add(
               --account-id 123-456-7890 --connected-by user-1 --settings '{"sync_interval_minutes": 30}'
     """
     from clearlift_cli import app as core
-    from clearlift_cli.settings import secret_from_env
-
     from clearlift_cli.platforms import PLATFORMS
+    from clearlift_cli.settings import secret_from_env
 
     if platform not in PLATFORMS:
         raise UsageError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
@@ -203,20 +251,35 @@ def connections_add(
         if not access and sys.stdin.isatty():
             access = typer.prompt("Access token", hide_input=True)
     if not access:
-        raise UsageError(f"no access token: set {access_token_env}, use --tokens-stdin, or run in a terminal to be prompted")
-    cid, created = core.add_connection(s, core.NewConnection(
-        organization_id=org, platform=platform, account_id=account_id, account_name=account_name,
-        connected_by=connected_by, access_token=access, refresh_token=refresh, expires_at=expires_at,
-        settings_json=settings_json, scopes=scopes))
+        raise UsageError(
+            f"no access token: set {access_token_env}, use --tokens-stdin, or run in a terminal to be prompted"
+        )
+    cid, created = core.add_connection(
+        s,
+        core.NewConnection(
+            organization_id=org,
+            platform=platform,
+            account_id=account_id,
+            account_name=account_name,
+            connected_by=connected_by,
+            access_token=access,
+            refresh_token=refresh,
+            expires_at=expires_at,
+            settings_json=settings_json,
+            scopes=scopes,
+        ),
+    )
     print(f"{'added' if created else 'updated'} connection {cid}")
 
 
 @connections_app.command("list", epilog=CONNECTIONS_JSON)
 def connections_list(
     as_json: JsonOpt = False,
-    org: Annotated[Optional[str], typer.Option("--org")] = None,
-    platform: Annotated[Optional[str], typer.Option("--platform")] = None,
-    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    platform: Annotated[str | None, typer.Option("--platform")] = None,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """List connections (no secrets).
 
@@ -228,12 +291,23 @@ def connections_list(
     store = core.store_for(_settings(db, None, home, config))
     conns = store.list_connections(organization_id=org, platform=platform)
     if as_json:
-        _print_json([{
-            "id": c.id, "organization_id": c.organization_id, "platform": c.platform,
-            "account_id": c.account_id, "account_name": c.account_name, "is_active": c.is_active,
-            "sync_status": c.sync_status, "last_synced_at": c.last_synced_at, "expires_at": c.expires_at,
-            "needs_reauth": c.needs_reauth,
-        } for c in conns])
+        _print_json(
+            [
+                {
+                    "id": c.id,
+                    "organization_id": c.organization_id,
+                    "platform": c.platform,
+                    "account_id": c.account_id,
+                    "account_name": c.account_name,
+                    "is_active": c.is_active,
+                    "sync_status": c.sync_status,
+                    "last_synced_at": c.last_synced_at,
+                    "expires_at": c.expires_at,
+                    "needs_reauth": c.needs_reauth,
+                }
+                for c in conns
+            ]
+        )
     else:
         _console().print(connections_table(conns))
 
@@ -246,21 +320,28 @@ def _set_active(connection_id: str, active: bool, db, home, config) -> None:
 
 
 @connections_app.command("pause")
-def connections_pause(connection_id: str, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+def connections_pause(
+    connection_id: str, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None
+) -> None:
     """Stop syncing a connection (is_active = 0).  Example:  clearlift connections pause org-1-google-123"""
     _set_active(connection_id, False, db, home, config)
 
 
 @connections_app.command("resume")
-def connections_resume(connection_id: str, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+def connections_resume(
+    connection_id: str, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None
+) -> None:
     """Sync a paused connection again (is_active = 1).  Example:  clearlift connections resume org-1-google-123"""
     _set_active(connection_id, True, db, home, config)
 
 
 # -- schedule / sync / consume / refresh-tokens ---------------------------------------------
 
+
 @app.command()
-def schedule(db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def schedule(
+    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Enqueue a job for every due connection (cron: every 15 minutes).
 
     Exit 0 even when some connections were skipped; non-zero only when the run failed.
@@ -277,14 +358,19 @@ def schedule(db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, a
         return
     # Broken rows were logged once each, as warnings (worth a mail even under -q); rows an
     # overlapping run enqueued meanwhile are only counted.
-    adoption = "".join(f", {summary[k]} {label}" for k, label in
-                       (("adopted", "adopted"), ("abandoned_closed", "abandoned closed")) if summary[k])
-    _summary(f"schedule: {summary['found']} candidates, {summary['enqueued']} enqueued, "
-             f"{summary['not_due']} not due, {summary['already_queued']} already queued, "
-             f"{summary['skipped']} skipped{adoption} in {time.monotonic() - t0:.2f}s")
+    adoption = "".join(
+        f", {summary[k]} {label}"
+        for k, label in (("adopted", "adopted"), ("abandoned_closed", "abandoned closed"))
+        if summary[k]
+    )
+    _summary(
+        f"schedule: {summary['found']} candidates, {summary['enqueued']} enqueued, "
+        f"{summary['not_due']} not due, {summary['already_queued']} already queued, "
+        f"{summary['skipped']} skipped{adoption} in {time.monotonic() - t0:.2f}s"
+    )
 
 
-def _parse_day(value: Optional[str], flag: str) -> Optional[date]:
+def _parse_day(value: str | None, flag: str) -> date | None:
     if value is None:
         return None
     try:
@@ -297,10 +383,13 @@ def _parse_day(value: Optional[str], flag: str) -> Optional[date]:
 def sync(
     connection_id: str,
     now: Annotated[bool, typer.Option("--now", help="Enqueue a full job at priority high now.")] = False,
-    since: Annotated[Optional[str], typer.Option("--since", help="First day to (re)sync, YYYY-MM-DD.")] = None,
-    until: Annotated[Optional[str], typer.Option("--until", help="Last day to (re)sync, YYYY-MM-DD.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="First day to (re)sync, YYYY-MM-DD.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Last day to (re)sync, YYYY-MM-DD.")] = None,
     wait_: Annotated[bool, typer.Option("--wait", help="Run the job here with a progress display.")] = False,
-    db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+    db: DbOpt = None,
+    warehouse_url: WarehouseOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Trigger a sync or a backfill of one connection.
 
@@ -312,9 +401,12 @@ def sync(
     if not now:
         raise UsageError("say --now to trigger a sync (scheduled syncs need no command)")
     s = _settings(db, warehouse_url, home, config)
-    job_id, window = core.sync_now(s, connection_id, since=_parse_day(since, "--since"),
-                                   until=_parse_day(until, "--until"), wait=wait_)
-    print(f"enqueued full job {job_id} for {connection_id} ({window.to_json()['start']} .. {window.to_json()['end']}, priority high)")
+    job_id, window = core.sync_now(
+        s, connection_id, since=_parse_day(since, "--since"), until=_parse_day(until, "--until"), wait=wait_
+    )
+    print(
+        f"enqueued full job {job_id} for {connection_id} ({window.to_json()['start']} .. {window.to_json()['end']}, priority high)"
+    )
     if wait_:
         from clearlift_cli.render import run_with_progress
 
@@ -325,12 +417,36 @@ def sync(
 
 @app.command()
 def consume(
-    max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=1, help="Stop claiming after this long (running jobs then get --stop-grace).")] = 600,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--max-seconds", min=1, help="Stop claiming after this long (running jobs then get --stop-grace)."
+        ),
+    ] = 600,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Jobs run at once.")] = 8,
-    lease_seconds: Annotated[float, typer.Option("--lease-seconds", min=5, help="How long a claimed job stays invisible to other consumers (kept alive by heartbeat).")] = 300,
-    stop_grace: Annotated[float, typer.Option("--stop-grace", min=0, help="After --max-seconds or SIGTERM, how long running jobs may take to finish before they are cut and go back to the queue.")] = 30,
-    db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(
+            "--lease-seconds",
+            min=5,
+            help="How long a claimed job stays invisible to other consumers (kept alive by heartbeat).",
+        ),
+    ] = 300,
+    stop_grace: Annotated[
+        float,
+        typer.Option(
+            "--stop-grace",
+            min=0,
+            help="After --max-seconds or SIGTERM, how long running jobs may take to finish before they are cut and go back to the queue.",
+        ),
+    ] = 30,
+    db: DbOpt = None,
+    warehouse_url: WarehouseOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Claim and run jobs until the queue is empty or a limit is reached (cron: every minute).
@@ -357,24 +473,43 @@ def consume(
             c.stop()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    result = core.consume(_settings(db, warehouse_url, home, config), max_jobs=max_jobs, max_seconds=max_seconds,
-                          concurrency=concurrency, lease_seconds=lease_seconds, stop_grace=stop_grace,
-                          on_consumer=on_consumer)
+    result = core.consume(
+        _settings(db, warehouse_url, home, config),
+        max_jobs=max_jobs,
+        max_seconds=max_seconds,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        stop_grace=stop_grace,
+        on_consumer=on_consumer,
+    )
     summary = result.summary()
     if as_json:
         _print_json(summary)
     else:
         counts = ", ".join(f"{v} {k}" for k, v in result.counts().items()) or "nothing to do"
-        _summary(f"consume: {summary['jobs']} jobs ({counts}), {summary['records']} records in "
-                 f"{time.monotonic() - t0:.2f}s; stopped: {summary['stopped_by']}")
+        _summary(
+            f"consume: {summary['jobs']} jobs ({counts}), {summary['records']} records in "
+            f"{time.monotonic() - t0:.2f}s; stopped: {summary['stopped_by']}"
+        )
 
 
 @app.command("refresh-tokens")
 def refresh_tokens(
-    margin: Annotated[int, typer.Option("--margin", min=0, help=(
-        "Refresh tokens expiring within this many seconds (platforms that need longer keep "
-        "theirs: Meta's 60-day tokens from 7 days before expiry)."))] = 300,
-    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False,
+    margin: Annotated[
+        int,
+        typer.Option(
+            "--margin",
+            min=0,
+            help=(
+                "Refresh tokens expiring within this many seconds (platforms that need longer keep "
+                "theirs: Meta's 60-day tokens from 7 days before expiry)."
+            ),
+        ),
+    ] = 300,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Renew every active connection's token that expires within the margin, or within its
     platform's own longer margin (cron: every 5 minutes).
@@ -389,11 +524,14 @@ def refresh_tokens(
     if as_json:
         _print_json(summary)
         return
-    _summary(f"refresh-tokens: {summary['refreshed']} refreshed, {summary['skipped']} skipped, "
-             f"{summary['failed']} failed ({summary['needs_reauth']} need re-auth) in {time.monotonic() - t0:.2f}s")
+    _summary(
+        f"refresh-tokens: {summary['refreshed']} refreshed, {summary['skipped']} skipped, "
+        f"{summary['failed']} failed ({summary['needs_reauth']} need re-auth) in {time.monotonic() - t0:.2f}s"
+    )
 
 
 # -- status / queue -------------------------------------------------------------------------
+
 
 def _screenful() -> int:
     """Rows of the status table without --all: what fits a terminal, or 50 in cron mail."""
@@ -406,13 +544,19 @@ def _screenful() -> int:
 
 @app.command(epilog=STATUS_JSON)
 def status(
-    connection_id: Annotated[Optional[str], typer.Argument(help="A connection id; omit for all.")] = None,
+    connection_id: Annotated[str | None, typer.Argument(help="A connection id; omit for all.")] = None,
     as_json: JsonOpt = False,
-    org: Annotated[Optional[str], typer.Option("--org")] = None,
-    platform: Annotated[Optional[str], typer.Option("--platform")] = None,
-    failing: Annotated[bool, typer.Option("--failing", help="Only failing or re-auth connections (every one of them).")] = False,
-    all_rows: Annotated[bool, typer.Option("--all", help="Every connection's row, not just a screenful.")] = False,
-    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    platform: Annotated[str | None, typer.Option("--platform")] = None,
+    failing: Annotated[
+        bool, typer.Option("--failing", help="Only failing or re-auth connections (every one of them).")
+    ] = False,
+    all_rows: Annotated[
+        bool, typer.Option("--all", help="Every connection's row, not just a screenful.")
+    ] = False,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Where a connection (or every connection) stands.
 
@@ -440,13 +584,20 @@ def status(
             _print_lines([*render.notices(notices), render.connection_panel(report)])
         return
     if as_json:
-        rows, any_failing, platforms = st.status_json(store, organization_id=org, platform=platform,
-                                                      failing_only=failing)
+        rows, any_failing, platforms = st.status_json(
+            store, organization_id=org, platform=platform, failing_only=failing
+        )
         _warn(st.version_notices(s, platforms, today))
         _print_json(rows)
     else:
-        ov = st.overview(store, organization_id=org, platform=platform, failing_only=failing,
-                         limit=None if all_rows else _screenful(), settings=s)
+        ov = st.overview(
+            store,
+            organization_id=org,
+            platform=platform,
+            failing_only=failing,
+            limit=None if all_rows else _screenful(),
+            settings=s,
+        )
         _print_lines(render.status_overview(ov))
         any_failing = ov.any_failing
     if any_failing:
@@ -466,8 +617,13 @@ def _warn(lines: list[str]) -> None:
 
 
 @queue_app.callback(invoke_without_command=True, epilog=QUEUE_JSON)
-def queue_summary(ctx: typer.Context, db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
-                  as_json: JsonOpt = False) -> None:
+def queue_summary(
+    ctx: typer.Context,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Queue depth by priority, leased, delayed, dead-lettered, oldest age.
 
     Example:  clearlift queue --json
@@ -481,16 +637,23 @@ def queue_summary(ctx: typer.Context, db: DbOpt = None, home: HomeOpt = None, co
         _print_json(stats)
         return
     age = stats["oldest_ready_age_seconds"]
-    print(f"ready: {stats['ready']['high']} high, {stats['ready']['normal']} normal; delayed: {stats['delayed']}; "
-          f"leased: {stats['leased']}; dead: {stats['dead']}; done: {stats['done']}; "
-          f"oldest ready: {'-' if age is None else f'{age:.0f}s'}")
+    print(
+        f"ready: {stats['ready']['high']} high, {stats['ready']['normal']} normal; delayed: {stats['delayed']}; "
+        f"leased: {stats['leased']}; dead: {stats['dead']}; done: {stats['done']}; "
+        f"oldest ready: {'-' if age is None else f'{age:.0f}s'}"
+    )
     for p, until in stats["paused_platforms"].items():
         print(f"platform {p} paused by a rate limit until {until} (lift it: clearlift queue unpause {p})")
 
 
 @queue_app.command("dead", epilog=QUEUE_DEAD_JSON)
-def queue_dead(limit: Annotated[int, typer.Option("--limit", min=1)] = 100, as_json: JsonOpt = False,
-               db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+def queue_dead(
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """List dead letters with their last error.  Example:  clearlift queue dead --limit 20"""
     from clearlift_cli import app as core
     from clearlift_cli.queue import SqliteQueue
@@ -505,9 +668,13 @@ def queue_dead(limit: Annotated[int, typer.Option("--limit", min=1)] = 100, as_j
 
 
 @queue_app.command("retry")
-def queue_retry(ref: Annotated[Optional[str], typer.Argument(help="Dead letter id or job id.")] = None,
-                all_: Annotated[bool, typer.Option("--all", help="Re-queue every dead letter.")] = False,
-                db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+def queue_retry(
+    ref: Annotated[str | None, typer.Argument(help="Dead letter id or job id.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Re-queue every dead letter.")] = False,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """Re-queue dead letters (attempts start again from 0).
 
     Examples:  clearlift queue retry 42      clearlift queue retry --all
@@ -519,14 +686,24 @@ def queue_retry(ref: Annotated[Optional[str], typer.Argument(help="Dead letter i
         raise UsageError("give one dead letter id (or job id), or --all")
     store = core.store_for(_settings(db, None, home, config))
     result = SqliteQueue(store).requeue_dead(None if all_ else ref)
-    print(f"re-queued {len(result.requeued)} job(s)" + (f", skipped {len(result.skipped)}:" if result.skipped else ""))
+    print(
+        f"re-queued {len(result.requeued)} job(s)"
+        + (f", skipped {len(result.skipped)}:" if result.skipped else "")
+    )
     for s in result.skipped:
-        print(f"  skipped dead letter {s.message_id} (job {s.job_id}, connection {s.connection_id}): {s.reason}")
+        print(
+            f"  skipped dead letter {s.message_id} (job {s.job_id}, connection {s.connection_id}): {s.reason}"
+        )
 
 
 @app.command(epilog=DOCTOR_JSON)
-def doctor(db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
-           as_json: JsonOpt = False) -> None:
+def doctor(
+    db: DbOpt = None,
+    warehouse_url: WarehouseOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Whether this host can do its job: settings and where each came from, the encryption
     key against stored tokens, store, warehouse, app credentials, API versions, queue,
     failing connections, when cron last ran schedule / consume / refresh-tokens, disk space.
@@ -549,10 +726,18 @@ def doctor(db: DbOpt = None, warehouse_url: WarehouseOpt = None, home: HomeOpt =
 
 @app.command()
 def metrics(
-    output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="Write to this file atomically (temporary file + rename), for node_exporter's "
-        "textfile collector; without it, print to stdout.")] = None,
-    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write to this file atomically (temporary file + rename), for node_exporter's "
+            "textfile collector; without it, print to stdout.",
+        ),
+    ] = None,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Queue, connections, jobs and cron runs in the Prometheus text exposition format.
 
@@ -566,8 +751,12 @@ def metrics(
 
 
 @queue_app.command("unpause")
-def queue_unpause(platform: Annotated[str, typer.Argument(help="google, facebook, tiktok or stripe.")],
-                  db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None) -> None:
+def queue_unpause(
+    platform: Annotated[str, typer.Argument(help="google, facebook, tiktok or stripe.")],
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """Lift a platform-wide rate-limit pause now, and make that platform's jobs deferred by a
     rate limit claimable again (when you know the limit is over, e.g. a quota was raised).
 
@@ -576,14 +765,19 @@ def queue_unpause(platform: Annotated[str, typer.Argument(help="google, facebook
     from clearlift_cli import app as core
 
     done = core.unpause_platform(_settings(db, None, home, config), platform)
-    print(f"{done.platform}: {'pause lifted' if done.was_paused else 'was not paused'}; "
-          f"{done.released} deferred job(s) claimable now")
+    print(
+        f"{done.platform}: {'pause lifted' if done.was_paused else 'was not paused'}; "
+        f"{done.released} deferred job(s) claimable now"
+    )
 
 
 @app.command("migrate-store")
 def migrate_store(
     to: Annotated[str, typer.Option("--to", help="postgresql://… URL of the new control plane.")],
-    db: DbOpt = None, home: HomeOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False,
+    db: DbOpt = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Copy this SQLite store (connections, jobs, queue, dead letters, coverage) into a
     PostgreSQL control plane, once, for a team moving from one host to many. Rows already
@@ -613,8 +807,16 @@ def migrate_store(
 
 # -- demo / sandbox -------------------------------------------------------------------------
 
+
 @app.command()
-def demo(home: Annotated[Optional[str], typer.Option("--home", help="Keep the demo's store and warehouse here (default: a temporary directory).")] = None) -> None:
+def demo(
+    home: Annotated[
+        str | None,
+        typer.Option(
+            "--home", help="Keep the demo's store and warehouse here (default: a temporary directory)."
+        ),
+    ] = None,
+) -> None:
     """The whole pipeline on this machine with no accounts: sandbox APIs on loopback,
     embedded store and warehouse.
 
@@ -630,8 +832,17 @@ def demo(home: Annotated[Optional[str], typer.Option("--home", help="Keep the de
 @sandbox_app.command("serve")
 def sandbox_serve(
     host: Annotated[str, typer.Option("--host", help="Loopback address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="First port (google); the next four serve facebook, tiktok, stripe and D1. 0: any free ports.")] = 0,
-    token_ttl: Annotated[Optional[float], typer.Option("--token-ttl", help="Seconds the printed access tokens live (default: never expire).")] = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            help="First port (google); the next four serve facebook, tiktok, stripe and D1. 0: any free ports.",
+        ),
+    ] = 0,
+    token_ttl: Annotated[
+        float | None,
+        typer.Option("--token-ttl", help="Seconds the printed access tokens live (default: never expire)."),
+    ] = None,
 ) -> None:
     """Run the sandbox platform servers until interrupted; prints the settings to use.
 

@@ -69,7 +69,9 @@ def _whole_days(values: dict[str, Any], key: str, high: int) -> int | None:
     if value is None:
         return None
     if value != int(value) or not 0 <= value <= high:
-        raise SettingsError(f"settings.{key} must be a whole number of days from 0 to {high}, not {_show(value)}")
+        raise SettingsError(
+            f"settings.{key} must be a whole number of days from 0 to {high}, not {_show(value)}"
+        )
     return int(value)
 
 
@@ -81,7 +83,8 @@ def check(values: dict[str, Any]) -> ConnectionSettings:
     elif not MIN_INTERVAL_MINUTES <= interval <= MAX_INTERVAL_MINUTES:
         raise SettingsError(
             f"settings.sync_interval_minutes must be from {MIN_INTERVAL_MINUTES} to "
-            f"{MAX_INTERVAL_MINUTES} minutes (30 days), not {_show(interval)}")
+            f"{MAX_INTERVAL_MINUTES} minutes (30 days), not {_show(interval)}"
+        )
     lookback = _whole_days(values, "lookback_days", MAX_LOOKBACK_DAYS)
     attribution = _whole_days(values, "attribution_window_days", MAX_ATTRIBUTION_WINDOW_DAYS)
     if _holds_non_finite(values):
@@ -120,6 +123,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-__all__ = ["ConnectionSettings", "SettingsError", "check", "dumps", "load", "parse",
-           "DEFAULT_INTERVAL_MINUTES", "MAX_INTERVAL_MINUTES", "MAX_LOOKBACK_DAYS",
-           "MAX_ATTRIBUTION_WINDOW_DAYS"]
+__all__ = [
+    "ConnectionSettings",
+    "SettingsError",
+    "check",
+    "dumps",
+    "load",
+    "parse",
+    "DEFAULT_INTERVAL_MINUTES",
+    "MAX_INTERVAL_MINUTES",
+    "MAX_LOOKBACK_DAYS",
+    "MAX_ATTRIBUTION_WINDOW_DAYS",
+]

@@ -18,16 +18,26 @@ import socket
 import sqlite3
 import threading
 import time as _time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Callable
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.errors import (
-    AccountUnavailable, AuthRevoked, ClearliftError, ConfigError, CryptoError, Interrupted, NotFound,
+    AccountUnavailable,
+    AuthRevoked,
+    ClearliftError,
+    ConfigError,
+    CryptoError,
+    Interrupted,
+    NotFound,
     PermanentError,
-    RateLimited, StoreError, TokenExpired, TransientError, WarehouseError,
+    RateLimited,
+    StoreError,
+    TokenExpired,
+    TransientError,
+    WarehouseError,
 )
 from clearlift_cli.models import ClaimedMessage, Connection
 from clearlift_cli.platforms import platform_module
@@ -79,8 +89,10 @@ class ConsumeResult:
 
     def summary(self) -> dict:
         return {
-            "jobs": len(self.outcomes), **self.counts(),
-            "records": sum(o.records for o in self.outcomes), "stopped_by": self.stopped_by,
+            "jobs": len(self.outcomes),
+            **self.counts(),
+            "records": sum(o.records for o in self.outcomes),
+            "stopped_by": self.stopped_by,
         }
 
 
@@ -125,8 +137,13 @@ def date_runs(days) -> list[tuple[date, date]]:
 
 class Consumer:
     def __init__(
-        self, settings: Settings, store: Store, *, warehouse: Warehouse | None = None,
-        owner: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        warehouse: Warehouse | None = None,
+        owner: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         on_progress: Callable[[str, str, int, int | None], None] | None = None,
     ):
         self.settings = settings
@@ -152,8 +169,9 @@ class Consumer:
     def warehouse(self) -> Warehouse:
         with self._warehouse_lock:
             if self._warehouse is None:
-                self._warehouse = open_warehouse(self.settings.warehouse_url,
-                                                 pg_limits=self.settings.pg_limits())
+                self._warehouse = open_warehouse(
+                    self.settings.warehouse_url, pg_limits=self.settings.pg_limits()
+                )
             return self._warehouse
 
     @property
@@ -180,8 +198,12 @@ class Consumer:
     # -- the loop -------------------------------------------------------------------------
 
     def run(
-        self, *, max_jobs: int | None = None, max_seconds: float | None = None,
-        concurrency: int = DEFAULT_CONCURRENCY, only_job: str | None = None,
+        self,
+        *,
+        max_jobs: int | None = None,
+        max_seconds: float | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        only_job: str | None = None,
         stop_grace: float = DEFAULT_STOP_GRACE_SECONDS,
     ) -> ConsumeResult:
         """Claim and run jobs until the queue is empty, ``max_jobs`` were claimed,
@@ -215,8 +237,12 @@ class Consumer:
                     if reason in ("signal", "max-seconds") and cut_at is None:
                         cut_at = now + max(0.0, stop_grace)
                         if in_flight:
-                            log.info("stopping (%s): %d running job(s) have %gs to finish", reason,
-                                     len(in_flight), stop_grace)
+                            log.info(
+                                "stopping (%s): %d running job(s) have %gs to finish",
+                                reason,
+                                len(in_flight),
+                                stop_grace,
+                            )
                     if self._cut_now.is_set():
                         cut_at = now
                     if claiming:
@@ -224,8 +250,9 @@ class Consumer:
                         if max_jobs is not None:
                             free = min(free, max_jobs - claimed_total)
                         if free > 0:
-                            batch = self.queue.claim(self.owner, limit=free, lease_seconds=self.lease_seconds,
-                                                     only_job=only_job)
+                            batch = self.queue.claim(
+                                self.owner, limit=free, lease_seconds=self.lease_seconds, only_job=only_job
+                            )
                             for claimed in batch:
                                 in_flight[pool.submit(self._run_cuttable, claimed)] = claimed
                             claimed_total += len(batch)
@@ -269,8 +296,9 @@ class Consumer:
         Interrupted, and run_one releases it."""
         if not self._cutting.is_set():
             self._cutting.set()
-            log.warning("stop grace over: cutting %d running job(s); they go back to the queue",
-                        len(self._scopes))
+            log.warning(
+                "stop grace over: cutting %d running job(s); they go back to the queue", len(self._scopes)
+            )
         with self._scopes_lock:
             scopes = list(self._scopes.values())
         for scope in scopes:
@@ -281,8 +309,13 @@ class Consumer:
             return fut.result()
         except BaseException as exc:  # run_one handles everything; this is a last guard
             log.exception("job %s crashed the worker: %s", claimed.message.job_id, redact(exc))
-            return JobOutcome(claimed.message.job_id, claimed.message.connection_id,
-                              claimed.message.platform, "retry", error=redact(exc))
+            return JobOutcome(
+                claimed.message.job_id,
+                claimed.message.connection_id,
+                claimed.message.platform,
+                "retry",
+                error=redact(exc),
+            )
 
     def _heartbeat_loop(self, in_flight: dict, stop: threading.Event) -> None:
         interval = max(0.5, self.lease_seconds / 3)
@@ -290,8 +323,9 @@ class Consumer:
             for claimed in list(in_flight.values()):
                 try:
                     if not self.queue.heartbeat(claimed, self.lease_seconds):
-                        log.warning("job %s lost its lease; its result will be discarded",
-                                    claimed.message.job_id)
+                        log.warning(
+                            "job %s lost its lease; its result will be discarded", claimed.message.job_id
+                        )
                 except ClearliftError as exc:
                     log.warning("heartbeat failed: %s", exc)
 
@@ -302,8 +336,15 @@ class Consumer:
         t0 = _time.monotonic()
 
         def outcome(status: str, records: int = 0, error: str | None = None) -> JobOutcome:
-            o = JobOutcome(msg.job_id, msg.connection_id, msg.platform, status, records,
-                           redact(error) if error else None, round(_time.monotonic() - t0, 3))
+            o = JobOutcome(
+                msg.job_id,
+                msg.connection_id,
+                msg.platform,
+                status,
+                records,
+                redact(error) if error else None,
+                round(_time.monotonic() - t0, 3),
+            )
             line = "job %s %s %s: %s, %d records in %.2fs" + (" (%s)" if error else "")
             args = [msg.job_id, msg.platform, msg.connection_id, status, records, o.seconds]
             if error:
@@ -317,8 +358,13 @@ class Consumer:
         except NotFound:
             return self._fail_now(claimed, "Connection no longer exists; job dropped", outcome, dropped=True)
         if not conn.is_active:
-            return self._fail_now(claimed, "Connection was paused (is_active = 0); job dropped",
-                                  outcome, dropped=True, touch_connection=False)
+            return self._fail_now(
+                claimed,
+                "Connection was paused (is_active = 0); job dropped",
+                outcome,
+                dropped=True,
+                touch_connection=False,
+            )
         previous_status = conn.sync_status
         try:
             self.store.start_job(msg.job_id, conn.id)
@@ -329,7 +375,8 @@ class Consumer:
             return self._release(claimed, str(exc), previous_status, outcome)
         except AuthRevoked as exc:
             flagged = self.store.record_auth_failure(
-                conn.id, reason=exc.reason, definitive=exc.definitive, prefix="Authentication failed")
+                conn.id, reason=exc.reason, definitive=exc.definitive, prefix="Authentication failed"
+            )
             text = str(exc).rstrip(". ")
             if flagged:
                 text += " — the connection needs to be re-authorised (reconnect the account)"
@@ -340,7 +387,9 @@ class Consumer:
             return self._retry(claimed, str(exc), previous_status, outcome)
         except Exception as exc:  # an unexpected bug: retry with backoff, never kill the loop
             log.exception("unexpected error in job %s", msg.job_id)
-            return self._retry(claimed, f"unexpected error: {type(exc).__name__}: {exc}", previous_status, outcome)
+            return self._retry(
+                claimed, f"unexpected error: {type(exc).__name__}: {exc}", previous_status, outcome
+            )
         return self._complete(claimed, conn, records, outcome)
 
     def _sync(self, claimed: ClaimedMessage, conn: Connection) -> int:
@@ -380,16 +429,18 @@ class Consumer:
                 if isinstance(exc, AuthRevoked) and exc.definitive or state["refreshed"]:
                     raise
                 state["refreshed"] = True
-                fresh = refresh_connection(self.settings, self.store, self.cipher,
-                                           self.store.get_connection(conn.id))
+                fresh = refresh_connection(
+                    self.settings, self.store, self.cipher, self.store.get_connection(conn.id)
+                )
                 if fresh is None:
                     raise AuthRevoked(str(exc), platform=conn.platform, definitive=False) from None
                 state["creds"] = fresh
                 try:
                     return fn(client())
                 except TokenExpired as again:
-                    raise AuthRevoked(f"{again} (even after a token refresh)", platform=conn.platform,
-                                      definitive=False) from None
+                    raise AuthRevoked(
+                        f"{again} (even after a token refresh)", platform=conn.platform, definitive=False
+                    ) from None
 
         # Usually one account; a Google manager connection syncs each selected client, and
         # one client failing (unlinked, cancelled, a passing error) does not stop the others.
@@ -439,7 +490,11 @@ class Consumer:
                     if buffer_slices:
                         campaigns, metrics = list(campaigns), list(metrics)
                     with self.warehouse.transaction(write_seq=claimed.claim_seq) as w:
-                        n = w.upsert_campaigns(conn.platform, owner, account, campaigns, synced_at) if first else 0
+                        n = (
+                            w.upsert_campaigns(conn.platform, owner, account, campaigns, synced_at)
+                            if first
+                            else 0
+                        )
                         return n + w.upsert_daily_metrics(conn.platform, owner, account, metrics, synced_at)
                 start = datetime.combine(s, datetime.min.time(), window.start.tzinfo)
                 end = datetime.combine(e + timedelta(days=1), datetime.min.time(), window.start.tzinfo)
@@ -469,8 +524,10 @@ class Consumer:
             for aid, account in accounts.items():
                 owner = RowOwner(conn.organization_id, conn.id, aid)
                 records += with_refresh(
-                    lambda c, aid=aid, owner=owner, account=account:
-                    self._late_refunds(c.for_account(aid), owner, account, window))
+                    lambda c, aid=aid, owner=owner, account=account: self._late_refunds(
+                        c.for_account(aid), owner, account, window
+                    )
+                )
         progress("completed", total_slices, total_slices)
         return records
 
@@ -498,7 +555,9 @@ class Consumer:
         now_iso = iso_z(self.clock.now())
         with self.store.write() as c:
             if not self.queue.ack(c, claimed):
-                return outcome("stale", records, "lease lost before completion; another consumer owns the job")
+                return outcome(
+                    "stale", records, "lease lost before completion; another consumer owns the job"
+                )
             row = c.execute("SELECT metadata FROM sync_jobs WHERE id = ?", (msg.job_id,)).fetchone()
             c.execute(
                 """
@@ -507,8 +566,14 @@ class Consumer:
                        current_phase = 'completed', error_message = NULL, metadata = ?
                  WHERE id = ?
                 """,
-                (now_iso, now_iso, records, records,
-                 _with_records(row[0] if row else None, records), msg.job_id),
+                (
+                    now_iso,
+                    now_iso,
+                    records,
+                    records,
+                    _with_records(row[0] if row else None, records),
+                    msg.job_id,
+                ),
             )
             c.execute(
                 """
@@ -533,8 +598,9 @@ class Consumer:
                 )
         return outcome("completed", records)
 
-    def _fail_now(self, claimed, error: str, outcome, *, dropped: bool = False,
-                  touch_connection: bool = True) -> JobOutcome:
+    def _fail_now(
+        self, claimed, error: str, outcome, *, dropped: bool = False, touch_connection: bool = True
+    ) -> JobOutcome:
         msg = claimed.message
         error = redact(error)
         now_iso = iso_z(self.clock.now())
@@ -588,8 +654,9 @@ class Consumer:
         with self.store.write() as c:
             state = self.queue.retry(c, claimed, note, delay=0.0, count_attempt=False)
             if state == "ready":
-                self._back_to_pending(c, msg.job_id, msg.connection_id, note, previous_status,
-                                      iso_z(self.clock.now()))
+                self._back_to_pending(
+                    c, msg.job_id, msg.connection_id, note, previous_status, iso_z(self.clock.now())
+                )
         return outcome("released" if state == "ready" else "stale", 0, note)
 
     @staticmethod
@@ -601,8 +668,10 @@ class Consumer:
         )
         c.execute(
             "UPDATE platform_connections SET sync_status = ? WHERE id = ? AND sync_status = 'syncing'",
-            (previous_status if previous_status in ("pending", "completed", "failed") else "pending",
-             connection_id),
+            (
+                previous_status if previous_status in ("pending", "completed", "failed") else "pending",
+                connection_id,
+            ),
         )
 
 
@@ -610,9 +679,11 @@ def _accounts_failed(platform: str, ids: list[str], failed: dict[str, Exception]
     """One error for the accounts of a connection that failed while the others synced:
     permanent when any failure is (retrying cannot fix it), else transient."""
     synced = len(ids) - len(failed)
-    text = (f"{platform}: {len(failed)} of {len(ids)} accounts failed "
-            f"({synced} synced, {records} records written): "
-            + "; ".join(f"account {aid}: {exc}" for aid, exc in failed.items()))
+    text = (
+        f"{platform}: {len(failed)} of {len(ids)} accounts failed "
+        f"({synced} synced, {records} records written): "
+        + "; ".join(f"account {aid}: {exc}" for aid, exc in failed.items())
+    )
     if any(isinstance(exc, PermanentError) for exc in failed.values()):
         return PermanentError(text, platform=platform)
     return TransientError(text, platform=platform)

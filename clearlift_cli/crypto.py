@@ -13,7 +13,11 @@ import os
 
 from clearlift_cli import redact
 from clearlift_cli.errors import (
-    CiphertextNotBase64, CiphertextTooShort, ConfigError, CryptoError, DecryptionFailed,
+    CiphertextNotBase64,
+    CiphertextTooShort,
+    ConfigError,
+    CryptoError,
+    DecryptionFailed,
 )
 
 IV_BYTES = 12

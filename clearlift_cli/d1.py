@@ -44,8 +44,9 @@ import logging
 import random
 import re
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
 
 from clearlift_cli import redact as _redact
 from clearlift_cli.errors import (
@@ -112,7 +113,7 @@ class Meta:
     size_after: int | None = None
 
     @classmethod
-    def from_wire(cls, meta: Any) -> "Meta":
+    def from_wire(cls, meta: Any) -> Meta:
         m = meta if isinstance(meta, dict) else {}
 
         def num(key: str) -> int:
@@ -166,7 +167,7 @@ class D1Stats:
 
 def parse_d1_url(url: str) -> tuple[str, str]:
     """``d1://ACCOUNT_ID/DATABASE_ID`` -> (account id, database id), or a ConfigError."""
-    rest = url[len("d1://"):] if url.startswith("d1://") else None
+    rest = url[len("d1://") :] if url.startswith("d1://") else None
     parts = rest.strip("/").split("/") if rest else []
     if len(parts) != 2 or not all(_ID.match(p) for p in parts):
         raise ConfigError(
@@ -181,7 +182,7 @@ def parse_d1_url(url: str) -> tuple[str, str]:
 
 def _chunks(values: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 def in_list(
@@ -315,7 +316,7 @@ class D1Client:
         self.stats = D1Stats()
 
     @classmethod
-    def from_settings(cls, settings: Any, url: str, *, clock: Clock = SYSTEM_CLOCK) -> "D1Client":
+    def from_settings(cls, settings: Any, url: str, *, clock: Clock = SYSTEM_CLOCK) -> D1Client:
         account_id, database_id = parse_d1_url(url)
         return cls(
             account_id=account_id,
@@ -411,8 +412,12 @@ class D1Client:
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
         try:
             resp = self.session.post(
-                self.url, data=payload, headers=headers, timeout=(min(10.0, self.timeout), self.timeout),
-                allow_redirects=False, stream=True,
+                self.url,
+                data=payload,
+                headers=headers,
+                timeout=(min(10.0, self.timeout), self.timeout),
+                allow_redirects=False,
+                stream=True,
             )
             try:
                 raw = self._read_capped(resp)
@@ -435,7 +440,9 @@ class D1Client:
         status = resp.status_code
         log.debug("%s: %d statement(s) -> HTTP %s", self.name, n, status)
         if 300 <= status < 400:  # the API never redirects: a wrong URL or an intercepting proxy
-            raise ConfigError(f"{self.name}: HTTP {status} redirect refused: check CLEARLIFT_D1_URL and any proxy")
+            raise ConfigError(
+                f"{self.name}: HTTP {status} redirect refused: check CLEARLIFT_D1_URL and any proxy"
+            )
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -460,28 +467,34 @@ class D1Client:
                 f"needs D1 Edit permission on account {self.account_id}"
             )
         if status == 404:
-            raise ConfigError(f"{self.name} was not found ({detail}): check the account and database ids (and CLEARLIFT_D1_URL)")
+            raise ConfigError(
+                f"{self.name} was not found ({detail}): check the account and database ids (and CLEARLIFT_D1_URL)"
+            )
         if any(m in message for m in _NOT_RUN):
             raise D1Unavailable(f"{self.name}: {detail}")
         if status >= 500 or any(m in message for m in _MAYBE_RUN):
             raise D1Unavailable(f"{self.name}: {detail}", maybe_applied=True)
         if body is None:
             if status == 200:
-                raise D1Unavailable(f"{self.name}: HTTP 200 with malformed or truncated JSON", maybe_applied=True)
+                raise D1Unavailable(
+                    f"{self.name}: HTTP 200 with malformed or truncated JSON", maybe_applied=True
+                )
             if status == 413:
                 raise D1LimitExceeded(f"{self.name}: the request is too large (HTTP 413)")
             raise D1QueryError(f"{self.name}: {detail}")
         if status >= 400 or body.get("success") is False:
             match = _SQLITE_CODE.search(message)
             raise D1QueryError(
-                f"{self.name}: {detail}", code=code if isinstance(code, int) else None,
+                f"{self.name}: {detail}",
+                code=code if isinstance(code, int) else None,
                 sqlite_code=match.group(1) if match else None,
             )
         results = body.get("result")
         if not isinstance(results, list) or len(results) != n:
             raise D1Unavailable(
                 f"{self.name}: HTTP {status} answered {len(results) if isinstance(results, list) else 'no'} "
-                f"result(s) for {n} statement(s)", maybe_applied=True,
+                f"result(s) for {n} statement(s)",
+                maybe_applied=True,
             )
         out: list[Rows] = []
         read = written = 0

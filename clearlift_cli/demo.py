@@ -54,15 +54,20 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
         env = sb.env()
         flags = {"home": str(home_dir), "encryption_key": key}
         s = settings_mod.resolve(flags, environ=env, read_config=False)
-        console.print(f"[b]clearlift demo[/b] — home {home_dir}\n"
-                      f"sandbox platforms on loopback: {', '.join(f'{p} {srv.base_url}' for p, srv in sb.servers.items())}")
-        console.print(f"API versions: Google Ads {s.google_ads_api_version}, Meta Marketing "
-                      f"{s.facebook_api_version}, TikTok v1.3")
+        console.print(
+            f"[b]clearlift demo[/b] — home {home_dir}\n"
+            f"sandbox platforms on loopback: {', '.join(f'{p} {srv.base_url}' for p, srv in sb.servers.items())}"
+        )
+        console.print(
+            f"API versions: Google Ads {s.google_ads_api_version}, Meta Marketing "
+            f"{s.facebook_api_version}, TikTok v1.3"
+        )
         core.init(s)
         sb.google.configure_account(DEMO_MANAGER, manager=True, name="Umbrella agency")
         for client, currency, tz in DEMO_MANAGER_CLIENTS:
-            sb.google.configure_account(client, manager_id=DEMO_MANAGER.replace("-", ""), currency=currency,
-                                        time_zone=tz, campaigns=3)
+            sb.google.configure_account(
+                client, manager_id=DEMO_MANAGER.replace("-", ""), currency=currency, time_zone=tz, campaigns=3
+            )
         for org, platform, account, name, ttl, revoked in DEMO_CONNECTIONS:
             if platform == "stripe":
                 access, refresh = sb.stripe.issue_key(account), None
@@ -78,15 +83,33 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
                 expires = iso_z(SYSTEM_CLOCK.now().replace(microsecond=0) + timedelta(seconds=ttl))
             selection = None
             if account == DEMO_MANAGER:
-                selection = json.dumps({"accountSelection": {
-                    "mode": "selected", "selectedAccounts": [c for c, _, _ in DEMO_MANAGER_CLIENTS]}})
-            cid, _ = core.add_connection(s, core.NewConnection(
-                organization_id=org, platform=platform, account_id=account, account_name=name,
-                connected_by=f"user-{org}", access_token=access, refresh_token=refresh, expires_at=expires,
-                settings_json=selection))
+                selection = json.dumps(
+                    {
+                        "accountSelection": {
+                            "mode": "selected",
+                            "selectedAccounts": [c for c, _, _ in DEMO_MANAGER_CLIENTS],
+                        }
+                    }
+                )
+            cid, _ = core.add_connection(
+                s,
+                core.NewConnection(
+                    organization_id=org,
+                    platform=platform,
+                    account_id=account,
+                    account_name=name,
+                    connected_by=f"user-{org}",
+                    access_token=access,
+                    refresh_token=refresh,
+                    expires_at=expires,
+                    settings_json=selection,
+                ),
+            )
         refreshed = core.refresh_tokens(s)
-        console.print(f"refresh-tokens: {refreshed.summary()['refreshed']} refreshed, "
-                      f"{refreshed.summary()['skipped']} skipped, {refreshed.summary()['failed']} failed")
+        console.print(
+            f"refresh-tokens: {refreshed.summary()['refreshed']} refreshed, "
+            f"{refreshed.summary()['skipped']} skipped, {refreshed.summary()['failed']} failed"
+        )
         sched = core.schedule(s)
         console.print(f"schedule: {sched.summary()['enqueued']} jobs enqueued")
         # The revoked connection is not flagged until its job fails; it gets one then.
@@ -103,25 +126,53 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
 
         wh = open_warehouse(s.warehouse_url)
         t = Table(title="a few warehouse rows: google_ads_daily_metrics")
-        cols = ["account_id", "campaign_id", "metric_date", "impressions", "clicks", "spend_micros",
-                "conversions", "conversion_value_micros", "currency"]
+        cols = [
+            "account_id",
+            "campaign_id",
+            "metric_date",
+            "impressions",
+            "clicks",
+            "spend_micros",
+            "conversions",
+            "conversion_value_micros",
+            "currency",
+        ]
         for col in cols:
             t.add_column(col)
         for row in wh.fetch_rows("google_ads_daily_metrics", limit=5):
             t.add_row(*(str(row[c]) for c in cols))
         console.print(t)
-        manager_rows = {client.replace("-", ""): len(wh.fetch_rows(
-            "google_ads_daily_metrics", organization_id="org-umbrella", account_id=client.replace("-", "")))
-            for client, _, _ in DEMO_MANAGER_CLIENTS}
-        console.print(f"Google manager {DEMO_MANAGER}: daily rows per client account "
-                      + ", ".join(f"{c} {n}" for c, n in manager_rows.items()))
-        totals = {table: wh.count_rows(table) for table in (
-            "google_ads_campaigns", "google_ads_daily_metrics", "facebook_ads_daily_metrics",
-            "tiktok_ads_daily_metrics", "stripe_charges", "stripe_daily_revenue")}
+        manager_rows = {
+            client.replace("-", ""): len(
+                wh.fetch_rows(
+                    "google_ads_daily_metrics",
+                    organization_id="org-umbrella",
+                    account_id=client.replace("-", ""),
+                )
+            )
+            for client, _, _ in DEMO_MANAGER_CLIENTS
+        }
+        console.print(
+            f"Google manager {DEMO_MANAGER}: daily rows per client account "
+            + ", ".join(f"{c} {n}" for c, n in manager_rows.items())
+        )
+        totals = {
+            table: wh.count_rows(table)
+            for table in (
+                "google_ads_campaigns",
+                "google_ads_daily_metrics",
+                "facebook_ads_daily_metrics",
+                "tiktok_ads_daily_metrics",
+                "stripe_charges",
+                "stripe_daily_revenue",
+            )
+        }
         wh.close()
     console.print("rows: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
-    console.print(f"done in {time.monotonic() - started:.1f}s. Inspect: CLEARLIFT_HOME={home_dir} clearlift status"
-                  + ("" if home else "   (temporary directory; use --home DIR to keep it somewhere you choose)"))
+    console.print(
+        f"done in {time.monotonic() - started:.1f}s. Inspect: CLEARLIFT_HOME={home_dir} clearlift status"
+        + ("" if home else "   (temporary directory; use --home DIR to keep it somewhere you choose)")
+    )
     if result.summary()["records"] == 0:
         errors = sorted({o.error for o in result.outcomes if o.error})
         raise ClearliftError(

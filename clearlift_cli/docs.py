@@ -1,6 +1,6 @@
 """Generate the command reference (docs/commands.md) from the commands' own --help.
 
-    python -m clearlift_cli.docs > docs/commands.md
+python -m clearlift_cli.docs > docs/commands.md
 """
 
 from __future__ import annotations
@@ -33,9 +33,13 @@ def commands() -> list:
 
 
 def reference() -> str:
-    out = ["# clearlift command reference", "",
-           "Generated from `--help` by `python -m clearlift_cli.docs > docs/commands.md`; "
-           "a test fails when it is out of date.", ""]
+    out = [
+        "# clearlift command reference",
+        "",
+        "Generated from `--help` by `python -m clearlift_cli.docs > docs/commands.md`; "
+        "a test fails when it is out of date.",
+        "",
+    ]
     for path, _cmd in commands():
         title = " ".join(["clearlift", *path])
         out += [f"## `{title}`", "", "```text", command_help(path).rstrip(), "```", ""]

@@ -9,9 +9,10 @@ itself cannot be opened (its own check says why).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from clearlift_cli.errors import ClearliftError, CryptoError, DecryptionFailed, MissingKey
 from clearlift_cli.redact import redact
@@ -93,8 +94,14 @@ def diagnose(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> DoctorReport
     try:
         store = open_store(settings.db, clock=clock)
     except ClearliftError as exc:
-        checks.append(Check("store", FAIL, redact(exc),
-                            "set CLEARLIFT_DB to the store, or run `clearlift init` to create it"))
+        checks.append(
+            Check(
+                "store",
+                FAIL,
+                redact(exc),
+                "set CLEARLIFT_DB to the store, or run `clearlift init` to create it",
+            )
+        )
     try:
         if store is not None:
             checks += _guarded("store", lambda: _store(store))
@@ -127,12 +134,25 @@ def _store(store) -> list[Check]:
     version = store.schema_version()
     where = f"{store.display} ({store.backend})"
     if version < SCHEMA_VERSION:
-        return [Check("store", FAIL, f"{where}: schema version {version}, this clearlift needs {SCHEMA_VERSION}",
-                      "run `clearlift init` (adds only what is missing)")]
+        return [
+            Check(
+                "store",
+                FAIL,
+                f"{where}: schema version {version}, this clearlift needs {SCHEMA_VERSION}",
+                "run `clearlift init` (adds only what is missing)",
+            )
+        ]
     store.check_writable()
     if version > SCHEMA_VERSION:
-        return [Check("store", WARN, f"{where}: schema version {version} is newer than this clearlift's "
-                      f"{SCHEMA_VERSION}; writable", "upgrade clearlift on this host")]
+        return [
+            Check(
+                "store",
+                WARN,
+                f"{where}: schema version {version} is newer than this clearlift's "
+                f"{SCHEMA_VERSION}; writable",
+                "upgrade clearlift on this host",
+            )
+        ]
     return [Check("store", OK, f"{where}: schema version {version}, writable")]
 
 
@@ -147,7 +167,9 @@ def _encryption_key(settings: Settings, store) -> list[Check]:
     except CryptoError as exc:  # not base64, not 32 bytes
         return [Check("encryption_key", FAIL, redact(exc), fix)]
     if store is None:
-        return [Check("encryption_key", OK, "well-formed (no stored token tried: the store cannot be opened)")]
+        return [
+            Check("encryption_key", OK, "well-formed (no stored token tried: the store cannot be opened)")
+        ]
     try:
         sample = store.token_sample(TOKEN_SAMPLE)
     except ClearliftError as exc:
@@ -166,20 +188,32 @@ def _encryption_key(settings: Settings, store) -> list[Check]:
     bad = len(wrong) + len(malformed)
     found = f"decrypts {len(sample) - bad} of {len(sample)} sampled stored tokens"
     if len(wrong) >= 2 and len(wrong) == len(sample) - len(malformed):
-        return [Check("encryption_key", FAIL,
-                      f"well-formed, but {found}: it is not the key the API worker encrypted them with", fix)]
+        return [
+            Check(
+                "encryption_key",
+                FAIL,
+                f"well-formed, but {found}: it is not the key the API worker encrypted them with",
+                fix,
+            )
+        ]
     if bad:
         ids = sorted(set(wrong + malformed))
         shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-        return [Check("encryption_key", WARN, f"well-formed; {found} ({len(wrong)} fail authentication, "
-                      f"{len(malformed)} malformed): {shown}",
-                      "those connections must be reconnected (or their rows were written with another key)")]
+        return [
+            Check(
+                "encryption_key",
+                WARN,
+                f"well-formed; {found} ({len(wrong)} fail authentication, "
+                f"{len(malformed)} malformed): {shown}",
+                "those connections must be reconnected (or their rows were written with another key)",
+            )
+        ]
     return [Check("encryption_key", OK, f"well-formed; {found}")]
 
 
 def _warehouse(settings: Settings) -> list[Check]:
-    from clearlift_cli.warehouse import open_warehouse
     from clearlift_cli.redact import mask_url
+    from clearlift_cli.warehouse import open_warehouse
     from clearlift_cli.warehouse.schema import SCHEMA_VERSION
 
     url = settings.warehouse_url
@@ -193,19 +227,37 @@ def _warehouse(settings: Settings) -> list[Check]:
     try:
         wh = open_warehouse(url)
     except ClearliftError as exc:
-        return [Check("warehouse", FAIL, f"{shown} cannot be reached: {redact(exc)}",
-                      "check CLEARLIFT_WAREHOUSE_URL, the server, the network and the credentials")]
+        return [
+            Check(
+                "warehouse",
+                FAIL,
+                f"{shown} cannot be reached: {redact(exc)}",
+                "check CLEARLIFT_WAREHOUSE_URL, the server, the network and the credentials",
+            )
+        ]
     try:
         version = wh.schema_version()
     finally:
         wh.close()
     if version is None or version < SCHEMA_VERSION:
-        return [Check("warehouse", FAIL, f"{shown}: reachable, schema "
-                      + ("missing" if version is None else f"version {version} (needs {SCHEMA_VERSION})"),
-                      "run `clearlift init`")]
+        return [
+            Check(
+                "warehouse",
+                FAIL,
+                f"{shown}: reachable, schema "
+                + ("missing" if version is None else f"version {version} (needs {SCHEMA_VERSION})"),
+                "run `clearlift init`",
+            )
+        ]
     if version > SCHEMA_VERSION:
-        return [Check("warehouse", WARN, f"{shown}: schema version {version} is newer than this clearlift's",
-                      "upgrade clearlift on this host")]
+        return [
+            Check(
+                "warehouse",
+                WARN,
+                f"{shown}: schema version {version} is newer than this clearlift's",
+                "upgrade clearlift on this host",
+            )
+        ]
     return [Check("warehouse", OK, f"{shown}: reachable, schema version {version}")]
 
 
@@ -226,8 +278,14 @@ def _app_credentials(settings: Settings, counts) -> list[Check]:
     for platform, (active, expiring) in sorted(_active_by_platform(counts).items()):
         name = f"app_credentials.{platform}"
         if platform not in PLATFORMS:
-            out.append(Check(name, WARN, f"{active} active connection(s) of a platform clearlift does not know",
-                             "pause them (`clearlift connections pause ID`) or upgrade clearlift"))
+            out.append(
+                Check(
+                    name,
+                    WARN,
+                    f"{active} active connection(s) of a platform clearlift does not know",
+                    "pause them (`clearlift connections pause ID`) or upgrade clearlift",
+                )
+            )
             continue
         module = platform_module(platform)
         needed = list(getattr(module, "APP_SETTINGS", ()))
@@ -236,15 +294,33 @@ def _app_credentials(settings: Settings, counts) -> list[Check]:
         missing_refresh = [ENV_NAMES[f] for f in refresh if not getattr(settings, f)]
         what = f"{active} active connection(s)"
         if missing_always:
-            out.append(Check(name, FAIL, f"{what}, but {', '.join(missing_always)} not set: every job fails",
-                             f"set {', '.join(missing_always)}"))
+            out.append(
+                Check(
+                    name,
+                    FAIL,
+                    f"{what}, but {', '.join(missing_always)} not set: every job fails",
+                    f"set {', '.join(missing_always)}",
+                )
+            )
         elif missing_refresh and expiring:
-            out.append(Check(name, FAIL, f"{what}, {expiring} with tokens that expire, but "
-                             f"{', '.join(missing_refresh)} not set: their tokens cannot be renewed",
-                             f"set {', '.join(missing_refresh)}"))
+            out.append(
+                Check(
+                    name,
+                    FAIL,
+                    f"{what}, {expiring} with tokens that expire, but "
+                    f"{', '.join(missing_refresh)} not set: their tokens cannot be renewed",
+                    f"set {', '.join(missing_refresh)}",
+                )
+            )
         else:
             have = [ENV_NAMES[f] for f in needed + (refresh if expiring else [])]
-            out.append(Check(name, OK, f"{what}; " + (f"{', '.join(have)} set" if have else "no app credentials needed")))
+            out.append(
+                Check(
+                    name,
+                    OK,
+                    f"{what}; " + (f"{', '.join(have)} set" if have else "no app credentials needed"),
+                )
+            )
     return out
 
 
@@ -264,8 +340,11 @@ def _api_versions(settings: Settings, active: dict[str, tuple[int, int]] | None,
         elif vc.state in ("ending", "unknown"):
             out.append(Check(name, WARN, vc.message or "", fix))
         else:
-            until = f"sunset {vc.sunset.isoformat()}, in {(vc.sunset - today).days} days" if vc.sunset \
+            until = (
+                f"sunset {vc.sunset.isoformat()}, in {(vc.sunset - today).days} days"
+                if vc.sunset
                 else "no sunset date published"
+            )
             out.append(Check(name, OK, f"{version} ({until})"))
     return out
 
@@ -280,8 +359,14 @@ def _queue(store) -> list[Check]:
     expired = depth[("expired", "high")] + depth[("expired", "normal")]
     out = []
     if dead:
-        out.append(Check("queue.dead_letters", WARN, f"{dead} dead letter(s): jobs that failed for good",
-                         "`clearlift queue dead` lists them; `clearlift queue retry ID|--all` re-queues"))
+        out.append(
+            Check(
+                "queue.dead_letters",
+                WARN,
+                f"{dead} dead letter(s): jobs that failed for good",
+                "`clearlift queue dead` lists them; `clearlift queue retry ID|--all` re-queues",
+            )
+        )
     else:
         out.append(Check("queue.dead_letters", OK, "no dead letters"))
     age = stats.oldest_ready_age_s
@@ -294,9 +379,14 @@ def _queue(store) -> list[Check]:
         status = FAIL if age > READY_AGE_FAIL_S else WARN if age > READY_AGE_WARN_S else OK
         out.append(Check("queue.oldest_ready", status, found, None if status == OK else fix))
     if expired:
-        out.append(Check("queue.expired_leases", WARN,
-                         f"{expired} lease(s) past due: a consumer died or hangs mid-job (the next claim takes them back)",
-                         "look for killed or stuck `clearlift consume` processes (OOM killer, timeouts)"))
+        out.append(
+            Check(
+                "queue.expired_leases",
+                WARN,
+                f"{expired} lease(s) past due: a consumer died or hangs mid-job (the next claim takes them back)",
+                "look for killed or stuck `clearlift consume` processes (OOM killer, timeouts)",
+            )
+        )
     else:
         out.append(Check("queue.expired_leases", OK, "no lease past due"))
     return out
@@ -314,7 +404,9 @@ def _connections(counts) -> list[Check]:
             failing += n
     found = f"{active} active: {failing} failing, {reauth} need re-auth"
     if failing or reauth:
-        return [Check("connections", WARN, found, "`clearlift status --failing` lists them with their errors")]
+        return [
+            Check("connections", WARN, found, "`clearlift status --failing` lists them with their errors")
+        ]
     return [Check("connections", OK, found)]
 
 
@@ -332,8 +424,14 @@ def _cron(store) -> list[Check]:
         fix = f"check that cron runs `clearlift {name}` (see crontab.example) and read its mail or logs"
         run = last.get(name)
         if run is None:
-            out.append(Check(check_name, WARN, f"no {name} run recorded on this store yet (expected every {every})",
-                             fix))
+            out.append(
+                Check(
+                    check_name,
+                    WARN,
+                    f"no {name} run recorded on this store yet (expected every {every})",
+                    fix,
+                )
+            )
             continue
         try:
             summary = json.loads(run["summary"] or "{}")
@@ -345,14 +443,18 @@ def _cron(store) -> list[Check]:
         allowed = cmd.interval_seconds + run_seconds + CRON_GRACE_S
         latest_failed = ""
         if not run["ok"]:
-            latest_failed = (f"; the latest run ({_age(now - run['finished_at'])} ago on {run['host']}) failed: "
-                             f"{redact(summary.get('error', 'unknown error'))}")
+            latest_failed = (
+                f"; the latest run ({_age(now - run['finished_at'])} ago on {run['host']}) failed: "
+                f"{redact(summary.get('error', 'unknown error'))}"
+            )
         if run["last_ok_at"] is None:
             out.append(Check(check_name, FAIL, f"no successful {name} run recorded{latest_failed}", fix))
             continue
         age = now - run["last_ok_at"]
-        found = (f"last successful run finished {_age(age)} ago ({iso_z(from_epoch(run['last_ok_at']))}; "
-                 f"expected every {every}){latest_failed}")
+        found = (
+            f"last successful run finished {_age(age)} ago ({iso_z(from_epoch(run['last_ok_at']))}; "
+            f"expected every {every}){latest_failed}"
+        )
         if age > 2 * allowed:
             out.append(Check(check_name, FAIL, found, fix))
         elif age > allowed or latest_failed:

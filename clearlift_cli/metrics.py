@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class Family:
     help: str
     samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
 
-    def add(self, value: float, suffix: str = "", **labels: str) -> "Family":
+    def add(self, value: float, suffix: str = "", **labels: str) -> Family:
         self.samples.append((suffix, labels, value))
         return self
 
@@ -107,29 +108,49 @@ def collect(store: Store, settings: Any) -> list[Family]:
     queue = SqliteQueue(store)
     depth = queue.depth()
     stats = queue.stats()
-    messages = Family("clearlift_queue_messages", "gauge",
-                      "Queue messages by state (ready: claimable now; delayed: waiting for a retry "
-                      "or a rate limit; leased: held by a consumer) and priority.")
+    messages = Family(
+        "clearlift_queue_messages",
+        "gauge",
+        "Queue messages by state (ready: claimable now; delayed: waiting for a retry "
+        "or a rate limit; leased: held by a consumer) and priority.",
+    )
     for state in ("ready", "delayed", "leased"):
         for priority in ("high", "normal"):
             n = depth[(state, priority)] + (depth[("expired", priority)] if state == "leased" else 0)
             messages.add(n, state=state, priority=priority)
     families.append(messages)
-    families.append(Family("clearlift_queue_dead_letters", "gauge",
-                           "Jobs that failed for good and wait in the dead-letter list.")
-                    .add(depth[("dead", "high")] + depth[("dead", "normal")]))
-    families.append(Family("clearlift_queue_oldest_ready_age_seconds", "gauge",
-                           "How long the oldest claimable message has waited (0 when none waits).")
-                    .add(round(stats.oldest_ready_age_s or 0.0, 3)))
-    families.append(Family("clearlift_queue_expired_leases", "gauge",
-                           "Leased messages whose lease ran out over a minute ago: their consumer died or hangs.")
-                    .add(depth[("expired", "high")] + depth[("expired", "normal")]))
+    families.append(
+        Family(
+            "clearlift_queue_dead_letters",
+            "gauge",
+            "Jobs that failed for good and wait in the dead-letter list.",
+        ).add(depth[("dead", "high")] + depth[("dead", "normal")])
+    )
+    families.append(
+        Family(
+            "clearlift_queue_oldest_ready_age_seconds",
+            "gauge",
+            "How long the oldest claimable message has waited (0 when none waits).",
+        ).add(round(stats.oldest_ready_age_s or 0.0, 3))
+    )
+    families.append(
+        Family(
+            "clearlift_queue_expired_leases",
+            "gauge",
+            "Leased messages whose lease ran out over a minute ago: their consumer died or hangs.",
+        ).add(depth[("expired", "high")] + depth[("expired", "normal")])
+    )
 
     # -- connections ----------------------------------------------------------------------
     by_status = Family("clearlift_connections", "gauge", "Active connections by platform and sync status.")
-    paused = Family("clearlift_connections_paused", "gauge", "Paused connections (is_active = 0) by platform.")
-    reauth = Family("clearlift_connections_needing_reauth", "gauge",
-                    "Active connections whose user must reconnect the account, by platform.")
+    paused = Family(
+        "clearlift_connections_paused", "gauge", "Paused connections (is_active = 0) by platform."
+    )
+    reauth = Family(
+        "clearlift_connections_needing_reauth",
+        "gauge",
+        "Active connections whose user must reconnect the account, by platform.",
+    )
     active_counts: dict[tuple[str, str], int] = {}
     paused_counts = {p: 0 for p in PLATFORMS}
     reauth_counts = {p: 0 for p in PLATFORMS}
@@ -141,8 +162,9 @@ def collect(store: Store, settings: Any) -> list[Family]:
         if needs_reauth:
             reauth_counts[platform] = reauth_counts.get(platform, 0) + n
     for platform in sorted(set(PLATFORMS) | {p for p, _ in active_counts}):
-        for status in sorted({"pending", "syncing", "completed", "failed"}
-                             | {s for p, s in active_counts if p == platform}):
+        for status in sorted(
+            {"pending", "syncing", "completed", "failed"} | {s for p, s in active_counts if p == platform}
+        ):
             by_status.add(active_counts.get((platform, status), 0), platform=platform, sync_status=status)
     for platform, n in sorted(paused_counts.items()):
         paused.add(n, platform=platform)
@@ -151,21 +173,30 @@ def collect(store: Store, settings: Any) -> list[Family]:
     families += [by_status, paused, reauth]
 
     # -- jobs: running totals and the last hour --------------------------------------------
-    jobs_total = Family("clearlift_jobs_total", "counter",
-                        "Job deliveries by platform and outcome (completed, failed, deferred by a rate "
-                        "limit, retry, dropped, stale), since the store recorded them.")
-    records_total = Family("clearlift_records_synced_total", "counter",
-                           "Warehouse rows written by jobs, by platform.")
-    duration = Family("clearlift_job_duration_seconds", "summary",
-                      "Duration of completed jobs by platform: quantiles over the last hour (estimated "
-                      "from buckets), sum and count since the store recorded them.")
+    jobs_total = Family(
+        "clearlift_jobs_total",
+        "counter",
+        "Job deliveries by platform and outcome (completed, failed, deferred by a rate "
+        "limit, retry, dropped, stale), since the store recorded them.",
+    )
+    records_total = Family(
+        "clearlift_records_synced_total", "counter", "Warehouse rows written by jobs, by platform."
+    )
+    duration = Family(
+        "clearlift_job_duration_seconds",
+        "summary",
+        "Duration of completed jobs by platform: quantiles over the last hour (estimated "
+        "from buckets), sum and count since the store recorded them.",
+    )
     totals: dict[tuple[str, str], tuple[int, int, float]] = {}
     for platform, outcome, n, records, seconds in store.job_totals():
         totals[(platform, outcome)] = (n, records, seconds)
     platforms = sorted(set(PLATFORMS) | {p for p, _ in totals})
     for platform in platforms:
         for outcome in OUTCOMES:
-            jobs_total.add(totals.get((platform, outcome), (0, 0, 0.0))[0], platform=platform, outcome=outcome)
+            jobs_total.add(
+                totals.get((platform, outcome), (0, 0, 0.0))[0], platform=platform, outcome=outcome
+            )
         records_total.add(sum(r for (p, _), (_, r, _) in totals.items() if p == platform), platform=platform)
 
     last_hour_jobs: dict[tuple[str, str], int] = {}
@@ -180,7 +211,9 @@ def collect(store: Store, settings: Any) -> list[Family]:
             for platform, data in by_platform.items():
                 for outcome, n in (data.get("outcomes") or {}).items():
                     last_hour_jobs[(platform, outcome)] = last_hour_jobs.get((platform, outcome), 0) + int(n)
-                last_hour_records[platform] = last_hour_records.get(platform, 0) + int(data.get("records") or 0)
+                last_hour_records[platform] = last_hour_records.get(platform, 0) + int(
+                    data.get("records") or 0
+                )
                 counts = data.get("durations") or []
                 if len(counts) == len(DURATION_BUCKETS) + 1:
                     acc = buckets.setdefault(platform, [0] * len(counts))
@@ -189,15 +222,24 @@ def collect(store: Store, settings: Any) -> list[Family]:
     platforms = sorted(set(platforms) | {p for p, _ in last_hour_jobs})
     for platform in platforms:
         for q in QUANTILES:
-            duration.add(round(quantile_from_buckets(q, buckets.get(platform, [])), 3),
-                         platform=platform, quantile=str(q))
+            duration.add(
+                round(quantile_from_buckets(q, buckets.get(platform, [])), 3),
+                platform=platform,
+                quantile=str(q),
+            )
         n, _, seconds = totals.get((platform, "completed"), (0, 0, 0.0))
         duration.add(round(seconds, 3), "_sum", platform=platform)
         duration.add(n, "_count", platform=platform)
-    jobs_hour = Family("clearlift_jobs_last_hour", "gauge",
-                       "Job deliveries in consume runs that finished in the last hour, by platform and outcome.")
-    records_hour = Family("clearlift_records_synced_last_hour", "gauge",
-                          "Warehouse rows written by consume runs that finished in the last hour, by platform.")
+    jobs_hour = Family(
+        "clearlift_jobs_last_hour",
+        "gauge",
+        "Job deliveries in consume runs that finished in the last hour, by platform and outcome.",
+    )
+    records_hour = Family(
+        "clearlift_records_synced_last_hour",
+        "gauge",
+        "Warehouse rows written by consume runs that finished in the last hour, by platform.",
+    )
     for platform in platforms:
         for outcome in OUTCOMES:
             jobs_hour.add(last_hour_jobs.get((platform, outcome), 0), platform=platform, outcome=outcome)
@@ -205,12 +247,21 @@ def collect(store: Store, settings: Any) -> list[Family]:
     families += [jobs_total, jobs_hour, records_total, records_hour, duration]
 
     # -- cron runs --------------------------------------------------------------------------
-    last_ok = Family("clearlift_last_success_timestamp_seconds", "gauge",
-                     "When the last successful run of each cron command finished (Unix time).")
-    last_age = Family("clearlift_last_success_age_seconds", "gauge",
-                      "Seconds since the last successful run of each cron command finished.")
-    last_run_ok = Family("clearlift_last_run_success", "gauge",
-                         "1 when the latest run of each cron command succeeded, 0 when it failed.")
+    last_ok = Family(
+        "clearlift_last_success_timestamp_seconds",
+        "gauge",
+        "When the last successful run of each cron command finished (Unix time).",
+    )
+    last_age = Family(
+        "clearlift_last_success_age_seconds",
+        "gauge",
+        "Seconds since the last successful run of each cron command finished.",
+    )
+    last_run_ok = Family(
+        "clearlift_last_run_success",
+        "gauge",
+        "1 when the latest run of each cron command succeeded, 0 when it failed.",
+    )
     for command, run in sorted(store.last_runs().items()):
         if command not in CRON_COMMANDS:
             continue
@@ -222,24 +273,33 @@ def collect(store: Store, settings: Any) -> list[Family]:
 
     # -- platforms: rate-limit pauses and API versions -------------------------------------
     pauses = store.platform_pauses()
-    paused_p = Family("clearlift_platform_rate_limit_paused", "gauge",
-                      "1 while a platform-wide rate limit pauses every job of the platform.")
-    remaining = Family("clearlift_platform_rate_limit_pause_remaining_seconds", "gauge",
-                       "Seconds until a platform-wide rate-limit pause ends (0 when none is in force).")
+    paused_p = Family(
+        "clearlift_platform_rate_limit_paused",
+        "gauge",
+        "1 while a platform-wide rate limit pauses every job of the platform.",
+    )
+    remaining = Family(
+        "clearlift_platform_rate_limit_pause_remaining_seconds",
+        "gauge",
+        "Seconds until a platform-wide rate-limit pause ends (0 when none is in force).",
+    )
     for platform in sorted(set(PLATFORMS) | set(pauses)):
         until = pauses.get(platform)
         paused_p.add(1 if until else 0, platform=platform)
         remaining.add(round(max(0.0, until - now), 3) if until else 0, platform=platform)
     families += [paused_p, remaining]
-    sunset = Family("clearlift_api_version_sunset_timestamp_seconds", "gauge",
-                    "When the configured API version of a platform stops being served (Unix time); "
-                    "absent when no date is published.")
-    from datetime import datetime, timezone
+    sunset = Family(
+        "clearlift_api_version_sunset_timestamp_seconds",
+        "gauge",
+        "When the configured API version of a platform stops being served (Unix time); "
+        "absent when no date is published.",
+    )
+    from datetime import datetime
 
     for platform, version in configured_versions(settings).items():
         day = SUNSETS.get(platform, {}).get(version)
         if day is not None:
-            at = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+            at = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
             sunset.add(int(at), platform=platform, version=version)
     families.append(sunset)
     return families

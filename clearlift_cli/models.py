@@ -81,7 +81,7 @@ class Connection:
     consecutive_auth_failures: int = 0
 
     @classmethod
-    def from_row(cls, row: Any, keys: frozenset[str] | set[str] | None = None) -> "Connection":
+    def from_row(cls, row: Any, keys: frozenset[str] | set[str] | None = None) -> Connection:
         """``keys``: the row's column names, when the caller reads many rows of one query
         (saves building the set once per row)."""
         if keys is None:
@@ -150,7 +150,7 @@ class SyncWindow:
         return dict(cached)
 
     @classmethod
-    def from_json(cls, data: Any) -> "SyncWindow":
+    def from_json(cls, data: Any) -> SyncWindow:
         """Raises MalformedMessage naming the field for anything but a sane window."""
         if not isinstance(data, dict):
             raise MalformedMessage("sync_window is missing or not an object")
@@ -158,7 +158,9 @@ class SyncWindow:
         for name in ("start", "end"):
             value = data.get(name)
             if not isinstance(value, str) or not value:
-                raise MalformedMessage(f"sync_window.{name} is missing or not a timestamp string ({_show(value)})")
+                raise MalformedMessage(
+                    f"sync_window.{name} is missing or not a timestamp string ({_show(value)})"
+                )
             try:
                 bounds.append(parse_ts(value))
             except ValueError:
@@ -207,7 +209,7 @@ class SyncJobMessage:
         return json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
-    def loads(cls, text: str) -> "SyncJobMessage":
+    def loads(cls, text: str) -> SyncJobMessage:
         """Decode a queue message; MalformedMessage (saying which field) for anything else:
         a message that cannot be decoded must fail alone, at claim time."""
         try:
@@ -233,7 +235,9 @@ class SyncJobMessage:
         try:
             job_type = JobType(data.get("job_type"))
         except ValueError:
-            raise MalformedMessage(f"job_type {_show(data.get('job_type'))} is not full or incremental") from None
+            raise MalformedMessage(
+                f"job_type {_show(data.get('job_type'))} is not full or incremental"
+            ) from None
         try:
             priority = Priority(meta.get("priority", "normal"))
         except ValueError:

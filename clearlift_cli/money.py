@@ -7,9 +7,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 MICROS = Decimal(1_000_000)
 
 # ISO 4217 currencies without a minor unit (Stripe's list of zero-decimal currencies).
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
-)
+ZERO_DECIMAL_CURRENCIES = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
 
 
 def to_decimal(value: object) -> Decimal:

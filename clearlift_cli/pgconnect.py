@@ -77,24 +77,32 @@ def _ms(seconds: float) -> str:
     return f"{max(0, round(seconds * 1000))}ms"
 
 
-def connect(url: str, limits: PgLimits | None = None, *, application_name: str = "clearlift",
-            **kwargs: Any):
+def connect(url: str, limits: PgLimits | None = None, *, application_name: str = "clearlift", **kwargs: Any):
     """A psycopg connection to ``url`` with the bounds above (``kwargs`` go to
     ``psycopg.connect``). Raises ``psycopg.Error`` like ``psycopg.connect``."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(url)
-    client = {k: v for k, v in {**CLIENT_DEFAULTS, "application_name": application_name}.items()
-              if k not in params and k not in kwargs}
+    client = {
+        k: v
+        for k, v in {**CLIENT_DEFAULTS, "application_name": application_name}.items()
+        if k not in params and k not in kwargs
+    }
     conn = psycopg.connect(url, **client, **kwargs)
     try:
         options = f"{params.get('options') or ''} {kwargs.get('options') or ''}"
-        chosen = {name: value for name, value in (limits or DEFAULT_LIMITS).session_settings().items()
-                  if not re.search(rf"(?:^|[\s-]|-c){re.escape(name)}\s*=", options)}
+        chosen = {
+            name: value
+            for name, value in (limits or DEFAULT_LIMITS).session_settings().items()
+            if not re.search(rf"(?:^|[\s-]|-c){re.escape(name)}\s*=", options)
+        }
         if chosen:
-            conn.execute("SELECT set_config(name, value, false) FROM unnest(%s::text[], %s::text[]) AS s(name, value)",
-                         (list(chosen), list(chosen.values())), prepare=False)
+            conn.execute(
+                "SELECT set_config(name, value, false) FROM unnest(%s::text[], %s::text[]) AS s(name, value)",
+                (list(chosen), list(chosen.values())),
+                prepare=False,
+            )
             if not conn.autocommit:
                 conn.commit()  # session settings made in a transaction last only if it commits
     except BaseException:

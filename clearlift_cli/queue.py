@@ -15,8 +15,8 @@ import logging
 import random
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from clearlift_cli.errors import Conflict, NotFound, UsageError
 from clearlift_cli.models import ClaimedMessage, MalformedMessage, SyncJobMessage
@@ -85,7 +85,11 @@ class SqliteQueue:
     # -- producing ------------------------------------------------------------------------
 
     def enqueue(
-        self, c: sqlite3.Connection, message: SyncJobMessage, *, delay: float = 0.0,
+        self,
+        c: sqlite3.Connection,
+        message: SyncJobMessage,
+        *,
+        delay: float = 0.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> int:
         """Add a message inside the caller's write transaction ``c`` (so the job row and
@@ -97,8 +101,17 @@ class SqliteQueue:
                 "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
                 "visible_at, attempts, max_attempts, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                (message.job_id, message.connection_id, message.platform, message.dumps(),
-                 message.priority.rank, now + delay, max_attempts, stamp, stamp),
+                (
+                    message.job_id,
+                    message.connection_id,
+                    message.platform,
+                    message.dumps(),
+                    message.priority.rank,
+                    now + delay,
+                    max_attempts,
+                    stamp,
+                    stamp,
+                ),
             )
             row = cur.fetchone()
         except IntegrityError:
@@ -111,7 +124,9 @@ class SqliteQueue:
         return int(row[0])
 
     def enqueue_many(
-        self, c: sqlite3.Connection, messages: list[SyncJobMessage],
+        self,
+        c: sqlite3.Connection,
+        messages: list[SyncJobMessage],
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> int:
         """Add ``messages`` inside the caller's write transaction in one statement; returns
@@ -123,15 +138,32 @@ class SqliteQueue:
             "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
             "visible_at, attempts, max_attempts, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [(m.job_id, m.connection_id, m.platform, m.dumps(), m.priority.rank, now,
-              max_attempts, stamp, stamp) for m in messages],
+            [
+                (
+                    m.job_id,
+                    m.connection_id,
+                    m.platform,
+                    m.dumps(),
+                    m.priority.rank,
+                    now,
+                    max_attempts,
+                    stamp,
+                    stamp,
+                )
+                for m in messages
+            ],
         )
         return int(cur.rowcount)
 
     # -- consuming ------------------------------------------------------------------------
 
     def claim(
-        self, owner: str, *, limit: int, lease_seconds: float, only_job: str | None = None,
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        only_job: str | None = None,
     ) -> list[ClaimedMessage]:
         """Lease up to ``limit`` available messages to ``owner`` in one transaction,
         ``high`` before ``normal``, oldest first. Messages whose lease expired after their
@@ -152,9 +184,10 @@ class SqliteQueue:
             ).fetchall()
             if exhausted and self.on_dead:
                 self.on_dead(c, [(r[0], r[1]) for r in exhausted])
-            paused = [r[0] for r in c.execute(
-                "SELECT platform FROM clearlift_platform_pauses WHERE until > ?", (now,)
-            )]
+            paused = [
+                r[0]
+                for r in c.execute("SELECT platform FROM clearlift_platform_pauses WHERE until > ?", (now,))
+            ]
             skip, extra = "", list(paused)
             if paused:
                 skip = f" AND platform NOT IN ({','.join('?' * len(paused))})"
@@ -188,11 +221,17 @@ class SqliteQueue:
                     self._dead(c, r["id"], reason)
                     log.warning("queue message %s (job %s) dead-lettered: %s", r["id"], r["job_id"], reason)
                     continue
-                out.append(ClaimedMessage(
-                    id=r["id"], message=replace(msg, retry_count=r["attempts"] - 1), attempts=r["attempts"],
-                    max_attempts=r["max_attempts"], lease_token=r["lease_token"], last_error=r["last_error"],
-                    claim_seq=seq,
-                ))
+                out.append(
+                    ClaimedMessage(
+                        id=r["id"],
+                        message=replace(msg, retry_count=r["attempts"] - 1),
+                        attempts=r["attempts"],
+                        max_attempts=r["max_attempts"],
+                        lease_token=r["lease_token"],
+                        last_error=r["last_error"],
+                        claim_seq=seq,
+                    )
+                )
         return out
 
     def heartbeat(self, claimed: ClaimedMessage, lease_seconds: float) -> bool:
@@ -201,8 +240,7 @@ class SqliteQueue:
             n = c.execute(
                 "UPDATE sync_queue SET visible_at = ?, updated_at = ? "
                 "WHERE id = ? AND lease_token = ? AND state = 'leased'",
-                (self.clock.time() + lease_seconds, iso_z(self.clock.now()), claimed.id,
-                 claimed.lease_token),
+                (self.clock.time() + lease_seconds, iso_z(self.clock.now()), claimed.id, claimed.lease_token),
             ).rowcount
         return n == 1
 
@@ -217,14 +255,22 @@ class SqliteQueue:
         return n == 1
 
     def holds_lease(self, c: sqlite3.Connection, claimed: ClaimedMessage) -> bool:
-        return c.execute(
-            "SELECT 1 FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
-            (claimed.id, claimed.lease_token),
-        ).fetchone() is not None
+        return (
+            c.execute(
+                "SELECT 1 FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
+                (claimed.id, claimed.lease_token),
+            ).fetchone()
+            is not None
+        )
 
     def retry(
-        self, c: sqlite3.Connection, claimed: ClaimedMessage, error: str, *,
-        delay: float | None = None, count_attempt: bool = True,
+        self,
+        c: sqlite3.Connection,
+        claimed: ClaimedMessage,
+        error: str,
+        *,
+        delay: float | None = None,
+        count_attempt: bool = True,
     ) -> str:
         """Put the message back (inside the caller's transaction). With ``count_attempt``
         False (rate limits, shutdown) the delivery does not use up an attempt. Returns the
@@ -260,7 +306,12 @@ class SqliteQueue:
         return ok
 
     def _dead(
-        self, c: sqlite3.Connection, message_id: int, error: str, *, notify: bool = True,
+        self,
+        c: sqlite3.Connection,
+        message_id: int,
+        error: str,
+        *,
+        notify: bool = True,
         job_error: str | None = None,
     ) -> None:
         now_iso = iso_z(self.clock.now())
@@ -277,10 +328,13 @@ class SqliteQueue:
         delivered): the message and the pending job row go, as if never enqueued. False,
         and nothing changed, once any consumer has claimed it."""
         with self.store.write() as c:
-            gone = c.execute(
-                "DELETE FROM sync_queue WHERE job_id = ? AND state = 'ready' AND attempts = 0",
-                (job_id,),
-            ).rowcount == 1
+            gone = (
+                c.execute(
+                    "DELETE FROM sync_queue WHERE job_id = ? AND state = 'ready' AND attempts = 0",
+                    (job_id,),
+                ).rowcount
+                == 1
+            )
             if gone:
                 c.execute("DELETE FROM sync_jobs WHERE id = ? AND status = 'pending'", (job_id,))
         return gone
@@ -322,7 +376,9 @@ class SqliteQueue:
         ``expired`` (leased, the lease past due by more than the grace: its consumer died or
         hangs; the next claim takes it back) or ``dead``. Every key is present."""
         now = self.clock.time()
-        out = {(s, p): 0 for s in ("ready", "delayed", "leased", "expired", "dead") for p in ("high", "normal")}
+        out = {
+            (s, p): 0 for s in ("ready", "delayed", "leased", "expired", "dead") for p in ("high", "normal")
+        }
         for r in self.store.read(
             """
             SELECT CASE WHEN state = 'dead' THEN 'dead'
@@ -344,7 +400,7 @@ class SqliteQueue:
             (limit,),
         )
 
-    def requeue_dead(self, ref: str | None = None) -> "Requeued":
+    def requeue_dead(self, ref: str | None = None) -> Requeued:
         """Re-queue one dead letter (by message id or job id) or, with None, all of them;
         attempts start again from 0. With None, a dead letter that cannot be re-queued is
         skipped and reported (``Requeued.skipped``); a single one raises instead."""
@@ -359,7 +415,8 @@ class SqliteQueue:
             else:
                 rows = c.execute(
                     "SELECT id, job_id, connection_id, body FROM sync_queue WHERE state = 'dead' "
-                    "AND (job_id = ? OR CAST(id AS TEXT) = ?)", (ref, ref),
+                    "AND (job_id = ? OR CAST(id AS TEXT) = ?)",
+                    (ref, ref),
                 ).fetchall()
                 if not rows:
                     raise NotFound(f"no dead letter {ref!r} (see `clearlift queue dead`)")
@@ -367,7 +424,9 @@ class SqliteQueue:
                 try:
                     decode_message(r["body"], r["job_id"])
                 except MalformedMessage as exc:
-                    reason = redact(f"its message is malformed ({exc}); `clearlift sync CONNECTION --now` queues a new job")
+                    reason = redact(
+                        f"its message is malformed ({exc}); `clearlift sync CONNECTION --now` queues a new job"
+                    )
                     if ref is not None:
                         raise UsageError(f"dead letter {r['id']} cannot be re-queued: {reason}") from None
                     result.skipped.append(SkippedDeadLetter(r["id"], r["job_id"], r["connection_id"], reason))
@@ -378,7 +437,8 @@ class SqliteQueue:
                     c.execute(
                         "UPDATE sync_queue SET state = 'ready', attempts = 0, visible_at = ?, "
                         "updated_at = ?, finished_at = NULL, lease_owner = NULL, lease_token = NULL "
-                        "WHERE id = ?", (now, now_iso, r["id"]),
+                        "WHERE id = ?",
+                        (now, now_iso, r["id"]),
                     )
                     c.execute("RELEASE SAVEPOINT requeue")
                 except IntegrityError:
@@ -391,7 +451,8 @@ class SqliteQueue:
                     continue
                 c.execute(
                     "UPDATE sync_jobs SET status = 'pending', completed_at = NULL, updated_at = ? "
-                    "WHERE id = ?", (now_iso, r["job_id"]),
+                    "WHERE id = ?",
+                    (now_iso, r["job_id"]),
                 )
                 result.requeued.append(r["job_id"])
         return result
@@ -413,5 +474,12 @@ class Requeued:
     skipped: list[SkippedDeadLetter] = field(default_factory=list)
 
 
-__all__ = ["SqliteQueue", "QueueStats", "RATE_LIMIT_NOTE", "Requeued", "SkippedDeadLetter", "backoff_seconds",
-           "decode_message"]
+__all__ = [
+    "SqliteQueue",
+    "QueueStats",
+    "RATE_LIMIT_NOTE",
+    "Requeued",
+    "SkippedDeadLetter",
+    "backoff_seconds",
+    "decode_message",
+]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.markup import escape
 from rich.panel import Panel
@@ -14,7 +15,13 @@ from clearlift_cli.redact import redact
 from clearlift_cli.status import REAUTH_HINT, ConnectionReport, StatusOverview, _records
 from clearlift_cli.timeutil import iso_z
 
-_STATUS_STYLE = {"completed": "green", "failed": "red", "syncing": "cyan", "running": "cyan", "pending": "yellow"}
+_STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "syncing": "cyan",
+    "running": "cyan",
+    "pending": "yellow",
+}
 
 
 def _styled(value: str | None) -> Text:
@@ -27,9 +34,15 @@ def connections_table(conns) -> Table:
     for col in ("id", "platform", "account", "active", "status", "last synced", "expires"):
         t.add_column(col)
     for c in conns:
-        t.add_row(c.id, c.platform, c.account_name or c.account_id, "yes" if c.is_active else "paused",
-                  _styled("needs re-auth" if c.needs_reauth else c.sync_status), c.last_synced_at or "never",
-                  c.expires_at or "-")
+        t.add_row(
+            c.id,
+            c.platform,
+            c.account_name or c.account_id,
+            "yes" if c.is_active else "paused",
+            _styled("needs re-auth" if c.needs_reauth else c.sync_status),
+            c.last_synced_at or "never",
+            c.expires_at or "-",
+        )
     return t
 
 
@@ -59,7 +72,9 @@ def status_table(reports: list[ConnectionReport], title: str | None = None) -> T
         if c.is_active and r.problem and not c.needs_reauth:
             state = "failed"  # `schedule` skips a broken row: it will not sync until fixed
         t.add_row(
-            c.id, _styled(state), _short(c.last_synced_at),
+            c.id,
+            _styled(state),
+            _short(c.last_synced_at),
             _styled(f"{j['job_type']} {j['status']}" if j is not None else None),
             str(_records(j)) if j is not None else "-",
             redact(r.problem or c.sync_error or ""),
@@ -85,11 +100,20 @@ def status_overview(ov: StatusOverview) -> list[Any]:
     if ov.reports:
         out.append(status_table(ov.reports, title=""))
     if ov.hidden_failing:
-        out.append(Text(f"… {ov.hidden_failing} more failing not shown (clearlift status --failing lists "
-                        "every one)", style="red"))
+        out.append(
+            Text(
+                f"… {ov.hidden_failing} more failing not shown (clearlift status --failing lists every one)",
+                style="red",
+            )
+        )
     if ov.hidden > ov.hidden_failing:
-        out.append(Text(f"… {ov.hidden - ov.hidden_failing} other(s) not shown (clearlift status --all lists "
-                        "every row)", style="dim"))
+        out.append(
+            Text(
+                f"… {ov.hidden - ov.hidden_failing} other(s) not shown (clearlift status --all lists "
+                "every row)",
+                style="dim",
+            )
+        )
     return out
 
 
@@ -115,23 +139,34 @@ def connection_panel(r: ConnectionReport) -> Panel:
         progress = ""
         if j["status"] == "running":
             progress = f"  {j['current_phase'] or ''} {j['progress_percentage'] or 0}%"
-        lines.append(f"latest job: {j['id']} {j['job_type']} [b]{j['status']}[/b]{progress}  records: {_records(j)}  "
-                     f"created {j['created_at']}  completed {j['completed_at'] or '-'}")
+        lines.append(
+            f"latest job: {j['id']} {j['job_type']} [b]{j['status']}[/b]{progress}  records: {_records(j)}  "
+            f"created {j['created_at']}  completed {j['completed_at'] or '-'}"
+        )
         if j["error_message"]:
             lines.append(f"job error: {redact(j['error_message'])}")
     else:
         lines.append("latest job: none yet")
-    lines.append(f"next due: {iso_z(r.next_due_at) if r.next_due_at else '- (paused, needs re-auth, or not scheduled)'}")
+    lines.append(
+        f"next due: {iso_z(r.next_due_at) if r.next_due_at else '- (paused, needs re-auth, or not scheduled)'}"
+    )
     if r.deferred is not None:
-        lines.append(f"[yellow]next attempt:[/yellow] {iso_z(r.deferred.until)} — {escape(redact(r.deferred.reason))}")
+        lines.append(
+            f"[yellow]next attempt:[/yellow] {iso_z(r.deferred.until)} — {escape(redact(r.deferred.reason))}"
+        )
     if r.coverage:
         lines.append("synced: " + ", ".join(f"{s}..{e}" for s, e in r.coverage))
     if r.gaps:
-        lines.append("[yellow]gaps:[/yellow] " + ", ".join(f"{s}..{e}" for s, e in r.gaps)
-                     + f"  (backfill: clearlift sync {c.id} --now --since {r.gaps[0][0]} --until {r.gaps[-1][1]})")
+        lines.append(
+            "[yellow]gaps:[/yellow] "
+            + ", ".join(f"{s}..{e}" for s, e in r.gaps)
+            + f"  (backfill: clearlift sync {c.id} --now --since {r.gaps[0][0]} --until {r.gaps[-1][1]})"
+        )
     if c.needs_reauth:
-        lines.append(f"[red b]needs re-authorisation[/red b] since {c.reauth_detected_at or '?'}: "
-                     f"{redact(c.reauth_reason or '')}")
+        lines.append(
+            f"[red b]needs re-authorisation[/red b] since {c.reauth_detected_at or '?'}: "
+            f"{redact(c.reauth_reason or '')}"
+        )
         lines.append(REAUTH_HINT)
     return Panel("\n".join(lines), title="clearlift status", expand=False)
 
@@ -141,8 +176,15 @@ def dead_table(rows) -> Table:
     for col in ("id", "job", "connection", "platform", "attempts", "failed at", "last error"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(str(r["id"]), r["job_id"], r["connection_id"], r["platform"], str(r["attempts"]),
-                  r["finished_at"] or "-", redact(r["last_error"] or ""))
+        t.add_row(
+            str(r["id"]),
+            r["job_id"],
+            r["connection_id"],
+            r["platform"],
+            str(r["attempts"]),
+            r["finished_at"] or "-",
+            redact(r["last_error"] or ""),
+        )
     return t
 
 
@@ -153,8 +195,13 @@ def run_with_progress(run: Callable[[Callable], Any], job_id: str):
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), transient=False) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as progress:
             task = progress.add_task("starting", total=None)
 
             def on_progress(_job: str, phase: str, done: int, total: int | None) -> None:
@@ -165,8 +212,10 @@ def run_with_progress(run: Callable[[Callable], Any], job_id: str):
     if outcome is None:
         print(f"job {job_id} was not run here (another consumer holds it, or it is delayed)")
     else:
-        print(f"job {job_id}: {outcome.status}, {outcome.records} records in {outcome.seconds:.1f}s"
-              + (f" — {outcome.error}" if outcome.error else ""))
+        print(
+            f"job {job_id}: {outcome.status}, {outcome.records} records in {outcome.seconds:.1f}s"
+            + (f" — {outcome.error}" if outcome.error else "")
+        )
     return outcome
 
 

@@ -13,8 +13,9 @@ import json
 import logging
 import socket
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from clearlift_cli.errors import StoreError
 from clearlift_cli.redact import redact
@@ -46,8 +47,10 @@ def outcomes_by_platform(outcomes: Iterable[Any]) -> dict[str, dict[str, Any]]:
     "durations": [completed jobs per DURATION_BUCKETS bucket, then the rest]}``."""
     out: dict[str, dict[str, Any]] = {}
     for o in outcomes:
-        p = out.setdefault(o.platform, {"outcomes": {}, "records": 0, "seconds": 0.0,
-                                        "durations": [0] * (len(DURATION_BUCKETS) + 1)})
+        p = out.setdefault(
+            o.platform,
+            {"outcomes": {}, "records": 0, "seconds": 0.0, "durations": [0] * (len(DURATION_BUCKETS) + 1)},
+        )
         p["outcomes"][o.status] = p["outcomes"].get(o.status, 0) + 1
         p["records"] += int(o.records)
         p["seconds"] += float(o.seconds)
@@ -66,8 +69,15 @@ def _job_totals(outcomes: Iterable[Any]) -> list[tuple[str, str, int, int, float
     return [(p, s, n, r, sec) for (p, s), (n, r, sec) in sorted(totals.items())]
 
 
-def record(store: Store, command: str, *, started_at: float, ok: bool, summary: dict[str, Any],
-           outcomes: Iterable[Any] = ()) -> None:
+def record(
+    store: Store,
+    command: str,
+    *,
+    started_at: float,
+    ok: bool,
+    summary: dict[str, Any],
+    outcomes: Iterable[Any] = (),
+) -> None:
     """Record a finished run (never raises: a run that did its work is not failed for
     want of its record; the failure to record is logged)."""
     outcomes = list(outcomes)
@@ -75,8 +85,14 @@ def record(store: Store, command: str, *, started_at: float, ok: bool, summary: 
         summary = {**summary, "by_platform": outcomes_by_platform(outcomes)}
     try:
         store.record_run(
-            command, host=socket.gethostname(), started_at=started_at, finished_at=store.clock.time(),
-            ok=ok, summary_json=json.dumps(summary, default=str), job_totals=_job_totals(outcomes))
+            command,
+            host=socket.gethostname(),
+            started_at=started_at,
+            finished_at=store.clock.time(),
+            ok=ok,
+            summary_json=json.dumps(summary, default=str),
+            job_totals=_job_totals(outcomes),
+        )
     except StoreError as exc:
         log.warning("could not record this %s run in the store: %s", command, redact(exc))
 
@@ -85,4 +101,11 @@ def failed_summary(exc: BaseException) -> dict[str, Any]:
     return {"error": redact(f"{type(exc).__name__}: {exc}")}
 
 
-__all__ = ["CRON_COMMANDS", "DURATION_BUCKETS", "CronCommand", "failed_summary", "outcomes_by_platform", "record"]
+__all__ = [
+    "CRON_COMMANDS",
+    "DURATION_BUCKETS",
+    "CronCommand",
+    "failed_summary",
+    "outcomes_by_platform",
+    "record",
+]

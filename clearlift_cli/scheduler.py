@@ -22,7 +22,12 @@ from clearlift_cli.adoption import AdoptionResult, adopt_orphan_jobs
 from clearlift_cli.connsettings import DEFAULT_INTERVAL_MINUTES, ConnectionSettings
 from clearlift_cli.errors import Conflict, UsageError
 from clearlift_cli.models import (
-    MAX_WINDOW_DAYS, Connection, JobType, Priority, SyncJobMessage, SyncWindow,
+    MAX_WINDOW_DAYS,
+    Connection,
+    JobType,
+    Priority,
+    SyncJobMessage,
+    SyncWindow,
 )
 from clearlift_cli.platforms import PLATFORMS, platform_module
 from clearlift_cli.queue import SqliteQueue
@@ -95,10 +100,11 @@ def _attribution_state(store: Store, connection_ids: list[str]) -> dict[str, dat
     candidates only: every synced Facebook connection has a row)."""
     out: dict[str, datetime | None] = {}
     for i in range(0, len(connection_ids), 500):
-        chunk = connection_ids[i:i + 500]
+        chunk = connection_ids[i : i + 500]
         for r in store.read(
             "SELECT connection_id, last_attribution_window_at FROM clearlift_connection_state "
-            f"WHERE connection_id IN ({','.join('?' * len(chunk))})", chunk,
+            f"WHERE connection_id IN ({','.join('?' * len(chunk))})",
+            chunk,
         ):
             out[r[0]] = parse_ts(r[1])
     return out
@@ -111,7 +117,10 @@ def lookback_days(conn: Connection, settings: ConnectionSettings, configured: di
 
 
 def plan_job(
-    conn: Connection, now: datetime, *, configured_lookback: dict[str, int] | None = None,
+    conn: Connection,
+    now: datetime,
+    *,
+    configured_lookback: dict[str, int] | None = None,
     last_attribution_at: datetime | None = None,
 ) -> tuple[JobType, Priority, SyncWindow, bool] | None:
     """What job (type, priority, window, is_attribution_window) ``conn`` needs now, or None
@@ -143,8 +152,15 @@ def plan_job(
 
 
 def _insert_job(
-    c: sqlite3.Connection, queue: SqliteQueue, conn: Connection, job_type: JobType,
-    priority: Priority, window: SyncWindow, now: datetime, *, triggered_by: str,
+    c: sqlite3.Connection,
+    queue: SqliteQueue,
+    conn: Connection,
+    job_type: JobType,
+    priority: Priority,
+    window: SyncWindow,
+    now: datetime,
+    *,
+    triggered_by: str,
 ) -> str:
     job_id = new_job_id()
     created = iso_z(now)
@@ -157,15 +173,30 @@ def _insert_job(
     # The guard makes a second live job impossible even if two schedulers raced here.
     n = c.execute(
         _LIVE_JOB_INSERT,
-        (job_id, conn.organization_id, conn.id, job_type.value, created, created,
-         json.dumps(metadata, allow_nan=False), conn.id),
+        (
+            job_id,
+            conn.organization_id,
+            conn.id,
+            job_type.value,
+            created,
+            created,
+            json.dumps(metadata, allow_nan=False),
+            conn.id,
+        ),
     ).rowcount
     if n == 0:
         raise AlreadyQueued(f"connection {conn.id} already has a pending or running job")
     message = SyncJobMessage(
-        job_id=job_id, connection_id=conn.id, organization_id=conn.organization_id,
-        platform=conn.platform, account_id=conn.account_id, job_type=job_type,
-        sync_window=window, retry_count=0, created_at=created, priority=priority,
+        job_id=job_id,
+        connection_id=conn.id,
+        organization_id=conn.organization_id,
+        platform=conn.platform,
+        account_id=conn.account_id,
+        job_type=job_type,
+        sync_window=window,
+        retry_count=0,
+        created_at=created,
+        priority=priority,
     )
     try:
         queue.enqueue(c, message)
@@ -174,6 +205,7 @@ def _insert_job(
         c.execute("DELETE FROM sync_jobs WHERE id = ?", (job_id,))
         raise
     return job_id
+
 
 class _Raced(Exception):
     """A bulk insert created fewer rows than planned: another writer got there first."""
@@ -197,18 +229,31 @@ _ATTRIBUTION_UPSERT = (
 def _live_connections(c: sqlite3.Connection, ids: list[str]) -> tuple[set[str], set[str]]:
     """Of ``ids``, those with a pending/running job row and those with a live message."""
     marks = ",".join("?" * len(ids))
-    jobs = {r[0] for r in c.execute(
-        f"SELECT connection_id FROM sync_jobs WHERE status IN ('pending', 'running') "
-        f"AND connection_id IN ({marks})", ids).fetchall()}
-    messages = {r[0] for r in c.execute(
-        f"SELECT connection_id FROM sync_queue WHERE state IN ('ready', 'leased') "
-        f"AND connection_id IN ({marks})", ids).fetchall()}
+    jobs = {
+        r[0]
+        for r in c.execute(
+            f"SELECT connection_id FROM sync_jobs WHERE status IN ('pending', 'running') "
+            f"AND connection_id IN ({marks})",
+            ids,
+        ).fetchall()
+    }
+    messages = {
+        r[0]
+        for r in c.execute(
+            f"SELECT connection_id FROM sync_queue WHERE state IN ('ready', 'leased') "
+            f"AND connection_id IN ({marks})",
+            ids,
+        ).fetchall()
+    }
     return jobs, messages
 
 
 def _create_jobs(
-    c: sqlite3.Connection, queue: SqliteQueue, chunk: list[tuple[Connection, Any]],
-    now: datetime, result: ScheduleResult,
+    c: sqlite3.Connection,
+    queue: SqliteQueue,
+    chunk: list[tuple[Connection, Any]],
+    now: datetime,
+    result: ScheduleResult,
 ) -> None:
     """Create the chunk's jobs and their messages in a handful of statements (one per
     table, not two per job): the connections that got a live job meanwhile are counted, the
@@ -229,15 +274,38 @@ def _create_jobs(
             continue
         job_id = new_job_id()
         window_json = window.to_json()
-        metadata = {"sync_window": window_json, "priority": priority.value, "retry_count": 0,
-                    "triggered_by": "schedule"}
-        job_rows.append((job_id, conn.organization_id, conn.id, job_type.value, created, created,
-                         json.dumps(metadata, allow_nan=False), conn.id))
-        messages.append(SyncJobMessage(
-            job_id=job_id, connection_id=conn.id, organization_id=conn.organization_id,
-            platform=conn.platform, account_id=conn.account_id, job_type=job_type,
-            sync_window=window, retry_count=0, created_at=created, priority=priority,
-        ))
+        metadata = {
+            "sync_window": window_json,
+            "priority": priority.value,
+            "retry_count": 0,
+            "triggered_by": "schedule",
+        }
+        job_rows.append(
+            (
+                job_id,
+                conn.organization_id,
+                conn.id,
+                job_type.value,
+                created,
+                created,
+                json.dumps(metadata, allow_nan=False),
+                conn.id,
+            )
+        )
+        messages.append(
+            SyncJobMessage(
+                job_id=job_id,
+                connection_id=conn.id,
+                organization_id=conn.organization_id,
+                platform=conn.platform,
+                account_id=conn.account_id,
+                job_type=job_type,
+                sync_window=window,
+                retry_count=0,
+                created_at=created,
+                priority=priority,
+            )
+        )
         if is_attr:
             attribution.append((conn.id, created))
         job_ids.append(job_id)
@@ -253,8 +321,11 @@ def _create_jobs(
 
 
 def _create_jobs_one_by_one(
-    c: sqlite3.Connection, queue: SqliteQueue, chunk: list[tuple[Connection, Any]],
-    now: datetime, result: ScheduleResult,
+    c: sqlite3.Connection,
+    queue: SqliteQueue,
+    chunk: list[tuple[Connection, Any]],
+    now: datetime,
+    result: ScheduleResult,
 ) -> None:
     """The careful path: one job at a time, each insert guarded on its own."""
     for conn, (job_type, priority, window, is_attr) in chunk:
@@ -273,7 +344,9 @@ def _create_jobs_one_by_one(
         result.enqueued.append(job_id)
 
 
-def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str, int] | None = None) -> ScheduleResult:
+def schedule(
+    store: Store, queue: SqliteQueue, *, configured_lookback: dict[str, int] | None = None
+) -> ScheduleResult:
     """Enqueue a job for every due connection. Broken rows are reported and skipped."""
     now = store.clock.now()
     result = ScheduleResult()
@@ -287,8 +360,12 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
     for row in rows:
         try:
             conn = Connection.from_row(row, keys)
-            plan = plan_job(conn, now, configured_lookback=configured_lookback,
-                            last_attribution_at=attribution_at.get(conn.id))
+            plan = plan_job(
+                conn,
+                now,
+                configured_lookback=configured_lookback,
+                last_attribution_at=attribution_at.get(conn.id),
+            )
         except (ValueError, TypeError, KeyError) as exc:
             # one line per broken row (a warning: worth a mail even under -q), said once
             result.skipped.append((row["id"], str(exc)))
@@ -300,7 +377,7 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
         plans.append((conn, plan))
     # One short transaction per chunk keeps other writers (consumers) moving.
     for i in range(0, len(plans), 500):
-        chunk = plans[i:i + 500]
+        chunk = plans[i : i + 500]
         try:
             with store.write() as c:
                 store.lock_scheduling(c)
@@ -315,14 +392,20 @@ def schedule(store: Store, queue: SqliteQueue, *, configured_lookback: dict[str,
 
 
 def enqueue_manual(
-    store: Store, queue: SqliteQueue, connection_id: str, *, since: date | None = None,
+    store: Store,
+    queue: SqliteQueue,
+    connection_id: str,
+    *,
+    since: date | None = None,
     until: date | None = None,
 ) -> tuple[str, SyncWindow]:
     """``sync CONN --now``: a ``full`` job at priority ``high`` (default: the last 7 days;
     ``since``/``until`` are inclusive dates for a backfill)."""
     conn = store.get_connection(connection_id)
     if not conn.is_active:
-        raise UsageError(f"connection {connection_id} is paused (is_active = 0): `clearlift connections resume {connection_id}` first")
+        raise UsageError(
+            f"connection {connection_id} is paused (is_active = 0): `clearlift connections resume {connection_id}` first"
+        )
     if conn.platform not in PLATFORMS:
         raise UsageError(f"connection {connection_id} has unknown platform {conn.platform!r}")
     now = store.clock.now()
@@ -333,8 +416,10 @@ def enqueue_manual(
     if start >= end:
         raise UsageError("the window is empty (is --since in the future?)")
     if end - start > timedelta(days=MAX_WINDOW_DAYS):
-        raise UsageError(f"--since {since} is more than {MAX_WINDOW_DAYS} days (about ten years) before the "
-                         "window's end: one job syncs at most that much")
+        raise UsageError(
+            f"--since {since} is more than {MAX_WINDOW_DAYS} days (about ten years) before the "
+            "window's end: one job syncs at most that much"
+        )
     window = SyncWindow(start, end)
     with store.write() as c:
         store.lock_scheduling(c)

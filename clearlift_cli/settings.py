@@ -15,14 +15,17 @@ import os
 import stat
 import threading
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
 
 from clearlift_cli import redact
 from clearlift_cli.errors import ConfigError, D1AuthFailed, KeyNotBase64, KeyWrongLength, MissingKey
 from clearlift_cli.pgconnect import (
-    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT, PgLimits,
+    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_STATEMENT_TIMEOUT,
+    PgLimits,
 )
 from clearlift_cli.platforms.versions import DEFAULT_VERSIONS
 
@@ -146,8 +149,7 @@ class Settings:
                 warn_if_others_can_read(Path(self.encryption_key_file), "ENCRYPTION_KEY_FILE")
             except OSError as exc:
                 raise MissingKey(
-                    f"ENCRYPTION_KEY_FILE {self.encryption_key_file} cannot be read "
-                    f"({exc.strerror})"
+                    f"ENCRYPTION_KEY_FILE {self.encryption_key_file} cannot be read ({exc.strerror})"
                 ) from None
             try:
                 raw = data.decode("ascii").strip()
@@ -189,7 +191,7 @@ class Settings:
         redact.register(token)
         return token
 
-    def with_overrides(self, **changes: object) -> "Settings":
+    def with_overrides(self, **changes: object) -> Settings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
         return Settings(**data)  # type: ignore[arg-type]
@@ -223,8 +225,12 @@ def warn_if_others_can_read(path: Path, what: str) -> None:
         if str(path) in _warned:
             return
         _warned.add(str(path))
-    log.warning("%s %s can be read by other users (mode %s): chmod 600 it", what, path,
-                oct(stat.S_IMODE(mode))[2:].zfill(4))
+    log.warning(
+        "%s %s can be read by other users (mode %s): chmod 600 it",
+        what,
+        path,
+        oct(stat.S_IMODE(mode))[2:].zfill(4),
+    )
 
 
 def _read_config(path: Path, explicit: bool) -> dict[str, object]:
@@ -298,20 +304,33 @@ def resolve(
     for name in ENV_NAMES:
         if name in ("home", "config_path"):
             continue
-        for where, value in (("flag", flags.get(name)), ("env", from_env(name)),
-                             ("config file", config.get(name)), ("default", _DEFAULTS.get(name))):
+        for where, value in (
+            ("flag", flags.get(name)),
+            ("env", from_env(name)),
+            ("config file", config.get(name)),
+            ("default", _DEFAULTS.get(name)),
+        ):
             if value is not None:
                 values[name] = value
                 origin[name] = source_of(name) if where == "flag" else where
                 break
 
-    for name, default in (("db", str(home / "clearlift.db")),
-                          ("warehouse_url", f"sqlite:///{home / 'warehouse.db'}"),
-                          ("control_db", str(home / "control.db"))):
+    for name, default in (
+        ("db", str(home / "clearlift.db")),
+        ("warehouse_url", f"sqlite:///{home / 'warehouse.db'}"),
+        ("control_db", str(home / "control.db")),
+    ):
         if name not in values:
             values[name] = default
             origin[name] = "default"
-    for url_field in ("google_ads_url", "google_oauth_url", "facebook_url", "tiktok_url", "stripe_url", "d1_url"):
+    for url_field in (
+        "google_ads_url",
+        "google_oauth_url",
+        "facebook_url",
+        "tiktok_url",
+        "stripe_url",
+        "d1_url",
+    ):
         values[url_field] = str(values[url_field]).rstrip("/")
     for name, default in _SECONDS.items():
         values[name] = _seconds(values.get(name, default), ENV_NAMES[name], allow_zero=name != "http_timeout")
@@ -353,8 +372,11 @@ def _seconds(value: object, env_name: str, *, allow_zero: bool) -> float:
     except (TypeError, ValueError):
         seconds = float("nan")
     if not (seconds > 0 or allow_zero and seconds == 0) or seconds == float("inf"):
-        raise ConfigError(f"{env_name} must be a number of seconds" + (" (0: no limit)" if allow_zero else "")
-                          + f", not {str(value)[:40]!r}")
+        raise ConfigError(
+            f"{env_name} must be a number of seconds"
+            + (" (0: no limit)" if allow_zero else "")
+            + f", not {str(value)[:40]!r}"
+        )
     return seconds
 
 

@@ -166,24 +166,38 @@ def connection_report(store: Store, connection_id: str) -> ConnectionReport:
     cov = store.coverage(conn.id)
     now = store.clock.now()
     problem = connection_problem(conn, now)
-    return ConnectionReport(conn, store.latest_job(conn.id), None if problem else next_due(conn, now), cov,
-                            _gaps(cov), problem, deferrals(store, conn.id).get(conn.id))
+    return ConnectionReport(
+        conn,
+        store.latest_job(conn.id),
+        None if problem else next_due(conn, now),
+        cov,
+        _gaps(cov),
+        problem,
+        deferrals(store, conn.id).get(conn.id),
+    )
 
 
 def _latest_job(row: Any) -> dict[str, Any] | None:
     """The latest job of a ``connections_with_latest_job`` row, keyed like a sync_jobs row."""
     if row["job_id"] is None:
         return None
-    return {"id": row["job_id"], "status": row["job_status"], "job_type": row["job_type"],
-            "completed_at": row["job_completed_at"], "records_synced": row["job_records_synced"],
-            "metadata": row["job_metadata"], "error_message": row["job_error_message"],
-            "created_at": row["job_created_at"]}
-
-
+    return {
+        "id": row["job_id"],
+        "status": row["job_status"],
+        "job_type": row["job_type"],
+        "completed_at": row["job_completed_at"],
+        "records_synced": row["job_records_synced"],
+        "metadata": row["job_metadata"],
+        "error_message": row["job_error_message"],
+        "created_at": row["job_created_at"],
+    }
 
 
 def all_reports(
-    store: Store, *, organization_id: str | None = None, platform: str | None = None,
+    store: Store,
+    *,
+    organization_id: str | None = None,
+    platform: str | None = None,
     failing_only: bool = False,
 ) -> list[ConnectionReport]:
     """A report per connection (no coverage), in ``list_connections`` order."""
@@ -201,17 +215,40 @@ def all_reports(
 def _report(row: Any, now: datetime, waiting: dict[str, Deferral]) -> ConnectionReport:
     conn = Connection.from_row(row)
     problem = connection_problem(conn, now)
-    return ConnectionReport(conn, _latest_job(row), None if problem else next_due(conn, now), [], [], problem,
-                            waiting.get(conn.id))
+    return ConnectionReport(
+        conn,
+        _latest_job(row),
+        None if problem else next_due(conn, now),
+        [],
+        [],
+        problem,
+        waiting.get(conn.id),
+    )
 
 
-_JSON_COLUMNS = ("id", "platform", "account_name", "is_active", "last_synced_at", "sync_status", "needs_reauth",
-                 "job_id", "job_status", "job_type", "job_completed_at", "job_records_synced", "job_metadata",
-                 "job_error_message")
+_JSON_COLUMNS = (
+    "id",
+    "platform",
+    "account_name",
+    "is_active",
+    "last_synced_at",
+    "sync_status",
+    "needs_reauth",
+    "job_id",
+    "job_status",
+    "job_type",
+    "job_completed_at",
+    "job_records_synced",
+    "job_metadata",
+    "job_error_message",
+)
 
 
 def status_json(
-    store: Store, *, organization_id: str | None = None, platform: str | None = None,
+    store: Store,
+    *,
+    organization_id: str | None = None,
+    platform: str | None = None,
     failing_only: bool = False,
 ) -> tuple[list[dict[str, Any]], bool, set[str]]:
     """``status --json`` with no argument: ``{"connection_id": …, **sync-status shape,
@@ -229,8 +266,22 @@ def status_json(
     now = store.clock.now()
     waiting = deferrals(store)
     for row in rows:
-        (cid, plat, name, active, last, status, reauth, job_id, job_status, job_type, completed, records,
-         metadata, error) = [row[i] for i in at]
+        (
+            cid,
+            plat,
+            name,
+            active,
+            last,
+            status,
+            reauth,
+            job_id,
+            job_status,
+            job_type,
+            completed,
+            records,
+            metadata,
+            error,
+        ) = [row[i] for i in at]
         problem = connection_problem(Connection.from_row(row), now)
         bad = bool(active) and (bool(reauth) or status == "failed" or problem is not None)
         failing = failing or bad
@@ -240,13 +291,28 @@ def status_json(
             continue
         latest = None
         if job_id is not None:
-            latest = {"status": job_status, "type": job_type, "completed_at": completed,
-                      "records_synced": _records_of(metadata, records),
-                      "error": redact(error) if error else None}
-        out.append({"connection_id": cid, "connection": {
-            "platform": plat, "account_name": name, "is_active": bool(active), "last_synced_at": last,
-            "sync_status": status}, "latest_sync": latest, "problem": problem,
-            "deferred": waiting[cid].to_json() if cid in waiting else None})
+            latest = {
+                "status": job_status,
+                "type": job_type,
+                "completed_at": completed,
+                "records_synced": _records_of(metadata, records),
+                "error": redact(error) if error else None,
+            }
+        out.append(
+            {
+                "connection_id": cid,
+                "connection": {
+                    "platform": plat,
+                    "account_name": name,
+                    "is_active": bool(active),
+                    "last_synced_at": last,
+                    "sync_status": status,
+                },
+                "latest_sync": latest,
+                "problem": problem,
+                "deferred": waiting[cid].to_json() if cid in waiting else None,
+            }
+        )
     return out, failing, platforms
 
 
@@ -272,8 +338,13 @@ class StatusOverview:
 
 
 def overview(
-    store: Store, *, organization_id: str | None = None, platform: str | None = None,
-    failing_only: bool = False, limit: int | None = None, settings: Any = None,
+    store: Store,
+    *,
+    organization_id: str | None = None,
+    platform: str | None = None,
+    failing_only: bool = False,
+    limit: int | None = None,
+    settings: Any = None,
 ) -> StatusOverview:
     """Counts over every matching connection; every failing one (re-auth first) and then
     the others, ``limit`` rows in all (None: every row; ``failing_only``: every failing
@@ -305,13 +376,18 @@ def overview(
     elif limit is None:
         chosen = failing_rows + other_rows
     else:
-        chosen = failing_rows[:limit] + other_rows[:max(0, limit - len(failing_rows))]
+        chosen = failing_rows[:limit] + other_rows[: max(0, limit - len(failing_rows))]
     matching = len(failing_rows) if failing_only else len(rows)
     waiting = deferrals(store)
     reports = [_report(row, now, waiting) for row in chosen]
     return StatusOverview(
-        total=len(rows), active=active, paused=len(rows) - active, by_status=by_status,
-        failing=len(failing_rows), needs_reauth=len(reauth_rows), reports=reports,
+        total=len(rows),
+        active=active,
+        paused=len(rows) - active,
+        by_status=by_status,
+        failing=len(failing_rows),
+        needs_reauth=len(reauth_rows),
+        reports=reports,
         hidden=matching - len(reports),
         hidden_failing=len(failing_rows) - sum(r.failing for r in reports),
         notices=version_notices(settings, platforms, now.date()) if settings is not None else [],

@@ -15,10 +15,11 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from clearlift_cli.errors import ConfigError, NotFound, StoreError
@@ -212,9 +213,7 @@ class Store:
         self._create = create
         p = Path(path)
         if not create and not p.exists():
-            raise StoreError(
-                f"store {path} does not exist: run `clearlift init` (or set CLEARLIFT_DB)"
-            )
+            raise StoreError(f"store {path} does not exist: run `clearlift init` (or set CLEARLIFT_DB)")
         if create and not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
             # Created 0600 before SQLite opens it: it holds encrypted tokens.
@@ -234,7 +233,9 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         try:
             c = sqlite3.connect(
-                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                self.path,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
                 check_same_thread=False,
             )
         except sqlite3.Error as exc:
@@ -244,9 +245,13 @@ class Store:
             c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Only `init` turns a database into a clearlift store; every other command refuses
             # one that is not (require_schema) and must leave its journal mode as it found it.
-            if not self._create and c.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clearlift_meta'"
-            ).fetchone() is None:
+            if (
+                not self._create
+                and c.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clearlift_meta'"
+                ).fetchone()
+                is None
+            ):
                 with self._all_lock:
                     self._all.append(c)
                 return c
@@ -355,9 +360,11 @@ class Store:
 
     def schema_version(self) -> int:
         try:
-            row = self.conn().execute(
-                "SELECT value FROM clearlift_meta WHERE key = 'schema_version'"
-            ).fetchone()
+            row = (
+                self.conn()
+                .execute("SELECT value FROM clearlift_meta WHERE key = 'schema_version'")
+                .fetchone()
+            )
         except sqlite3.OperationalError:
             return 0
         return _version(row[0] if row else None, self.path)
@@ -421,8 +428,10 @@ class Store:
         self, *, organization_id: str | None = None, platform: str | None = None
     ) -> list[Connection]:
         where, params = _connection_filter("", organization_id, platform)
-        sql = (f"SELECT {CONNECTION_COLUMNS} FROM platform_connections WHERE 1=1{where} "
-               "ORDER BY organization_id, platform, account_id")
+        sql = (
+            f"SELECT {CONNECTION_COLUMNS} FROM platform_connections WHERE 1=1{where} "
+            "ORDER BY organization_id, platform, account_id"
+        )
         return [Connection.from_row(r) for r in self.read(sql, params)]
 
     def upsert_connection(
@@ -444,10 +453,14 @@ class Store:
         cid = f"{organization_id}-{platform}-{account_id}"
         now = self.now_iso()
         with self.write() as c:
-            existed = c.execute(
-                "SELECT 1 FROM platform_connections WHERE organization_id = ? AND platform = ? "
-                "AND account_id = ?", (organization_id, platform, account_id),
-            ).fetchone() is not None
+            existed = (
+                c.execute(
+                    "SELECT 1 FROM platform_connections WHERE organization_id = ? AND platform = ? "
+                    "AND account_id = ?",
+                    (organization_id, platform, account_id),
+                ).fetchone()
+                is not None
+            )
             c.execute(
                 """
                 INSERT INTO platform_connections (id, organization_id, platform, account_id,
@@ -471,8 +484,20 @@ class Store:
                   sync_status = CASE WHEN coalesce(platform_connections.needs_reauth, 0) = 1
                                      THEN 'pending' ELSE platform_connections.sync_status END
                 """,
-                (cid, organization_id, platform, account_id, account_name, connected_by, now,
-                 settings_text, credentials_encrypted, refresh_token_encrypted, expires_at, scopes),
+                (
+                    cid,
+                    organization_id,
+                    platform,
+                    account_id,
+                    account_name,
+                    connected_by,
+                    now,
+                    settings_text,
+                    credentials_encrypted,
+                    refresh_token_encrypted,
+                    expires_at,
+                    scopes,
+                ),
             )
         return cid, not existed
 
@@ -505,13 +530,23 @@ class Store:
                        refresh_token_encrypted = coalesce(?, refresh_token_encrypted)
                  WHERE id = ? AND coalesce(credentials_encrypted, '') = coalesce(CAST(? AS TEXT), '')
                 """,
-                (credentials_encrypted, expires_at, refresh_token_encrypted, connection_id,
-                 old_credentials_encrypted),
+                (
+                    credentials_encrypted,
+                    expires_at,
+                    refresh_token_encrypted,
+                    connection_id,
+                    old_credentials_encrypted,
+                ),
             ).rowcount
         return n == 1
 
     def record_auth_failure(
-        self, connection_id: str, *, reason: str, definitive: bool, threshold: int = 3,
+        self,
+        connection_id: str,
+        *,
+        reason: str,
+        definitive: bool,
+        threshold: int = 3,
         prefix: str = "Token refresh failed",
     ) -> bool:
         """Count an auth failure; flag re-auth when definitive or after ``threshold`` in a
@@ -636,15 +671,25 @@ class Store:
     def platform_pause_reasons(self) -> dict[str, tuple[float, str]]:
         """Platforms paused now: platform -> (until, epoch seconds; why)."""
         now = self.clock.time()
-        return {r[0]: (r[1], r[2] or "") for r in self.read(
-            "SELECT platform, until, reason FROM clearlift_platform_pauses WHERE until > ?", (now,)
-        )}
+        return {
+            r[0]: (r[1], r[2] or "")
+            for r in self.read(
+                "SELECT platform, until, reason FROM clearlift_platform_pauses WHERE until > ?", (now,)
+            )
+        }
 
     # -- runs of the cron commands and job totals (doctor, metrics) --------------------------
 
     def record_run(
-        self, command: str, *, host: str, started_at: float, finished_at: float, ok: bool,
-        summary_json: str, job_totals: Iterable[tuple[str, str, int, int, float]] = (),
+        self,
+        command: str,
+        *,
+        host: str,
+        started_at: float,
+        finished_at: float,
+        ok: bool,
+        summary_json: str,
+        job_totals: Iterable[tuple[str, str, int, int, float]] = (),
         keep_seconds: float = RUNS_KEPT_SECONDS,
     ) -> None:
         """Record one finished run of ``command`` and add its jobs to the running totals
@@ -656,8 +701,10 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (command, host, started_at, finished_at, 1 if ok else 0, summary_json),
             )
-            c.execute("DELETE FROM clearlift_runs WHERE command = ? AND finished_at < ?",
-                      (command, finished_at - keep_seconds))
+            c.execute(
+                "DELETE FROM clearlift_runs WHERE command = ? AND finished_at < ?",
+                (command, finished_at - keep_seconds),
+            )
             for platform, outcome, jobs, records, seconds in job_totals:
                 c.execute(
                     "INSERT INTO clearlift_job_totals (platform, outcome, jobs, records, seconds) "
@@ -677,32 +724,49 @@ class Store:
             "(SELECT max(o.finished_at) FROM clearlift_runs o WHERE o.command = r.command AND o.ok = 1) "
             "FROM clearlift_runs r WHERE r.id IN (SELECT max(id) FROM clearlift_runs GROUP BY command)"
         ):
-            out[r[0]] = {"host": r[1], "started_at": r[2], "finished_at": r[3], "ok": bool(r[4]),
-                         "summary": r[5], "last_ok_at": r[6]}
+            out[r[0]] = {
+                "host": r[1],
+                "started_at": r[2],
+                "finished_at": r[3],
+                "ok": bool(r[4]),
+                "summary": r[5],
+                "last_ok_at": r[6],
+            }
         return out
 
     def run_summaries_since(self, command: str, since_epoch: float) -> list[str]:
         """The summary JSON of every ``command`` run that finished after ``since_epoch``."""
-        return [r[0] for r in self.read(
-            "SELECT summary FROM clearlift_runs WHERE command = ? AND finished_at > ?",
-            (command, since_epoch),
-        )]
+        return [
+            r[0]
+            for r in self.read(
+                "SELECT summary FROM clearlift_runs WHERE command = ? AND finished_at > ?",
+                (command, since_epoch),
+            )
+        ]
 
     def job_totals(self) -> list[tuple[str, str, int, int, float]]:
         """Every job outcome counted so far: (platform, outcome, jobs, records, seconds)."""
-        return [(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in self.read(
-            "SELECT platform, outcome, jobs, records, seconds FROM clearlift_job_totals "
-            "ORDER BY platform, outcome")]
+        return [
+            (r[0], r[1], int(r[2]), int(r[3]), float(r[4]))
+            for r in self.read(
+                "SELECT platform, outcome, jobs, records, seconds FROM clearlift_job_totals "
+                "ORDER BY platform, outcome"
+            )
+        ]
 
     # -- the operator's view of connections (status, doctor, metrics) ------------------------
 
     def connection_counts(self) -> list[tuple[str, bool, str, bool, int, int]]:
         """Connections grouped: (platform, is_active, sync_status, needs_reauth, count,
         how many of them hold a token that expires or a refresh token)."""
-        return [(r[0], bool(r[1]), r[2] or "pending", bool(r[3]), int(r[4]), int(r[5])) for r in self.read(
-            "SELECT platform, coalesce(is_active, 0) != 0, sync_status, coalesce(needs_reauth, 0) != 0, "
-            "count(*), count(*) FILTER (WHERE expires_at IS NOT NULL OR refresh_token_encrypted IS NOT NULL) "
-            "FROM platform_connections GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4")]
+        return [
+            (r[0], bool(r[1]), r[2] or "pending", bool(r[3]), int(r[4]), int(r[5]))
+            for r in self.read(
+                "SELECT platform, coalesce(is_active, 0) != 0, sync_status, coalesce(needs_reauth, 0) != 0, "
+                "count(*), count(*) FILTER (WHERE expires_at IS NOT NULL OR refresh_token_encrypted IS NOT NULL) "
+                "FROM platform_connections GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+            )
+        ]
 
     def connections_with_latest_job(
         self, *, organization_id: str | None = None, platform: str | None = None
@@ -731,7 +795,9 @@ class Store:
         rows = self.read(
             "SELECT id, credentials_encrypted, refresh_token_encrypted FROM platform_connections "
             "WHERE coalesce(is_active, 0) != 0 AND credentials_encrypted IS NOT NULL "
-            "ORDER BY random() LIMIT ?", (limit,))
+            "ORDER BY random() LIMIT ?",
+            (limit,),
+        )
         out = []
         for r in rows:
             out.append((r[0], "credentials_encrypted", r[1]))
@@ -749,7 +815,9 @@ class Store:
             with self.write() as c:
                 c.execute(
                     "INSERT INTO clearlift_meta (key, value) VALUES ('doctor_probe', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (self.now_iso(),))
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (self.now_iso(),),
+                )
                 raise _RolledBack
         except _RolledBack:
             pass
@@ -766,22 +834,23 @@ class Store:
         ).fetchone()
         return row is not None and row[0] > self.clock.time()
 
-    def deferred_messages(self, connection_id: str | None = None, *,
-                          paused_platforms: Iterable[str] = ()) -> list[sqlite3.Row]:
+    def deferred_messages(
+        self, connection_id: str | None = None, *, paused_platforms: Iterable[str] = ()
+    ) -> list[sqlite3.Row]:
         """Queued messages that wait (a rate limit, a retry backoff, or their platform is in
         ``paused_platforms``): connection_id, platform, visible_at (epoch seconds), last_error."""
         now = self.clock.time()
         one = " AND connection_id = ?" if connection_id is not None else ""
-        rows = self.read(_DEFERRED_SQL + " AND visible_at > ?" + one,
-                         (now, connection_id) if one else (now,))
+        rows = self.read(_DEFERRED_SQL + " AND visible_at > ?" + one, (now, connection_id) if one else (now,))
         for platform in paused_platforms:  # claimable but for the pause
-            rows += self.read(_DEFERRED_SQL + " AND visible_at <= ? AND platform = ?" + one,
-                              (now, platform, connection_id) if one else (now, platform))
+            rows += self.read(
+                _DEFERRED_SQL + " AND visible_at <= ? AND platform = ?" + one,
+                (now, platform, connection_id) if one else (now, platform),
+            )
         return rows
 
 
-_DEFERRED_SQL = ("SELECT connection_id, platform, visible_at, last_error FROM sync_queue "
-                 "WHERE state = 'ready'")
+_DEFERRED_SQL = "SELECT connection_id, platform, visible_at, last_error FROM sync_queue WHERE state = 'ready'"
 
 
 def _statements(script: str) -> Iterable[str]:
@@ -797,8 +866,9 @@ def _version(value: Any, where: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise StoreError(f"store {where} has an unreadable schema version {str(value)[:20]!r} "
-                         "in clearlift_meta") from None
+        raise StoreError(
+            f"store {where} has an unreadable schema version {str(value)[:20]!r} in clearlift_meta"
+        ) from None
 
 
 def _connection_filter(
@@ -830,7 +900,7 @@ def sqlite_path(url: str) -> str:
     spells it, four slashes for an absolute path). ConfigError for any other URL scheme:
     ``d1://…`` or ``mysql://…`` must not become a directory named ``d1:``."""
     if url.startswith("sqlite:///"):
-        return url[len("sqlite:///"):]
+        return url[len("sqlite:///") :]
     m = _URL_SCHEME.match(url)
     if m or url.lower().startswith("sqlite:"):
         scheme = m.group(1) if m else "sqlite"
@@ -854,8 +924,9 @@ def _masked(url: str, scheme: str) -> str:
     return mask_url(url)
 
 
-def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False,
-               pg_limits: PgLimits | None = None) -> Store:
+def open_store(
+    url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False, pg_limits: PgLimits | None = None
+) -> Store:
     """Open the store at ``url``: a file path, ``sqlite:///path``, or ``postgresql://…``
     (whose connections get ``pg_limits``). Any other URL scheme is a ConfigError (exit 3),
     never a file path."""

@@ -169,7 +169,7 @@ def _row_factory(cursor):
 class PgConnection:
     """The slice of the sqlite3.Connection API the store's callers use."""
 
-    def __init__(self, raw, store: "PgStore"):
+    def __init__(self, raw, store: PgStore):
         self.raw = raw
         self.store = store
 
@@ -232,9 +232,7 @@ class PgStore(Store):
         except psycopg.Error as exc:
             # libpq quotes the offending part, which may be the password or the whole URL
             raise ConfigError(f"store URL {self.path} is not valid: {unquote_error(exc)}") from None
-        self._secrets = tuple(
-            s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s
-        )
+        self._secrets = tuple(s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s)
         redact_secrets.register(*self._secrets)
         self.clock = clock
         self._url_options = params.get("options") or ""
@@ -267,7 +265,9 @@ class PgStore(Store):
             raw = pgconnect.connect(self.url, self.limits, application_name="clearlift-store", **kwargs)
             raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.path} cannot be reached: {self._scrub(_first_line(exc))}") from None
+            raise StoreError(
+                f"store {self.path} cannot be reached: {self._scrub(_first_line(exc))}"
+            ) from None
         c = PgConnection(raw, self)
         with self._all_lock:
             self._all.append(c)
@@ -322,10 +322,12 @@ class PgStore(Store):
         return []
 
     def has_table(self, name: str) -> bool:
-        return bool(self.read(
-            "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-            (self.schema, name),
-        ))
+        return bool(
+            self.read(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                (self.schema, name),
+            )
+        )
 
     def schema_version(self) -> int:
         if not self.has_table("clearlift_meta"):
@@ -380,8 +382,12 @@ class CopyResult:
     not_copied: list[tuple[str, str, str]] = field(default_factory=list)  # (table, row, why)
 
     def to_json(self) -> dict[str, Any]:
-        return {"copied": self.copied, "already_there": self.already_there, "renumbered": self.renumbered,
-                "not_copied": [{"table": t, "row": k, "reason": r} for t, k, r in self.not_copied]}
+        return {
+            "copied": self.copied,
+            "already_there": self.already_there,
+            "renumbered": self.renumbered,
+            "not_copied": [{"table": t, "row": k, "reason": r} for t, k, r in self.not_copied],
+        }
 
 
 def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> CopyResult:
@@ -396,23 +402,29 @@ def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> CopyResult:
         if not src.has_table(table):
             continue
         src_cols = [r[1] for r in src.read(f"PRAGMA table_info({table})")]
-        dst_cols = {r[0] for r in dst.read(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-            (dst.schema, table))}
+        dst_cols = {
+            r[0]
+            for r in dst.read(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+                (dst.schema, table),
+            )
+        }
         cols = [c for c in src_cols if c in dst_cols]
         rows = [dict(zip(cols, r)) for r in src.read(f"SELECT {', '.join(cols)} FROM {table}")]
         left = []
         for i in range(0, len(rows), batch):
             with dst.write() as c:
-                for row in rows[i:i + batch]:
+                for row in rows[i : i + batch]:
                     if _insert(c, table, row):
                         result.copied[table] += 1
                     else:
                         left.append(row)
         if table in _SERIAL_ID:
             with dst.write() as c:
-                c.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                          f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
+                c.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)"
+                )
         with dst.write() as c:
             for row in left:
                 where = " AND ".join(f"{k} = ?" for k in key)
@@ -429,12 +441,19 @@ def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> CopyResult:
 def _insert(c: Any, table: str, row: dict[str, Any]) -> bool:
     names = ", ".join(row)
     marks = ", ".join("?" * len(row))
-    return c.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING RETURNING 1",
-                     tuple(row.values())).fetchone() is not None
+    return (
+        c.execute(
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING RETURNING 1",
+            tuple(row.values()),
+        ).fetchone()
+        is not None
+    )
 
 
 def _why(table: str, row: dict[str, Any]) -> str:
     if table == "sync_queue":
-        return (f"connection {row['connection_id']} already has a queued or running message there; its job "
-                "row was copied and `clearlift schedule` adopts it once that message ends")
+        return (
+            f"connection {row['connection_id']} already has a queued or running message there; its job "
+            "row was copied and `clearlift schedule` adopts it once that message ends"
+        )
     return "another row there holds the same unique key"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def parse_ts(value: str | datetime | None) -> datetime | None:

@@ -14,7 +14,12 @@ from datetime import timedelta
 
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
 from clearlift_cli.errors import (
-    AuthRevoked, BadRow, CryptoError, MissingAppCredentials, PlatformError, TransientError,
+    AuthRevoked,
+    BadRow,
+    CryptoError,
+    MissingAppCredentials,
+    PlatformError,
+    TransientError,
 )
 from clearlift_cli.models import Connection
 from clearlift_cli.platforms import PLATFORMS, platform_module
@@ -35,7 +40,8 @@ def decrypt_credentials(cipher: FieldCipher, conn: Connection) -> Credentials:
     if not conn.credentials_encrypted:
         raise AuthRevoked(
             "No access token found for this connection: reconnect it",
-            platform=conn.platform, reason="no access token stored",
+            platform=conn.platform,
+            reason="no access token stored",
         )
     access = cipher.decrypt(conn.credentials_encrypted, what="credentials_encrypted")
     refresh = None
@@ -44,8 +50,11 @@ def decrypt_credentials(cipher: FieldCipher, conn: Connection) -> Credentials:
     try:
         expires = conn.expires()
     except ValueError:
-        raise BadRow(f"expires_at column {str(conn.expires_at)[:40]!r} is not a timestamp: the API worker "
-                     "must rewrite it (reconnecting the account does)", platform=conn.platform) from None
+        raise BadRow(
+            f"expires_at column {str(conn.expires_at)[:40]!r} is not a timestamp: the API worker "
+            "must rewrite it (reconnecting the account does)",
+            platform=conn.platform,
+        ) from None
     return Credentials(access_token=access, refresh_token=refresh, expires_at=expires)
 
 
@@ -54,12 +63,20 @@ def platform_context(settings: Settings, store: Store, conn: Connection, **kw) -
         conn_settings = conn.settings()
     except ValueError:
         conn_settings = {}
-    return PlatformContext(settings=settings, account_id=conn.account_id,
-                           connection_settings=conn_settings, clock=store.clock, **kw)
+    return PlatformContext(
+        settings=settings,
+        account_id=conn.account_id,
+        connection_settings=conn_settings,
+        clock=store.clock,
+        **kw,
+    )
 
 
 def refresh_connection(
-    settings: Settings, store: Store, cipher: FieldCipher, conn: Connection,
+    settings: Settings,
+    store: Store,
+    cipher: FieldCipher,
+    conn: Connection,
 ) -> Credentials | None:
     """Refresh ``conn``'s token now. Returns the credentials to use from now on (ours, or a
     newer set another process stored meanwhile), or None when the platform's tokens do not
@@ -81,9 +98,13 @@ def refresh_connection(
     new_access = cipher.encrypt(grant.access_token)
     new_refresh = cipher.encrypt(grant.refresh_token) if grant.refresh_token else None
     expires = iso_z(grant.expires_at) if grant.expires_at else None
-    if store.swap_tokens(conn.id, old_credentials_encrypted=conn.credentials_encrypted,
-                         credentials_encrypted=new_access, expires_at=expires,
-                         refresh_token_encrypted=new_refresh):
+    if store.swap_tokens(
+        conn.id,
+        old_credentials_encrypted=conn.credentials_encrypted,
+        credentials_encrypted=new_access,
+        expires_at=expires,
+        refresh_token_encrypted=new_refresh,
+    ):
         return Credentials(grant.access_token, grant.refresh_token or creds.refresh_token, grant.expires_at)
     # Someone else stored a newer token since we read the row: use theirs.
     log.info("connection %s: token was refreshed concurrently; keeping the newer one", conn.id)
@@ -99,8 +120,10 @@ class RefreshResult:
 
     def summary(self) -> dict:
         return {
-            "refreshed": len(self.refreshed), "skipped": len(self.skipped),
-            "failed": len(self.failed), "needs_reauth": len(self.needs_reauth),
+            "refreshed": len(self.refreshed),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "needs_reauth": len(self.needs_reauth),
             "failures": [{"connection_id": c, "reason": r} for c, r in self.failed],
         }
 
@@ -140,7 +163,10 @@ def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
 
 
 def refresh_due(
-    settings: Settings, store: Store, *, margin_seconds: float = DEFAULT_MARGIN_SECONDS,
+    settings: Settings,
+    store: Store,
+    *,
+    margin_seconds: float = DEFAULT_MARGIN_SECONDS,
     pace_seconds: float = DEFAULT_PACE_SECONDS,
 ) -> RefreshResult:
     """Refresh every active connection whose token expires within the margin, or within its
@@ -156,8 +182,9 @@ def refresh_due(
     if not due:
         return result
     cipher = FieldCipher(settings.key_bytes())
-    refuse_a_wrong_key(cipher, [c.credentials_encrypted for c in due], "due connections'",
-                       "nothing was changed")
+    refuse_a_wrong_key(
+        cipher, [c.credentials_encrypted for c in due], "due connections'", "nothing was changed"
+    )
     by_platform: dict[str, list[Connection]] = defaultdict(list)
     for conn in due:
         by_platform[conn.platform].append(conn)

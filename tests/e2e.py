@@ -12,11 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
 
 from clearlift_cli import app as core
 from clearlift_cli.settings import resolve
@@ -37,35 +37,70 @@ class Env:
         return self.home / "clearlift.db"
 
     def environ(self, **more: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))
+        }
         env.update(self.sandbox.env())
-        env.update({
-            "CLEARLIFT_HOME": str(self.home),
-            "CLEARLIFT_WAREHOUSE_URL": self.warehouse_url,
-            "ENCRYPTION_KEY": self.key,
-            "CLEARLIFT_HTTP_TIMEOUT": "5",
-        })
+        env.update(
+            {
+                "CLEARLIFT_HOME": str(self.home),
+                "CLEARLIFT_WAREHOUSE_URL": self.warehouse_url,
+                "ENCRYPTION_KEY": self.key,
+                "CLEARLIFT_HTTP_TIMEOUT": "5",
+            }
+        )
         env.update(self.extra)
         env.update(more)
         return env
 
-    def run(self, *args: str, check: bool = True, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, stdin: str | None = None, **env: str
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            [CLEARLIFT, *args], env=self.environ(**env), capture_output=True, text=True,
-            input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, timeout=240,
+            [CLEARLIFT, *args],
+            env=self.environ(**env),
+            capture_output=True,
+            text=True,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            timeout=240,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"clearlift {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+                f"clearlift {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
         return proc
 
     def run_json(self, *args: str, **env: str):
         return json.loads(self.run(*args, "--json", **env).stdout)
 
-    def add(self, org: str, platform: str, account: str, access: str, refresh: str | None = None,
-            expires_at: str | None = None, settings: str | None = None, user: str = "user-1") -> str:
-        args = ["connections", "add", "--org", org, "--platform", platform, "--account-id", account,
-                "--connected-by", user, "--account-name", f"{platform} {account}"]
+    def add(
+        self,
+        org: str,
+        platform: str,
+        account: str,
+        access: str,
+        refresh: str | None = None,
+        expires_at: str | None = None,
+        settings: str | None = None,
+        user: str = "user-1",
+    ) -> str:
+        args = [
+            "connections",
+            "add",
+            "--org",
+            org,
+            "--platform",
+            platform,
+            "--account-id",
+            account,
+            "--connected-by",
+            user,
+            "--account-name",
+            f"{platform} {account}",
+        ]
         if expires_at:
             args += ["--expires-at", expires_at]
         if settings:
@@ -87,8 +122,9 @@ class Env:
 
     def jobs(self, connection_id: str) -> list[sqlite3.Row]:
         with self.store() as c:
-            return c.execute("SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY created_at",
-                             (connection_id,)).fetchall()
+            return c.execute(
+                "SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY created_at", (connection_id,)
+            ).fetchall()
 
     def connection(self, connection_id: str) -> sqlite3.Row:
         with self.store() as c:
@@ -117,13 +153,35 @@ def micros(value) -> int:
 # --- helpers for the Facebook, TikTok and Stripe end-to-end tests ----------------------------
 
 
-def add_connection(env: Env, org: str, platform: str, account: str, access: str, *,
-                   refresh: str | None = None, expires_at: str | None = None,
-                   settings: str | None = None, user: str = "user-1",
-                   flags: tuple[str, ...] = ()) -> tuple[str, subprocess.CompletedProcess]:
+def add_connection(
+    env: Env,
+    org: str,
+    platform: str,
+    account: str,
+    access: str,
+    *,
+    refresh: str | None = None,
+    expires_at: str | None = None,
+    settings: str | None = None,
+    user: str = "user-1",
+    flags: tuple[str, ...] = (),
+) -> tuple[str, subprocess.CompletedProcess]:
     """`connections add` with global ``flags`` (e.g. ``-v -v``); the id and the process."""
-    args = [*flags, "connections", "add", "--org", org, "--platform", platform, "--account-id", account,
-            "--connected-by", user, "--account-name", f"{platform} {account}"]
+    args = [
+        *flags,
+        "connections",
+        "add",
+        "--org",
+        org,
+        "--platform",
+        platform,
+        "--account-id",
+        account,
+        "--connected-by",
+        user,
+        "--account-name",
+        f"{platform} {account}",
+    ]
     if expires_at:
         args += ["--expires-at", expires_at]
     if settings:
@@ -143,9 +201,13 @@ def queue_row(env: Env, job_id: str) -> sqlite3.Row:
 def coverage(env: Env, job_id: str) -> list[tuple[str, str, int]]:
     """The job's committed slices as (start_date, end_date, records), in date order."""
     with env.store() as c:
-        return [tuple(r) for r in c.execute(
-            "SELECT start_date, end_date, records FROM clearlift_coverage WHERE job_id = ? ORDER BY start_date",
-            (job_id,))]
+        return [
+            tuple(r)
+            for r in c.execute(
+                "SELECT start_date, end_date, records FROM clearlift_coverage WHERE job_id = ? ORDER BY start_date",
+                (job_id,),
+            )
+        ]
 
 
 def make_visible(env: Env, *, clear_pauses: bool = False) -> None:
@@ -186,20 +248,38 @@ def wait_for(check: Callable[[], object], timeout: float, what: str, interval: f
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
+
 def seed(env: Env, platform: str, account: str, org: str = "org-1") -> str:
     """Add a connection with a fresh never-expiring sandbox token, as `connections add`
     does (in-process: quicker when a test needs many)."""
     app = env.sandbox.app(platform)
     access, refresh = (app.issue_key(account), None) if platform == "stripe" else app.tokens.issue(ttl=None)
     settings = resolve(environ=env.environ(), read_config=False)
-    cid, _ = core.add_connection(settings, core.NewConnection(
-        organization_id=org, platform=platform, account_id=account, account_name=None,
-        connected_by="user-1", access_token=access, refresh_token=refresh))
+    cid, _ = core.add_connection(
+        settings,
+        core.NewConnection(
+            organization_id=org,
+            platform=platform,
+            account_id=account,
+            account_name=None,
+            connected_by="user-1",
+            access_token=access,
+            refresh_token=refresh,
+        ),
+    )
     return cid
 
+
 def popen(env: Env, *args: str, **more: str) -> subprocess.Popen:
-    return subprocess.Popen([CLEARLIFT, *args], env=env.environ(**more), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [CLEARLIFT, *args],
+        env=env.environ(**more),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
 
 def closed_port() -> int:
     with socket.socket() as s:

@@ -15,16 +15,17 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import Store, open_store
 from clearlift_cli.timeutil import FrozenClock, iso_z
 
-UTC = timezone.utc
+UTC = UTC
 
 # The installed entry point next to the interpreter running the tests (the venv's bin).
 CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or str(
@@ -62,7 +63,10 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    args: Iterable[str], env: Mapping[str, str], *, stdin_text: str | None = None,
+    args: Iterable[str],
+    env: Mapping[str, str],
+    *,
+    stdin_text: str | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
     """Run the installed ``clearlift`` with ``env`` only; stdin is /dev/null unless
@@ -164,8 +168,13 @@ def insert_connections(path: Path | str, rows: list[dict[str, Any]]) -> list[str
 
 
 def enqueue_message(
-    store: Store, queue: SqliteQueue, *, connection_id: str | None = None, platform: str = "google",
-    priority: Priority = Priority.NORMAL, job_type: JobType = JobType.INCREMENTAL,
+    store: Store,
+    queue: SqliteQueue,
+    *,
+    connection_id: str | None = None,
+    platform: str = "google",
+    priority: Priority = Priority.NORMAL,
+    job_type: JobType = JobType.INCREMENTAL,
     delay: float = 0.0,
 ) -> SyncJobMessage:
     """Write a pending sync_jobs row and its queue message in one store transaction."""
@@ -175,16 +184,29 @@ def enqueue_message(
     account_id = cid.rsplit("-", 1)[-1]
     window = SyncWindow(now.replace(hour=0, minute=0, second=0, microsecond=0), now)
     msg = SyncJobMessage(
-        job_id=str(uuid.uuid4()), connection_id=cid, organization_id="org-1", platform=platform,
-        account_id=account_id, job_type=job_type, sync_window=window, retry_count=0,
-        created_at=iso_z(now), priority=priority,
+        job_id=str(uuid.uuid4()),
+        connection_id=cid,
+        organization_id="org-1",
+        platform=platform,
+        account_id=account_id,
+        job_type=job_type,
+        sync_window=window,
+        retry_count=0,
+        created_at=iso_z(now),
+        priority=priority,
     )
     with store.write() as c:
         c.execute(
             "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, metadata) "
             "VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-            (msg.job_id, msg.organization_id, cid, job_type.value, msg.created_at,
-             json.dumps({"sync_window": window.to_json()})),
+            (
+                msg.job_id,
+                msg.organization_id,
+                cid,
+                job_type.value,
+                msg.created_at,
+                json.dumps({"sync_window": window.to_json()}),
+            ),
         )
         queue.enqueue(c, msg, delay=delay)
     return msg

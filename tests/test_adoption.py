@@ -9,7 +9,7 @@ import json
 import subprocess
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,11 +17,19 @@ from clearlift_cli import scheduler
 from clearlift_cli.adoption import STALE_RUNNING_AFTER
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.timeutil import iso_z, parse_ts
-
 from tests.e2e import Env
-from tests.helpers import CLEARLIFT, cli_env, frozen, insert_connection, insert_connections, new_store, query, raw
+from tests.helpers import (
+    CLEARLIFT,
+    cli_env,
+    frozen,
+    insert_connection,
+    insert_connections,
+    new_store,
+    query,
+    raw,
+)
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2025, 10, 10, 20, 45, 30, tzinfo=UTC)
 
 # The API worker's manual trigger (POST /v1/connectors/:id/sync), as it writes its row;
@@ -43,8 +51,9 @@ def db(request, tmp_path):
     return url
 
 
-def api_trigger(db, cid: str, created: datetime, *, job_id: str | None = None, job_type: str = "full",
-                org: str = "org-1") -> str:
+def api_trigger(
+    db, cid: str, created: datetime, *, job_id: str | None = None, job_type: str = "full", org: str = "org-1"
+) -> str:
     job_id = job_id or str(uuid.uuid4())
     c = raw(db)
     try:
@@ -96,15 +105,23 @@ def test_api_worker_pending_row_is_queued_under_its_own_id(db, job_type, priorit
     assert msg["state"] == "ready" and msg["connection_id"] == cid
     assert body["job_id"] == job_id and body["job_type"] == job_type
     assert (body["connection_id"], body["organization_id"], body["platform"], body["account_id"]) == (
-        cid, "org-1", "google", "1234567890")
+        cid,
+        "org-1",
+        "google",
+        "1234567890",
+    )
     assert body["sync_window"] == {"start": iso_z(NOW - timedelta(days=7)), "end": iso_z(NOW)}
     assert body["metadata"]["priority"] == priority and body["metadata"]["retry_count"] == 0
     row = job(db, job_id)
     assert row["status"] == "pending" and row["job_type"] == job_type
     meta = json.loads(row["metadata"])
     assert {k: meta[k] for k in API_METADATA} == API_METADATA  # the API worker's keys are kept
-    assert meta["adopted"] == {"at": iso_z(NOW), "by": "clearlift schedule",
-                               "sync_window": body["sync_window"], "priority": priority}
+    assert meta["adopted"] == {
+        "at": iso_z(NOW),
+        "by": "clearlift schedule",
+        "sync_window": body["sync_window"],
+        "priority": priority,
+    }
     assert len(query(db, "SELECT * FROM sync_jobs")) == 1  # no second job for the connection
 
     again = run_schedule(db, NOW + timedelta(minutes=15))
@@ -113,11 +130,14 @@ def test_api_worker_pending_row_is_queued_under_its_own_id(db, job_type, priorit
 
 
 def test_pending_rows_wait_while_their_connection_cannot_take_them(db):
-    paused, reauth, busy = insert_connections(db, [
-        {"account_id": "paused", "last_synced_at": None, "is_active": 0},
-        {"account_id": "reauth", "last_synced_at": None, "needs_reauth": 1},
-        {"account_id": "busy", "last_synced_at": None},
-    ])
+    paused, reauth, busy = insert_connections(
+        db,
+        [
+            {"account_id": "paused", "last_synced_at": None, "is_active": 0},
+            {"account_id": "reauth", "last_synced_at": None, "needs_reauth": 1},
+            {"account_id": "busy", "last_synced_at": None},
+        ],
+    )
     scheduled = run_schedule(db, NOW - timedelta(minutes=5))  # clearlift's own job for `busy`
     assert len(scheduled.enqueued) == 1
     on_paused = api_trigger(db, paused, NOW - timedelta(minutes=2))
@@ -152,9 +172,13 @@ def test_pending_row_of_a_connection_that_is_gone_is_failed(db):
 def test_pending_row_whose_old_message_ended_is_queued_again(db):
     cid = insert_connection(db, account_id="111", last_synced_at=iso_z(NOW - timedelta(minutes=30)))
     job_id = api_trigger(db, cid, NOW - timedelta(hours=2))
-    execute(db, "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
-                "attempts, created_at, updated_at, finished_at, last_error) "
-                "VALUES (?, ?, 'google', '{}', 1, 'dead', 0, 4, 'x', 'x', 'x', 'gave up')", (job_id, cid))
+    execute(
+        db,
+        "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
+        "attempts, created_at, updated_at, finished_at, last_error) "
+        "VALUES (?, ?, 'google', '{}', 1, 'dead', 0, 4, 'x', 'x', 'x', 'gave up')",
+        (job_id, cid),
+    )
     result = run_schedule(db, NOW)
     assert result.adoption.adopted == [job_id]
     (msg,) = messages(db, job_id)  # the same message, ready again with the adopted body
@@ -168,9 +192,12 @@ def test_pending_row_whose_old_message_ended_is_queued_again(db):
 def test_abandoned_running_row_is_closed_after_the_threshold_and_its_connection_synced(db):
     cid = insert_connection(db, account_id="222", last_synced_at=None, sync_status="syncing")
     started = NOW - STALE_RUNNING_AFTER + timedelta(minutes=1)
-    execute(db, "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, "
-                "started_at) VALUES ('worker-job', 'org-1', ?, 'running', 'full', ?, ?)",
-            (cid, iso_z(started - timedelta(minutes=1)), started.strftime("%Y-%m-%d %H:%M:%S")))
+    execute(
+        db,
+        "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, "
+        "started_at) VALUES ('worker-job', 'org-1', ?, 'running', 'full', ?, ?)",
+        (cid, iso_z(started - timedelta(minutes=1)), started.strftime("%Y-%m-%d %H:%M:%S")),
+    )
 
     young = run_schedule(db, NOW)
     assert young.adoption.closed == [] and young.enqueued == []  # maybe still alive: left alone
@@ -191,9 +218,17 @@ def test_abandoned_running_row_is_closed_after_the_threshold_and_its_connection_
 
 def test_a_recent_sign_of_life_keeps_a_running_row(db):
     cid = insert_connection(db, account_id="333", last_synced_at=None)
-    execute(db, "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, "
-                "started_at, updated_at) VALUES ('slow-job', 'org-1', ?, 'running', 'full', ?, ?, ?)",
-            (cid, iso_z(NOW - timedelta(hours=5)), iso_z(NOW - timedelta(hours=5)), iso_z(NOW - timedelta(minutes=10))))
+    execute(
+        db,
+        "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, "
+        "started_at, updated_at) VALUES ('slow-job', 'org-1', ?, 'running', 'full', ?, ?, ?)",
+        (
+            cid,
+            iso_z(NOW - timedelta(hours=5)),
+            iso_z(NOW - timedelta(hours=5)),
+            iso_z(NOW - timedelta(minutes=10)),
+        ),
+    )
     result = run_schedule(db, NOW)
     assert result.adoption.closed == [] and job(db, "slow-job")["status"] == "running"
 
@@ -226,12 +261,24 @@ def test_concurrent_schedulers_adopt_and_close_each_row_once(db, tmp_path):
     c = raw(db)
     with c:
         for i, cid in enumerate(dead):
-            c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
-                      "VALUES (?, 'org-1', ?, 'running', 'full', ?)", (f"gone-{i}", cid, iso_z(now - timedelta(hours=3))))
+            c.execute(
+                "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
+                "VALUES (?, 'org-1', ?, 'running', 'full', ?)",
+                (f"gone-{i}", cid, iso_z(now - timedelta(hours=3))),
+            )
     c.close()
     env = cli_env(tmp_path, CLEARLIFT_DB=str(db))
-    procs = [subprocess.Popen([CLEARLIFT, "schedule", "--json"], env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [CLEARLIFT, "schedule", "--json"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [e for _, e in outs]
     summaries = [json.loads(o) for o, _ in outs]

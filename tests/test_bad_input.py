@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from clearlift_cli.timeutil import iso_z
 from tests.e2e import Env, closed_port, queue_row, seed
 from tests.helpers import one_line_error
 
-UTC = timezone.utc
+UTC = UTC
 TOKEN = "tok-never-stored-0123456789"
 
 
@@ -44,7 +44,9 @@ def snapshot(db: Path) -> dict[str, list[tuple]]:
     """Every row of every table of the store (to prove nothing changed)."""
     c = sqlite3.connect(db)
     try:
-        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        tables = [
+            r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
         return {t: sorted(map(tuple, c.execute(f'SELECT * FROM "{t}"')), key=repr) for t in tables}
     finally:
         c.close()
@@ -88,8 +90,18 @@ def read_only(path: Path):
 
 
 def add_args(account: str = "1000000009") -> list[str]:
-    return ["connections", "add", "--org", "org-9", "--platform", "google", "--account-id", account,
-            "--connected-by", "user-9"]
+    return [
+        "connections",
+        "add",
+        "--org",
+        "org-9",
+        "--platform",
+        "google",
+        "--account-id",
+        account,
+        "--connected-by",
+        "user-9",
+    ]
 
 
 # --- the encryption key ---------------------------------------------------------------------------
@@ -98,10 +110,14 @@ KEY_PROBLEMS = {
     "not base64": ({"ENCRYPTION_KEY": "this is not base64 at all!!"}, "not valid base64"),
     "wrong length": ({"ENCRYPTION_KEY": base64.b64encode(b"sixteen byte key").decode()}, "32 bytes"),
     "missing": ({"ENCRYPTION_KEY": ""}, "ENCRYPTION_KEY is not set"),
-    "unreadable key file": ({"ENCRYPTION_KEY": "", "ENCRYPTION_KEY_FILE": "/nonexistent/clearlift.key"},
-                            "/nonexistent/clearlift.key cannot be read"),
-    "not the worker's key": ({"ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode()},
-                             "decrypts none of the 2"),
+    "unreadable key file": (
+        {"ENCRYPTION_KEY": "", "ENCRYPTION_KEY_FILE": "/nonexistent/clearlift.key"},
+        "/nonexistent/clearlift.key cannot be read",
+    ),
+    "not the worker's key": (
+        {"ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode()},
+        "decrypts none of the 2",
+    ),
 }
 
 
@@ -134,16 +150,26 @@ def test_one_corrupted_ciphertext_fails_only_its_own_job(env, sandbox):
     raw = bytearray(base64.b64decode(sealed))
     raw[20] ^= 0x01  # one flipped bit in the ciphertext
     with env.store() as c:
-        c.execute("UPDATE platform_connections SET credentials_encrypted = ? WHERE id = ?",
-                  (base64.b64encode(bytes(raw)).decode(), bad))
+        c.execute(
+            "UPDATE platform_connections SET credentials_encrypted = ? WHERE id = ?",
+            (base64.b64encode(bytes(raw)).decode(), bad),
+        )
     proc = env.run("consume", "--json")
     assert "Traceback" not in proc.stderr
-    assert json.loads(proc.stdout) | {"records": 0} == {"jobs": 2, "completed": 1, "failed": 1, "records": 0,
-                                                     "stopped_by": "empty"}
+    assert json.loads(proc.stdout) | {"records": 0} == {
+        "jobs": 2,
+        "completed": 1,
+        "failed": 1,
+        "records": 0,
+        "stopped_by": "empty",
+    }
     assert env.jobs(good)[0]["status"] == "completed"
     job = env.jobs(bad)[0]
     assert job["status"] == "failed"
-    assert job["error_message"] == "credentials_encrypted failed authentication: wrong ENCRYPTION_KEY or tampered data"
+    assert (
+        job["error_message"]
+        == "credentials_encrypted failed authentication: wrong ENCRYPTION_KEY or tampered data"
+    )
     assert queue_row(env, job["id"])["state"] == "dead"
     latest = env.run_json("status", bad)["latest_sync"]
     assert (latest["status"], latest["error"]) == ("failed", job["error_message"])
@@ -158,15 +184,24 @@ def unusable_stores(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     notes.write_text("these are my notes, not a database\n" * 100)
     bare = tmp_path / "bare.db"
     sqlite3.connect(bare).execute("CREATE TABLE unrelated (x)").connection.close()
-    return {"missing": (missing, "clearlift init"), "not a database": (notes, "not a database"),
-            "lacking tables": (bare, "clearlift init")}
+    return {
+        "missing": (missing, "clearlift init"),
+        "not a database": (notes, "not a database"),
+        "lacking tables": (bare, "clearlift init"),
+    }
 
 
 def test_unusable_stores_are_refused_with_exit_4_and_left_as_they_are(tmp_path, sandbox):
     # schedule, status, connections list, init and sync are checked in test_store.py
     env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
-    commands = [["consume"], ["refresh-tokens"], ["queue", "dead"], ["queue", "retry", "--all"],
-                ["connections", "pause", "x"], add_args()]
+    commands = [
+        ["consume"],
+        ["refresh-tokens"],
+        ["queue", "dead"],
+        ["queue", "retry", "--all"],
+        ["connections", "pause", "x"],
+        add_args(),
+    ]
     for n, (name, (db, says)) in enumerate(unusable_stores(tmp_path).items()):
         before = file_state(db)
         for args in [["queue"], *commands[n::3]]:  # each command meets one of the three stores
@@ -182,8 +217,13 @@ def test_a_read_only_store_refuses_writes_with_exit_4_and_still_answers_reads(en
     third = seed(env, "google", "1000000007")  # no job yet: `sync --now` would write one
     before = snapshot(env.db)
     with read_only(env.db):
-        for args in (["consume"], ["sync", third, "--now"], ["schedule"], ["connections", "pause", third],
-                     add_args()):
+        for args in (
+            ["consume"],
+            ["sync", third, "--now"],
+            ["schedule"],
+            ["connections", "pause", third],
+            add_args(),
+        ):
             proc = env.run(*args, check=False, CLEARLIFT_ACCESS_TOKEN=TOKEN)
             assert proc.returncode == 4, (args, proc.stderr)
             assert "is read-only" in one_line_error(proc.stderr), args
@@ -207,7 +247,9 @@ def test_a_store_where_wal_cannot_work_is_refused_with_a_clear_error(env, tmp_pa
             proc = env.run(*args, check=False)
             assert proc.returncode == 4, (args, proc.stderr)
             line = one_line_error(proc.stderr)
-            assert f"store {env.db} cannot use WAL mode" in line and "directory must be writable" in line, line
+            assert f"store {env.db} cannot use WAL mode" in line and "directory must be writable" in line, (
+                line
+            )
     assert file_state(env.db) == before
 
     d1 = tmp_path / "d1.db"  # what `sqlite3 d1.db < d1.sql` makes: rollback-journal mode
@@ -244,8 +286,13 @@ def test_bad_warehouse_urls_are_refused_and_jobs_are_left_alone(env):
     for url, code, says in cases:
         for args in (["init"], ["consume"]):
             refused(env, *args, code=code, says=says, CLEARLIFT_WAREHOUSE_URL=url)
-    line = refused(env, "init", code=5, says="connecting failed",
-                   CLEARLIFT_WAREHOUSE_URL=f"postgresql://u:hunter2secret@127.0.0.1:{port}/db")
+    line = refused(
+        env,
+        "init",
+        code=5,
+        says="connecting failed",
+        CLEARLIFT_WAREHOUSE_URL=f"postgresql://u:hunter2secret@127.0.0.1:{port}/db",
+    )
     assert "hunter2secret" not in line and f"u:***@127.0.0.1:{port}" in line
     for cid in env.conns:
         job = env.jobs(cid)[0]
@@ -293,18 +340,32 @@ def test_badly_written_rows_fail_their_own_jobs_with_a_reason_and_the_rest_runs(
     for platform, accounts in odd.items():
         for i, account in enumerate(accounts):
             access, _ = sandbox.app(platform).tokens.issue(ttl=None)
-            rows.append((f"odd-{platform}-{i}", f"org-odd-{platform}-{i}", platform, account, cipher.encrypt(access)))
+            rows.append(
+                (f"odd-{platform}-{i}", f"org-odd-{platform}-{i}", platform, account, cipher.encrypt(access))
+            )
     with env.store() as c:
-        c.executemany("INSERT INTO platform_connections (id, organization_id, platform, account_id, "
-                      "credentials_encrypted) VALUES (?, ?, ?, ?, ?)", rows)
-        c.execute("INSERT INTO platform_connections (id, organization_id, platform, account_id, settings, "
-                  "credentials_encrypted) VALUES ('bad-settings', 'org-s', 'google', '1000000005', '{not json', ?)",
-                  (cipher.encrypt(sandbox.google.tokens.issue(ttl=None)[0]),))
-        c.execute("INSERT INTO platform_connections (id, organization_id, platform, account_id, "
-                  "credentials_encrypted) VALUES ('myspace', 'org-m', 'myspace', '1', ?)", (cipher.encrypt("x" * 20),))
-        c.execute("INSERT INTO platform_connections (id, organization_id, platform, account_id) "
-                  "VALUES ('no-token', 'org-n', 'google', '1000000006')")
-        c.execute("UPDATE platform_connections SET credentials_encrypted = 'not base64!!' WHERE id = ?", (tampered,))
+        c.executemany(
+            "INSERT INTO platform_connections (id, organization_id, platform, account_id, "
+            "credentials_encrypted) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        c.execute(
+            "INSERT INTO platform_connections (id, organization_id, platform, account_id, settings, "
+            "credentials_encrypted) VALUES ('bad-settings', 'org-s', 'google', '1000000005', '{not json', ?)",
+            (cipher.encrypt(sandbox.google.tokens.issue(ttl=None)[0]),),
+        )
+        c.execute(
+            "INSERT INTO platform_connections (id, organization_id, platform, account_id, "
+            "credentials_encrypted) VALUES ('myspace', 'org-m', 'myspace', '1', ?)",
+            (cipher.encrypt("x" * 20),),
+        )
+        c.execute(
+            "INSERT INTO platform_connections (id, organization_id, platform, account_id) "
+            "VALUES ('no-token', 'org-n', 'google', '1000000006')"
+        )
+        c.execute(
+            "UPDATE platform_connections SET credentials_encrypted = 'not base64!!' WHERE id = ?", (tampered,)
+        )
         c.execute("UPDATE platform_connections SET last_synced_at = NULL")
 
     out = env.run("schedule", "--json").stdout
@@ -317,16 +378,28 @@ def test_badly_written_rows_fail_their_own_jobs_with_a_reason_and_the_rest_runs(
     assert "Traceback" not in proc.stderr
 
     with env.store() as c:
-        jobs = {r["connection_id"]: r for r in c.execute(
-            "SELECT j.connection_id, j.status, j.error_message, q.state FROM sync_jobs j "
-            "JOIN sync_queue q ON q.job_id = j.id WHERE j.created_at = (SELECT max(created_at) FROM sync_jobs k "
-            "WHERE k.connection_id = j.connection_id)")}
+        jobs = {
+            r["connection_id"]: r
+            for r in c.execute(
+                "SELECT j.connection_id, j.status, j.error_message, q.state FROM sync_jobs j "
+                "JOIN sync_queue q ON q.job_id = j.id WHERE j.created_at = (SELECT max(created_at) FROM sync_jobs k "
+                "WHERE k.connection_id = j.connection_id)"
+            )
+        }
         assert {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
-            "sync_jobs", "sync_queue", "platform_connections"}
+            "sync_jobs",
+            "sync_queue",
+            "platform_connections",
+        }
     assert jobs[good]["status"] == "completed" and jobs["bad-settings"]["status"] == "completed"
     assert (jobs[tampered]["status"], jobs[tampered]["error_message"]) == (
-        "failed", "credentials_encrypted is not valid base64")
-    assert jobs["no-token"]["status"] == "failed" and "No access token found" in jobs["no-token"]["error_message"]
+        "failed",
+        "credentials_encrypted is not valid base64",
+    )
+    assert (
+        jobs["no-token"]["status"] == "failed"
+        and "No access token found" in jobs["no-token"]["error_message"]
+    )
     for i, account in enumerate(odd["google"]):
         job = jobs[f"odd-google-{i}"]
         assert job["status"] == "failed" and "is not a Google Ads customer id" in job["error_message"], job
@@ -337,7 +410,9 @@ def test_badly_written_rows_fail_their_own_jobs_with_a_reason_and_the_rest_runs(
     for i, account in enumerate(odd["tiktok"]):
         assert jobs[f"odd-tiktok-{i}"]["status"] == "completed"
         # the odd id went over the wire as one parameter, exactly as stored
-        assert any(r.query.get("advertiser_id") == account for r in sandbox.tiktok.requests_to("campaign/get"))
+        assert any(
+            r.query.get("advertiser_id") == account for r in sandbox.tiktok.requests_to("campaign/get")
+        )
         assert env.warehouse_rows("tiktok_ads_campaigns", organization_id=f"org-odd-tiktok-{i}")
     assert all(j["state"] in ("done", "dead") for j in jobs.values())
     status = env.run("status", "--failing", "--json", check=False)
@@ -346,8 +421,12 @@ def test_badly_written_rows_fail_their_own_jobs_with_a_reason_and_the_rest_runs(
     failing = {cid: r["latest_sync"]["error"] for cid, r in rows.items() if r["latest_sync"]}
     assert failing[tampered] == "credentials_encrypted is not valid base64"
     # rows `schedule` skips are failing too, with what is wrong (issue 16)
-    assert rows["myspace"]["problem"] == "unknown platform 'myspace'" and rows["myspace"]["latest_sync"] is None
-    assert rows["bad-settings"]["problem"].startswith("settings column is not valid JSON (Expecting property name")
+    assert (
+        rows["myspace"]["problem"] == "unknown platform 'myspace'" and rows["myspace"]["latest_sync"] is None
+    )
+    assert rows["bad-settings"]["problem"].startswith(
+        "settings column is not valid JSON (Expecting property name"
+    )
     assert len(rows) == 4 + len(odd["google"]) + len(odd["facebook"])
 
 
@@ -366,7 +445,12 @@ def test_a_malformed_queue_message_fails_alone_and_the_batch_runs(env, sandbox):
         c.execute("UPDATE sync_queue SET body = ? WHERE job_id = ?", (json.dumps(body), job["id"]))
     proc = env.run("consume", "--json")
     assert "Traceback" not in proc.stderr and "unexpected error" not in proc.stderr
-    assert json.loads(proc.stdout) | {"records": 0} == {"jobs": 2, "completed": 2, "records": 0, "stopped_by": "empty"}
+    assert json.loads(proc.stdout) | {"records": 0} == {
+        "jobs": 2,
+        "completed": 2,
+        "records": 0,
+        "stopped_by": "empty",
+    }
     reason = "malformed queue message: sync_window.end is missing or not a timestamp string (null)"
     assert (env.job(job["id"])["status"], env.job(job["id"])["error_message"]) == ("failed", reason)
     assert (queue_row(env, job["id"])["state"], queue_row(env, job["id"])["last_error"]) == ("dead", reason)
@@ -386,15 +470,19 @@ def test_rows_retrying_cannot_fix_fail_at_once_with_a_clear_reason(env, sandbox)
     odd, garbled = env.conns
     with env.store() as c:
         c.execute("UPDATE platform_connections SET platform = 'myspace' WHERE id = ?", (odd,))
-        c.execute("UPDATE platform_connections SET expires_at = '0001-01-01T00:00:00+01:00' WHERE id = ?",
-                  (garbled,))
+        c.execute(
+            "UPDATE platform_connections SET expires_at = '0001-01-01T00:00:00+01:00' WHERE id = ?",
+            (garbled,),
+        )
     proc = env.run("consume", "--json")
     assert "unexpected error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads(proc.stdout)["failed"] == 2
     (job,) = env.jobs(odd)
     assert job["error_message"] == "unknown platform 'myspace' (known: google, facebook, tiktok, stripe)"
     (job2,) = env.jobs(garbled)
-    assert job2["error_message"].startswith("expires_at column '0001-01-01T00:00:00+01:00' is not a timestamp")
+    assert job2["error_message"].startswith(
+        "expires_at column '0001-01-01T00:00:00+01:00' is not a timestamp"
+    )
     for j in (job, job2):
         assert j["status"] == "failed"
         assert (queue_row(env, j["id"])["state"], queue_row(env, j["id"])["attempts"]) == ("dead", 1)
@@ -410,41 +498,90 @@ def test_a_binary_key_file_is_refused_with_a_clear_error(env, tmp_path):
     if all(b < 128 for b in key_file.read_bytes()):
         key_file.write_bytes(b"\xff" + key_file.read_bytes()[1:])
     with env.store() as c:  # due for a refresh, so refresh-tokens needs the key
-        c.execute("UPDATE platform_connections SET expires_at = ?", (iso_z(datetime.now(UTC) + timedelta(seconds=60)),))
+        c.execute(
+            "UPDATE platform_connections SET expires_at = ?",
+            (iso_z(datetime.now(UTC) + timedelta(seconds=60)),),
+        )
     for args in (["consume"], ["refresh-tokens"], add_args()):
-        refused(env, *args, code=3, says=f"ENCRYPTION_KEY_FILE {key_file} holds binary data, not the key's base64 text",
-                ENCRYPTION_KEY="", ENCRYPTION_KEY_FILE=str(key_file), CLEARLIFT_ACCESS_TOKEN=TOKEN)
+        refused(
+            env,
+            *args,
+            code=3,
+            says=f"ENCRYPTION_KEY_FILE {key_file} holds binary data, not the key's base64 text",
+            ENCRYPTION_KEY="",
+            ENCRYPTION_KEY_FILE=str(key_file),
+            CLEARLIFT_ACCESS_TOKEN=TOKEN,
+        )
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--expires-at", "0001-01-01T00:00:00+01:00"], "is not an ISO timestamp"),
-    (["--expires-at", "1900-01-01T00:00:00Z"], "is out of range (1970 to 9000)"),
-    (["--expires-at", "9999-12-31T23:59:59Z"], "is out of range (1970 to 9000)"),
-    (["--settings", '{"sync_interval_minutes": Infinity}'], "--settings: settings.sync_interval_minutes must be a finite"),
-    (["--settings", '{"sync_interval_minutes": 1e10}'], "--settings: settings.sync_interval_minutes must be from 1"),
-    (["--settings", '{"sync_interval_minutes": "three"}'], "settings.sync_interval_minutes must be a number"),
-    (["--settings", '{"lookback_days": 10000000}'], "settings.lookback_days must be a whole number of days from 0"),
-    (["--settings", '{"attribution_window_days": 100000000}'], "settings.attribution_window_days must be"),
-    (["--settings", '{"usage_throttle_pct": NaN}'], "settings column holds NaN or Infinity"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--expires-at", "0001-01-01T00:00:00+01:00"], "is not an ISO timestamp"),
+        (["--expires-at", "1900-01-01T00:00:00Z"], "is out of range (1970 to 9000)"),
+        (["--expires-at", "9999-12-31T23:59:59Z"], "is out of range (1970 to 9000)"),
+        (
+            ["--settings", '{"sync_interval_minutes": Infinity}'],
+            "--settings: settings.sync_interval_minutes must be a finite",
+        ),
+        (
+            ["--settings", '{"sync_interval_minutes": 1e10}'],
+            "--settings: settings.sync_interval_minutes must be from 1",
+        ),
+        (
+            ["--settings", '{"sync_interval_minutes": "three"}'],
+            "settings.sync_interval_minutes must be a number",
+        ),
+        (
+            ["--settings", '{"lookback_days": 10000000}'],
+            "settings.lookback_days must be a whole number of days from 0",
+        ),
+        (
+            ["--settings", '{"attribution_window_days": 100000000}'],
+            "settings.attribution_window_days must be",
+        ),
+        (["--settings", '{"usage_throttle_pct": NaN}'], "settings column holds NaN or Infinity"),
+    ],
+)
 def test_connections_add_refuses_values_out_of_range(env, flags, says):
     refused(env, *add_args(), *flags, code=2, says=says, CLEARLIFT_ACCESS_TOKEN=TOKEN)
 
 
 def test_connections_add_stores_settings_the_api_worker_can_parse(env):
-    env.run(*add_args(), "--settings", '{"sync_interval_minutes": 30, "lookback_days": 7.0, "x": [1]}',
-            "--expires-at", "2030-01-01T00:00:00+02:00", CLEARLIFT_ACCESS_TOKEN=TOKEN)
+    env.run(
+        *add_args(),
+        "--settings",
+        '{"sync_interval_minutes": 30, "lookback_days": 7.0, "x": [1]}',
+        "--expires-at",
+        "2030-01-01T00:00:00+02:00",
+        CLEARLIFT_ACCESS_TOKEN=TOKEN,
+    )
     row = env.connection("org-9-google-1000000009")
     assert json.loads(row["settings"], parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {
-        "sync_interval_minutes": 30, "lookback_days": 7.0, "x": [1]}
+        "sync_interval_minutes": 30,
+        "lookback_days": 7.0,
+        "x": [1],
+    }
     assert row["expires_at"] == "2029-12-31T22:00:00.000Z"
 
 
-@pytest.mark.parametrize("args, says", [
-    (["consume", "--lease-seconds", "inf"], "--lease-seconds must be a finite number of seconds from 5 to 86400, not inf"),
-    (["consume", "--lease-seconds", "1e9"], "--lease-seconds must be a finite number of seconds from 5 to 86400"),
-    (["consume", "--max-seconds", "inf"], "--max-seconds must be a finite number of seconds of at least 1, not inf"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            ["consume", "--lease-seconds", "inf"],
+            "--lease-seconds must be a finite number of seconds from 5 to 86400, not inf",
+        ),
+        (
+            ["consume", "--lease-seconds", "1e9"],
+            "--lease-seconds must be a finite number of seconds from 5 to 86400",
+        ),
+        (
+            ["consume", "--max-seconds", "inf"],
+            "--max-seconds must be a finite number of seconds of at least 1, not inf",
+        ),
+    ],
+)
 def test_absurd_durations_are_refused_before_anything_is_claimed(env, args, says):
     refused(env, *args, code=2, says=says)
     # Typer's own range check refuses these (its usage line, then one Error line)
@@ -471,11 +608,25 @@ def test_a_store_from_a_newer_clearlift_is_refused_by_every_command(env):
     from clearlift_cli.store import SCHEMA_VERSION
 
     _set_store_version(env, SCHEMA_VERSION + 1)
-    says = f"is at schema version {SCHEMA_VERSION + 1}, newer than this clearlift understands ({SCHEMA_VERSION})"
-    for args in (["init"], ["init", "--store-only"], ["schedule"], ["consume"], ["status"], ["status", env.conns[0]],
-                 ["refresh-tokens"], ["queue"], ["queue", "dead"], ["queue", "retry", "--all"],
-                 ["connections", "list"], ["connections", "pause", env.conns[0]], ["sync", env.conns[0], "--now"],
-                 add_args()):
+    says = (
+        f"is at schema version {SCHEMA_VERSION + 1}, newer than this clearlift understands ({SCHEMA_VERSION})"
+    )
+    for args in (
+        ["init"],
+        ["init", "--store-only"],
+        ["schedule"],
+        ["consume"],
+        ["status"],
+        ["status", env.conns[0]],
+        ["refresh-tokens"],
+        ["queue"],
+        ["queue", "dead"],
+        ["queue", "retry", "--all"],
+        ["connections", "list"],
+        ["connections", "pause", env.conns[0]],
+        ["sync", env.conns[0], "--now"],
+        add_args(),
+    ):
         refused(env, *args, code=4, says=says, CLEARLIFT_ACCESS_TOKEN=TOKEN)
     assert env.sandbox.google.requests == []
     _set_store_version(env, SCHEMA_VERSION)
@@ -485,7 +636,7 @@ def test_a_store_from_a_newer_clearlift_is_refused_by_every_command(env):
 def test_a_warehouse_from_a_newer_clearlift_is_refused_before_jobs_are_claimed(env):
     from clearlift_cli.warehouse.schema import META_TABLE, SCHEMA_VERSION
 
-    wh = sqlite3.connect(env.warehouse_url[len("sqlite:///"):])
+    wh = sqlite3.connect(env.warehouse_url[len("sqlite:///") :])
     with wh:
         wh.execute(f"UPDATE {META_TABLE} SET schema_version = ?", (SCHEMA_VERSION + 1,))
     wh.close()

@@ -18,8 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 _PG = pytest.mark.postgres
 BENCHMARKS = [
-    pytest.param("warehouse_load", marks=_PG), pytest.param("consume_latency", marks=_PG),
-    "schedule_scale", "queue_throughput", pytest.param("memory_backfill", marks=_PG), "startup",
+    pytest.param("warehouse_load", marks=_PG),
+    pytest.param("consume_latency", marks=_PG),
+    "schedule_scale",
+    "queue_throughput",
+    pytest.param("memory_backfill", marks=_PG),
+    "startup",
     "status_scale",
 ]
 
@@ -31,8 +35,13 @@ def test_quick_run_ends_with_its_json_line(name: str) -> None:
         env["CLEARLIFT_TEST_DATABASE_URL"] = os.environ["CLEARLIFT_TEST_DATABASE_URL"]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--quick"], cwd=ROOT, env=env,
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=170,
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=170,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     lines = proc.stdout.strip().splitlines()

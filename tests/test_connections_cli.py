@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from clearlift_cli import cli
 from clearlift_cli.errors import ExitCode
-
 from tests.helpers import KEY_BYTES, cli_env, home_db, new_store, one_line_error, query, raw, run_cli
 
 TOKEN = "ya29.first-access-token-0001"
@@ -39,8 +38,19 @@ def add(env, *extra, token=TOKEN, refresh=None, account="123-456-7890", platform
         env["CLEARLIFT_ACCESS_TOKEN"] = token
     if refresh is not None:
         env["CLEARLIFT_REFRESH_TOKEN"] = refresh
-    args = ["connections", "add", "--org", "org-1", "--platform", platform, "--account-id", account,
-            "--connected-by", "user-1", *extra]
+    args = [
+        "connections",
+        "add",
+        "--org",
+        "org-1",
+        "--platform",
+        platform,
+        "--account-id",
+        account,
+        "--connected-by",
+        "user-1",
+        *extra,
+    ]
     return run_cli(args, env, stdin_text=stdin_text)
 
 
@@ -53,9 +63,19 @@ def rows(env):
 
 
 def test_add_with_token_from_environment(env):
-    result = add(env, "--account-name", "Main Ads", "--refresh-token-env", "MY_REFRESH", "--expires-at",
-                 "2030-01-01T00:00:00.000Z", "--settings", '{"sync_interval_minutes": 30}',
-                 "--scopes", "adwords")
+    result = add(
+        env,
+        "--account-name",
+        "Main Ads",
+        "--refresh-token-env",
+        "MY_REFRESH",
+        "--expires-at",
+        "2030-01-01T00:00:00.000Z",
+        "--settings",
+        '{"sync_interval_minutes": 30}',
+        "--scopes",
+        "adwords",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "added connection org-1-google-123-456-7890"
     (row,) = rows(env)
@@ -84,7 +104,9 @@ def test_add_twice_updates_rather_than_duplicates(env):
     assert add(env, "--account-name", "First", refresh=REFRESH).returncode == 0
     (first,) = rows(env)
     second_token = "ya29.second-access-token-0002"
-    result = add(env, "--settings", '{"lookback_days": 5}', token=second_token, refresh="1//second-refresh-0002")
+    result = add(
+        env, "--settings", '{"lookback_days": 5}', token=second_token, refresh="1//second-refresh-0002"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "updated connection org-1-google-123-456-7890"
     (second,) = rows(env)
@@ -101,17 +123,26 @@ def test_reconnect_reactivates_and_clears_reauth(env):
     assert add(env).returncode == 0
     c = raw(home_db_from(env))
     with c:
-        c.execute("UPDATE platform_connections SET is_active = 0, needs_reauth = 1, reauth_reason = 'revoked', "
-                  "consecutive_auth_failures = 3, sync_status = 'failed', sync_error = 'revoked'")
+        c.execute(
+            "UPDATE platform_connections SET is_active = 0, needs_reauth = 1, reauth_reason = 'revoked', "
+            "consecutive_auth_failures = 3, sync_status = 'failed', sync_error = 'revoked'"
+        )
     c.close()
     assert add(env, token="ya29.after-reconnect-03").returncode == 0
     (row,) = rows(env)
-    assert (row["is_active"], row["needs_reauth"], row["reauth_reason"], row["consecutive_auth_failures"]) == (1, 0, None, 0)
+    assert (
+        row["is_active"],
+        row["needs_reauth"],
+        row["reauth_reason"],
+        row["consecutive_auth_failures"],
+    ) == (1, 0, None, 0)
     assert row["sync_status"] == "pending" and row["sync_error"] is None
 
 
 def test_tokens_from_stdin(env):
-    result = add(env, "--tokens-stdin", token=None, stdin_text="stdin-access-token-9\nstdin-refresh-token-9\n")
+    result = add(
+        env, "--tokens-stdin", token=None, stdin_text="stdin-access-token-9\nstdin-refresh-token-9\n"
+    )
     assert result.returncode == 0, result.stderr
     (row,) = rows(env)
     assert worker_decrypt(row["credentials_encrypted"]) == "stdin-access-token-9"
@@ -158,7 +189,9 @@ def test_bad_input_does_not_touch_an_existing_row(env):
 def test_list_json_shows_no_secrets(env):
     assert add(env, "--account-name", "Main", refresh=REFRESH).returncode == 0
     assert add(env, account="act_1", platform="facebook", token="EAAB-facebook-token-1").returncode == 0
-    stored = [r["credentials_encrypted"] for r in rows(env)] + [r["refresh_token_encrypted"] for r in rows(env) if r["refresh_token_encrypted"]]
+    stored = [r["credentials_encrypted"] for r in rows(env)] + [
+        r["refresh_token_encrypted"] for r in rows(env) if r["refresh_token_encrypted"]
+    ]
     result = run_cli(["connections", "list", "--json"], env)
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
@@ -251,8 +284,18 @@ def test_the_shared_options_declare_their_env_vars():
     _, found = _with_env_vars()
     by_command = {" ".join(path): dict(opts) for path, opts in found}
     assert by_command["schedule"]["--db"] == "CLEARLIFT_DB"
-    for name in ("init", "schedule", "consume", "refresh-tokens", "status", "sync",
-                 "connections add", "connections list", "connections pause", "connections resume"):
+    for name in (
+        "init",
+        "schedule",
+        "consume",
+        "refresh-tokens",
+        "status",
+        "sync",
+        "connections add",
+        "connections list",
+        "connections pause",
+        "connections resume",
+    ):
         assert by_command[name]["--db"] == "CLEARLIFT_DB", name
         assert by_command[name]["--home"] == "CLEARLIFT_HOME", name
         assert by_command[name]["--config"] == "CLEARLIFT_CONFIG", name

@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-
 
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from tests.e2e import (
-    Env, add_connection, coverage, make_visible, micros, queue_row, store_bytes, store_text,
+    Env,
+    add_connection,
+    coverage,
+    make_visible,
+    micros,
+    queue_row,
+    store_bytes,
+    store_text,
     without_synced_at,
 )
 
@@ -29,9 +35,13 @@ def expected_metrics(app, account: str, since: date, until: date, action_types=P
         key = (row["campaign_id"], row["date_start"])
         assert key not in out  # the sandbox serves one row per campaign-day
         out[key] = (
-            int(row["impressions"]), int(row["clicks"]), micros(row["spend"]),
-            sum((Decimal(a["value"]) for a in row.get("actions", []) if a["action_type"] in action_types),
-                Decimal(0)),
+            int(row["impressions"]),
+            int(row["clicks"]),
+            micros(row["spend"]),
+            sum(
+                (Decimal(a["value"]) for a in row.get("actions", []) if a["action_type"] in action_types),
+                Decimal(0),
+            ),
             sum(micros(a["value"]) for a in row.get("action_values", []) if a["action_type"] in action_types),
         )
     return out
@@ -39,9 +49,16 @@ def expected_metrics(app, account: str, since: date, until: date, action_types=P
 
 def stored_metrics(env: Env, org: str) -> dict:
     rows = env.warehouse_rows("facebook_ads_daily_metrics", organization_id=org)
-    got = {(r["campaign_id"], r["metric_date"].isoformat()): (
-        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
-        for r in rows}
+    got = {
+        (r["campaign_id"], r["metric_date"].isoformat()): (
+            r["impressions"],
+            r["clicks"],
+            r["spend_micros"],
+            r["conversions"],
+            r["conversion_value_micros"],
+        )
+        for r in rows
+    }
     assert len(got) == len(rows)
     return got
 
@@ -49,16 +66,24 @@ def stored_metrics(env: Env, org: str) -> dict:
 def expected_campaigns(app, account: str, minor_per_unit: int = 100) -> dict:
     out = {}
     for row in app.campaign_rows(account):
-        budget = next((Decimal(row[k]) for k in ("daily_budget", "lifetime_budget")
-                       if Decimal(row.get(k) or "0") != 0), None)
-        out[row["id"]] = (row["name"], row["status"], row["objective"],
-                          None if budget is None else int(budget / minor_per_unit * 1_000_000))
+        budget = next(
+            (Decimal(row[k]) for k in ("daily_budget", "lifetime_budget") if Decimal(row.get(k) or "0") != 0),
+            None,
+        )
+        out[row["id"]] = (
+            row["name"],
+            row["status"],
+            row["objective"],
+            None if budget is None else int(budget / minor_per_unit * 1_000_000),
+        )
     return out
 
 
 def stored_campaigns(env: Env, org: str) -> dict:
-    return {c["campaign_id"]: (c["campaign_name"], c["status"], c["objective"], c["budget_micros"])
-            for c in env.warehouse_rows("facebook_ads_campaigns", organization_id=org)}
+    return {
+        c["campaign_id"]: (c["campaign_name"], c["status"], c["objective"], c["budget_micros"])
+        for c in env.warehouse_rows("facebook_ads_campaigns", organization_id=org)
+    }
 
 
 def requests_with_token(app, pattern: str, token: str) -> list:
@@ -69,21 +94,33 @@ def test_pages_of_campaigns_and_insights_land_exactly_with_configured_conversion
     fb = sandbox.facebook
     fb.configure_account(ACCOUNT, campaigns=7, currency="EUR", timezone_name="Europe/Berlin", max_page_rows=3)
     campaigns = fb.campaign_rows(ACCOUNT)
-    pinned_day = datetime.now(timezone.utc).date() - timedelta(days=3)
+    pinned_day = datetime.now(UTC).date() - timedelta(days=3)
     pinned_campaign = campaigns[1]["id"]
-    fb.pin_insight(ACCOUNT, pinned_campaign, pinned_day, spend="14.35", impressions="1000", clicks="37",
-                   actions=[{"action_type": "purchase", "value": "2"},
-                            {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "5"},
-                            {"action_type": "omni_purchase", "value": "2"}],
-                   action_values=[{"action_type": "purchase", "value": "10.01"},
-                                  {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "0.10"},
-                                  {"action_type": "omni_purchase", "value": "10.01"}])
+    fb.pin_insight(
+        ACCOUNT,
+        pinned_campaign,
+        pinned_day,
+        spend="14.35",
+        impressions="1000",
+        clicks="37",
+        actions=[
+            {"action_type": "purchase", "value": "2"},
+            {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "5"},
+            {"action_type": "omni_purchase", "value": "2"},
+        ],
+        action_values=[
+            {"action_type": "purchase", "value": "10.01"},
+            {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "0.10"},
+            {"action_type": "omni_purchase", "value": "10.01"},
+        ],
+    )
     token1, _ = fb.tokens.issue(ttl=None)
     token2, _ = fb.tokens.issue(ttl=None)
     # The same ad account for two organisations: with and without act_, default and pixel conversions.
     conn1 = env.add("org-1", "facebook", f"act_{ACCOUNT}", token1)
-    conn2 = env.add("org-2", "facebook", ACCOUNT, token2,
-                    settings=json.dumps({"conversion_action_types": list(PIXEL)}))
+    conn2 = env.add(
+        "org-2", "facebook", ACCOUNT, token2, settings=json.dumps({"conversion_action_types": list(PIXEL)})
+    )
 
     assert "2 enqueued" in env.run("schedule").stdout
     env.run("consume", "--max-seconds", "60")
@@ -119,19 +156,24 @@ def test_pages_of_campaigns_and_insights_land_exactly_with_configured_conversion
     assert len(hidden) == 2 and hidden <= {cid for cid, _ in got1}
     metric_rows = env.warehouse_rows("facebook_ads_daily_metrics", organization_id="org-1")
     assert {(r["currency"], r["connection_id"], r["account_id"]) for r in metric_rows} == {
-        ("EUR", conn1, f"act_{ACCOUNT}")}
+        ("EUR", conn1, f"act_{ACCOUNT}")
+    }
     assert job1["records_synced"] == len(want1) + 7
 
     # A replay of the same days changes nothing.
-    before = {(org, t): without_synced_at(env.warehouse_rows(t, organization_id=org))
-              for org in ("org-1", "org-2")
-              for t in ("facebook_ads_daily_metrics", "facebook_ads_campaigns")}
+    before = {
+        (org, t): without_synced_at(env.warehouse_rows(t, organization_id=org))
+        for org in ("org-1", "org-2")
+        for t in ("facebook_ads_daily_metrics", "facebook_ads_campaigns")
+    }
     env.run("sync", conn1, "--now", "--since", since.isoformat(), "--until", until.isoformat())
     env.run("consume", "--max-seconds", "60")
     assert [j["status"] for j in env.jobs(conn1)] == ["completed", "completed"]
-    after = {(org, t): without_synced_at(env.warehouse_rows(t, organization_id=org))
-             for org in ("org-1", "org-2")
-             for t in ("facebook_ads_daily_metrics", "facebook_ads_campaigns")}
+    after = {
+        (org, t): without_synced_at(env.warehouse_rows(t, organization_id=org))
+        for org in ("org-1", "org-2")
+        for t in ("facebook_ads_daily_metrics", "facebook_ads_campaigns")
+    }
     assert after == before
 
 
@@ -142,7 +184,7 @@ def test_oversized_window_is_split_and_a_big_day_goes_async_landing_once_per_cam
     fb.configure_account(ACCOUNT, campaigns=6, max_sync_rows=5, async_polls=1)
     campaigns = fb.campaign_rows(ACCOUNT)
     assert {c["status"] for c in campaigns} >= {"ARCHIVED", "DELETED"}
-    big_day = datetime.now(timezone.utc).date() - timedelta(days=4)
+    big_day = datetime.now(UTC).date() - timedelta(days=4)
     for c in campaigns:  # all six deliver on big_day: too much even for a one-day request
         fb.pin_insight(ACCOUNT, c["id"], big_day)
     token, _ = fb.tokens.issue(ttl=None)
@@ -159,17 +201,23 @@ def test_oversized_window_is_split_and_a_big_day_goes_async_landing_once_per_cam
     # Each campaign-day was written once: the job counted no row twice.
     assert job["records_synced"] == len(want) + len(campaigns)
 
-    ranges = [json.loads(r.query["time_range"]) for r in fb.requests_to(r"act_\d+/insights$")
-              if r.method == "GET"]
+    ranges = [
+        json.loads(r.query["time_range"]) for r in fb.requests_to(r"act_\d+/insights$") if r.method == "GET"
+    ]
     assert ranges[0] == {"since": since.isoformat(), "until": until.isoformat()}
     assert any(r["since"] != r["until"] and r != ranges[0] for r in ranges)  # halves
     assert {"since": big_day.isoformat(), "until": big_day.isoformat()} in ranges  # split down to the day
     # Exactly the days with more than five rows went through async reports, polled until complete.
-    full_days = [d.isoformat() for d in (since + timedelta(days=i) for i in range((until - since).days + 1))
-                 if len(fb.insight_rows(ACCOUNT, d, d)) > 5]
+    full_days = [
+        d.isoformat()
+        for d in (since + timedelta(days=i) for i in range((until - since).days + 1))
+        if len(fb.insight_rows(ACCOUNT, d, d)) > 5
+    ]
     assert big_day.isoformat() in full_days
     posts = [r for r in fb.requests_to(r"act_\d+/insights$") if r.method == "POST"]
-    assert [json.loads(r.form()["time_range"]) for r in posts] == [{"since": d, "until": d} for d in full_days]
+    assert [json.loads(r.form()["time_range"]) for r in posts] == [
+        {"since": d, "until": d} for d in full_days
+    ]
     for run_id in fb.report_run_ids():
         assert len(fb.requests_to(rf"/{run_id}$")) == 2  # "Job Not Started", then "Job Completed"
         assert fb.requests_to(rf"/{run_id}/insights$")
@@ -180,7 +228,7 @@ def test_long_backfill_is_sliced_and_lands_exactly(env, sandbox):
     fb.configure_account(ACCOUNT, campaigns=3, currency="USD")
     token, _ = fb.tokens.issue(ttl=None)
     conn = env.add("org-1", "facebook", ACCOUNT, token)
-    until = datetime.now(timezone.utc).date() - timedelta(days=2)
+    until = datetime.now(UTC).date() - timedelta(days=2)
     since = until - timedelta(days=74)
     env.run("sync", conn, "--now", "--since", since.isoformat(), "--until", until.isoformat())
     env.run("consume", "--max-seconds", "60")
@@ -191,8 +239,11 @@ def test_long_backfill_is_sliced_and_lands_exactly(env, sandbox):
     assert stored_metrics(env, "org-1") == want
     assert {d for _, d in want} >= {since.isoformat(), until.isoformat()}
     # 75 days in three slices of at most 30, each committed and recorded on its own.
-    slices = [(since, since + timedelta(days=29)), (since + timedelta(days=30), since + timedelta(days=59)),
-              (since + timedelta(days=60), until)]
+    slices = [
+        (since, since + timedelta(days=29)),
+        (since + timedelta(days=30), since + timedelta(days=59)),
+        (since + timedelta(days=60), until),
+    ]
     cov = coverage(env, job["id"])
     assert [(s, e) for s, e, _ in cov] == [(s.isoformat(), e.isoformat()) for s, e in slices]
     assert sum(n for _, _, n in cov) == job["records_synced"] == len(want) + 3
@@ -211,7 +262,8 @@ def test_expired_api_version_fails_the_job_at_once_saying_what_to_set(env, sandb
     (job,) = env.jobs(conn)
     assert job["status"] == "failed"
     assert job["error_message"].startswith(
-        "Meta Marketing API v23.0 is no longer served (sunset 2026-06-09): set CLEARLIFT_FACEBOOK_API_VERSION to")
+        "Meta Marketing API v23.0 is no longer served (sunset 2026-06-09): set CLEARLIFT_FACEBOOK_API_VERSION to"
+    )
     q = queue_row(env, job["id"])
     assert (q["state"], q["attempts"]) == ("dead", 1)
     assert len(fb.requests) == 1 and env.connection(conn)["needs_reauth"] == 0
@@ -237,7 +289,7 @@ def test_meta_tokens_are_renewed_from_a_week_before_expiry_on_every_run_until_it
     day = 86400
 
     def in_days(n: float) -> str:
-        return (datetime.now(timezone.utc) + timedelta(days=n)).isoformat().replace("+00:00", "Z")
+        return (datetime.now(UTC) + timedelta(days=n)).isoformat().replace("+00:00", "Z")
 
     renewable = fb.issue_long_lived(ttl=6 * day)
     stuck = fb.issue_long_lived(ttl=5 * day)
@@ -260,9 +312,20 @@ def test_meta_tokens_are_renewed_from_a_week_before_expiry_on_every_run_until_it
 
     # If Meta does renew it, the next run (a few minutes later) stores the new 60-day token.
     fb.long_lived_renewal = "renewed"
-    fb.faults.add("status", path="oauth/access_token", times=3, status=500, body={"error": {
-        "message": "An unexpected error has occurred. Please retry your request later.",
-        "type": "OAuthException", "code": 2, "is_transient": True}})
+    fb.faults.add(
+        "status",
+        path="oauth/access_token",
+        times=3,
+        status=500,
+        body={
+            "error": {
+                "message": "An unexpected error has occurred. Please retry your request later.",
+                "type": "OAuthException",
+                "code": 2,
+                "is_transient": True,
+            }
+        },
+    )
     second = json.loads(env.run("refresh-tokens", "--json").stdout)
     assert (second["refreshed"], second["failed"]) == (1, 1)  # the first exchange met the outage
     third = json.loads(env.run("refresh-tokens", "--json").stdout)
@@ -270,7 +333,9 @@ def test_meta_tokens_are_renewed_from_a_week_before_expiry_on_every_run_until_it
     for conn, old in ((c_renewable, renewable), (c_stuck, stuck)):
         row = env.connection(conn)
         assert row["needs_reauth"] == 0
-        assert datetime.fromisoformat(row["expires_at"].replace("Z", "+00:00")) > datetime.now(timezone.utc) + timedelta(days=59)
+        assert datetime.fromisoformat(row["expires_at"].replace("Z", "+00:00")) > datetime.now(
+            UTC
+        ) + timedelta(days=59)
         assert fb.tokens.check(old) == "ok"
     assert env.connection(c_later) == before[c_later]
     assert env.connection(c_google) == before[c_google] and sandbox.google.requests_to("/token") == []
@@ -315,7 +380,9 @@ def test_rate_limits_defer_jobs_by_the_announced_wait_without_using_attempts(env
 
     # 3. The app-wide limit (code 4) defers every Facebook job, not other platforms.
     app_conns = [env.add("org-1", "facebook", a, t) for a, t in zip(accounts[2:], tokens[2:])]
-    stripe_conn = env.add("org-1", "stripe", "acct_1RateLimitShop", sandbox.stripe.issue_key("acct_1RateLimitShop"))
+    stripe_conn = env.add(
+        "org-1", "stripe", "acct_1RateLimitShop", sandbox.stripe.issue_key("acct_1RateLimitShop")
+    )
     fb.rate_limit_next(times=1, code=4, minutes=10)
     assert "3 enqueued" in env.run("schedule").stdout
     before = len(fb.requests)
@@ -378,7 +445,7 @@ def test_no_token_or_app_secret_reaches_output_logs_or_the_store(env, sandbox):
         procs.append(proc)
         return conn
 
-    soon = (datetime.now(timezone.utc) + timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
     exchanged, _ = fb.tokens.issue(ttl=None)  # refreshed (exchanged) by refresh-tokens
     unknown = "EAAGsandbox" + os.urandom(16).hex()  # Graph echoes a token it cannot parse
     revoked, _ = fb.tokens.issue(ttl=None)  # its exchange fails
@@ -394,17 +461,51 @@ def test_no_token_or_app_secret_reaches_output_logs_or_the_store(env, sandbox):
 
     in_job, _ = fb.tokens.issue(ttl=None)  # exchanged by the consumer just before its job
     c_in_job = add("2000000005", in_job, expires_at=soon)
-    fb.faults.add("status", path=r"act_2000000004/insights", times=-1, status=500, body={"error": {
-        "message": f"Internal error for {echoed} (app secret {APP_SECRET}); "
-                   f"request was ?access_token={echoed}&appsecret={APP_SECRET}",
-        "type": "OAuthException", "code": 2, "is_transient": True}})
+    fb.faults.add(
+        "status",
+        path=r"act_2000000004/insights",
+        times=-1,
+        status=500,
+        body={
+            "error": {
+                "message": f"Internal error for {echoed} (app secret {APP_SECRET}); "
+                f"request was ?access_token={echoed}&appsecret={APP_SECRET}",
+                "type": "OAuthException",
+                "code": 2,
+                "is_transient": True,
+            }
+        },
+    )
     # The in-job exchange's account is rate limited once: that job is deferred, then completes.
-    fb.faults.add("status", path=r"act_2000000005$", times=1, status=400, headers={
-        "x-business-use-case-usage": json.dumps({"2000000005": [{
-            "type": "ads_insights", "call_count": 100, "total_cputime": 9, "total_time": 9,
-            "estimated_time_to_regain_access": 5}]})}, body={"error": {
-                "message": "User request limit reached", "type": "OAuthException", "code": 17,
-                "is_transient": True}})
+    fb.faults.add(
+        "status",
+        path=r"act_2000000005$",
+        times=1,
+        status=400,
+        headers={
+            "x-business-use-case-usage": json.dumps(
+                {
+                    "2000000005": [
+                        {
+                            "type": "ads_insights",
+                            "call_count": 100,
+                            "total_cputime": 9,
+                            "total_time": 9,
+                            "estimated_time_to_regain_access": 5,
+                        }
+                    ]
+                }
+            )
+        },
+        body={
+            "error": {
+                "message": "User request limit reached",
+                "type": "OAuthException",
+                "code": 17,
+                "is_transient": True,
+            }
+        },
+    )
     run("schedule")
     run("consume", "--max-seconds", "60")
     assert "Rate limited" in env.jobs(c_in_job)[-1]["error_message"]
@@ -415,10 +516,17 @@ def test_no_token_or_app_secret_reaches_output_logs_or_the_store(env, sandbox):
     make_visible(env)
     run("consume", "--max-seconds", "60")
 
-    statuses = {c: env.jobs(c)[-1]["status"] if env.jobs(c) else None
-                for c in (c_exchanged, c_unknown, c_revoked, c_echoed, c_in_job)}
-    assert statuses == {c_exchanged: "completed", c_unknown: "failed", c_revoked: None,
-                        c_echoed: "failed", c_in_job: "completed"}
+    statuses = {
+        c: env.jobs(c)[-1]["status"] if env.jobs(c) else None
+        for c in (c_exchanged, c_unknown, c_revoked, c_echoed, c_in_job)
+    }
+    assert statuses == {
+        c_exchanged: "completed",
+        c_unknown: "failed",
+        c_revoked: None,
+        c_echoed: "failed",
+        c_in_job: "completed",
+    }
     assert env.connection(c_revoked)["needs_reauth"] == 1
     run("status", "--json", check=False)
     run("status", check=False)
@@ -435,8 +543,9 @@ def test_no_token_or_app_secret_reaches_output_logs_or_the_store(env, sandbox):
     assert len(secrets) == 8  # five tokens, two exchanged for new ones, the app secret
     texts = {f"clearlift {' '.join(p.args[1:])}": p.stdout + p.stderr for p in procs}
     texts["store"] = store_text(env)
-    texts["warehouse"] = repr([env.warehouse_rows(t) for t in (
-        "facebook_ads_campaigns", "facebook_ads_daily_metrics")])
+    texts["warehouse"] = repr(
+        [env.warehouse_rows(t) for t in ("facebook_ads_campaigns", "facebook_ads_daily_metrics")]
+    )
     leaks = [(where, s[:12]) for where, text in texts.items() for s in secrets if s in text]
     assert leaks == []
     raw = store_bytes(env)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-
 from tests.e2e import Env, make_visible, micros
 
 CID = "123-456-7890"
@@ -14,8 +13,11 @@ CID = "123-456-7890"
 
 def seed_onboarding(env: Env, org: str, user: str) -> None:
     with env.store() as c:
-        c.execute("INSERT INTO onboarding_progress (user_id, organization_id, current_step, services_connected, "
-                  "first_sync_completed) VALUES (?, ?, 'first_sync', 1, FALSE)", (user, org))
+        c.execute(
+            "INSERT INTO onboarding_progress (user_id, organization_id, current_step, services_connected, "
+            "first_sync_completed) VALUES (?, ?, 'first_sync', 1, FALSE)",
+            (user, org),
+        )
 
 
 def expected_metrics(app, cid: str, since, until) -> dict:
@@ -23,8 +25,12 @@ def expected_metrics(app, cid: str, since, until) -> dict:
     for row in app.metric_rows(cid, since, until):
         m = row.get("metrics", {})
         out[(row["campaign"]["id"], row["segments"]["date"])] = (
-            int(m.get("impressions", "0")), int(m.get("clicks", "0")), int(m.get("costMicros", "0")),
-            Decimal(str(m.get("conversions", 0))), micros(m.get("conversionsValue", 0)))
+            int(m.get("impressions", "0")),
+            int(m.get("clicks", "0")),
+            int(m.get("costMicros", "0")),
+            Decimal(str(m.get("conversions", 0))),
+            micros(m.get("conversionsValue", 0)),
+        )
     return out
 
 
@@ -43,18 +49,29 @@ def test_schedule_consume_writes_exact_rows_and_statuses(env, sandbox):
     assert (until - since).days == 7
     want = expected_metrics(sandbox.google, CID.replace("-", ""), since, until)
     rows = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
-    got = {(r["campaign_id"], r["metric_date"].isoformat()): (
-        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
-        for r in rows}
+    got = {
+        (r["campaign_id"], r["metric_date"].isoformat()): (
+            r["impressions"],
+            r["clicks"],
+            r["spend_micros"],
+            r["conversions"],
+            r["conversion_value_micros"],
+        )
+        for r in rows
+    }
     assert got == want and len(want) > 10
     assert all(r["currency"] == "EUR" and r["connection_id"] == conn_id for r in rows)
 
     campaigns = env.warehouse_rows("google_ads_campaigns", organization_id="org-1")
     wire = sandbox.google.campaign_rows(CID.replace("-", ""))
     assert {c["campaign_id"]: (c["campaign_name"], c["status"], c["budget_micros"]) for c in campaigns} == {
-        w["campaign"]["id"]: (w["campaign"]["name"], w["campaign"]["status"],
-                              int(w.get("campaignBudget", {}).get("amountMicros", "0")))
-        for w in wire}
+        w["campaign"]["id"]: (
+            w["campaign"]["name"],
+            w["campaign"]["status"],
+            int(w.get("campaignBudget", {}).get("amountMicros", "0")),
+        )
+        for w in wire
+    }
     assert all(w["campaign"]["status"] != "REMOVED" for w in wire)
 
     job = env.job(job["id"])
@@ -71,17 +88,34 @@ def test_schedule_consume_writes_exact_rows_and_statuses(env, sandbox):
     assert ob["first_sync_completed"] == 1 and ob["current_step"] == "completed" and ob["completed_at"]
 
     status = env.run_json("status", conn_id)
-    assert status["latest_sync"] == {"status": "completed", "type": "full", "completed_at": job["completed_at"],
-                                     "records_synced": job["records_synced"], "error": None}
+    assert status["latest_sync"] == {
+        "status": "completed",
+        "type": "full",
+        "completed_at": job["completed_at"],
+        "records_synced": job["records_synced"],
+        "error": None,
+    }
 
     # The same window again (a replay) leaves identical rows.
     before = sorted(got.items())
     env.run("sync", conn_id, "--now", "--since", since.isoformat(), "--until", until.isoformat())
     env.run("consume", "--max-seconds", "60")
     rows2 = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
-    assert sorted({(r["campaign_id"], r["metric_date"].isoformat()): (
-        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
-        for r in rows2}.items()) == before
+    assert (
+        sorted(
+            {
+                (r["campaign_id"], r["metric_date"].isoformat()): (
+                    r["impressions"],
+                    r["clicks"],
+                    r["spend_micros"],
+                    r["conversions"],
+                    r["conversion_value_micros"],
+                )
+                for r in rows2
+            }.items()
+        )
+        == before
+    )
     assert len(rows2) == len(rows)
 
 
@@ -118,8 +152,13 @@ def test_app_wide_quota_defers_every_google_job(env, sandbox):
 def test_5xx_storm_ends_in_dead_letter_and_failed_job(env, sandbox):
     access, refresh = sandbox.google.tokens.issue(ttl=3600)
     conn_id = env.add("org-1", "google", CID, access, refresh)
-    sandbox.google.faults.add("status", path="googleAds", times=-1, status=503,
-                              body={"error": {"code": 503, "status": "UNAVAILABLE", "message": "Service unavailable"}})
+    sandbox.google.faults.add(
+        "status",
+        path="googleAds",
+        times=-1,
+        status=503,
+        body={"error": {"code": 503, "status": "UNAVAILABLE", "message": "Service unavailable"}},
+    )
     env.run("schedule")
     # Four deliveries; backoff delays between them are skipped by re-queueing at once.
     for attempt in range(4):
@@ -173,22 +212,33 @@ MANAGER, CLIENT_A, CLIENT_B = "111-222-3333", "2000000001", "2000000002"
 
 def manager_with_two_clients(sandbox) -> None:
     sandbox.google.configure_account(MANAGER, manager=True)
-    sandbox.google.configure_account(CLIENT_A, manager_id="1112223333", campaigns=3, currency="EUR",
-                                     time_zone="Europe/Berlin")
-    sandbox.google.configure_account(CLIENT_B, manager_id="1112223333", campaigns=2, currency="JPY",
-                                     time_zone="Asia/Tokyo")
+    sandbox.google.configure_account(
+        CLIENT_A, manager_id="1112223333", campaigns=3, currency="EUR", time_zone="Europe/Berlin"
+    )
+    sandbox.google.configure_account(
+        CLIENT_B, manager_id="1112223333", campaigns=2, currency="JPY", time_zone="Asia/Tokyo"
+    )
 
 
 def metric_values(rows: list[dict]) -> dict:
-    return {(r["campaign_id"], r["metric_date"].isoformat()): (
-        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
-        for r in rows}
+    return {
+        (r["campaign_id"], r["metric_date"].isoformat()): (
+            r["impressions"],
+            r["clicks"],
+            r["spend_micros"],
+            r["conversions"],
+            r["conversion_value_micros"],
+        )
+        for r in rows
+    }
 
 
 def test_manager_connection_syncs_every_selected_client_as_its_own_account(env, sandbox):
     manager_with_two_clients(sandbox)
     access, refresh = sandbox.google.tokens.issue(ttl=3600)
-    selection = {"accountSelection": {"mode": "selected", "selectedAccounts": ["200-000-0001", "200-000-0002"]}}
+    selection = {
+        "accountSelection": {"mode": "selected", "selectedAccounts": ["200-000-0001", "200-000-0002"]}
+    }
     conn_id = env.add("org-1", "google", MANAGER, access, refresh, settings=json.dumps(selection))
 
     env.run("schedule")
@@ -202,20 +252,26 @@ def test_manager_connection_syncs_every_selected_client_as_its_own_account(env, 
         assert metric_values(rows) == expected_metrics(sandbox.google, cid, since, until) and rows
         assert {(r["currency"], r["connection_id"]) for r in rows} == {(currency, conn_id)}
         campaigns = env.warehouse_rows("google_ads_campaigns", organization_id="org-1", account_id=cid)
-        assert {c["campaign_id"] for c in campaigns} == {w["campaign"]["id"] for w in sandbox.google.campaign_rows(cid)}
+        assert {c["campaign_id"] for c in campaigns} == {
+            w["campaign"]["id"] for w in sandbox.google.campaign_rows(cid)
+        }
         total += len(rows) + len(campaigns)
     assert env.warehouse_rows("google_ads_daily_metrics", account_id=MANAGER) == []
     job = env.job(job["id"])
     assert job["status"] == "completed" and job["records_synced"] == total
-    assert {r.headers.get("login-customer-id") for r in sandbox.google.requests_to("searchStream")} == {"1112223333"}
+    assert {r.headers.get("login-customer-id") for r in sandbox.google.requests_to("searchStream")} == {
+        "1112223333"
+    }
 
 
 def test_manager_job_with_an_unlinked_client_keeps_the_others_rows(env, sandbox):
     manager_with_two_clients(sandbox)
     sandbox.google.configure_account(CLIENT_A, accessible=False)  # unlinked: the first one fails
     access, refresh = sandbox.google.tokens.issue(ttl=3600)
-    selection = {"accountSelection": {"mode": "selected", "selectedAccounts": [CLIENT_A, CLIENT_B]},
-                 "manager_customer_id": "111-222-3333"}
+    selection = {
+        "accountSelection": {"mode": "selected", "selectedAccounts": [CLIENT_A, CLIENT_B]},
+        "manager_customer_id": "111-222-3333",
+    }
     conn_id = env.add("org-1", "google", MANAGER, access, refresh, settings=json.dumps(selection))
 
     env.run("schedule")
@@ -271,15 +327,22 @@ def test_sunset_version_fails_jobs_at_once_and_consume_warns_once(env, sandbox):
 
     proc = env.run("consume", "--max-seconds", "60", **old)
 
-    message = ("Google Ads API v21 is no longer served (sunset 2026-08-05): "
-               "set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer")
+    message = (
+        "Google Ads API v21 is no longer served (sunset 2026-08-05): "
+        "set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer"
+    )
     for conn_id in ids:
         (job,) = env.jobs(conn_id)
         assert job["status"] == "failed" and job["error_message"] == message
     assert [d["attempts"] for d in env.run_json("queue", "dead")] == [1, 1]
     warnings = [ln for ln in proc.stderr.splitlines() if "WARNING clearlift.consume: Google Ads API" in ln]
     assert len(warnings) == 1 and warnings[0].endswith(message)  # once per run, not per job
-    assert sum("clearlift.consume: Meta Marketing API v24.0 is no longer served" in ln
-               for ln in proc.stderr.splitlines()) == 1
+    assert (
+        sum(
+            "clearlift.consume: Meta Marketing API v24.0 is no longer served" in ln
+            for ln in proc.stderr.splitlines()
+        )
+        == 1
+    )
     # With the current versions nothing is said.
     assert "API v" not in env.run("consume", "--max-seconds", "5").stderr

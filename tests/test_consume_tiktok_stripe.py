@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-
 from clearlift_cli.timeutil import iso_z
-from tests.e2e import Env, coverage, make_visible, micros, queue_row, store_bytes, store_text, without_synced_at
+from tests.e2e import (
+    Env,
+    coverage,
+    make_visible,
+    micros,
+    queue_row,
+    store_bytes,
+    store_text,
+    without_synced_at,
+)
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def today() -> date:
@@ -31,17 +40,28 @@ def tiktok_expected(app, advertiser: str, since: date, until: date) -> dict:
         m, dims = row["metrics"], row["dimensions"]
         key = (dims["campaign_id"], dims["stat_time_day"][:10])
         assert key not in out
-        out[key] = (int(m["impressions"]), int(m["clicks"]), micros(m["spend"]),
-                    Decimal(str(m["conversion"])),
-                    micros(m["total_complete_payment_rate"]) + micros(m["total_purchase_value"]))
+        out[key] = (
+            int(m["impressions"]),
+            int(m["clicks"]),
+            micros(m["spend"]),
+            Decimal(str(m["conversion"])),
+            micros(m["total_complete_payment_rate"]) + micros(m["total_purchase_value"]),
+        )
     return out
 
 
 def tiktok_stored(env: Env, org: str, advertiser: str | None = None) -> dict:
     rows = env.warehouse_rows("tiktok_ads_daily_metrics", organization_id=org, account_id=advertiser)
-    got = {(r["campaign_id"], r["metric_date"].isoformat()): (
-        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
-        for r in rows}
+    got = {
+        (r["campaign_id"], r["metric_date"].isoformat()): (
+            r["impressions"],
+            r["clicks"],
+            r["spend_micros"],
+            r["conversions"],
+            r["conversion_value_micros"],
+        )
+        for r in rows
+    }
     assert len(got) == len(rows)
     return got
 
@@ -62,7 +82,9 @@ def test_tiktok_pages_of_campaigns_and_reports_land_exactly_and_replay_changes_n
     got = tiktok_stored(env, "org-1")
     assert got == want and len(want) > 40
     # Deleted campaigns' past delivery and the purchase values landed too.
-    deleted = {c["campaign_id"] for c in tt.campaign_rows(adv) if c["secondary_status"] == "CAMPAIGN_STATUS_DELETE"}
+    deleted = {
+        c["campaign_id"] for c in tt.campaign_rows(adv) if c["secondary_status"] == "CAMPAIGN_STATUS_DELETE"
+    }
     assert len(deleted) == 2 and deleted <= {cid for cid, _ in got}
     assert sum(v[4] for v in got.values()) > 0
     # Both wire spellings of a number were served and parsed.
@@ -72,21 +94,34 @@ def test_tiktok_pages_of_campaigns_and_reports_land_exactly_and_replay_changes_n
     assert len(tt.requests_to("campaign/get")) == 3
     assert len(tt.requests_to("report/integrated")) == -(-len(want) // 4)
 
-    campaigns = {c["campaign_id"]: (c["campaign_name"], c["status"], c["objective"], c["budget_micros"], c["currency"])
-                 for c in env.warehouse_rows("tiktok_ads_campaigns", organization_id="org-1")}
-    assert campaigns == {w["campaign_id"]: (w["campaign_name"], "DELETE" if w["campaign_id"] in deleted else
-                                            w["operation_status"], w["objective_type"], micros(w["budget"]), "EUR")
-                         for w in tt.campaign_rows(adv)}
+    campaigns = {
+        c["campaign_id"]: (c["campaign_name"], c["status"], c["objective"], c["budget_micros"], c["currency"])
+        for c in env.warehouse_rows("tiktok_ads_campaigns", organization_id="org-1")
+    }
+    assert campaigns == {
+        w["campaign_id"]: (
+            w["campaign_name"],
+            "DELETE" if w["campaign_id"] in deleted else w["operation_status"],
+            w["objective_type"],
+            micros(w["budget"]),
+            "EUR",
+        )
+        for w in tt.campaign_rows(adv)
+    }
     assert len(campaigns) == 9
     assert job["records_synced"] == len(want) + 9
 
-    before = [without_synced_at(env.warehouse_rows(t, organization_id="org-1"))
-              for t in ("tiktok_ads_daily_metrics", "tiktok_ads_campaigns")]
+    before = [
+        without_synced_at(env.warehouse_rows(t, organization_id="org-1"))
+        for t in ("tiktok_ads_daily_metrics", "tiktok_ads_campaigns")
+    ]
     env.run("sync", conn, "--now", "--since", since.isoformat(), "--until", until.isoformat())
     env.run("consume", "--max-seconds", "60")
     assert [j["status"] for j in env.jobs(conn)] == ["completed", "completed"]
-    assert [without_synced_at(env.warehouse_rows(t, organization_id="org-1"))
-            for t in ("tiktok_ads_daily_metrics", "tiktok_ads_campaigns")] == before
+    assert [
+        without_synced_at(env.warehouse_rows(t, organization_id="org-1"))
+        for t in ("tiktok_ads_daily_metrics", "tiktok_ads_campaigns")
+    ] == before
 
 
 def test_tiktok_45_day_backfill_is_two_report_requests(env, sandbox):
@@ -107,15 +142,23 @@ def test_tiktok_45_day_backfill_is_two_report_requests(env, sandbox):
     reports = tt.requests_to("report/integrated")
     split = since + timedelta(days=29)
     assert [(r.query["start_date"], r.query["end_date"]) for r in reports] == [
-        (since.isoformat(), split.isoformat()), ((split + timedelta(days=1)).isoformat(), until.isoformat())]
+        (since.isoformat(), split.isoformat()),
+        ((split + timedelta(days=1)).isoformat(), until.isoformat()),
+    ]
     assert [(s, e) for s, e, _ in coverage(env, job["id"])] == [
-        (since.isoformat(), split.isoformat()), ((split + timedelta(days=1)).isoformat(), until.isoformat())]
+        (since.isoformat(), split.isoformat()),
+        ((split + timedelta(days=1)).isoformat(), until.isoformat()),
+    ]
 
 
 def test_tiktok_http_200_error_codes_are_classified_end_to_end(env, sandbox):
     tt = sandbox.tiktok
-    advertisers = {"revoked": "7100000000000000001", "invalid": "7100000000000000002",
-                   "system": "7100000000000000003", "limited": "7100000000000000004"}
+    advertisers = {
+        "revoked": "7100000000000000001",
+        "invalid": "7100000000000000002",
+        "system": "7100000000000000003",
+        "limited": "7100000000000000004",
+    }
     conns = {}
     for kind, adv in advertisers.items():
         tt.configure_account(adv, campaigns=2)
@@ -161,7 +204,8 @@ def test_tiktok_http_200_error_codes_are_classified_end_to_end(env, sandbox):
         assert job["status"] == "completed", job["error_message"]
         since, until = env.window_days(job["id"])
         assert tiktok_stored(env, "org-1", advertisers[kind]) == tiktok_expected(
-            tt, advertisers[kind], since, until)
+            tt, advertisers[kind], since, until
+        )
     assert [env.jobs(conns[k])[0]["status"] for k in ("revoked", "invalid")] == ["failed", "failed"]
 
 
@@ -189,17 +233,37 @@ def charge_expected(wire: list[dict], tz: str) -> dict:
     out = {}
     for ch in wire:
         created = datetime.fromtimestamp(ch["created"], UTC)
-        out[ch["id"]] = (ch["amount"], ch["amount_refunded"], ch["currency"].upper(), ch["status"], ch["paid"],
-                         ch["customer"], created, created.astimezone(zone).date(), ch["amount_captured"],
-                         ch["captured"])
+        out[ch["id"]] = (
+            ch["amount"],
+            ch["amount_refunded"],
+            ch["currency"].upper(),
+            ch["status"],
+            ch["paid"],
+            ch["customer"],
+            created,
+            created.astimezone(zone).date(),
+            ch["amount_captured"],
+            ch["captured"],
+        )
     return out
 
 
 def charge_stored(env: Env, org: str, account: str) -> dict:
-    return {r["charge_id"]: (r["amount_minor"], r["amount_refunded_minor"], r["currency"], r["status"], r["paid"],
-                             r["customer_id"], r["created_at"], r["charge_date"], r["amount_captured_minor"],
-                             r["captured"])
-            for r in env.warehouse_rows("stripe_charges", organization_id=org, account_id=account)}
+    return {
+        r["charge_id"]: (
+            r["amount_minor"],
+            r["amount_refunded_minor"],
+            r["currency"],
+            r["status"],
+            r["paid"],
+            r["customer_id"],
+            r["created_at"],
+            r["charge_date"],
+            r["amount_captured_minor"],
+            r["captured"],
+        )
+        for r in env.warehouse_rows("stripe_charges", organization_id=org, account_id=account)
+    }
 
 
 def revenue_expected(wire: list[dict], tz: str) -> dict:
@@ -222,20 +286,32 @@ def local_window(start: datetime, end: datetime, tz: str) -> tuple[date, date, d
     zone = ZoneInfo(tz)
     first_day = start.astimezone(zone).date()
     last_day = (end - timedelta(microseconds=1)).astimezone(zone).date()
-    return (first_day, last_day, datetime.combine(first_day, dtime.min, zone).astimezone(UTC),
-            datetime.combine(last_day + timedelta(days=1), dtime.min, zone).astimezone(UTC))
+    return (
+        first_day,
+        last_day,
+        datetime.combine(first_day, dtime.min, zone).astimezone(UTC),
+        datetime.combine(last_day + timedelta(days=1), dtime.min, zone).astimezone(UTC),
+    )
 
 
 def revenue_stored(env: Env, org: str, account: str) -> dict:
-    return {(r["revenue_date"], r["currency"]): (r["gross_minor"], r["refunded_minor"], r["net_minor"],
-                                                 r["charge_count"])
-            for r in env.warehouse_rows("stripe_daily_revenue", organization_id=org, account_id=account)}
+    return {
+        (r["revenue_date"], r["currency"]): (
+            r["gross_minor"],
+            r["refunded_minor"],
+            r["net_minor"],
+            r["charge_count"],
+        )
+        for r in env.warehouse_rows("stripe_daily_revenue", organization_id=org, account_id=account)
+    }
 
 
 def test_stripe_pages_of_charges_and_daily_revenue_land_exactly_including_jpy(env, sandbox):
     st = sandbox.stripe
-    accounts = {"acct_1ClearliftUsd": ("usd", "America/New_York", 25),
-                "acct_1ClearliftJpy": ("jpy", "Asia/Tokyo", 6)}
+    accounts = {
+        "acct_1ClearliftUsd": ("usd", "America/New_York", 25),
+        "acct_1ClearliftJpy": ("jpy", "Asia/Tokyo", 6),
+    }
     until = today() - timedelta(days=1)
     since = until - timedelta(days=5)
     start = datetime.combine(since, dtime.min, UTC)
@@ -267,8 +343,11 @@ def test_stripe_pages_of_charges_and_daily_revenue_land_exactly_including_jpy(en
         # The data exercises what the aggregate leaves out and subtracts.
         assert any(not ch["paid"] for ch in wire) and any(0 < ch["amount_refunded"] for ch in wire)
         assert {c for _, c in revenue} == {currency.upper()}
-        requests = [r for r in st.requests_to("/v1/charges$")
-                    if r.headers.get("authorization") == f"Bearer {keys[acct]}"]
+        requests = [
+            r
+            for r in st.requests_to("/v1/charges$")
+            if r.headers.get("authorization") == f"Bearer {keys[acct]}"
+        ]
         assert len(requests) == -(-len(wire) // 100)
 
     usd = st.charges_between("acct_1ClearliftUsd", start, end)
@@ -312,8 +391,14 @@ def test_stripe_401_fails_for_reauth_without_storing_the_key_and_429_defers(env,
     assert (q["state"], q["attempts"]) == ("dead", 1)
     dead_requests = [r for r in st.requests if r.headers.get("authorization") == f"Bearer {dead_key}"]
     assert len(dead_requests) == 1  # a dead key is not retried
-    errors = [job["error_message"], conn["sync_error"], conn["reauth_reason"], q["last_error"],
-              env.run("status", dead).stdout, env.run("queue", "dead").stdout]
+    errors = [
+        job["error_message"],
+        conn["sync_error"],
+        conn["reauth_reason"],
+        q["last_error"],
+        env.run("status", dead).stdout,
+        env.run("queue", "dead").stdout,
+    ]
     assert "***" in job["error_message"]  # the echoed key was there and is masked
     for text in errors:
         assert dead_key not in (text or "") and "*" + dead_key[-4:] not in (text or "")
@@ -345,8 +430,14 @@ def test_stripe_authorisations_never_captured_are_no_revenue_and_partial_capture
     revenue = revenue_stored(env, "org-1", acct)
     assert revenue == revenue_expected(wire, tz)
     day = datetime.fromtimestamp(held[0]["created"], UTC).date()
-    counted = [ch for ch in wire if ch["paid"] and ch["status"] == "succeeded" and ch["captured"]
-               and datetime.fromtimestamp(ch["created"], UTC).date() == day]
+    counted = [
+        ch
+        for ch in wire
+        if ch["paid"]
+        and ch["status"] == "succeeded"
+        and ch["captured"]
+        and datetime.fromtimestamp(ch["created"], UTC).date() == day
+    ]
     assert revenue[(day, "USD")][0] == sum(ch["amount_captured"] for ch in counted)
     assert revenue[(day, "USD")][3] == len(counted)
 
@@ -355,9 +446,14 @@ def test_stripe_restricted_key_syncs_in_utc_days_or_the_configured_time_zone(env
     st = sandbox.stripe
     until = today() - timedelta(days=1)
     since = until - timedelta(days=2)
-    start, end = datetime.combine(since, dtime.min, UTC), datetime.combine(until + timedelta(days=1), dtime.min, UTC)
-    cases = {"acct_1RakUtc": (None, "Etc/UTC"),
-             "acct_1RakNewYork": ('{"time_zone": "America/New_York"}', "America/New_York")}
+    start, end = (
+        datetime.combine(since, dtime.min, UTC),
+        datetime.combine(until + timedelta(days=1), dtime.min, UTC),
+    )
+    cases = {
+        "acct_1RakUtc": (None, "Etc/UTC"),
+        "acct_1RakNewYork": ('{"time_zone": "America/New_York"}', "America/New_York"),
+    }
     keys, conns = {}, {}
     for acct, (settings, _) in cases.items():
         # The account's own time zone is Tokyo, but a read-only key cannot read the account.
@@ -375,14 +471,19 @@ def test_stripe_restricted_key_syncs_in_utc_days_or_the_configured_time_zone(env
         assert charge_stored(env, "org-1", acct) == charge_expected(wire, tz)
         assert revenue_stored(env, "org-1", acct) == revenue_expected(wire, tz)
         assert {c for _, c in revenue_stored(env, "org-1", acct)} == {"GBP"}  # each charge's own currency
-        account_calls = [r for r in st.requests_to(r"^/v1/account$")
-                         if r.headers.get("authorization") == f"Bearer {keys[acct]}"]
+        account_calls = [
+            r
+            for r in st.requests_to(r"^/v1/account$")
+            if r.headers.get("authorization") == f"Bearer {keys[acct]}"
+        ]
         assert account_calls  # asked, was refused (403), and went on
     utc_days = {d for d, _ in revenue_stored(env, "org-1", "acct_1RakUtc")}
     assert utc_days == {since + timedelta(days=i) for i in range(3)}  # whole UTC days, no more
 
 
-def test_stripe_refund_on_a_charge_from_60_days_ago_reaches_net_revenue_at_the_next_incremental_sync(env, sandbox):
+def test_stripe_refund_on_a_charge_from_60_days_ago_reaches_net_revenue_at_the_next_incremental_sync(
+    env, sandbox
+):
     st = sandbox.stripe
     acct, tz = "acct_1LateRefund", "America/New_York"
     st.configure_account(acct, currency="usd", time_zone=tz, charges_per_day=5)
@@ -403,8 +504,10 @@ def test_stripe_refund_on_a_charge_from_60_days_ago_reaches_net_revenue_at_the_n
 
     st.refund(sale["id"], 250)  # today: two months after the sale, far outside any lookback
     with env.store() as c:  # the connection is due again: its last sync was two hours ago
-        c.execute("UPDATE platform_connections SET last_synced_at = ? WHERE id = ?",
-                  (iso_z(datetime.now(UTC) - timedelta(hours=2)), conn))
+        c.execute(
+            "UPDATE platform_connections SET last_synced_at = ? WHERE id = ?",
+            (iso_z(datetime.now(UTC) - timedelta(hours=2)), conn),
+        )
     env.run("schedule")
     env.run("consume", "--max-seconds", "60")
 
@@ -413,14 +516,23 @@ def test_stripe_refund_on_a_charge_from_60_days_ago_reaches_net_revenue_at_the_n
     assert env.window_days(latest["id"])[0] >= today() - timedelta(days=4)  # the charge is far outside it
     after = revenue_stored(env, "org-1", acct)[(day, "USD")]
     assert after == revenue_expected(st.charges_between(acct, lstart, lend), tz)[(day, "USD")]
-    assert (after[0], after[1], after[2], after[3]) == (before[0], before[1] + 250, before[2] - 250, before[3])
-    (stored,) = [r for r in env.warehouse_rows("stripe_charges", organization_id="org-1", account_id=acct)
-                 if r["charge_id"] == sale["id"]]
+    assert (after[0], after[1], after[2], after[3]) == (
+        before[0],
+        before[1] + 250,
+        before[2] - 250,
+        before[3],
+    )
+    (stored,) = [
+        r
+        for r in env.warehouse_rows("stripe_charges", organization_id="org-1", account_id=acct)
+        if r["charge_id"] == sale["id"]
+    ]
     assert stored["amount_refunded_minor"] == 250
     # Days with no late refund keep their rows (the recent ones were re-read, same values).
     now_rows = revenue_stored(env, "org-1", acct)
     assert {k: v for k, v in now_rows.items() if k in others and k[0] < today() - timedelta(days=5)} == {
-        k: v for k, v in others.items() if k[0] < today() - timedelta(days=5)}
+        k: v for k, v in others.items() if k[0] < today() - timedelta(days=5)
+    }
 
 
 def test_stripe_endless_pagination_fails_the_job_once_with_a_clear_message(env, sandbox):

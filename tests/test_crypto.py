@@ -16,7 +16,6 @@ from clearlift_cli.errors import (
     CryptoError,
     DecryptionFailed,
 )
-
 from tests.helpers import KEY_B64, KEY_BYTES
 
 PLAINTEXTS = [
@@ -75,7 +74,8 @@ def test_standard_gcm_vectors():
     empty = bytes(12) + bytes.fromhex("530f8afbc74536b9a963b4f1c4cb738b")
     assert cipher.decrypt(base64.b64encode(empty).decode()) == ""
     sixteen_zeros = bytes(12) + bytes.fromhex(
-        "cea7403d4d606b6e074ec5d3baf39d18" "d0d1c8a799996bf0265b98b5d48ab919")
+        "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919"
+    )
     assert cipher.decrypt(base64.b64encode(sixteen_zeros).decode()) == "\x00" * 16
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -47,14 +47,19 @@ def server(app):
 
 @pytest.fixture
 def clock() -> FrozenClock:
-    return FrozenClock(datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))
+    return FrozenClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
 
 
 def client_for(app: D1App, server: SandboxServer, clock: FrozenClock, **kw) -> D1Client:
     kw.setdefault("token", app.token)
     kw.setdefault("timeout", 5)
-    return D1Client(account_id=kw.pop("account_id", app.account_id), database_id=kw.pop("database_id", app.database_id),
-                    base_url=app.env(server)["CLEARLIFT_D1_URL"], clock=clock, **kw)
+    return D1Client(
+        account_id=kw.pop("account_id", app.account_id),
+        database_id=kw.pop("database_id", app.database_id),
+        base_url=app.env(server)["CLEARLIFT_D1_URL"],
+        clock=clock,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -85,29 +90,35 @@ def test_query_returns_rows_as_dicts_with_meta(d1, app):
 
 def test_batch_is_one_transaction_a_failing_statement_rolls_back_the_rest(d1, app):
     d1.query("INSERT INTO jobs (id, status) VALUES ('j1', 'pending')")
-    ok = d1.batch([
-        Statement("UPDATE jobs SET status = ? WHERE id = ? AND status = ?", ("running", "j1", "pending")),
-        Statement("INSERT INTO jobs (id, status) VALUES (?, ?)", ("j2", "pending")),
-        Statement("SELECT id FROM jobs ORDER BY id"),
-    ])
+    ok = d1.batch(
+        [
+            Statement("UPDATE jobs SET status = ? WHERE id = ? AND status = ?", ("running", "j1", "pending")),
+            Statement("INSERT INTO jobs (id, status) VALUES (?, ?)", ("j2", "pending")),
+            Statement("SELECT id FROM jobs ORDER BY id"),
+        ]
+    )
     assert [r.meta.changes for r in ok] == [1, 1, 0] and ok[2] == [{"id": "j1"}, {"id": "j2"}]
     assert len(app.requests_to(QUERY)) == 3  # CREATE, INSERT, and the whole batch in one
 
     with pytest.raises(D1QueryError) as caught:
-        d1.batch([
-            Statement("UPDATE jobs SET status = 'completed' WHERE id = 'j1'"),
-            Statement("INSERT INTO jobs (id, status) VALUES ('j3', 'pending')"),
-            Statement("INSERT INTO jobs (id, status) VALUES ('j2', 'pending')"),  # duplicate key
-        ])
+        d1.batch(
+            [
+                Statement("UPDATE jobs SET status = 'completed' WHERE id = 'j1'"),
+                Statement("INSERT INTO jobs (id, status) VALUES ('j3', 'pending')"),
+                Statement("INSERT INTO jobs (id, status) VALUES ('j2', 'pending')"),  # duplicate key
+            ]
+        )
     assert caught.value.code == 7500 and caught.value.is_constraint
     assert "UNIQUE constraint failed: jobs.id" in str(caught.value)
     assert rows_in(app, "SELECT id, status FROM jobs ORDER BY id") == [("j1", "running"), ("j2", "pending")]
 
 
 def test_sql_errors_are_permanent_with_d1s_code_and_message(d1, app):
-    for sql, expected in (("SELECTZ 1", 'near "SELECTZ": syntax error: SQLITE_ERROR'),
-                          ("BEGIN TRANSACTION", "not authorized: SQLITE_AUTH"),
-                          ("INSERT INTO jobs (id) VALUES ('x')", "NOT NULL constraint failed: jobs.status")):
+    for sql, expected in (
+        ("SELECTZ 1", 'near "SELECTZ": syntax error: SQLITE_ERROR'),
+        ("BEGIN TRANSACTION", "not authorized: SQLITE_AUTH"),
+        ("INSERT INTO jobs (id) VALUES ('x')", "NOT NULL constraint failed: jobs.status"),
+    ):
         with pytest.raises(D1QueryError) as caught:
             d1.query(sql)
         assert not isinstance(caught.value, TransientError) and caught.value.exit_code == ExitCode.STORE
@@ -120,7 +131,9 @@ def test_sql_errors_are_permanent_with_d1s_code_and_message(d1, app):
 
 def test_multi_row_insert_splits_at_100_parameters_and_runs_as_one_batch(d1, app):
     rows = [(f"j{i:03}", "pending", i) for i in range(250)]
-    statements = multi_row_insert("INSERT INTO jobs (id, status, n) VALUES", rows, tail="ON CONFLICT (id) DO NOTHING")
+    statements = multi_row_insert(
+        "INSERT INTO jobs (id, status, n) VALUES", rows, tail="ON CONFLICT (id) DO NOTHING"
+    )
     assert [len(s.params) for s in statements] == [99, 99, 99, 99, 99, 99, 99, 57]
     results = d1.batch(statements)
     assert sum(r.meta.changes for r in results) == 250
@@ -128,9 +141,11 @@ def test_multi_row_insert_splits_at_100_parameters_and_runs_as_one_batch(d1, app
     assert rows_in(app, "SELECT count(*), sum(n) FROM jobs") == [(250, sum(range(250)))]
 
     ids = [f"j{i:03}" for i in range(0, 250, 2)] + ["nope"]
-    found = [row["id"] for stmt in in_list("SELECT id FROM jobs WHERE status = ? AND id IN ({in})", ids,
-                                           before=["pending"])
-             for row in d1.query(stmt.sql, stmt.params)]
+    found = [
+        row["id"]
+        for stmt in in_list("SELECT id FROM jobs WHERE status = ? AND id IN ({in})", ids, before=["pending"])
+        for row in d1.query(stmt.sql, stmt.params)
+    ]
     assert sorted(found) == ids[:-1]
 
 
@@ -147,9 +162,16 @@ def test_limits_are_refused_before_sending_and_by_the_sandbox_in_d1s_words(d1, a
     assert len(app.requests) == sent  # nothing went out
 
     # the sandbox itself answers a broken limit as D1 does
-    url = app.env(server)["CLEARLIFT_D1_URL"] + f"/accounts/{app.account_id}/d1/database/{app.database_id}/query"
-    raw = requests.post(url, json={"sql": "SELECT " + ", ".join("?" * 101), "params": list(range(101))},
-                        headers={"Authorization": f"Bearer {app.token}"}, timeout=5)
+    url = (
+        app.env(server)["CLEARLIFT_D1_URL"]
+        + f"/accounts/{app.account_id}/d1/database/{app.database_id}/query"
+    )
+    raw = requests.post(
+        url,
+        json={"sql": "SELECT " + ", ".join("?" * 101), "params": list(range(101))},
+        headers={"Authorization": f"Bearer {app.token}"},
+        timeout=5,
+    )
     assert raw.status_code == 400 and raw.headers["cf-d1"] == "err=7500"
     assert raw.json() == envelope(errors=[{"code": 7500, "message": "too many SQL variables: SQLITE_ERROR"}])
 
@@ -226,8 +248,15 @@ def test_a_slow_answer_times_out_and_is_retried(app, server, clock):
 
 
 def test_an_unreachable_d1_is_transient_and_was_never_applied(app, clock):
-    dead = D1Client(account_id=app.account_id, database_id=app.database_id, token=app.token,
-                    base_url="http://127.0.0.1:9/client/v4", clock=clock, timeout=2, attempts=2)
+    dead = D1Client(
+        account_id=app.account_id,
+        database_id=app.database_id,
+        token=app.token,
+        base_url="http://127.0.0.1:9/client/v4",
+        clock=clock,
+        timeout=2,
+        attempts=2,
+    )
     with pytest.raises(D1Unavailable) as caught:
         dead.query("INSERT INTO jobs (id, status) VALUES ('j1', 'pending')", idempotent=False)
     assert not caught.value.maybe_applied and "connection failed" in str(caught.value)
@@ -259,8 +288,12 @@ def _auth_failure(app, server, clock, caplog, **kw) -> D1AuthFailed:
 
 
 def test_401_is_a_config_error_naming_the_setting_never_the_token(app, server, clock, caplog):
-    app.faults.add("status", path=QUERY, status=401,
-                   body=envelope(errors=[{"code": 10000, "message": "Authentication error"}]))
+    app.faults.add(
+        "status",
+        path=QUERY,
+        status=401,
+        body=envelope(errors=[{"code": 10000, "message": "Authentication error"}]),
+    )
     exc = _auth_failure(app, server, clock, caplog)
     assert isinstance(exc, ConfigError) and exc.exit_code == ExitCode.CONFIG
     assert "CLOUDFLARE_API_TOKEN" in str(exc) and "HTTP 401" in str(exc) and "D1 Edit" in str(exc)
@@ -285,10 +318,15 @@ def test_an_unknown_token_or_another_account_is_refused_the_same_way(app, server
 def test_the_token_comes_from_the_environment_or_its_file_and_its_absence_is_clear(tmp_path, app):
     token_file = tmp_path / "cf-token"
     token_file.write_text("file-token-abcdefgh-0123\n")
-    settings = resolve(flags={"home": str(tmp_path)}, environ={"CLOUDFLARE_API_TOKEN_FILE": str(token_file)},
-                       read_config=False)
+    settings = resolve(
+        flags={"home": str(tmp_path)},
+        environ={"CLOUDFLARE_API_TOKEN_FILE": str(token_file)},
+        read_config=False,
+    )
     client = D1Client.from_settings(settings, app.store_url)
-    assert client._token == "file-token-abcdefgh-0123" and client.url.startswith("https://api.cloudflare.com/client/v4/")
+    assert client._token == "file-token-abcdefgh-0123" and client.url.startswith(
+        "https://api.cloudflare.com/client/v4/"
+    )
     assert "file-token" not in repr(settings) + repr(client)
     assert settings.control_db == str(tmp_path / "control.db")
 
@@ -304,7 +342,9 @@ def test_the_token_comes_from_the_environment_or_its_file_and_its_absence_is_cle
 
 def test_counters_add_up_requests_statements_and_rows(d1, app):
     before = d1.stats.snapshot()
-    d1.batch(multi_row_insert("INSERT INTO jobs (id, status) VALUES", [(f"j{i}", "pending") for i in range(120)]))
+    d1.batch(
+        multi_row_insert("INSERT INTO jobs (id, status) VALUES", [(f"j{i}", "pending") for i in range(120)])
+    )
     got = d1.query("SELECT id FROM jobs")
     app.overload_next(1)
     d1.query("UPDATE jobs SET status = 'running' WHERE id IN ('j1', 'j2')")
@@ -320,8 +360,13 @@ def test_counters_add_up_requests_statements_and_rows(d1, app):
 
 
 def test_sandbox_serve_prints_the_d1_url_and_a_working_token(clock):
-    serve = subprocess.Popen([CLEARLIFT, "sandbox", "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, stdin=subprocess.DEVNULL)
+    serve = subprocess.Popen(
+        [CLEARLIFT, "sandbox", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         lines = []
         while not lines or not lines[-1].startswith("# Ctrl-C"):
@@ -329,8 +374,9 @@ def test_sandbox_serve_prints_the_d1_url_and_a_working_token(clock):
             assert len(lines) < 50, lines
         url = next(line.split("=", 1)[1] for line in lines if line.startswith("export CLEARLIFT_D1_URL="))
         store, token = next(line.split()[2:4] for line in lines if line.startswith("# d1:"))
-        settings = resolve(flags={"d1_url": url}, environ={"CLOUDFLARE_API_TOKEN": token.split("=", 1)[1]},
-                           read_config=False)
+        settings = resolve(
+            flags={"d1_url": url}, environ={"CLOUDFLARE_API_TOKEN": token.split("=", 1)[1]}, read_config=False
+        )
         client = D1Client.from_settings(settings, store, clock=clock)
         assert client.query("SELECT 40 + 2 AS answer") == [{"answer": 42}]
     finally:

@@ -30,18 +30,34 @@ def _rows(stdout: str) -> dict[str, int]:
 
 
 def test_demo_behind_a_proxy_keeps_its_loopback_traffic_direct_and_syncs(tmp_path):
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))
-             and k.lower() not in ("no_proxy",)}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))
+        and k.lower() not in ("no_proxy",)
+    }
     clean["HOME"] = str(tmp_path)
     dead_proxy = f"http://127.0.0.1:{_closed_port()}"  # nothing listens: any proxied request fails
     clean.update({name: dead_proxy for name in PROXY_VARS})
-    proc = subprocess.run([CLEARLIFT, "demo", "--home", str(tmp_path / "demo")], env=clean,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [CLEARLIFT, "demo", "--home", str(tmp_path / "demo")],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = _rows(proc.stdout)
-    assert all(rows[t] > 0 for t in ("google_ads_daily_metrics", "facebook_ads_daily_metrics",
-                                     "tiktok_ads_daily_metrics", "stripe_charges")), rows
+    assert all(
+        rows[t] > 0
+        for t in (
+            "google_ads_daily_metrics",
+            "facebook_ads_daily_metrics",
+            "tiktok_ads_daily_metrics",
+            "stripe_charges",
+        )
+    ), rows
 
 
 def test_a_demo_that_synced_nothing_fails(tmp_path):

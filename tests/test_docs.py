@@ -25,14 +25,29 @@ def test_reference_lists_every_command_and_is_current():
     text = (ROOT / "docs" / "commands.md").read_text()
     for path, _ in docs.commands():
         assert f"## `{' '.join(['clearlift', *path])}`" in text
-    assert text == docs.reference(), "docs/commands.md is stale: python -m clearlift_cli.docs > docs/commands.md"
+    assert text == docs.reference(), (
+        "docs/commands.md is stale: python -m clearlift_cli.docs > docs/commands.md"
+    )
 
 
 def test_contract_commands_exist():
     names = {" ".join(p) for p, _ in docs.commands()}
-    for name in ("init", "schedule", "consume", "refresh-tokens", "status", "sync", "connections add",
-                 "connections list", "connections pause", "connections resume", "queue", "queue dead",
-                 "queue retry", "demo"):
+    for name in (
+        "init",
+        "schedule",
+        "consume",
+        "refresh-tokens",
+        "status",
+        "sync",
+        "connections add",
+        "connections list",
+        "connections pause",
+        "connections resume",
+        "queue",
+        "queue dead",
+        "queue retry",
+        "demo",
+    ):
         assert name in names
 
 
@@ -61,8 +76,17 @@ def test_readme_lists_the_versions_clearlift_knows():
 
     from clearlift_cli.platforms import versions
 
-    section = (ROOT / "README.md").read_text().split("### Supported API versions and Google manager accounts")[1].split("\n### ")[0]
-    rows = {"google": "| Google Ads |", "facebook": "| Meta Marketing API |", "tiktok": "| TikTok Business API |"}
+    section = (
+        (ROOT / "README.md")
+        .read_text()
+        .split("### Supported API versions and Google manager accounts")[1]
+        .split("\n### ")[0]
+    )
+    rows = {
+        "google": "| Google Ads |",
+        "facebook": "| Meta Marketing API |",
+        "tiktok": "| TikTok Business API |",
+    }
     for platform, table in versions.SUNSETS.items():
         row = next(line for line in section.splitlines() if line.startswith(rows[platform]))
         assert f"**{versions.DEFAULT_VERSIONS[platform]}**" in row

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,7 +21,7 @@ from clearlift_cli.store import SCHEMA_VERSION
 from clearlift_cli.timeutil import FrozenClock
 from tests.e2e import Env
 
-UTC = timezone.utc
+UTC = UTC
 
 
 # `env` (conftest) with the embedded SQLite warehouse.
@@ -46,8 +46,15 @@ def run_cron_once(env: Env) -> list[str]:
         access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
         ids.append(env.add("org-1", "google", acct, access, refresh))
     fb_access, _ = env.sandbox.facebook.tokens.issue(ttl=5_000_000)
-    ids.append(env.add("org-2", "facebook", "act_1000000001", fb_access,
-                       expires_at=(datetime.now(UTC) + timedelta(days=50)).isoformat()))
+    ids.append(
+        env.add(
+            "org-2",
+            "facebook",
+            "act_1000000001",
+            fb_access,
+            expires_at=(datetime.now(UTC) + timedelta(days=50)).isoformat(),
+        )
+    )
     env.run("refresh-tokens")
     env.run("schedule")
     env.run("consume")
@@ -64,11 +71,27 @@ def test_a_healthy_host_passes_every_check(env):
     code, report = doctor_json(env)
     assert code == 0 and report["ok"] is True
     by_name = checks(report)
-    assert {c["status"] for c in report["checks"]} == {"ok"}, [c for c in report["checks"] if c["status"] != "ok"]
-    for name in ("store", "encryption_key", "warehouse", "app_credentials.google", "app_credentials.facebook",
-                 "api_version.google", "api_version.facebook", "api_version.tiktok", "queue.dead_letters",
-                 "queue.oldest_ready", "queue.expired_leases", "connections", "cron.schedule", "cron.consume",
-                 "cron.refresh-tokens", "disk.home"):
+    assert {c["status"] for c in report["checks"]} == {"ok"}, [
+        c for c in report["checks"] if c["status"] != "ok"
+    ]
+    for name in (
+        "store",
+        "encryption_key",
+        "warehouse",
+        "app_credentials.google",
+        "app_credentials.facebook",
+        "api_version.google",
+        "api_version.facebook",
+        "api_version.tiktok",
+        "queue.dead_letters",
+        "queue.oldest_ready",
+        "queue.expired_leases",
+        "connections",
+        "cron.schedule",
+        "cron.consume",
+        "cron.refresh-tokens",
+        "disk.home",
+    ):
         assert name in by_name, name
     assert "decrypts 5 of 5 sampled stored tokens" in by_name["encryption_key"]["message"]
     assert f"schema version {SCHEMA_VERSION}, writable" in by_name["store"]["message"]
@@ -82,8 +105,14 @@ def test_a_healthy_host_passes_every_check(env):
 def test_settings_show_their_source_and_never_a_secret(env, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('google_ads_login_customer_id = "1234567890"\n')
-    proc = env.run("doctor", "--json", "--warehouse-url", f"sqlite:///{tmp_path}/other.db", check=False,
-                   CLEARLIFT_CONFIG=str(config))
+    proc = env.run(
+        "doctor",
+        "--json",
+        "--warehouse-url",
+        f"sqlite:///{tmp_path}/other.db",
+        check=False,
+        CLEARLIFT_CONFIG=str(config),
+    )
     report = json.loads(proc.stdout)
     src = {s["name"]: (s["value"], s["source"]) for s in report["settings"]}
     assert src["CLEARLIFT_WAREHOUSE_URL"] == (f"sqlite:///{tmp_path}/other.db", "flag")
@@ -140,7 +169,10 @@ def test_an_unreachable_warehouse_fails_without_showing_its_password(env):
     # an embedded warehouse that was never created is named, not created by doctor
     missing = env.home / "missing" / "wh.db"
     code, report = doctor_json(env, CLEARLIFT_WAREHOUSE_URL=f"sqlite:///{missing}")
-    assert checks(report)["warehouse"]["status"] == "fail" and "does not exist" in checks(report)["warehouse"]["message"]
+    assert (
+        checks(report)["warehouse"]["status"] == "fail"
+        and "does not exist" in checks(report)["warehouse"]["message"]
+    )
     assert not missing.exists()
 
 
@@ -152,7 +184,9 @@ def test_a_sunset_api_version_fails_and_one_ending_soon_warns(env):
     assert "v22 is no longer served (sunset 2026-10-07)" in google["message"]
     assert google["fix"] == "set CLEARLIFT_GOOGLE_ADS_API_VERSION"
     # A platform without connections only warns: nothing would fail today.
-    code, report = doctor_json(env, CLEARLIFT_FACEBOOK_API_VERSION="v24.0", CLEARLIFT_GOOGLE_ADS_API_VERSION="v26")
+    code, report = doctor_json(
+        env, CLEARLIFT_FACEBOOK_API_VERSION="v24.0", CLEARLIFT_GOOGLE_ADS_API_VERSION="v26"
+    )
     assert checks(report)["api_version.facebook"]["status"] == "fail"  # a facebook connection exists
     env.run("connections", "pause", "org-2-facebook-act_1000000001")
     code, report = doctor_json(env, CLEARLIFT_FACEBOOK_API_VERSION="v24.0")
@@ -226,8 +260,13 @@ def test_a_failing_run_is_named_and_never_run_commands_warn(env):
 
     store = open_store(str(env.db))
     try:
-        runs.record(store, "consume", started_at=store.clock.time(), ok=False,
-                    summary=runs.failed_summary(RuntimeError("boom: GET /v27.0/me?access_token=EAAB-secret-42")))
+        runs.record(
+            store,
+            "consume",
+            started_at=store.clock.time(),
+            ok=False,
+            summary=runs.failed_summary(RuntimeError("boom: GET /v27.0/me?access_token=EAAB-secret-42")),
+        )
     finally:
         store.close()
     code, report = doctor_json(env)
@@ -240,23 +279,35 @@ def test_a_failing_run_is_named_and_never_run_commands_warn(env):
 def test_queue_and_connection_problems_are_warnings(env):
     ids = run_cron_once(env)
     with env.store() as c:
-        c.execute("UPDATE platform_connections SET needs_reauth = 1, sync_status = 'failed' WHERE id = ?", (ids[0],))
+        c.execute(
+            "UPDATE platform_connections SET needs_reauth = 1, sync_status = 'failed' WHERE id = ?", (ids[0],)
+        )
         c.execute("UPDATE platform_connections SET sync_status = 'failed' WHERE id = ?", (ids[1],))
         c.execute("UPDATE sync_queue SET state = 'dead' WHERE connection_id = ?", (ids[0],))
-        c.execute("INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
-                  "attempts, created_at, updated_at) VALUES ('j-old', ?, 'facebook', '{}', 1, 'ready', ?, 0, "
-                  "'2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
-                  (ids[2], datetime.now(UTC).timestamp() - 7200))
-        c.execute("INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
-                  "attempts, created_at, updated_at) VALUES ('j-lost', 'org-9-google-9', 'google', '{}', 0, "
-                  "'leased', ?, 1, '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
-                  (datetime.now(UTC).timestamp() - 600,))
+        c.execute(
+            "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
+            "attempts, created_at, updated_at) VALUES ('j-old', ?, 'facebook', '{}', 1, 'ready', ?, 0, "
+            "'2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
+            (ids[2], datetime.now(UTC).timestamp() - 7200),
+        )
+        c.execute(
+            "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
+            "attempts, created_at, updated_at) VALUES ('j-lost', 'org-9-google-9', 'google', '{}', 0, "
+            "'leased', ?, 1, '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
+            (datetime.now(UTC).timestamp() - 600,),
+        )
     code, report = doctor_json(env)
     by_name = checks(report)
     assert by_name["connections"]["status"] == "warn"
     assert by_name["connections"]["message"] == "3 active: 1 failing, 1 need re-auth"
-    assert by_name["queue.dead_letters"]["status"] == "warn" and "1 dead letter" in by_name["queue.dead_letters"]["message"]
-    assert by_name["queue.oldest_ready"]["status"] == "fail" and "waiting 2h" in by_name["queue.oldest_ready"]["message"]
+    assert (
+        by_name["queue.dead_letters"]["status"] == "warn"
+        and "1 dead letter" in by_name["queue.dead_letters"]["message"]
+    )
+    assert (
+        by_name["queue.oldest_ready"]["status"] == "fail"
+        and "waiting 2h" in by_name["queue.oldest_ready"]["message"]
+    )
     assert by_name["queue.expired_leases"]["status"] == "warn"
     assert code == 1
 
@@ -264,11 +315,15 @@ def test_queue_and_connection_problems_are_warnings(env):
 def test_a_missing_or_old_store_fails_and_the_rest_still_runs(env, tmp_path):
     code, report = doctor_json(env, CLEARLIFT_DB=str(tmp_path / "nowhere.db"))
     by_name = checks(report)
-    assert code == 1 and by_name["store"]["status"] == "fail" and "clearlift init" in by_name["store"]["message"]
+    assert (
+        code == 1 and by_name["store"]["status"] == "fail" and "clearlift init" in by_name["store"]["message"]
+    )
     assert by_name["warehouse"]["status"] == "ok" and "api_version.google" in by_name
     assert "cron.consume" not in by_name  # needs the store
     with env.store() as c:
-        c.execute("UPDATE clearlift_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
+        c.execute(
+            "UPDATE clearlift_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),)
+        )
     code, report = doctor_json(env)
     assert code == 1 and checks(report)["store"]["status"] == "fail"
     assert checks(report)["store"]["fix"].startswith("run `clearlift init`")
@@ -277,8 +332,12 @@ def test_a_missing_or_old_store_fails_and_the_rest_still_runs(env, tmp_path):
 @pytest.mark.postgres
 def test_doctor_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
     with Sandbox() as sb:
-        env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb,
-                  extra={"CLEARLIFT_DB": pg_schema_url})
+        env = Env(
+            home=tmp_path / "home",
+            warehouse_url=f"sqlite:///{tmp_path}/wh.db",
+            sandbox=sb,
+            extra={"CLEARLIFT_DB": pg_schema_url},
+        )
         env.run("init")
         access, refresh = sb.google.tokens.issue(ttl=3600)
         env.add("org-1", "google", "1111111111", access, refresh)

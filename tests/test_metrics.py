@@ -9,7 +9,7 @@ import math
 import os
 import re
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,7 +19,7 @@ from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
 from tests.e2e import Env
 
-UTC = timezone.utc
+UTC = UTC
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _SAMPLE = re.compile(rf"^({_NAME})(?:\{{(.*)\}})? (\S+)(?: (-?\d+))?$")
@@ -37,14 +37,14 @@ def parse_exposition(text: str) -> dict[str, dict]:
     for line in text.splitlines():
         assert line.strip(), "no blank lines expected"
         if line.startswith("# HELP "):
-            name, _, help_text = line[len("# HELP "):].partition(" ")
+            name, _, help_text = line[len("# HELP ") :].partition(" ")
             assert name not in families, f"{name} described twice"
             if current:
                 closed.add(current)
             families[name] = {"help": help_text, "type": None, "samples": []}
             current = name
         elif line.startswith("# TYPE "):
-            name, kind = line[len("# TYPE "):].split(" ")
+            name, kind = line[len("# TYPE ") :].split(" ")
             assert name == current and families[name]["type"] is None and not families[name]["samples"]
             assert kind in ("counter", "gauge", "summary", "histogram", "untyped")
             families[name]["type"] = kind
@@ -59,7 +59,9 @@ def parse_exposition(text: str) -> dict[str, dict]:
             while pos < len(label_text):
                 lm = _LABEL.match(label_text, pos)
                 assert lm, f"bad labels in {line!r}"
-                labels[lm.group(1)] = lm.group(2).replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+                labels[lm.group(1)] = (
+                    lm.group(2).replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+                )
                 pos = lm.end()
             value = float(value_text)  # accepts NaN, +Inf, -Inf
             families[current]["samples"].append((name, labels, value))
@@ -68,7 +70,9 @@ def parse_exposition(text: str) -> dict[str, dict]:
 
 def value(families: dict, name: str, **labels: str) -> float:
     family = families[re.sub(r"_(sum|count)$", "", name) if name not in families else name]
-    found = [v for n, lab, v in family["samples"] if n == name and all(lab.get(k) == w for k, w in labels.items())]
+    found = [
+        v for n, lab, v in family["samples"] if n == name and all(lab.get(k) == w for k, w in labels.items())
+    ]
     assert len(found) >= 1, (name, labels)
     return sum(found)
 
@@ -80,7 +84,9 @@ def test_the_parser_refuses_what_the_format_forbids():
         parse_exposition("# HELP a x\n# TYPE a gauge\na 1\n# HELP b y\n# TYPE b gauge\nb 1\na 2\n")
     with pytest.raises(AssertionError):
         parse_exposition('# HELP a x\n# TYPE a gauge\na{l="x} 1\n')
-    ok = parse_exposition('# HELP a x\n# TYPE a summary\na{q="1",quantile="0.5"} NaN\na_sum{q="1"} 2\na_count{q="1"} 1\n')
+    ok = parse_exposition(
+        '# HELP a x\n# TYPE a summary\na{q="1",quantile="0.5"} NaN\na_sum{q="1"} 2\na_count{q="1"} 1\n'
+    )
     assert math.isnan(ok["a"]["samples"][0][2]) and ok["a"]["samples"][1] == ("a_sum", {"q": "1"}, 2.0)
 
 
@@ -91,8 +97,11 @@ pytestmark = pytest.mark.sqlite_warehouse
 def scenario(env: Env) -> dict[str, str]:
     """Three Google connections (one revoked) and a Stripe one, one round of cron commands."""
     ids = {}
-    for name, acct, revoked in (("ok1", "1111111111", False), ("ok2", "2222222222", False),
-                                ("bad", "3333333333", True)):
+    for name, acct, revoked in (
+        ("ok1", "1111111111", False),
+        ("ok2", "2222222222", False),
+        ("bad", "3333333333", True),
+    ):
         access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
         if revoked:
             env.sandbox.google.tokens.revoke(access)
@@ -115,11 +124,20 @@ def test_metrics_follow_the_format_and_the_naming_rules(env):
         assert not re.search(r"_(ms|milliseconds|minutes|hours|days)(_|$)", name), name  # base units only
         if re.search(r"_(seconds|age|timestamp)(_|$)", name):
             assert name.endswith(("_seconds", "_seconds_total")), name
-    for required in ("clearlift_queue_messages", "clearlift_queue_dead_letters",
-                     "clearlift_queue_oldest_ready_age_seconds", "clearlift_jobs_total", "clearlift_jobs_last_hour",
-                     "clearlift_records_synced_total", "clearlift_job_duration_seconds", "clearlift_connections",
-                     "clearlift_connections_needing_reauth", "clearlift_last_success_age_seconds",
-                     "clearlift_platform_rate_limit_paused", "clearlift_queue_expired_leases"):
+    for required in (
+        "clearlift_queue_messages",
+        "clearlift_queue_dead_letters",
+        "clearlift_queue_oldest_ready_age_seconds",
+        "clearlift_jobs_total",
+        "clearlift_jobs_last_hour",
+        "clearlift_records_synced_total",
+        "clearlift_job_duration_seconds",
+        "clearlift_connections",
+        "clearlift_connections_needing_reauth",
+        "clearlift_last_success_age_seconds",
+        "clearlift_platform_rate_limit_paused",
+        "clearlift_queue_expired_leases",
+    ):
         assert required in families, required
 
 
@@ -151,20 +169,28 @@ def test_metrics_count_what_the_runs_did(env):
         assert 0 <= value(families, "clearlift_last_success_age_seconds", command=command) < 120
         assert value(families, "clearlift_last_run_success", command=command) == 1
     assert value(families, "clearlift_platform_rate_limit_paused", platform="google") == 0
-    sunset = value(families, "clearlift_api_version_sunset_timestamp_seconds", platform="google", version="v26")
+    sunset = value(
+        families, "clearlift_api_version_sunset_timestamp_seconds", platform="google", version="v26"
+    )
     assert datetime.fromtimestamp(sunset, UTC).date().isoformat() == "2027-11-01"
 
     # A second round adds to the counters; a pause in force shows.
     env.run("sync", ids["ok1"], "--now")
     env.run("consume")
     with env.store() as c:
-        c.execute("INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES ('facebook', ?, 'x')",
-                  (datetime.now(UTC).timestamp() + 300,))
+        c.execute(
+            "INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES ('facebook', ?, 'x')",
+            (datetime.now(UTC).timestamp() + 300,),
+        )
     again = parse_exposition(env.run("metrics").stdout)
     assert value(again, "clearlift_jobs_total", platform="google", outcome="completed") == 3
     assert value(again, "clearlift_job_duration_seconds_count", platform="google") == 3
     assert value(again, "clearlift_platform_rate_limit_paused", platform="facebook") == 1
-    assert 200 < value(again, "clearlift_platform_rate_limit_pause_remaining_seconds", platform="facebook") <= 300
+    assert (
+        200
+        < value(again, "clearlift_platform_rate_limit_pause_remaining_seconds", platform="facebook")
+        <= 300
+    )
 
 
 def test_the_last_hour_moves_on_and_the_counters_stay(env):
@@ -198,8 +224,12 @@ def test_output_is_written_atomically_for_the_textfile_collector(env, tmp_path):
 
 def test_metrics_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
     with Sandbox() as sb:
-        env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb,
-                  extra={"CLEARLIFT_DB": pg_schema_url})
+        env = Env(
+            home=tmp_path / "home",
+            warehouse_url=f"sqlite:///{tmp_path}/wh.db",
+            sandbox=sb,
+            extra={"CLEARLIFT_DB": pg_schema_url},
+        )
         env.run("init")
         access, refresh = sb.google.tokens.issue(ttl=3600)
         env.add("org-1", "google", "1111111111", access, refresh)
@@ -216,7 +246,9 @@ def test_metrics_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
 def test_the_sample_alert_rules_use_only_metrics_that_exist(env):
     from pathlib import Path
 
-    rules = (Path(__file__).resolve().parent.parent / "contrib" / "prometheus" / "clearlift.rules.yml").read_text()
+    rules = (
+        Path(__file__).resolve().parent.parent / "contrib" / "prometheus" / "clearlift.rules.yml"
+    ).read_text()
     families = parse_exposition(env.run("metrics").stdout)
     used = set(re.findall(r"\bclearlift_[a-z_]+", rules))
     assert used, "no clearlift metric in the rules"
@@ -225,5 +257,7 @@ def test_the_sample_alert_rules_use_only_metrics_that_exist(env):
     alerts = re.findall(r"^      - alert: (\w+)$", rules, re.M)
     assert len(alerts) == len(set(alerts)) >= 8
     for block in re.split(r"^      - alert: ", rules, flags=re.M)[1:]:
-        assert re.search(r"^        expr: ", block, re.M) and "severity:" in block and "summary:" in block, block
+        assert re.search(r"^        expr: ", block, re.M) and "severity:" in block and "summary:" in block, (
+            block
+        )
     assert "\t" not in rules

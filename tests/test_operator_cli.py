@@ -4,14 +4,13 @@ inspection, quiet and JSON logging, and the offline demo."""
 from __future__ import annotations
 
 import json
-from datetime import date
 import os
 import subprocess
+from datetime import date
 
 import pytest
 
 from tests.e2e import CLEARLIFT
-
 
 # `env` (conftest) with the embedded SQLite warehouse.
 pytestmark = pytest.mark.sqlite_warehouse
@@ -22,15 +21,26 @@ def test_status_json_is_exactly_the_api_shape(env):
     cid = env.add("org-1", "google", "1234567890", access, refresh)
     shape = env.run_json("status", cid)
     assert shape == {
-        "connection": {"platform": "google", "account_name": "google 1234567890", "is_active": True,
-                       "last_synced_at": None, "sync_status": "pending"},
+        "connection": {
+            "platform": "google",
+            "account_name": "google 1234567890",
+            "is_active": True,
+            "last_synced_at": None,
+            "sync_status": "pending",
+        },
         "latest_sync": None,
     }
     env.run("schedule")
     env.run("consume")
     shape = env.run_json("status", cid)
     assert list(shape) == ["connection", "latest_sync"]
-    assert list(shape["connection"]) == ["platform", "account_name", "is_active", "last_synced_at", "sync_status"]
+    assert list(shape["connection"]) == [
+        "platform",
+        "account_name",
+        "is_active",
+        "last_synced_at",
+        "sync_status",
+    ]
     assert list(shape["latest_sync"]) == ["status", "type", "completed_at", "records_synced", "error"]
     assert shape["latest_sync"]["status"] == "completed" and shape["latest_sync"]["records_synced"] > 0
     assert shape["connection"]["sync_status"] == "completed"
@@ -70,9 +80,18 @@ def test_queue_inspection_and_dead_letter_retry(env):
     cid = env.add("org-1", "google", "1234567890", access, refresh)
     env.run("schedule")
     q = env.run_json("queue")
-    assert q["ready"] == {"high": 1, "normal": 0} and q["dead"] == 0 and q["oldest_ready_age_seconds"] is not None
-    env.sandbox.google.faults.add("status", path="googleAds", times=1, status=400,
-                                  body={"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad query"}})
+    assert (
+        q["ready"] == {"high": 1, "normal": 0}
+        and q["dead"] == 0
+        and q["oldest_ready_age_seconds"] is not None
+    )
+    env.sandbox.google.faults.add(
+        "status",
+        path="googleAds",
+        times=1,
+        status=400,
+        body={"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad query"}},
+    )
     env.run("consume")
     dead = env.run_json("queue", "dead")
     assert len(dead) == 1 and dead[0]["connection_id"] == cid and "bad query" in dead[0]["last_error"]
@@ -98,20 +117,36 @@ def test_quiet_cron_runs_print_nothing_and_json_logs_parse(env):
 
 def test_demo_runs_offline_on_a_fresh_machine(tmp_path):
     home = tmp_path / "demo"
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CLEARLIFT_", "GOOGLE_", "FACEBOOK_", "TIKTOK_", "ENCRYPTION_"))
+    }
     clean["HOME"] = str(tmp_path)
-    proc = subprocess.run([CLEARLIFT, "demo", "--home", str(home)], env=clean, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [CLEARLIFT, "demo", "--home", str(home)],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "stripe_daily_revenue" in proc.stdout
     assert "API versions: Google Ads v26, Meta Marketing v27.0" in proc.stdout
     # The manager connection synced both its client accounts, each under its own id.
-    per_client = dict(pair.split() for pair in proc.stdout.split("daily rows per client account ")[1]
-                      .splitlines()[0].split(", "))
+    per_client = dict(
+        pair.split()
+        for pair in proc.stdout.split("daily rows per client account ")[1].splitlines()[0].split(", ")
+    )
     assert set(per_client) == {"3010000001", "3010000002"} and all(int(n) > 0 for n in per_client.values())
-    status = subprocess.run([CLEARLIFT, "status", "--json"], env={**clean, "CLEARLIFT_HOME": str(home)},
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [CLEARLIFT, "status", "--json"],
+        env={**clean, "CLEARLIFT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     rows = json.loads(status.stdout)
     assert status.returncode == 1  # the demo's revoked connection is failing, by design
     by_platform = {}
@@ -144,26 +179,43 @@ def test_sync_wait_exits_non_zero_when_the_job_fails(env):
 def test_python_dash_m_and_sandbox_serve(tmp_path):
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "clearlift_cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clearlift_cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "schedule" in proc.stdout
-    serve = subprocess.Popen([CLEARLIFT, "sandbox", "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, stdin=subprocess.DEVNULL)
+    serve = subprocess.Popen(
+        [CLEARLIFT, "sandbox", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         lines = []
         while not lines or not lines[-1].startswith("# Ctrl-C"):
             lines.append(serve.stdout.readline().rstrip("\n"))
             assert len(lines) < 50, lines
-        env = dict(line[len("export "):].split("=", 1) for line in lines if line.startswith("export "))
+        env = dict(line[len("export ") :].split("=", 1) for line in lines if line.startswith("export "))
         google_access = next(line.split()[2] for line in lines if line.startswith("# google:"))
         import requests
 
         url = f"{env['CLEARLIFT_GOOGLE_ADS_URL']}/v26/customers/1234567890/googleAds:searchStream"
-        ok = requests.post(url, json={"query": "SELECT customer.id FROM customer"}, timeout=10,
-                           headers={"Authorization": f"Bearer {google_access}",
-                                    "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"]})
+        ok = requests.post(
+            url,
+            json={"query": "SELECT customer.id FROM customer"},
+            timeout=10,
+            headers={
+                "Authorization": f"Bearer {google_access}",
+                "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"],
+            },
+        )
         assert ok.status_code == 200 and ok.json()[0]["results"][0]["customer"]["id"] == "1234567890"
-        bad = requests.post(url, json={"query": "SELECT customer.id FROM customer"}, timeout=10,
-                            headers={"Authorization": "Bearer nope", "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"]})
+        bad = requests.post(
+            url,
+            json={"query": "SELECT customer.id FROM customer"},
+            timeout=10,
+            headers={"Authorization": "Bearer nope", "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"]},
+        )
         assert bad.status_code == 401
     finally:
         serve.terminate()
@@ -181,8 +233,14 @@ def test_sigterm_finishes_the_running_job_and_claims_no_more(env):
         ids.append(env.add("org-1", "google", acct, access, refresh))
     env.run("schedule")
     env.sandbox.google.faults.latency_seconds = 0.7  # a job takes ~2 s: three requests
-    proc = subprocess.Popen([CLEARLIFT, "consume", "--concurrency", "1"], env=env.environ(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CLEARLIFT, "consume", "--concurrency", "1"],
+        env=env.environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not env.sandbox.google.requests_to("googleAds") and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,15 +14,19 @@ from tests.e2e import CLEARLIFT, Env
 from tests.helpers import insert_connections, query, raw
 from tests.test_queue_concurrency import _fill_queue, _run_consumers
 
-UTC = timezone.utc
+UTC = UTC
 
 
 @pytest.fixture
 def pg_env(tmp_path, sandbox, pg_schema_url):
     """The installed command with both the control plane and the warehouse in PostgreSQL
     (one schema: the store's tables and the warehouse's do not collide)."""
-    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox,
-            extra={"CLEARLIFT_DB": pg_schema_url})
+    e = Env(
+        home=tmp_path / "home",
+        warehouse_url=pg_schema_url,
+        sandbox=sandbox,
+        extra={"CLEARLIFT_DB": pg_schema_url},
+    )
     e.run("init")
     return e
 
@@ -39,7 +43,8 @@ def test_end_to_end_with_the_control_plane_in_postgres(pg_env, sandbox, pg_schem
     assert shape["connection"]["sync_status"] == "completed"
     rows = pg_env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
     assert shape["latest_sync"]["records_synced"] == len(rows) + len(
-        pg_env.warehouse_rows("google_ads_campaigns", organization_id="org-1"))
+        pg_env.warehouse_rows("google_ads_campaigns", organization_id="org-1")
+    )
     jobs = query(pg_schema_url, "SELECT status, records_synced, metadata FROM sync_jobs")
     assert len(jobs) == 1 and json.loads(jobs[0]["metadata"])["records_synced"] == jobs[0]["records_synced"]
     assert pg_env.run_json("queue")["done"] == 1
@@ -47,13 +52,32 @@ def test_end_to_end_with_the_control_plane_in_postgres(pg_env, sandbox, pg_schem
 
 def test_eight_schedulers_at_once_make_one_job_per_due_connection(pg_env, pg_schema_url):
     now = datetime.now(UTC)
-    due = insert_connections(pg_schema_url, [{"account_id": f"n{i}", "last_synced_at": None} for i in range(60)] + [
-        {"account_id": f"s{i}", "last_synced_at": (now - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S")}
-        for i in range(60)])
-    insert_connections(pg_schema_url, [{"account_id": f"r{i}", "last_synced_at": "2999-01-01T00:00:00.000Z"}
-                                       for i in range(10)])
-    procs = [subprocess.Popen([CLEARLIFT, "schedule", "--json"], env=pg_env.environ(), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    due = insert_connections(
+        pg_schema_url,
+        [{"account_id": f"n{i}", "last_synced_at": None} for i in range(60)]
+        + [
+            {
+                "account_id": f"s{i}",
+                "last_synced_at": (now - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            for i in range(60)
+        ],
+    )
+    insert_connections(
+        pg_schema_url,
+        [{"account_id": f"r{i}", "last_synced_at": "2999-01-01T00:00:00.000Z"} for i in range(10)],
+    )
+    procs = [
+        subprocess.Popen(
+            [CLEARLIFT, "schedule", "--json"],
+            env=pg_env.environ(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [e for _, e in outs]
     assert sum(json.loads(o)["enqueued"] for o, _ in outs) == len(due)
@@ -71,23 +95,43 @@ def test_eight_consumers_on_5000_jobs_each_effect_once(tmp_path, request, backen
     acked = Counter(job for r in results for job in r["acked"])
     assert set(acked) == set(job_ids) and set(acked.values()) == {1}
     assert query(db, "SELECT count(*) FROM sync_jobs WHERE status = 'completed'")[0][0] == 5000
-    assert [tuple(r) for r in query(db, "SELECT state, attempts, count(*) FROM sync_queue GROUP BY state, attempts")] \
-        == [("done", 1, 5000)]
+    assert [
+        tuple(r)
+        for r in query(db, "SELECT state, attempts, count(*) FROM sync_queue GROUP BY state, attempts")
+    ] == [("done", 1, 5000)]
 
 
 def test_two_refresh_runs_keep_a_valid_newest_token(pg_env, sandbox, pg_schema_url):
     access, refresh = sandbox.google.tokens.issue(ttl=60)
-    cid = pg_env.add("org-1", "google", "1234567890", access, refresh,
-                     expires_at=(datetime.now(UTC) + timedelta(seconds=60)).isoformat())
-    procs = [subprocess.Popen([CLEARLIFT, "refresh-tokens", "--json"], env=pg_env.environ(),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    cid = pg_env.add(
+        "org-1",
+        "google",
+        "1234567890",
+        access,
+        refresh,
+        expires_at=(datetime.now(UTC) + timedelta(seconds=60)).isoformat(),
+    )
+    procs = [
+        subprocess.Popen(
+            [CLEARLIFT, "refresh-tokens", "--json"],
+            env=pg_env.environ(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     from clearlift_cli.crypto import FieldCipher
     from clearlift_cli.settings import decode_key
 
-    row = query(pg_schema_url, "SELECT credentials_encrypted, expires_at FROM platform_connections WHERE id = ?", (cid,))[0]
+    row = query(
+        pg_schema_url,
+        "SELECT credentials_encrypted, expires_at FROM platform_connections WHERE id = ?",
+        (cid,),
+    )[0]
     token = FieldCipher(decode_key(pg_env.key)).decrypt(row["credentials_encrypted"])
     assert token != access and sandbox.google.tokens.check(token) == "ok"
     assert sum(json.loads(o)["refreshed"] for o, _ in outs) >= 1
@@ -105,8 +149,10 @@ def test_migrate_store_copies_everything_once(tmp_path, sandbox, pg_schema_url):
     src.add("org-3", "tiktok", "333", "tt-token-never-synced-xyz")
     src.run("schedule")
     src.run("consume", "--max-jobs", "2", "--concurrency", "1")  # leaves one job queued
-    before = {t: query(src.db, f"SELECT count(*) FROM {t}")[0][0]
-              for t in ("platform_connections", "sync_jobs", "sync_queue", "clearlift_coverage")}
+    before = {
+        t: query(src.db, f"SELECT count(*) FROM {t}")[0][0]
+        for t in ("platform_connections", "sync_jobs", "sync_queue", "clearlift_coverage")
+    }
     assert query(src.db, "SELECT count(*) FROM sync_queue WHERE state = 'dead'")[0][0] == 1
 
     copied = json.loads(src.run("migrate-store", "--to", pg_schema_url, "--json").stdout)
@@ -123,8 +169,13 @@ def test_migrate_store_copies_everything_once(tmp_path, sandbox, pg_schema_url):
     assert src_rows == dst_rows  # byte for byte, tokens still decryptable with the same key
 
     # The PostgreSQL control plane carries on: dead letter listed, queued job consumed.
-    dst = Env(home=tmp_path / "home2", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sandbox,
-              key=src.key, extra={"CLEARLIFT_DB": pg_schema_url})
+    dst = Env(
+        home=tmp_path / "home2",
+        warehouse_url=f"sqlite:///{tmp_path}/wh.db",
+        sandbox=sandbox,
+        key=src.key,
+        extra={"CLEARLIFT_DB": pg_schema_url},
+    )
     assert len(dst.run_json("queue", "dead")) == 1
     dst.run("consume")
     q = dst.run_json("queue")
@@ -138,13 +189,19 @@ def test_migrate_store_into_a_control_plane_in_use_drops_no_message(tmp_path, sa
     """Queue ids collide with the destination's own: every message is copied (under a new
     id), and the one that cannot be (its connection already has a live message there) is
     named, with exit 1; its job is adopted once that message ends."""
-    dst = Env(home=tmp_path / "dst", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sandbox,
-              extra={"CLEARLIFT_DB": pg_schema_url})
+    dst = Env(
+        home=tmp_path / "dst",
+        warehouse_url=f"sqlite:///{tmp_path}/wh.db",
+        sandbox=sandbox,
+        extra={"CLEARLIFT_DB": pg_schema_url},
+    )
     dst.run("init")
     for account in ("9000000001", "9000000002", "9000000003", "5555555555"):
         dst.add("org-1", "google", account, "dst-token-" + account)
     dst.run("schedule")  # queue ids 1..4 in use
-    src = Env(home=tmp_path / "src", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sandbox, key=dst.key)
+    src = Env(
+        home=tmp_path / "src", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sandbox, key=dst.key
+    )
     src.run("init")
     for account in ("1111111111", "2222222222", "5555555555"):  # the last one is in both
         src.add("org-1", "google", account, "src-token-" + account)
@@ -157,7 +214,9 @@ def test_migrate_store_into_a_control_plane_in_use_drops_no_message(tmp_path, sa
     assert proc.returncode == 1, proc.stderr
     out = json.loads(proc.stdout)
     assert out["copied"]["sync_queue"] == 2 and out["renumbered"] == {"sync_queue": 2}
-    assert out["not_copied"] == [{"table": "sync_queue", "row": shared, "reason": out["not_copied"][0]["reason"]}]
+    assert out["not_copied"] == [
+        {"table": "sync_queue", "row": shared, "reason": out["not_copied"][0]["reason"]}
+    ]
     assert "org-1-google-5555555555 already has a queued or running message" in out["not_copied"][0]["reason"]
     assert f"not copied: sync_queue {shared}:" in proc.stderr
     assert out["already_there"]["platform_connections"] == 1 and out["copied"]["sync_jobs"] == 3
@@ -169,12 +228,19 @@ def test_migrate_store_into_a_control_plane_in_use_drops_no_message(tmp_path, sa
     # The destination's own job for the shared connection ends: its copied job is adopted.
     query_db = raw(pg_schema_url)
     query_db.execute("UPDATE sync_queue SET state = 'done' WHERE connection_id = 'org-1-google-5555555555'")
-    query_db.execute("UPDATE sync_jobs SET status = 'completed' WHERE connection_id = 'org-1-google-5555555555' "
-                     "AND id <> ?", (shared,))
+    query_db.execute(
+        "UPDATE sync_jobs SET status = 'completed' WHERE connection_id = 'org-1-google-5555555555' "
+        "AND id <> ?",
+        (shared,),
+    )
     query_db.close()
     assert "1 adopted" in dst.run("schedule").stdout
-    assert json.loads(query(pg_schema_url, "SELECT body FROM sync_queue WHERE job_id = ?", (shared,))[0][0])[
-        "job_id"] == shared
+    assert (
+        json.loads(query(pg_schema_url, "SELECT body FROM sync_queue WHERE job_id = ?", (shared,))[0][0])[
+            "job_id"
+        ]
+        == shared
+    )
 
 
 def test_a_control_plane_from_a_newer_clearlift_is_refused(pg_env, pg_schema_url):
@@ -188,13 +254,17 @@ def test_a_control_plane_from_a_newer_clearlift_is_refused(pg_env, pg_schema_url
         proc = pg_env.run(*args, check=False)
         assert proc.returncode == 4, (args, proc.stderr)
         line = one_line_error(proc.stderr)
-        assert f"is at schema version {SCHEMA_VERSION + 1}, newer than this clearlift understands" in line, line
+        assert f"is at schema version {SCHEMA_VERSION + 1}, newer than this clearlift understands" in line, (
+            line
+        )
     assert query(pg_schema_url, "SELECT value FROM clearlift_meta WHERE key = 'schema_version'")[0][0] == str(
-        SCHEMA_VERSION + 1)
+        SCHEMA_VERSION + 1
+    )
 
 
-def test_a_postgres_warehouse_from_a_newer_clearlift_is_refused_before_jobs_are_claimed(pg_env, sandbox,
-                                                                                      pg_schema_url):
+def test_a_postgres_warehouse_from_a_newer_clearlift_is_refused_before_jobs_are_claimed(
+    pg_env, sandbox, pg_schema_url
+):
     from clearlift_cli.warehouse.schema import META_TABLE, SCHEMA_VERSION
     from tests.helpers import one_line_error, raw
 
@@ -206,8 +276,14 @@ def test_a_postgres_warehouse_from_a_newer_clearlift_is_refused_before_jobs_are_
     c.close()
     proc = pg_env.run("consume", check=False)
     assert proc.returncode == 5, proc.stderr
-    assert f"the warehouse schema is version {SCHEMA_VERSION + 1}, newer than this clearlift" in one_line_error(
-        proc.stderr)
-    (job,) = query(pg_schema_url, "SELECT j.status, q.attempts FROM sync_jobs j JOIN sync_queue q ON q.job_id = j.id "
-                                  "WHERE j.connection_id = ?", (cid,))
+    assert (
+        f"the warehouse schema is version {SCHEMA_VERSION + 1}, newer than this clearlift"
+        in one_line_error(proc.stderr)
+    )
+    (job,) = query(
+        pg_schema_url,
+        "SELECT j.status, q.attempts FROM sync_jobs j JOIN sync_queue q ON q.job_id = j.id "
+        "WHERE j.connection_id = ?",
+        (cid,),
+    )
     assert tuple(job) == ("pending", 0) and sandbox.google.requests == []

@@ -16,12 +16,30 @@ from clearlift_cli.store_pg import PgStore
 from clearlift_cli.warehouse import open_warehouse
 from tests.e2e import Env, seed
 
-SETTINGS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
-            "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
-DEFAULTS = {"statement_timeout": "5min", "lock_timeout": "1min", "idle_in_transaction_session_timeout": "30min",
-            "tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
-CLIENT = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
-          "keepalives_count": "3", "tcp_user_timeout": "60000"}
+SETTINGS = (
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "tcp_keepalives_idle",
+    "tcp_keepalives_interval",
+    "tcp_keepalives_count",
+)
+DEFAULTS = {
+    "statement_timeout": "5min",
+    "lock_timeout": "1min",
+    "idle_in_transaction_session_timeout": "30min",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+}
+CLIENT = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
 
 
 def shown(execute) -> dict[str, str]:
@@ -55,7 +73,10 @@ def test_settings_set_the_timeouts_and_the_url_still_wins(pg_schema_url):
     wh = open_warehouse(f"{pg_schema_url}%20-c%20lock_timeout%3D7s&connect_timeout=3", pg_limits=limits)
     try:
         assert shown(store.read) | {} == DEFAULTS | {
-            "statement_timeout": "2500ms", "lock_timeout": "750ms", "idle_in_transaction_session_timeout": "0"}
+            "statement_timeout": "2500ms",
+            "lock_timeout": "750ms",
+            "idle_in_transaction_session_timeout": "0",
+        }
         got = shown(lambda q: wh._read("show", lambda c: c.execute(q).fetchall()))
         assert (got["lock_timeout"], got["statement_timeout"]) == ("7s", "2500ms")
         assert warehouse_connection(wh).info.get_parameters()["connect_timeout"] == "3"
@@ -108,8 +129,12 @@ def test_a_transaction_left_idle_is_ended_by_the_server(pg_schema_url):
 
 @pytest.fixture
 def pg_env(tmp_path, sandbox, pg_schema_url):
-    e = Env(home=tmp_path / "home", warehouse_url=pg_schema_url, sandbox=sandbox,
-            extra={"CLEARLIFT_DB": pg_schema_url, "CLEARLIFT_PG_LOCK_TIMEOUT": "0.5"})
+    e = Env(
+        home=tmp_path / "home",
+        warehouse_url=pg_schema_url,
+        sandbox=sandbox,
+        extra={"CLEARLIFT_DB": pg_schema_url, "CLEARLIFT_PG_LOCK_TIMEOUT": "0.5"},
+    )
     e.run("init")
     return e
 

@@ -4,7 +4,7 @@ retry / defer / lease expiry / re-queue, and exact money parsing."""
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,10 +28,12 @@ class QueueMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.dir = tempfile.TemporaryDirectory()
-        self.clock = FrozenClock(datetime(2025, 1, 1, tzinfo=timezone.utc))
+        self.clock = FrozenClock(datetime(2025, 1, 1, tzinfo=UTC))
         self.store = open_store(str(Path(self.dir.name) / "q.db"), clock=self.clock, create=True)
         self.store.migrate()
-        self.queue = SqliteQueue(self.store, on_dead=lambda c, items: fail_jobs(c, items, "2025-01-01T00:00:00.000Z"))
+        self.queue = SqliteQueue(
+            self.store, on_dead=lambda c, items: fail_jobs(c, items, "2025-01-01T00:00:00.000Z")
+        )
         self.n = 0
         self.jobs: set[str] = set()
         self.acked: set[str] = set()
@@ -46,12 +48,24 @@ class QueueMachine(RuleBasedStateMachine):
         self.n += 1
         job_id = f"job-{self.n}"
         now = self.clock.now()
-        msg = SyncJobMessage(job_id, f"org-1-google-{self.n}", "org-1", "google", str(self.n), JobType.FULL,
-                             SyncWindow(now - timedelta(days=7), now), 0, "2025-01-01T00:00:00.000Z",
-                             Priority.HIGH if high else Priority.NORMAL)
+        msg = SyncJobMessage(
+            job_id,
+            f"org-1-google-{self.n}",
+            "org-1",
+            "google",
+            str(self.n),
+            JobType.FULL,
+            SyncWindow(now - timedelta(days=7), now),
+            0,
+            "2025-01-01T00:00:00.000Z",
+            Priority.HIGH if high else Priority.NORMAL,
+        )
         with self.store.write() as c:
-            c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
-                      "VALUES (?, 'org-1', ?, 'pending', 'full', '2025-01-01T00:00:00.000Z')", (job_id, msg.connection_id))
+            c.execute(
+                "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
+                "VALUES (?, 'org-1', ?, 'pending', 'full', '2025-01-01T00:00:00.000Z')",
+                (job_id, msg.connection_id),
+            )
             self.queue.enqueue(c, msg)
         self.jobs.add(job_id)
 
@@ -110,8 +124,9 @@ class QueueMachine(RuleBasedStateMachine):
         assert dead <= failed
 
 
-QueueMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
-                                          suppress_health_check=[HealthCheck.too_slow])
+QueueMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestQueueStateMachine = QueueMachine.TestCase
 
 

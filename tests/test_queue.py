@@ -14,7 +14,6 @@ from clearlift_cli.errors import Conflict, NotFound, UsageError
 from clearlift_cli.models import JobType, Priority, SyncJobMessage
 from clearlift_cli.queue import DEFAULT_MAX_ATTEMPTS, SqliteQueue
 from clearlift_cli.timeutil import iso_z
-
 from tests.helpers import T0, enqueue_message, frozen, insert_connection, new_store, query, queue_row, raw
 
 LEASE = 60.0
@@ -26,7 +25,9 @@ def env(request, tmp_path):
     PostgreSQL control plane in a schema of its own — whose queue fails jobs on dead letters
     the way the consumer wires it. Every test here is the queue's contract for both."""
     clock = frozen()
-    db = request.getfixturevalue("pg_schema_url") if request.param == "postgres" else tmp_path / "clearlift.db"
+    db = (
+        request.getfixturevalue("pg_schema_url") if request.param == "postgres" else tmp_path / "clearlift.db"
+    )
     store = new_store(db, clock=clock)
     queue = SqliteQueue(store, on_dead=lambda c, items: fail_jobs(c, items, iso_z(clock.now())))
     yield store, queue, clock, db
@@ -52,13 +53,25 @@ def test_message_body_is_exactly_the_contract_shape(env):
     job_id, window = scheduler.enqueue_manual(store, queue, cid)
     body_text = queue_row(db, job_id)["body"]
     body = json.loads(body_text)
-    assert list(body) == ["job_id", "connection_id", "organization_id", "platform", "account_id",
-                          "job_type", "sync_window", "metadata"]
+    assert list(body) == [
+        "job_id",
+        "connection_id",
+        "organization_id",
+        "platform",
+        "account_id",
+        "job_type",
+        "sync_window",
+        "metadata",
+    ]
     assert list(body["sync_window"]) == ["start", "end"]
     assert list(body["metadata"]) == ["retry_count", "created_at", "priority"]
     assert body == {
-        "job_id": job_id, "connection_id": cid, "organization_id": "org-1", "platform": "google",
-        "account_id": "1234567890", "job_type": "full",
+        "job_id": job_id,
+        "connection_id": cid,
+        "organization_id": "org-1",
+        "platform": "google",
+        "account_id": "1234567890",
+        "job_type": "full",
         "sync_window": {"start": iso_z(T0 - timedelta(days=7)), "end": iso_z(T0)},
         "metadata": {"retry_count": 0, "created_at": iso_z(T0), "priority": "high"},
     }
@@ -199,7 +212,7 @@ def test_one_plus_three_attempts_then_a_dead_letter_with_the_last_error(env):
             assert state == "dead"
     # exponential backoff with jitter: 15-30 s, 30-60 s, 60-120 s
     for i, delay in enumerate(delays):
-        base = 30 * 2 ** i
+        base = 30 * 2**i
         assert base / 2 <= delay <= base, delays
     row = queue_row(db, msg.job_id)
     assert (row["state"], row["attempts"], row["last_error"]) == ("dead", 4, "HTTP 503 on attempt 4")
@@ -227,8 +240,9 @@ def test_crashed_consumer_on_the_last_attempt_is_dead_lettered_by_the_next_claim
     assert queue.claim("b", limit=1, lease_seconds=LEASE) == []
     row = queue_row(db, msg.job_id)
     assert row["state"] == "dead"
-    assert row["last_error"] == ("timeout talking to google (then lease expired on the last attempt: "
-                                 "consumer crashed or timed out)")
+    assert row["last_error"] == (
+        "timeout talking to google (then lease expired on the last attempt: consumer crashed or timed out)"
+    )
     # the on_dead hook failed the job and its connection in the same transaction
     job = query(db, "SELECT status, error_message FROM sync_jobs WHERE id = ?", (msg.job_id,))[0]
     assert job["status"] == "failed" and job["error_message"] == row["last_error"]
@@ -244,7 +258,8 @@ def test_crash_on_the_last_attempt_without_an_earlier_error(env):
         clock.advance(LEASE)
     assert queue.claim("a", limit=1, lease_seconds=LEASE) == []
     assert queue_row(db, msg.job_id)["last_error"] == (
-        "(lease expired on the last attempt: consumer crashed or timed out)")
+        "(lease expired on the last attempt: consumer crashed or timed out)"
+    )
 
 
 def test_explicit_delays_do_not_use_up_attempts(env):
@@ -348,7 +363,11 @@ def test_requeue_refuses_when_the_connection_has_a_newer_live_job(env):
     result = queue.requeue_dead()  # --all skips it rather than failing, and says why
     assert result.requeued == []
     ((message_id, job_id, connection_id, reason),) = [tuple(vars(s).values()) for s in result.skipped]
-    assert (message_id, job_id, connection_id) == (queue_row(db, old.job_id)["id"], old.job_id, "org-1-google-5")
+    assert (message_id, job_id, connection_id) == (
+        queue_row(db, old.job_id)["id"],
+        old.job_id,
+        "org-1-google-5",
+    )
     assert reason == "connection org-1-google-5 already has a queued or running job"
 
 
@@ -380,8 +399,10 @@ def _corrupt(db, job_id, how) -> None:
     bad = MALFORMED[how](json.loads(row["body"]))
     c = raw(db)
     with c:
-        c.execute("UPDATE sync_queue SET body = ? WHERE id = ?",
-                  (bad if isinstance(bad, str) else json.dumps(bad), row["id"]))
+        c.execute(
+            "UPDATE sync_queue SET body = ? WHERE id = ?",
+            (bad if isinstance(bad, str) else json.dumps(bad), row["id"]),
+        )
     c.close()
 
 
@@ -396,13 +417,19 @@ def test_a_malformed_message_is_dead_lettered_alone_at_claim(env):
     batch = queue.claim("a", limit=20, lease_seconds=LEASE)
     assert sorted(c.message.job_id for c in batch) == sorted(m.job_id for m in good)
     assert all(c.attempts == 1 for c in batch)
-    says = {"end is null": "sync_window.end is missing", "fields missing": "connection_id is missing",
-            "bad date": "sync_window.start '2025-13-45' is not a timestamp", "not JSON": "message is not JSON",
-            "another job's message": "job_id 'someone-else' is not its queue row's job"}
+    says = {
+        "end is null": "sync_window.end is missing",
+        "fields missing": "connection_id is missing",
+        "bad date": "sync_window.start '2025-13-45' is not a timestamp",
+        "not JSON": "message is not JSON",
+        "another job's message": "job_id 'someone-else' is not its queue row's job",
+    }
     for how, msg in bad.items():
         row = queue_row(db, msg.job_id)
         assert row["state"] == "dead" and row["lease_token"] is None, how
-        assert row["last_error"].startswith("malformed queue message: ") and says[how] in row["last_error"], how
+        assert row["last_error"].startswith("malformed queue message: ") and says[how] in row["last_error"], (
+            how
+        )
         (job,) = query(db, "SELECT status, error_message FROM sync_jobs WHERE id = ?", (msg.job_id,))
         assert (job["status"], job["error_message"]) == ("failed", row["last_error"]), how
     assert queue.claim("b", limit=20, lease_seconds=LEASE) == []  # nothing left to trip over
@@ -412,7 +439,9 @@ def test_a_malformed_message_is_dead_lettered_alone_at_claim(env):
     reasons = {s.job_id: s.reason for s in result.skipped}
     assert set(reasons) == {m.job_id for m in bad.values()}
     for how, m in bad.items():
-        assert reasons[m.job_id].startswith("its message is malformed (") and says[how] in reasons[m.job_id], how
+        assert (
+            reasons[m.job_id].startswith("its message is malformed (") and says[how] in reasons[m.job_id]
+        ), how
         assert "clearlift sync CONNECTION --now" in reasons[m.job_id]
     with pytest.raises(UsageError, match="cannot be re-queued: its message is malformed"):
         queue.requeue_dead(bad["end is null"].job_id)
@@ -442,7 +471,9 @@ def test_claim_takes_at_most_the_limit_oldest_first(env):
     batch = queue.claim("a", limit=3, lease_seconds=LEASE)
     assert [c.message.job_id for c in batch] == [m.job_id for m in msgs[:3]]
     assert len({c.lease_token for c in batch}) == 3
-    assert [c.message.job_id for c in queue.claim("b", limit=100, lease_seconds=LEASE)] == [m.job_id for m in msgs[3:]]
+    assert [c.message.job_id for c in queue.claim("b", limit=100, lease_seconds=LEASE)] == [
+        m.job_id for m in msgs[3:]
+    ]
 
 
 def test_delayed_message_waits(env):
@@ -474,8 +505,10 @@ def test_pause_row_written_directly_is_honoured(env):
     store, queue, clock, db = env
     tiktok = enqueue_message(store, queue, platform="tiktok")
     with store.write() as c:
-        c.execute("INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES ('tiktok', ?, 'app limit')",
-                  (clock.time() + 60,))
+        c.execute(
+            "INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES ('tiktok', ?, 'app limit')",
+            (clock.time() + 60,),
+        )
     assert queue.claim("a", limit=10, lease_seconds=LEASE) == []
     clock.advance(60)
     assert [c.message.job_id for c in queue.claim("a", limit=10, lease_seconds=LEASE)] == [tiktok.job_id]

@@ -10,17 +10,16 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import open_store
 from clearlift_cli.timeutil import iso_z
-
 from tests.helpers import CLEARLIFT, cli_env, home_db, insert_connections, new_store, query
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_eight_overlapping_schedule_runs_create_one_job_per_due_connection(tmp_path):
@@ -29,21 +28,36 @@ def test_eight_overlapping_schedule_runs_create_one_job_per_due_connection(tmp_p
     new_store(db).close()
     now = datetime.now(UTC)
     two_hours_ago = now - timedelta(hours=2)
-    due = insert_connections(db, [
-        {"account_id": f"n{i}", "last_synced_at": None} for i in range(80)
-    ] + [
-        {"account_id": f"s{i}", "last_synced_at": two_hours_ago.strftime("%Y-%m-%d %H:%M:%S")} for i in range(60)
-    ] + [
-        {"account_id": f"j{i}", "platform": "tiktok", "last_synced_at": iso_z(two_hours_ago)} for i in range(60)
-    ])
-    not_due = insert_connections(db, [
-        {"account_id": f"r{i}", "last_synced_at": iso_z(now - timedelta(minutes=5))} for i in range(20)
-    ] + [{"account_id": f"p{i}", "last_synced_at": None, "is_active": 0} for i in range(5)])
+    due = insert_connections(
+        db,
+        [{"account_id": f"n{i}", "last_synced_at": None} for i in range(80)]
+        + [
+            {"account_id": f"s{i}", "last_synced_at": two_hours_ago.strftime("%Y-%m-%d %H:%M:%S")}
+            for i in range(60)
+        ]
+        + [
+            {"account_id": f"j{i}", "platform": "tiktok", "last_synced_at": iso_z(two_hours_ago)}
+            for i in range(60)
+        ],
+    )
+    not_due = insert_connections(
+        db,
+        [{"account_id": f"r{i}", "last_synced_at": iso_z(now - timedelta(minutes=5))} for i in range(20)]
+        + [{"account_id": f"p{i}", "last_synced_at": None, "is_active": 0} for i in range(5)],
+    )
     assert len(due) == 200
 
-    procs = [subprocess.Popen([CLEARLIFT, "schedule", "--json"], env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [CLEARLIFT, "schedule", "--json"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     outputs = [p.communicate(timeout=60) for p in procs]
 
     enqueued = 0
@@ -60,7 +74,8 @@ def test_eight_overlapping_schedule_runs_create_one_job_per_due_connection(tmp_p
     assert not set(per_connection) & set(not_due)
     messages = query(db, "SELECT job_id, connection_id, state FROM sync_queue")
     assert sorted((m["job_id"], m["connection_id"]) for m in messages) == sorted(
-        (j["id"], j["connection_id"]) for j in jobs)
+        (j["id"], j["connection_id"]) for j in jobs
+    )
     assert {m["state"] for m in messages} == {"ready"}
 
 
@@ -76,20 +91,31 @@ def _fill_queue(db: Path, count: int, *, max_attempts: int = 4) -> list[str]:
     with store.write() as c:
         for i in range(count):
             msg = SyncJobMessage(
-                job_id=str(uuid.uuid4()), connection_id=f"org-{i % 7}-google-{i}", organization_id=f"org-{i % 7}",
-                platform="google", account_id=str(i), job_type=JobType.INCREMENTAL, sync_window=window,
-                retry_count=0, created_at=iso_z(now), priority=Priority.HIGH if i % 5 == 0 else Priority.NORMAL,
+                job_id=str(uuid.uuid4()),
+                connection_id=f"org-{i % 7}-google-{i}",
+                organization_id=f"org-{i % 7}",
+                platform="google",
+                account_id=str(i),
+                job_type=JobType.INCREMENTAL,
+                sync_window=window,
+                retry_count=0,
+                created_at=iso_z(now),
+                priority=Priority.HIGH if i % 5 == 0 else Priority.NORMAL,
             )
-            c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
-                      "VALUES (?, ?, ?, 'pending', 'incremental', ?)",
-                      (msg.job_id, msg.organization_id, msg.connection_id, msg.created_at))
+            c.execute(
+                "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
+                "VALUES (?, ?, ?, 'pending', 'incremental', ?)",
+                (msg.job_id, msg.organization_id, msg.connection_id, msg.created_at),
+            )
             queue.enqueue(c, msg, max_attempts=max_attempts)
             job_ids.append(msg.job_id)
     store.close()
     return job_ids
 
 
-def consume_worker(db: str, owner: str, out_dir: str, barrier, batch: int, lease: float, work_s: float) -> None:
+def consume_worker(
+    db: str, owner: str, out_dir: str, barrier, batch: int, lease: float, work_s: float
+) -> None:
     """One consumer process: claim a batch, 'work', ack each in its own transaction (as
     the consumer does), until the queue is empty. Records what it acked and what was stale."""
     acked, stale = [], []
@@ -111,8 +137,10 @@ def consume_worker(db: str, owner: str, out_dir: str, barrier, batch: int, lease
                     time.sleep(work_s)
                 with store.write() as c:
                     if queue.ack(c, m):
-                        c.execute("UPDATE sync_jobs SET status = 'completed', records_synced = 1 WHERE id = ?",
-                                  (m.message.job_id,))
+                        c.execute(
+                            "UPDATE sync_jobs SET status = 'completed', records_synced = 1 WHERE id = ?",
+                            (m.message.job_id,),
+                        )
                         acked.append(m.message.job_id)
                     else:
                         stale.append(m.message.job_id)
@@ -129,9 +157,13 @@ def _run_consumers(tmp_path, db, *, processes, batch, lease, work_s):
     barrier = ctx.Barrier(processes)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    procs = [ctx.Process(target=consume_worker, args=(str(db), f"consumer-{n}", str(out_dir), barrier,
-                                                       batch, lease, work_s))
-             for n in range(processes)]
+    procs = [
+        ctx.Process(
+            target=consume_worker,
+            args=(str(db), f"consumer-{n}", str(out_dir), barrier, batch, lease, work_s),
+        )
+        for n in range(processes)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,14 +30,21 @@ from clearlift_cli.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backo
 from clearlift_cli.settings import resolve
 from tests.conftest import PG_URL
 from tests.e2e import (
-    Env, closed_port, coverage, make_visible, popen, queue_row, seed, wait_for,
+    Env,
+    closed_port,
+    coverage,
+    make_visible,
+    popen,
+    queue_row,
+    seed,
+    wait_for,
     without_synced_at,
 )
 from tests.test_consume_facebook import expected_metrics as facebook_expected
 from tests.test_consume_google import expected_metrics as google_expected
 from tests.test_consume_tiktok_stripe import tiktok_expected
 
-UTC = timezone.utc
+UTC = UTC
 REPO = Path(__file__).resolve().parent.parent
 METRICS = {p: f"{p}_ads_daily_metrics" for p in ("google", "facebook", "tiktok")}
 CAMPAIGNS = {p: f"{p}_ads_campaigns" for p in ("google", "facebook", "tiktok")}
@@ -52,16 +59,15 @@ def pg_env(tmp_path, sandbox, pg_schema_url):
     """The warehouse in PostgreSQL under an application_name of its own, so the test can
     find this consumer's backend among those of the tests running in parallel."""
     app_name = f"clearlift-r9-{os.urandom(4).hex()}"
-    e = Env(home=tmp_path / "home", warehouse_url=f"{pg_schema_url}&application_name={app_name}", sandbox=sandbox)
+    e = Env(
+        home=tmp_path / "home", warehouse_url=f"{pg_schema_url}&application_name={app_name}", sandbox=sandbox
+    )
     e.app_name = app_name
     e.run("init")
     return e
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
@@ -97,9 +103,16 @@ def yesterday() -> date:
 
 def stored_ads(env: Env, platform: str, org: str, account: str | None = None) -> dict:
     rows = env.warehouse_rows(METRICS[platform], organization_id=org, account_id=account)
-    got = {(r["campaign_id"], r["metric_date"].isoformat()): (
-        r["impressions"], r["clicks"], r["spend_micros"], r["conversions"], r["conversion_value_micros"])
-        for r in rows}
+    got = {
+        (r["campaign_id"], r["metric_date"].isoformat()): (
+            r["impressions"],
+            r["clicks"],
+            r["spend_micros"],
+            r["conversions"],
+            r["conversion_value_micros"],
+        )
+        for r in rows
+    }
     assert len(got) == len(rows)  # one row per campaign-day
     return got
 
@@ -122,8 +135,9 @@ def assert_job_landed_exactly(env: Env, platform: str, cid: str, job_id: str) ->
     got = stored_ads(env, platform, conn["organization_id"], conn["account_id"])
     want = expected_ads(env, platform, conn["account_id"], since, until)
     assert got == want and want
-    campaigns = env.warehouse_rows(CAMPAIGNS[platform], organization_id=conn["organization_id"],
-                                   account_id=conn["account_id"])
+    campaigns = env.warehouse_rows(
+        CAMPAIGNS[platform], organization_id=conn["organization_id"], account_id=conn["account_id"]
+    )
     assert job["records_synced"] == len(want) + len(campaigns)
     assert json.loads(job["metadata"])["records_synced"] == job["records_synced"]
     slices = coverage(env, job_id)
@@ -165,6 +179,7 @@ def child_main(raw_spec: str) -> None:
 
         store.conn().set_trace_callback(trace)  # the main thread's connection claims
     elif kill_at == "claim-wait":
+
         def trace(sql: str) -> None:
             if sql.strip().upper() == "BEGIN IMMEDIATE":
                 Path(spec["marker"]).write_text("waiting")
@@ -179,7 +194,8 @@ def child_main(raw_spec: str) -> None:
         elif kill_at == "before-coverage" and phase.startswith("slice 1/"):
             # on the job's thread: the same store connection record_slice will use
             store.conn().set_trace_callback(
-                lambda sql: die() if "INSERT INTO clearlift_coverage" in sql else None)
+                lambda sql: die() if "INSERT INTO clearlift_coverage" in sql else None
+            )
 
     consumer = Consumer(settings, store, lease_seconds=spec["lease"], on_progress=on_progress)
     result = consumer.run(concurrency=1, max_seconds=60, only_job=spec.get("job"))
@@ -187,13 +203,24 @@ def child_main(raw_spec: str) -> None:
     sys.exit(0 if kill_at == "never" else 3)  # 3: the kill point was never reached
 
 
-def start_child(env: Env, kill_at: str, *, lease: float = 2.0, job: str | None = None,
-                marker: Path | None = None) -> subprocess.Popen:
+def start_child(
+    env: Env, kill_at: str, *, lease: float = 2.0, job: str | None = None, marker: Path | None = None
+) -> subprocess.Popen:
     spec = json.dumps({"kill_at": kill_at, "lease": lease, "job": job, "marker": str(marker)})
     return subprocess.Popen(
-        [sys.executable, "-c", "import sys; from tests.test_reliability import child_main; child_main(sys.argv[1])",
-         spec], cwd=REPO, env=env.environ(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tests.test_reliability import child_main; child_main(sys.argv[1])",
+            spec,
+        ],
+        cwd=REPO,
+        env=env.environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_child(env: Env, kill_at: str, **kw) -> None:
@@ -230,9 +257,12 @@ def test_eight_consume_processes_at_once_run_each_job_once_with_no_lock_errors(e
     assert sum(s["jobs"] for s in summaries) == 24 and sum(s.get("completed", 0) for s in summaries) == 24
     assert sum(1 for s in summaries if s["jobs"]) >= 2  # the work really was shared
     with env.store() as c:
-        assert [tuple(r) for r in c.execute("SELECT state, attempts, count(*) FROM sync_queue GROUP BY 1, 2")] \
-            == [("done", 1, 24)]
-        errors = [r[0] for r in c.execute("SELECT error_message FROM sync_jobs WHERE error_message IS NOT NULL")]
+        assert [
+            tuple(r) for r in c.execute("SELECT state, attempts, count(*) FROM sync_queue GROUP BY 1, 2")
+        ] == [("done", 1, 24)]
+        errors = [
+            r[0] for r in c.execute("SELECT error_message FROM sync_jobs WHERE error_message IS NOT NULL")
+        ]
     assert errors == []
     for cid, platform in conns.items():
         (job,) = env.jobs(cid)
@@ -320,7 +350,9 @@ def test_crash_after_the_warehouse_commit_then_redelivery_writes_nothing_new(env
     job_id = backfill(env, cid, since, until)
     run_child(env, kill_at, job=job_id)
 
-    first = {t: env.warehouse_rows(t, organization_id="org-1") for t in (METRICS["tiktok"], CAMPAIGNS["tiktok"])}
+    first = {
+        t: env.warehouse_rows(t, organization_id="org-1") for t in (METRICS["tiktok"], CAMPAIGNS["tiktok"])
+    }
     reports_first = [r.query["start_date"] for r in tt.requests_to("report/integrated")]
     if kill_at == "before-ack":
         assert first[METRICS["tiktok"]] and len(coverage(env, job_id)) == 2
@@ -328,7 +360,8 @@ def test_crash_after_the_warehouse_commit_then_redelivery_writes_nothing_new(env
     else:  # slice 1 is in the warehouse, but not recorded as done
         assert coverage(env, job_id) == []
         assert {r["metric_date"] for r in first[METRICS["tiktok"]]} <= {
-            since + timedelta(days=d) for d in range(30)}
+            since + timedelta(days=d) for d in range(30)
+        }
         assert first[METRICS["tiktok"]] and first[CAMPAIGNS["tiktok"]]
     assert env.job(job_id)["status"] == "running"
 
@@ -337,7 +370,7 @@ def test_crash_after_the_warehouse_commit_then_redelivery_writes_nothing_new(env
     assert queue_row(env, job_id)["attempts"] == 2
     assert_job_landed_exactly(env, "tiktok", cid, job_id)
     again = {t: env.warehouse_rows(t, organization_id="org-1") for t in first}
-    reports_again = [r.query["start_date"] for r in tt.requests_to("report/integrated")][len(reports_first):]
+    reports_again = [r.query["start_date"] for r in tt.requests_to("report/integrated")][len(reports_first) :]
     if kill_at == "before-ack":
         assert again == first  # not one row rewritten, not even its last_synced_at
         assert reports_again == []
@@ -373,14 +406,23 @@ def test_a_consumer_that_wakes_up_after_losing_its_lease_changes_nothing(env, sa
         finished = env.job(job["id"])
         rows = env.warehouse_rows(METRICS["google"])
         if late == "failure":  # the woken consumer's next request fails for good
-            sandbox.google.faults.add("status", path="googleAds", times=1, status=400, body={"error": {
-                "code": 400, "status": "INVALID_ARGUMENT", "message": "Bad request"}})
+            sandbox.google.faults.add(
+                "status",
+                path="googleAds",
+                times=1,
+                status=400,
+                body={"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "Bad request"}},
+            )
     finally:
         os.kill(stale.pid, signal.SIGCONT)
     out, err = finish(stale)
     assert stale.returncode == 0, err
-    assert json.loads(out.splitlines()[-1]) | {"records": 0} == {"jobs": 1, "stale": 1, "records": 0,
-                                                                  "stopped_by": "empty"}
+    assert json.loads(out.splitlines()[-1]) | {"records": 0} == {
+        "jobs": 1,
+        "stale": 1,
+        "records": 0,
+        "stopped_by": "empty",
+    }
     assert tuple(queue_row(env, job["id"])) == tuple(done)  # still done, by the second delivery
     assert (done["state"], done["attempts"]) == ("done", 2)
     assert tuple(env.job(job["id"])) == tuple(finished)
@@ -495,7 +537,9 @@ def test_a_killed_100_slice_backfill_resumes_from_the_slices_not_yet_done(env, s
 
     wait_lease_expiry(env, job_id)
     assert consume_json(env).get("completed") == 1
-    refetched = [r.query["start_date"] for r in tt.requests[requested_before:] if "report/integrated" in r.path]
+    refetched = [
+        r.query["start_date"] for r in tt.requests[requested_before:] if "report/integrated" in r.path
+    ]
     assert not set(refetched) & done_before  # done slices are not fetched again
     assert sorted(refetched) == sorted(set(slices) - done_before)  # each missing one exactly once
     cov = coverage(env, job_id)
@@ -508,8 +552,12 @@ def test_a_killed_100_slice_backfill_resumes_from_the_slices_not_yet_done(env, s
 
 # --- 11. platform faults -----------------------------------------------------------------------
 
-ACCOUNTS = {"google": "1234567890", "facebook": "1029384756", "tiktok": "7001002003004005006",
-            "stripe": "acct_1Faults"}
+ACCOUNTS = {
+    "google": "1234567890",
+    "facebook": "1029384756",
+    "tiktok": "7001002003004005006",
+    "stripe": "acct_1Faults",
+}
 FAULTS = {
     # kind: (FaultPlan.add arguments, what each job's stored error says)
     "5xx": ({"kind": "status", "status": 503}, "503"),
@@ -524,8 +572,12 @@ FAULTS = {
 @pytest.fixture
 def fault_env(tmp_path, sandbox):
     """One connection per platform, a 1 s HTTP timeout."""
-    e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox,
-            extra={"CLEARLIFT_HTTP_TIMEOUT": "1"})
+    e = Env(
+        home=tmp_path / "home",
+        warehouse_url=f"sqlite:///{tmp_path}/warehouse.db",
+        sandbox=sandbox,
+        extra={"CLEARLIFT_HTTP_TIMEOUT": "1"},
+    )
     e.run("init")
     e.conns = {seed(e, p, a, org=f"org-{p}"): p for p, a in ACCOUNTS.items()}
     return e
@@ -533,8 +585,10 @@ def fault_env(tmp_path, sandbox):
 
 def jobs_by_platform(env: Env) -> dict[str, dict]:
     with env.store() as c:
-        rows = c.execute("SELECT q.platform, q.state, q.attempts, q.visible_at, j.status, j.error_message "
-                         "FROM sync_queue q JOIN sync_jobs j ON j.id = q.job_id ORDER BY q.id").fetchall()
+        rows = c.execute(
+            "SELECT q.platform, q.state, q.attempts, q.visible_at, j.status, j.error_message "
+            "FROM sync_queue q JOIN sync_jobs j ON j.id = q.job_id ORDER BY q.id"
+        ).fetchall()
     return {r["platform"]: dict(r) for r in rows}
 
 
@@ -596,8 +650,9 @@ def test_a_429_with_retry_after_defers_each_platform_by_the_hint_without_using_a
     env = fault_env
     env.run("schedule")
     for platform in ACCOUNTS:
-        sandbox.app(platform).faults.add("status", times=-1, status=429, headers={"Retry-After": "120"},
-                                         body="Too Many Requests")
+        sandbox.app(platform).faults.add(
+            "status", times=-1, status=429, headers={"Retry-After": "120"}, body="Too Many Requests"
+        )
     t0 = time.monotonic()
     summary = consume_json(env)
     assert time.monotonic() - t0 < 20
@@ -618,8 +673,9 @@ def backends(app_name: str) -> list[tuple[int, str]]:
     import psycopg
 
     with psycopg.connect(PG_URL, autocommit=True) as c:
-        return c.execute("SELECT pid, state FROM pg_stat_activity WHERE application_name = %s",
-                         (app_name,)).fetchall()
+        return c.execute(
+            "SELECT pid, state FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+        ).fetchall()
 
 
 @pytest.mark.slow
@@ -636,8 +692,11 @@ def test_warehouse_connection_killed_mid_slice_rolls_back_and_the_job_is_retried
     proc = popen(env, "consume", "--json")
     try:
         wait_for(lambda: tt.requests_to("report/integrated"), 30, "slice 1's report request")
-        open_txn = wait_for(lambda: [pid for pid, state in backends(env.app_name) if state == "idle in transaction"],
-                            5, "the warehouse transaction")
+        open_txn = wait_for(
+            lambda: [pid for pid, state in backends(env.app_name) if state == "idle in transaction"],
+            5,
+            "the warehouse transaction",
+        )
         assert len(open_txn) == 1
         import psycopg
 
@@ -664,14 +723,15 @@ def test_warehouse_connection_killed_mid_slice_rolls_back_and_the_job_is_retried
     assert_job_landed_exactly(env, "tiktok", cid, job_id)
 
 
-
 def test_unreachable_warehouse_retries_the_job_and_the_run_exits_cleanly(pg_env, sandbox):
     env = pg_env
     cid = seed(env, "google", "1234567890")
     env.run("schedule")
     (job,) = env.jobs(cid)
     port = closed_port()
-    proc = env.run("consume", "--json", CLEARLIFT_WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{port}/test")
+    proc = env.run(
+        "consume", "--json", CLEARLIFT_WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{port}/test"
+    )
     assert "Traceback" not in proc.stderr
     assert json.loads(proc.stdout).get("retry") == 1
     job = env.job(job["id"])

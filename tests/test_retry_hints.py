@@ -24,11 +24,25 @@ def quota_error(scope: str = "DEVELOPER", retry_delay: str | None = None) -> dic
     details = {"rateScope": scope, "rateName": "Number of operations for basic access"}
     if retry_delay is not None:
         details["retryDelay"] = retry_delay
-    return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Resource has been exhausted",
-                      "details": [{"@type": "type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure",
-                                   "errors": [{"errorCode": {"quotaError": "RESOURCE_EXHAUSTED"},
-                                               "message": "Too many requests.",
-                                               "details": {"quotaErrorDetails": details}}]}]}}
+    return {
+        "error": {
+            "code": 429,
+            "status": "RESOURCE_EXHAUSTED",
+            "message": "Resource has been exhausted",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure",
+                    "errors": [
+                        {
+                            "errorCode": {"quotaError": "RESOURCE_EXHAUSTED"},
+                            "message": "Too many requests.",
+                            "details": {"quotaErrorDetails": details},
+                        }
+                    ],
+                }
+            ],
+        }
+    }
 
 
 def epoch(iso: str) -> float:
@@ -40,8 +54,14 @@ def test_a_zero_negative_or_nan_hint_defers_the_job_instead_of_spinning(env, san
     cid = seed(env, "google", "1234567890")
     env.run("schedule")
     (job,) = env.jobs(cid)
-    sandbox.google.faults.add("status", path="googleAds", times=-1, status=429,
-                              headers={"Retry-After": hint}, body=quota_error("ACCOUNT"))
+    sandbox.google.faults.add(
+        "status",
+        path="googleAds",
+        times=-1,
+        status=429,
+        headers={"Retry-After": hint},
+        body=quota_error("ACCOUNT"),
+    )
     t0 = time.time()
     out = json.loads(env.run("consume", "--json", "--max-seconds", "4").stdout)
     # One delivery: the hint (held at 1 s) is waited out in place twice, then the job leaves.
@@ -57,8 +77,14 @@ def test_a_zero_negative_or_nan_hint_defers_the_job_instead_of_spinning(env, san
 def test_an_endless_app_wide_hint_pauses_the_platform_for_a_day_at_most(env, sandbox, header, retry_delay):
     cids = [seed(env, "google", f"10000000{i:02d}", org=f"org-{i}") for i in range(3)]
     env.run("schedule")
-    sandbox.google.faults.add("status", path="googleAds", times=1, status=429, body=quota_error(retry_delay=retry_delay),
-                              headers={"Retry-After": header} if header else {})
+    sandbox.google.faults.add(
+        "status",
+        path="googleAds",
+        times=1,
+        status=429,
+        body=quota_error(retry_delay=retry_delay),
+        headers={"Retry-After": header} if header else {},
+    )
     t0 = time.time()
     out = json.loads(env.run("consume", "--json", "--concurrency", "1").stdout)
     assert (out["jobs"], out.get("deferred")) == (1, 1), out  # the others wait for the pause
@@ -86,7 +112,10 @@ def test_an_endless_app_wide_hint_pauses_the_platform_for_a_day_at_most(env, san
     assert all(r["deferred"] is None for r in json.loads(env.run("status", "--json").stdout))
     out = json.loads(env.run("consume", "--json").stdout)
     assert out.get("completed") == 3, out
-    assert env.run("queue", "unpause", "google").stdout.strip() == "google: was not paused; 0 deferred job(s) claimable now"
+    assert (
+        env.run("queue", "unpause", "google").stdout.strip()
+        == "google: was not paused; 0 deferred job(s) claimable now"
+    )
 
 
 def test_a_pause_written_far_in_the_future_is_shown_and_can_be_lifted(env, sandbox):
@@ -94,7 +123,9 @@ def test_a_pause_written_far_in_the_future_is_shown_and_can_be_lifted(env, sandb
     cid = seed(env, "google", "1234567890")
     env.run("schedule")
     with env.store() as c:
-        c.execute("INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES ('google', 1e12, 'quota')")
+        c.execute(
+            "INSERT INTO clearlift_platform_pauses (platform, until, reason) VALUES ('google', 1e12, 'quota')"
+        )
     assert env.run_json("queue")["paused_platforms"] == {"google": "9999-12-31T23:59:59.999Z"}
     text = env.run("queue").stdout
     assert "platform google paused by a rate limit until 9999-12-31" in text

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -17,13 +17,21 @@ from clearlift_cli.errors import Conflict, ExitCode, NotFound, UsageError
 from clearlift_cli.models import SyncJobMessage
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.timeutil import iso_z, parse_ts
-
 from tests.helpers import (
-    CLEARLIFT, cli_env, frozen, home_db, insert_connection, insert_connections, new_store, one_line_error,
-    query, raw, run_cli,
+    CLEARLIFT,
+    cli_env,
+    frozen,
+    home_db,
+    insert_connection,
+    insert_connections,
+    new_store,
+    one_line_error,
+    query,
+    raw,
+    run_cli,
 )
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def sqlite_spelling(dt: datetime) -> str:
@@ -80,11 +88,14 @@ def test_due_exactly_at_the_interval_edge(db, now, spelling):
     fmt = SPELLINGS[spelling]
     hour = timedelta(minutes=60)
     new_store(db).close()
-    under, edge, over = insert_connections(db, [
-        {"account_id": "under", "last_synced_at": fmt(now - hour + JUST_UNDER[spelling])},
-        {"account_id": "edge", "last_synced_at": fmt(now - hour)},
-        {"account_id": "over", "last_synced_at": fmt(now - hour - timedelta(seconds=1))},
-    ])
+    under, edge, over = insert_connections(
+        db,
+        [
+            {"account_id": "under", "last_synced_at": fmt(now - hour + JUST_UNDER[spelling])},
+            {"account_id": "edge", "last_synced_at": fmt(now - hour)},
+            {"account_id": "over", "last_synced_at": fmt(now - hour - timedelta(seconds=1))},
+        ],
+    )
     result = run_schedule(db, now)
     jobs = jobs_by_connection(db)
     assert set(jobs) == {edge, over}, (fmt(now - hour), result.summary())
@@ -99,12 +110,19 @@ def test_interval_override_in_settings(db, spelling, minutes):
     interval = timedelta(minutes=minutes)
     new_store(db).close()
     settings = json.dumps({"sync_interval_minutes": minutes})
-    under, edge, default_due = insert_connections(db, [
-        {"account_id": "under", "settings": settings, "last_synced_at": fmt(now - interval + JUST_UNDER[spelling])},
-        {"account_id": "edge", "settings": settings, "last_synced_at": fmt(now - interval)},
-        # due by the default hour; only due for the override when that is shorter
-        {"account_id": "hour", "settings": settings, "last_synced_at": fmt(now - timedelta(minutes=61))},
-    ])
+    under, edge, default_due = insert_connections(
+        db,
+        [
+            {
+                "account_id": "under",
+                "settings": settings,
+                "last_synced_at": fmt(now - interval + JUST_UNDER[spelling]),
+            },
+            {"account_id": "edge", "settings": settings, "last_synced_at": fmt(now - interval)},
+            # due by the default hour; only due for the override when that is shorter
+            {"account_id": "hour", "settings": settings, "last_synced_at": fmt(now - timedelta(minutes=61))},
+        ],
+    )
     result = run_schedule(db, now)
     expected = {edge} | ({default_due} if minutes < 61 else set())
     assert set(jobs_by_connection(db)) == expected
@@ -117,8 +135,9 @@ def test_not_due_connections_are_not_even_read(db):
     new_store(db).close()
     recent = sqlite_spelling(now - timedelta(minutes=10))
     insert_connections(db, [{"account_id": f"r{i}", "last_synced_at": recent} for i in range(400)])
-    due = insert_connections(db, [{"account_id": f"d{i}", "last_synced_at": iso_z(now - timedelta(hours=2))}
-                                  for i in range(3)])
+    due = insert_connections(
+        db, [{"account_id": f"d{i}", "last_synced_at": iso_z(now - timedelta(hours=2))} for i in range(3)]
+    )
     result = run_schedule(db, now)
     assert result.found == 3
     assert set(jobs_by_connection(db)) == set(due)
@@ -149,10 +168,17 @@ def test_incremental_window_starts_lookback_before_last_sync(db, spelling):
     now = NOWS[0]
     last = now - timedelta(hours=2, minutes=17)
     new_store(db).close()
-    default, own = insert_connections(db, [
-        {"account_id": "a", "last_synced_at": SPELLINGS[spelling](last)},
-        {"account_id": "b", "last_synced_at": SPELLINGS[spelling](last), "settings": '{"lookback_days": 5}'},
-    ])
+    default, own = insert_connections(
+        db,
+        [
+            {"account_id": "a", "last_synced_at": SPELLINGS[spelling](last)},
+            {
+                "account_id": "b",
+                "last_synced_at": SPELLINGS[spelling](last),
+                "settings": '{"lookback_days": 5}',
+            },
+        ],
+    )
     run_schedule(db, now)
     jobs = jobs_by_connection(db)
     for cid, days in ((default, 3), (own, 5)):
@@ -178,7 +204,9 @@ def test_configured_per_platform_lookback(db):
 def test_facebook_rereads_its_attribution_window_once_a_day(db):
     now = NOWS[0]
     new_store(db).close()
-    cid = insert_connection(db, platform="facebook", account_id="act_1", last_synced_at=iso_z(now - timedelta(hours=2)))
+    cid = insert_connection(
+        db, platform="facebook", account_id="act_1", last_synced_at=iso_z(now - timedelta(hours=2))
+    )
     run_schedule(db, now)
     (job,) = jobs_by_connection(db)[cid]
     assert parse_ts(json.loads(job["metadata"])["sync_window"]["start"]) == now - timedelta(days=28)
@@ -198,16 +226,20 @@ def test_facebook_rereads_its_attribution_window_once_a_day(db):
 # -- what is not scheduled --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status, scheduled", [("pending", False), ("running", False),
-                                                ("completed", True), ("failed", True)])
+@pytest.mark.parametrize(
+    "status, scheduled", [("pending", False), ("running", False), ("completed", True), ("failed", True)]
+)
 def test_no_second_job_while_one_is_pending_or_running(db, status, scheduled):
     now = NOWS[0]
     new_store(db).close()
     cid = insert_connection(db, account_id="x", last_synced_at="2025-10-01 00:00:00")
     c = raw(db)
     with c:  # written ten minutes ago: a running row that young is not abandoned (see test_adoption)
-        c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
-                  "VALUES ('api-job', 'org-1', ?, ?, 'full', ?)", (cid, status, iso_z(now - timedelta(minutes=10))))
+        c.execute(
+            "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
+            "VALUES ('api-job', 'org-1', ?, ?, 'full', ?)",
+            (cid, status, iso_z(now - timedelta(minutes=10))),
+        )
     c.close()
     result = run_schedule(db, now)
     assert len(jobs_by_connection(db)[cid]) == (2 if scheduled else 1)
@@ -228,11 +260,14 @@ def test_running_schedule_again_adds_nothing(db):
 def test_paused_and_reauth_connections_are_not_scheduled(db):
     now = NOWS[0]
     new_store(db).close()
-    active, paused, reauth = insert_connections(db, [
-        {"account_id": "on", "last_synced_at": None},
-        {"account_id": "off", "last_synced_at": None, "is_active": 0},
-        {"account_id": "reauth", "last_synced_at": "2025-10-01 00:00:00", "needs_reauth": 1},
-    ])
+    active, paused, reauth = insert_connections(
+        db,
+        [
+            {"account_id": "on", "last_synced_at": None},
+            {"account_id": "off", "last_synced_at": None, "is_active": 0},
+            {"account_id": "reauth", "last_synced_at": "2025-10-01 00:00:00", "needs_reauth": 1},
+        ],
+    )
     result = run_schedule(db, now)
     assert set(jobs_by_connection(db)) == {active}
     assert result.skipped == []
@@ -243,24 +278,53 @@ BROKEN = [
     {"account_id": "b2", "settings": "{not json", "last_synced_at": None},
     {"account_id": "b3", "settings": "[1, 2]", "last_synced_at": None},
     {"account_id": "b4", "last_synced_at": "yesterday"},
-    {"account_id": "b5", "settings": '{"sync_interval_minutes": -5}', "last_synced_at": "2025-10-01 00:00:00"},
+    {
+        "account_id": "b5",
+        "settings": '{"sync_interval_minutes": -5}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
     {"account_id": "b6", "settings": '{"lookback_days": "three"}', "last_synced_at": "2025-10-01 00:00:00"},
     # issue 16: each of these once overflowed date arithmetic and crashed the whole run
-    {"account_id": "b7", "settings": '{"sync_interval_minutes": 1e10}', "last_synced_at": "2025-10-01 00:00:00"},
-    {"account_id": "b8", "settings": '{"sync_interval_minutes": Infinity}', "last_synced_at": "2025-10-01 00:00:00"},
+    {
+        "account_id": "b7",
+        "settings": '{"sync_interval_minutes": 1e10}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
+    {
+        "account_id": "b8",
+        "settings": '{"sync_interval_minutes": Infinity}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
     {"account_id": "b9", "settings": '{"lookback_days": 10000000}', "last_synced_at": "2025-10-01 00:00:00"},
-    {"account_id": "b10", "settings": '{"attribution_window_days": 100000000}', "last_synced_at": "2025-10-01 00:00:00"},
-    {"account_id": "b11", "settings": '{"sync_interval_minutes": 30}', "last_synced_at": "9999-12-31T23:59:00.000Z"},
+    {
+        "account_id": "b10",
+        "settings": '{"attribution_window_days": 100000000}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
+    {
+        "account_id": "b11",
+        "settings": '{"sync_interval_minutes": 30}',
+        "last_synced_at": "9999-12-31T23:59:00.000Z",
+    },
     {"account_id": "b12", "last_synced_at": "0001-01-01T00:00:00.000Z"},
-    {"account_id": "b13", "settings": '{"sync_interval_minutes": "30"}', "last_synced_at": "2025-10-01 00:00:00"},
+    {
+        "account_id": "b13",
+        "settings": '{"sync_interval_minutes": "30"}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
 ]
 
 
 def test_broken_rows_are_reported_and_the_others_scheduled(db):
     now = NOWS[0]
     new_store(db).close()
-    good = insert_connections(db, [{"account_id": "g1", "last_synced_at": None},
-                                   {"account_id": "g2", "last_synced_at": "2025-10-01T00:00:00.000Z"}])
+    good = insert_connections(
+        db,
+        [
+            {"account_id": "g1", "last_synced_at": None},
+            {"account_id": "g2", "last_synced_at": "2025-10-01T00:00:00.000Z"},
+        ],
+    )
     broken = insert_connections(db, BROKEN)
     result = run_schedule(db, now)
     assert set(jobs_by_connection(db)) == set(good)
@@ -269,11 +333,18 @@ def test_broken_rows_are_reported_and_the_others_scheduled(db):
     assert "myspace" in reasons[broken[0]]
     assert "settings" in reasons[broken[2]] and "sync_interval_minutes" in reasons[broken[4]]
     assert "lookback_days" in reasons[broken[5]]
-    assert reasons[broken[6]] == "settings.sync_interval_minutes must be from 1 to 43200 minutes (30 days), not 10000000000.0"
+    assert (
+        reasons[broken[6]]
+        == "settings.sync_interval_minutes must be from 1 to 43200 minutes (30 days), not 10000000000.0"
+    )
     assert reasons[broken[7]] == "settings.sync_interval_minutes must be a finite number, not inf"
-    assert reasons[broken[8]] == "settings.lookback_days must be a whole number of days from 0 to 365, not 10000000"
-    assert reasons[broken[9]] == ("settings.attribution_window_days must be a whole number of days from 0 to 90, "
-                                  "not 100000000")
+    assert (
+        reasons[broken[8]]
+        == "settings.lookback_days must be a whole number of days from 0 to 365, not 10000000"
+    )
+    assert reasons[broken[9]] == (
+        "settings.attribution_window_days must be a whole number of days from 0 to 90, not 100000000"
+    )
     assert reasons[broken[10]] == "last_synced_at column '9999-12-31T23:59:00.000Z' is out of range"
     assert reasons[broken[11]] == "last_synced_at column '0001-01-01T00:00:00.000Z' is out of range"
     assert reasons[broken[12]] == "settings.sync_interval_minutes must be a number, not '30'"
@@ -285,8 +356,13 @@ def test_installed_schedule_reports_broken_rows_and_exits_0(tmp_path):
     env = cli_env(tmp_path)
     db = home_db(tmp_path)
     new_store(db).close()
-    good = insert_connections(db, [{"account_id": "g1", "last_synced_at": None},
-                                   {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"}])
+    good = insert_connections(
+        db,
+        [
+            {"account_id": "g1", "last_synced_at": None},
+            {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"},
+        ],
+    )
     broken = insert_connections(db, BROKEN)
     result = run_cli(["schedule"], env)
     assert result.returncode == 0, result.stderr
@@ -297,7 +373,9 @@ def test_installed_schedule_reports_broken_rows_and_exits_0(tmp_path):
     assert set(jobs_by_connection(db)) == set(good)
     quiet = run_cli(["-q", "schedule"], env)  # broken rows are still worth a mail under -q
     assert quiet.returncode == 0 and quiet.stdout == ""
-    assert sorted(ln.split(" skipped ")[1].split(":")[0] for ln in quiet.stderr.splitlines()) == sorted(broken)
+    assert sorted(ln.split(" skipped ")[1].split(":")[0] for ln in quiet.stderr.splitlines()) == sorted(
+        broken
+    )
 
     as_json = run_cli(["schedule", "--json"], env)
     assert as_json.returncode == 0
@@ -312,8 +390,13 @@ def test_installed_status_shows_what_schedule_skips_and_every_other_connection(t
     env = cli_env(tmp_path)
     db = home_db(tmp_path)
     new_store(db).close()
-    good = insert_connections(db, [{"account_id": "g1", "last_synced_at": None},
-                                   {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"}])
+    good = insert_connections(
+        db,
+        [
+            {"account_id": "g1", "last_synced_at": None},
+            {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"},
+        ],
+    )
     broken = insert_connections(db, BROKEN)
     table = run_cli(["status"], env)
     assert table.returncode == 1 and "Traceback" not in table.stderr, table.stderr
@@ -343,22 +426,39 @@ def test_overlapping_schedule_runs_count_jobs_already_queued_and_print_nothing(t
 
     env = cli_env(tmp_path, CLEARLIFT_DB=pg_schema_url)
     assert run_cli(["init", "--store-only"], env).returncode == 0
-    due = insert_connections(pg_schema_url, [{"account_id": f"n{i}", "last_synced_at": None} for i in range(25)])
+    due = insert_connections(
+        pg_schema_url, [{"account_id": f"n{i}", "last_synced_at": None} for i in range(25)]
+    )
     schema = pg_schema_url.rsplit("search_path%3D", 1)[1]
     # Every run reads clearlift_connection_state right after its candidates: holding that
     # table makes all three wait there, each with the same candidates in hand.
     holder = psycopg.connect(pg_schema_url, autocommit=False)
     holder.execute("LOCK TABLE clearlift_connection_state IN ACCESS EXCLUSIVE MODE")
     args = [["-q", "schedule"], ["schedule"], ["schedule", "--json"]]
-    procs = [subprocess.Popen([CLEARLIFT, *a], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for a in args]
+    procs = [
+        subprocess.Popen(
+            [CLEARLIFT, *a],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for a in args
+    ]
     try:
         watcher = psycopg.connect(pg_schema_url, autocommit=True)
         deadline = time.monotonic() + 60
-        while watcher.execute(
+        while (
+            watcher.execute(
                 "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-                (f"{schema}.clearlift_connection_state",)).fetchone()[0] < 3:
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "runs never overlapped"
+                (f"{schema}.clearlift_connection_state",),
+            ).fetchone()[0]
+            < 3
+        ):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
+                "runs never overlapped"
+            )
             time.sleep(0.02)
         watcher.close()
     finally:
@@ -387,14 +487,21 @@ def test_installed_schedule_fails_when_the_store_is_unusable(tmp_path):
 def test_job_row_and_message_are_written_together(db):
     now = NOWS[0]
     new_store(db).close()
-    insert_connections(db, [{"account_id": "n", "last_synced_at": None},
-                            {"account_id": "i", "last_synced_at": iso_z(now - timedelta(hours=5))}])
+    insert_connections(
+        db,
+        [
+            {"account_id": "n", "last_synced_at": None},
+            {"account_id": "i", "last_synced_at": iso_z(now - timedelta(hours=5))},
+        ],
+    )
     result = run_schedule(db, now)
     assert len(result.enqueued) == 2
     for job_id in result.enqueued:
         job = query(db, "SELECT * FROM sync_jobs WHERE id = ?", (job_id,))[0]
         body, row = message_for(db, job_id)
-        assert body["job_id"] == job_id and row["connection_id"] == job["connection_id"] == body["connection_id"]
+        assert (
+            body["job_id"] == job_id and row["connection_id"] == job["connection_id"] == body["connection_id"]
+        )
         meta = json.loads(job["metadata"])
         assert meta["sync_window"] == body["sync_window"]
         assert meta["priority"] == body["metadata"]["priority"]
@@ -408,16 +515,22 @@ def test_never_a_job_row_without_its_message(db):
     # the message cannot be added, so the job row must not be added either.
     now = NOWS[0]
     store = new_store(db, clock=frozen(now))
-    stuck, fine = insert_connections(db, [{"account_id": "stuck", "last_synced_at": None},
-                                          {"account_id": "fine", "last_synced_at": None}])
+    stuck, fine = insert_connections(
+        db, [{"account_id": "stuck", "last_synced_at": None}, {"account_id": "fine", "last_synced_at": None}]
+    )
     with store.write() as c:
-        c.execute("INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
-                  "created_at, updated_at) VALUES ('old-job', ?, 'google', '{}', 1, 'ready', 0, 'x', 'x')", (stuck,))
+        c.execute(
+            "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
+            "created_at, updated_at) VALUES ('old-job', ?, 'google', '{}', 1, 'ready', 0, 'x', 'x')",
+            (stuck,),
+        )
     store.close()
     result = run_schedule(db, now)
     assert [cid for cid, _ in result.skipped] == [stuck]
     assert set(jobs_by_connection(db)) == {fine}
-    orphans = query(db, "SELECT j.id FROM sync_jobs j LEFT JOIN sync_queue q ON q.job_id = j.id WHERE q.id IS NULL")
+    orphans = query(
+        db, "SELECT j.id FROM sync_jobs j LEFT JOIN sync_queue q ON q.job_id = j.id WHERE q.id IS NULL"
+    )
     assert orphans == []
 
 
@@ -466,11 +579,14 @@ def test_sync_now_backfill_window_covers_whole_days(db):
 def test_sync_now_refusals(db):
     now = NOWS[0]
     new_store(db).close()
-    active, paused, odd = insert_connections(db, [
-        {"account_id": "a", "last_synced_at": None},
-        {"account_id": "p", "last_synced_at": None, "is_active": 0},
-        {"account_id": "o", "platform": "myspace"},
-    ])
+    active, paused, odd = insert_connections(
+        db,
+        [
+            {"account_id": "a", "last_synced_at": None},
+            {"account_id": "p", "last_synced_at": None, "is_active": 0},
+            {"account_id": "o", "platform": "myspace"},
+        ],
+    )
     with pytest.raises(NotFound):
         manual(db, now, "org-1-google-nope")
     with pytest.raises(UsageError, match="paused"):
@@ -493,8 +609,13 @@ def cli_store(tmp_path):
     env = cli_env(tmp_path)
     db = home_db(tmp_path)
     new_store(db).close()
-    ids = insert_connections(db, [{"account_id": "a", "last_synced_at": None},
-                                  {"account_id": "p", "last_synced_at": None, "is_active": 0}])
+    ids = insert_connections(
+        db,
+        [
+            {"account_id": "a", "last_synced_at": None},
+            {"account_id": "p", "last_synced_at": None, "is_active": 0},
+        ],
+    )
     return env, db, ids
 
 
@@ -510,14 +631,17 @@ def test_installed_sync_now_enqueues_a_backfill(cli_store):
     SyncJobMessage.loads(query(db, "SELECT body FROM sync_queue")[0][0])  # parses as the contract's message
 
 
-@pytest.mark.parametrize("args, code, expected", [
-    (["--since", "2025-02-30"], ExitCode.USAGE, "--since"),
-    (["--until", "01/02/2025"], ExitCode.USAGE, "--until"),
-    (["--since", "2025-03-01", "--until", "2025-02-01"], ExitCode.USAGE, "after"),
-    (["--until", "2999-01-01"], ExitCode.USAGE, "future"),
-    (["--since", "0001-01-01"], ExitCode.USAGE, "--since 0001-01-01 is more than 3660 days"),
-    (["--since", "1990-01-01", "--until", "2020-01-01"], ExitCode.USAGE, "is more than 3660 days"),
-])
+@pytest.mark.parametrize(
+    "args, code, expected",
+    [
+        (["--since", "2025-02-30"], ExitCode.USAGE, "--since"),
+        (["--until", "01/02/2025"], ExitCode.USAGE, "--until"),
+        (["--since", "2025-03-01", "--until", "2025-02-01"], ExitCode.USAGE, "after"),
+        (["--until", "2999-01-01"], ExitCode.USAGE, "future"),
+        (["--since", "0001-01-01"], ExitCode.USAGE, "--since 0001-01-01 is more than 3660 days"),
+        (["--since", "1990-01-01", "--until", "2020-01-01"], ExitCode.USAGE, "is more than 3660 days"),
+    ],
+)
 def test_installed_sync_now_validates_dates(cli_store, args, code, expected):
     env, db, (active, _) = cli_store
     result = run_cli(["sync", active, "--now", *args], env)
@@ -545,7 +669,9 @@ def test_installed_sync_now_refuses_unknown_paused_and_duplicate(cli_store):
 # -- sync --now --wait that cannot run leaves nothing queued ---------------------------------
 
 
-@pytest.mark.parametrize("key", [None, "not base64 at all!", "c2hvcnQ="], ids=["missing", "malformed", "short"])
+@pytest.mark.parametrize(
+    "key", [None, "not base64 at all!", "c2hvcnQ="], ids=["missing", "malformed", "short"]
+)
 def test_installed_sync_wait_with_an_unusable_key_queues_nothing(tmp_path, key):
     env = cli_env(tmp_path, ENCRYPTION_KEY=key)
     db = home_db(tmp_path)
@@ -570,9 +696,13 @@ def test_installed_sync_wait_with_the_wrong_key_queues_nothing(tmp_path):
     env = cli_env(tmp_path)
     db = home_db(tmp_path)
     new_store(db).close()
-    active, _ = insert_connections(db, [
-        {"account_id": a, "last_synced_at": None, "credentials_encrypted": _sealed(other, "token-" + a)}
-        for a in ("a", "b")])
+    active, _ = insert_connections(
+        db,
+        [
+            {"account_id": a, "last_synced_at": None, "credentials_encrypted": _sealed(other, "token-" + a)}
+            for a in ("a", "b")
+        ],
+    )
     result = run_cli(["sync", active, "--now", "--wait"], env)
     assert result.returncode == ExitCode.CONFIG, result.stderr
     assert "nothing was enqueued" in one_line_error(result.stderr)
@@ -591,12 +721,15 @@ def test_installed_sync_wait_withdraws_its_job_when_the_run_cannot_start(tmp_pat
     env = cli_env(tmp_path)
     db = home_db(tmp_path)
     new_store(db).close()
-    mine, b, c, _ = insert_connections(db, [
-        {"account_id": "mine", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-mine")},
-        {"account_id": "b", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-b")},
-        {"account_id": "c", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-c")},
-        {"account_id": "d", "last_synced_at": None, "credentials_encrypted": _sealed(KEY_BYTES, "t-d")},
-    ])
+    mine, b, c, _ = insert_connections(
+        db,
+        [
+            {"account_id": "mine", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-mine")},
+            {"account_id": "b", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-b")},
+            {"account_id": "c", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-c")},
+            {"account_id": "d", "last_synced_at": None, "credentials_encrypted": _sealed(KEY_BYTES, "t-d")},
+        ],
+    )
     for cid in (b, c):
         assert run_cli(["sync", cid, "--now"], env).returncode == 0
     result = run_cli(["sync", mine, "--now", "--wait"], env)

@@ -12,7 +12,7 @@ import json
 import re
 import sqlite3
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,12 +23,21 @@ from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import iso_z
 from tests.e2e import Env, store_bytes, store_text
 
-UTC = timezone.utc
+UTC = UTC
 PACKAGE = Path(__file__).resolve().parent.parent / "clearlift_cli"
-APP_SECRETS = [APP_CREDENTIALS[k] for k in (
-    "GOOGLE_CLIENT_SECRET", "GOOGLE_ADS_DEVELOPER_TOKEN", "FACEBOOK_APP_SECRET", "TIKTOK_CLIENT_SECRET")]
+APP_SECRETS = [
+    APP_CREDENTIALS[k]
+    for k in (
+        "GOOGLE_CLIENT_SECRET",
+        "GOOGLE_ADS_DEVELOPER_TOKEN",
+        "FACEBOOK_APP_SECRET",
+        "TIKTOK_CLIENT_SECRET",
+    )
+]
 # Every token a sandbox issues has one of these shapes (Stripe: secret keys).
-TOKEN_SHAPE = re.compile(r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-9_-]{8,}|sk_(?:test|live)_[0-9a-f]{8,}")
+TOKEN_SHAPE = re.compile(
+    r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-9_-]{8,}|sk_(?:test|live)_[0-9a-f]{8,}"
+)
 LEVELS = {"quiet": ("-q",), "default": (), "verbose": ("-v",), "debug": ("-vv",)}
 
 
@@ -63,42 +72,104 @@ class Flows:
             access, refresh = app.tokens.issue(ttl=None)
         self.issued |= {access, refresh} - {None}
         expires = iso_z(datetime.now(UTC) + timedelta(seconds=expires_in)) if expires_in else None
-        cid, _ = core.add_connection(self.settings, core.NewConnection(
-            organization_id=f"org-{name}", platform=platform, account_id=account, account_name=name,
-            connected_by="user-1", access_token=access, refresh_token=refresh, expires_at=expires))
+        cid, _ = core.add_connection(
+            self.settings,
+            core.NewConnection(
+                organization_id=f"org-{name}",
+                platform=platform,
+                account_id=account,
+                account_name=name,
+                connected_by="user-1",
+                access_token=access,
+                refresh_token=refresh,
+                expires_at=expires,
+            ),
+        )
         self.ids[name] = cid
         self.tokens[name] = (access, refresh)
 
     def setup(self) -> None:
         # Refreshes go in expiry order per platform: the "refresh-bad" one meets the fault.
-        for platform, account in (("google", "1000000001"), ("facebook", "2000000001"), ("tiktok", "7100000001")):
+        for platform, account in (
+            ("google", "1000000001"),
+            ("facebook", "2000000001"),
+            ("tiktok", "7100000001"),
+        ):
             self.add(f"{platform}-refresh-bad", platform, account, expires_in=30)
             self.add(f"{platform}-ok", platform, account[:-1] + "2", expires_in=90)
             self.add(f"{platform}-data-bad", platform, account[:-1] + "3")
         self.add("stripe-ok", "stripe", "acct_1Ok")
         g_access, g_refresh = self.tokens["google-refresh-bad"]
-        self.sb.google.faults.add("status", path=r"^/token$", times=1, status=400, body={
-            "error": "invalid_grant",
-            "error_description": echo(g_refresh, g_access, APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"])})
-        self.sb.facebook.faults.add("status", path=r"oauth/access_token", times=1, status=400, body={"error": {
-            "message": echo(self.tokens["facebook-refresh-bad"][0], APP_CREDENTIALS["FACEBOOK_APP_SECRET"]),
-            "type": "OAuthException", "code": 190}})
+        self.sb.google.faults.add(
+            "status",
+            path=r"^/token$",
+            times=1,
+            status=400,
+            body={
+                "error": "invalid_grant",
+                "error_description": echo(g_refresh, g_access, APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"]),
+            },
+        )
+        self.sb.facebook.faults.add(
+            "status",
+            path=r"oauth/access_token",
+            times=1,
+            status=400,
+            body={
+                "error": {
+                    "message": echo(
+                        self.tokens["facebook-refresh-bad"][0], APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
+                    ),
+                    "type": "OAuthException",
+                    "code": 190,
+                }
+            },
+        )
         g_data = self.tokens["google-data-bad"][0]
-        self.sb.google.faults.add("status", path=r"customers/1000000003/", times=-1, status=400, body={"error": {
-            "code": 400, "status": "INVALID_ARGUMENT",
-            "message": echo(g_data, APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"],
-                            APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"])}})
-        self.sb.facebook.faults.add("status", path=r"act_2000000003", times=-1, status=400, body={"error": {
-            "message": echo(self.tokens["facebook-data-bad"][0], APP_CREDENTIALS["FACEBOOK_APP_SECRET"]),
-            "type": "OAuthException", "code": 100}})
+        self.sb.google.faults.add(
+            "status",
+            path=r"customers/1000000003/",
+            times=-1,
+            status=400,
+            body={
+                "error": {
+                    "code": 400,
+                    "status": "INVALID_ARGUMENT",
+                    "message": echo(
+                        g_data,
+                        APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"],
+                        APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"],
+                    ),
+                }
+            },
+        )
+        self.sb.facebook.faults.add(
+            "status",
+            path=r"act_2000000003",
+            times=-1,
+            status=400,
+            body={
+                "error": {
+                    "message": echo(
+                        self.tokens["facebook-data-bad"][0], APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
+                    ),
+                    "type": "OAuthException",
+                    "code": 100,
+                }
+            },
+        )
 
     def fail_next_sync(self, name: str) -> None:
         """`sync CONN --now --wait` whose first data request echoes the secrets and fails."""
         access, refresh = self.tokens[name]
         platform = name.split("-")[0]
         if platform == "tiktok":
-            self.sb.tiktok.fail_next(40002, times=1, path="advertiser/info",
-                                     message=echo(access, refresh or "", APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"]))
+            self.sb.tiktok.fail_next(
+                40002,
+                times=1,
+                path="advertiser/info",
+                message=echo(access, refresh or "", APP_CREDENTIALS["TIKTOK_CLIENT_SECRET"]),
+            )
         else:
             self.sb.stripe.fail_next(400, times=1, message=echo(access))
         proc = self.run("sync", self.ids[name], "--now", "--wait", check=False)
@@ -129,8 +200,19 @@ def test_no_secret_reaches_output_logs_stored_errors_status_or_the_store_file(tm
     flows.setup()
     stripe_key = sandbox.stripe.issue_key("acct_1DataBad")
     flows.issued.add(stripe_key)
-    flows.run("connections", "add", "--org", "org-stripe-data-bad", "--platform", "stripe", "--account-id",
-              "acct_1DataBad", "--connected-by", "user-1", CLEARLIFT_ACCESS_TOKEN=stripe_key)
+    flows.run(
+        "connections",
+        "add",
+        "--org",
+        "org-stripe-data-bad",
+        "--platform",
+        "stripe",
+        "--account-id",
+        "acct_1DataBad",
+        "--connected-by",
+        "user-1",
+        CLEARLIFT_ACCESS_TOKEN=stripe_key,
+    )
     flows.ids["stripe-data-bad"] = "org-stripe-data-bad-stripe-acct_1DataBad"
     flows.tokens["stripe-data-bad"] = (stripe_key, None)
     # A reader holds the store open, so its -wal and -shm files stay to be looked at (SQLite
@@ -188,22 +270,39 @@ def test_no_secret_reaches_output_logs_stored_errors_status_or_the_store_file(tm
 
 # --- SQL is built from parameters and fixed identifiers only --------------------------------------
 
-SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA|WHERE|VALUES|TRUNCATE|COPY)\b")
+SQL_WORDS = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA|WHERE|VALUES|TRUNCATE|COPY)\b"
+)
 # Expressions interpolated into SQL text that are fixed identifiers or placeholders, each
 # checked by reading the code: constants, names from the schema modules, quoted identifiers.
 ALLOWED = {
     "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
-    "scheduler.py": {"cols", "live", "marks"},  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause; "?" placeholders
+    "scheduler.py": {
+        "cols",
+        "live",
+        "marks",
+    },  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause; "?" placeholders
     # LATER_COLUMNS; cols: STATUS_COLUMNS prefixed with the table's alias
     "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl", "cols", "where"},
     # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share
     "store_pg.py": {"NOW_TEXT", "cols", "names", "where", "table", "marks", "self.schema"},
     "adoption.py": {"_LIVE_FOR_JOB"},  # a fixed NOT EXISTS clause
     "tokens.py": {"CONNECTION_COLUMNS"},
-    "warehouse/sqlite.py": {"updates", "where", "meta", "rev", "ch", "columns", "_TYPES[c.kind]",
-                            "int(self._busy_timeout * 1000)",
-                            # quoted column lists, and the ON CONFLICT clause built from them
-                            "old", "new", "_on_conflict(tbl)", "_on_conflict(STRIPE_DAILY_REVENUE)"},
+    "warehouse/sqlite.py": {
+        "updates",
+        "where",
+        "meta",
+        "rev",
+        "ch",
+        "columns",
+        "_TYPES[c.kind]",
+        "int(self._busy_timeout * 1000)",
+        # quoted column lists, and the ON CONFLICT clause built from them
+        "old",
+        "new",
+        "_on_conflict(tbl)",
+        "_on_conflict(STRIPE_DAILY_REVENUE)",
+    },
 }
 QUOTING = {"_q", "_cols"}  # the SQLite warehouse's identifier quoting, over schema names
 
@@ -216,11 +315,20 @@ def _dynamic(node: ast.AST) -> list[str]:
         return [part for v in node.values if isinstance(v, ast.FormattedValue) for part in _dynamic(v.value)]
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return _dynamic(node.left) + _dynamic(node.right)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and isinstance(node.left, ast.Constant) \
-            and node.left.value == "?":
+    if (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Mult)
+        and isinstance(node.left, ast.Constant)
+        and node.left.value == "?"
+    ):
         return []  # '?' * n: placeholders
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join" \
-            and isinstance(node.func.value, ast.Constant) and len(node.args) == 1:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "join"
+        and isinstance(node.func.value, ast.Constant)
+        and len(node.args) == 1
+    ):
         arg = node.args[0]
         return _dynamic(arg.elt if isinstance(arg, (ast.GeneratorExp, ast.ListComp)) else arg)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in QUOTING:
@@ -229,8 +337,10 @@ def _dynamic(node: ast.AST) -> list[str]:
 
 
 def _has_sql(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Constant) and isinstance(n.value, str) and SQL_WORDS.search(n.value)
-               for n in ast.walk(node))
+    return any(
+        isinstance(n, ast.Constant) and isinstance(n.value, str) and SQL_WORDS.search(n.value)
+        for n in ast.walk(node)
+    )
 
 
 def sql_built_from_values(source: str, allowed: set[str]) -> list[tuple[int, str]]:
@@ -245,15 +355,20 @@ def sql_built_from_values(source: str, allowed: set[str]) -> list[tuple[int, str
             parts = _dynamic(node)
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _has_sql(node.left):
             parts = [ast.unparse(node.right)]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format" \
-                and isinstance(node.func.value, ast.Constant) and _has_sql(node.func.value):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "format"
+            and isinstance(node.func.value, ast.Constant)
+            and _has_sql(node.func.value)
+        ):
             parts = [ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)]]
         found += [(node.lineno, p) for p in parts if p not in allowed]
     return sorted(set(found))
 
 
 def test_the_sql_scan_finds_values_spliced_into_sql():
-    bad = '''
+    bad = """
 def f(c, user_id, name, days):
     c.execute(f"SELECT * FROM sync_jobs WHERE id = '{user_id}'")
     c.execute("DELETE FROM sync_queue WHERE job_id = " + name)
@@ -262,7 +377,7 @@ def f(c, user_id, name, days):
     c.execute("SELECT * FROM sync_jobs WHERE id = ?", (user_id,))
     c.execute(f"SELECT x FROM t WHERE id IN ({','.join('?' * len(name))})", name)
     log.info(f"job {user_id} done")
-'''
+"""
     assert sql_built_from_values(bad, set()) == [(3, "user_id"), (4, "name"), (5, "name"), (6, "days")]
 
 
@@ -315,14 +430,18 @@ def test_init_prints_the_store_and_warehouse_urls_masked(tmp_path, pg_schema_url
 
 
 @pytest.mark.parametrize("variable", ["CLEARLIFT_DB", "CLEARLIFT_WAREHOUSE_URL"])
-@pytest.mark.parametrize("password,host", [
-    ("pa ss w0rd", "127.0.0.1:5432"),       # a space: libpq quotes the password back
-    ("Sekr1tPw", "[::1"),                    # a malformed IPv6 host: urlsplit raises
-    ("pw@with/slash", "127.0.0.1:5432"),     # '@' and '/' in the password
-    ("x", "[fe80::1%zz]:5432"),              # too short to register: masked all the same
-])
+@pytest.mark.parametrize(
+    "password,host",
+    [
+        ("pa ss w0rd", "127.0.0.1:5432"),  # a space: libpq quotes the password back
+        ("Sekr1tPw", "[::1"),  # a malformed IPv6 host: urlsplit raises
+        ("pw@with/slash", "127.0.0.1:5432"),  # '@' and '/' in the password
+        ("x", "[fe80::1%zz]:5432"),  # too short to register: masked all the same
+    ],
+)
 def test_a_malformed_url_is_a_clear_error_that_quotes_neither_password_nor_url(
-        tmp_path, variable, password, host):
+    tmp_path, variable, password, host
+):
     from tests.helpers import cli_env, run_cli
 
     url = f"postgresql://alice:{password}@{host}/test?connect_timeout=2"
@@ -363,11 +482,27 @@ def test_a_key_file_or_config_file_others_can_read_is_warned_about_once(tmp_path
     key_file.write_text(KEY_B64 + "\n")
     config = tmp_path / "config.toml"
     config.write_text('clearlift_http_timeout = "30"\n')
-    env = cli_env(tmp_path, ENCRYPTION_KEY=None, ENCRYPTION_KEY_FILE=str(key_file),
-                  CLEARLIFT_CONFIG=str(config), CLEARLIFT_ACCESS_TOKEN="token-token-token")
+    env = cli_env(
+        tmp_path,
+        ENCRYPTION_KEY=None,
+        ENCRYPTION_KEY_FILE=str(key_file),
+        CLEARLIFT_CONFIG=str(config),
+        CLEARLIFT_ACCESS_TOKEN="token-token-token",
+    )
     assert run_cli(["init"], env).returncode == 0
-    add = ["-q", "connections", "add", "--org", "org-1", "--platform", "google",
-           "--account-id", "123", "--connected-by", "u-1"]
+    add = [
+        "-q",
+        "connections",
+        "add",
+        "--org",
+        "org-1",
+        "--platform",
+        "google",
+        "--account-id",
+        "123",
+        "--connected-by",
+        "u-1",
+    ]
 
     def warnings() -> list[str]:
         proc = run_cli(add, env)

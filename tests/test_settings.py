@@ -16,7 +16,6 @@ from clearlift_cli.settings import (
     KeyWrongLength,
     resolve,
 )
-
 from tests.helpers import KEY_B64, KEY_BYTES, cli_env, one_line_error, run_cli
 
 
@@ -32,8 +31,12 @@ LAYERED = {
     "db": ("/srv/flag.db", "/srv/env.db", "/srv/config.db", None),
     "warehouse_url": ("sqlite:///flag.db", "sqlite:///env.db", "sqlite:///config.db", None),
     "google_client_id": ("flag-client", "env-client", "config-client", None),
-    "facebook_url": ("http://127.0.0.1:1/flag", "http://127.0.0.1:1/env", "http://127.0.0.1:1/config",
-                     "https://graph.facebook.com"),
+    "facebook_url": (
+        "http://127.0.0.1:1/flag",
+        "http://127.0.0.1:1/env",
+        "http://127.0.0.1:1/config",
+        "https://graph.facebook.com",
+    ),
     "facebook_api_version": ("v1.0", "v2.0", "v3.0", DEFAULT_FACEBOOK_API_VERSION),
     "http_timeout": (5.0, 7.0, 9.0, 60.0),
 }
@@ -73,8 +76,11 @@ def test_precedence_flag_env_config_default(tmp_path, layer):
 
 
 def test_config_accepts_field_names_and_env_names(tmp_path):
-    cfg = write_config(tmp_path / "c.toml", 'google_client_id = "by-env-name"\ntiktok_app_id = "app-7"\n'
-                                            'CLEARLIFT_STRIPE_URL = "http://127.0.0.1:9/"\n')
+    cfg = write_config(
+        tmp_path / "c.toml",
+        'google_client_id = "by-env-name"\ntiktok_app_id = "app-7"\n'
+        'CLEARLIFT_STRIPE_URL = "http://127.0.0.1:9/"\n',
+    )
     s = resolve(flags={"home": str(tmp_path), "config_path": str(cfg)}, environ={})
     assert s.google_client_id == "by-env-name"
     assert s.tiktok_app_id == "app-7"
@@ -122,7 +128,9 @@ def test_default_paths_follow_xdg_data_home(tmp_path):
 def test_default_paths_without_xdg_use_home_local_share(tmp_path):
     s = resolve(environ={"HOME": str(tmp_path / "me")})
     assert s.home == tmp_path / "me" / ".local" / "share" / "clearlift"
-    assert s.warehouse_url == f"sqlite:///{tmp_path / 'me' / '.local' / 'share' / 'clearlift' / 'warehouse.db'}"
+    assert (
+        s.warehouse_url == f"sqlite:///{tmp_path / 'me' / '.local' / 'share' / 'clearlift' / 'warehouse.db'}"
+    )
 
 
 def test_db_flag_beats_home_default(tmp_path):
@@ -224,7 +232,11 @@ def test_key_problems_are_distinct_errors_without_the_key(tmp_path):
 
 def test_settings_repr_hides_secrets(tmp_path):
     s = resolve(
-        flags={"home": str(tmp_path), "google_client_secret": "gcs-very-secret-1", "facebook_app_secret": "fb-very-secret-2"},
+        flags={
+            "home": str(tmp_path),
+            "google_client_secret": "gcs-very-secret-1",
+            "facebook_app_secret": "fb-very-secret-2",
+        },
         environ={"ENCRYPTION_KEY": KEY_B64},
     )
     text = repr(s)
@@ -236,8 +248,21 @@ def test_settings_repr_hides_secrets(tmp_path):
 def test_bad_key_through_the_installed_command_exits_3_without_the_key(tmp_path):
     env = cli_env(tmp_path, ENCRYPTION_KEY="c2hvcnQta2V5LXZhbHVl", CLEARLIFT_ACCESS_TOKEN="tok-abcdefgh-123")
     assert run_cli(["init", "--store-only"], env).returncode == 0
-    result = run_cli(["connections", "add", "--org", "org-1", "--platform", "google",
-                      "--account-id", "123", "--connected-by", "u1"], env)
+    result = run_cli(
+        [
+            "connections",
+            "add",
+            "--org",
+            "org-1",
+            "--platform",
+            "google",
+            "--account-id",
+            "123",
+            "--connected-by",
+            "u1",
+        ],
+        env,
+    )
     assert result.returncode == 3, result.stderr
     assert "32 bytes" in result.stderr
     assert "c2hvcnQta2V5LXZhbHVl" not in result.stderr + result.stdout
@@ -264,8 +289,15 @@ def test_unknown_store_url_scheme_exits_3_and_creates_nothing(tmp_path, url, com
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = cli_env(tmp_path, CLEARLIFT_DB=url)
-    result = subprocess.run([CLEARLIFT, *command], env=env, cwd=cwd, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=60)
+    result = subprocess.run(
+        [CLEARLIFT, *command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert result.returncode == 3, result.stderr
     line = one_line_error(result.stderr)
     assert "unsupported store URL" in line and "sqlite:///path" in line and "postgresql://" in line

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
 from tests.helpers import cli_env, home_db, insert_connections, new_store, raw, run_cli
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def fill(db, n: int = 120) -> dict[str, list[str]]:
@@ -25,8 +25,13 @@ def fill(db, n: int = 120) -> dict[str, list[str]]:
     rows, kinds = [], {"failed": [], "reauth": [], "paused": [], "ok": []}
     for i in range(n):
         platform = ("google", "facebook", "tiktok", "stripe")[i % 4]
-        row = {"organization_id": f"org-{i:03d}", "platform": platform, "account_id": f"{1000 + i}",
-               "sync_status": "completed", "last_synced_at": "2025-10-10T19:00:00.000Z"}
+        row = {
+            "organization_id": f"org-{i:03d}",
+            "platform": platform,
+            "account_id": f"{1000 + i}",
+            "sync_status": "completed",
+            "last_synced_at": "2025-10-10T19:00:00.000Z",
+        }
         kind = "ok"
         if i % 30 == 7:
             row.update(is_active=0, sync_status="failed")
@@ -45,11 +50,20 @@ def fill(db, n: int = 120) -> dict[str, list[str]]:
         for r in rows:
             cid = f"{r['organization_id']}-{r['platform']}-{r['account_id']}"
             for k, created in enumerate(("2025-10-09T19:00:00.000Z", "2025-10-10T19:00:00.000Z")):
-                c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, "
-                          "completed_at, records_synced, metadata) VALUES (?, ?, ?, ?, 'incremental', ?, ?, ?, ?)",
-                          (f"job-{cid}-{k}", r["organization_id"], cid,
-                           "failed" if k and r["sync_status"] == "failed" else "completed", created, created,
-                           10 + k, json.dumps({"records_synced": 10 + k})))
+                c.execute(
+                    "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, "
+                    "completed_at, records_synced, metadata) VALUES (?, ?, ?, ?, 'incremental', ?, ?, ?, ?)",
+                    (
+                        f"job-{cid}-{k}",
+                        r["organization_id"],
+                        cid,
+                        "failed" if k and r["sync_status"] == "failed" else "completed",
+                        created,
+                        created,
+                        10 + k,
+                        json.dumps({"records_synced": 10 + k}),
+                    ),
+                )
     c.close()
     return kinds
 
@@ -66,13 +80,18 @@ def test_overview_counts_everything_and_shows_failing_rows_first(store):
     s, kinds = store
     ov = st.overview(s, limit=20)
     assert ov.total == 120 and ov.paused == len(kinds["paused"]) and ov.active == 120 - len(kinds["paused"])
-    assert ov.failing == len(kinds["failed"]) + len(kinds["reauth"]) and ov.needs_reauth == len(kinds["reauth"])
-    assert ov.by_status == {"completed": len(kinds["ok"]), "failed": len(kinds["failed"]) + len(kinds["reauth"])}
+    assert ov.failing == len(kinds["failed"]) + len(kinds["reauth"]) and ov.needs_reauth == len(
+        kinds["reauth"]
+    )
+    assert ov.by_status == {
+        "completed": len(kinds["ok"]),
+        "failed": len(kinds["failed"]) + len(kinds["reauth"]),
+    }
     shown = [r.connection.id for r in ov.reports]
     assert len(shown) == 20
-    assert shown[:len(kinds["reauth"])] == sorted(kinds["reauth"])
+    assert shown[: len(kinds["reauth"])] == sorted(kinds["reauth"])
     failing = len(kinds["reauth"]) + len(kinds["failed"])
-    assert shown[len(kinds["reauth"]):failing] == sorted(kinds["failed"])
+    assert shown[len(kinds["reauth"]) : failing] == sorted(kinds["failed"])
     assert all(not r.failing for r in ov.reports[failing:])
     assert ov.hidden == 100 and ov.hidden_failing == 0
     # the latest job of each connection, not an older one
@@ -98,7 +117,9 @@ def test_a_row_schedule_cannot_plan_counts_as_failing(store):
     broken = next(r for r in ov.reports if r.connection.id == ok_id)
     assert broken.failing and "settings column is not valid JSON" in broken.problem
     rows, _, _ = st.status_json(s, failing_only=True)
-    assert "settings column is not valid JSON" in next(r for r in rows if r["connection_id"] == ok_id)["problem"]
+    assert (
+        "settings column is not valid JSON" in next(r for r in rows if r["connection_id"] == ok_id)["problem"]
+    )
 
 
 def test_status_json_rows_match_the_single_connection_shape(store):
@@ -108,8 +129,9 @@ def test_status_json_rows_match_the_single_connection_shape(store):
     assert len(rows) == 120
     one = next(r for r in rows if r["connection_id"] == kinds["failed"][0])
     report = st.connection_report(s, kinds["failed"][0])
-    assert {k: v for k, v in one.items() if k not in ("connection_id", "problem", "deferred")} \
-        == st.sync_status(report.connection, report.latest_job)
+    assert {
+        k: v for k, v in one.items() if k not in ("connection_id", "problem", "deferred")
+    } == st.sync_status(report.connection, report.latest_job)
     assert one["problem"] is None
     assert one["latest_sync"]["records_synced"] == 11 and one["latest_sync"]["status"] == "failed"
     only, _, _ = st.status_json(s, failing_only=True)
@@ -131,9 +153,11 @@ def test_status_shows_a_screenful_and_all_rows_on_request(cli):
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     failing = len(kinds["failed"]) + len(kinds["reauth"])
-    assert lines[0] == (f"120 connection(s): {120 - len(kinds['paused'])} active ({len(kinds['ok'])} completed, "
-                        f"{failing} failed), {len(kinds['paused'])} paused; {failing} failing "
-                        f"({len(kinds['reauth'])} need re-auth)")
+    assert lines[0] == (
+        f"120 connection(s): {120 - len(kinds['paused'])} active ({len(kinds['ok'])} completed, "
+        f"{failing} failed), {len(kinds['paused'])} paused; {failing} failing "
+        f"({len(kinds['reauth'])} need re-auth)"
+    )
     table_rows = [ln for ln in lines if re.match(r"^│ org-\d{3}-", ln)]
     assert len(table_rows) == 50  # a screenful when not on a terminal
     assert kinds["reauth"][0] in table_rows[0] and "needs re-auth" in table_rows[0]
@@ -165,8 +189,10 @@ def test_status_json_exits_1_exactly_when_the_table_does(cli):
 def test_a_sunset_or_ending_api_version_is_one_warning_line(cli, tmp_path):
     env, kinds, db = cli
     old = dict(env, CLEARLIFT_GOOGLE_ADS_API_VERSION="v22")
-    expected = ("warning: Google Ads API v22 is no longer served (sunset 2026-10-07): set "
-                "CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer")
+    expected = (
+        "warning: Google Ads API v22 is no longer served (sunset 2026-10-07): set "
+        "CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer"
+    )
     table = run_cli(["status"], old)
     assert table.stdout.splitlines()[1] == expected
     assert sum("warning:" in ln for ln in table.stdout.splitlines()) == 1
@@ -186,11 +212,14 @@ def test_a_sunset_or_ending_api_version_is_one_warning_line(cli, tmp_path):
         ov = st.overview(store, limit=10, settings=settings)
     finally:
         store.close()
-    assert ov.notices == ["Google Ads API v26 is sunset on 2027-11-01 (31 days): set "
-                          "CLEARLIFT_GOOGLE_ADS_API_VERSION to a newer version (and upgrade clearlift)"]
+    assert ov.notices == [
+        "Google Ads API v26 is sunset on 2027-11-01 (31 days): set "
+        "CLEARLIFT_GOOGLE_ADS_API_VERSION to a newer version (and upgrade clearlift)"
+    ]
 
 
 # -- the JSON of every reporting command, as documented in its --help ---------------------
+
 
 def documented_keys(env, *command: str) -> set[str]:
     help_text = run_cli([*command, "--help"], env).stdout
@@ -203,32 +232,73 @@ def test_every_reporting_command_prints_the_json_its_help_documents(cli):
 
     rows = json.loads(run_cli(["status", "--json"], env).stdout)
     assert list(rows[0]) == ["connection_id", "connection", "latest_sync", "problem", "deferred"]
-    assert list(rows[0]["connection"]) == ["platform", "account_name", "is_active", "last_synced_at", "sync_status"]
+    assert list(rows[0]["connection"]) == [
+        "platform",
+        "account_name",
+        "is_active",
+        "last_synced_at",
+        "sync_status",
+    ]
     assert list(rows[0]["latest_sync"]) == ["status", "type", "completed_at", "records_synced", "error"]
     one = json.loads(run_cli(["status", failing_id, "--json"], env).stdout)
     assert list(one) == ["connection", "latest_sync"]
-    assert {"connection_id", "connection", "latest_sync", "problem", "deferred", *rows[0]["connection"], *rows[0]["latest_sync"]} \
-        <= documented_keys(env, "status")
+    assert {
+        "connection_id",
+        "connection",
+        "latest_sync",
+        "problem",
+        "deferred",
+        *rows[0]["connection"],
+        *rows[0]["latest_sync"],
+    } <= documented_keys(env, "status")
 
     queue = json.loads(run_cli(["queue", "--json"], env).stdout)
-    assert list(queue) == ["ready", "delayed", "leased", "dead", "done", "oldest_ready_age_seconds",
-                           "paused_platforms"]
+    assert list(queue) == [
+        "ready",
+        "delayed",
+        "leased",
+        "dead",
+        "done",
+        "oldest_ready_age_seconds",
+        "paused_platforms",
+    ]
     assert list(queue["ready"]) == ["high", "normal"]
     assert set(queue) | set(queue["ready"]) <= documented_keys(env, "queue")
 
     c = raw(db)
     with c:
-        c.execute("INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
-                  "attempts, last_error, created_at, updated_at, finished_at) VALUES ('j1', ?, 'google', '{}', 1, "
-                  "'dead', 0, 4, 'HTTP 400', 'x', 'x', '2025-10-10T20:00:00.000Z')", (failing_id,))
+        c.execute(
+            "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
+            "attempts, last_error, created_at, updated_at, finished_at) VALUES ('j1', ?, 'google', '{}', 1, "
+            "'dead', 0, 4, 'HTTP 400', 'x', 'x', '2025-10-10T20:00:00.000Z')",
+            (failing_id,),
+        )
     c.close()
     dead = json.loads(run_cli(["queue", "dead", "--json"], env).stdout)
-    assert list(dead[0]) == ["id", "job_id", "connection_id", "platform", "attempts", "last_error", "finished_at"]
+    assert list(dead[0]) == [
+        "id",
+        "job_id",
+        "connection_id",
+        "platform",
+        "attempts",
+        "last_error",
+        "finished_at",
+    ]
     assert set(dead[0]) <= documented_keys(env, "queue", "dead")
 
     conns = json.loads(run_cli(["connections", "list", "--json"], env).stdout)
-    assert list(conns[0]) == ["id", "organization_id", "platform", "account_id", "account_name", "is_active",
-                              "sync_status", "last_synced_at", "expires_at", "needs_reauth"]
+    assert list(conns[0]) == [
+        "id",
+        "organization_id",
+        "platform",
+        "account_id",
+        "account_name",
+        "is_active",
+        "sync_status",
+        "last_synced_at",
+        "expires_at",
+        "needs_reauth",
+    ]
     assert set(conns[0]) <= documented_keys(env, "connections", "list")
 
     proc = run_cli(["doctor", "--json"], env)
@@ -238,8 +308,9 @@ def test_every_reporting_command_prints_the_json_its_help_documents(cli):
     assert list(report["counts"]) == ["ok", "warn", "fail"]
     assert list(report["settings"][0]) == ["name", "value", "source"]
     assert list(report["checks"][0]) == ["name", "status", "message", "fix"]
-    assert set(report) | set(report["counts"]) | set(report["settings"][0]) | set(report["checks"][0]) \
-        <= documented_keys(env, "doctor")
+    assert set(report) | set(report["counts"]) | set(report["settings"][0]) | set(
+        report["checks"][0]
+    ) <= documented_keys(env, "doctor")
     documented_checks = run_cli(["doctor", "--help"], env).stdout.replace("\n", " ")
     for check in report["checks"]:
         generic = re.sub(r"\.(google|facebook|tiktok|stripe)$", ".PLATFORM", check["name"])

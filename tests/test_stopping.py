@@ -19,7 +19,6 @@ from clearlift_cli.settings import resolve
 from tests.e2e import Env, popen, queue_row, seed, wait_for
 from tests.test_reliability import assert_job_landed_exactly
 
-
 # `env` (conftest) with the embedded SQLite warehouse.
 pytestmark = pytest.mark.sqlite_warehouse
 
@@ -41,8 +40,11 @@ def test_a_stopping_consumer_renews_its_running_jobs_lease_so_no_one_runs_it_twi
     lease = 1.5
     first = consumer(env, "first", lease)
     results = []
-    runner = threading.Thread(target=lambda: results.append(
-        first.run(concurrency=1, max_seconds=0.2 if stop == "max-seconds" else None)))
+    runner = threading.Thread(
+        target=lambda: results.append(
+            first.run(concurrency=1, max_seconds=0.2 if stop == "max-seconds" else None)
+        )
+    )
     runner.start()
     try:
         wait_for(lambda: sandbox.google.requests, 10, "the first consumer's first request")
@@ -160,9 +162,16 @@ def test_a_streamed_answer_that_stalls_is_cut_when_its_next_element_is_late(sand
     sandbox.google.configure_account("1234567890", campaigns=600)
     by_env = {env: name for name, env in ENV_NAMES.items()}
     flags = {by_env[k]: v for k, v in APP_CREDENTIALS.items() if k.startswith("GOOGLE")}
-    settings = resolve(flags={**flags, "home": str(tmp_path), "google_ads_url": sandbox.servers["google"].base_url,
-                              "google_oauth_url": sandbox.servers["google"].base_url, "http_timeout": 1},
-                       environ={})
+    settings = resolve(
+        flags={
+            **flags,
+            "home": str(tmp_path),
+            "google_ads_url": sandbox.servers["google"].base_url,
+            "google_oauth_url": sandbox.servers["google"].base_url,
+            "http_timeout": 1,
+        },
+        environ={},
+    )
     access, _ = sandbox.google.tokens.issue(ttl=3600)
     ctx = PlatformContext(settings=settings, account_id="1234567890", connection_settings={})
     client = google.CLIENT(ctx, Credentials(access_token=access))
@@ -180,4 +189,6 @@ def test_a_streamed_answer_that_stalls_is_cut_when_its_next_element_is_late(sand
 
 def test_an_endless_stop_grace_is_refused(env):
     proc = env.run("consume", "--stop-grace", "inf", check=False)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --stop-grace must be a finite number"), proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --stop-grace must be a finite number"), (
+        proc.stderr
+    )

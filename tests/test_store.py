@@ -6,21 +6,23 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from clearlift_cli.errors import StoreError
 from clearlift_cli.store import BUSY_TIMEOUT_MS, LATER_COLUMNS, open_store
 from clearlift_cli.timeutil import iso_z, parse_ts
-
 from tests.helpers import cli_env, home_db, new_store, one_line_error, query, run_cli
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def schema_of(path) -> list[tuple]:
-    return [tuple(r) for r in query(path, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")]
+    return [
+        tuple(r)
+        for r in query(path, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")
+    ]
 
 
 # -- init -------------------------------------------------------------------------------
@@ -109,17 +111,45 @@ CREATE INDEX idx_sync_jobs_org_created ON sync_jobs (organization_id, created_at
 
 D1_COLUMNS = {
     "platform_connections": [
-        "id", "organization_id", "platform", "account_id", "account_name", "connected_by",
-        "connected_at", "last_synced_at", "sync_status", "sync_error", "is_active", "settings",
-        "credentials_encrypted", "refresh_token_encrypted", "expires_at", "scopes",
+        "id",
+        "organization_id",
+        "platform",
+        "account_id",
+        "account_name",
+        "connected_by",
+        "connected_at",
+        "last_synced_at",
+        "sync_status",
+        "sync_error",
+        "is_active",
+        "settings",
+        "credentials_encrypted",
+        "refresh_token_encrypted",
+        "expires_at",
+        "scopes",
     ],
     "sync_jobs": [
-        "id", "organization_id", "connection_id", "status", "job_type", "started_at",
-        "completed_at", "error_message", "records_synced", "created_at", "metadata",
+        "id",
+        "organization_id",
+        "connection_id",
+        "status",
+        "job_type",
+        "started_at",
+        "completed_at",
+        "error_message",
+        "records_synced",
+        "created_at",
+        "metadata",
     ],
     "onboarding_progress": [
-        "user_id", "organization_id", "current_step", "services_connected", "first_sync_completed",
-        "completed_at", "created_at", "updated_at",
+        "user_id",
+        "organization_id",
+        "current_step",
+        "services_connected",
+        "first_sync_completed",
+        "completed_at",
+        "created_at",
+        "updated_at",
     ],
     "organizations": ["id", "name", "created_at"],
 }
@@ -134,35 +164,106 @@ def make_d1_copy(path) -> None:
         "credentials_encrypted, refresh_token_encrypted, expires_at, scopes) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            ("org-1-google-1234567890", "org-1", "google", "1234567890", "Ünïcode Ads", "user-1",
-             "2025-10-10T20:45:30.123Z", "2025-10-11T08:00:00.000Z", "completed", None, 1,
-             '{"sync_interval_minutes": 30}', "Y2lwaGVydGV4dA==", "cmVmcmVzaA==",
-             "2025-10-11T09:00:00.000Z", "https://www.googleapis.com/auth/adwords"),
-            ("org-1-facebook-act_99", "org-1", "facebook", "act_99", None, "user-2",
-             "2025-10-10 20:45:30", "2025-10-11 08:00:00", "failed", "Token expired", 0,
-             "{}", "ZmJjaXBoZXI=", None, None, None),
-            ("org-2-stripe-acct_1", "org-2", "stripe", "acct_1", "Shop", "user-3",
-             "2025-09-01 00:00:00", None, "pending", None, 1, "{ \"odd\" :  \"spacing\" }",
-             "c3RyaXBl", None, None, ""),
+            (
+                "org-1-google-1234567890",
+                "org-1",
+                "google",
+                "1234567890",
+                "Ünïcode Ads",
+                "user-1",
+                "2025-10-10T20:45:30.123Z",
+                "2025-10-11T08:00:00.000Z",
+                "completed",
+                None,
+                1,
+                '{"sync_interval_minutes": 30}',
+                "Y2lwaGVydGV4dA==",
+                "cmVmcmVzaA==",
+                "2025-10-11T09:00:00.000Z",
+                "https://www.googleapis.com/auth/adwords",
+            ),
+            (
+                "org-1-facebook-act_99",
+                "org-1",
+                "facebook",
+                "act_99",
+                None,
+                "user-2",
+                "2025-10-10 20:45:30",
+                "2025-10-11 08:00:00",
+                "failed",
+                "Token expired",
+                0,
+                "{}",
+                "ZmJjaXBoZXI=",
+                None,
+                None,
+                None,
+            ),
+            (
+                "org-2-stripe-acct_1",
+                "org-2",
+                "stripe",
+                "acct_1",
+                "Shop",
+                "user-3",
+                "2025-09-01 00:00:00",
+                None,
+                "pending",
+                None,
+                1,
+                '{ "odd" :  "spacing" }',
+                "c3RyaXBl",
+                None,
+                None,
+                "",
+            ),
         ],
     )
     # connected_at left to the column default: SQLite's own spelling
-    c.execute("INSERT INTO platform_connections (id, organization_id, platform, account_id, connected_by) "
-              "VALUES ('org-3-tiktok-7', 'org-3', 'tiktok', '7', 'user-4')")
+    c.execute(
+        "INSERT INTO platform_connections (id, organization_id, platform, account_id, connected_by) "
+        "VALUES ('org-3-tiktok-7', 'org-3', 'tiktok', '7', 'user-4')"
+    )
     c.executemany(
         "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, started_at, "
         "completed_at, error_message, records_synced, created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            ("job-a", "org-1", "org-1-google-1234567890", "completed", "full", "2025-10-11T07:59:00.000Z",
-             "2025-10-11T08:00:00.000Z", None, 45, "2025-10-11T07:58:59.999Z",
-             '{"records_synced":45,"sync_window":{"start":"2025-10-04T08:00:00.000Z","end":"2025-10-11T08:00:00.000Z"}}'),
-            ("job-b", "org-1", "org-1-facebook-act_99", "failed", "incremental", "2025-10-11 07:00:00",
-             "2025-10-11 07:01:00", "Token expired", 0, "2025-10-11 06:59:59", "{}"),
+            (
+                "job-a",
+                "org-1",
+                "org-1-google-1234567890",
+                "completed",
+                "full",
+                "2025-10-11T07:59:00.000Z",
+                "2025-10-11T08:00:00.000Z",
+                None,
+                45,
+                "2025-10-11T07:58:59.999Z",
+                '{"records_synced":45,"sync_window":{"start":"2025-10-04T08:00:00.000Z","end":"2025-10-11T08:00:00.000Z"}}',
+            ),
+            (
+                "job-b",
+                "org-1",
+                "org-1-facebook-act_99",
+                "failed",
+                "incremental",
+                "2025-10-11 07:00:00",
+                "2025-10-11 07:01:00",
+                "Token expired",
+                0,
+                "2025-10-11 06:59:59",
+                "{}",
+            ),
         ],
     )
-    c.execute("INSERT INTO sync_jobs (id, organization_id, connection_id) VALUES ('job-c', 'org-2', 'org-2-stripe-acct_1')")
-    c.execute("INSERT INTO onboarding_progress (user_id, organization_id, current_step, services_connected) "
-              "VALUES ('user-1', 'org-1', 'first_sync', 2)")
+    c.execute(
+        "INSERT INTO sync_jobs (id, organization_id, connection_id) VALUES ('job-c', 'org-2', 'org-2-stripe-acct_1')"
+    )
+    c.execute(
+        "INSERT INTO onboarding_progress (user_id, organization_id, current_step, services_connected) "
+        "VALUES ('user-1', 'org-1', 'first_sync', 2)"
+    )
     c.execute("INSERT INTO organizations (id, name) VALUES ('org-1', 'Acme')")
     c.commit()
     c.close()
@@ -198,14 +299,20 @@ def test_init_on_a_d1_copy_keeps_every_row_and_adds_later_columns(tmp_path):
     pc, sj = info["platform_connections"], info["sync_jobs"]
     assert pc["needs_reauth"]["type"] == "BOOLEAN" and pc["needs_reauth"]["dflt_value"] == "FALSE"
     assert pc["reauth_reason"]["type"] == "TEXT" and pc["reauth_detected_at"]["type"] == "DATETIME"
-    assert pc["consecutive_auth_failures"]["type"] == "INTEGER" and pc["consecutive_auth_failures"]["dflt_value"] == "0"
+    assert (
+        pc["consecutive_auth_failures"]["type"] == "INTEGER"
+        and pc["consecutive_auth_failures"]["dflt_value"] == "0"
+    )
     assert sj["updated_at"]["type"] == "DATETIME" and sj["current_phase"]["type"] == "TEXT"
     assert sj["total_records"]["type"] == "INTEGER"
     assert sj["progress_percentage"]["type"] == "INTEGER" and sj["progress_percentage"]["dflt_value"] == "0"
 
     # existing rows read the later columns' defaults
-    rows = query(db, "SELECT needs_reauth, reauth_reason, reauth_detected_at, consecutive_auth_failures "
-                     "FROM platform_connections")
+    rows = query(
+        db,
+        "SELECT needs_reauth, reauth_reason, reauth_detected_at, consecutive_auth_failures "
+        "FROM platform_connections",
+    )
     assert [tuple(r) for r in rows] == [(0, None, None, 0)] * 4
     rows = query(db, "SELECT updated_at, current_phase, total_records, progress_percentage FROM sync_jobs")
     assert [tuple(r) for r in rows] == [(None, None, None, 0)] * 3
@@ -220,12 +327,28 @@ def test_connections_add_on_a_d1_copy_updates_the_existing_row(tmp_path):
     make_d1_copy(db)
     env = cli_env(tmp_path, CLEARLIFT_DB=str(db), CLEARLIFT_ACCESS_TOKEN="ya29.reconnected-token")
     assert run_cli(["init", "--store-only"], env).returncode == 0
-    result = run_cli(["connections", "add", "--org", "org-1", "--platform", "facebook", "--account-id", "act_99",
-                      "--connected-by", "user-9"], env)
+    result = run_cli(
+        [
+            "connections",
+            "add",
+            "--org",
+            "org-1",
+            "--platform",
+            "facebook",
+            "--account-id",
+            "act_99",
+            "--connected-by",
+            "user-9",
+        ],
+        env,
+    )
     assert result.returncode == 0, result.stderr
     assert "updated connection org-1-facebook-act_99" in result.stdout
-    rows = query(db, "SELECT connected_at, connected_by, is_active FROM platform_connections "
-                     "WHERE organization_id = 'org-1' AND platform = 'facebook'")
+    rows = query(
+        db,
+        "SELECT connected_at, connected_by, is_active FROM platform_connections "
+        "WHERE organization_id = 'org-1' AND platform = 'facebook'",
+    )
     assert [tuple(r) for r in rows] == [("2025-10-10 20:45:30", "user-9", 1)]
 
 
@@ -299,8 +422,11 @@ def test_a_file_that_is_not_a_database(tmp_path):
     bogus.write_text("these are my notes, not a database\n" * 100)
     with pytest.raises(StoreError, match="not a database"):
         open_store(str(bogus))
-    for args in (["init", "--store-only", "--db", str(bogus)], ["schedule", "--db", str(bogus)],
-                 ["connections", "list", "--db", str(bogus)]):
+    for args in (
+        ["init", "--store-only", "--db", str(bogus)],
+        ["schedule", "--db", str(bogus)],
+        ["connections", "list", "--db", str(bogus)],
+    ):
         result = run_cli(args, cli_env(tmp_path))
         assert result.returncode == 4, (args, result.stderr)
         line = one_line_error(result.stderr)
@@ -342,11 +468,21 @@ def test_mixed_spellings_compare_by_value_not_text():
     later_sql, earlier_js = "2025-10-10 21:00:00", "2025-10-10T20:00:00.000Z"
     assert later_sql < earlier_js
     assert parse_ts(later_sql) > parse_ts(earlier_js)
-    spellings = ["2025-10-10T20:00:00.500Z", "2025-10-10 20:00:00", "2025-10-09T23:59:59.999Z",
-                 "2025-10-10 19:59:59", "2025-10-10T20:00:01.000Z"]
+    spellings = [
+        "2025-10-10T20:00:00.500Z",
+        "2025-10-10 20:00:00",
+        "2025-10-09T23:59:59.999Z",
+        "2025-10-10 19:59:59",
+        "2025-10-10T20:00:01.000Z",
+    ]
     ordered = sorted(spellings, key=parse_ts)
-    assert ordered == ["2025-10-09T23:59:59.999Z", "2025-10-10 19:59:59", "2025-10-10 20:00:00",
-                       "2025-10-10T20:00:00.500Z", "2025-10-10T20:00:01.000Z"]
+    assert ordered == [
+        "2025-10-09T23:59:59.999Z",
+        "2025-10-10 19:59:59",
+        "2025-10-10 20:00:00",
+        "2025-10-10T20:00:00.500Z",
+        "2025-10-10T20:00:01.000Z",
+    ]
 
 
 def test_iso_z_writes_what_javascript_writes():
@@ -355,7 +491,8 @@ def test_iso_z_writes_what_javascript_writes():
     plus_two = timezone(timedelta(hours=2))
     assert iso_z(datetime(2025, 1, 1, 1, 0, 0, tzinfo=plus_two)) == "2024-12-31T23:00:00.000Z"
     assert parse_ts(iso_z(datetime(2025, 6, 1, 12, 0, 0, 999000, tzinfo=UTC))) == datetime(
-        2025, 6, 1, 12, 0, 0, 999000, tzinfo=UTC)
+        2025, 6, 1, 12, 0, 0, 999000, tzinfo=UTC
+    )
 
 
 def test_unparseable_timestamp_is_a_value_error():
@@ -368,8 +505,23 @@ def test_unparseable_timestamp_is_a_value_error():
 def test_connected_at_is_written_as_javascript_iso(tmp_path):
     env = cli_env(tmp_path, CLEARLIFT_ACCESS_TOKEN="token-for-timestamps")
     assert run_cli(["init", "--store-only"], env).returncode == 0
-    result = run_cli(["connections", "add", "--org", "org-1", "--platform", "google", "--account-id", "42",
-                      "--connected-by", "u", "--expires-at", "2030-01-02 03:04:05"], env)
+    result = run_cli(
+        [
+            "connections",
+            "add",
+            "--org",
+            "org-1",
+            "--platform",
+            "google",
+            "--account-id",
+            "42",
+            "--connected-by",
+            "u",
+            "--expires-at",
+            "2030-01-02 03:04:05",
+        ],
+        env,
+    )
     assert result.returncode == 0, result.stderr
     row = query(home_db(tmp_path), "SELECT connected_at, expires_at FROM platform_connections")[0]
     assert row["expires_at"] == "2030-01-02T03:04:05.000Z"

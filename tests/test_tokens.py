@@ -11,7 +11,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -24,16 +24,28 @@ from clearlift_cli.store import open_store
 from clearlift_cli.timeutil import FrozenClock, iso_z, parse_ts
 from tests.e2e import CLEARLIFT, Env
 
-UTC = timezone.utc
+UTC = UTC
 CID = "123-456-7890"
 GOOGLE_TTL = 3599  # what the Google sandbox's /token grants
 FACEBOOK_TTL = 5183944  # what the Facebook sandbox's exchange grants
-APP_SECRETS = [APP_CREDENTIALS[k] for k in (
-    "GOOGLE_CLIENT_SECRET", "GOOGLE_ADS_DEVELOPER_TOKEN", "FACEBOOK_APP_SECRET", "TIKTOK_CLIENT_SECRET")]
+APP_SECRETS = [
+    APP_CREDENTIALS[k]
+    for k in (
+        "GOOGLE_CLIENT_SECRET",
+        "GOOGLE_ADS_DEVELOPER_TOKEN",
+        "FACEBOOK_APP_SECRET",
+        "TIKTOK_CLIENT_SECRET",
+    )
+]
 # Every token the sandboxes issue has this shape (TokenAuthority and rotated refresh tokens).
 TOKEN_SHAPE = re.compile(r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-9_-]{8,}")
-UNAUTHENTICATED = {"error": {"code": 401, "status": "UNAUTHENTICATED",
-                             "message": "Request had invalid authentication credentials."}}
+UNAUTHENTICATED = {
+    "error": {
+        "code": 401,
+        "status": "UNAUTHENTICATED",
+        "message": "Request had invalid authentication credentials.",
+    }
+}
 
 
 @dataclass
@@ -46,17 +58,36 @@ class RecordingEnv(Env):
         proc = super().run(*args, check=False, stdin=stdin, **env)
         self.outputs.append(proc.stdout + proc.stderr)
         if check and proc.returncode != 0:
-            raise AssertionError(f"clearlift {' '.join(args)} exited {proc.returncode}\n"
-                                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+            raise AssertionError(
+                f"clearlift {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
         return proc
 
-    def seed(self, org: str, platform: str, account: str, access: str, refresh: str | None = None,
-             expires_at: str | None = None) -> str:
+    def seed(
+        self,
+        org: str,
+        platform: str,
+        account: str,
+        access: str,
+        refresh: str | None = None,
+        expires_at: str | None = None,
+    ) -> str:
         """Add a connection in-process with what `connections add` calls (quicker setup)."""
         settings = resolve(environ=self.environ(), read_config=False)
-        cid, _ = core.add_connection(settings, core.NewConnection(
-            organization_id=org, platform=platform, account_id=account, account_name=None,
-            connected_by="user-1", access_token=access, refresh_token=refresh, expires_at=expires_at))
+        cid, _ = core.add_connection(
+            settings,
+            core.NewConnection(
+                organization_id=org,
+                platform=platform,
+                account_id=account,
+                account_name=None,
+                connected_by="user-1",
+                access_token=access,
+                refresh_token=refresh,
+                expires_at=expires_at,
+            ),
+        )
         return cid
 
     @property
@@ -89,8 +120,9 @@ def sandbox():
 
 @pytest.fixture
 def env(tmp_path, sandbox):
-    e = RecordingEnv(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path / 'warehouse.db'}",
-                     sandbox=sandbox)
+    e = RecordingEnv(
+        home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path / 'warehouse.db'}", sandbox=sandbox
+    )
     e.run("init")
     yield e
     assert_no_secrets(e.outputs + e.stored_texts())
@@ -109,7 +141,7 @@ def token_calls(sandbox) -> list:
 
 
 def bearers(app, pattern: str = "googleAds") -> list[str]:
-    return [r.headers.get("authorization", "")[len("Bearer "):] for r in app.requests_to(pattern)]
+    return [r.headers.get("authorization", "")[len("Bearer ") :] for r in app.requests_to(pattern)]
 
 
 def refresh_json(env: RecordingEnv, *args: str, **more: str) -> dict:
@@ -118,6 +150,7 @@ def refresh_json(env: RecordingEnv, *args: str, **more: str) -> dict:
 
 
 # -- the installed command ----------------------------------------------------------------
+
 
 def test_token_two_minutes_from_expiry_is_refreshed_and_next_consume_uses_it(env, sandbox):
     access, refresh = sandbox.google.tokens.issue(ttl=120)
@@ -188,8 +221,9 @@ def test_token_expiring_mid_job_is_refreshed_once_and_the_job_completes(tmp_path
     clock = JumpAfterSecondDataCall()
     with Sandbox(clock=clock) as sandbox:
         clock.app = sandbox.google
-        env = RecordingEnv(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path / 'wh.db'}",
-                           sandbox=sandbox)
+        env = RecordingEnv(
+            home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path / 'wh.db'}", sandbox=sandbox
+        )
         env.run("init")
         access, refresh = sandbox.google.tokens.issue(ttl=3600)
         cid = env.seed("org-1", "google", CID, access, refresh, expires_at=in_seconds(3600))
@@ -224,7 +258,10 @@ def test_facebook_exchange_and_tiktok_stripe_skips(env, sandbox):
     assert summary == {"refreshed": 1, "skipped": 3, "failed": 0, "needs_reauth": 0, "failures": []}
 
     (exchange,) = sandbox.facebook.requests_to("oauth/access_token")
-    assert exchange.query["grant_type"] == "fb_exchange_token" and exchange.query["fb_exchange_token"] == fb_access
+    assert (
+        exchange.query["grant_type"] == "fb_exchange_token"
+        and exchange.query["fb_exchange_token"] == fb_access
+    )
     fb_new = env.token(fb)
     assert fb_new != fb_access and sandbox.facebook.tokens.check(fb_new) == "ok"
     assert near(env.connection(fb)["expires_at"], datetime.now(UTC) + timedelta(seconds=FACEBOOK_TTL))
@@ -247,17 +284,26 @@ def test_corrupted_refresh_token_fails_that_connection_and_the_run_goes_on(env, 
     raw = bytearray(base64.b64decode(env.connection(tampered)["refresh_token_encrypted"]))
     raw[-1] ^= 0x01
     with env.store() as c:
-        c.execute("UPDATE platform_connections SET refresh_token_encrypted = ? WHERE id = ?",
-                  ("!!not base64 at all!!", garbage))
-        c.execute("UPDATE platform_connections SET refresh_token_encrypted = ? WHERE id = ?",
-                  (base64.b64encode(bytes(raw)).decode(), tampered))
+        c.execute(
+            "UPDATE platform_connections SET refresh_token_encrypted = ? WHERE id = ?",
+            ("!!not base64 at all!!", garbage),
+        )
+        c.execute(
+            "UPDATE platform_connections SET refresh_token_encrypted = ? WHERE id = ?",
+            (base64.b64encode(bytes(raw)).decode(), tampered),
+        )
     before = {c: env.connection(c) for c in ids}
 
     t0 = datetime.now(UTC)
     proc = env.run("refresh-tokens", "--json")
     assert proc.returncode == 0
     summary = json.loads(proc.stdout)
-    assert (summary["refreshed"], summary["skipped"], summary["failed"], summary["needs_reauth"]) == (1, 0, 2, 2)
+    assert (summary["refreshed"], summary["skipped"], summary["failed"], summary["needs_reauth"]) == (
+        1,
+        0,
+        2,
+        2,
+    )
     assert {f["connection_id"] for f in summary["failures"]} == {garbage, tampered}
     assert all("refresh_token_encrypted" in f["reason"] for f in summary["failures"])
 
@@ -317,7 +363,9 @@ def test_ambiguous_401s_flag_reauth_only_after_three_in_a_row(env, sandbox):
     def sync(failing: bool) -> None:
         if failing:
             # The first call and the retry after the on-demand refresh are both refused.
-            fault = sandbox.google.faults.add("status", path="googleAds", times=2, status=401, body=UNAUTHENTICATED)
+            fault = sandbox.google.faults.add(
+                "status", path="googleAds", times=2, status=401, body=UNAUTHENTICATED
+            )
         calls = len(token_calls(sandbox))
         proc = env.run("sync", cid, "--now", "--wait", check=False)
         assert proc.returncode == (1 if failing else 0), proc.stdout + proc.stderr
@@ -347,8 +395,13 @@ def test_token_endpoint_5xx_leaves_the_connection_as_it_was_and_next_run_retries
     access, refresh = sandbox.google.tokens.issue(ttl=3600)
     cid = env.seed("org-1", "google", CID, access, refresh, expires_at=in_seconds(60))
     before = dict(env.connection(cid))
-    sandbox.google.faults.add("status", path=r"^/token$", times=-1, status=503,
-                              body={"error": "backend_error", "error_description": "Backend Error"})
+    sandbox.google.faults.add(
+        "status",
+        path=r"^/token$",
+        times=-1,
+        status=503,
+        body={"error": "backend_error", "error_description": "Backend Error"},
+    )
 
     summary = refresh_json(env)
     assert (summary["refreshed"], summary["failed"], summary["needs_reauth"]) == (0, 1, 0)
@@ -388,9 +441,17 @@ def test_concurrent_runs_leave_the_newest_token(env, sandbox):
     sandbox.google.faults.add("latency", path=r"^/token$", times=1, seconds=1.6)
     sandbox.google.faults.add("latency", path=r"^/token$", times=1, seconds=0.1)
 
-    procs = [subprocess.Popen([CLEARLIFT, "refresh-tokens", "--json"], env=env.environ(), text=True,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [CLEARLIFT, "refresh-tokens", "--json"],
+            env=env.environ(),
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     results = [(p.communicate(timeout=60), p.returncode) for p in procs]
     env.outputs += [out + err for (out, err), _ in results]
     assert [rc for _, rc in results] == [0, 0]
@@ -417,6 +478,7 @@ def test_concurrent_runs_leave_the_newest_token(env, sandbox):
 
 # -- library level: the same sandboxes and store, a frozen clock --------------------------
 
+
 @dataclass
 class Lib:
     settings: object
@@ -424,12 +486,23 @@ class Lib:
     clock: FrozenClock
     cipher: FieldCipher
 
-    def add(self, platform: str, account: str, access: str, refresh: str | None = None, *,
-            expires_in: float = 60) -> str:
-        cid, _ = core.add_connection(self.settings, core.NewConnection(
-            organization_id="org-1", platform=platform, account_id=account, account_name=None,
-            connected_by="user-1", access_token=access, refresh_token=refresh,
-            expires_at=iso_z(self.clock.now() + timedelta(seconds=expires_in))), clock=self.clock)
+    def add(
+        self, platform: str, account: str, access: str, refresh: str | None = None, *, expires_in: float = 60
+    ) -> str:
+        cid, _ = core.add_connection(
+            self.settings,
+            core.NewConnection(
+                organization_id="org-1",
+                platform=platform,
+                account_id=account,
+                account_name=None,
+                connected_by="user-1",
+                access_token=access,
+                refresh_token=refresh,
+                expires_at=iso_z(self.clock.now() + timedelta(seconds=expires_in)),
+            ),
+            clock=self.clock,
+        )
         return cid
 
 
@@ -438,8 +511,9 @@ def lib(tmp_path, sandbox):
     """Settings, a migrated store on a FrozenClock, and the cipher its tokens are sealed with."""
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
     flags = {name: sandbox.env()[var] for name, var in ENV_NAMES.items() if var in sandbox.env()}
-    flags.update(home=str(tmp_path / "lib"), http_timeout="0.5",
-                 encryption_key=base64.b64encode(b"k" * 32).decode())
+    flags.update(
+        home=str(tmp_path / "lib"), http_timeout="0.5", encryption_key=base64.b64encode(b"k" * 32).decode()
+    )
     settings = resolve(flags=flags, environ={}, read_config=False)
     store = open_store(settings.db, clock=clock, create=True)
     store.migrate()
@@ -448,10 +522,14 @@ def lib(tmp_path, sandbox):
 
 
 def test_refreshes_against_one_provider_are_paced(lib, sandbox):
-    google = [lib.add("google", f"{i}00-000-0000", *sandbox.google.tokens.issue(), expires_in=10 + i)
-              for i in range(1, 4)]
-    facebook = [lib.add("facebook", f"{i}0000", sandbox.facebook.tokens.issue()[0], expires_in=10 + i)
-                for i in range(1, 3)]
+    google = [
+        lib.add("google", f"{i}00-000-0000", *sandbox.google.tokens.issue(), expires_in=10 + i)
+        for i in range(1, 4)
+    ]
+    facebook = [
+        lib.add("facebook", f"{i}0000", sandbox.facebook.tokens.issue()[0], expires_in=10 + i)
+        for i in range(1, 3)
+    ]
 
     result = tokens.refresh_due(lib.settings, lib.store, margin_seconds=300, pace_seconds=0.25)
 
@@ -464,11 +542,19 @@ def test_refreshes_against_one_provider_are_paced(lib, sandbox):
         assert gaps == [0.25] * (len(ids) - 1)
 
 
-@pytest.mark.parametrize("fault", [
-    {"kind": "timeout", "seconds": 1.0},
-    {"kind": "status", "status": 429, "body": {"error": "rate_limit_exceeded", "error_description": "Slow down"}},
-    {"kind": "status", "status": 500, "body": {"error": "internal_failure", "error_description": "Oops"}},
-], ids=["timeout", "429", "500"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "timeout", "seconds": 1.0},
+        {
+            "kind": "status",
+            "status": 429,
+            "body": {"error": "rate_limit_exceeded", "error_description": "Slow down"},
+        },
+        {"kind": "status", "status": 500, "body": {"error": "internal_failure", "error_description": "Oops"}},
+    ],
+    ids=["timeout", "429", "500"],
+)
 def test_transient_refresh_failures_change_nothing(lib, sandbox, fault):
     access, refresh = sandbox.google.tokens.issue()
     cid = lib.add("google", CID, access, refresh)
@@ -497,9 +583,13 @@ def test_compare_and_set_never_replaces_a_newer_token(lib, sandbox):
 
     # Run B got a grant too but writes late, from the ciphertext it read before A's write.
     older = lib.cipher.encrypt(sandbox.google.tokens.issue()[0])
-    assert not lib.store.swap_tokens(cid, old_credentials_encrypted=stale.credentials_encrypted,
-                                     credentials_encrypted=older, expires_at=iso_z(lib.clock.now()),
-                                     refresh_token_encrypted=None)
+    assert not lib.store.swap_tokens(
+        cid,
+        old_credentials_encrypted=stale.credentials_encrypted,
+        credentials_encrypted=older,
+        expires_at=iso_z(lib.clock.now()),
+        refresh_token_encrypted=None,
+    )
     assert lib.store.get_connection(cid) == after_a
 
     # The same through refresh_connection: B's own grant is dropped, A's token is used.
@@ -541,8 +631,9 @@ def test_wrong_encryption_key_refuses_the_run_instead_of_flagging_everyone(tmp_p
         ids = []
         for acct in ("1111111111", "2222222222"):
             access, refresh = sb.google.tokens.issue(ttl=60)
-            ids.append(env.add("org-1", "google", acct, access, refresh,
-                               expires_at="2000-01-01T00:00:00.000Z"))
+            ids.append(
+                env.add("org-1", "google", acct, access, refresh, expires_at="2000-01-01T00:00:00.000Z")
+            )
         other_key = base64.b64encode(os.urandom(32)).decode()
         proc = env.run("refresh-tokens", check=False, ENCRYPTION_KEY=other_key)
         assert proc.returncode == 3

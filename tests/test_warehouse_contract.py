@@ -7,7 +7,7 @@ import contextlib
 import sqlite3
 import threading
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +20,7 @@ from clearlift_cli.warehouse import RowOwner, open_warehouse
 from clearlift_cli.warehouse.base import CHUNK_SIZE
 from clearlift_cli.warehouse.schema import SCHEMA_VERSION
 
-UTC = timezone.utc
+UTC = UTC
 T1 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 T2 = T1 + timedelta(hours=1)
 OWNER = RowOwner("org-1", "org-1-google-123", "123")
@@ -30,9 +30,7 @@ STRIPE_OWNER = RowOwner("org-1", "org-1-stripe-acct_1", "acct_1")
 STRIPE_ACCOUNT = Account("acct_1", "USD", "America/New_York")
 
 AD_TABLES = [
-    f"{p}_ads_{kind}"
-    for p in ("google", "facebook", "tiktok")
-    for kind in ("campaigns", "daily_metrics")
+    f"{p}_ads_{kind}" for p in ("google", "facebook", "tiktok") for kind in ("campaigns", "daily_metrics")
 ]
 ALL_TABLES = AD_TABLES + ["stripe_charges", "stripe_daily_revenue"]
 
@@ -118,10 +116,7 @@ def test_schema_stores_money_as_integers_and_never_floats(wh, warehouse_url):
     if warehouse_url.startswith("sqlite"):
 
         def types(table):
-            return {
-                r[1]: r[2].upper()
-                for r in raw_query(warehouse_url, f'PRAGMA table_info("{table}")')
-            }
+            return {r[1]: r[2].upper() for r in raw_query(warehouse_url, f'PRAGMA table_info("{table}")')}
 
         integer, exact, day, stamp = "INTEGER", "TEXT", "TEXT", "TEXT"
     else:
@@ -193,9 +188,7 @@ def test_campaigns_and_metrics_round_trip_exactly(wh):
             conversions=Decimal("2.5"),
             conversion_value_micros=14_350_001,
         ),
-        metric(
-            "c1", date(2024, 5, 1), conversions=Decimal("0.1234567890123456789"), spend_micros=1
-        ),
+        metric("c1", date(2024, 5, 1), conversions=Decimal("0.1234567890123456789"), spend_micros=1),
         metric("c2", date(2024, 5, 1)),
     ]
     with wh.transaction() as w:
@@ -239,9 +232,7 @@ def test_campaigns_and_metrics_round_trip_exactly(wh):
 
 
 def test_replaying_the_same_rows_changes_nothing(wh):
-    metrics = [
-        metric("c1", d, impressions=100, spend_micros=5_000_000) for d in days(date(2024, 5, 1), 3)
-    ]
+    metrics = [metric("c1", d, impressions=100, spend_micros=5_000_000) for d in days(date(2024, 5, 1), 3)]
     for _ in range(2):
         with wh.transaction() as w:
             w.upsert_campaigns("tiktok", OWNER, ACCOUNT, [Campaign("c1", "One", "ENABLE")], T1)
@@ -307,7 +298,9 @@ def test_writers_are_ordered_by_claim_sequence_not_by_their_clocks(wh, warehouse
     ]
     # The same delivery writes its next slice; another connection is not held up.
     with wh.transaction(write_seq=2) as b:
-        assert b.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", day + timedelta(1))], right) == 1
+        assert (
+            b.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", day + timedelta(1))], right) == 1
+        )
     other = RowOwner("org-1", "org-1-google-456", "456")
     with wh.transaction(write_seq=1) as w:
         assert w.upsert_daily_metrics("google", other, ACCOUNT, [metric("c1", day)], ahead) == 1
@@ -325,7 +318,13 @@ def test_a_replay_rewrites_no_unchanged_row(wh, warehouse_url):
     with wh.transaction(write_seq=2) as w:
         assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, changed, T2) == 5
     rows = wh.fetch_rows("google_ads_daily_metrics")
-    assert [(r["clicks"], r["last_synced_at"]) for r in rows] == [(0, T1), (1, T1), (2, T1), (3, T1), (40, T2)]
+    assert [(r["clicks"], r["last_synced_at"]) for r in rows] == [
+        (0, T1),
+        (1, T1),
+        (2, T1),
+        (3, T1),
+        (40, T2),
+    ]
 
 
 def test_duplicate_keys_in_one_batch_last_one_wins(wh):
@@ -337,10 +336,7 @@ def test_duplicate_keys_in_one_batch_last_one_wins(wh):
     with wh.transaction() as w:
         # What was written, not what was sent: each key counts once.
         assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, batch, T1) == 2
-        assert (
-            w.upsert_daily_metrics("google", OWNER, ACCOUNT, (m for m in spread), T1)
-            == CHUNK_SIZE
-        )
+        assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, (m for m in spread), T1) == CHUNK_SIZE
 
     rows = {r["campaign_id"]: r for r in wh.fetch_rows("google_ads_daily_metrics")}
     assert len(rows) == 3 + CHUNK_SIZE - 1
@@ -440,21 +436,17 @@ def test_a_twenty_thousand_row_generator_is_streamed(wh):
 def test_fetch_rows_filters_orders_and_limits(wh):
     other = RowOwner("org-2", "org-2-google-9", "9")
     with wh.transaction() as w:
-        w.upsert_campaigns(
-            "google", OWNER, ACCOUNT, [Campaign("b", "B", None), Campaign("a", "A", None)], T1
-        )
+        w.upsert_campaigns("google", OWNER, ACCOUNT, [Campaign("b", "B", None), Campaign("a", "A", None)], T1)
         w.upsert_campaigns(
             "google", other, Account("9", "eur", "Europe/Paris"), [Campaign("z", "Z", None)], T1
         )
 
     assert [r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns")] == ["a", "b", "z"]
-    assert [
-        r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns", organization_id="org-2")
-    ] == ["z"]
+    assert [r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns", organization_id="org-2")] == ["z"]
     assert wh.fetch_rows("google_ads_campaigns", organization_id="org-2")[0]["currency"] == "EUR"
-    assert [
-        r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns", account_id="123", limit=1)
-    ] == ["a"]
+    assert [r["campaign_id"] for r in wh.fetch_rows("google_ads_campaigns", account_id="123", limit=1)] == [
+        "a"
+    ]
     assert (
         wh.count_rows("google_ads_campaigns"),
         wh.count_rows("google_ads_campaigns", "org-1"),
@@ -509,8 +501,18 @@ def charge(
     captured=None,
 ):
     """A charge; ``captured``: the amount captured when not all of it (0: not captured)."""
-    return Charge(charge_id, amount, refunded, currency.upper(), status, paid, customer, at,
-                  amount if captured is None else captured, captured is None or captured > 0)
+    return Charge(
+        charge_id,
+        amount,
+        refunded,
+        currency.upper(),
+        status,
+        paid,
+        customer,
+        at,
+        amount if captured is None else captured,
+        captured is None or captured > 0,
+    )
 
 
 def utc_at(text: str) -> datetime:
@@ -528,9 +530,7 @@ def test_charges_land_on_the_account_days_and_revenue_is_exact(wh):
     with wh.transaction() as w:
         assert w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, charges, T1) == 5
         assert (
-            w.rebuild_daily_revenue(
-                STRIPE_OWNER, STRIPE_ACCOUNT, date(2023, 12, 31), date(2024, 1, 2), T1
-            )
+            w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2023, 12, 31), date(2024, 1, 2), T1)
             == 4
         )
 
@@ -567,9 +567,7 @@ def test_charges_land_on_the_account_days_and_revenue_is_exact(wh):
     # Idempotent: replaying the same charges and rebuilding again changes nothing.
     with wh.transaction() as w:
         w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, charges, T1)
-        w.rebuild_daily_revenue(
-            STRIPE_OWNER, STRIPE_ACCOUNT, date(2023, 12, 31), date(2024, 1, 2), T1
-        )
+        w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2023, 12, 31), date(2024, 1, 2), T1)
     assert wh.fetch_rows("stripe_daily_revenue") == expected
     assert wh.count_rows("stripe_charges") == 5
 
@@ -584,17 +582,12 @@ def test_revenue_stays_exact_when_syncs_cover_part_of_a_day(wh):
     before = [charge("ch_old", 700, at=utc_at("2024-03-01T14:00:00"))]
     with wh.transaction() as w:
         w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, before + morning, T1)
-        w.rebuild_daily_revenue(
-            STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 1), date(2024, 3, 5), T1
-        )
+        w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 1), date(2024, 3, 5), T1)
     with wh.transaction() as w:
         # The second sync only saw the evening, but the day is rebuilt from every stored charge.
         w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, evening, T2)
         assert (
-            w.rebuild_daily_revenue(
-                STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T2
-            )
-            == 1
+            w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T2) == 1
         )
 
     rows = {r["revenue_date"]: r for r in wh.fetch_rows("stripe_daily_revenue")}
@@ -616,23 +609,15 @@ def test_revenue_rebuild_is_scoped_to_its_owner(wh):
     with wh.transaction() as w:
         w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, day_charge, T1)
         w.upsert_charges(other, STRIPE_ACCOUNT, day_charge, T1)
-        w.rebuild_daily_revenue(
-            STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1
-        )
+        w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1)
         w.rebuild_daily_revenue(other, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1)
     with wh.transaction() as w:
         w.upsert_charges(
             STRIPE_OWNER, STRIPE_ACCOUNT, [charge("ch_2", 50, at=utc_at("2024-03-05T15:00:00"))], T2
         )
-        w.rebuild_daily_revenue(
-            STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T2
-        )
-    assert [
-        r["gross_minor"] for r in wh.fetch_rows("stripe_daily_revenue", organization_id="org-1")
-    ] == [550]
-    assert [
-        r["gross_minor"] for r in wh.fetch_rows("stripe_daily_revenue", organization_id="org-2")
-    ] == [500]
+        w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T2)
+    assert [r["gross_minor"] for r in wh.fetch_rows("stripe_daily_revenue", organization_id="org-1")] == [550]
+    assert [r["gross_minor"] for r in wh.fetch_rows("stripe_daily_revenue", organization_id="org-2")] == [500]
 
 
 def test_only_captured_amounts_are_revenue(wh):
@@ -649,13 +634,21 @@ def test_only_captured_amounts_are_revenue(wh):
     assert (stored["ch_part"]["captured"], stored["ch_part"]["amount_captured_minor"]) == (True, 1_200)
     (day,) = wh.fetch_rows("stripe_daily_revenue")
     assert (day["gross_minor"], day["refunded_minor"], day["net_minor"], day["charge_count"]) == (
-        2_200, 200, 2_000, 2)
+        2_200,
+        200,
+        2_000,
+        2,
+    )
 
 
 def test_rows_stored_before_captures_were_count_in_full(wh, warehouse_url):
     with wh.transaction() as w:
-        w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, [
-            charge("ch_old", 700, refunded=100, at=utc_at("2024-03-05T14:00:00"))], T1)
+        w.upsert_charges(
+            STRIPE_OWNER,
+            STRIPE_ACCOUNT,
+            [charge("ch_old", 700, refunded=100, at=utc_at("2024-03-05T14:00:00"))],
+            T1,
+        )
     # What a schema-1 row looks like once the columns were added: NULL.
     raw_query(warehouse_url, "UPDATE stripe_charges SET amount_captured_minor = NULL, captured = NULL")
     with wh.transaction() as w:
@@ -672,8 +665,12 @@ def test_a_schema_1_warehouse_gains_the_capture_columns(wh, warehouse_url):
     try:
         again.init_schema()
         with again.transaction() as w:
-            w.upsert_charges(STRIPE_OWNER, STRIPE_ACCOUNT, [
-                charge("ch_held", 900, captured=0, at=utc_at("2024-03-05T14:00:00"))], T1)
+            w.upsert_charges(
+                STRIPE_OWNER,
+                STRIPE_ACCOUNT,
+                [charge("ch_held", 900, captured=0, at=utc_at("2024-03-05T14:00:00"))],
+                T1,
+            )
         assert again.fetch_rows("stripe_charges")[0]["captured"] is False
     finally:
         again.close()
@@ -692,7 +689,9 @@ def test_update_stored_charges_touches_stored_charges_only_and_names_their_days(
     with wh.transaction() as w:
         assert w.update_stored_charges(other, STRIPE_ACCOUNT, later, T2) == (0, set())
         assert w.update_stored_charges(STRIPE_OWNER, STRIPE_ACCOUNT, iter(later), T2) == (
-            1, {date(2024, 1, 10)})
+            1,
+            {date(2024, 1, 10)},
+        )
     stored = {r["charge_id"]: r for r in wh.fetch_rows("stripe_charges")}
     assert set(stored) == {"ch_old"}  # no lone charge on a day never synced
     assert (stored["ch_old"]["amount_refunded_minor"], stored["ch_old"]["last_synced_at"]) == (1_000, T2)
@@ -803,8 +802,11 @@ def test_an_idle_connection_killed_between_jobs_is_replaced(named_pg):
 
 def _versions(url: str, table: str) -> list[tuple]:
     """Each row's key with its tuple version (xmin) and lock/delete marker (xmax)."""
-    return raw_query(url, f"SELECT campaign_id, metric_date, xmin::text, xmax::text FROM {table} "
-                          "ORDER BY campaign_id, metric_date")
+    return raw_query(
+        url,
+        f"SELECT campaign_id, metric_date, xmin::text, xmax::text FROM {table} "
+        "ORDER BY campaign_id, metric_date",
+    )
 
 
 def test_a_postgres_replay_writes_no_tuple_version_and_locks_no_row(pg_schema_url):
@@ -853,23 +855,35 @@ def test_a_key_repeated_across_chunks_of_new_rows_lands_once_with_its_last_value
 
 
 def _security(url: str) -> dict[str, bool]:
-    return dict(raw_query(
-        url, "SELECT c.relname, c.relrowsecurity FROM pg_class c JOIN pg_namespace n "
-             "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"))
+    return dict(
+        raw_query(
+            url,
+            "SELECT c.relname, c.relrowsecurity FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+        )
+    )
 
 
 def _policies(url: str) -> set[tuple]:
-    return {(t, p, tuple(sorted(r)), q) for t, p, r, q in raw_query(
-        url, "SELECT tablename, policyname, roles, qual FROM pg_policies "
-             "WHERE schemaname = current_schema()")}
+    return {
+        (t, p, tuple(sorted(r)), q)
+        for t, p, r, q in raw_query(
+            url,
+            "SELECT tablename, policyname, roles, qual FROM pg_policies WHERE schemaname = current_schema()",
+        )
+    }
 
 
 def test_tables_clearlift_creates_have_row_level_security_and_existing_ones_are_left_alone(
-        pg_schema_url, caplog):
+    pg_schema_url, caplog
+):
     # A table the operator made (say, from an older clearlift), with a policy of their own.
-    raw_query(pg_schema_url, "CREATE TABLE google_ads_campaigns (organization_id TEXT NOT NULL, "
-                             "connection_id TEXT NOT NULL, account_id TEXT NOT NULL, campaign_id TEXT NOT NULL, "
-                             "PRIMARY KEY (organization_id, account_id, campaign_id))")
+    raw_query(
+        pg_schema_url,
+        "CREATE TABLE google_ads_campaigns (organization_id TEXT NOT NULL, "
+        "connection_id TEXT NOT NULL, account_id TEXT NOT NULL, campaign_id TEXT NOT NULL, "
+        "PRIMARY KEY (organization_id, account_id, campaign_id))",
+    )
     raw_query(pg_schema_url, "CREATE POLICY mine ON google_ads_campaigns FOR SELECT USING (true)")
     wh = open_warehouse(pg_schema_url)
     try:
@@ -880,12 +894,14 @@ def test_tables_clearlift_creates_have_row_level_security_and_existing_ones_are_
     security = _security(pg_schema_url)
     assert security.pop("google_ads_campaigns") is False
     assert set(security) == {*ALL_TABLES, "clearlift_warehouse_meta", "clearlift_write_fence"} - {
-        "google_ads_campaigns"}
+        "google_ads_campaigns"
+    }
     assert all(security.values()), security
     assert _policies(pg_schema_url) == {("google_ads_campaigns", "mine", ("public",), "true")}
     assert [r.getMessage() for r in caplog.records if "row level security" in r.getMessage()] == [
         "warehouse tables without row level security (on Supabase the anon key can read them): "
-        "google_ads_campaigns; enable it with ALTER TABLE ... ENABLE ROW LEVEL SECURITY"]
+        "google_ads_campaigns; enable it with ALTER TABLE ... ENABLE ROW LEVEL SECURITY"
+    ]
 
 
 @pytest.fixture
@@ -908,8 +924,9 @@ def test_the_read_policy_lets_each_role_read_only_what_the_condition_allows(pg_s
     roles, other = read_roles
     wh = open_warehouse(pg_schema_url)
     try:
-        wh.init_schema(read_policy="organization_id = current_setting('clearlift_test.org', true)",
-                       read_roles=roles)
+        wh.init_schema(
+            read_policy="organization_id = current_setting('clearlift_test.org', true)", read_roles=roles
+        )
         with wh.transaction(write_seq=1) as w:
             for org in ("org-1", "org-2"):
                 owner = RowOwner(org, f"{org}-google-123", "123")
@@ -960,8 +977,11 @@ def supabase_roles():
 def test_init_creates_the_read_policy_from_the_setting_for_supabase_roles(tmp_path, pg_schema_url):
     from tests.helpers import cli_env, run_cli
 
-    env = cli_env(tmp_path, CLEARLIFT_WAREHOUSE_URL=pg_schema_url,
-                  CLEARLIFT_WAREHOUSE_READ_POLICY="organization_id = 'nobody' AND (")
+    env = cli_env(
+        tmp_path,
+        CLEARLIFT_WAREHOUSE_URL=pg_schema_url,
+        CLEARLIFT_WAREHOUSE_READ_POLICY="organization_id = 'nobody' AND (",
+    )
     with supabase_roles():
         try:
             proc = run_cli(["init"], env)  # the condition goes to PostgreSQL as written

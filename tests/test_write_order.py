@@ -7,7 +7,7 @@ must stay whatever the clocks say: writes are ordered by the store's claim seque
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from clearlift_cli import app
 from clearlift_cli.settings import resolve
@@ -44,7 +44,7 @@ def test_a_host_whose_clock_runs_ahead_never_hides_a_later_sync(env, sandbox):
 
     google.configure_account("1234567890", currency="EUR")  # the account changed since
     app.sync_now(settings, cid, since=since, until=until)
-    before_b = datetime.now(timezone.utc)
+    before_b = datetime.now(UTC)
     second = app.consume(settings, clock=host_b)  # host B: the right time, an hour "earlier"
     assert second.counts() == {"completed": 1}, second.outcomes
 

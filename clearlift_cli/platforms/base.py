@@ -13,10 +13,11 @@ reaching several, see ``accounts``, syncs the others) or ``PermanentError`` (fai
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar
 
 from clearlift_cli.settings import Settings
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
@@ -128,7 +129,7 @@ class PlatformClient(ABC):
         failing with ``AccountUnavailable`` or a transient error does not stop the others."""
         return [self.ctx.account_id]
 
-    def for_account(self, account_id: str) -> "PlatformClient":
+    def for_account(self, account_id: str) -> PlatformClient:
         """The client of one of ``accounts()`` (this one for the connection's own)."""
         return self
 

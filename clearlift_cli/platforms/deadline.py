@@ -21,9 +21,10 @@ import itertools
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import Any, Callable, Iterable, Iterator
+from functools import cache
+from typing import Any
 
 from clearlift_cli.errors import Interrupted
 
@@ -160,7 +161,7 @@ def _register(conn: Any) -> None:
         scope.attach(conn)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter_class() -> type:
     # Built on first use: the CLI does not import requests until a command needs it.
     from requests.adapters import HTTPAdapter
@@ -257,5 +258,12 @@ class _Watchdog:
 
 _WATCHDOG = _Watchdog()
 
-__all__ = ["cuttable_adapter", "JobScope", "RequestScope", "check_not_cut", "current_request", "job_scope",
-           "request_deadline"]
+__all__ = [
+    "cuttable_adapter",
+    "JobScope",
+    "RequestScope",
+    "check_not_cut",
+    "current_request",
+    "job_scope",
+    "request_deadline",
+]

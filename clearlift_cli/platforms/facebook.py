@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from clearlift_cli import redact as redaction
@@ -34,6 +35,7 @@ from clearlift_cli.errors import (
     TransientError,
 )
 from clearlift_cli.money import minor_units_per_unit, to_decimal, to_int, to_micros
+from clearlift_cli.platforms import versions
 from clearlift_cli.platforms.base import (
     Account,
     AdsClient,
@@ -43,7 +45,6 @@ from clearlift_cli.platforms.base import (
     PlatformContext,
     TokenGrant,
 )
-from clearlift_cli.platforms import versions
 from clearlift_cli.platforms.http import HttpClient, Response
 from clearlift_cli.platforms.paging import PageGuard
 from clearlift_cli.redact import redact
@@ -57,8 +58,7 @@ REFRESH_SETTINGS: tuple[str, ...] = ("facebook_app_id", "facebook_app_secret")
 ACCOUNT_FIELDS = "name,currency,timezone_name"
 CAMPAIGN_FIELDS = "id,name,status,effective_status,objective,daily_budget,lifetime_budget"
 INSIGHT_FIELDS = (
-    "campaign_id,campaign_name,impressions,clicks,spend,actions,action_values,"
-    "date_start,date_stop"
+    "campaign_id,campaign_name,impressions,clicks,spend,actions,action_values,date_start,date_stop"
 )
 CAMPAIGN_PAGE_SIZE = 100
 INSIGHT_PAGE_SIZE = 500
@@ -192,8 +192,9 @@ def _budget_offset(currency: str) -> int:
 def status_filter(field: str) -> str:
     """A Graph ``filtering`` value asking for every campaign status on ``field``
     (``effective_status`` on the campaigns edge, ``campaign.effective_status`` in insights)."""
-    return json.dumps([{"field": field, "operator": "IN", "value": list(CAMPAIGN_STATUSES)}],
-                      separators=(",", ":"))
+    return json.dumps(
+        [{"field": field, "operator": "IN", "value": list(CAMPAIGN_STATUSES)}], separators=(",", ":")
+    )
 
 
 def _short(text: object) -> str:
@@ -238,7 +239,7 @@ class Usage:
         self.regain_seconds = regain_seconds
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> "Usage":
+    def from_headers(cls, headers: Mapping[str, str]) -> Usage:
         usage = cls()
         app = _json_header(headers, "x-app-usage")
         if isinstance(app, dict):
@@ -332,9 +333,7 @@ def _graph_error(error: Mapping[str, Any], response: Response) -> Exception:
             platform=PLATFORM,
         )
     if code in (100, 803):
-        return PermanentError(
-            f"facebook: unknown ad account or invalid request: {text}", platform=PLATFORM
-        )
+        return PermanentError(f"facebook: unknown ad account or invalid request: {text}", platform=PLATFORM)
     if response.status >= 500:
         return TransientError(f"facebook: HTTP {response.status}: {text}", platform=PLATFORM)
     return PermanentError(f"facebook: Graph error: {text}", platform=PLATFORM)
@@ -395,9 +394,10 @@ class FacebookAdsClient(AdsClient):
         self._blocked_until: float | None = None
         self._blocked_scope = "account"
         self._account: Account | None = None
-        self.throttle_pct = _number(
-            ctx.connection_settings.get("usage_throttle_pct", DEFAULT_USAGE_THROTTLE_PCT)
-        ) or DEFAULT_USAGE_THROTTLE_PCT
+        self.throttle_pct = (
+            _number(ctx.connection_settings.get("usage_throttle_pct", DEFAULT_USAGE_THROTTLE_PCT))
+            or DEFAULT_USAGE_THROTTLE_PCT
+        )
         self.conversion_action_types = self._action_types(
             ctx.connection_settings.get("conversion_action_types")
         )
@@ -412,8 +412,7 @@ class FacebookAdsClient(AdsClient):
         if isinstance(configured, (list, tuple, set, frozenset)):
             return frozenset(str(t).strip() for t in configured if str(t).strip())
         raise PermanentError(
-            "facebook: connection setting conversion_action_types must be a list of "
-            "action types",
+            "facebook: connection setting conversion_action_types must be a list of action types",
             platform=PLATFORM,
         )
 
@@ -463,8 +462,9 @@ class FacebookAdsClient(AdsClient):
             else:  # as Graph SDKs do, a POST carries its parameters in a form body
                 body = self.http.request(method, url, classify=classify, data=fields)
         except _VersionSunset:
-            raise PermanentError(self._sunset_message(), platform=PLATFORM,
-                                 hint=f"set {versions.VERSION_SETTINGS[PLATFORM]}") from None
+            raise PermanentError(
+                self._sunset_message(), platform=PLATFORM, hint=f"set {versions.VERSION_SETTINGS[PLATFORM]}"
+            ) from None
         if not isinstance(body, dict):
             raise TransientError("facebook: answer is not a JSON object", platform=PLATFORM)
         return body
@@ -484,9 +484,7 @@ class FacebookAdsClient(AdsClient):
             url = f"{parts.scheme}://{parts.netloc}{parts.path}"
         else:
             url = f"{self.ctx.settings.facebook_url}{parts.path}"
-        query = {
-            k: v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "access_token"
-        }
+        query = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "access_token"}
         return url, query
 
     def _pages(self, url: str, params: Mapping[str, Any], what: str) -> Iterator[list[dict[str, Any]]]:
@@ -498,9 +496,7 @@ class FacebookAdsClient(AdsClient):
             body = self._call("GET", url, query)
             data = body.get("data")
             if not isinstance(data, list):
-                raise TransientError(
-                    "facebook: list answer without a data array", platform=PLATFORM
-                )
+                raise TransientError("facebook: list answer without a data array", platform=PLATFORM)
             rows = [row for row in data if isinstance(row, dict)]
             paging = body.get("paging")
             next_url = paging.get("next") if isinstance(paging, dict) else None
@@ -541,8 +537,11 @@ class FacebookAdsClient(AdsClient):
         currency (daily budget, else lifetime budget, else None)."""
         currency = self.account().currency
         url = f"{self.base}/{self.account_path}/campaigns"
-        params = {"fields": CAMPAIGN_FIELDS, "limit": CAMPAIGN_PAGE_SIZE,
-                  "filtering": status_filter("effective_status")}
+        params = {
+            "fields": CAMPAIGN_FIELDS,
+            "limit": CAMPAIGN_PAGE_SIZE,
+            "filtering": status_filter("effective_status"),
+        }
         done = 0
         for page in self._pages(url, params, "campaigns"):
             for row in page:
@@ -617,9 +616,11 @@ class FacebookAdsClient(AdsClient):
 
     def _window(self, since: date, until: date) -> Iterator[dict[str, Any]]:
         try:
-            for page in self._pages(f"{self.base}/{self.account_path}/insights",
-                                    self._insight_params(since, until),
-                                    f"insights {since}..{until}"):
+            for page in self._pages(
+                f"{self.base}/{self.account_path}/insights",
+                self._insight_params(since, until),
+                f"insights {since}..{until}",
+            ):
                 yield from page
         except _DataTooLarge:
             if since == until:
@@ -635,9 +636,7 @@ class FacebookAdsClient(AdsClient):
         )
         run_id = str(started.get("report_run_id") or "")
         if not run_id.isdigit():
-            raise TransientError(
-                "facebook: async report answer without report_run_id", platform=PLATFORM
-            )
+            raise TransientError("facebook: async report answer without report_run_id", platform=PLATFORM)
         interval = ASYNC_FIRST_POLL_SECONDS
         for _ in range(ASYNC_MAX_POLLS):
             job = self._call("GET", f"{self.base}/{run_id}", {})
@@ -653,12 +652,14 @@ class FacebookAdsClient(AdsClient):
             interval = min(ASYNC_MAX_POLL_SECONDS, interval * 2)
         else:
             raise TransientError(
-                f"facebook: async insights report {run_id} not complete after "
-                f"{ASYNC_MAX_POLLS} polls",
+                f"facebook: async insights report {run_id} not complete after {ASYNC_MAX_POLLS} polls",
                 platform=PLATFORM,
             )
-        for page in self._pages(f"{self.base}/{run_id}/insights", {"limit": INSIGHT_PAGE_SIZE},
-                                f"async report {run_id} ({since}..{until})"):
+        for page in self._pages(
+            f"{self.base}/{run_id}/insights",
+            {"limit": INSIGHT_PAGE_SIZE},
+            f"async report {run_id} ({since}..{until})",
+        ):
             yield from page
 
     def _metric(self, row: Mapping[str, Any]) -> DailyMetric:
@@ -669,12 +670,8 @@ class FacebookAdsClient(AdsClient):
                 impressions=to_int(row.get("impressions")),
                 clicks=to_int(row.get("clicks")),
                 spend_micros=to_micros(row.get("spend")),
-                conversions=sum(
-                    (to_decimal(v) for v in self._matching(row.get("actions"))), Decimal(0)
-                ),
-                conversion_value_micros=sum(
-                    to_micros(v) for v in self._matching(row.get("action_values"))
-                ),
+                conversions=sum((to_decimal(v) for v in self._matching(row.get("actions"))), Decimal(0)),
+                conversion_value_micros=sum(to_micros(v) for v in self._matching(row.get("action_values"))),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise TransientError(
@@ -751,9 +748,7 @@ def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant 
     body = _http(ctx).request("GET", url, classify=_refresh_classify, params=params)
     token = body.get("access_token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token:
-        raise TransientError(
-            "facebook: token exchange answer lacks access_token", platform=PLATFORM
-        )
+        raise TransientError("facebook: token exchange answer lacks access_token", platform=PLATFORM)
     redaction.register(token)
     expires_in = _int_or_none(body.get("expires_in"))
     expires_at: datetime | None = None

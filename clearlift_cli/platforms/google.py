@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, timedelta
-from typing import Any, Iterator
+from typing import Any
 
 from clearlift_cli import redact as redaction
 from clearlift_cli.errors import (
@@ -36,6 +37,7 @@ from clearlift_cli.errors import (
     TransientError,
 )
 from clearlift_cli.money import to_decimal, to_int, to_micros
+from clearlift_cli.platforms import versions
 from clearlift_cli.platforms.base import (
     Account,
     AdsClient,
@@ -45,7 +47,6 @@ from clearlift_cli.platforms.base import (
     PlatformContext,
     TokenGrant,
 )
-from clearlift_cli.platforms import versions
 from clearlift_cli.platforms.http import HttpClient, Response
 from clearlift_cli.redact import redact
 
@@ -56,8 +57,7 @@ APP_SETTINGS: tuple[str, ...] = ("google_ads_developer_token",)
 REFRESH_SETTINGS: tuple[str, ...] = ("google_client_id", "google_client_secret")
 
 ACCOUNT_QUERY = (
-    "SELECT customer.id, customer.descriptive_name, customer.currency_code, "
-    "customer.time_zone FROM customer"
+    "SELECT customer.id, customer.descriptive_name, customer.currency_code, customer.time_zone FROM customer"
 )
 CAMPAIGNS_QUERY = (
     "SELECT campaign.id, campaign.name, campaign.status, campaign.advertising_channel_type, "
@@ -115,8 +115,7 @@ def customer_id_digits(raw: object, what: str = "customer id") -> str:
     text = str(raw or "").strip().replace("-", "")
     if not text.isdigit():
         raise PermanentError(
-            f"google: {what} {redact(raw)!r} is not a Google Ads customer id "
-            "(10 digits, dashes allowed)",
+            f"google: {what} {redact(raw)!r} is not a Google Ads customer id (10 digits, dashes allowed)",
             platform=PLATFORM,
         )
     return text
@@ -163,7 +162,9 @@ def _short(text: object) -> str:
 
 def dashed(customer_id: str) -> str:
     """``1234567890`` as Google Ads shows it to people: ``123-456-7890``."""
-    return f"{customer_id[:3]}-{customer_id[3:6]}-{customer_id[6:]}" if len(customer_id) == 10 else customer_id
+    return (
+        f"{customer_id[:3]}-{customer_id[3:6]}-{customer_id[6:]}" if len(customer_id) == 10 else customer_id
+    )
 
 
 def _account_advice(codes: set[str], customer: str | None, manager: str | None) -> str:
@@ -171,19 +172,29 @@ def _account_advice(codes: set[str], customer: str | None, manager: str | None) 
     who = f"customer {dashed(customer)}" if customer else "the customer account"
     through = f" through manager {dashed(manager)}" if manager and manager != customer else ""
     if codes & _UNREACHABLE_CODES:
-        return (f"the Google user who connected this account cannot reach {who}{through}: if it was "
-                "unlinked from the manager, link it again or remove it from the connection's selected "
-                "accounts; otherwise reconnect with a user who has access to it")
+        return (
+            f"the Google user who connected this account cannot reach {who}{through}: if it was "
+            "unlinked from the manager, link it again or remove it from the connection's selected "
+            "accounts; otherwise reconnect with a user who has access to it"
+        )
     if "CUSTOMER_NOT_ENABLED" in codes:
-        return (f"{who} is cancelled, suspended or not fully set up: re-enable it in Google Ads or "
-                "remove it from the connection's selected accounts")
-    return (f"{who} is a manager account, which has no metrics of its own: select its client "
-            'accounts (settings.accountSelection, {"mode": "all"} or {"mode": "selected", '
-            '"selectedAccounts": [...]})')
+        return (
+            f"{who} is cancelled, suspended or not fully set up: re-enable it in Google Ads or "
+            "remove it from the connection's selected accounts"
+        )
+    return (
+        f"{who} is a manager account, which has no metrics of its own: select its client "
+        'accounts (settings.accountSelection, {"mode": "all"} or {"mode": "selected", '
+        '"selectedAccounts": [...]})'
+    )
 
 
 def classify(
-    response: Response, body: Any, *, customer: str | None = None, manager: str | None = None,
+    response: Response,
+    body: Any,
+    *,
+    customer: str | None = None,
+    manager: str | None = None,
     version_gone: str | None = None,
 ) -> None:
     """Raise the ``clearlift_cli.errors`` exception for a Google Ads error answer.
@@ -203,14 +214,17 @@ def classify(
         if status == 429:
             hinted = response.retry_after()
             raise RateLimited(
-                "google: HTTP 429 without a retry delay" if hinted is None
+                "google: HTTP 429 without a retry delay"
+                if hinted is None
                 else f"google: HTTP 429, Retry-After {hinted:g}s",
-                retry_after=DEFAULT_RETRY_DELAY_SECONDS if hinted is None else hinted, platform=PLATFORM,
+                retry_after=DEFAULT_RETRY_DELAY_SECONDS if hinted is None else hinted,
+                platform=PLATFORM,
             )
         if status == 401:
             raise AuthRevoked(
                 "google: HTTP 401, the access token was refused",
-                platform=PLATFORM, definitive=False,
+                platform=PLATFORM,
+                definitive=False,
             )
         if status == 404:
             raise PermanentError(
@@ -225,10 +239,7 @@ def classify(
     grpc_status = str(error.get("status") or "")
     failures = _failures(error)
     codes = {
-        value
-        for f in failures
-        for value in (f.get("errorCode") or {}).values()
-        if isinstance(value, str)
+        value for f in failures for value in (f.get("errorCode") or {}).values() if isinstance(value, str)
     }
     categories = {cat for f in failures for cat in (f.get("errorCode") or {})}
     message = (failures[0].get("message") if failures else None) or error.get("message") or ""
@@ -252,14 +263,19 @@ def classify(
         raise RateLimited(
             text,
             retry_after=max(delays) if delays else response.retry_after(DEFAULT_RETRY_DELAY_SECONDS),
-            scope=scope, platform=PLATFORM,
+            scope=scope,
+            platform=PLATFORM,
         )
     if "UNSUPPORTED_VERSION" in codes:
-        raise PermanentError(version_gone or f"{text} (check CLEARLIFT_GOOGLE_ADS_API_VERSION)",
-                             platform=PLATFORM)
+        raise PermanentError(
+            version_gone or f"{text} (check CLEARLIFT_GOOGLE_ADS_API_VERSION)", platform=PLATFORM
+        )
     if codes & _ACCOUNT_CODES and code not in (401, 429):
-        raise AccountUnavailable(f"{text} — {_account_advice(codes, customer, manager)}",
-                                 account_id=customer or "", platform=PLATFORM)
+        raise AccountUnavailable(
+            f"{text} — {_account_advice(codes, customer, manager)}",
+            account_id=customer or "",
+            platform=PLATFORM,
+        )
     if codes & _DEVELOPER_TOKEN_CODES:
         raise PermanentError(
             f"{text} (check GOOGLE_ADS_DEVELOPER_TOKEN: the app's developer token was refused)",
@@ -296,7 +312,9 @@ def classify_oauth(response: Response, body: Any) -> None:
     if error == "invalid_grant":
         raise AuthRevoked(
             f"google: refresh token refused (invalid_grant): {detail}",
-            platform=PLATFORM, reason=detail, definitive=True,
+            platform=PLATFORM,
+            reason=detail,
+            definitive=True,
         )
     if error in ("invalid_client", "unauthorized_client"):
         raise PermanentError(
@@ -307,7 +325,8 @@ def classify_oauth(response: Response, body: Any) -> None:
     if status == 429:
         raise RateLimited(
             f"google: token endpoint rate limited: {detail}",
-            retry_after=DEFAULT_RETRY_DELAY_SECONDS, platform=PLATFORM,
+            retry_after=DEFAULT_RETRY_DELAY_SECONDS,
+            platform=PLATFORM,
         )
     if status >= 500 or body is None:
         if status >= 500:
@@ -400,8 +419,13 @@ class GoogleAdsClient(AdsClient):
                 version_gone = self._version_gone()
         elif response.status >= 400:
             version_gone = self._version_gone()  # used only for UNSUPPORTED_VERSION
-        classify(response, body, customer=self.customer_id, manager=self._login_customer_id(),
-                 version_gone=version_gone)
+        classify(
+            response,
+            body,
+            customer=self.customer_id,
+            manager=self._login_customer_id(),
+            version_gone=version_gone,
+        )
 
     def search_stream(self, query: str, phase: str | None = None) -> Iterator[dict]:
         """Every result row of a GAQL query, yielded batch by batch as the batches arrive
@@ -456,7 +480,7 @@ class GoogleAdsClient(AdsClient):
         if not ids:
             raise PermanentError(
                 f"google: settings.accountSelection of manager {self.ctx.account_id} selects no "
-                "client accounts: select at least one (or use {\"mode\": \"all\"})",
+                'client accounts: select at least one (or use {"mode": "all"})',
                 platform=PLATFORM,
             )
         return "selected", list(dict.fromkeys(ids))
@@ -481,7 +505,7 @@ class GoogleAdsClient(AdsClient):
         # The connection's own id keeps the spelling its rows have always carried.
         return [self.ctx.account_id if cid == own else cid for cid in dict.fromkeys(selected)]
 
-    def for_account(self, account_id: str) -> "GoogleAdsClient":
+    def for_account(self, account_id: str) -> GoogleAdsClient:
         """The client for one of ``accounts()``: a manager's client is queried itself, with
         the manager as ``login-customer-id``."""
         if account_id == self.ctx.account_id:
@@ -567,7 +591,9 @@ def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant 
     if not credentials.refresh_token:
         raise AuthRevoked(
             "google: no refresh token stored; the connection must be re-authorised",
-            platform=PLATFORM, reason="no refresh token stored", definitive=True,
+            platform=PLATFORM,
+            reason="no refresh token stored",
+            definitive=True,
         )
     redaction.register(credentials.access_token, credentials.refresh_token)
     body = _http(ctx).request(

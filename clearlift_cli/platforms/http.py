@@ -26,8 +26,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from tenacity import (
@@ -70,8 +71,9 @@ class Response:
     def retry_after(self, default: float | None = None, now: float | None = None) -> float | None:
         """Seconds of an HTTP ``Retry-After`` header (``default`` when absent or unreadable):
         a proxy's or platform's 429 may say how long to wait only there."""
-        wait = parse_retry_after(self.headers.get("Retry-After") if self.headers else None,
-                                 time.time() if now is None else now)
+        wait = parse_retry_after(
+            self.headers.get("Retry-After") if self.headers else None, time.time() if now is None else now
+        )
         return default if wait is None else wait
 
 
@@ -102,9 +104,9 @@ def _session(direct: bool = False):
     name = "direct" if direct else "session"
     s = getattr(_sessions, name, None)
     if s is None:
-        import requests
-
         from http.cookiejar import DefaultCookiePolicy
+
+        import requests
 
         s = requests.Session()
         _with_deadlines(s)
@@ -150,6 +152,7 @@ def _origin(location: str | None, base: str) -> str:
 
 def _read_capped(resp, limit: int, platform: str) -> bytes:
     """The (decompressed) body, refusing more than ``limit`` bytes without reading them all."""
+
     def too_large(size: str) -> PermanentError:
         return PermanentError(
             f"{platform}: the answer is larger than {limit // (1024 * 1024)} MiB ({size}); "
@@ -158,8 +161,7 @@ def _read_capped(resp, limit: int, platform: str) -> bytes:
         )
 
     declared = resp.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > limit and \
-            not resp.headers.get("Content-Encoding"):
+    if declared and declared.isdigit() and int(declared) > limit and not resp.headers.get("Content-Encoding"):
         raise too_large(f"{int(declared)} bytes announced")
     body = bytearray()
     for chunk in resp.iter_content(_READ_CHUNK):
@@ -218,8 +220,14 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
     ) -> Any:
         return self._retrying()(
-            self._once, method, url, classify=classify, params=params,
-            json_body=json_body, data=data, headers=headers,
+            self._once,
+            method,
+            url,
+            classify=classify,
+            params=params,
+            json_body=json_body,
+            data=data,
+            headers=headers,
         )
 
     def stream_array(
@@ -237,11 +245,14 @@ class HttpClient:
         failure before the first element is retried like ``request``; one after it raises
         ``TransientError`` (what was yielded cannot be taken back: the caller's transaction
         must be)."""
+
         def first_element():
             # the deadline runs from connecting to the first element, then to each next one
             # (the time the caller spends between elements is its own)
             with deadline.request_deadline(self.timeout) as cut:
-                resp, response = self._open(method, url, classify=classify, json_body=json_body, headers=headers)
+                resp, response = self._open(
+                    method, url, classify=classify, json_body=json_body, headers=headers
+                )
                 elements = self._elements(resp)
                 try:
                     element = next(elements, _END)
@@ -305,7 +316,9 @@ class HttpClient:
         if cut is not None and cut.reason == deadline.DEADLINE:
             return TransientError(
                 f"{self.platform}: request timed out after {self.timeout:g}s (its whole deadline, "
-                "connect to last byte: CLEARLIFT_HTTP_TIMEOUT)", platform=self.platform)
+                "connect to last byte: CLEARLIFT_HTTP_TIMEOUT)",
+                platform=self.platform,
+            )
         return None
 
     def _failure(self, exc: Exception) -> TransientError:
@@ -313,11 +326,13 @@ class HttpClient:
         import requests
 
         if isinstance(exc, requests.Timeout):
-            return TransientError(f"{self.platform}: request timed out after {self.timeout:g}s",
-                                  platform=self.platform)
+            return TransientError(
+                f"{self.platform}: request timed out after {self.timeout:g}s", platform=self.platform
+            )
         if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-            return TransientError(f"{self.platform}: connection failed ({type(exc).__name__})",
-                                  platform=self.platform)
+            return TransientError(
+                f"{self.platform}: connection failed ({type(exc).__name__})", platform=self.platform
+            )
         return TransientError(f"{self.platform}: request failed: {redact(exc)}", platform=self.platform)
 
     def _refuse_redirect(self, resp) -> None:
@@ -339,9 +354,15 @@ class HttpClient:
         # timeout only bounds each socket operation.
         with deadline.request_deadline(self.timeout), self._network_errors():
             resp = self._session_for(url).request(
-                method, url, params=params, json=json_body, data=data,
-                headers=dict(headers or {}), timeout=(min(10.0, self.timeout), self.timeout),
-                allow_redirects=False, stream=True,
+                method,
+                url,
+                params=params,
+                json=json_body,
+                data=data,
+                headers=dict(headers or {}),
+                timeout=(min(10.0, self.timeout), self.timeout),
+                allow_redirects=False,
+                stream=True,
             )
             try:
                 raw = _read_capped(resp, self.max_response_bytes, self.platform)
@@ -379,8 +400,13 @@ class HttpClient:
         self.requests_sent += 1
         with self._network_errors():
             resp = self._session_for(url).request(
-                method, url, json=json_body, headers=dict(headers or {}),
-                timeout=(min(10.0, self.timeout), self.timeout), allow_redirects=False, stream=True,
+                method,
+                url,
+                json=json_body,
+                headers=dict(headers or {}),
+                timeout=(min(10.0, self.timeout), self.timeout),
+                allow_redirects=False,
+                stream=True,
             )
             if resp.status_code >= 300:
                 try:
@@ -391,8 +417,9 @@ class HttpClient:
         if resp.status_code >= 300:
             text, _ = self._classify_whole(method, resp, raw, classify)
             kind = "an HTML page" if text.lstrip().startswith("<") else "no readable error"
-            raise TransientError(f"{self.platform}: HTTP {resp.status_code} answered with {kind}",
-                                 platform=self.platform)
+            raise TransientError(
+                f"{self.platform}: HTTP {resp.status_code} answered with {kind}", platform=self.platform
+            )
         response = Response(resp.status_code, resp.headers, "", redact(resp.url))
         log.debug("%s %s -> %s (streamed)", method, response.url, resp.status_code)
         for observe in self.observers:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import codecs
 import json
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 _WHITESPACE = " \t\n\r"
 
@@ -95,7 +96,11 @@ def iter_json_array(chunks: Iterable[bytes], *, max_chars: int) -> Iterator[Any]
                     value, end = decode(buf, pos)
                 except json.JSONDecodeError as exc:
                     if eof:
-                        kind = "truncated" if exc.pos >= len(buf) - 1 or "Unterminated" in exc.msg else "malformed"
+                        kind = (
+                            "truncated"
+                            if exc.pos >= len(buf) - 1 or "Unterminated" in exc.msg
+                            else "malformed"
+                        )
                         raise StreamError(kind, f"the answer's JSON is {kind} ({exc.msg})") from None
                     break  # incomplete: read more
                 if end >= len(buf) and not eof and not isinstance(value, (dict, list, str)):

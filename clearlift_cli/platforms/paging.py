@@ -51,8 +51,7 @@ class PageGuard:
         if cursor is not None:
             key = _digest(cursor)
             if key in self._cursors:
-                self._fail(f"asked for the same page twice (page {self.pages} points back to an "
-                           "earlier one)")
+                self._fail(f"asked for the same page twice (page {self.pages} points back to an earlier one)")
             self._cursors.add(key)
         if rows:
             # Order within a page does not make it a new page.

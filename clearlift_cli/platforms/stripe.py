@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from clearlift_cli import redact as redaction
@@ -71,7 +72,7 @@ NO_CURRENCY = "XXX"
 # Stripe sends Retry-After on most 429s; without it a short pause usually suffices.
 DEFAULT_RATE_LIMIT_WAIT = 2.0
 
-UTC = timezone.utc
+UTC = UTC
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Stripe echoes a masked key ("sk_test_****1234"); even the masked tail is not ours to show.
 _KEY_SHAPED = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\S*|\*{2,}\S*")
@@ -112,8 +113,10 @@ def classify(response: Response, body: Any) -> None:
         raise PermanentError(message, platform=PLATFORM)
     if status == 429 or error.get("code") == "rate_limit":
         raise RateLimited(
-            message, retry_after=response.retry_after(DEFAULT_RATE_LIMIT_WAIT),
-            scope="account", platform=PLATFORM,
+            message,
+            retry_after=response.retry_after(DEFAULT_RATE_LIMIT_WAIT),
+            scope="account",
+            platform=PLATFORM,
         )
     if should_retry == "true" or status == 409 or status >= 500:
         raise TransientError(message, platform=PLATFORM)
@@ -152,7 +155,8 @@ def parse_charge(row: dict[str, Any]) -> Charge:
             customer_id=str(customer) if customer else None,
             created_at=datetime.fromtimestamp(to_int(row["created"]), UTC),
             amount_captured_minor=(
-                to_int(amount_captured) if amount_captured is not None
+                to_int(amount_captured)
+                if amount_captured is not None
                 else (to_int(row["amount"]) if captured else 0)
             ),
             captured=captured,
@@ -178,13 +182,18 @@ class StripeClient(RevenueClient):
         redaction.register(credentials.access_token)
         self.base = f"{ctx.settings.stripe_url}/v1"
         self.http = HttpClient(
-            platform=PLATFORM, clock=ctx.clock, timeout=ctx.settings.http_timeout,
+            platform=PLATFORM,
+            clock=ctx.clock,
+            timeout=ctx.settings.http_timeout,
             session=ctx.session,
         )
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = self.http.request(
-            "GET", f"{self.base}{path}", classify=classify, params=params,
+            "GET",
+            f"{self.base}{path}",
+            classify=classify,
+            params=params,
             headers={
                 "Authorization": f"Bearer {self.credentials.access_token}",
                 "Stripe-Version": STRIPE_VERSION,
@@ -201,7 +210,8 @@ class StripeClient(RevenueClient):
         except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
             raise PermanentError(
                 f"stripe: settings.{TIME_ZONE_SETTING} {str(value)[:64]!r} is not an IANA time "
-                'zone name (e.g. "America/New_York")', platform=PLATFORM,
+                'zone name (e.g. "America/New_York")',
+                platform=PLATFORM,
             ) from None
         return str(value)
 
@@ -211,10 +221,18 @@ class StripeClient(RevenueClient):
             body = self._get("/account")
         except MissingPermission as exc:
             # A restricted key: the charges carry their currency; days are UTC unless set.
-            log.info("stripe: account %s: the key cannot read /v1/account (%s); days are %s days",
-                     self.ctx.account_id, exc, configured or "UTC")
-            return Account(account_id=str(self.ctx.account_id), currency=NO_CURRENCY,
-                           time_zone=configured or "Etc/UTC", name=None)
+            log.info(
+                "stripe: account %s: the key cannot read /v1/account (%s); days are %s days",
+                self.ctx.account_id,
+                exc,
+                configured or "UTC",
+            )
+            return Account(
+                account_id=str(self.ctx.account_id),
+                currency=NO_CURRENCY,
+                time_zone=configured or "Etc/UTC",
+                name=None,
+            )
         currency = str(body.get("default_currency") or "").upper()
         if not currency:
             raise PermanentError("stripe: account has no default_currency", platform=PLATFORM)
@@ -241,14 +259,16 @@ class StripeClient(RevenueClient):
             if page_number > self.max_pages:
                 raise PermanentError(
                     f"stripe: {path} still had more after {self.max_pages} pages of {PAGE_LIMIT} "
-                    f"{what} in one window; stopped (an endless pagination?)", platform=PLATFORM,
+                    f"{what} in one window; stopped (an endless pagination?)",
+                    platform=PLATFORM,
                 )
             page = self._get(path, params)
             rows = page.get("data") or []
             ids = [str(row.get("id")) for row in rows if isinstance(row, dict)]
             if len(ids) != len(rows):
-                raise TransientError(f"stripe: {path} answered a list item that is not an object",
-                                     platform=PLATFORM)
+                raise TransientError(
+                    f"stripe: {path} answered a list item that is not an object", platform=PLATFORM
+                )
             for row in rows:
                 created = row.get("created")
                 if isinstance(created, int) and oldest is not None and created > oldest:
@@ -274,8 +294,8 @@ class StripeClient(RevenueClient):
     @staticmethod
     def _loop(path: str, page_number: int, what: str) -> None:
         raise PermanentError(
-            f"stripe: {path} pagination repeats itself (page {page_number} brought {what}); "
-            "stopped", platform=PLATFORM,
+            f"stripe: {path} pagination repeats itself (page {page_number} brought {what}); stopped",
+            platform=PLATFORM,
         )
 
     def charges(self, since: datetime, until: datetime) -> Iterator[Charge]:
@@ -305,7 +325,8 @@ class StripeClient(RevenueClient):
             log.warning(
                 "stripe: account %s: the key cannot list refunds (%s); refunds made after a "
                 "charge's lookback are not seen until it can (give the key Read on Refunds)",
-                self.ctx.account_id, exc,
+                self.ctx.account_id,
+                exc,
             )
 
 

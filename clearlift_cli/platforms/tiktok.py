@@ -29,9 +29,10 @@ Facts this module is built on (looked up 2026-11-29; doubts noted):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 from clearlift_cli import redact as redaction
 from clearlift_cli.errors import (
@@ -69,8 +70,7 @@ VALUE_METRICS = ("total_complete_payment_rate", "total_purchase_value")
 REPORT_METRICS = ("spend", "impressions", "clicks", "conversion", *VALUE_METRICS)
 # Every campaign, deleted ones included (TikTok leaves those out unless asked).
 CAMPAIGN_FILTER = {"secondary_status": "CAMPAIGN_STATUS_ALL"}
-REPORT_FILTER = [{"field_name": "campaign_status", "filter_type": "IN",
-                  "filter_value": '["STATUS_ALL"]'}]
+REPORT_FILTER = [{"field_name": "campaign_status", "filter_type": "IN", "filter_value": '["STATUS_ALL"]'}]
 # Pages one walk (the campaign list, one report window of at most 30 days) may take before
 # it is taken for endless pagination: at 1,000 rows a page, 1,000,000 rows, i.e. 33,000
 # campaigns delivering every day of a 30-day window; TikTok caps an advertiser far lower.
@@ -114,8 +114,10 @@ def classify(response: Response, body: Any) -> None:
     if status == 401:
         # TikTok signals auth problems in the envelope; a bare 401 may be a proxy glitch.
         raise AuthRevoked(
-            "tiktok: HTTP 401 unauthorised", platform=PLATFORM,
-            reason="HTTP 401", definitive=False,
+            "tiktok: HTTP 401 unauthorised",
+            platform=PLATFORM,
+            reason="HTTP 401",
+            definitive=False,
         )
     if status >= 400:
         raise PermanentError(f"tiktok: HTTP {status} {redact(response.text[:200])}", platform=PLATFORM)
@@ -141,7 +143,9 @@ def error_for_code(code: int, message: str, request_id: Any = None) -> Exception
         text += f" (request_id {redact(request_id)})"
     if code in _RATE_LIMIT_SCOPE:
         return RateLimited(
-            text, retry_after=DEFAULT_RATE_LIMIT_WAIT, scope=_RATE_LIMIT_SCOPE[code],
+            text,
+            retry_after=DEFAULT_RATE_LIMIT_WAIT,
+            scope=_RATE_LIMIT_SCOPE[code],
             platform=PLATFORM,
         )
     if code in _TOKEN_EXPIRED:
@@ -191,7 +195,9 @@ def parse_report_row(row: dict[str, Any]) -> DailyMetric:
     try:
         metric_date = date.fromisoformat(day[:10])
     except ValueError:
-        raise PermanentError(f"tiktok: report row has no valid stat_time_day: {day!r}", platform=PLATFORM) from None
+        raise PermanentError(
+            f"tiktok: report row has no valid stat_time_day: {day!r}", platform=PLATFORM
+        ) from None
     impressions = _metric_decimal(metrics.get("impressions"), "impressions")
     clicks = _metric_decimal(metrics.get("clicks"), "clicks")
     try:
@@ -237,7 +243,9 @@ class TikTokAdsClient(AdsClient):
         redaction.register(credentials.access_token, credentials.refresh_token)
         self.base = api_base(ctx)
         self.http = HttpClient(
-            platform=PLATFORM, clock=ctx.clock, timeout=ctx.settings.http_timeout,
+            platform=PLATFORM,
+            clock=ctx.clock,
+            timeout=ctx.settings.http_timeout,
             session=ctx.session,
         )
 
@@ -247,7 +255,10 @@ class TikTokAdsClient(AdsClient):
 
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         body = self.http.request(
-            "GET", f"{self.base}{path}", classify=classify, params=params,
+            "GET",
+            f"{self.base}{path}",
+            classify=classify,
+            params=params,
             headers={"Access-Token": self.credentials.access_token},
         )
         data = body.get("data") if isinstance(body, dict) else None
@@ -258,10 +269,13 @@ class TikTokAdsClient(AdsClient):
             self.ctx.progress(phase, done, total)
 
     def account(self) -> Account:
-        data = self._get("/advertiser/info/", {
-            "advertiser_ids": _json_param([self.advertiser_id]),
-            "fields": _json_param(["currency", "timezone", "name"]),
-        })
+        data = self._get(
+            "/advertiser/info/",
+            {
+                "advertiser_ids": _json_param([self.advertiser_id]),
+                "fields": _json_param(["currency", "timezone", "name"]),
+            },
+        )
         rows = data.get("list") or []
         if not rows:
             raise PermanentError(
@@ -281,7 +295,9 @@ class TikTokAdsClient(AdsClient):
             name=info.get("name"),
         )
 
-    def _pages(self, path: str, params: dict[str, Any], what: str) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    def _pages(
+        self, path: str, params: dict[str, Any], what: str
+    ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
         guard = PageGuard(PLATFORM, what, MAX_PAGES_PER_WALK)
         page = 1
         while True:

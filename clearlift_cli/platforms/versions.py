@@ -117,9 +117,11 @@ def check(platform: str, version: str, today: date) -> VersionCheck:
     if version not in table:
         known = ", ".join(sorted(table, key=_version_key))
         return VersionCheck(
-            platform, version, "unknown", None,
-            f"{label} {version} is not a version this clearlift knows ({known}); "
-            f"check {setting}",
+            platform,
+            version,
+            "unknown",
+            None,
+            f"{label} {version} is not a version this clearlift knows ({known}); check {setting}",
         )
     sunset = table[version]
     if sunset is not None and today >= sunset:
@@ -132,7 +134,10 @@ def check(platform: str, version: str, today: date) -> VersionCheck:
             # the newest version this clearlift knows is the one ending
             target = "a newer version (and upgrade clearlift)"
         return VersionCheck(
-            platform, version, "ending", sunset,
+            platform,
+            version,
+            "ending",
+            sunset,
             f"{label} {version} is sunset on {sunset.isoformat()} "
             f"({(sunset - today).days} days): set {setting} to {target}",
         )
@@ -142,7 +147,7 @@ def check(platform: str, version: str, today: date) -> VersionCheck:
 def configured_versions(settings: object) -> dict[str, str]:
     """The API version each versioned platform is configured to use."""
     return {
-        "google": str(getattr(settings, "google_ads_api_version")),
-        "facebook": str(getattr(settings, "facebook_api_version")),
+        "google": str(settings.google_ads_api_version),
+        "facebook": str(settings.facebook_api_version),
         "tiktok": "v1.3",
     }

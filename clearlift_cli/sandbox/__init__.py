@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from clearlift_cli.sandbox.server import SandboxServer
 
@@ -27,8 +27,13 @@ APP_CREDENTIALS = {
 
 
 class Sandbox:
-    def __init__(self, *, clock: Callable[[], float] = time.time, host: str = "127.0.0.1",
-                 ports: dict[str, int] | None = None):
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        host: str = "127.0.0.1",
+        ports: dict[str, int] | None = None,
+    ):
         from clearlift_cli.sandbox.facebook import FacebookApp
         from clearlift_cli.sandbox.google import GoogleAdsApp
         from clearlift_cli.sandbox.stripe import StripeApp
@@ -41,14 +46,18 @@ class Sandbox:
         self.stripe = StripeApp(clock=clock)
         self.servers = {
             name: SandboxServer(app, host=host, port=ports.get(name, 0))
-            for name, app in (("google", self.google), ("facebook", self.facebook),
-                              ("tiktok", self.tiktok), ("stripe", self.stripe))
+            for name, app in (
+                ("google", self.google),
+                ("facebook", self.facebook),
+                ("tiktok", self.tiktok),
+                ("stripe", self.stripe),
+            )
         }
 
     def app(self, platform: str):
         return getattr(self, platform)
 
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         for server in self.servers.values():
             server.start()
         return self
@@ -57,7 +66,7 @@ class Sandbox:
         for server in self.servers.values():
             server.stop()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

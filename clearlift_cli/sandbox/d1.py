@@ -158,7 +158,9 @@ class D1App(PlatformApp):
         """The next ``times`` queries get Cloudflare's 429 (code 971), with ``Retry-After``
         seconds unless None."""
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
-        body = envelope(errors=[{"code": 971, "message": "Please wait and consider throttling your request speed"}])
+        body = envelope(
+            errors=[{"code": 971, "message": "Please wait and consider throttling your request speed"}]
+        )
         self.faults.add("status", path=QUERY, times=times, status=429, body=body, headers=headers)
 
     def overload_next(self, times: int = 1, *, status: int = 503) -> None:
@@ -181,16 +183,26 @@ class D1App(PlatformApp):
     def handle(self, request: Request) -> Reply:
         route = _ROUTE.match(request.path)
         if route is None or request.method != "POST":
-            return Reply(404, envelope(errors=[
-                {"code": 7003, "message": f"Could not route to {request.path}, perhaps your object identifier is invalid?"},
-                {"code": 7000, "message": "No route for that URI"},
-            ]))
+            return Reply(
+                404,
+                envelope(
+                    errors=[
+                        {
+                            "code": 7003,
+                            "message": f"Could not route to {request.path}, perhaps your object identifier is invalid?",
+                        },
+                        {"code": 7000, "message": "No route for that URI"},
+                    ]
+                ),
+            )
         refused = self._authenticate(request.headers.get("authorization"))
         if refused is not None:
             return refused
         account, database = route.groups()
         if account != self.account_id:
-            return _error(403, 7403, "The given account is not valid or is not authorized to access this service")
+            return _error(
+                403, 7403, "The given account is not valid or is not authorized to access this service"
+            )
         if database != self.database_id:
             return _error(404, 7404, f"The database {database} could not be found")
         if len(request.body) > self.max_body_bytes:
@@ -200,9 +212,15 @@ class D1App(PlatformApp):
         except ValueError:
             return _error(400, 7400, "The request body is not valid JSON")
         statements = body.get("batch") if isinstance(body, dict) and "batch" in body else [body]
-        if not isinstance(statements, list) or not statements or not all(
-            isinstance(s, dict) and isinstance(s.get("sql"), str)
-            and isinstance(s.get("params", []), list) for s in statements
+        if (
+            not isinstance(statements, list)
+            or not statements
+            or not all(
+                isinstance(s, dict)
+                and isinstance(s.get("sql"), str)
+                and isinstance(s.get("params", []), list)
+                for s in statements
+            )
         ):
             return _error(400, 7400, "The request is malformed: expected sql (and params) or batch")
         with self._db_lock:
@@ -217,8 +235,12 @@ class D1App(PlatformApp):
             return _error(400, 9106, "Missing X-Auth-Key, X-Auth-Email or Authorization headers")
         scheme, _, token = header.partition(" ")
         if scheme != "Bearer" or not token.strip():
-            return _error(400, 6003, "Invalid request headers",
-                          error_chain=[{"code": 6111, "message": "Invalid format for Authorization header"}])
+            return _error(
+                400,
+                6003,
+                "Invalid request headers",
+                error_chain=[{"code": 6111, "message": "Invalid format for Authorization header"}],
+            )
         if self.tokens.check(token.strip()) != "ok":
             return _error(403, 10000, "Authentication error")
         return None
@@ -250,7 +272,9 @@ class D1App(PlatformApp):
             raise
         conn.set_authorizer(None)
         conn.execute("COMMIT")
-        size = conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+        size = (
+            conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+        )
         for result in results:
             result["meta"]["size_after"] = size
         self.statements_run += len(results)

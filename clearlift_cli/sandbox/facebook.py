@@ -30,10 +30,11 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 from clearlift_cli.money import minor_units_per_unit
@@ -46,25 +47,59 @@ EXCHANGED_TOKEN_TTL = 5183944  # seconds, what Graph answers for a long-lived to
 
 _OBJECTIVES = ["OUTCOME_SALES", "OUTCOME_TRAFFIC", "OUTCOME_LEADS", "OUTCOME_AWARENESS"]
 # (status, effective_status) of the campaigns, in turn.
-_STATUSES = [("ACTIVE", "ACTIVE"), ("ACTIVE", "ACTIVE"), ("PAUSED", "PAUSED"),
-             ("ARCHIVED", "ARCHIVED"), ("ACTIVE", "WITH_ISSUES"), ("DELETED", "DELETED"),
-             ("ACTIVE", "IN_PROCESS")]
+_STATUSES = [
+    ("ACTIVE", "ACTIVE"),
+    ("ACTIVE", "ACTIVE"),
+    ("PAUSED", "PAUSED"),
+    ("ARCHIVED", "ARCHIVED"),
+    ("ACTIVE", "WITH_ISSUES"),
+    ("DELETED", "DELETED"),
+    ("ACTIVE", "IN_PROCESS"),
+]
 # Statuses Graph leaves out of edges and account insights unless a filter asks for them.
 HIDDEN_BY_DEFAULT = frozenset({"ARCHIVED", "DELETED"})
 # Every value the effective_status filter accepts (the campaigns-edge reference lists the
 # ad-level ones too; a campaign never has them, so they match nothing).
-FILTER_STATUSES = frozenset({
-    "ACTIVE", "PAUSED", "DELETED", "ARCHIVED", "IN_PROCESS", "WITH_ISSUES", "PENDING_REVIEW",
-    "DISAPPROVED", "PREAPPROVED", "PENDING_BILLING_INFO", "CAMPAIGN_PAUSED", "ADSET_PAUSED"})
+FILTER_STATUSES = frozenset(
+    {
+        "ACTIVE",
+        "PAUSED",
+        "DELETED",
+        "ARCHIVED",
+        "IN_PROCESS",
+        "WITH_ISSUES",
+        "PENDING_REVIEW",
+        "DISAPPROVED",
+        "PREAPPROVED",
+        "PENDING_BILLING_INFO",
+        "CAMPAIGN_PAUSED",
+        "ADSET_PAUSED",
+    }
+)
 TOO_MUCH_DATA = "Please reduce the amount of data you're asking for, then retry your request"
 _NAMES = ["Brand", "Prospecting", "Retargeting", "Catalog", "Lookalike", "Video", "Leads"]
 _CAMPAIGN_FIELDS = {
-    "id", "name", "status", "effective_status", "objective", "daily_budget",
-    "lifetime_budget", "created_time", "updated_time",
+    "id",
+    "name",
+    "status",
+    "effective_status",
+    "objective",
+    "daily_budget",
+    "lifetime_budget",
+    "created_time",
+    "updated_time",
 }
 _INSIGHT_FIELDS = {
-    "account_id", "campaign_id", "campaign_name", "impressions", "clicks", "spend",
-    "actions", "action_values", "date_start", "date_stop",
+    "account_id",
+    "campaign_id",
+    "campaign_name",
+    "impressions",
+    "clicks",
+    "spend",
+    "actions",
+    "action_values",
+    "date_start",
+    "date_stop",
 }
 # Meta writes these currencies' amounts without a minor unit ("offset 1").
 _OFFSET_ONE = frozenset("CLP COP CRC HUF ISK IDR JPY KRW PYG TWD VND".split())
@@ -135,10 +170,18 @@ class _RateLimitPlan:
     subcode: int | None
 
 
-def _graph_error(message: str, code: int, subcode: int | None = None, *,
-                 type_: str = "OAuthException", is_transient: bool = False,
-                 include_transient: bool = True, status: int = 400,
-                 headers: dict[str, str] | None = None, **extra: str) -> Reply:
+def _graph_error(
+    message: str,
+    code: int,
+    subcode: int | None = None,
+    *,
+    type_: str = "OAuthException",
+    is_transient: bool = False,
+    include_transient: bool = True,
+    status: int = 400,
+    headers: dict[str, str] | None = None,
+    **extra: str,
+) -> Reply:
     error: dict[str, Any] = {"message": message, "type": type_, "code": code}
     if subcode is not None:
         error["error_subcode"] = subcode
@@ -153,9 +196,15 @@ def _too_much_data(shape: str) -> Reply:
     """Graph's answer to a request for too much data: HTTP 500 with code 1 and, as a rule,
     no subcode; sometimes subcode 99 with the advice in ``error_user_msg``."""
     if shape == "subcode":
-        return _graph_error("An unknown error occurred", 1, 99, include_transient=False,
-                            status=500, error_user_title="Please reduce the amount of data",
-                            error_user_msg=TOO_MUCH_DATA)
+        return _graph_error(
+            "An unknown error occurred",
+            1,
+            99,
+            include_transient=False,
+            status=500,
+            error_user_title="Please reduce the amount of data",
+            error_user_msg=TOO_MUCH_DATA,
+        )
     return _graph_error(TOO_MUCH_DATA, 1, include_transient=False, status=500)
 
 
@@ -230,8 +279,9 @@ class FacebookApp(PlatformApp):
             setattr(self.usage, key, value)
         return self.usage
 
-    def rate_limit_next(self, times: int = 1, *, code: int = 17, minutes: int = 5,
-                        subcode: int | None = None) -> None:
+    def rate_limit_next(
+        self, times: int = 1, *, code: int = 17, minutes: int = 5, subcode: int | None = None
+    ) -> None:
         """The next ``times`` authenticated requests answer rate-limit error ``code`` with a
         business-use-case header that blocks for ``minutes`` (0: no estimate)."""
         if subcode is None and code == 80004:
@@ -239,8 +289,7 @@ class FacebookApp(PlatformApp):
         with self._lock:
             self._rate_limits.append(_RateLimitPlan(times, code, minutes, subcode))
 
-    def pin_insight(self, account_id: str | int, campaign_id: str, day: date,
-                    **fields: Any) -> None:
+    def pin_insight(self, account_id: str | int, campaign_id: str, day: date, **fields: Any) -> None:
         """Serve the given wire values (e.g. ``spend="14.35"``, ``actions=[...]``) in the
         campaign's row for ``day``, which then always has a row."""
         with self._lock:
@@ -277,8 +326,9 @@ class FacebookApp(PlatformApp):
             rows.append(row)  # i % 3 == 2: budgets live on the ad sets
         return rows
 
-    def insight_rows(self, account_id: str | int, since: date, until: date,
-                     statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def insight_rows(
+        self, account_id: str | int, since: date, until: date, statuses: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Daily campaign insight rows for since..until, exactly as served (all fields),
         ordered by day then campaign, of the campaigns whose effective_status is in
         ``statuses`` (None: every campaign, archived and deleted ones included: their past
@@ -286,8 +336,9 @@ class FacebookApp(PlatformApp):
         digits = _digits(account_id)
         config = self.account_config(digits)
         wanted = None if statuses is None else set(statuses)
-        campaigns = [c for c in self.campaign_rows(digits)
-                     if wanted is None or c["effective_status"] in wanted]
+        campaigns = [
+            c for c in self.campaign_rows(digits) if wanted is None or c["effective_status"] in wanted
+        ]
         rows = []
         for day in days(since, until):
             for campaign in campaigns:
@@ -300,8 +351,9 @@ class FacebookApp(PlatformApp):
         return rows
 
     @staticmethod
-    def _insight(account: str, currency: str, campaign: dict[str, Any], day: date,
-                 r: random.Random) -> dict[str, Any]:
+    def _insight(
+        account: str, currency: str, campaign: dict[str, Any], day: date, r: random.Random
+    ) -> dict[str, Any]:
         impressions = r.randint(100, 20000)
         clicks = r.randint(0, impressions // 10)
         spend_minor = r.randint(0, 50000)
@@ -321,18 +373,26 @@ class FacebookApp(PlatformApp):
         values = []
         if carts:
             actions.append({"action_type": "add_to_cart", "value": str(carts)})
-            values.append({"action_type": "add_to_cart",
-                           "value": _money(carts * r.randint(500, 9000), currency)})
+            values.append(
+                {"action_type": "add_to_cart", "value": _money(carts * r.randint(500, 9000), currency)}
+            )
         if purchases:
             worth = _money(sum(r.randint(500, 20000) for _ in range(purchases)), currency)
             pixel = purchases - r.randint(0, purchases)  # the pixel sees only some of them
-            for kind, count in (("purchase", purchases), ("omni_purchase", purchases),
-                                ("offsite_conversion.fb_pixel_purchase", pixel)):
+            for kind, count in (
+                ("purchase", purchases),
+                ("omni_purchase", purchases),
+                ("offsite_conversion.fb_pixel_purchase", pixel),
+            ):
                 actions.append({"action_type": kind, "value": str(count)})
             for kind in ("purchase", "omni_purchase"):
                 values.append({"action_type": kind, "value": worth})
-            values.append({"action_type": "offsite_conversion.fb_pixel_purchase",
-                           "value": _money(pixel * 1999, currency)})
+            values.append(
+                {
+                    "action_type": "offsite_conversion.fb_pixel_purchase",
+                    "value": _money(pixel * 1999, currency),
+                }
+            )
         if clicks:
             actions.append({"action_type": "landing_page_view", "value": str(clicks - clicks // 4)})
         row["actions"] = actions
@@ -367,14 +427,19 @@ class FacebookApp(PlatformApp):
         reply.headers.update(self._usage_headers(account))
         return reply
 
-    def _route(self, request: Request, route: list[str], params: dict[str, str],
-               account: str | None) -> Reply:
+    def _route(
+        self, request: Request, route: list[str], params: dict[str, str], account: str | None
+    ) -> Reply:
         if account is not None:
             if not account.isdigit() or not self.account_config(account).exists:
                 return _graph_error(
                     f"Unsupported get request. Object with ID 'act_{account}' does not exist, "
                     "cannot be loaded due to missing permissions, or does not support this "
-                    "operation.", 100, 33, type_="GraphMethodException")
+                    "operation.",
+                    100,
+                    33,
+                    type_="GraphMethodException",
+                )
             if len(route) == 1 and request.method == "GET":
                 return self._account(account, params)
             if route[1:] == ["campaigns"] and request.method == "GET":
@@ -393,13 +458,17 @@ class FacebookApp(PlatformApp):
                 return self._report_rows(request, params, route[0])
         return _graph_error(
             f"Unsupported {request.method.lower()} request. Object does not exist or "
-            "does not support this operation.", 100, 33, type_="GraphMethodException")
+            "does not support this operation.",
+            100,
+            33,
+            type_="GraphMethodException",
+        )
 
     def _expired_version(self, version: str) -> Reply | None:
         """Graph's answer to an Ads API call on a version past its expiry (or older than
         every version the table knows), else None."""
         table = versions.SUNSETS["facebook"]
-        today = datetime.fromtimestamp(self.clock(), timezone.utc).date()
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
         sunset = table.get(version)
         if version in table:
             gone = sunset is not None and today >= sunset
@@ -410,7 +479,10 @@ class FacebookApp(PlatformApp):
         latest = versions.DEFAULT_VERSIONS["facebook"]
         return _graph_error(
             "(#2635) You are calling a deprecated version of the Ads API. Please update to the "
-            f"latest version: {latest}.", 2635, include_transient=False)
+            f"latest version: {latest}.",
+            2635,
+            include_transient=False,
+        )
 
     def _exchange(self, params: dict[str, str]) -> Reply:
         if params.get("grant_type") != "fb_exchange_token":
@@ -422,17 +494,21 @@ class FacebookApp(PlatformApp):
         old = params.get("fb_exchange_token") or ""
         with self._lock:
             expiry = self._long_lived.get(old)
-        if (expiry is not None and self.long_lived_renewal == "unchanged"
-                and self.tokens.check(old) == "ok"):
-            return Reply(200, {"access_token": old, "token_type": "bearer",
-                               "expires_in": max(0, int(expiry - self.clock()))})
+        if expiry is not None and self.long_lived_renewal == "unchanged" and self.tokens.check(old) == "ok":
+            return Reply(
+                200,
+                {
+                    "access_token": old,
+                    "token_type": "bearer",
+                    "expires_in": max(0, int(expiry - self.clock())),
+                },
+            )
         new = self.tokens.exchange(old, EXCHANGED_TOKEN_TTL)
         if new is None:
             return self._token_error(old)
         with self._lock:
             self._long_lived[new] = self.clock() + EXCHANGED_TOKEN_TTL
-        return Reply(200, {"access_token": new, "token_type": "bearer",
-                           "expires_in": EXCHANGED_TOKEN_TTL})
+        return Reply(200, {"access_token": new, "token_type": "bearer", "expires_in": EXCHANGED_TOKEN_TTL})
 
     def _check_token(self, token: str | None) -> Reply | None:
         if self.tokens.check(token) == "ok":
@@ -442,17 +518,24 @@ class FacebookApp(PlatformApp):
     def _token_error(self, token: str | None) -> Reply:
         state = self.tokens.check(token)
         if state == "missing":
-            return _graph_error("An active access token must be used to query information "
-                                "about the current user.", 2500)
+            return _graph_error(
+                "An active access token must be used to query information about the current user.", 2500
+            )
         if state == "expired":
             return _graph_error(
                 "Error validating access token: Session has expired on Tuesday, 01-Jul-25 "
-                "10:00:00 PDT. The current time is Wednesday, 02-Jul-25 10:00:00 PDT.", 190, 463)
+                "10:00:00 PDT. The current time is Wednesday, 02-Jul-25 10:00:00 PDT.",
+                190,
+                463,
+            )
         if state == "revoked":
             return _graph_error(
                 "Error validating access token: The session has been invalidated because the "
                 "user changed their password or Facebook has changed the session for security "
-                "reasons.", 190, 460)
+                "reasons.",
+                190,
+                460,
+            )
         # Graph echoes a token it cannot parse: clients must redact what they show.
         return _graph_error(f"Malformed access token {token}", 190)
 
@@ -463,11 +546,17 @@ class FacebookApp(PlatformApp):
                 return None
             plan.remaining -= 1
         key = account or "0"
-        bucket = {"type": "ads_insights", "call_count": 100, "total_cputime": 40,
-                  "total_time": 40, "estimated_time_to_regain_access": plan.minutes}
+        bucket = {
+            "type": "ads_insights",
+            "call_count": 100,
+            "total_cputime": 40,
+            "total_time": 40,
+            "estimated_time_to_regain_access": plan.minutes,
+        }
         headers = {
-            "x-app-usage": json.dumps({"call_count": 100 if plan.code == 4 else 20,
-                                       "total_time": 10, "total_cputime": 10}),
+            "x-app-usage": json.dumps(
+                {"call_count": 100 if plan.code == 4 else 20, "total_time": 10, "total_cputime": 10}
+            ),
             "x-business-use-case-usage": json.dumps({key: [bucket]}),
         }
         message = RATE_LIMIT_MESSAGES.get(plan.code, "Rate limit reached")
@@ -475,30 +564,59 @@ class FacebookApp(PlatformApp):
 
     def _usage_headers(self, account: str | None) -> dict[str, str]:
         u = self.usage
-        headers = {"x-app-usage": json.dumps({
-            "call_count": u.app_call_count, "total_time": u.app_total_time,
-            "total_cputime": u.app_total_cputime})}
+        headers = {
+            "x-app-usage": json.dumps(
+                {
+                    "call_count": u.app_call_count,
+                    "total_time": u.app_total_time,
+                    "total_cputime": u.app_total_cputime,
+                }
+            )
+        }
         if account is not None:
-            headers["x-business-use-case-usage"] = json.dumps({account: [{
-                "type": "ads_insights", "call_count": u.call_count,
-                "total_cputime": u.total_cputime, "total_time": u.total_time,
-                "estimated_time_to_regain_access": u.estimated_time_to_regain_access}]})
-            headers["x-ad-account-usage"] = json.dumps({
-                "acc_id_util_pct": u.acc_id_util_pct,
-                "reset_time_duration": u.reset_time_duration,
-                "ads_api_access_tier": "standard_access"})
+            headers["x-business-use-case-usage"] = json.dumps(
+                {
+                    account: [
+                        {
+                            "type": "ads_insights",
+                            "call_count": u.call_count,
+                            "total_cputime": u.total_cputime,
+                            "total_time": u.total_time,
+                            "estimated_time_to_regain_access": u.estimated_time_to_regain_access,
+                        }
+                    ]
+                }
+            )
+            headers["x-ad-account-usage"] = json.dumps(
+                {
+                    "acc_id_util_pct": u.acc_id_util_pct,
+                    "reset_time_duration": u.reset_time_duration,
+                    "ads_api_access_tier": "standard_access",
+                }
+            )
         headers.update(u.raw)
         return headers
 
     def _account(self, account: str, params: dict[str, str]) -> Reply:
         config = self.account_config(account)
-        full = {"id": f"act_{account}", "account_id": account, "name": config.name,
-                "currency": config.currency, "timezone_name": config.timezone_name}
+        full = {
+            "id": f"act_{account}",
+            "account_id": account,
+            "name": config.name,
+            "currency": config.currency,
+            "timezone_name": config.timezone_name,
+        }
         wanted = _fields(params) or ["id"]
         return Reply(200, {k: full[k] for k in ["id", *wanted] if k in full})
 
-    def _page(self, request: Request, params: dict[str, str], rows: list[dict[str, Any]],
-              known: set[str], account: str | None = None) -> Reply:
+    def _page(
+        self,
+        request: Request,
+        params: dict[str, str],
+        rows: list[dict[str, Any]],
+        known: set[str],
+        account: str | None = None,
+    ) -> Reply:
         wanted = _fields(params)
         unknown = [f for f in wanted if f not in known]
         if unknown:
@@ -512,15 +630,17 @@ class FacebookApp(PlatformApp):
         cap = config.max_page_rows if config else None
         size = max(1, min(limit, cap or limit))
         fault = config.endless_paging if config else None
-        page = rows[:size] if fault == "same_rows" else rows[offset:offset + size]
+        page = rows[:size] if fault == "same_rows" else rows[offset : offset + size]
         # Graph always sends an object's id, and an insight row's dates.
         keep = set(wanted) | ({"date_start", "date_stop"} if "date_start" in known else {"id"})
-        body: dict[str, Any] = {"data": [{k: v for k, v in row.items() if k in keep or not wanted}
-                                         for row in page]}
+        body: dict[str, Any] = {
+            "data": [{k: v for k, v in row.items() if k in keep or not wanted} for row in page]
+        }
         host = request.headers.get("host", "127.0.0.1")
         if page:
-            body["paging"] = {"cursors": {"before": _encode_cursor(offset),
-                                          "after": _encode_cursor(offset + len(page))}}
+            body["paging"] = {
+                "cursors": {"before": _encode_cursor(offset), "after": _encode_cursor(offset + len(page))}
+            }
             if fault == "self":
                 body["paging"]["next"] = f"http://{host}{request.path}?{urlencode(params)}"
             elif offset + len(page) < len(rows) or fault == "same_rows":
@@ -569,11 +689,18 @@ class FacebookApp(PlatformApp):
             status, pct = "Job Not Started", 0
         else:
             status, pct = "Job Running", min(99, 100 * (polls - 1) // max(1, config.async_polls))
-        return Reply(200, {
-            "id": report_id, "account_id": report.account_id, "async_status": status,
-            "async_percent_completion": pct, "date_start": report.since.isoformat(),
-            "date_stop": report.until.isoformat(), "time_ref": int(self.clock()),
-        })
+        return Reply(
+            200,
+            {
+                "id": report_id,
+                "account_id": report.account_id,
+                "async_status": status,
+                "async_percent_completion": pct,
+                "date_start": report.since.isoformat(),
+                "date_stop": report.until.isoformat(),
+                "time_ref": int(self.clock()),
+            },
+        )
 
     def _report_rows(self, request: Request, params: dict[str, str], report_id: str) -> Reply:
         report = self._reports[report_id]
@@ -652,4 +779,4 @@ def _decode_cursor(cursor: str) -> int:
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     if not raw.startswith("offset:"):
         raise ValueError(cursor)
-    return int(raw[len("offset:"):])
+    return int(raw[len("offset:") :])

@@ -28,9 +28,10 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from clearlift_cli.platforms import versions
 from clearlift_cli.sandbox import APP_CREDENTIALS
@@ -83,12 +84,20 @@ _RESOURCE_OBJECTS = {"customer", "customerClient", "campaign", "campaignBudget"}
 
 # The selections clearlift sends (PLATFORM_APIS.md); the public row helpers project on them.
 CAMPAIGN_FIELDS = [
-    "campaign.id", "campaign.name", "campaign.status", "campaign.advertising_channel_type",
+    "campaign.id",
+    "campaign.name",
+    "campaign.status",
+    "campaign.advertising_channel_type",
     "campaign_budget.amount_micros",
 ]
 METRIC_FIELDS = [
-    "campaign.id", "segments.date", "metrics.impressions", "metrics.clicks",
-    "metrics.cost_micros", "metrics.conversions", "metrics.conversions_value",
+    "campaign.id",
+    "segments.date",
+    "metrics.impressions",
+    "metrics.clicks",
+    "metrics.cost_micros",
+    "metrics.conversions",
+    "metrics.conversions_value",
 ]
 
 _CHANNELS = ["SEARCH", "DISPLAY", "SHOPPING", "VIDEO", "PERFORMANCE_MAX"]
@@ -194,14 +203,14 @@ def _parse_where(where: str, query: Query) -> None:
             else:
                 query.status_in = values if query.status_in is None else query.status_in & values
         else:
-            near = where[pos:pos + 30]
+            near = where[pos : pos + 30]
             raise QueryRejected("UNEXPECTED_INPUT", f"Error in query: unexpected input {near}.")
         pos = m.end()
         if pos >= len(where.rstrip()):
             return
         conj = _AND.match(where, pos)
         if not conj:
-            near = where[pos:pos + 30]
+            near = where[pos : pos + 30]
             raise QueryRejected("UNEXPECTED_INPUT", f"Error in query: unexpected input {near}.")
         pos = conj.end()
 
@@ -277,11 +286,13 @@ def google_error(
         failure: dict[str, Any] = {"errorCode": error_code, "message": detail_message or message}
         if details:
             failure["details"] = details
-        error["details"] = [{
-            "@type": f"type.googleapis.com/google.ads.googleads.{version}.errors.GoogleAdsFailure",
-            "errors": [failure],
-            "requestId": secrets.token_urlsafe(16),
-        }]
+        error["details"] = [
+            {
+                "@type": f"type.googleapis.com/google.ads.googleads.{version}.errors.GoogleAdsFailure",
+                "errors": [failure],
+                "requestId": secrets.token_urlsafe(16),
+            }
+        ]
     return {"error": error}
 
 
@@ -361,8 +372,14 @@ class GoogleAdsApp(PlatformApp):
         with self._lock:
             self._quota.append(_QuotaFault(times, retry_delay, rate_scope))
 
-    def break_stream(self, times: int = 1, after_batches: int = 1, code: int = 500,
-                     status: str = "INTERNAL", query: str | None = None) -> None:
+    def break_stream(
+        self,
+        times: int = 1,
+        after_batches: int = 1,
+        code: int = 500,
+        status: str = "INTERNAL",
+        query: str | None = None,
+    ) -> None:
         """The next ``times`` searchStream answers (to a GAQL query matching the regex
         ``query``, when given) are HTTP 200 arrays that end in an error element after
         ``after_batches`` good batches, as a stream that fails midway does."""
@@ -372,8 +389,9 @@ class GoogleAdsApp(PlatformApp):
     def _take(self, faults: list, text: str = "") -> Any:
         with self._lock:
             for fault in faults:
-                if fault.times != 0 and not (getattr(fault, "query", None)
-                                             and not re.search(fault.query, text)):
+                if fault.times != 0 and not (
+                    getattr(fault, "query", None) and not re.search(fault.query, text)
+                ):
                     fault.times -= 1
                     return fault
         return None
@@ -398,15 +416,17 @@ class GoogleAdsApp(PlatformApp):
                 status = "ENABLED"
             else:
                 status = r.choice(["ENABLED", "ENABLED", "PAUSED"])
-            out.append({
-                "id": campaign_id,
-                "name": f"{r.choice(_THEMES)} {i + 1}",
-                "status": status,
-                "channel": r.choice(_CHANNELS),
-                "budget_id": campaign_id + 7_000_000_000,
-                # Budgets are whole cents, as the UI allows.
-                "budget_micros": r.randint(100, 50_000) * 10_000,
-            })
+            out.append(
+                {
+                    "id": campaign_id,
+                    "name": f"{r.choice(_THEMES)} {i + 1}",
+                    "status": status,
+                    "channel": r.choice(_CHANNELS),
+                    "budget_id": campaign_id + 7_000_000_000,
+                    # Budgets are whole cents, as the UI allows.
+                    "budget_micros": r.randint(100, 50_000) * 10_000,
+                }
+            )
         return out
 
     @staticmethod
@@ -424,8 +444,11 @@ class GoogleAdsApp(PlatformApp):
             conversions = r.randint(1, max(1, clicks // 4) * 2) / 2  # e.g. 4.0 or 2.5
             value = r.randint(100, 2_000_000) / 100  # e.g. 120.5 or 33.17
         return {
-            "impressions": impressions, "clicks": clicks, "cost_micros": cost_micros,
-            "conversions": conversions, "conversions_value": value,
+            "impressions": impressions,
+            "clicks": clicks,
+            "cost_micros": cost_micros,
+            "conversions": conversions,
+            "conversions_value": value,
         }
 
     def _full_rows(self, cid: str, config: CustomerConfig, query: Query) -> list[dict]:
@@ -440,10 +463,13 @@ class GoogleAdsApp(PlatformApp):
         if query.resource == "customer":
             return [me]
         if query.resource == "customer_client":
-            return [{**me, **self._client_fields(client_id, client, level)}
-                    for client_id, client, level in self.clients_of(cid)]
+            return [
+                {**me, **self._client_fields(client_id, client, level)}
+                for client_id, client, level in self.clients_of(cid)
+            ]
         campaigns = [
-            c for c in self._campaigns(cid, config)
+            c
+            for c in self._campaigns(cid, config)
             if (query.status_in is None or c["status"] in query.status_in)
             and (query.status_not_in is None or c["status"] not in query.status_not_in)
         ]
@@ -475,8 +501,11 @@ class GoogleAdsApp(PlatformApp):
         level = 0
         while frontier:
             level += 1
-            below = [cid for cid, c in sorted(customers.items())
-                     if c.manager_id in frontier and c.accessible and cid != manager_id]
+            below = [
+                cid
+                for cid, c in sorted(customers.items())
+                if c.manager_id in frontier and c.accessible and cid != manager_id
+            ]
             out += [(cid, customers[cid], level) for cid in below]
             frontier = [cid for cid in below if customers[cid].manager]
         return out
@@ -498,7 +527,9 @@ class GoogleAdsApp(PlatformApp):
     @staticmethod
     def _campaign_fields(c: dict) -> dict:
         return {
-            "campaign.id": c["id"], "campaign.name": c["name"], "campaign.status": c["status"],
+            "campaign.id": c["id"],
+            "campaign.name": c["name"],
+            "campaign.status": c["status"],
             "campaign.advertising_channel_type": c["channel"],
             "campaign_budget.amount_micros": c["budget_micros"],
             "_budget_id": c["budget_id"],
@@ -534,8 +565,9 @@ class GoogleAdsApp(PlatformApp):
         """The wire rows served for clearlift's campaigns query (REMOVED ones only when
         ``include_removed``)."""
         cid = str(customer_id).replace("-", "")
-        query = Query("campaign", list(CAMPAIGN_FIELDS),
-                      status_not_in=None if include_removed else {"REMOVED"})
+        query = Query(
+            "campaign", list(CAMPAIGN_FIELDS), status_not_in=None if include_removed else {"REMOVED"}
+        )
         return self._rows(cid, self.customer(cid) or CustomerConfig(), query)
 
     def metric_rows(self, customer_id: str, since: date, until: date) -> list[dict]:
@@ -565,7 +597,7 @@ class GoogleAdsApp(PlatformApp):
 
     def version_is_gone(self, version: str) -> bool:
         """Past its sunset on the sandbox's clock, or older than every version in the table."""
-        today = datetime.fromtimestamp(self.clock(), timezone.utc).date()
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
         if versions.check("google", version, today).is_sunset:
             return True
         known = [int(v[1:]) for v in versions.SUNSETS["google"]]
@@ -582,10 +614,20 @@ class GoogleAdsApp(PlatformApp):
         return out
 
     def _data(self, request: Request, version: str, raw_cid: str, method: str) -> Reply:
-        def fail(code: int, status: str, message: str, error_code: dict | None = None,
-                 detail: str | None = None, details: dict | None = None) -> Reply:
-            return Reply(code, google_error(code, status, message, error_code,
-                                            detail_message=detail, details=details, version=version))
+        def fail(
+            code: int,
+            status: str,
+            message: str,
+            error_code: dict | None = None,
+            detail: str | None = None,
+            details: dict | None = None,
+        ) -> Reply:
+            return Reply(
+                code,
+                google_error(
+                    code, status, message, error_code, detail_message=detail, details=details, version=version
+                ),
+            )
 
         auth = request.headers.get("authorization", "")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
@@ -593,54 +635,92 @@ class GoogleAdsApp(PlatformApp):
         if state != "ok":
             reason = "OAUTH_TOKEN_EXPIRED" if state == "expired" else "OAUTH_TOKEN_INVALID"
             return fail(
-                401, "UNAUTHENTICATED",
+                401,
+                "UNAUTHENTICATED",
                 "Request had invalid authentication credentials. Expected OAuth 2 access token, "
                 "login cookie or other valid authentication credential.",
                 {"authenticationError": reason},
-                "Authentication of the request failed." if state != "expired"
+                "Authentication of the request failed."
+                if state != "expired"
                 else "The OAuth access token has expired.",
             )
         developer_token = request.headers.get("developer-token")
         if not developer_token:
-            return fail(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                        {"requestError": "DEVELOPER_TOKEN_PARAMETER_MISSING"},
-                        "developer-token parameter is missing.")
+            return fail(
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                {"requestError": "DEVELOPER_TOKEN_PARAMETER_MISSING"},
+                "developer-token parameter is missing.",
+            )
         if developer_token != APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]:
-            return fail(401, "UNAUTHENTICATED",
-                        "Request is missing required authentication credential.",
-                        {"authenticationError": "DEVELOPER_TOKEN_INVALID"},
-                        "The developer token is not valid.")
+            return fail(
+                401,
+                "UNAUTHENTICATED",
+                "Request is missing required authentication credential.",
+                {"authenticationError": "DEVELOPER_TOKEN_INVALID"},
+                "The developer token is not valid.",
+            )
         if not raw_cid.isdigit():
-            return fail(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                        {"requestError": "INVALID_CUSTOMER_ID"}, f"Invalid customer ID '{raw_cid}'.")
+            return fail(
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                {"requestError": "INVALID_CUSTOMER_ID"},
+                f"Invalid customer ID '{raw_cid}'.",
+            )
         login = request.headers.get("login-customer-id")
         if login is not None and not login.isdigit():
-            return fail(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                        {"requestError": "INVALID_INPUT"}, "Invalid login-customer-id header.")
+            return fail(
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                {"requestError": "INVALID_INPUT"},
+                "Invalid login-customer-id header.",
+            )
         config = self.customer(raw_cid)
         denied = (
             "User doesn't have permission to access customer. Note: If you're accessing a "
             "client customer, the manager's customer id must be set in the 'login-customer-id' header."
         )
-        if config is None or not config.accessible or (
-            config.manager_id is not None and login not in self.managers_above(raw_cid)
+        if (
+            config is None
+            or not config.accessible
+            or (config.manager_id is not None and login not in self.managers_above(raw_cid))
         ):
-            return fail(403, "PERMISSION_DENIED", "The caller does not have permission",
-                        {"authorizationError": "USER_PERMISSION_DENIED"}, denied)
+            return fail(
+                403,
+                "PERMISSION_DENIED",
+                "The caller does not have permission",
+                {"authorizationError": "USER_PERMISSION_DENIED"},
+                denied,
+            )
         if not config.enabled:
-            return fail(403, "PERMISSION_DENIED", "The caller does not have permission",
-                        {"authorizationError": "CUSTOMER_NOT_ENABLED"},
-                        "The customer account can't be accessed because it is not yet enabled "
-                        "or has been deactivated.")
+            return fail(
+                403,
+                "PERMISSION_DENIED",
+                "The caller does not have permission",
+                {"authorizationError": "CUSTOMER_NOT_ENABLED"},
+                "The customer account can't be accessed because it is not yet enabled "
+                "or has been deactivated.",
+            )
         quota = self._take(self._quota)
         if quota is not None:
             delay = _duration(quota.retry_delay)
-            return fail(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).",
-                        {"quotaError": "RESOURCE_EXHAUSTED"},
-                        f"Too many requests. Retry in {quota.retry_delay:g} seconds.",
-                        {"quotaErrorDetails": {"rateScope": quota.rate_scope, "rateName":
-                                               "Number of operations for basic access",
-                                               "retryDelay": delay}})
+            return fail(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+                {"quotaError": "RESOURCE_EXHAUSTED"},
+                f"Too many requests. Retry in {quota.retry_delay:g} seconds.",
+                {
+                    "quotaErrorDetails": {
+                        "rateScope": quota.rate_scope,
+                        "rateName": "Number of operations for basic access",
+                        "retryDelay": delay,
+                    }
+                },
+            )
         try:
             body = request.json()
             if not isinstance(body, dict) or not isinstance(body.get("query"), str):
@@ -649,13 +729,22 @@ class GoogleAdsApp(PlatformApp):
         except ValueError:
             return fail(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         except QueryRejected as exc:
-            return fail(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                        {"queryError": exc.code}, exc.message)
+            return fail(
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                {"queryError": exc.code},
+                exc.message,
+            )
         if config.manager and any(f.startswith("metrics.") for f in query.fields):
-            return fail(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                        {"queryError": "REQUESTED_METRICS_FOR_MANAGER"},
-                        "Metrics cannot be requested for a manager account. To retrieve metrics, "
-                        "issue separate requests against each client account under the manager account.")
+            return fail(
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                {"queryError": "REQUESTED_METRICS_FOR_MANAGER"},
+                "Metrics cannot be requested for a manager account. To retrieve metrics, "
+                "issue separate requests against each client account under the manager account.",
+            )
         rows = self._rows(raw_cid, config, query)
         mask = ",".join(".".join(_camel(p) for p in f.split(".")) for f in query.fields)
         request_id = secrets.token_urlsafe(16)
@@ -666,14 +755,21 @@ class GoogleAdsApp(PlatformApp):
     def _stream(self, rows: list[dict], mask: str, request_id: str, version: str, query: str) -> Reply:
         size = max(1, self.batch_size)
         batches = [
-            {"results": rows[i:i + size], "fieldMask": mask, "requestId": request_id}
+            {"results": rows[i : i + size], "fieldMask": mask, "requestId": request_id}
             for i in range(0, len(rows), size)
         ] or [{"fieldMask": mask, "requestId": request_id}]
         broken = self._take(self._stream_faults, query)
         if broken is not None:
             batches = batches[: broken.after_batches]
-            batches.append(google_error(broken.code, broken.status, "Internal error encountered.",
-                                        {"internalError": "INTERNAL_ERROR"}, version=version))
+            batches.append(
+                google_error(
+                    broken.code,
+                    broken.status,
+                    "Internal error encountered.",
+                    {"internalError": "INTERNAL_ERROR"},
+                    version=version,
+                )
+            )
         return Reply(200, batches)
 
     def _page(self, rows: list[dict], body: dict, mask: str, request_id: str, version: str) -> Reply:
@@ -687,14 +783,21 @@ class GoogleAdsApp(PlatformApp):
                 if seen_digest != digest or offset < 0:
                     raise ValueError(token)
             except ValueError:
-                return Reply(400, google_error(
-                    400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                    {"requestError": "INVALID_PAGE_TOKEN"}, detail_message="Page token is invalid.",
-                    version=version))
+                return Reply(
+                    400,
+                    google_error(
+                        400,
+                        "INVALID_ARGUMENT",
+                        "Request contains an invalid argument.",
+                        {"requestError": "INVALID_PAGE_TOKEN"},
+                        detail_message="Page token is invalid.",
+                        version=version,
+                    ),
+                )
         size = max(1, self.page_size)
         page: dict[str, Any] = {"fieldMask": mask, "requestId": request_id}
-        if rows[offset:offset + size]:
-            page["results"] = rows[offset:offset + size]
+        if rows[offset : offset + size]:
+            page["results"] = rows[offset : offset + size]
         if offset + size < len(rows):
             page["nextPageToken"] = base64.urlsafe_b64encode(f"{digest}:{offset + size}".encode()).decode()
         return Reply(200, page)
@@ -704,21 +807,38 @@ class GoogleAdsApp(PlatformApp):
             return Reply(405, {"error": "invalid_request", "error_description": "POST required"})
         form = request.form()
         if form.get("grant_type") != "refresh_token":
-            return Reply(400, {"error": "unsupported_grant_type",
-                               "error_description": f"Invalid grant_type: {form.get('grant_type', '')}"})
-        if (form.get("client_id") != APP_CREDENTIALS["GOOGLE_CLIENT_ID"]
-                or form.get("client_secret") != APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"]):
+            return Reply(
+                400,
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": f"Invalid grant_type: {form.get('grant_type', '')}",
+                },
+            )
+        if (
+            form.get("client_id") != APP_CREDENTIALS["GOOGLE_CLIENT_ID"]
+            or form.get("client_secret") != APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"]
+        ):
             return Reply(401, {"error": "invalid_client", "error_description": "Unauthorized"})
         refresh = form.get("refresh_token")
         if not refresh:
-            return Reply(400, {"error": "invalid_request",
-                               "error_description": "Missing required parameter: refresh_token"})
+            return Reply(
+                400,
+                {
+                    "error": "invalid_request",
+                    "error_description": "Missing required parameter: refresh_token",
+                },
+            )
         access = self.tokens.refresh_grant(refresh, ttl=self.refresh_ttl)
         if access is None:
-            return Reply(400, {"error": "invalid_grant",
-                               "error_description": "Token has been expired or revoked."})
-        answer: dict[str, Any] = {"access_token": access, "expires_in": int(self.refresh_ttl),
-                                  "scope": ADWORDS_SCOPE, "token_type": "Bearer"}
+            return Reply(
+                400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
+            )
+        answer: dict[str, Any] = {
+            "access_token": access,
+            "expires_in": int(self.refresh_ttl),
+            "scope": ADWORDS_SCOPE,
+            "token_type": "Bearer",
+        }
         if self.rotate_refresh_tokens:
             answer["refresh_token"] = self.tokens.add_refresh(f"google-rt-{secrets.token_urlsafe(24)}")
         return Reply(200, answer)

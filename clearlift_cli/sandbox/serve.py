@@ -28,8 +28,10 @@ def serve(host: str, port: int, token_ttl: float | None) -> None:
         for p in PLATFORMS:
             access, refresh = sb.issue_token(p, ttl=token_ttl)
             print(f"# {p}: {access} {refresh}")
-        print(f"# d1: {d1.store_url} CLOUDFLARE_API_TOKEN={d1.token} (SQLite file {d1.path};"
-              " d1:// stores are not wired into clearlift yet)")
+        print(
+            f"# d1: {d1.store_url} CLOUDFLARE_API_TOKEN={d1.token} (SQLite file {d1.path};"
+            " d1:// stores are not wired into clearlift yet)"
+        )
         print("# Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             pass

@@ -22,9 +22,10 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -292,8 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(reply, byte_every=fault.seconds or 1.0, at_once=fault.size)
         self._send(reply)
 
-    def _send(self, reply: Reply, cut: bool = False, *, byte_every: float | None = None,
-              at_once: int = 0) -> None:
+    def _send(
+        self, reply: Reply, cut: bool = False, *, byte_every: float | None = None, at_once: int = 0
+    ) -> None:
         raw = reply.encode()
         self.send_response(reply.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
@@ -313,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.wfile.write(raw[:at_once])
             for i in range(at_once, len(raw)):
-                self.wfile.write(raw[i:i + 1])
+                self.wfile.write(raw[i : i + 1])
                 self.wfile.flush()
                 time.sleep(byte_every)
         except OSError:  # the client gave up (its deadline cut the request)
@@ -366,9 +368,12 @@ class SandboxServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "SandboxServer":
+    def start(self) -> SandboxServer:
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sandbox-{self.app.platform}", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sandbox-{self.app.platform}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -379,7 +384,7 @@ class SandboxServer:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> SandboxServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from clearlift_cli.money import minor_units_per_unit
@@ -36,7 +36,7 @@ from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
 DEFAULT_ACCOUNT = "acct_1SandboxDefault"
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 10
-UTC = timezone.utc
+UTC = UTC
 _DAY = 86400
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -128,7 +128,11 @@ class StripeApp(PlatformApp):
             return self._accounts[account_id]
 
     def issue_key(
-        self, account_id: str = DEFAULT_ACCOUNT, *, livemode: bool = False, restricted: bool = False,
+        self,
+        account_id: str = DEFAULT_ACCOUNT,
+        *,
+        livemode: bool = False,
+        restricted: bool = False,
         permissions: set[str] | frozenset[str] | None = None,
     ) -> str:
         """A new valid secret key for ``account_id``; ``restricted``: an ``rk_`` key holding
@@ -142,7 +146,9 @@ class StripeApp(PlatformApp):
                 self._permissions[key] = frozenset(READ_ONLY if permissions is None else permissions)
         return key
 
-    def refund(self, charge_id: str, amount: int | None = None, *, created: int | datetime | None = None) -> dict[str, Any]:
+    def refund(
+        self, charge_id: str, amount: int | None = None, *, created: int | datetime | None = None
+    ) -> dict[str, Any]:
         """Refund ``amount`` (default: all that is left) of a charge already served or listed
         by ``charges_between``, at ``created`` (default: the sandbox clock's now); the refund
         and the charge's new ``amount_refunded`` show from that time on. Returns the refund."""
@@ -207,19 +213,28 @@ class StripeApp(PlatformApp):
             headers["Retry-After"] = f"{retry_after:g}"
         if should_retry is not None:
             headers["Stripe-Should-Retry"] = "true" if should_retry else "false"
-        self.faults.add("status", path=path, times=times, status=status,
-                        body={"error": error}, headers=headers)
+        self.faults.add(
+            "status", path=path, times=times, status=status, body={"error": error}, headers=headers
+        )
 
     def rate_limit_next(
-        self, *, times: int = 1, retry_after: float | None = 1, should_retry: bool | None = None,
+        self,
+        *,
+        times: int = 1,
+        retry_after: float | None = 1,
+        should_retry: bool | None = None,
         path: str = r"^/v1/",
     ) -> None:
         """Answer the next ``times`` requests with 429 ``rate_limit`` like Stripe."""
         self.fail_next(
-            429, times=times, path=path, code="rate_limit",
+            429,
+            times=times,
+            path=path,
+            code="rate_limit",
             message="Request rate limit exceeded. You can learn more about rate limits here "
-                    "https://stripe.com/docs/rate-limits.",
-            retry_after=retry_after, should_retry=should_retry,
+            "https://stripe.com/docs/rate-limits.",
+            retry_after=retry_after,
+            should_retry=should_retry,
         )
 
     # --- wire data ----------------------------------------------------------------------
@@ -289,10 +304,19 @@ class StripeApp(PlatformApp):
         config = self.account_config(account_id)
         start = int(datetime.combine(config.history_start, datetime.min.time(), UTC).timestamp())
         now_exclusive = int(self.clock()) + 1
-        return max(start, lo if lo is not None else start), min(now_exclusive, hi if hi is not None else now_exclusive)
+        return max(start, lo if lo is not None else start), min(
+            now_exclusive, hi if hi is not None else now_exclusive
+        )
 
-    def _scan(self, account_id: str, lo: int, hi: int, before: _Key | None, limit: int | None,
-              version: str = LATEST_API_VERSION):
+    def _scan(
+        self,
+        account_id: str,
+        lo: int,
+        hi: int,
+        before: _Key | None,
+        limit: int | None,
+        version: str = LATEST_API_VERSION,
+    ):
         """Charges with lo <= created < hi and sort key < ``before``, newest first, rendered
         in API ``version``; at most ``limit`` + 1 (to tell whether more remain)."""
         out: list[dict[str, Any]] = []
@@ -319,7 +343,9 @@ class StripeApp(PlatformApp):
                 return wire
         raise KeyError(charge_id)  # pragma: no cover - the index and the days agree
 
-    def _render(self, wire: dict[str, Any], version: str, *, late_until: int | None | str = "now") -> dict[str, Any]:
+    def _render(
+        self, wire: dict[str, Any], version: str, *, late_until: int | None | str = "now"
+    ) -> dict[str, Any]:
         """A charge as served now in API ``version``: with the refunds added by ``refund()``
         up to ``late_until`` (default: the clock's now; None: all of them), and, before basil,
         the uncaptured rest of a partial capture or an expired authorisation as refunded."""
@@ -337,14 +363,22 @@ class StripeApp(PlatformApp):
                 out["refunded"] = expired or out["refunded"]
         return out
 
-    def charges_between(self, account_id: str, since: datetime | int, until: datetime | int,
-                        *, api_version: str = LATEST_API_VERSION) -> list[dict[str, Any]]:
+    def charges_between(
+        self,
+        account_id: str,
+        since: datetime | int,
+        until: datetime | int,
+        *,
+        api_version: str = LATEST_API_VERSION,
+    ) -> list[dict[str, Any]]:
         """Every wire charge of ``account_id`` created in [since, until), newest first, as
         ``/v1/charges`` serves it now in ``api_version`` (nothing after the clock's now)."""
         lo, hi = self._window(account_id, _epoch(since), _epoch(until))
         return self._scan(account_id, lo, hi, None, None, api_version)
 
-    def refunds_between(self, account_id: str, since: datetime | int, until: datetime | int) -> list[dict[str, Any]]:
+    def refunds_between(
+        self, account_id: str, since: datetime | int, until: datetime | int
+    ) -> list[dict[str, Any]]:
         """Every refund of ``account_id`` created in [since, until), newest first, as
         ``/v1/refunds`` serves it (nothing after the clock's now)."""
         lo, hi = self._window(account_id, _epoch(since), _epoch(until))
@@ -391,9 +425,12 @@ class StripeApp(PlatformApp):
         needed = REQUIRED_PERMISSION[request.path]
         if permissions is not None and needed not in permissions:
             # Stripe's answer, word for word (key masked to its last six characters).
-            return _error(403, f"The provided key '{_mask(key, 6)}' does not have the required permissions "
-                               f"for this endpoint on account '{account_id}'. Having the '{needed}' "
-                               "permission would allow this request to continue.")
+            return _error(
+                403,
+                f"The provided key '{_mask(key, 6)}' does not have the required permissions "
+                f"for this endpoint on account '{account_id}'. Having the '{needed}' "
+                "permission would allow this request to continue.",
+            )
         version = request.headers.get("stripe-version") or DEFAULT_API_VERSION
         if request.path == "/v1/account":
             return Reply(200, self._account_body(account_id))
@@ -404,8 +441,11 @@ class StripeApp(PlatformApp):
     def _authenticate(self, request: Request) -> tuple[str, Reply | None]:
         header = request.headers.get("authorization") or ""
         if not header.lower().startswith("bearer ") or not header[7:].strip():
-            return "", _error(401, "You did not provide an API key. You need to provide your API key "
-                                   "in the Authorization header, using Bearer auth.")
+            return "", _error(
+                401,
+                "You did not provide an API key. You need to provide your API key "
+                "in the Authorization header, using Bearer auth.",
+            )
         key = header[7:].strip()
         state = self.tokens.check(key)
         if state == "ok":
@@ -428,7 +468,9 @@ class StripeApp(PlatformApp):
             "type": "standard",
         }
 
-    def _list_query(self, query: dict[str, str], extra: tuple[str, ...]) -> tuple[int | None, int | None, int] | Reply:
+    def _list_query(
+        self, query: dict[str, str], extra: tuple[str, ...]
+    ) -> tuple[int | None, int | None, int] | Reply:
         """(lo, hi, limit) of a list request, or the 400 Stripe gives a bad one."""
         bounds: dict[str, int] = {}
         limit = DEFAULT_LIMIT
@@ -467,17 +509,21 @@ class StripeApp(PlatformApp):
             with self._lock:
                 found = self._index.get(cursor)
             if found is None or found[0] != account_id:
-                return _error(400, f"No such charge: '{cursor}'", param="starting_after",
-                              code="resource_missing")
+                return _error(
+                    400, f"No such charge: '{cursor}'", param="starting_after", code="resource_missing"
+                )
             before = found[1]
         lo, hi = self._window(account_id, lo, hi)
         rows = self._scan(account_id, lo, hi, before, limit, version)
-        return Reply(200, {
-            "object": "list",
-            "url": "/v1/charges",
-            "has_more": len(rows) > limit or self.pagination == "repeat",
-            "data": rows[:limit],
-        })
+        return Reply(
+            200,
+            {
+                "object": "list",
+                "url": "/v1/charges",
+                "has_more": len(rows) > limit or self.pagination == "repeat",
+                "data": rows[:limit],
+            },
+        )
 
     def _endless_page(self, account_id: str, hi: int | None, limit: int) -> Reply:
         """A page of fresh made-up charges, older and older, that always has more."""
@@ -486,11 +532,23 @@ class StripeApp(PlatformApp):
             first = self._endless
             self._endless += limit
         top = (hi if hi is not None else int(self.clock())) - 1
-        rows = [{
-            "id": f"ch_endless{n:012d}", "object": "charge", "amount": 1000, "amount_captured": 1000,
-            "amount_refunded": 0, "captured": True, "created": top - n, "currency": config.currency,
-            "customer": None, "paid": True, "refunded": False, "status": "succeeded",
-        } for n in range(first, first + limit)]
+        rows = [
+            {
+                "id": f"ch_endless{n:012d}",
+                "object": "charge",
+                "amount": 1000,
+                "amount_captured": 1000,
+                "amount_refunded": 0,
+                "captured": True,
+                "created": top - n,
+                "currency": config.currency,
+                "customer": None,
+                "paid": True,
+                "refunded": False,
+                "status": "succeeded",
+            }
+            for n in range(first, first + limit)
+        ]
         return Reply(200, {"object": "list", "url": "/v1/charges", "has_more": True, "data": rows})
 
     def _list_refunds(self, account_id: str, query: dict[str, str], version: str) -> Reply:
@@ -511,19 +569,23 @@ class StripeApp(PlatformApp):
         if cursor and self.pagination != "repeat":
             at = next((i for i, (_, r) in enumerate(refunds) if r["id"] == cursor), None)
             if at is None:
-                return _error(400, f"No such refund: '{cursor}'", param="starting_after",
-                              code="resource_missing")
-            refunds = refunds[at + 1:]
+                return _error(
+                    400, f"No such refund: '{cursor}'", param="starting_after", code="resource_missing"
+                )
+            refunds = refunds[at + 1 :]
         page = [dict(r) for _, r in refunds[:limit]]
         if expand:
             for refund in page:
                 refund["charge"] = self._render(self._stored(refund["charge"]), version)
-        return Reply(200, {
-            "object": "list",
-            "url": "/v1/refunds",
-            "has_more": len(refunds) > limit or self.pagination == "repeat",
-            "data": page,
-        })
+        return Reply(
+            200,
+            {
+                "object": "list",
+                "url": "/v1/refunds",
+                "has_more": len(refunds) > limit or self.pagination == "repeat",
+                "data": page,
+            },
+        )
 
 
 _MAX_REFUND_DELAY = 3600  # a generated refund is created at most this long after its charge

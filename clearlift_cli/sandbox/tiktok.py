@@ -24,7 +24,7 @@ import json
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,8 +34,14 @@ from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
 API_PATH = "/open_api/v1.3"
 MAX_PAGE_SIZE = 1000
 MAX_REPORT_DAYS = 30
-METRICS = ("spend", "impressions", "clicks", "conversion", "total_complete_payment_rate",
-           "total_purchase_value")
+METRICS = (
+    "spend",
+    "impressions",
+    "clicks",
+    "conversion",
+    "total_complete_payment_rate",
+    "total_purchase_value",
+)
 ENDLESS_TOTAL_PAGE = 10**9
 
 MESSAGES = {
@@ -144,7 +150,9 @@ class TikTokApp(PlatformApp):
         rows = []
         for index in range(config.campaigns):
             r = rng("tiktok", advertiser_id, "campaign", index)
-            mode = r.choice(("BUDGET_MODE_DAY", "BUDGET_MODE_DAY", "BUDGET_MODE_TOTAL", "BUDGET_MODE_INFINITE"))
+            mode = r.choice(
+                ("BUDGET_MODE_DAY", "BUDGET_MODE_DAY", "BUDGET_MODE_TOTAL", "BUDGET_MODE_INFINITE")
+            )
             if mode == "BUDGET_MODE_INFINITE":
                 budget: int | float = 0
             elif r.random() < 0.5:
@@ -156,18 +164,25 @@ class TikTokApp(PlatformApp):
             name = f"{r.choice(_WORDS)} {index + 1}"
             enabled = r.random() < 0.75
             deleted = index % 5 == 3
-            rows.append({
-                "advertiser_id": advertiser_id,
-                "campaign_id": campaign_id,
-                "campaign_name": name,
-                "budget": budget,
-                "budget_mode": mode,
-                "operation_status": "ENABLE" if enabled and not deleted else "DISABLE",
-                "secondary_status": ("CAMPAIGN_STATUS_DELETE" if deleted else
-                                     "CAMPAIGN_STATUS_ENABLE" if enabled else "CAMPAIGN_STATUS_DISABLE"),
-                "objective_type": r.choice(_OBJECTIVES),
-                "create_time": "2023-06-01 00:00:00",
-            })
+            rows.append(
+                {
+                    "advertiser_id": advertiser_id,
+                    "campaign_id": campaign_id,
+                    "campaign_name": name,
+                    "budget": budget,
+                    "budget_mode": mode,
+                    "operation_status": "ENABLE" if enabled and not deleted else "DISABLE",
+                    "secondary_status": (
+                        "CAMPAIGN_STATUS_DELETE"
+                        if deleted
+                        else "CAMPAIGN_STATUS_ENABLE"
+                        if enabled
+                        else "CAMPAIGN_STATUS_DISABLE"
+                    ),
+                    "objective_type": r.choice(_OBJECTIVES),
+                    "create_time": "2023-06-01 00:00:00",
+                }
+            )
         return rows
 
     def _today(self, time_zone: str) -> date:
@@ -175,7 +190,7 @@ class TikTokApp(PlatformApp):
         try:
             zone: Any = ZoneInfo(time_zone)
         except (ZoneInfoNotFoundError, ValueError):
-            zone = timezone.utc
+            zone = UTC
         return datetime.fromtimestamp(self.clock(), zone).date()
 
     def report_rows(self, advertiser_id: str, since: date, until: date) -> list[dict[str, Any]]:
@@ -217,21 +232,25 @@ class TikTokApp(PlatformApp):
                         "total_complete_payment_rate": web_cents / 100,
                         "total_purchase_value": app_cents / 100,
                     }
-                rows.append({
-                    "dimensions": {
-                        "campaign_id": campaign["campaign_id"],
-                        "stat_time_day": f"{day.isoformat()} 00:00:00",
-                    },
-                    "metrics": metrics,
-                })
+                rows.append(
+                    {
+                        "dimensions": {
+                            "campaign_id": campaign["campaign_id"],
+                            "stat_time_day": f"{day.isoformat()} 00:00:00",
+                        },
+                        "metrics": metrics,
+                    }
+                )
         return rows
 
     # --- HTTP -----------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Reply:
         if not request.path.startswith(API_PATH + "/"):
-            return Reply(404, {"code": 40400, "message": "Not found", "request_id": _request_id(), "data": {}})
-        route = request.path[len(API_PATH):]
+            return Reply(
+                404, {"code": 40400, "message": "Not found", "request_id": _request_id(), "data": {}}
+            )
+        route = request.path[len(API_PATH) :]
         routes = {
             "/advertiser/info/": self._advertiser_info,
             "/campaign/get/": self._campaigns,
@@ -239,7 +258,9 @@ class TikTokApp(PlatformApp):
         }
         handler = routes.get(route)
         if handler is None or request.method != "GET":
-            return Reply(404, {"code": 40400, "message": "Not found", "request_id": _request_id(), "data": {}})
+            return Reply(
+                404, {"code": 40400, "message": "Not found", "request_id": _request_id(), "data": {}}
+            )
         state = self.tokens.check(request.headers.get("access-token"))
         if state == "missing":
             return _error(40104)
@@ -269,22 +290,25 @@ class TikTokApp(PlatformApp):
             out.append({k: v for k, v in full.items() if not fields or k in fields or k == "advertiser_id"})
         return {"list": out}
 
-    def _paged(self, rows: list[dict[str, Any]], query: dict[str, str],
-               config: AdvertiserConfig) -> dict[str, Any]:
+    def _paged(
+        self, rows: list[dict[str, Any]], query: dict[str, str], config: AdvertiserConfig
+    ) -> dict[str, Any]:
         page = _positive_int(query, "page", 1)
         page_size = _positive_int(query, "page_size", 10)
         if page_size > MAX_PAGE_SIZE:
             raise _ParamError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
         page_size = min(page_size, config.page_size_cap)
         total_page = (len(rows) + page_size - 1) // page_size
-        chunk = rows[(page - 1) * page_size: page * page_size]
+        chunk = rows[(page - 1) * page_size : page * page_size]
         if config.endless_pages:  # a broken total_page over the same rows, forever
             total_page, chunk = ENDLESS_TOTAL_PAGE, rows[:page_size]
         return {
             "list": chunk,
             "page_info": {
-                "page": page, "page_size": page_size,
-                "total_number": len(rows), "total_page": total_page,
+                "page": page,
+                "page_size": page_size,
+                "total_number": len(rows),
+                "total_page": total_page,
             },
         }
 
@@ -319,12 +343,17 @@ class TikTokApp(PlatformApp):
             raise _ParamError(
                 f"The date range between start_date and end_date cannot exceed {MAX_REPORT_DAYS} days."
             )
-        deleted = {c["campaign_id"] for c in self.campaign_rows(advertiser_id)
-                   if c["secondary_status"] == "CAMPAIGN_STATUS_DELETE"}
+        deleted = {
+            c["campaign_id"]
+            for c in self.campaign_rows(advertiser_id)
+            if c["secondary_status"] == "CAMPAIGN_STATUS_DELETE"
+        }
         with_deleted = _report_includes_deleted(query)
         rows = [
-            {"dimensions": row["dimensions"],
-             "metrics": {k: v for k, v in row["metrics"].items() if k in metrics}}
+            {
+                "dimensions": row["dimensions"],
+                "metrics": {k: v for k, v in row["metrics"].items() if k in metrics},
+            }
             for row in self.report_rows(advertiser_id, start, end)
             if with_deleted or row["dimensions"]["campaign_id"] not in deleted
         ]

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from itertools import islice
 from operator import itemgetter
-from typing import Callable, ContextManager, Generic, Iterable, Iterator, TypeVar
+from typing import ContextManager, Generic, TypeVar
 
 from clearlift_cli.errors import StaleWrite
 from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
@@ -111,9 +112,7 @@ class WarehouseWriter(ABC):
         from clearlift_cli.warehouse import schema
 
         self._fence(owner)
-        return self._upsert(
-            schema.STRIPE_CHARGES, owner, schema.charge_rows(owner, account, rows, synced_at)
-        )
+        return self._upsert(schema.STRIPE_CHARGES, owner, schema.charge_rows(owner, account, rows, synced_at))
 
     def update_stored_charges(
         self, owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
@@ -129,8 +128,9 @@ class WarehouseWriter(ABC):
         date_at = schema.STRIPE_CHARGES.column_names.index("charge_date")
         for chunk in chunked(rows):
             stored = self._stored_charge_dates(owner, sorted({c.charge_id for c in chunk}))
-            keep = list(schema.charge_rows(
-                owner, account, (c for c in chunk if c.charge_id in stored), synced_at))
+            keep = list(
+                schema.charge_rows(owner, account, (c for c in chunk if c.charge_id in stored), synced_at)
+            )
             days.update(stored.values())
             days.update(row[date_at] for row in keep)
             written += self._upsert(schema.STRIPE_CHARGES, owner, keep)
@@ -162,9 +162,7 @@ class WarehouseWriter(ABC):
         )
 
     @abstractmethod
-    def _rebuild_daily_revenue(
-        self, owner: RowOwner, since: date, until: date, synced_at: datetime
-    ) -> int:
+    def _rebuild_daily_revenue(self, owner: RowOwner, since: date, until: date, synced_at: datetime) -> int:
         """The backend's ``rebuild_daily_revenue`` (arguments checked)."""
 
 
@@ -216,7 +214,7 @@ class Warehouse(ABC):
     def close(self) -> None:
         """Close every idle connection; the warehouse must not be used afterwards."""
 
-    def __enter__(self) -> "Warehouse":
+    def __enter__(self) -> Warehouse:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,11 +11,12 @@ starts faster without it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from functools import lru_cache
-from typing import Callable, Iterable, Iterator, TypeVar
+from datetime import UTC, date, datetime
+from functools import cache
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -23,16 +24,15 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from clearlift_cli import pgconnect, redact
-from clearlift_cli.redact import mask_url, scrub, unencoded_userinfo, unquote_error, url_passwords
 from clearlift_cli.errors import ConfigError, WarehouseError
 from clearlift_cli.pgconnect import PgLimits
-from clearlift_cli.platforms.base import Account
+from clearlift_cli.redact import mask_url, scrub, unencoded_userinfo, unquote_error, url_passwords
 from clearlift_cli.warehouse import schema
 from clearlift_cli.warehouse.base import (
     ConnectionPool,
+    KeyedBatches,
     RowOwner,
     Warehouse,
-    KeyedBatches,
     WarehouseWriter,
 )
 from clearlift_cli.warehouse.schema import (
@@ -89,16 +89,13 @@ class _Statements:
 
 def _row(alias: str, columns: Iterable[str]) -> sql.Composed:
     return sql.SQL("({})").format(
-        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
-                           for c in columns)
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in columns)
     )
 
 
 def _upsert_changed(tbl: Table) -> sql.Composed:
     """``ON CONFLICT ... DO UPDATE`` that rewrites a row only when a value changed."""
-    return sql.SQL(
-        "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {old} IS DISTINCT FROM {new}"
-    ).format(
+    return sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {old} IS DISTINCT FROM {new}").format(
         key=sql.SQL(", ").join(map(sql.Identifier, tbl.key)),
         updates=sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in tbl.value_columns
@@ -108,16 +105,14 @@ def _upsert_changed(tbl: Table) -> sql.Composed:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _statements(table_name: str) -> _Statements:
     tbl = schema.table(table_name)
     target = sql.Identifier(tbl.name)
     # Not the target's own name: pg_temp comes first in search_path and would shadow it.
     stage = sql.Identifier(f"clearlift_stage_{tbl.name}")
     cols = sql.SQL(", ").join(map(sql.Identifier, tbl.column_names))
-    same_key = sql.SQL(" AND ").join(
-        sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(k)) for k in tbl.key
-    )
+    same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(k)) for k in tbl.key)
     dates = [i for i, c in enumerate(tbl.columns) if c.name in tbl.key and c.kind == "date"]
     probe_date = dates[0] if dates else None
     owner_rows = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE organization_id = %s AND account_id = %s{})")
@@ -143,9 +138,7 @@ def _statements(table_name: str) -> _Statements:
         ).format(
             target=target,
             cols=cols,
-            s_cols=sql.SQL(", ").join(
-                sql.SQL("s.{}").format(sql.Identifier(c)) for c in tbl.column_names
-            ),
+            s_cols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in tbl.column_names),
             stage=stage,
             same_key=same_key,
             t_vals=_row("t", tbl.compared_columns),
@@ -160,7 +153,7 @@ def _statements(table_name: str) -> _Statements:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _revenue_statements() -> tuple[sql.Composed, sql.Composed, sql.Composed]:
     """Delete revenue days left without charges; upsert the sums that changed; count."""
     rev, charges = sql.Identifier(STRIPE_DAILY_REVENUE.name), sql.Identifier(STRIPE_CHARGES.name)
@@ -234,7 +227,7 @@ class _CopyStream:
         if context is not None:  # with an exception, the server is told the COPY failed
             context.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
 
-    def __enter__(self) -> "_CopyStream":
+    def __enter__(self) -> _CopyStream:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -246,8 +239,7 @@ class _CopyStream:
 
 
 class PostgresWriter(WarehouseWriter):
-    def __init__(self, conn: psycopg.Connection, warehouse: "PostgresWarehouse",
-                 write_seq: int | None = None):
+    def __init__(self, conn: psycopg.Connection, warehouse: PostgresWarehouse, write_seq: int | None = None):
         super().__init__(write_seq)
         self._conn = conn
         self._wh = warehouse
@@ -306,9 +298,7 @@ class PostgresWriter(WarehouseWriter):
         return batches.count
 
     @staticmethod
-    def _all_new(
-        stream: "_CopyStream", q: _Statements, owner: RowOwner, chunk: list, seen_empty: set
-    ) -> bool:
+    def _all_new(stream: _CopyStream, q: _Statements, owner: RowOwner, chunk: list, seen_empty: set) -> bool:
         """Whether no key of ``chunk`` can be stored already (see ``_upsert``). Probes the
         owner once, then (daily rows) only the days not yet known to be empty."""
         org_account = (owner.organization_id, owner.account_id)
@@ -330,9 +320,7 @@ class PostgresWriter(WarehouseWriter):
         cur.execute(q.merge)
         cur.execute(q.truncate)
 
-    def _rebuild_daily_revenue(
-        self, owner: RowOwner, since: date, until: date, synced_at: datetime
-    ) -> int:
+    def _rebuild_daily_revenue(self, owner: RowOwner, since: date, until: date, synced_at: datetime) -> int:
         self._check_open()
         delete, upsert, count = _revenue_statements()
         params = {
@@ -387,14 +375,10 @@ class PostgresWarehouse(Warehouse):
                 f"warehouse URL {self.url_for_display} is not valid: {unquote_error(exc)}"
             ) from None
         # The password as the URL spells it (percent-encoded) and as libpq reads it.
-        self._secrets = tuple(
-            s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s
-        )
+        self._secrets = tuple(s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s)
         redact.register(*self._secrets)
         self._url = url
-        self._pool: ConnectionPool[psycopg.Connection] = ConnectionPool(
-            self._connect, lambda c: c.close()
-        )
+        self._pool: ConnectionPool[psycopg.Connection] = ConnectionPool(self._connect, lambda c: c.close())
         self._pool.release(self._connect())  # fail now, not in the middle of a job
 
     # --- connections ----------------------------------------------------------------------
@@ -407,8 +391,9 @@ class PostgresWarehouse(Warehouse):
     def _connect(self) -> psycopg.Connection:
         try:
             # bounded waits and keepalives (see pgconnect), unless the URL sets its own
-            return pgconnect.connect(self._url, self._limits, application_name="clearlift",
-                                     prepare_threshold=None)
+            return pgconnect.connect(
+                self._url, self._limits, application_name="clearlift", prepare_threshold=None
+            )
         except psycopg.Error as exc:
             raise self._error("connecting", exc) from None
 
@@ -427,9 +412,7 @@ class PostgresWarehouse(Warehouse):
 
     def _checkin(self, conn: psycopg.Connection) -> None:
         reusable = (
-            not conn.closed
-            and not conn.broken
-            and conn.info.transaction_status == TransactionStatus.IDLE
+            not conn.closed and not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE
         )
         self._pool.release(conn, reusable=reusable)
 
@@ -559,7 +542,7 @@ class PostgresWarehouse(Warehouse):
 
 
 def _to_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(timezone.utc)
+    return None if value is None else value.astimezone(UTC)
 
 
 def _filters(**values: str | None) -> tuple[sql.Composable, list]:
@@ -575,9 +558,7 @@ def _read_version(conn: psycopg.Connection) -> int | None:
     if not exists:
         return None
     row = conn.execute(
-        sql.SQL("SELECT schema_version FROM {} WHERE id = 1").format(
-            sql.Identifier(schema.META_TABLE)
-        )
+        sql.SQL("SELECT schema_version FROM {} WHERE id = 1").format(sql.Identifier(schema.META_TABLE))
     ).fetchone()
     return None if row is None else int(row[0])
 
@@ -587,8 +568,7 @@ def _create_table(conn: psycopg.Connection, name: str, definition: sql.Composabl
     A table clearlift creates gets row level security at once: on Supabase every table
     in ``public`` is served to the anon key, which front ends ship to every visitor."""
     exists = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() "
-        "AND tablename = %s)",
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = %s)",
         (name,),
     ).fetchone()[0]
     if exists:
@@ -611,9 +591,7 @@ def _migrate(
             "updated_at TIMESTAMPTZ NOT NULL"
         ),
     )
-    row = conn.execute(
-        sql.SQL("SELECT schema_version FROM {} WHERE id = 1").format(meta)
-    ).fetchone()
+    row = conn.execute(sql.SQL("SELECT schema_version FROM {} WHERE id = 1").format(meta)).fetchone()
     if row is not None and int(row[0]) > SCHEMA_VERSION:
         raise WarehouseError(
             f"the warehouse schema is version {row[0]}, newer than this clearlift understands "
@@ -622,10 +600,7 @@ def _migrate(
     _create_table(
         conn,
         schema.FENCE_TABLE,
-        sql.SQL(
-            "connection_id TEXT PRIMARY KEY, write_seq BIGINT NOT NULL, "
-            "updated_at TIMESTAMPTZ NOT NULL"
-        ),
+        sql.SQL("connection_id TEXT PRIMARY KEY, write_seq BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL"),
     )
     created: list[str] = []
     for tbl in schema.TABLES.values():

@@ -9,10 +9,11 @@ UTC ``datetime``, ``bool``, ``str``/``None``), and refuse floats where money goe
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clearlift_cli.money import to_decimal
@@ -154,9 +155,7 @@ STRIPE_CHARGES = Table(
     key=("organization_id", "account_id", "charge_id"),
     indexes=(
         # rebuild_daily_revenue aggregates one account's days.
-        Index(
-            "stripe_charges_org_account_date_idx", ("organization_id", "account_id", "charge_date")
-        ),
+        Index("stripe_charges_org_account_date_idx", ("organization_id", "account_id", "charge_date")),
         Index("stripe_charges_org_created_idx", ("organization_id", "created_at")),
     ),
 )
@@ -204,9 +203,7 @@ def daily_metrics_table(platform: str) -> Table:
 
 def _ad_platform(platform: str) -> str:
     if platform not in AD_PLATFORMS:
-        raise ValueError(
-            f"unknown ad platform {platform!r} (expected one of {', '.join(AD_PLATFORMS)})"
-        )
+        raise ValueError(f"unknown ad platform {platform!r} (expected one of {', '.join(AD_PLATFORMS)})")
     return platform
 
 
@@ -243,8 +240,8 @@ def utc(value: datetime, field: str) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{field} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def a_date(value: object, field: str) -> date:
@@ -266,7 +263,7 @@ Row = tuple
 
 
 def campaign_rows(
-    owner: "RowOwner", account: Account, rows: Iterable[Campaign], synced_at: datetime
+    owner: RowOwner, account: Account, rows: Iterable[Campaign], synced_at: datetime
 ) -> Iterator[Row]:
     synced = utc(synced_at, "synced_at")
     currency = account.currency.upper()
@@ -285,7 +282,7 @@ def campaign_rows(
 
 
 def daily_metric_rows(
-    owner: "RowOwner", account: Account, rows: Iterable[DailyMetric], synced_at: datetime
+    owner: RowOwner, account: Account, rows: Iterable[DailyMetric], synced_at: datetime
 ) -> Iterator[Row]:
     synced = utc(synced_at, "synced_at")
     currency = account.currency.upper()
@@ -309,7 +306,7 @@ def daily_metric_rows(
 
 
 def charge_rows(
-    owner: "RowOwner", account: Account, rows: Iterable[Charge], synced_at: datetime
+    owner: RowOwner, account: Account, rows: Iterable[Charge], synced_at: datetime
 ) -> Iterator[Row]:
     synced = utc(synced_at, "synced_at")
     tz = zone(account.time_zone)

@@ -11,22 +11,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from clearlift_cli.errors import ConfigError, WarehouseError
-from clearlift_cli.platforms.base import Account
 from clearlift_cli.redact import mask_url
 from clearlift_cli.timeutil import parse_ts
 from clearlift_cli.warehouse import schema
 from clearlift_cli.warehouse.base import (
     ConnectionPool,
+    KeyedBatches,
     RowOwner,
     Warehouse,
-    KeyedBatches,
     WarehouseWriter,
 )
 from clearlift_cli.warehouse.schema import (
@@ -80,9 +79,7 @@ def _on_conflict(tbl: Table) -> str:
     compared = tbl.compared_columns
     old = ", ".join(f"{_q(tbl.name)}.{_q(c)}" for c in compared)
     new = ", ".join(f"excluded.{_q(c)}" for c in compared)
-    return (
-        f"ON CONFLICT ({_cols(tbl.key)}) DO UPDATE SET {updates} WHERE ({old}) IS NOT ({new})"
-    )
+    return f"ON CONFLICT ({_cols(tbl.key)}) DO UPDATE SET {updates} WHERE ({old}) IS NOT ({new})"
 
 
 def _upsert_sql(tbl: Table) -> str:
@@ -144,7 +141,7 @@ class SqliteWriter(WarehouseWriter):
         self._check_open()
         try:
             row = self._conn.execute(
-                _FENCE_SQL, (connection_id, write_seq, _ts(datetime.now(timezone.utc)))
+                _FENCE_SQL, (connection_id, write_seq, _ts(datetime.now(UTC)))
             ).fetchone()
         except sqlite3.Error as exc:
             raise _sqlite_error("taking the connection's write fence", exc, self._where) from exc
@@ -162,9 +159,7 @@ class SqliteWriter(WarehouseWriter):
                 raise _sqlite_error(f"writing {tbl.name}", exc, self._where) from exc
         return batches.count
 
-    def _rebuild_daily_revenue(
-        self, owner: RowOwner, since: date, until: date, synced_at: datetime
-    ) -> int:
+    def _rebuild_daily_revenue(self, owner: RowOwner, since: date, until: date, synced_at: datetime) -> int:
         self._check_open()
         params = {
             "org": owner.organization_id,
@@ -212,7 +207,7 @@ class SqliteWriter(WarehouseWriter):
         self._check_open()
         out: dict[str, date] = {}
         for start in range(0, len(charge_ids), 500):  # well under SQLite's variable limit
-            part = charge_ids[start:start + 500]
+            part = charge_ids[start : start + 500]
             try:
                 rows = self._conn.execute(
                     f"SELECT charge_id, charge_date FROM {_q(STRIPE_CHARGES.name)} "
@@ -236,9 +231,7 @@ class SqliteWarehouse(Warehouse):
         self.path = Path(path).expanduser()
         self.url_for_display = mask_url(url or f"sqlite:///{self.path}")
         self._busy_timeout = busy_timeout
-        self._pool: ConnectionPool[sqlite3.Connection] = ConnectionPool(
-            self._connect, lambda c: c.close()
-        )
+        self._pool: ConnectionPool[sqlite3.Connection] = ConnectionPool(self._connect, lambda c: c.close())
         self._schema_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,9 +323,7 @@ class SqliteWarehouse(Warehouse):
         where, params = _filters(organization_id=organization_id)
         with self._connection() as conn:
             try:
-                (n,) = conn.execute(
-                    f"SELECT COUNT(*) FROM {_q(tbl.name)}{where}", params
-                ).fetchone()
+                (n,) = conn.execute(f"SELECT COUNT(*) FROM {_q(tbl.name)}{where}", params).fetchone()
             except sqlite3.Error as exc:
                 raise _sqlite_error(f"counting {tbl.name}", exc, self.url_for_display) from None
         return int(n)
@@ -347,9 +338,7 @@ class SqliteWarehouse(Warehouse):
     ) -> list[dict]:
         tbl = schema.table(table)
         where, params = _filters(organization_id=organization_id, account_id=account_id)
-        statement = (
-            f"SELECT {_cols(tbl.column_names)} FROM {_q(tbl.name)}{where} ORDER BY {_cols(tbl.key)}"
-        )
+        statement = f"SELECT {_cols(tbl.column_names)} FROM {_q(tbl.name)}{where} ORDER BY {_cols(tbl.key)}"
         if limit is not None:
             statement += " LIMIT ?"
             params.append(int(limit))
@@ -373,9 +362,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         try:
             conn.execute("ROLLBACK")
-        except (
-            sqlite3.Error
-        ):  # nothing more to undo; the pool drops a connection still in a transaction
+        except sqlite3.Error:  # nothing more to undo; the pool drops a connection still in a transaction
             pass
 
 
@@ -393,9 +380,7 @@ def _read_version(conn: sqlite3.Connection, where: str) -> int | None:
         ).fetchone()
         if not exists:
             return None
-        row = conn.execute(
-            f"SELECT schema_version FROM {_q(schema.META_TABLE)} WHERE id = 1"
-        ).fetchone()
+        row = conn.execute(f"SELECT schema_version FROM {_q(schema.META_TABLE)} WHERE id = 1").fetchone()
     except sqlite3.Error as exc:
         raise _sqlite_error("reading the schema version", exc, where) from None
     return None if row is None else int(row[0])
@@ -438,7 +423,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         f"INSERT INTO {meta} (id, schema_version, updated_at) VALUES (1, ?, ?) "
         "ON CONFLICT (id) DO UPDATE SET schema_version = excluded.schema_version, "
         "updated_at = excluded.updated_at",
-        (SCHEMA_VERSION, _ts(datetime.now(timezone.utc))),
+        (SCHEMA_VERSION, _ts(datetime.now(UTC))),
     )
 
 
@@ -453,7 +438,5 @@ def path_from_url(url: str) -> str:
         )
     path = rest[1:].split("?", 1)[0]
     if path == ":memory:":
-        raise ConfigError(
-            "the warehouse must be a file (sqlite:///:memory: is not shared between jobs)"
-        )
+        raise ConfigError("the warehouse must be a file (sqlite:///:memory: is not shared between jobs)")
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -17,9 +17,9 @@ from clearlift_cli.errors import (
     RateLimited,
     TransientError,
 )
+from clearlift_cli.platforms import facebook as facebook_module
 from clearlift_cli.platforms import platform_module
 from clearlift_cli.platforms.base import Credentials, PlatformContext
-from clearlift_cli.platforms import facebook as facebook_module
 from clearlift_cli.platforms.facebook import CLIENT, FacebookAdsClient, TokenNotExtended, refresh_token
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.facebook import EXCHANGED_TOKEN_TTL, FacebookApp
@@ -34,7 +34,7 @@ APP_SECRET = APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
 
 @pytest.fixture
 def clock():
-    return FrozenClock(datetime(2025, 7, 1, 12, 0, tzinfo=timezone.utc))
+    return FrozenClock(datetime(2025, 7, 1, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -102,7 +102,11 @@ def expected_metrics(app, since, until, action_types=("purchase",)):
 def as_table(metrics):
     return {
         (m.campaign_id, m.metric_date): (
-            m.impressions, m.clicks, m.spend_micros, m.conversions, m.conversion_value_micros
+            m.impressions,
+            m.clicks,
+            m.spend_micros,
+            m.conversions,
+            m.conversion_value_micros,
         )
         for m in metrics
     }
@@ -171,10 +175,16 @@ def test_campaigns_three_pages_exact(app, make_client):
         budget = row.get("daily_budget", "0")
         if budget == "0":
             budget = row.get("lifetime_budget")
-        expected.append((row["id"], row["name"], row["status"], row["objective"],
-                         int(budget) * 10_000 if budget else None))
-    got = [(c.campaign_id, c.campaign_name, c.status, c.objective, c.budget_micros)
-           for c in campaigns]
+        expected.append(
+            (
+                row["id"],
+                row["name"],
+                row["status"],
+                row["objective"],
+                int(budget) * 10_000 if budget else None,
+            )
+        )
+    got = [(c.campaign_id, c.campaign_name, c.status, c.objective, c.budget_micros) for c in campaigns]
     assert got == expected
     assert {c.budget_micros is None for c in campaigns} == {True, False}
     assert any("lifetime_budget" in r and r["daily_budget"] == "0" for r in wire)
@@ -184,7 +194,14 @@ def test_campaigns_three_pages_exact(app, make_client):
     assert pages[0].query["limit"] == "100" and "after" not in pages[0].query
     assert all("after" in p.query for p in pages[1:])
     assert set(pages[0].query["fields"].split(",")) >= {
-        "id", "name", "status", "effective_status", "objective", "daily_budget", "lifetime_budget"}
+        "id",
+        "name",
+        "status",
+        "effective_status",
+        "objective",
+        "daily_budget",
+        "lifetime_budget",
+    }
     assert seen == [("campaigns", 3), ("campaigns", 6), ("campaigns", 8)]
 
 
@@ -203,13 +220,24 @@ def test_budget_minor_units_follow_currency(app, make_client):
 def test_insights_several_pages_exact(app, make_client):
     app.configure_account(ACCOUNT, campaigns=4, max_page_rows=7)
     first = app.campaign_rows(ACCOUNT)[0]["id"]
-    app.pin_insight(ACCOUNT, first, SINCE, impressions="185", clicks="9", spend="14.35",
-                    actions=[{"action_type": "purchase", "value": "2"},
-                             {"action_type": "omni_purchase", "value": "2"},
-                             {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "1"},
-                             {"action_type": "link_click", "value": "9"}],
-                    action_values=[{"action_type": "purchase", "value": "59.90"},
-                                   {"action_type": "omni_purchase", "value": "59.90"}])
+    app.pin_insight(
+        ACCOUNT,
+        first,
+        SINCE,
+        impressions="185",
+        clicks="9",
+        spend="14.35",
+        actions=[
+            {"action_type": "purchase", "value": "2"},
+            {"action_type": "omni_purchase", "value": "2"},
+            {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "1"},
+            {"action_type": "link_click", "value": "9"},
+        ],
+        action_values=[
+            {"action_type": "purchase", "value": "59.90"},
+            {"action_type": "omni_purchase", "value": "59.90"},
+        ],
+    )
     metrics = list(make_client().daily_metrics(SINCE, UNTIL))
 
     table = as_table(metrics)
@@ -231,8 +259,9 @@ def test_configured_action_types_decide_conversions(app, make_client):
     assert custom != default
     # The default counts a purchase once, not once per spelling of it.
     wire = app.insight_rows(ACCOUNT, SINCE, UNTIL)
-    purchases = sum(Decimal(a["value"]) for r in wire for a in r.get("actions", [])
-                    if a["action_type"] == "purchase")
+    purchases = sum(
+        Decimal(a["value"]) for r in wire for a in r.get("actions", []) if a["action_type"] == "purchase"
+    )
     assert purchases > 0
     assert sum(m[3] for m in default.values()) == purchases
 
@@ -311,12 +340,15 @@ def test_low_usage_does_not_pause(app, make_client, clock):
     assert clock.slept == []
 
 
-@pytest.mark.parametrize("header, value, pause", [
-    ("call_count", 95, 8.0),
-    ("total_time", 85, 4.0),
-    ("app_call_count", 90, 6.0),
-    ("acc_id_util_pct", 80, 2.0),
-])
+@pytest.mark.parametrize(
+    "header, value, pause",
+    [
+        ("call_count", 95, 8.0),
+        ("total_time", 85, 4.0),
+        ("app_call_count", 90, 6.0),
+        ("acc_id_util_pct", 80, 2.0),
+    ],
+)
 def test_usage_near_limit_slows_down(app, make_client, clock, header, value, pause):
     app.set_usage(**{header: value})
     client = make_client()
@@ -340,21 +372,29 @@ def test_blocked_usage_stops_before_sending(app, make_client, clock):
 
 
 def test_garbage_usage_headers_are_tolerated(app, make_client, clock):
-    app.set_usage(raw={"x-app-usage": "{not json", "x-business-use-case-usage": '{"1": [7, "x"]}',
-                       "x-ad-account-usage": "null"})
+    app.set_usage(
+        raw={
+            "x-app-usage": "{not json",
+            "x-business-use-case-usage": '{"1": [7, "x"]}',
+            "x-ad-account-usage": "null",
+        }
+    )
     client = make_client()
     client.account()
     assert len(list(client.campaigns())) == len(app.campaign_rows(ACCOUNT))
     assert clock.slept == []
 
 
-@pytest.mark.parametrize("code, minutes, retry_after, scope", [
-    (80004, 7, 420, "account"),
-    (17, 2, 120, "account"),
-    (17, 0, 300, "account"),
-    (4, 0, 300, "app"),
-    (613, 0, 60, "account"),
-])
+@pytest.mark.parametrize(
+    "code, minutes, retry_after, scope",
+    [
+        (80004, 7, 420, "account"),
+        (17, 2, 120, "account"),
+        (17, 0, 300, "account"),
+        (4, 0, 300, "app"),
+        (613, 0, 60, "account"),
+    ],
+)
 def test_rate_limit_error(app, make_client, code, minutes, retry_after, scope):
     app.rate_limit_next(code=code, minutes=minutes)
     with pytest.raises(RateLimited) as info:
@@ -365,9 +405,19 @@ def test_rate_limit_error(app, make_client, code, minutes, retry_after, scope):
 
 
 def test_transient_graph_error_is_retried(app, make_client):
-    app.faults.add("status", status=500, times=1, body={"error": {
-        "message": "An unknown error occurred", "type": "OAuthException", "code": 1,
-        "is_transient": True}})
+    app.faults.add(
+        "status",
+        status=500,
+        times=1,
+        body={
+            "error": {
+                "message": "An unknown error occurred",
+                "type": "OAuthException",
+                "code": 1,
+                "is_transient": True,
+            }
+        },
+    )
     assert make_client().account().currency == "USD"
     assert len(app.requests) == 2
 
@@ -375,9 +425,14 @@ def test_transient_graph_error_is_retried(app, make_client):
 # --- tokens -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage, meaning", [
-    ("expire", "expired"), ("revoke", "password"), ("unknown", "invalid"),
-])
+@pytest.mark.parametrize(
+    "damage, meaning",
+    [
+        ("expire", "expired"),
+        ("revoke", "password"),
+        ("unknown", "invalid"),
+    ],
+)
 def test_invalid_token_is_definitive_auth_revoked(app, make_client, token, damage, meaning):
     if damage == "expire":
         app.tokens.expire(token)
@@ -415,8 +470,9 @@ def test_expired_token_cannot_be_exchanged(app, make_settings, clock, token):
 
 
 def test_exchange_needs_app_credentials(app, make_settings, clock, token, tmp_path):
-    settings = resolve(flags={"home": str(tmp_path), "facebook_url": make_settings().facebook_url},
-                       environ={})
+    settings = resolve(
+        flags={"home": str(tmp_path), "facebook_url": make_settings().facebook_url}, environ={}
+    )
     ctx = PlatformContext(settings=settings, account_id=ACCOUNT, clock=clock)
     with pytest.raises(MissingAppCredentials):
         refresh_token(ctx, Credentials(token))
@@ -424,8 +480,9 @@ def test_exchange_needs_app_credentials(app, make_settings, clock, token, tmp_pa
 
 
 def test_exchange_with_wrong_secret_is_permanent(app, make_settings, clock, token):
-    ctx = PlatformContext(settings=make_settings(facebook_app_secret="wrong-secret-value-42"),
-                          account_id=ACCOUNT, clock=clock)
+    ctx = PlatformContext(
+        settings=make_settings(facebook_app_secret="wrong-secret-value-42"), account_id=ACCOUNT, clock=clock
+    )
     with pytest.raises(PermanentError) as info:
         refresh_token(ctx, Credentials(token))
     assert not isinstance(info.value, AuthRevoked)
@@ -449,9 +506,18 @@ def _break(case, app, token):
     elif case == "unknown_account":
         app.configure_account(ACCOUNT, exists=False)
     elif case == "server_error_echo":
-        app.faults.add("status", status=500, times=-1, body={"error": {
-            "message": ECHOING_BODY.format(token=token, secret=APP_SECRET), "code": 2,
-            "type": "OAuthException"}})
+        app.faults.add(
+            "status",
+            status=500,
+            times=-1,
+            body={
+                "error": {
+                    "message": ECHOING_BODY.format(token=token, secret=APP_SECRET),
+                    "code": 2,
+                    "type": "OAuthException",
+                }
+            },
+        )
     elif case == "html":
         app.faults.add("html", status=502, times=-1)
     elif case == "malformed":
@@ -464,11 +530,27 @@ def _break(case, app, token):
         app.configure_account(ACCOUNT, max_sync_rows=0, async_polls=1, async_outcome="Job Failed")
 
 
-CLIENT_CASES = ["expired", "revoked", "unknown_token", "rate_limited", "unknown_account",
-                "server_error_echo", "html", "malformed", "reset", "timeout",
-                "too_much_then_async_failed", "blocked_usage"]
-REFRESH_CASES = ["refresh_expired", "refresh_revoked", "refresh_unknown", "refresh_wrong_secret",
-                 "refresh_server_error_echo"]
+CLIENT_CASES = [
+    "expired",
+    "revoked",
+    "unknown_token",
+    "rate_limited",
+    "unknown_account",
+    "server_error_echo",
+    "html",
+    "malformed",
+    "reset",
+    "timeout",
+    "too_much_then_async_failed",
+    "blocked_usage",
+]
+REFRESH_CASES = [
+    "refresh_expired",
+    "refresh_revoked",
+    "refresh_unknown",
+    "refresh_wrong_secret",
+    "refresh_server_error_echo",
+]
 
 
 @pytest.mark.parametrize("case", CLIENT_CASES + REFRESH_CASES)
@@ -497,8 +579,7 @@ def test_no_error_path_leaks_token_or_secret(app, make_settings, clock, token, c
             list(client.daily_metrics(SINCE, SINCE))
 
     exc = info.value
-    shown = " ".join([str(exc), repr(exc), str(exc.hint or ""), str(getattr(exc, "reason", "")),
-                      caplog.text])
+    shown = " ".join([str(exc), repr(exc), str(exc.hint or ""), str(getattr(exc, "reason", "")), caplog.text])
     for secret in (access, token, APP_SECRET, WRONG_SECRET):
         assert secret not in shown, f"{case}: a secret leaked"
     # The HTTP library did log at DEBUG, so the check above had something to look at.
@@ -514,16 +595,19 @@ def _at(clock, when: datetime) -> None:
 
 
 def test_expired_version_fails_the_job_naming_the_version_and_setting(app, make_settings, make_client, clock):
-    _at(clock, datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))  # v24.0 expired on 2026-11-10
-    client = make_client(settings=make_settings(facebook_api_version="v24.0"),
-                         access_token=app.tokens.issue(ttl=None)[0])
+    _at(clock, datetime(2026, 11, 29, 12, 0, tzinfo=UTC))  # v24.0 expired on 2026-11-10
+    client = make_client(
+        settings=make_settings(facebook_api_version="v24.0"), access_token=app.tokens.issue(ttl=None)[0]
+    )
 
     with pytest.raises(PermanentError) as info:
         client.account()
 
     message = str(info.value)
-    assert message.startswith("Meta Marketing API v24.0 is no longer served (sunset 2026-11-10): "
-                              "set CLEARLIFT_FACEBOOK_API_VERSION to v25.0 or newer")
+    assert message.startswith(
+        "Meta Marketing API v24.0 is no longer served (sunset 2026-11-10): "
+        "set CLEARLIFT_FACEBOOK_API_VERSION to v25.0 or newer"
+    )
     assert "2635" in message and not isinstance(info.value, AuthRevoked)
     assert len(app.requests) == 1  # permanent: not retried in place
 
@@ -532,19 +616,24 @@ def test_sandbox_answers_expired_versions_by_its_clock_with_error_2635(app, serv
     token = app.tokens.issue(ttl=None)[0]
 
     def get(version):
-        return requests.get(f"{server.base_url}/{version}/act_{ACCOUNT}",
-                            params={"access_token": token, "fields": "currency"}, timeout=5)
+        return requests.get(
+            f"{server.base_url}/{version}/act_{ACCOUNT}",
+            params={"access_token": token, "fields": "currency"},
+            timeout=5,
+        )
 
-    _at(clock, datetime(2026, 11, 9, 12, 0, tzinfo=timezone.utc))
+    _at(clock, datetime(2026, 11, 9, 12, 0, tzinfo=UTC))
     assert get("v24.0").status_code == 200  # the day before its expiry
-    _at(clock, datetime(2026, 11, 10, 0, 0, tzinfo=timezone.utc))
+    _at(clock, datetime(2026, 11, 10, 0, 0, tzinfo=UTC))
     for version in ("v24.0", "v19.0"):  # expired, and older than the table knows
         reply = get(version)
         assert reply.status_code == 400
         error = reply.json()["error"]
         assert (error["code"], error["type"]) == (2635, "OAuthException")
-        assert error["message"] == ("(#2635) You are calling a deprecated version of the Ads API. "
-                                    f"Please update to the latest version: {DEFAULT_FACEBOOK_API_VERSION}.")
+        assert error["message"] == (
+            "(#2635) You are calling a deprecated version of the Ads API. "
+            f"Please update to the latest version: {DEFAULT_FACEBOOK_API_VERSION}."
+        )
         assert "error_subcode" not in error
     assert get("v25.0").status_code == 200 and get(DEFAULT_FACEBOOK_API_VERSION).status_code == 200
 
@@ -566,9 +655,17 @@ def test_too_much_data_in_either_shape_splits_instead_of_retrying(app, make_clie
 
 def test_sandbox_too_much_data_is_http_500_code_1_without_subcode(app, server, token):
     app.configure_account(ACCOUNT, max_sync_rows=0)
-    reply = requests.get(f"{server.base_url}/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}/insights", params={
-        "access_token": token, "level": "campaign", "time_increment": "1", "fields": "spend",
-        "time_range": json.dumps({"since": "2025-06-01", "until": "2025-06-01"})}, timeout=5)
+    reply = requests.get(
+        f"{server.base_url}/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}/insights",
+        params={
+            "access_token": token,
+            "level": "campaign",
+            "time_increment": "1",
+            "fields": "spend",
+            "time_range": json.dumps({"since": "2025-06-01", "until": "2025-06-01"}),
+        },
+        timeout=5,
+    )
     assert reply.status_code == 500
     error = reply.json()["error"]
     assert error["code"] == 1 and "error_subcode" not in error
@@ -596,10 +693,12 @@ def test_archived_and_deleted_campaigns_and_their_spend_are_read(app, make_clien
     assert set(everything) == {"ACTIVE", "PAUSED", "IN_PROCESS", "WITH_ISSUES", "ARCHIVED", "DELETED"}
     for r in app.requests_to(rf"/act_{ACCOUNT}/campaigns$"):
         assert json.loads(r.query["filtering"]) == [
-            {"field": "effective_status", "operator": "IN", "value": everything}]
+            {"field": "effective_status", "operator": "IN", "value": everything}
+        ]
     for r in app.requests_to(rf"/act_{ACCOUNT}/insights$"):
         assert json.loads(r.query["filtering"]) == [
-            {"field": "campaign.effective_status", "operator": "IN", "value": everything}]
+            {"field": "campaign.effective_status", "operator": "IN", "value": everything}
+        ]
 
 
 def test_async_report_keeps_the_status_filter(app, make_client):
@@ -619,18 +718,29 @@ def test_sandbox_a_status_list_missing_a_status_loses_its_rows(app, server, toke
     base = f"{server.base_url}/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}"
 
     def insight_campaigns(statuses=None):
-        params = {"access_token": token, "level": "campaign", "time_increment": "1",
-                  "fields": "campaign_id,spend", "limit": "500",
-                  "time_range": json.dumps({"since": "2025-06-01", "until": "2025-06-08"})}
+        params = {
+            "access_token": token,
+            "level": "campaign",
+            "time_increment": "1",
+            "fields": "campaign_id,spend",
+            "limit": "500",
+            "time_range": json.dumps({"since": "2025-06-01", "until": "2025-06-08"}),
+        }
         if statuses is not None:
-            params["filtering"] = json.dumps([{"field": "campaign.effective_status", "operator": "IN",
-                                               "value": statuses}])
-        return {r["campaign_id"] for r in requests.get(f"{base}/insights", params=params, timeout=5).json()["data"]}
+            params["filtering"] = json.dumps(
+                [{"field": "campaign.effective_status", "operator": "IN", "value": statuses}]
+            )
+        return {
+            r["campaign_id"]
+            for r in requests.get(f"{base}/insights", params=params, timeout=5).json()["data"]
+        }
 
     def edge_campaigns(statuses=None):
         params = {"access_token": token, "fields": "id", "limit": "100"}
         if statuses is not None:
-            params["filtering"] = json.dumps([{"field": "effective_status", "operator": "IN", "value": statuses}])
+            params["filtering"] = json.dumps(
+                [{"field": "effective_status", "operator": "IN", "value": statuses}]
+            )
         return {r["id"] for r in requests.get(f"{base}/campaigns", params=params, timeout=5).json()["data"]}
 
     every = list(facebook_module.CAMPAIGN_STATUSES)
@@ -658,7 +768,9 @@ def test_endless_campaign_paging_fails_with_a_clear_message(app, make_client, fa
 
 def test_endless_insights_paging_fails_with_a_clear_message(app, make_client):
     app.configure_account(ACCOUNT, campaigns=5, max_page_rows=4, endless_paging="same_rows")
-    with pytest.raises(PermanentError, match=r"endless pagination while reading insights 2025-06-01\.\.2025-06-08"):
+    with pytest.raises(
+        PermanentError, match=r"endless pagination while reading insights 2025-06-01\.\.2025-06-08"
+    ):
         list(make_client().daily_metrics(SINCE, UNTIL))
     assert len(app.requests_to(rf"/act_{ACCOUNT}/insights$")) == 2
 
@@ -666,7 +778,9 @@ def test_endless_insights_paging_fails_with_a_clear_message(app, make_client):
 # --- long-lived token renewal (issue 14) ---------------------------------------------------
 
 
-def test_exchanging_a_long_lived_token_that_meta_hands_back_unextended_is_no_renewal(app, make_settings, clock):
+def test_exchanging_a_long_lived_token_that_meta_hands_back_unextended_is_no_renewal(
+    app, make_settings, clock
+):
     token = app.issue_long_lived(ttl=5 * 86400)
     expires = clock.now() + timedelta(days=5)
     ctx = PlatformContext(settings=make_settings(), account_id=ACCOUNT, clock=clock)
@@ -682,7 +796,9 @@ def test_exchanging_a_long_lived_token_that_meta_hands_back_unextended_is_no_ren
     assert app.tokens.check(token) == "ok"
 
 
-def test_exchanging_a_long_lived_token_that_meta_renews_stores_the_new_one(app, make_settings, make_client, clock):
+def test_exchanging_a_long_lived_token_that_meta_renews_stores_the_new_one(
+    app, make_settings, make_client, clock
+):
     app.long_lived_renewal = "renewed"
     token = app.issue_long_lived(ttl=5 * 86400)
     ctx = PlatformContext(settings=make_settings(), account_id=ACCOUNT, clock=clock)

@@ -9,7 +9,7 @@ import gc
 import json
 import threading
 import tracemalloc
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -53,7 +53,7 @@ def server(app):
 
 @pytest.fixture
 def clock() -> FrozenClock:
-    return FrozenClock(datetime(2024, 2, 1, 12, 0, tzinfo=timezone.utc))
+    return FrozenClock(datetime(2024, 2, 1, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -64,16 +64,23 @@ def settings(tmp_path, server) -> Settings:
 def make_settings(tmp_path, server, **flags) -> Settings:
     by_env = {env: name for name, env in ENV_NAMES.items()}
     base = {by_env[k]: v for k, v in APP_CREDENTIALS.items() if k.startswith("GOOGLE")}
-    base.update(home=str(tmp_path), google_ads_url=server.base_url,
-                google_oauth_url=server.base_url, http_timeout=2)
+    base.update(
+        home=str(tmp_path), google_ads_url=server.base_url, google_oauth_url=server.base_url, http_timeout=2
+    )
     base.update(flags)
     return resolve(flags=base, environ={})
 
 
-def make_client(settings, clock, token, *, account=CUSTOMER, connection_settings=None,
-                refresh=None, progress=None) -> google.GoogleAdsClient:
-    ctx = PlatformContext(settings=settings, account_id=account, clock=clock,
-                          connection_settings=connection_settings or {}, progress=progress)
+def make_client(
+    settings, clock, token, *, account=CUSTOMER, connection_settings=None, refresh=None, progress=None
+) -> google.GoogleAdsClient:
+    ctx = PlatformContext(
+        settings=settings,
+        account_id=account,
+        clock=clock,
+        connection_settings=connection_settings or {},
+        progress=progress,
+    )
     return google.CLIENT(ctx, Credentials(access_token=token, refresh_token=refresh))
 
 
@@ -113,7 +120,11 @@ def test_account_reads_currency_time_zone_and_name(app, settings, clock, token):
     account = make_client(settings, clock, token).account()
 
     assert (account.account_id, account.currency, account.time_zone, account.name) == (
-        CID, "EUR", "Europe/Berlin", "Acme GmbH")
+        CID,
+        "EUR",
+        "Europe/Berlin",
+        "Acme GmbH",
+    )
     sent = app.requests_to("googleAds:searchStream")[-1]
     assert sent.path == f"/{settings.google_ads_api_version}/customers/{CID}/googleAds:searchStream"
     assert sent.headers["authorization"] == f"Bearer {token}"
@@ -131,11 +142,16 @@ def test_campaigns_exact_with_budgets_and_removed_filtered(app, settings, clock,
     campaigns = list(make_client(settings, clock, token).campaigns())
 
     expected = [
-        Campaign(campaign_id=r["campaign"]["id"], campaign_name=r["campaign"]["name"],
-                 status=r["campaign"]["status"], objective=None,
-                 channel=r["campaign"]["advertisingChannelType"],
-                 budget_micros=int(r["campaignBudget"]["amountMicros"]))
-        for r in every if r["campaign"]["id"] not in removed_ids
+        Campaign(
+            campaign_id=r["campaign"]["id"],
+            campaign_name=r["campaign"]["name"],
+            status=r["campaign"]["status"],
+            objective=None,
+            channel=r["campaign"]["advertisingChannelType"],
+            budget_micros=int(r["campaignBudget"]["amountMicros"]),
+        )
+        for r in every
+        if r["campaign"]["id"] not in removed_ids
     ]
     assert campaigns == expected
     assert not removed_ids & {c.campaign_id for c in campaigns}
@@ -146,8 +162,11 @@ def test_daily_metrics_over_many_batches_are_exact(app, settings, clock, token):
     served = app.metric_rows(CID, SINCE, UNTIL)
     progress: list[tuple[str, int, int | None]] = []
 
-    metrics = list(make_client(settings, clock, token,
-                               progress=lambda *a: progress.append(a)).daily_metrics(SINCE, UNTIL))
+    metrics = list(
+        make_client(settings, clock, token, progress=lambda *a: progress.append(a)).daily_metrics(
+            SINCE, UNTIL
+        )
+    )
 
     assert len(served) > 3 * app.batch_size  # the answer really came as several batches
     assert metrics == [expected_metric(r) for r in served]
@@ -159,9 +178,13 @@ def test_daily_metrics_over_many_batches_are_exact(app, settings, clock, token):
     assert [p[1] for p in progress] == [min(len(served), app.batch_size * (i + 1)) for i in range(batches)]
     assert {p[0] for p in progress} == {"metrics"}
     # A float on the way would show: these doubles are not exact in binary.
-    inexact = [r for r in served if "conversionsValue" in r["metrics"]
-               and int(r["metrics"]["conversionsValue"] * 1_000_000)
-               != int(Decimal(str(r["metrics"]["conversionsValue"])) * 1_000_000)]
+    inexact = [
+        r
+        for r in served
+        if "conversionsValue" in r["metrics"]
+        and int(r["metrics"]["conversionsValue"] * 1_000_000)
+        != int(Decimal(str(r["metrics"]["conversionsValue"])) * 1_000_000)
+    ]
     assert inexact
     assert all(isinstance(m.conversions, Decimal) for m in metrics)
     assert any(m.conversions != m.conversions.to_integral_value() for m in metrics)
@@ -213,8 +236,11 @@ def test_login_customer_id_header_reaches_manager_accounts(tmp_path, server, app
     assert list(make_client(via_settings, clock, token).campaigns())
     assert app.requests_to("searchStream")[-1].headers["login-customer-id"] == "9876543210"
 
-    via_connection = list(make_client(settings, clock, token,
-                                      connection_settings={"login_customer_id": "9876543210"}).campaigns())
+    via_connection = list(
+        make_client(
+            settings, clock, token, connection_settings={"login_customer_id": "9876543210"}
+        ).campaigns()
+    )
     assert via_connection == list(make_client(via_settings, clock, token).campaigns())
 
 
@@ -236,9 +262,13 @@ def test_disabled_customer_is_permanent_with_the_platform_message(app, settings,
     app.configure_account(CID, enabled=False)
     raw = requests.post(
         f"{settings.google_ads_url}/{settings.google_ads_api_version}/customers/{CID}/googleAds:searchStream",
-        json={"query": google.CAMPAIGNS_QUERY}, timeout=2,
-        headers={"Authorization": f"Bearer {token}",
-                 "developer-token": APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]})
+        json={"query": google.CAMPAIGNS_QUERY},
+        timeout=2,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "developer-token": APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"],
+        },
+    )
     assert raw.status_code == 403 and isinstance(raw.json(), list)  # wrapped: [{"error": ...}]
 
     with pytest.raises(PermanentError, match="CUSTOMER_NOT_ENABLED.*not yet enabled") as exc:
@@ -294,8 +324,12 @@ def test_long_account_quota_wait_defers_only_the_account(app, settings, clock, t
 
 
 def test_429_without_retry_delay_waits_the_default(app, settings, clock, token):
-    app.faults.add("status", path="searchStream", status=429,
-                   body=[google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded.")])
+    app.faults.add(
+        "status",
+        path="searchStream",
+        status=429,
+        body=[google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded.")],
+    )
 
     with pytest.raises(RateLimited) as exc:
         list(make_client(settings, clock, token).campaigns())
@@ -342,9 +376,12 @@ def test_refresh_token_grants_a_working_access_token(app, settings, clock):
     assert grant.expires_at == clock.now() + timedelta(seconds=3599)
     assert grant.refresh_token is None  # Google keeps the old refresh token
     form = app.requests_to("^/token$")[-1].form()
-    assert form == {"client_id": APP_CREDENTIALS["GOOGLE_CLIENT_ID"],
-                    "client_secret": APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"],
-                    "refresh_token": refresh, "grant_type": "refresh_token"}
+    assert form == {
+        "client_id": APP_CREDENTIALS["GOOGLE_CLIENT_ID"],
+        "client_secret": APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"],
+        "refresh_token": refresh,
+        "grant_type": "refresh_token",
+    }
     assert list(make_client(settings, clock, grant.access_token).campaigns())
 
 
@@ -358,8 +395,9 @@ def test_refresh_token_returns_a_rotated_refresh_token(app, settings, clock):
 
     assert grant.refresh_token and grant.refresh_token != refresh
     assert grant.expires_at == clock.now() + timedelta(seconds=600)
-    again = google.refresh_token(ctx, Credentials(access_token=grant.access_token,
-                                                  refresh_token=grant.refresh_token))
+    again = google.refresh_token(
+        ctx, Credentials(access_token=grant.access_token, refresh_token=grant.refresh_token)
+    )
     assert again.access_token not in (grant.access_token, "x" * 20)
 
 
@@ -391,26 +429,37 @@ def test_refresh_needs_the_app_client_credentials(tmp_path, server, app, clock):
     _, refresh = app.tokens.issue()
     missing = make_settings(tmp_path, server).with_overrides(google_client_secret=None)
     with pytest.raises(MissingAppCredentials):
-        google.refresh_token(PlatformContext(settings=missing, account_id=CUSTOMER, clock=clock),
-                             Credentials(access_token="a" * 20, refresh_token=refresh))
+        google.refresh_token(
+            PlatformContext(settings=missing, account_id=CUSTOMER, clock=clock),
+            Credentials(access_token="a" * 20, refresh_token=refresh),
+        )
     assert app.requests == []
 
     wrong = make_settings(tmp_path, server, google_client_secret="wrong-client-secret-value")
     with pytest.raises(PermanentError, match="invalid_client") as exc:
-        google.refresh_token(PlatformContext(settings=wrong, account_id=CUSTOMER, clock=clock),
-                             Credentials(access_token="a" * 20, refresh_token=refresh))
+        google.refresh_token(
+            PlatformContext(settings=wrong, account_id=CUSTOMER, clock=clock),
+            Credentials(access_token="a" * 20, refresh_token=refresh),
+        )
     assert not isinstance(exc.value, AuthRevoked)
     assert_no_secret(exc.value, "wrong-client-secret-value", refresh)
 
 
 def test_token_endpoint_outage_is_transient(app, settings, clock):
     _, refresh = app.tokens.issue()
-    app.faults.add("status", path="^/token$", times=3, status=503,
-                   body={"error": "server_error", "error_description": "try later"})
+    app.faults.add(
+        "status",
+        path="^/token$",
+        times=3,
+        status=503,
+        body={"error": "server_error", "error_description": "try later"},
+    )
 
     with pytest.raises(TransientError):
-        google.refresh_token(PlatformContext(settings=settings, account_id=CUSTOMER, clock=clock),
-                             Credentials(access_token="a" * 20, refresh_token=refresh))
+        google.refresh_token(
+            PlatformContext(settings=settings, account_id=CUSTOMER, clock=clock),
+            Credentials(access_token="a" * 20, refresh_token=refresh),
+        )
     assert len(app.requests_to("^/token$")) == 3
 
 
@@ -418,8 +467,13 @@ def test_token_endpoint_outage_is_transient(app, settings, clock):
 
 
 def test_5xx_storm_is_transient_after_retries(app, settings, clock, token):
-    app.faults.add("status", path="searchStream", times=3, status=503,
-                   body=[google_error(503, "UNAVAILABLE", "The service is currently unavailable.")])
+    app.faults.add(
+        "status",
+        path="searchStream",
+        times=3,
+        status=503,
+        body=[google_error(503, "UNAVAILABLE", "The service is currently unavailable.")],
+    )
 
     with pytest.raises(TransientError, match="UNAVAILABLE") as exc:
         list(make_client(settings, clock, token).campaigns())
@@ -430,8 +484,13 @@ def test_5xx_storm_is_transient_after_retries(app, settings, clock, token):
 
 
 def test_one_5xx_then_success(app, settings, clock, token):
-    app.faults.add("status", path="searchStream", times=1, status=500,
-                   body={"error": {"code": 500, "status": "INTERNAL", "message": "Internal error."}})
+    app.faults.add(
+        "status",
+        path="searchStream",
+        times=1,
+        status=500,
+        body={"error": {"code": 500, "status": "INTERNAL", "message": "Internal error."}},
+    )
 
     metrics = list(make_client(settings, clock, token).daily_metrics(SINCE, UNTIL))
 
@@ -500,8 +559,9 @@ def test_stream_is_decoded_batch_by_batch_in_flat_memory(app, settings, clock, t
     app.configure_account(CID, campaigns=200, removed=0)
     rows = app.metric_rows(CID, SINCE, SINCE + timedelta(days=9)) * 10
     rows = rows[:16_000]
-    body = json.dumps([{"results": rows[i:i + 200], "fieldMask": "x", "requestId": "r"}
-                       for i in range(0, len(rows), 200)]).encode()
+    body = json.dumps(
+        [{"results": rows[i : i + 200], "fieldMask": "x", "requestId": "r"} for i in range(0, len(rows), 200)]
+    ).encode()
     del rows
     client = make_client(settings, clock, token)
     list(client.campaigns())  # first request: lazy imports and pools are not the answer's
@@ -525,7 +585,10 @@ def test_one_oversized_batch_fails_clearly_instead_of_filling_memory(app, settin
     app.configure_account(CID, campaigns=20)
     app.batch_size = 10_000
 
-    with pytest.raises(PermanentError, match="one element of the streamed answer is larger than 0.191 MiB; refused to keep memory bounded") as exc:
+    with pytest.raises(
+        PermanentError,
+        match="one element of the streamed answer is larger than 0.191 MiB; refused to keep memory bounded",
+    ) as exc:
         list(client.daily_metrics(SINCE, UNTIL + timedelta(days=300)))
 
     assert type(exc.value) is PermanentError
@@ -543,9 +606,20 @@ def test_oversized_error_answer_is_refused_too(app, settings, clock, token):
 
 def test_platform_text_echoing_secrets_is_redacted(app, settings, clock, token):
     dev = APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]
-    app.faults.add("status", path="searchStream", status=400, body=[google_error(
-        400, "INVALID_ARGUMENT", f"Bad request for Bearer {token}", {"requestError": "INVALID_INPUT"},
-        detail_message=f"Developer token '{dev}' with access token {token} is not allowed.")])
+    app.faults.add(
+        "status",
+        path="searchStream",
+        status=400,
+        body=[
+            google_error(
+                400,
+                "INVALID_ARGUMENT",
+                f"Bad request for Bearer {token}",
+                {"requestError": "INVALID_INPUT"},
+                detail_message=f"Developer token '{dev}' with access token {token} is not allowed.",
+            )
+        ],
+    )
 
     with pytest.raises(PermanentError, match="is not allowed") as exc:
         list(make_client(settings, clock, token).campaigns())
@@ -560,12 +634,15 @@ def test_sandbox_search_pages_match_the_stream(app, settings, token):
     app.page_size = 7
     query = google.METRICS_QUERY.format(since=SINCE, until=UNTIL)
     url = f"{settings.google_ads_url}/{settings.google_ads_api_version}/customers/{CID}/googleAds:search"
-    headers = {"Authorization": f"Bearer {token}",
-               "developer-token": APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "developer-token": APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"],
+    }
     rows, page_token, pages = [], None, 0
     while True:
-        body = requests.post(url, json={"query": query, "pageToken": page_token},
-                             headers=headers, timeout=2).json()
+        body = requests.post(
+            url, json={"query": query, "pageToken": page_token}, headers=headers, timeout=2
+        ).json()
         rows += body.get("results", [])
         pages += 1
         page_token = body.get("nextPageToken")
@@ -584,11 +661,14 @@ def test_sandbox_search_pages_match_the_stream(app, settings, token):
 
 
 def test_sunset_version_gets_googles_html_404_and_fails_for_good(tmp_path, server, app, token):
-    today = FrozenClock(datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))
+    today = FrozenClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
     app.clock = today.time  # the sandbox decides what is sunset on the same day
     old = make_settings(tmp_path, server, google_ads_api_version="v21")
-    raw = requests.post(f"{old.google_ads_url}/v21/customers/{CID}/googleAds:searchStream",
-                        json={"query": google.CAMPAIGNS_QUERY}, timeout=2)
+    raw = requests.post(
+        f"{old.google_ads_url}/v21/customers/{CID}/googleAds:searchStream",
+        json={"query": google.CAMPAIGNS_QUERY},
+        timeout=2,
+    )
     assert raw.status_code == 404 and raw.headers["Content-Type"].startswith("text/html")
     assert raw.text.startswith("<!DOCTYPE html>") and "was not found on this server" in raw.text
 
@@ -597,7 +677,8 @@ def test_sunset_version_gets_googles_html_404_and_fails_for_good(tmp_path, serve
 
     assert str(exc.value) == (
         "Google Ads API v21 is no longer served (sunset 2026-08-05): "
-        "set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer")
+        "set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer"
+    )
     assert len(app.requests_to("searchStream")) == 2  # ours was sent once: no retries
     # The same day, the current version is served.
     assert make_client(make_settings(tmp_path, server), today, token).account().account_id == CID
@@ -606,19 +687,34 @@ def test_sunset_version_gets_googles_html_404_and_fails_for_good(tmp_path, serve
 def test_a_404_on_a_live_version_still_points_at_the_url(tmp_path, server, app, token):
     app.faults.add("html", path="searchStream", status=404)
     with pytest.raises(PermanentError, match="HTTP 404, check CLEARLIFT_GOOGLE_ADS_URL"):
-        make_client(make_settings(tmp_path, server), FrozenClock(datetime(2026, 11, 29, tzinfo=timezone.utc)),
-                    token).account()
+        make_client(
+            make_settings(tmp_path, server), FrozenClock(datetime(2026, 11, 29, tzinfo=UTC)), token
+        ).account()
 
 
 def test_unsupported_version_answer_names_the_setting(tmp_path, server, app, token):
     # Before the 404, Google answered a deprecated version with UNSUPPORTED_VERSION.
-    app.faults.add("status", path="searchStream", status=400, body=[google_error(
-        400, "INVALID_ARGUMENT", "Request contains an invalid argument.", {"requestError": "UNSUPPORTED_VERSION"},
-        detail_message="Version v22 is deprecated. Requests to this version will be blocked.")])
+    app.faults.add(
+        "status",
+        path="searchStream",
+        status=400,
+        body=[
+            google_error(
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                {"requestError": "UNSUPPORTED_VERSION"},
+                detail_message="Version v22 is deprecated. Requests to this version will be blocked.",
+            )
+        ],
+    )
     old = make_settings(tmp_path, server, google_ads_api_version="v22")
-    with pytest.raises(PermanentError, match=r"^Google Ads API v22 is no longer served \(sunset 2026-10-07\): "
-                                             r"set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer$"):
-        make_client(old, FrozenClock(datetime(2026, 11, 29, tzinfo=timezone.utc)), token).account()
+    with pytest.raises(
+        PermanentError,
+        match=r"^Google Ads API v22 is no longer served \(sunset 2026-10-07\): "
+        r"set CLEARLIFT_GOOGLE_ADS_API_VERSION to v23 or newer$",
+    ):
+        make_client(old, FrozenClock(datetime(2026, 11, 29, tzinfo=UTC)), token).account()
     assert len(app.requests_to("searchStream")) == 1
 
 
@@ -650,8 +746,12 @@ def test_manager_with_selected_clients_queries_each_client_through_the_manager(a
     for cid in client.accounts():
         sub = client.for_account(cid)
         account = sub.account()
-        got[cid] = (account.currency, account.time_zone, [c.campaign_id for c in sub.campaigns()],
-                    list(sub.daily_metrics(SINCE, UNTIL)))
+        got[cid] = (
+            account.currency,
+            account.time_zone,
+            [c.campaign_id for c in sub.campaigns()],
+            list(sub.daily_metrics(SINCE, UNTIL)),
+        )
     sent = app.requests_to("searchStream")
     assert {r.path.split("/")[3] for r in sent} == {CLIENT_A, CLIENT_B}  # never the manager's metrics
     assert {r.headers["login-customer-id"] for r in sent} == {MID}
@@ -663,16 +763,23 @@ def test_manager_with_selected_clients_queries_each_client_through_the_manager(a
 
 def test_manager_with_all_clients_lists_enabled_non_managers_at_every_level(app, settings, clock, token):
     manager_tree(app)
-    client = make_client(settings, clock, token, account=MANAGER,
-                         connection_settings={"accountSelection": {"mode": "all"}})
+    client = make_client(
+        settings, clock, token, account=MANAGER, connection_settings={"accountSelection": {"mode": "all"}}
+    )
 
     assert client.accounts() == [CLIENT_A, CLIENT_B, CLIENT_C]
     (listing,) = app.requests_to("searchStream")
     assert listing.path == f"/v26/customers/{MID}/googleAds:searchStream"
     assert listing.headers["login-customer-id"] == MID
     query = listing.json()["query"]
-    for field in ("customer_client.id", "customer_client.manager", "customer_client.level",
-                  "customer_client.status", "customer_client.currency_code", "customer_client.time_zone"):
+    for field in (
+        "customer_client.id",
+        "customer_client.manager",
+        "customer_client.level",
+        "customer_client.status",
+        "customer_client.currency_code",
+        "customer_client.time_zone",
+    ):
         assert field in query
     # The level-2 client is reached with the top manager as login customer.
     assert client.for_account(CLIENT_C).account().currency == "GBP"
@@ -689,8 +796,15 @@ def test_metrics_of_a_manager_are_refused_with_what_to_do(app, settings, clock, 
 def test_unlinked_client_fails_alone_and_says_what_to_do(app, settings, clock, token):
     manager_tree(app)
     app.configure_account(CLIENT_B, accessible=False)  # unlinked from the manager
-    client = make_client(settings, clock, token, account=MANAGER, connection_settings={
-        "accountSelection": {"mode": "selected", "selectedAccounts": [CLIENT_A, CLIENT_B]}})
+    client = make_client(
+        settings,
+        clock,
+        token,
+        account=MANAGER,
+        connection_settings={
+            "accountSelection": {"mode": "selected", "selectedAccounts": [CLIENT_A, CLIENT_B]}
+        },
+    )
 
     assert client.for_account(CLIENT_A).account().currency == "EUR"
     with pytest.raises(AccountUnavailable, match="USER_PERMISSION_DENIED") as exc:
@@ -714,13 +828,19 @@ def test_connection_login_customer_beats_the_app_wide_one(tmp_path, server, app,
     assert app.requests_to("searchStream")[-1].headers["login-customer-id"] == "9876543210"
 
 
-@pytest.mark.parametrize("selection, why", [
-    ({"mode": "some"}, "must be"), ({"mode": "selected"}, "must be"),
-    ({"mode": "selected", "selectedAccounts": []}, "selects no client accounts"),
-    ({"mode": "selected", "selectedAccounts": ["act_1"]}, "not a Google Ads customer id"),
-])
+@pytest.mark.parametrize(
+    "selection, why",
+    [
+        ({"mode": "some"}, "must be"),
+        ({"mode": "selected"}, "must be"),
+        ({"mode": "selected", "selectedAccounts": []}, "selects no client accounts"),
+        ({"mode": "selected", "selectedAccounts": ["act_1"]}, "not a Google Ads customer id"),
+    ],
+)
 def test_broken_account_selection_is_permanent(app, settings, clock, token, selection, why):
-    client = make_client(settings, clock, token, account=MANAGER, connection_settings={"accountSelection": selection})
+    client = make_client(
+        settings, clock, token, account=MANAGER, connection_settings={"accountSelection": selection}
+    )
     with pytest.raises(PermanentError, match=why):
         client.accounts()
     assert app.requests == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -19,7 +19,7 @@ from clearlift_cli.sandbox.server import PlatformApp, Reply, SandboxServer
 from clearlift_cli.settings import ENV_NAMES, resolve
 from clearlift_cli.timeutil import FrozenClock
 
-UTC = timezone.utc
+UTC = UTC
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
@@ -67,13 +67,16 @@ def _no_proxy_env(monkeypatch):
 
 
 def test_a_cross_host_redirect_is_refused_and_tiktok_access_token_never_reaches_the_other_host(
-        tmp_path, sandbox, elsewhere, clock, monkeypatch):
+    tmp_path, sandbox, elsewhere, clock, monkeypatch
+):
     _no_proxy_env(monkeypatch)
     tt = sandbox.tiktok
     token, _ = tt.tokens.issue(ttl=None)
     target = f"{elsewhere.base_url}/collect?from=tiktok"
     tt.faults.add("redirect", path=r"/campaign/get/$", status=307, location=target)
-    ctx = PlatformContext(settings=_settings(tmp_path, sandbox), account_id="7012345678901234567", clock=clock)
+    ctx = PlatformContext(
+        settings=_settings(tmp_path, sandbox), account_id="7012345678901234567", clock=clock
+    )
     client = tiktok.CLIENT(ctx, Credentials(access_token=token))
 
     with pytest.raises(PermanentError) as info:
@@ -87,12 +90,17 @@ def test_a_cross_host_redirect_is_refused_and_tiktok_access_token_never_reaches_
 
 
 def test_a_cross_host_redirect_is_refused_and_google_developer_token_never_reaches_the_other_host(
-        tmp_path, sandbox, elsewhere, clock, monkeypatch):
+    tmp_path, sandbox, elsewhere, clock, monkeypatch
+):
     _no_proxy_env(monkeypatch)
     g = sandbox.google
     token, _ = g.tokens.issue(ttl=3600)
-    g.faults.add("redirect", path="searchStream", status=302,
-                 location=f"http://user:pw@{elsewhere.base_url[7:]}/v26/customers")
+    g.faults.add(
+        "redirect",
+        path="searchStream",
+        status=302,
+        location=f"http://user:pw@{elsewhere.base_url[7:]}/v26/customers",
+    )
     ctx = PlatformContext(settings=_settings(tmp_path, sandbox), account_id="1234567890", clock=clock)
     client = google.CLIENT(ctx, Credentials(access_token=token))
 
@@ -102,7 +110,9 @@ def test_a_cross_host_redirect_is_refused_and_google_developer_token_never_reach
     assert "user" not in str(info.value) and "pw" not in str(info.value)
     assert elsewhere.app.requests == []
     sent = g.requests_to("searchStream")
-    assert len(sent) == 1 and sent[0].headers["developer-token"] == APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]
+    assert (
+        len(sent) == 1 and sent[0].headers["developer-token"] == APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]
+    )
 
 
 # --- proxies --------------------------------------------------------------------------------
@@ -118,8 +128,9 @@ def test_loopback_targets_never_go_through_a_proxy(sandbox, monkeypatch):
     base = sandbox.servers["stripe"].base_url
     port = base.rsplit(":", 1)[1]
     for url in (f"{base}/v1/account", f"http://localhost:{port}/v1/account"):
-        body = http.request("GET", url, classify=lambda r, b: None,
-                            headers={"Authorization": f"Bearer {key}"})
+        body = http.request(
+            "GET", url, classify=lambda r, b: None, headers={"Authorization": f"Bearer {key}"}
+        )
         assert body["id"] == "acct_1Proxy"
 
 
@@ -139,12 +150,22 @@ def test_other_hosts_still_go_through_the_configured_proxy(elsewhere, monkeypatc
     assert len(elsewhere.app.requests) == 1
 
 
-@pytest.mark.parametrize("url, loopback", [
-    ("http://127.0.0.1:8080/x", True), ("http://127.8.9.10/", True), ("http://[::1]:99/", True),
-    ("http://localhost:1/", True), ("http://LOCALHOST./", True), ("http://api.localhost/", True),
-    ("https://api.stripe.com/v1", False), ("http://10.0.0.1/", False), ("http://[::2]/", False),
-    ("http://localhost.example.com/", False), ("http://128.0.0.1/", False),
-])
+@pytest.mark.parametrize(
+    "url, loopback",
+    [
+        ("http://127.0.0.1:8080/x", True),
+        ("http://127.8.9.10/", True),
+        ("http://[::1]:99/", True),
+        ("http://localhost:1/", True),
+        ("http://LOCALHOST./", True),
+        ("http://api.localhost/", True),
+        ("https://api.stripe.com/v1", False),
+        ("http://10.0.0.1/", False),
+        ("http://[::2]/", False),
+        ("http://localhost.example.com/", False),
+        ("http://128.0.0.1/", False),
+    ],
+)
 def test_is_loopback(url, loopback):
     assert is_loopback(url) is loopback
 
@@ -172,9 +193,19 @@ def test_an_answer_at_the_size_cap_is_read(sandbox, monkeypatch):
     key = st.issue_key("acct_1Big")
     http = HttpClient(platform="stripe", timeout=5, max_response_bytes=2000)
     url = f"{sandbox.servers['stripe'].base_url}/v1/charges"
-    body = http.request("GET", url, params={"limit": 1}, classify=lambda r, b: None,
-                        headers={"Authorization": f"Bearer {key}"})
+    body = http.request(
+        "GET",
+        url,
+        params={"limit": 1},
+        classify=lambda r, b: None,
+        headers={"Authorization": f"Bearer {key}"},
+    )
     assert body["object"] == "list"
     with pytest.raises(PermanentError):
-        http.request("GET", url, params={"limit": 100}, classify=lambda r, b: None,
-                     headers={"Authorization": f"Bearer {key}"})
+        http.request(
+            "GET",
+            url,
+            params={"limit": 100},
+            classify=lambda r, b: None,
+            headers={"Authorization": f"Bearer {key}"},
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -17,7 +17,7 @@ from clearlift_cli.sandbox.stripe import DEFAULT_ACCOUNT, DEFAULT_API_VERSION, S
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
 
-UTC = timezone.utc
+UTC = UTC
 ACCOUNT = "acct_1TestShop"
 CHARGES = r"^/v1/charges$"
 REFUNDS = r"^/v1/refunds$"
@@ -177,15 +177,19 @@ def test_bad_key_is_auth_revoked_without_the_key(app, ctx, bad):
         app.tokens.revoke(key)
 
     with pytest.raises(AuthRevoked) as info:
-        list(StripeClient(ctx, Credentials(key)).charges(
-            datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)))
+        list(
+            StripeClient(ctx, Credentials(key)).charges(
+                datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+            )
+        )
 
     exc = info.value
     assert exc.definitive is True and exc.reason == "Invalid API Key"
     assert len(app.requests_to(CHARGES)) == 1
     # Stripe (and the sandbox) echo a masked key; the client must drop even that
-    echoed = requests.get(f"{ctx.settings.stripe_url}/v1/account",
-                          headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    echoed = requests.get(
+        f"{ctx.settings.stripe_url}/v1/account", headers={"Authorization": f"Bearer {key}"}, timeout=5
+    )
     assert echoed.status_code == 401 and "sk_test_" in echoed.json()["error"]["message"]
     assert echoed.json()["error"]["message"].endswith("WXyz")
     for text in (str(exc), exc.reason, repr(exc.args)):
@@ -234,8 +238,13 @@ def test_should_retry_false_is_permanent(app, client):
 
 @pytest.mark.parametrize(
     "status, should_retry, expected",
-    [(500, None, TransientError), (503, True, TransientError), (409, True, TransientError),
-     (400, None, PermanentError), (404, None, PermanentError)],
+    [
+        (500, None, TransientError),
+        (503, True, TransientError),
+        (409, True, TransientError),
+        (400, None, PermanentError),
+        (404, None, PermanentError),
+    ],
 )
 def test_error_statuses_are_classified(app, client, status, should_retry, expected):
     app.fail_next(status, times=3, should_retry=should_retry, path=CHARGES)
@@ -267,8 +276,12 @@ def test_keys_issued_by_the_token_authority_read_the_default_account(app, ctx):
 
 
 def _client(ctx, key, **connection_settings) -> StripeClient:
-    ctx = PlatformContext(settings=ctx.settings, account_id=ctx.account_id, clock=ctx.clock,
-                          connection_settings=connection_settings)
+    ctx = PlatformContext(
+        settings=ctx.settings,
+        account_id=ctx.account_id,
+        clock=ctx.clock,
+        connection_settings=connection_settings,
+    )
     return StripeClient(ctx, Credentials(access_token=key))
 
 
@@ -282,8 +295,9 @@ def test_a_restricted_key_cannot_read_the_account_and_falls_back_to_utc(app, ctx
     assert account == Account(account_id=ACCOUNT, currency="XXX", time_zone="Etc/UTC", name=None)
     (sent,) = app.requests_to(r"^/v1/account$")
     # What Stripe answers a read-only restricted key there, word for word.
-    answer = requests.get(f"{ctx.settings.stripe_url}/v1/account", timeout=5,
-                          headers={"Authorization": f"Bearer {key}"})
+    answer = requests.get(
+        f"{ctx.settings.stripe_url}/v1/account", timeout=5, headers={"Authorization": f"Bearer {key}"}
+    )
     assert answer.status_code == 403
     message = answer.json()["error"]["message"]
     assert message.startswith("The provided key 'rk_test_***") and f"on account '{ACCOUNT}'" in message
@@ -291,7 +305,9 @@ def test_a_restricted_key_cannot_read_the_account_and_falls_back_to_utc(app, ctx
     # The charges still come, each with its own currency.
     since, until = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
     got = list(_client(ctx, key).charges(since, until))
-    assert got == _expected(app.charges_between(ACCOUNT, since, until)) and {c.currency for c in got} == {"EUR"}
+    assert got == _expected(app.charges_between(ACCOUNT, since, until)) and {c.currency for c in got} == {
+        "EUR"
+    }
 
 
 def test_settings_time_zone_names_the_days_and_overrides_the_account(app, ctx):
@@ -352,7 +368,9 @@ def test_every_request_pins_the_api_version_so_a_released_rest_is_no_refund(app,
 
 
 def test_refunded_charges_come_by_the_refund_time_whatever_the_charge_time(app, client):
-    old_day = app.charges_between(ACCOUNT, datetime(2024, 1, 10, tzinfo=UTC), datetime(2024, 1, 11, tzinfo=UTC))
+    old_day = app.charges_between(
+        ACCOUNT, datetime(2024, 1, 10, tzinfo=UTC), datetime(2024, 1, 11, tzinfo=UTC)
+    )
     old = next(c for c in old_day if c["paid"] and c["captured"] and c["amount_refunded"] == 0)
     at = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
     refund = app.refund(old["id"], 300, created=at)
@@ -369,7 +387,9 @@ def test_refunded_charges_come_by_the_refund_time_whatever_the_charge_time(app, 
     (sent,) = app.requests_to(REFUNDS)
     assert sent.query["expand[]"] == "data.charge" and sent.query["limit"] == "100"
     assert (sent.query["created[gte]"], sent.query["created[lt]"]) == (
-        str(int(since.timestamp())), str(int(until.timestamp())))
+        str(int(since.timestamp())),
+        str(int(until.timestamp())),
+    )
 
 
 def test_refunds_come_in_pages(app, client):
@@ -389,7 +409,9 @@ def test_a_key_that_cannot_list_refunds_warns_and_still_syncs(app, ctx, caplog):
     client = _client(ctx, key)
 
     with caplog.at_level("WARNING", logger="clearlift.stripe"):
-        got = list(client.refunded_charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC)))
+        got = list(
+            client.refunded_charges(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC))
+        )
 
     assert got == []
     assert "cannot list refunds" in caplog.text and "Read on Refunds" in caplog.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -26,7 +26,7 @@ from clearlift_cli.sandbox.tiktok import TikTokApp
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
 
-UTC = timezone.utc
+UTC = UTC
 ADVERTISER = "7012345678901234567"
 REPORT = r"/report/integrated/get/$"
 CAMPAIGNS = r"/campaign/get/$"
@@ -216,9 +216,13 @@ def test_sandbox_rejects_reports_longer_than_30_days(server, token):
         f"{server.base_url}/open_api/v1.3/report/integrated/get/",
         headers={"Access-Token": token},
         params={
-            "advertiser_id": ADVERTISER, "report_type": "BASIC", "data_level": "AUCTION_CAMPAIGN",
-            "dimensions": '["campaign_id","stat_time_day"]', "metrics": '["spend"]',
-            "start_date": "2024-01-01", "end_date": "2024-01-31",
+            "advertiser_id": ADVERTISER,
+            "report_type": "BASIC",
+            "data_level": "AUCTION_CAMPAIGN",
+            "dimensions": '["campaign_id","stat_time_day"]',
+            "metrics": '["spend"]',
+            "start_date": "2024-01-01",
+            "end_date": "2024-01-31",
         },
         timeout=5,
     )
@@ -284,7 +288,9 @@ def test_expired_and_revoked_tokens_on_the_sandbox(app, ctx):
     assert info.value.definitive is True
 
 
-@pytest.mark.parametrize("status, expected", [(503, TransientError), (429, RateLimited), (404, PermanentError)])
+@pytest.mark.parametrize(
+    "status, expected", [(503, TransientError), (429, RateLimited), (404, PermanentError)]
+)
 def test_http_level_errors(app, client, status, expected):
     app.faults.add("status", path=CAMPAIGNS, times=3, status=status, body={"message": "no"})
 
@@ -296,8 +302,15 @@ def test_refresh_never_calls_tiktok_even_with_a_stored_refresh_token(app, ctx, t
     """Advertiser tokens do not expire and have no refresh call; tt_user/oauth2/refresh_token
     is for TikTok account tokens, so a refresh token stored by mistake is ignored."""
     assert refresh_token(ctx, Credentials(token)) is None
-    assert refresh_token(ctx, Credentials(token, "tiktok-rt-stored-by-mistake-0001",
-                                          expires_at=datetime(2024, 6, 1, tzinfo=UTC))) is None
+    assert (
+        refresh_token(
+            ctx,
+            Credentials(
+                token, "tiktok-rt-stored-by-mistake-0001", expires_at=datetime(2024, 6, 1, tzinfo=UTC)
+            ),
+        )
+        is None
+    )
     assert app.requests == []
     # The sandbox serves no such endpoint for the Marketing API either.
     assert TikTokAdsClient(ctx, Credentials(token)).account().currency == "USD"
@@ -330,9 +343,17 @@ def test_no_token_in_error_messages(app, ctx):
 
 
 def _report_query(start: str, end: str, **more) -> dict:
-    return {"advertiser_id": ADVERTISER, "report_type": "BASIC", "data_level": "AUCTION_CAMPAIGN",
-            "dimensions": '["campaign_id","stat_time_day"]', "metrics": '["spend"]',
-            "start_date": start, "end_date": end, "page_size": "1000", **more}
+    return {
+        "advertiser_id": ADVERTISER,
+        "report_type": "BASIC",
+        "data_level": "AUCTION_CAMPAIGN",
+        "dimensions": '["campaign_id","stat_time_day"]',
+        "metrics": '["spend"]',
+        "start_date": start,
+        "end_date": end,
+        "page_size": "1000",
+        **more,
+    }
 
 
 def test_deleted_campaigns_and_their_past_spend_are_read(app, client):
@@ -350,16 +371,23 @@ def test_deleted_campaigns_and_their_past_spend_are_read(app, client):
     assert metrics == _expected_metrics(app.report_rows(ADVERTISER, since, until))
     assert deleted <= {m.campaign_id for m in metrics}
     assert {r.query["filtering"] for r in app.requests_to(REPORT)} == {
-        json.dumps([{"field_name": "campaign_status", "filter_type": "IN", "filter_value": '["STATUS_ALL"]'}],
-                   separators=(",", ":"))}
+        json.dumps(
+            [{"field_name": "campaign_status", "filter_type": "IN", "filter_value": '["STATUS_ALL"]'}],
+            separators=(",", ":"),
+        )
+    }
     assert {json.loads(r.query["filtering"])["secondary_status"] for r in app.requests_to(CAMPAIGNS)} == {
-        "CAMPAIGN_STATUS_ALL"}
+        "CAMPAIGN_STATUS_ALL"
+    }
 
 
 def test_sandbox_leaves_deleted_campaigns_out_unless_asked(app, server, token):
     app.configure_account(ADVERTISER, campaigns=5)
-    deleted = {r["campaign_id"] for r in app.campaign_rows(ADVERTISER)
-               if r["secondary_status"] == "CAMPAIGN_STATUS_DELETE"}
+    deleted = {
+        r["campaign_id"]
+        for r in app.campaign_rows(ADVERTISER)
+        if r["secondary_status"] == "CAMPAIGN_STATUS_DELETE"
+    }
     assert len(deleted) == 1
     base = f"{server.base_url}/open_api/v1.3"
 
@@ -369,13 +397,22 @@ def test_sandbox_leaves_deleted_campaigns_out_unless_asked(app, server, token):
         return body["data"]["list"]
 
     plain = get("/campaign/get/", advertiser_id=ADVERTISER, page_size=100)
-    everything = get("/campaign/get/", advertiser_id=ADVERTISER, page_size=100,
-                     filtering='{"secondary_status":"CAMPAIGN_STATUS_ALL"}')
+    everything = get(
+        "/campaign/get/",
+        advertiser_id=ADVERTISER,
+        page_size=100,
+        filtering='{"secondary_status":"CAMPAIGN_STATUS_ALL"}',
+    )
     assert {r["campaign_id"] for r in everything} - {r["campaign_id"] for r in plain} == deleted
     rows = get("/report/integrated/get/", **_report_query("2024-05-01", "2024-05-05"))
-    all_rows = get("/report/integrated/get/", **_report_query(
-        "2024-05-01", "2024-05-05",
-        filtering='[{"field_name":"campaign_status","filter_type":"IN","filter_value":"[\\"STATUS_ALL\\"]"}]'))
+    all_rows = get(
+        "/report/integrated/get/",
+        **_report_query(
+            "2024-05-01",
+            "2024-05-05",
+            filtering='[{"field_name":"campaign_status","filter_type":"IN","filter_value":"[\\"STATUS_ALL\\"]"}]',
+        ),
+    )
     assert not deleted & {r["dimensions"]["campaign_id"] for r in rows}
     assert deleted <= {r["dimensions"]["campaign_id"] for r in all_rows}
 
@@ -386,8 +423,11 @@ def test_conversion_value_is_stored_exactly_from_the_decimal_text(app, client):
     wire = {r["dimensions"]["campaign_id"]: r["metrics"] for r in app.report_rows(ADVERTISER, day, day)}
     got = {m.campaign_id: m.conversion_value_micros for m in client.daily_metrics(day, day)}
 
-    assert got and got == {cid: int(Decimal(str(m["total_complete_payment_rate"])) * 1_000_000)
-                           + int(Decimal(str(m["total_purchase_value"])) * 1_000_000) for cid, m in wire.items()}
+    assert got and got == {
+        cid: int(Decimal(str(m["total_complete_payment_rate"])) * 1_000_000)
+        + int(Decimal(str(m["total_purchase_value"])) * 1_000_000)
+        for cid, m in wire.items()
+    }
     assert any(v for v in got.values())
     sent = json.loads(app.requests_to(REPORT)[0].query["metrics"])
     assert {"total_complete_payment_rate", "total_purchase_value", "conversion"} <= set(sent)
@@ -398,7 +438,9 @@ def test_reporting_day_follows_the_fixed_offset_timezone_not_display_timezone(ap
     # still 31 May in Etc/GMT+8, the zone TikTok cuts reports in (no daylight saving time).
     clock.advance((datetime(2024, 6, 1, 7, 30, tzinfo=UTC) - clock.now()).total_seconds())
     app.clock = clock.time
-    app.configure_account(ADVERTISER, campaigns=2, time_zone="Etc/GMT+8", display_timezone="America/Los_Angeles")
+    app.configure_account(
+        ADVERTISER, campaigns=2, time_zone="Etc/GMT+8", display_timezone="America/Los_Angeles"
+    )
     client = TikTokAdsClient(ctx, Credentials(token))
 
     account = client.account()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import pytest
 
 from clearlift_cli.d1 import MAX_SQL_BYTES, Meta, in_list, multi_row_insert, parse_d1_url
-from clearlift_cli.platforms.http import parse_retry_after
 from clearlift_cli.errors import ConfigError, D1LimitExceeded
+from clearlift_cli.platforms.http import parse_retry_after
 from clearlift_cli.sandbox.d1 import split_statements
 
 
@@ -21,8 +21,12 @@ def test_parse_d1_url():
 
 
 def test_in_list_keeps_every_statement_within_100_parameters():
-    statements = in_list("SELECT * FROM t WHERE org = ? AND id IN ({in}) AND n > ?", list(range(250)),
-                         before=["org-1"], after=[0])
+    statements = in_list(
+        "SELECT * FROM t WHERE org = ? AND id IN ({in}) AND n > ?",
+        list(range(250)),
+        before=["org-1"],
+        after=[0],
+    )
     assert [len(s.params) for s in statements] == [100, 100, 56]  # 98 + 98 + 54 values, 2 others each
     assert statements[0].params[:2] == ("org-1", 0) and statements[0].params[-1] == 0
     assert statements[0].sql.count("?") == 100 and "{in}" not in statements[0].sql
@@ -50,8 +54,8 @@ def test_multi_row_insert_respects_parameters_and_statement_length():
 
 
 def test_retry_after_reads_seconds_or_an_http_date():
-    now = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
-    later = format_datetime(datetime(2026, 11, 29, 12, 2, tzinfo=timezone.utc), usegmt=True)
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    later = format_datetime(datetime(2026, 11, 29, 12, 2, tzinfo=UTC), usegmt=True)
     assert parse_retry_after("30", now.timestamp()) == 30.0
     assert parse_retry_after(later, now.timestamp()) == 120.0
     assert parse_retry_after("soon", now.timestamp()) is None
@@ -59,8 +63,18 @@ def test_retry_after_reads_seconds_or_an_http_date():
 
 
 def test_meta_from_the_wire_tolerates_missing_fields():
-    meta = Meta.from_wire({"rows_read": 3, "rows_written": 1, "changes": 1, "last_row_id": 9,
-                           "duration": 0.25, "changed_db": True, "size_after": 8192, "served_by_region": "WEUR"})
+    meta = Meta.from_wire(
+        {
+            "rows_read": 3,
+            "rows_written": 1,
+            "changes": 1,
+            "last_row_id": 9,
+            "duration": 0.25,
+            "changed_db": True,
+            "size_after": 8192,
+            "served_by_region": "WEUR",
+        }
+    )
     assert meta == Meta(3, 1, 1, 9, 0.25, True, 8192)
     assert Meta.from_wire(None) == Meta()
 

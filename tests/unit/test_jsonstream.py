@@ -8,12 +8,18 @@ import pytest
 
 from clearlift_cli.platforms.jsonstream import StreamError, iter_json_array
 
-BATCHES = [{"results": [{"campaign": {"id": str(i), "name": f"Brand \u00e9 \"{i}\""}} for i in range(50)],
-            "fieldMask": "campaign.id", "requestId": "r"} for _ in range(5)]
+BATCHES = [
+    {
+        "results": [{"campaign": {"id": str(i), "name": f'Brand \u00e9 "{i}"'}} for i in range(50)],
+        "fieldMask": "campaign.id",
+        "requestId": "r",
+    }
+    for _ in range(5)
+]
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 @pytest.mark.parametrize("size", [1, 7, 1000, 10**6])
@@ -42,17 +48,20 @@ def test_empty_array_and_whitespace():
     assert list(iter_json_array([b"  [ ", b" ]\n"], max_chars=100)) == []
 
 
-@pytest.mark.parametrize("data, kind", [
-    (b'{"error": {}}', "not-an-array"),
-    (b"<html>502</html>", "not-an-array"),
-    (b'[{"a": 1}, {"b": ', "truncated"),
-    (b'[{"a": 1}', "truncated"),
-    (b"", "truncated"),
-    (b'[{"a": 1} {"b": 2}]', "malformed"),
-    (b'[{"a": 1}] extra', "malformed"),
-    (b'[{"a": tru}]', "malformed"),
-    (b'["\xff\xfe"]', "malformed"),
-])
+@pytest.mark.parametrize(
+    "data, kind",
+    [
+        (b'{"error": {}}', "not-an-array"),
+        (b"<html>502</html>", "not-an-array"),
+        (b'[{"a": 1}, {"b": ', "truncated"),
+        (b'[{"a": 1}', "truncated"),
+        (b"", "truncated"),
+        (b'[{"a": 1} {"b": 2}]', "malformed"),
+        (b'[{"a": 1}] extra', "malformed"),
+        (b'[{"a": tru}]', "malformed"),
+        (b'["\xff\xfe"]', "malformed"),
+    ],
+)
 def test_broken_answers_are_named(data, kind):
     with pytest.raises(StreamError) as exc:
         list(iter_json_array(pieces(data, 4), max_chars=10**6))

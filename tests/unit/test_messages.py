@@ -10,8 +10,12 @@ from clearlift_cli.models import MalformedMessage, SyncJobMessage
 from clearlift_cli.queue import decode_message
 
 GOOD = {
-    "job_id": "j-1", "connection_id": "org-1-google-123", "organization_id": "org-1",
-    "platform": "google", "account_id": "123", "job_type": "incremental",
+    "job_id": "j-1",
+    "connection_id": "org-1-google-123",
+    "organization_id": "org-1",
+    "platform": "google",
+    "account_id": "123",
+    "job_type": "incremental",
     "sync_window": {"start": "2025-10-07T00:00:00.000Z", "end": "2025-10-10T20:45:30.000Z"},
     "metadata": {"retry_count": 0, "created_at": "2025-10-10T20:45:30.000Z", "priority": "normal"},
 }
@@ -37,25 +41,31 @@ def test_the_contract_message_round_trips() -> None:
     assert decode_message(json.dumps(GOOD), "j-1") == msg
 
 
-@pytest.mark.parametrize("text, says", [
-    (body(sync_window__end=None), "sync_window.end is missing or not a timestamp string (null)"),
-    (body(sync_window__start=...), "sync_window.start is missing"),
-    (body(sync_window=None), "sync_window is missing or not an object"),
-    (body(sync_window__end="yesterday"), "sync_window.end 'yesterday' is not a timestamp"),
-    (body(sync_window__start="0001-01-01T00:00:00+01:00"), "sync_window.start '0001-01-01T00:00:00+01:00' is not a timestamp"),
-    (body(sync_window__start="0001-01-01T00:00:00.000Z"), "sync_window spans more than 3660 days"),
-    (body(sync_window__start="2025-10-11T00:00:00.000Z"), "sync_window.start is after sync_window.end"),
-    (body(job_id=...), "job_id is missing or not a string (null)"),
-    (body(connection_id=12), "connection_id is missing or not a string (12)"),
-    (body(connection_id=""), "connection_id is missing or not a string"),
-    (body(platform=None), "platform is missing or not a string"),
-    (body(account_id=None), "account_id is missing"),
-    (body(job_type="weekly"), "job_type 'weekly' is not full or incremental"),
-    ("not json at all", "message is not JSON"),
-    ("", "message is not JSON"),
-    ("[1, 2]", "message is not a JSON object"),
-    ("[" * 100_000 + "]" * 100_000, "message is not JSON (nested too deeply)"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (body(sync_window__end=None), "sync_window.end is missing or not a timestamp string (null)"),
+        (body(sync_window__start=...), "sync_window.start is missing"),
+        (body(sync_window=None), "sync_window is missing or not an object"),
+        (body(sync_window__end="yesterday"), "sync_window.end 'yesterday' is not a timestamp"),
+        (
+            body(sync_window__start="0001-01-01T00:00:00+01:00"),
+            "sync_window.start '0001-01-01T00:00:00+01:00' is not a timestamp",
+        ),
+        (body(sync_window__start="0001-01-01T00:00:00.000Z"), "sync_window spans more than 3660 days"),
+        (body(sync_window__start="2025-10-11T00:00:00.000Z"), "sync_window.start is after sync_window.end"),
+        (body(job_id=...), "job_id is missing or not a string (null)"),
+        (body(connection_id=12), "connection_id is missing or not a string (12)"),
+        (body(connection_id=""), "connection_id is missing or not a string"),
+        (body(platform=None), "platform is missing or not a string"),
+        (body(account_id=None), "account_id is missing"),
+        (body(job_type="weekly"), "job_type 'weekly' is not full or incremental"),
+        ("not json at all", "message is not JSON"),
+        ("", "message is not JSON"),
+        ("[1, 2]", "message is not a JSON object"),
+        ("[" * 100_000 + "]" * 100_000, "message is not JSON (nested too deeply)"),
+    ],
+)
 def test_malformed_messages_say_which_field(text, says) -> None:
     with pytest.raises(MalformedMessage) as info:
         decode_message(text, "j-1")

@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 
 from clearlift_cli.metrics import Family, quantile_from_buckets, render
+from clearlift_cli.redact import mask_url
 from clearlift_cli.runs import DURATION_BUCKETS, outcomes_by_platform
 from clearlift_cli.settings import resolve, sources
-from clearlift_cli.redact import mask_url
 
 
 def test_exposition_text_escapes_labels_and_help_and_spells_special_values():
@@ -51,24 +51,36 @@ class Outcome:
 
 
 def test_a_runs_jobs_are_summed_per_platform_with_durations_of_completed_ones():
-    summary = outcomes_by_platform([
-        Outcome("google", "completed", 10, 0.5), Outcome("google", "completed", 5, 12.0),
-        Outcome("google", "failed", 0, 100.0), Outcome("stripe", "deferred", 0, 0.1),
-    ])
+    summary = outcomes_by_platform(
+        [
+            Outcome("google", "completed", 10, 0.5),
+            Outcome("google", "completed", 5, 12.0),
+            Outcome("google", "failed", 0, 100.0),
+            Outcome("stripe", "deferred", 0, 0.1),
+        ]
+    )
     g = summary["google"]
     assert g["outcomes"] == {"completed": 2, "failed": 1} and g["records"] == 15 and g["seconds"] == 112.5
     assert sum(g["durations"]) == 2  # the failed job's time is not a sync duration
-    assert g["durations"][DURATION_BUCKETS.index(0.5)] == 1 and g["durations"][DURATION_BUCKETS.index(30)] == 1
+    assert (
+        g["durations"][DURATION_BUCKETS.index(0.5)] == 1 and g["durations"][DURATION_BUCKETS.index(30)] == 1
+    )
     assert summary["stripe"]["outcomes"] == {"deferred": 1} and sum(summary["stripe"]["durations"]) == 0
 
 
 def test_every_setting_says_where_it_came_from(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('tiktok_app_id = "tt-app"\nclearlift_http_timeout = 9\n')
-    s = resolve({"db": str(tmp_path / "flag.db"), "home": str(tmp_path)},
-                environ={"CLEARLIFT_CONFIG": str(config), "GOOGLE_CLIENT_SECRET": "g-secret",
-                         "CLEARLIFT_HOME": str(tmp_path), "CLEARLIFT_WAREHOUSE_URL": "postgresql://u:pw@h/db"},
-                read_config=True)
+    s = resolve(
+        {"db": str(tmp_path / "flag.db"), "home": str(tmp_path)},
+        environ={
+            "CLEARLIFT_CONFIG": str(config),
+            "GOOGLE_CLIENT_SECRET": "g-secret",
+            "CLEARLIFT_HOME": str(tmp_path),
+            "CLEARLIFT_WAREHOUSE_URL": "postgresql://u:pw@h/db",
+        },
+        read_config=True,
+    )
     got = {name: (value, where) for name, value, where in sources(s)}
     assert got["CLEARLIFT_DB"] == (str(tmp_path / "flag.db"), "flag")
     assert got["CLEARLIFT_HOME"] == (str(tmp_path), "env")  # a flag equal to its env var: the env var
@@ -86,5 +98,7 @@ def test_every_setting_says_where_it_came_from(tmp_path):
 
 
 def test_a_url_without_a_password_is_shown_as_written():
-    assert mask_url("sqlite:////var/lib/clearlift/warehouse.db") == "sqlite:////var/lib/clearlift/warehouse.db"
+    assert (
+        mask_url("sqlite:////var/lib/clearlift/warehouse.db") == "sqlite:////var/lib/clearlift/warehouse.db"
+    )
     assert mask_url("postgresql://u:pw@db:5432/x") == "postgresql://u:***@db:5432/x"

@@ -7,18 +7,21 @@ import pytest
 from clearlift_cli.redact import mask_url, redact, unencoded_userinfo, unquote_error, url_passwords
 
 
-@pytest.mark.parametrize("url,shown", [
-    ("postgresql://u:pa ss@127.0.0.1:5432/db", "postgresql://u:***@127.0.0.1:5432/db"),
-    ("postgresql://u:Sekr1tPw@[::1/db", "postgresql://u:***@[::1/db"),
-    ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),
-    ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"),
-    ("postgresql://:pw@h/db", "postgresql://:***@h/db"),
-    ("postgresql://h/db?password=abc&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
-    ("postgresql://user@h:5432/db", "postgresql://user@h:5432/db"),
-    ("sqlite:////var/lib/clearlift/warehouse.db", "sqlite:////var/lib/clearlift/warehouse.db"),
-    ("/var/lib/clearlift/clearlift.db", "/var/lib/clearlift/clearlift.db"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("postgresql://u:pa ss@127.0.0.1:5432/db", "postgresql://u:***@127.0.0.1:5432/db"),
+        ("postgresql://u:Sekr1tPw@[::1/db", "postgresql://u:***@[::1/db"),
+        ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://:pw@h/db", "postgresql://:***@h/db"),
+        ("postgresql://h/db?password=abc&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
+        ("postgresql://user@h:5432/db", "postgresql://user@h:5432/db"),
+        ("sqlite:////var/lib/clearlift/warehouse.db", "sqlite:////var/lib/clearlift/warehouse.db"),
+        ("/var/lib/clearlift/clearlift.db", "/var/lib/clearlift/clearlift.db"),
+        ("", ""),
+    ],
+)
 def test_mask_url_hides_the_password_of_any_url_however_malformed(url, shown):
     assert mask_url(url) == shown
 
@@ -31,7 +34,9 @@ def test_log_lines_mask_urls_and_quoted_key_value_passwords():
 
 def test_parse_errors_lose_every_quoted_fragment():
     message = 'unexpected spaces found in "pa ss", use percent-encoded spaces (%20) instead'
-    assert unquote_error(message) == 'unexpected spaces found in "***", use percent-encoded spaces (%20) instead'
+    assert (
+        unquote_error(message) == 'unexpected spaces found in "***", use percent-encoded spaces (%20) instead'
+    )
 
 
 def test_url_passwords_and_unencoded_userinfo():

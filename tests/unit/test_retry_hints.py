@@ -7,18 +7,32 @@ import math
 import pytest
 
 from clearlift_cli.errors import (
-    RETRY_HINT_CEILING_SECONDS, RETRY_HINT_FLOOR_SECONDS, RateLimited, clamp_retry_hint,
+    RETRY_HINT_CEILING_SECONDS,
+    RETRY_HINT_FLOOR_SECONDS,
+    RateLimited,
+    clamp_retry_hint,
 )
 from clearlift_cli.timeutil import iso_from_epoch
 
 
-@pytest.mark.parametrize("hint, seconds", [
-    (0, RETRY_HINT_FLOOR_SECONDS), (-5, RETRY_HINT_FLOOR_SECONDS), (math.nan, RETRY_HINT_FLOOR_SECONDS),
-    ("not a number", RETRY_HINT_FLOOR_SECONDS), (None, RETRY_HINT_FLOOR_SECONDS),
-    (0.5, RETRY_HINT_FLOOR_SECONDS), (1, 1.0), (40, 40.0), (3600.5, 3600.5),
-    (1e12, RETRY_HINT_CEILING_SECONDS), (math.inf, RETRY_HINT_CEILING_SECONDS), (10**400, RETRY_HINT_CEILING_SECONDS),
-    (-math.inf, RETRY_HINT_FLOOR_SECONDS),
-])
+@pytest.mark.parametrize(
+    "hint, seconds",
+    [
+        (0, RETRY_HINT_FLOOR_SECONDS),
+        (-5, RETRY_HINT_FLOOR_SECONDS),
+        (math.nan, RETRY_HINT_FLOOR_SECONDS),
+        ("not a number", RETRY_HINT_FLOOR_SECONDS),
+        (None, RETRY_HINT_FLOOR_SECONDS),
+        (0.5, RETRY_HINT_FLOOR_SECONDS),
+        (1, 1.0),
+        (40, 40.0),
+        (3600.5, 3600.5),
+        (1e12, RETRY_HINT_CEILING_SECONDS),
+        (math.inf, RETRY_HINT_CEILING_SECONDS),
+        (10**400, RETRY_HINT_CEILING_SECONDS),
+        (-math.inf, RETRY_HINT_FLOOR_SECONDS),
+    ],
+)
 def test_hints_are_held_between_the_floor_and_the_ceiling(hint, seconds):
     assert clamp_retry_hint(hint) == seconds
     assert RateLimited("limited", retry_after=hint).retry_after == seconds

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 
 from clearlift_cli.platforms import versions
 from clearlift_cli.settings import resolve
@@ -43,19 +43,23 @@ def test_unknown_version_is_reported_not_guessed() -> None:
 
 
 def test_consume_warns_for_each_version_ending_or_gone() -> None:
+    from datetime import datetime
+
     from clearlift_cli.app import warn_dying_versions
     from clearlift_cli.timeutil import FrozenClock
-    from datetime import datetime, timezone
 
     def on(day: date, **versions_set: str) -> list[str]:
         settings = resolve({"home": "/nonexistent", **versions_set}, environ={}, read_config=False)
-        return warn_dying_versions(settings, clock=FrozenClock(datetime.combine(day, datetime.min.time(), timezone.utc)))
+        return warn_dying_versions(
+            settings, clock=FrozenClock(datetime.combine(day, datetime.min.time(), UTC))
+        )
 
     assert on(TODAY) == []  # the defaults
     # Meta v25.0 is sunset 2027-02-23: within 45 days it is named every run, with the setting.
     assert on(date(2027, 1, 9), facebook_api_version="v25.0") == [
         "Meta Marketing API v25.0 is sunset on 2027-02-23 (45 days): "
-        "set CLEARLIFT_FACEBOOK_API_VERSION to v27.0"]
+        "set CLEARLIFT_FACEBOOK_API_VERSION to v27.0"
+    ]
     assert on(date(2027, 1, 8), facebook_api_version="v25.0") == []
     gone = on(TODAY, google_ads_api_version="v22", facebook_api_version="v24.0")
     assert gone == [
@@ -67,6 +71,8 @@ def test_consume_warns_for_each_version_ending_or_gone() -> None:
 def test_the_newest_known_version_ending_asks_for_a_newer_one() -> None:
     got = versions.check("google", "v26", date(2027, 10, 1))
     assert got.state == "ending"
-    assert got.message == ("Google Ads API v26 is sunset on 2027-11-01 (31 days): set "
-                           "CLEARLIFT_GOOGLE_ADS_API_VERSION to a newer version (and upgrade clearlift)")
+    assert got.message == (
+        "Google Ads API v26 is sunset on 2027-11-01 (31 days): set "
+        "CLEARLIFT_GOOGLE_ADS_API_VERSION to a newer version (and upgrade clearlift)"
+    )
     assert versions.check("google", "v23", date(2027, 1, 1)).message.endswith("to v26")
