@@ -226,7 +226,7 @@ def dlt_merge(metrics: list[DailyMetric]) -> float | None:
     dataset = f"bench_dlt_{tag}"
     synced = datetime.now(UTC)
     names = TABLE.column_names
-    rows = [dict(zip(names, plain_row(m, synced))) for m in metrics]
+    rows = [dict(zip(names, plain_row(m, synced), strict=True)) for m in metrics]
     try:
         with tempfile.TemporaryDirectory(prefix="clearlift-dlt-") as workdir:
             pipeline = dlt.pipeline(

@@ -481,7 +481,7 @@ class Consumer:
             progress(f"slice {i + 1}/{total_slices} {s}..{e}", i, total_slices)
             synced_at = self.clock.now()
 
-            def write_slice(aid, c, first=(i == 0), s=s, e=e):
+            def write_slice(aid, c, first=(i == 0), s=s, e=e, synced_at=synced_at):
                 account = accounts[aid]
                 owner = RowOwner(conn.organization_id, conn.id, aid)
                 if is_ads:

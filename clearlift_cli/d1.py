@@ -46,7 +46,7 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from clearlift_cli import redact as _redact
 from clearlift_cli.errors import (
@@ -84,7 +84,7 @@ _MAYBE_RUN = (
 _SQLITE_CODE = re.compile(r"\b(SQLITE_[A-Z]+)(?:_[A-Z]+)?\s*$")
 _ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
-Param = Union[None, bool, int, float, str]
+Param = None | bool | int | float | str
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from clearlift_cli.timeutil import iso_z, parse_ts
 MAX_WINDOW_DAYS = 3660
 
 
-class SyncStatus(str, enum.Enum):
+class SyncStatus(enum.StrEnum):
     """platform_connections.sync_status, as the API worker validates it."""
 
     PENDING = "pending"
@@ -25,19 +25,19 @@ class SyncStatus(str, enum.Enum):
     FAILED = "failed"
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
 
 
-class JobType(str, enum.Enum):
+class JobType(enum.StrEnum):
     FULL = "full"
     INCREMENTAL = "incremental"
 
 
-class Priority(str, enum.Enum):
+class Priority(enum.StrEnum):
     HIGH = "high"
     NORMAL = "normal"
 
@@ -46,7 +46,7 @@ class Priority(str, enum.Enum):
         return 0 if self is Priority.HIGH else 1
 
 
-class MessageState(str, enum.Enum):
+class MessageState(enum.StrEnum):
     READY = "ready"
     LEASED = "leased"
     DONE = "done"

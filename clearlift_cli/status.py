@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from clearlift_cli import connsettings
@@ -153,7 +154,7 @@ def _gaps(coverage: list[tuple[str, str]]) -> list[tuple[str, str]]:
     from datetime import date
 
     out = []
-    for (_, prev_end), (next_start, _) in zip(coverage, coverage[1:]):
+    for (_, prev_end), (next_start, _) in pairwise(coverage):
         a = date.fromisoformat(prev_end) + timedelta(days=1)
         b = date.fromisoformat(next_start) - timedelta(days=1)
         if a <= b:

@@ -918,7 +918,7 @@ def _masked(url: str, scheme: str) -> str:
 
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a malformed port
+        _ = parts.port  # raises ValueError for a malformed port
     except ValueError:
         return f"{scheme}://…"
     return mask_url(url)

@@ -410,7 +410,7 @@ def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> CopyResult:
             )
         }
         cols = [c for c in src_cols if c in dst_cols]
-        rows = [dict(zip(cols, r)) for r in src.read(f"SELECT {', '.join(cols)} FROM {table}")]
+        rows = [dict(zip(cols, r, strict=True)) for r in src.read(f"SELECT {', '.join(cols)} FROM {table}")]
         left = []
         for i in range(0, len(rows), batch):
             with dst.write() as c:

@@ -400,11 +400,11 @@ def test_badly_written_rows_fail_their_own_jobs_with_a_reason_and_the_rest_runs(
         jobs["no-token"]["status"] == "failed"
         and "No access token found" in jobs["no-token"]["error_message"]
     )
-    for i, account in enumerate(odd["google"]):
+    for i in range(len(odd["google"])):
         job = jobs[f"odd-google-{i}"]
         assert job["status"] == "failed" and "is not a Google Ads customer id" in job["error_message"], job
         assert "access_token=zz" not in job["error_message"]
-    for i, account in enumerate(odd["facebook"]):
+    for i in range(len(odd["facebook"])):
         job = jobs[f"odd-facebook-{i}"]
         assert job["status"] == "failed" and "is not an ad account id" in job["error_message"], job
     for i, account in enumerate(odd["tiktok"]):

@@ -379,7 +379,7 @@ def test_rate_limits_defer_jobs_by_the_announced_wait_without_using_attempts(env
     assert env.run_json("queue")["paused_platforms"] == {}  # an account limit pauses nobody else
 
     # 3. The app-wide limit (code 4) defers every Facebook job, not other platforms.
-    app_conns = [env.add("org-1", "facebook", a, t) for a, t in zip(accounts[2:], tokens[2:])]
+    app_conns = [env.add("org-1", "facebook", a, t) for a, t in zip(accounts[2:], tokens[2:], strict=True)]
     stripe_conn = env.add(
         "org-1", "stripe", "acct_1RateLimitShop", sandbox.stripe.issue_key("acct_1RateLimitShop")
     )

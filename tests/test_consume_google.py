@@ -161,7 +161,7 @@ def test_5xx_storm_ends_in_dead_letter_and_failed_job(env, sandbox):
     )
     env.run("schedule")
     # Four deliveries; backoff delays between them are skipped by re-queueing at once.
-    for attempt in range(4):
+    for _ in range(4):
         env.run("consume", "--max-seconds", "30")
         with env.store() as c:
             c.execute("UPDATE sync_queue SET visible_at = 0 WHERE state = 'ready'")

@@ -61,7 +61,7 @@ def test_eight_overlapping_schedule_runs_create_one_job_per_due_connection(tmp_p
     outputs = [p.communicate(timeout=60) for p in procs]
 
     enqueued = 0
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "locked" not in err.lower() and "Traceback" not in err, err
         enqueued += json.loads(out)["enqueued"]

@@ -755,7 +755,7 @@ def test_no_job_is_lost_after_all_the_crashes(env, sandbox):
     cids = [seed(env, "tiktok", f"74000000000000000{i:02d}", org=f"org-{i}") for i in range(3)]
     until = yesterday()
     jobs = [backfill(env, cid, until - timedelta(days=44), until) for cid in cids]
-    for job_id, kill_at in zip(jobs, ["claim-commit", "mid-write", "before-ack"]):
+    for job_id, kill_at in zip(jobs, ["claim-commit", "mid-write", "before-ack"], strict=True):
         run_child(env, kill_at, job=job_id)
     states = Counter(queue_row(env, j)["state"] for j in jobs)
     assert states == Counter({"ready": 1, "leased": 2})
@@ -763,5 +763,5 @@ def test_no_job_is_lost_after_all_the_crashes(env, sandbox):
         if queue_row(env, job_id)["state"] == "leased":
             wait_lease_expiry(env, job_id)
     assert consume_json(env).get("completed") == 3
-    for cid, job_id in zip(cids, jobs):
+    for cid, job_id in zip(cids, jobs, strict=True):
         assert_job_landed_exactly(env, "tiktok", cid, job_id)

@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -538,7 +539,7 @@ def test_refreshes_against_one_provider_are_paced(lib, sandbox):
     assert lib.clock.slept == [0.25, 0.25, 0.25]
     for ids in (google, facebook):
         expiries = [parse_ts(lib.store.get_connection(c).expires_at) for c in ids]
-        gaps = [(b - a).total_seconds() for a, b in zip(expiries, expiries[1:])]
+        gaps = [(b - a).total_seconds() for a, b in pairwise(expiries)]
         assert gaps == [0.25] * (len(ids) - 1)
 
 

@@ -288,7 +288,9 @@ class D1App(PlatformApp):
         try:
             cursor = conn.execute(sql, params)
             columns = [d[0] for d in cursor.description or ()]
-            rows = [{c: _json_value(v) for c, v in zip(columns, row)} for row in cursor.fetchall()]
+            rows = [
+                {c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in cursor.fetchall()
+            ]
         except sqlite3.ProgrammingError as exc:
             if "bindings" in str(exc):
                 raise _StatementFailed("Wrong number of parameter bindings for SQL query.") from None

@@ -13,11 +13,12 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
 from itertools import islice
 from operator import itemgetter
-from typing import ContextManager, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from clearlift_cli.errors import StaleWrite
 from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
@@ -188,7 +189,7 @@ class Warehouse(ABC):
         """The recorded schema version, None before ``init_schema``."""
 
     @abstractmethod
-    def transaction(self, write_seq: int | None = None) -> ContextManager[WarehouseWriter]:
+    def transaction(self, write_seq: int | None = None) -> AbstractContextManager[WarehouseWriter]:
         """A writer whose writes commit on clean exit and roll back on exception.
         Connection failures raise ``WarehouseError`` (after rolling back). ``write_seq`` is
         the store's claim sequence of the delivery writing (see ``WarehouseWriter``)."""

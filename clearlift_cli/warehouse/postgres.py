@@ -534,7 +534,10 @@ class PostgresWarehouse(Warehouse):
 
         def work(conn: psycopg.Connection) -> list[dict]:
             return [
-                {n: _to_utc(v) if k == "timestamptz" else v for n, k, v in zip(names, kinds, row)}
+                {
+                    n: _to_utc(v) if k == "timestamptz" else v
+                    for n, k, v in zip(names, kinds, row, strict=True)
+                }
                 for row in conn.execute(statement, params).fetchall()
             ]
 

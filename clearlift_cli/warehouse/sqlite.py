@@ -350,7 +350,7 @@ class SqliteWarehouse(Warehouse):
             except sqlite3.Error as exc:
                 raise _sqlite_error(f"reading {tbl.name}", exc, self.url_for_display) from None
         return [
-            {n: (v if f is None or v is None else f(v)) for n, f, v in zip(names, decoders, row)}
+            {n: (v if f is None or v is None else f(v)) for n, f, v in zip(names, decoders, row, strict=True)}
             for row in raw
         ]
 

@@ -6,6 +6,7 @@ import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 import requests
@@ -280,7 +281,7 @@ def test_too_much_data_splits_the_window(app, make_client, clock):
     answered = [(s, u) for s, u in ranges if len(app.insight_rows(ACCOUNT, s, u)) <= limit]
     assert len(answered) < len(ranges)
     assert answered[0][0] == SINCE and answered[-1][1] == UNTIL
-    assert all(b[0] == a[1] + timedelta(days=1) for a, b in zip(answered, answered[1:]))
+    assert all(b[0] == a[1] + timedelta(days=1) for a, b in pairwise(answered))
     assert app.report_run_ids() == []
     assert clock.slept == []  # splitting is immediate, no backoff
 

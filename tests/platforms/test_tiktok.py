@@ -205,7 +205,7 @@ def test_metric_strings_and_numbers_are_both_parsed_exactly(app, client):
     got = list(client.daily_metrics(day, day + timedelta(days=5)))
 
     assert got == _expected_metrics(wire)
-    for metric, row in zip(got, wire):
+    for metric, row in zip(got, wire, strict=True):
         spend = row["metrics"]["spend"]
         assert metric.spend_micros == round(Decimal(str(spend)) * 1_000_000)
         assert isinstance(metric.conversions, Decimal)
