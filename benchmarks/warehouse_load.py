@@ -153,7 +153,9 @@ def pg_variants(url: str, metrics: list[DailyMetric], reps: int) -> dict:
         return sw.seconds
 
     def table_bytes() -> int:
-        return admin.execute("SELECT pg_total_relation_size(%s)", (TABLE.name,)).fetchone()[0]
+        row = admin.execute("SELECT pg_total_relation_size(%s)", (TABLE.name,)).fetchone()
+        assert row is not None
+        return row[0]
 
     def executemany() -> float:
         table = fresh("bench_executemany")
@@ -187,7 +189,9 @@ def pg_variants(url: str, metrics: list[DailyMetric], reps: int) -> dict:
         # Every value changed: each row is really rewritten (a new version, WAL).
         changed = [replace(m, impressions=m.impressions + 1) for m in metrics]
         changed_s = writer(changed, clear=False)
-        (stored,) = admin.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
+        counted = admin.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
+        assert counted is not None
+        (stored,) = counted
         assert stored == n, (stored, n)
         many_s = executemany()
     finally:
@@ -366,7 +370,7 @@ def main() -> None:
         f"{rate(pg['executemany_s']):>10,.0f} rows/s",
         f"writer is {pg['executemany_s'] / pg['writer_s']:.1f}x faster",
     )
-    if dlt_s is None:
+    if dlt_s is None or dlt_ratio is None:
         show("dlt merge", "skipped", "dlt is not installed: pip install '.[bench]'")
     else:
         show(

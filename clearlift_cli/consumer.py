@@ -18,10 +18,11 @@ import socket
 import sqlite3
 import threading
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
+from typing import Any
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.errors import (
@@ -41,7 +42,7 @@ from clearlift_cli.errors import (
 )
 from clearlift_cli.models import ClaimedMessage, Connection
 from clearlift_cli.platforms import platform_module
-from clearlift_cli.platforms.base import AdsClient
+from clearlift_cli.platforms.base import AdsClient, Charge
 from clearlift_cli.platforms.deadline import JobScope, job_scope
 from clearlift_cli.queue import RATE_LIMIT_NOTE, SqliteQueue
 from clearlift_cli.redact import redact
@@ -412,7 +413,7 @@ class Consumer:
                 self.store.job_progress(msg.job_id, phase, done, total)
 
         ctx = platform_context(self.settings, self.store, conn, progress=progress)
-        state = {"creds": creds, "refreshed": False, "client": None}
+        state: dict[str, Any] = {"creds": creds, "refreshed": False, "client": None}
 
         def client():
             # One client per set of credentials: it keeps what it learnt (the account, usage
@@ -539,7 +540,9 @@ class Consumer:
         if until <= window.start:
             return 0
         synced_at = self.clock.now()
-        charges = (ch for ch in client.refunded_charges(window.start, until) if ch.created_at < window.start)
+        charges: Iterable[Charge] = (
+            ch for ch in client.refunded_charges(window.start, until) if ch.created_at < window.start
+        )
         if self.warehouse.single_writer:
             charges = list(charges)
         with self.warehouse.transaction() as w:
@@ -709,6 +712,7 @@ def _local_midnight(day: date, tz_name: str) -> datetime:
     """The instant ``day`` starts in ``tz_name`` (UTC when the zone is unknown)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    tz: tzinfo
     try:
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError):

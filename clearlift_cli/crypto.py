@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Sequence
 
 from clearlift_cli import redact
 from clearlift_cli.errors import (
@@ -63,7 +64,9 @@ class FieldCipher:
         return text
 
 
-def refuse_a_wrong_key(cipher: FieldCipher, ciphertexts: list[str], whose: str, outcome: str) -> None:
+def refuse_a_wrong_key(
+    cipher: FieldCipher, ciphertexts: Sequence[str | None], whose: str, outcome: str
+) -> None:
     """ConfigError when the key decrypts none of two or more stored tokens. One row that
     does not decrypt may have been tampered with; several, none decrypting, is the key —
     and must not get every connection flagged or every job dead-lettered."""

@@ -6,6 +6,7 @@ python -m clearlift_cli.docs > docs/commands.md
 from __future__ import annotations
 
 import typer.main
+from typer.core import TyperGroup
 
 from clearlift_cli.cli import app
 
@@ -22,6 +23,7 @@ def command_help(path: list[str]) -> str:
     ctx = root.context_class(root, info_name="clearlift", terminal_width=100, max_content_width=100)
     cmd = root
     for name in path:
+        assert isinstance(cmd, TyperGroup), f"{name}: {cmd.name} has no subcommands"
         sub = cmd.commands[name]
         ctx = sub.context_class(sub, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
         cmd = sub

@@ -10,6 +10,8 @@ redacted text only (see ``clearlift_cli.redact``).
 
 from __future__ import annotations
 
+from typing import SupportsFloat
+
 
 class ExitCode:
     OK = 0
@@ -127,10 +129,16 @@ RETRY_HINT_CEILING_SECONDS = 86_400.0
 def clamp_retry_hint(seconds: object) -> float:
     """``seconds`` within [RETRY_HINT_FLOOR_SECONDS, RETRY_HINT_CEILING_SECONDS]; anything
     that is not a number (NaN included) counts as no wait, so the floor."""
+    if not isinstance(seconds, (str, SupportsFloat)):
+        return RETRY_HINT_FLOOR_SECONDS
     try:
-        value = float(seconds)  # type: ignore[arg-type]
+        value = float(seconds)
     except OverflowError:  # an integer too large for a float
-        return RETRY_HINT_CEILING_SECONDS if seconds > 0 else RETRY_HINT_FLOOR_SECONDS  # type: ignore[operator]
+        return (
+            RETRY_HINT_CEILING_SECONDS
+            if isinstance(seconds, int) and seconds > 0
+            else RETRY_HINT_FLOOR_SECONDS
+        )
     except (TypeError, ValueError):
         return RETRY_HINT_FLOOR_SECONDS
     if value != value:  # NaN

@@ -32,11 +32,13 @@ def configure(*, verbosity: int = 0, fmt: str = "text") -> None:
     """verbosity: -1 quiet (warnings), 0 info, 1+ debug."""
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
     else:
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+        formatter = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     root = logging.getLogger("clearlift")
     root.handlers[:] = [handler]
     root.setLevel(level)

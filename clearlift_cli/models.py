@@ -232,12 +232,10 @@ class SyncJobMessage:
         meta = data.get("metadata")
         if not isinstance(meta, dict):
             meta = {}  # only informational: the queue row holds the priority and attempts
-        try:
-            job_type = JobType(data.get("job_type"))
-        except ValueError:
-            raise MalformedMessage(
-                f"job_type {_show(data.get('job_type'))} is not full or incremental"
-            ) from None
+        raw_type = data.get("job_type")
+        if not isinstance(raw_type, str) or raw_type not in JobType._value2member_map_:
+            raise MalformedMessage(f"job_type {_show(raw_type)} is not full or incremental")
+        job_type = JobType(raw_type)
         try:
             priority = Priority(meta.get("priority", "normal"))
         except ValueError:

@@ -84,7 +84,7 @@ def connect(url: str, limits: PgLimits | None = None, *, application_name: str =
     from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(url)
-    client = {
+    client: dict[str, Any] = {
         k: v
         for k, v in {**CLIENT_DEFAULTS, "application_name": application_name}.items()
         if k not in params and k not in kwargs

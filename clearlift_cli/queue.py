@@ -368,7 +368,8 @@ class SqliteQueue:
             (now, now, now, now),
         )[0]
         oldest = None if row[6] is None else max(0.0, now - row[6])
-        return QueueStats(*(int(v or 0) for v in row[:6]), oldest_ready_age_s=oldest)
+        ready_high, ready_normal, delayed, leased, dead, done = (int(v or 0) for v in row[:6])
+        return QueueStats(ready_high, ready_normal, delayed, leased, dead, done, oldest_ready_age_s=oldest)
 
     def depth(self, *, lease_grace_seconds: float = 60.0) -> dict[tuple[str, str], int]:
         """Live and dead messages by (state, priority): state is ``ready`` (claimable now),

@@ -188,7 +188,7 @@ def dead_table(rows) -> Table:
     return t
 
 
-def run_with_progress(run: Callable[[Callable], Any], job_id: str):
+def run_with_progress(run: Callable[[Callable | None], Any], job_id: str):
     """Run a consume call for one job, showing a progress bar on a terminal."""
     if not sys.stderr.isatty():
         result = run(None)

@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, SupportsFloat
 
 from clearlift_cli import redact
 from clearlift_cli.errors import ConfigError, D1AuthFailed, KeyNotBase64, KeyWrongLength, MissingKey
@@ -194,7 +195,7 @@ class Settings:
     def with_overrides(self, **changes: object) -> Settings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
-        return Settings(**data)  # type: ignore[arg-type]
+        return Settings(**data)
 
 
 def decode_key(raw: str) -> bytes:
@@ -300,7 +301,8 @@ def resolve(
         home = Path(str(config["home"])).expanduser()
         origin["home"] = "config file"
 
-    values: dict[str, object] = {"home": home, "config_path": config_path}
+    # one entry per Settings field, of that field's type once checked below
+    values: dict[str, Any] = {"home": home, "config_path": config_path}
     for name in ENV_NAMES:
         if name in ("home", "config_path"):
             continue
@@ -332,11 +334,11 @@ def resolve(
         "d1_url",
     ):
         values[url_field] = str(values[url_field]).rstrip("/")
-    for name, default in _SECONDS.items():
-        values[name] = _seconds(values.get(name, default), ENV_NAMES[name], allow_zero=name != "http_timeout")
+    for name, seconds in _SECONDS.items():
+        values[name] = _seconds(values.get(name, seconds), ENV_NAMES[name], allow_zero=name != "http_timeout")
     for name in _SECRET_FIELDS:
         if isinstance(values.get(name), str):
-            redact.register(values[name])  # type: ignore[arg-type]
+            redact.register(values[name])
     values["db"] = str(values["db"])
     values["warehouse_url"] = str(values["warehouse_url"])
     values["control_db"] = str(values["control_db"])
@@ -344,7 +346,7 @@ def resolve(
         if isinstance(values.get(name), str):  # masked in every log line from now on
             redact.register(*redact.url_passwords(values[name]))
     values["origin"] = origin
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
 def sources(settings: Settings) -> list[tuple[str, str, str]]:
@@ -368,7 +370,7 @@ def sources(settings: Settings) -> list[tuple[str, str, str]]:
 def _seconds(value: object, env_name: str, *, allow_zero: bool) -> float:
     """A finite, non-negative number of seconds (positive unless ``allow_zero``)."""
     try:
-        seconds = float(value)  # type: ignore[arg-type]
+        seconds = float(value) if isinstance(value, (str, SupportsFloat)) else float("nan")
     except (TypeError, ValueError):
         seconds = float("nan")
     if not (seconds > 0 or allow_zero and seconds == 0) or seconds == float("inf"):

@@ -259,7 +259,7 @@ def status_json(
     no per-row objects (the same shape as ``sync_status``, which a test holds it to)."""
     rows = store.connections_with_latest_job(organization_id=organization_id, platform=platform)
     out: list[dict[str, Any]] = []
-    failing, platforms = False, set()
+    failing, platforms = False, set[str]()
     if not rows:
         return out, failing, platforms
     index = {k: i for i, k in enumerate(rows[0].keys())}

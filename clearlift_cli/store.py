@@ -306,12 +306,15 @@ class Store:
         else:
             try:
                 c.execute("COMMIT")
-            except (StoreError, *self._driver_errors) as exc:
+            except StoreError as exc:
                 self._rollback(c)
-                raise (exc if isinstance(exc, StoreError) else self._wrap(exc)) from None
+                raise exc from None
+            except self._driver_errors as exc:
+                self._rollback(c)
+                raise self._wrap(exc) from None
 
     # errors of the driver that write() turns into StoreError
-    _driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    _driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def _begin(self, c: Any) -> None:
         for attempt in range(20):
@@ -335,7 +338,7 @@ class Store:
         except sqlite3.Error as exc:
             raise self._wrap(exc) from None
 
-    def _wrap(self, exc: sqlite3.Error) -> StoreError:
+    def _wrap(self, exc: Exception) -> StoreError:
         text = str(exc)
         if "no such table" in text:
             return StoreError(f"store {self.path} lacks clearlift's tables ({text}): run `clearlift init`")

@@ -232,15 +232,17 @@ class PgStore(Store):
         except psycopg.Error as exc:
             # libpq quotes the offending part, which may be the password or the whole URL
             raise ConfigError(f"store URL {self.path} is not valid: {unquote_error(exc)}") from None
-        self._secrets = tuple(s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s)
+        self._secrets = tuple(
+            str(s) for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s
+        )
         redact_secrets.register(*self._secrets)
         self.clock = clock
-        self._url_options = params.get("options") or ""
-        explicit = _schema_from_options(params.get("options"))
+        self._url_options = str(params.get("options") or "")
+        explicit = _schema_from_options(self._url_options)
         self.schema = explicit or DEFAULT_SCHEMA
         self._explicit_schema = explicit is not None
         self._local = threading.local()
-        self._all: list[PgConnection] = []
+        self._all: list[PgConnection] = []  # type: ignore[assignment]  # see conn()
         self._all_lock = threading.Lock()
         self.conn()
 
@@ -248,6 +250,8 @@ class PgStore(Store):
     def display(self) -> str:
         return self.path
 
+    # PgStore stands in for Store with its own connection type (PgConnection, not sqlite3's):
+    # the three ignores here (conn, _connect, _all) go with the store package's rewrite.
     def conn(self) -> PgConnection:  # type: ignore[override]
         c = getattr(self._local, "conn", None)
         if c is None or c.raw.closed or c.raw.broken:
@@ -295,10 +299,10 @@ class PgStore(Store):
         except StoreError:
             pass  # the connection is gone: the server rolled back already
 
-    def read(self, sql: str, params: Any = ()) -> list:  # type: ignore[override]
+    def read(self, sql: str, params: Any = ()) -> list:
         return self.conn().execute(sql, params).fetchall()
 
-    def _wrap(self, exc: Exception) -> StoreError:  # type: ignore[override]
+    def _wrap(self, exc: Exception) -> StoreError:
         import psycopg
 
         text = self._scrub(_first_line(exc))

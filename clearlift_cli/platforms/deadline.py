@@ -173,7 +173,7 @@ def _adapter_class() -> type:
             super().connect()
             _register(self)  # a cut that came while connecting takes effect now
 
-        def request(self, *args, **kwargs) -> None:  # type: ignore[override]
+        def request(self, *args, **kwargs) -> None:
             _register(self)
             super().request(*args, **kwargs)
 
@@ -182,7 +182,7 @@ def _adapter_class() -> type:
             super().connect()
             _register(self)
 
-        def request(self, *args, **kwargs) -> None:  # type: ignore[override]
+        def request(self, *args, **kwargs) -> None:
             _register(self)
             super().request(*args, **kwargs)
 

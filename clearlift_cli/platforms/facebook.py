@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, SupportsFloat
 from urllib.parse import parse_qsl, urlsplit
 
 from clearlift_cli import redact as redaction
@@ -221,10 +221,10 @@ def _json_header(headers: Mapping[str, str], name: str) -> Any:
 
 def _number(value: object) -> float:
     # Usage percentages are not money: a float is fine, garbage reads as 0.
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (str, SupportsFloat)):
         return 0.0
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     except (TypeError, ValueError):
         return 0.0
 

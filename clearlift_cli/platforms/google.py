@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, SupportsInt
 
 from clearlift_cli import redact as redaction
 from clearlift_cli.errors import (
@@ -292,8 +292,10 @@ def classify(
 
 
 def _as_int(value: object, default: int) -> int:
+    if not isinstance(value, (str, SupportsInt)):
+        return default
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except (TypeError, ValueError):
         return default
 

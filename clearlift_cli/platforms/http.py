@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from tenacity import (
@@ -68,6 +68,10 @@ class Response:
         self.text = text
         self.url = url  # already redacted
 
+    @overload
+    def retry_after(self, default: float, now: float | None = None) -> float: ...
+    @overload
+    def retry_after(self, default: None = None, now: float | None = None) -> float | None: ...
     def retry_after(self, default: float | None = None, now: float | None = None) -> float | None:
         """Seconds of an HTTP ``Retry-After`` header (``default`` when absent or unreadable):
         a proxy's or platform's 429 may say how long to wait only there."""

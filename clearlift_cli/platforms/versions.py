@@ -25,6 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clearlift_cli.settings import Settings
 
 # Days before a sunset from which the configured version is reported as ending soon.
 WARN_DAYS = 45
@@ -144,7 +148,7 @@ def check(platform: str, version: str, today: date) -> VersionCheck:
     return VersionCheck(platform, version, "ok", sunset, None)
 
 
-def configured_versions(settings: object) -> dict[str, str]:
+def configured_versions(settings: Settings) -> dict[str, str]:
     """The API version each versioned platform is configured to use."""
     return {
         "google": str(settings.google_ads_api_version),

@@ -733,7 +733,7 @@ def _statuses(params: dict[str, str], field_name: str) -> frozenset[str]:
     """The effective statuses a request asks for: its ``filtering`` on ``field_name`` (or,
     on the campaigns edge, the ``effective_status`` parameter); by default every status but
     ARCHIVED and DELETED. Raises ValueError for a filter Graph would refuse."""
-    wanted: set[str] | None = None
+    wanted: set[str] | frozenset[str] | None = None
     raw = params.get("filtering")
     if raw:
         try:

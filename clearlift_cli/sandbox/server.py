@@ -366,6 +366,8 @@ class SandboxServer:
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
+        if isinstance(host, bytes):  # only for AF_UNIX; this server is TCP
+            host = host.decode()
         return f"http://{host}:{port}"
 
     def start(self) -> SandboxServer:

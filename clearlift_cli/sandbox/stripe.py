@@ -27,7 +27,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from clearlift_cli.money import minor_units_per_unit
 from clearlift_cli.sandbox.data import rng
@@ -250,7 +250,7 @@ class StripeApp(PlatformApp):
         count = config.charges_per_day if config.charges_per_day is not None else r.randint(3, 8)
         day_start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
         zero_decimal = minor_units_per_unit(config.currency) == 1
-        out = []
+        out: list[tuple[_Key, dict[str, Any]]] = []
         for position in range(count):
             created = day_start + r.randint(0, _DAY - 1)
             if zero_decimal:
@@ -295,8 +295,8 @@ class StripeApp(PlatformApp):
         out.sort(key=lambda item: item[0], reverse=True)
         with self._lock:
             self._days[(account_id, day)] = out
-            for key, wire in out:
-                self._index[wire["id"]] = (account_id, key)
+            for key, charge in out:
+                self._index[charge["id"]] = (account_id, key)
         return out
 
     def _window(self, account_id: str, lo: int | None, hi: int | None) -> tuple[int, int]:
@@ -387,7 +387,7 @@ class StripeApp(PlatformApp):
     def _refunds(self, account_id: str, lo: int, hi: int) -> list[tuple[tuple[int, str], dict[str, Any]]]:
         """(sort key, refund) of refunds with lo <= created < hi, newest first. A generated
         refund is created 10 to 60 minutes after its charge; ``refund()`` ones when asked."""
-        out = []
+        out: list[tuple[tuple[int, str], dict[str, Any]]] = []
         if hi <= lo:
             return out
         start, _ = self._window(account_id, None, None)
@@ -490,7 +490,7 @@ class StripeApp(PlatformApp):
                 if not 1 <= value <= MAX_LIMIT:
                     return _error(400, "This value must be less than or equal to 100.", param="limit")
                 limit = value
-            else:
+            elif created is not None:
                 bounds[created.group(1) or "eq"] = value
         lows = [v + 1 if op == "gt" else v for op, v in bounds.items() if op in ("eq", "gte", "gt")]
         highs = [v + 1 if op in ("eq", "lte") else v for op, v in bounds.items() if op in ("eq", "lt", "lte")]
@@ -613,6 +613,10 @@ def _random_id(r, length: int) -> str:
     return "".join(r.choice(_ALNUM) for _ in range(length))
 
 
+@overload
+def _epoch(value: datetime | int) -> int: ...
+@overload
+def _epoch(value: None) -> None: ...
 def _epoch(value: datetime | int | None) -> int | None:
     """Whole epoch seconds at or after ``value`` (``created >= ceil(since)``)."""
     if value is None or isinstance(value, int):

@@ -125,7 +125,7 @@ class WarehouseWriter(ABC):
         from clearlift_cli.warehouse import schema
 
         self._fence(owner)
-        written, days = 0, set()
+        written, days = 0, set[date]()
         date_at = schema.STRIPE_CHARGES.column_names.index("charge_date")
         for chunk in chunked(rows):
             stored = self._stored_charge_dates(owner, sorted({c.charge_id for c in chunk}))

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -206,7 +206,7 @@ class _CopyStream:
         self._cur = cur
         self._types = q.binary_types
         self._statement: sql.Composed | None = None
-        self._context = None
+        self._context: AbstractContextManager[psycopg.Copy] | None = None
 
     def into(self, statement: sql.Composed) -> Callable[[tuple], None]:
         """The ``write_row`` of a COPY running ``statement``, opened if need be."""
@@ -220,7 +220,7 @@ class _CopyStream:
 
     def ask(self, query: sql.Composed, params: tuple) -> bool:
         self.close()
-        return bool(self._cur.execute(query, params).fetchone()[0])
+        return bool(_scalar(self._cur.execute(query, params)))
 
     def close(self, exc: BaseException | None = None) -> None:
         context, self._context, self._statement = self._context, None, None
@@ -335,7 +335,7 @@ class PostgresWriter(WarehouseWriter):
             with self._conn.cursor() as cur:
                 cur.execute(delete, params)
                 cur.execute(upsert, params)
-                return int(cur.execute(count, params).fetchone()[0])
+                return int(_scalar(cur.execute(count, params)))
         except psycopg.Error as exc:
             raise self._wh._error("rebuilding stripe_daily_revenue", exc) from None
 
@@ -375,7 +375,9 @@ class PostgresWarehouse(Warehouse):
                 f"warehouse URL {self.url_for_display} is not valid: {unquote_error(exc)}"
             ) from None
         # The password as the URL spells it (percent-encoded) and as libpq reads it.
-        self._secrets = tuple(s for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s)
+        self._secrets = tuple(
+            str(s) for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s
+        )
         redact.register(*self._secrets)
         self._url = url
         self._pool: ConnectionPool[psycopg.Connection] = ConnectionPool(self._connect, lambda c: c.close())
@@ -497,7 +499,7 @@ class PostgresWarehouse(Warehouse):
         statement = sql.SQL("SELECT COUNT(*) FROM {}{}").format(sql.Identifier(tbl.name), where)
 
         def work(conn: psycopg.Connection) -> int:
-            return int(conn.execute(statement, params).fetchone()[0])
+            return int(_scalar(conn.execute(statement, params)))
 
         return self._read(f"counting {tbl.name}", work)
 
@@ -556,8 +558,15 @@ def _filters(**values: str | None) -> tuple[sql.Composable, list]:
     return sql.SQL(" WHERE {}").format(clause), [v for _, v in present]
 
 
+def _scalar(cur: psycopg.Cursor) -> Any:
+    """The first value of a query that always returns one row (COUNT, EXISTS, ...)."""
+    row = cur.fetchone()
+    assert row is not None, "a one-row query returned no row"
+    return row[0]
+
+
 def _read_version(conn: psycopg.Connection) -> int | None:
-    (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (schema.META_TABLE,)).fetchone()
+    exists = _scalar(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (schema.META_TABLE,)))
     if not exists:
         return None
     row = conn.execute(
@@ -570,10 +579,12 @@ def _create_table(conn: psycopg.Connection, name: str, definition: sql.Composabl
     """CREATE TABLE IF NOT EXISTS in the current schema; True when it was created here.
     A table clearlift creates gets row level security at once: on Supabase every table
     in ``public`` is served to the anon key, which front ends ship to every visitor."""
-    exists = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = %s)",
-        (name,),
-    ).fetchone()[0]
+    exists = _scalar(
+        conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = %s)",
+            (name,),
+        )
+    )
     if exists:
         return False
     ident = sql.Identifier(name)

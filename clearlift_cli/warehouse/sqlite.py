@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from clearlift_cli.errors import ConfigError, WarehouseError
 from clearlift_cli.redact import mask_url
@@ -49,14 +50,15 @@ def _ts(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_ENCODE: dict[str, Callable[[object], object]] = {
+# each takes the Python value of its column kind (Decimal, date, datetime, bool)
+_ENCODE: dict[str, Callable[[Any], object]] = {
     "numeric": lambda d: format(d, "f"),  # fixed point, never '1E+2'
     "date": lambda d: d.isoformat(),
     "timestamptz": _ts,
     "boolean": int,
 }
 
-_DECODE: dict[str, Callable[[object], object]] = {
+_DECODE: dict[str, Callable[[Any], object]] = {
     "numeric": Decimal,
     "date": date.fromisoformat,
     "timestamptz": parse_ts,
