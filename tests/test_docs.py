@@ -59,6 +59,9 @@ def test_ci_runs_exactly_the_readme_test_command():
     demo, test = blocks[0], blocks[1]
     assert "clearlift demo" in demo and "venv" in demo
     assert "pytest" in test and "venv" in test
+    # lint, format and types are checked before the tests run
+    for check in ("ruff check .", "ruff format --check .", "mypy"):
+        assert test.index(check) < test.index("pytest"), check
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci.splitlines()
 
