@@ -233,7 +233,7 @@ class SyncJobMessage:
         if not isinstance(meta, dict):
             meta = {}  # only informational: the queue row holds the priority and attempts
         raw_type = data.get("job_type")
-        if not isinstance(raw_type, str) or raw_type not in JobType._value2member_map_:
+        if not isinstance(raw_type, str) or raw_type not in {t.value for t in JobType}:
             raise MalformedMessage(f"job_type {_show(raw_type)} is not full or incremental")
         job_type = JobType(raw_type)
         try:
