@@ -14,7 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
+from clearlift_cli import lazyparams
 from clearlift_cli.errors import ClearliftError, ExitCode, UsageError
+
+lazyparams.install()  # plain options parse without importing pydantic (start-up)
 
 app = typer.Typer(
     name="clearlift",
@@ -143,10 +146,32 @@ def _print_json(data: Any) -> None:
     """Indented JSON; a list puts one compact item per line (the C encoder: 10k rows in
     milliseconds, where indenting them takes a second)."""
     if isinstance(data, list):
-        items = ",\n".join("  " + json.dumps(item, default=str, allow_nan=False) for item in data)
-        sys.stdout.write(f"[\n{items}\n]\n" if data else "[]\n")
+        sys.stdout.write(f"[\n  {_json_items(data)}\n]\n" if data else "[]\n")
     else:
         sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def _json_items(items: list[Any]) -> str:
+    """The items of a list as compact JSON, joined by ``,\\n  ``. One encoder for all of
+    them, as ``json.dumps`` builds for one value: building it per item (``json.dumps``
+    each) was 40% of the time at 10k rows."""
+    encoder = json.JSONEncoder(default=str, allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the same text, slower
+        return ",\n  ".join(map(encoder.encode, items))
+    # The arguments JSONEncoder.iterencode gives it (no indent, so the C encoder applies).
+    encode = make(
+        {},
+        encoder.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        encoder.key_separator,
+        encoder.item_separator,
+        False,
+        False,
+        False,
+    )
+    return ",\n  ".join(["".join(encode(item, 0)) for item in items])
 
 
 @app.callback()
@@ -568,7 +593,6 @@ def status(
                clearlift status --failing
     """
     from clearlift_cli import app as core
-    from clearlift_cli import render
     from clearlift_cli import status as st
 
     s = _settings(db, None, home, config)
@@ -581,6 +605,8 @@ def status(
             _warn(notices)
             _print_json(st.sync_status(report.connection, report.latest_job))
         else:
+            from clearlift_cli import render
+
             _print_lines([*render.notices(notices), render.connection_panel(report)])
         return
     if as_json:
@@ -590,6 +616,8 @@ def status(
         _warn(st.version_notices(s, platforms, today))
         _print_json(rows)
     else:
+        from clearlift_cli import render
+
         ov = st.overview(
             store,
             organization_id=org,

@@ -27,22 +27,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from email.utils import parsedate_to_datetime
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 from urllib.parse import urlsplit
-
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-)
 
 from clearlift_cli.errors import Interrupted, PermanentError, RateLimited, TokenExpired, TransientError
 from clearlift_cli.platforms import deadline
 from clearlift_cli.platforms.jsonstream import StreamError, iter_json_array
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState, Retrying
+
+# tenacity and email.utils are imported where they are used: `status` and `schedule` read
+# each platform's defaults (its CLIENT), and need neither.
 
 log = logging.getLogger("clearlift.http")
 
@@ -91,6 +89,8 @@ def parse_retry_after(raw: str | None, now: float) -> float | None:
         return max(0.0, float(raw))
     except ValueError:
         pass
+    from email.utils import parsedate_to_datetime
+
     try:
         return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
     except (TypeError, ValueError, IndexError):
@@ -279,6 +279,8 @@ class HttpClient:
             resp.close()
 
     def _retrying(self) -> Retrying:
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, RateLimited):

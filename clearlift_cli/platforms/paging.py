@@ -15,7 +15,6 @@ left to the cursor check and the cap.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -23,6 +22,8 @@ from clearlift_cli.errors import PermanentError
 
 
 def _digest(value: Any) -> bytes:
+    import hashlib  # here: importing the platforms (status reads their defaults) needs none of it
+
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 

@@ -30,7 +30,6 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from clearlift_cli import redact as redaction
 from clearlift_cli.errors import (
@@ -205,6 +204,8 @@ class StripeClient(RevenueClient):
         value = (self.ctx.connection_settings or {}).get(TIME_ZONE_SETTING)
         if value is None or value == "":
             return None
+        from zoneinfo import ZoneInfo  # here: status imports this module for its defaults
+
         try:
             ZoneInfo(str(value))
         except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
