@@ -111,9 +111,13 @@ def _attribution_state(store: Store, connection_ids: list[str]) -> dict[str, dat
 
 
 def lookback_days(conn: Connection, settings: ConnectionSettings, configured: dict[str, int]) -> int:
+    return _lookback_days(conn.platform, settings, configured)
+
+
+def _lookback_days(platform: str, settings: ConnectionSettings, configured: dict[str, int]) -> int:
     if settings.lookback_days is not None:
         return settings.lookback_days
-    return configured.get(conn.platform, platform_module(conn.platform).CLIENT.default_lookback_days)
+    return configured.get(platform, platform_module(platform).CLIENT.default_lookback_days)
 
 
 def plan_job(
@@ -126,11 +130,32 @@ def plan_job(
     """What job (type, priority, window, is_attribution_window) ``conn`` needs now, or None
     when it is not due. Raises ValueError for a broken row (settings, timestamps), naming
     the column."""
-    if conn.platform not in PLATFORMS:
-        raise ValueError(f"unknown platform {conn.platform!r}")
-    settings = connsettings.load(conn.settings_text)
+    return plan(
+        conn.platform,
+        conn.settings_text,
+        conn.last_synced_at,
+        now,
+        configured_lookback=configured_lookback,
+        last_attribution_at=last_attribution_at,
+    )
+
+
+def plan(
+    platform: str,
+    settings_text: str | None,
+    last_synced_at: str | None,
+    now: datetime,
+    *,
+    configured_lookback: dict[str, int] | None = None,
+    last_attribution_at: datetime | None = None,
+) -> tuple[JobType, Priority, SyncWindow, bool] | None:
+    """``plan_job`` from the only columns it reads (``status`` checks every connection
+    with it, without building a ``Connection`` per row)."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"unknown platform {platform!r}")
+    settings = connsettings.load(settings_text)
     try:
-        last = conn.last_synced()
+        last = parse_ts(last_synced_at)
     except ValueError as exc:
         raise ValueError(f"last_synced_at column is not a timestamp ({exc})") from None
     if last is None:
@@ -138,12 +163,12 @@ def plan_job(
     try:
         if now < last + timedelta(minutes=settings.sync_interval_minutes):
             return None
-        start = last - timedelta(days=lookback_days(conn, settings, configured_lookback or {}))
+        start = last - timedelta(days=_lookback_days(platform, settings, configured_lookback or {}))
     except OverflowError:  # the year 1 or 9999: the row was written by something broken
-        raise ValueError(f"last_synced_at column {conn.last_synced_at!r} is out of range") from None
+        raise ValueError(f"last_synced_at column {last_synced_at!r} is out of range") from None
     attribution = settings.attribution_window_days
     if attribution is None:
-        attribution = platform_module(conn.platform).CLIENT.attribution_window_days
+        attribution = platform_module(platform).CLIENT.attribution_window_days
     is_attr = False
     if attribution and (last_attribution_at is None or now - last_attribution_at >= ATTRIBUTION_EVERY):
         start = min(start, now - timedelta(days=attribution))

@@ -11,7 +11,7 @@ from typing import Any
 from clearlift_cli import connsettings
 from clearlift_cli.models import Connection
 from clearlift_cli.redact import redact
-from clearlift_cli.scheduler import plan_job
+from clearlift_cli.scheduler import plan
 from clearlift_cli.store import Store
 from clearlift_cli.timeutil import UTC, from_epoch, iso_z, parse_ts
 
@@ -64,8 +64,15 @@ def sync_status(conn: Connection, job: Any | None) -> dict[str, Any]:
 def connection_problem(conn: Connection, now: datetime) -> str | None:
     """Why ``schedule`` cannot plan this connection (a broken row: unknown platform,
     settings out of range or not JSON, an unreadable timestamp), or None."""
+    return _problem(conn.platform, conn.settings_text, conn.last_synced_at, now)
+
+
+def _problem(
+    platform: str, settings_text: str | None, last_synced_at: str | None, now: datetime
+) -> str | None:
+    """``connection_problem`` from the columns ``plan_job`` reads (status checks every row)."""
     try:
-        plan_job(conn, now)
+        plan(platform, settings_text, last_synced_at, now)
     except (ValueError, TypeError) as exc:
         return redact(str(exc))
     return None
@@ -205,17 +212,29 @@ def all_reports(
     now = store.clock.now()
     waiting = deferrals(store)
     out = []
-    for row in store.connections_with_latest_job(organization_id=organization_id, platform=platform):
-        r = _report(row, now, waiting)
+    rows = store.connections_with_latest_job(organization_id=organization_id, platform=platform)
+    keys = frozenset(rows[0].keys()) if rows else frozenset()
+    for row in rows:
+        r = _report(row, now, waiting, keys)
         if failing_only and not r.failing:
             continue
         out.append(r)
     return out
 
 
-def _report(row: Any, now: datetime, waiting: dict[str, Deferral]) -> ConnectionReport:
-    conn = Connection.from_row(row)
-    problem = connection_problem(conn, now)
+_UNCHECKED: Any = object()  # _report: the row's problem is not known yet
+
+
+def _report(
+    row: Any,
+    now: datetime,
+    waiting: dict[str, Deferral],
+    keys: frozenset[str] | None = None,
+    problem: str | None = _UNCHECKED,
+) -> ConnectionReport:
+    conn = Connection.from_row(row, keys)
+    if problem is _UNCHECKED:
+        problem = connection_problem(conn, now)
     return ConnectionReport(
         conn,
         _latest_job(row),
@@ -227,9 +246,19 @@ def _report(row: Any, now: datetime, waiting: dict[str, Deferral]) -> Connection
     )
 
 
+def _positions(rows: list[Any], names: tuple[str, ...]) -> list[int]:
+    """Where each of ``names`` is in the rows of one query (reading by position is several
+    times cheaper than by name, which compares the names of every column before it)."""
+    if not rows:
+        return []
+    index = {k: i for i, k in enumerate(rows[0].keys())}
+    return [index[k] for k in names]
+
+
 _JSON_COLUMNS = (
     "id",
     "platform",
+    "settings",
     "account_name",
     "is_active",
     "last_synced_at",
@@ -262,14 +291,14 @@ def status_json(
     failing, platforms = False, set[str]()
     if not rows:
         return out, failing, platforms
-    index = {k: i for i, k in enumerate(rows[0].keys())}
-    at = [index[k] for k in _JSON_COLUMNS]
+    at = _positions(rows, _JSON_COLUMNS)
     now = store.clock.now()
     waiting = deferrals(store)
     for row in rows:
         (
             cid,
             plat,
+            settings_text,
             name,
             active,
             last,
@@ -283,7 +312,7 @@ def status_json(
             metadata,
             error,
         ) = [row[i] for i in at]
-        problem = connection_problem(Connection.from_row(row), now)
+        problem = _problem(plat, settings_text, last, now)
         bad = bool(active) and (bool(reauth) or status == "failed" or problem is not None)
         failing = failing or bad
         if active:
@@ -352,25 +381,36 @@ def overview(
     row and no other). With ``settings``, a notice for each configured API version of an
     active connection's platform that is sunset or ending soon."""
     rows = store.connections_with_latest_job(organization_id=organization_id, platform=platform)
-    reauth_rows, failed_rows, other_rows = [], [], []
+    # Positions, not Row objects: every row is classified (read by position, checked with
+    # ``_problem``), and only the rows shown become reports.
+    reauth_rows: list[int] = []
+    failed_rows: list[int] = []
+    other_rows: list[int] = []
+    problems: dict[int, str | None] = {}  # position -> problem, for the rows checked
     by_status: dict[str, int] = {}
     active = 0
     platforms: set[str] = set()
     now = store.clock.now()
-    for row in rows:
-        if not row["is_active"]:
-            other_rows.append(row)
+    keys = frozenset(rows[0].keys()) if rows else frozenset()
+    at = _positions(
+        rows, ("is_active", "platform", "sync_status", "needs_reauth", "settings", "last_synced_at")
+    )
+    for n, row in enumerate(rows):
+        is_active, plat, status, reauth, settings_text, last = [row[i] for i in at]
+        if not is_active:
+            other_rows.append(n)
             continue
         active += 1
-        platforms.add(row["platform"])
-        status = row["sync_status"] or "pending"
+        platforms.add(plat)
+        status = status or "pending"
         by_status[status] = by_status.get(status, 0) + 1
-        if row["needs_reauth"]:
-            reauth_rows.append(row)
-        elif status == "failed" or connection_problem(Connection.from_row(row), now) is not None:
-            failed_rows.append(row)
+        if reauth:
+            reauth_rows.append(n)
+        elif status == "failed":
+            failed_rows.append(n)
         else:
-            other_rows.append(row)
+            problem = problems[n] = _problem(plat, settings_text, last, now)
+            (other_rows if problem is None else failed_rows).append(n)
     failing_rows = reauth_rows + failed_rows
     if failing_only:
         chosen = failing_rows
@@ -380,7 +420,7 @@ def overview(
         chosen = failing_rows[:limit] + other_rows[: max(0, limit - len(failing_rows))]
     matching = len(failing_rows) if failing_only else len(rows)
     waiting = deferrals(store)
-    reports = [_report(row, now, waiting) for row in chosen]
+    reports = [_report(rows[n], now, waiting, keys, problems.get(n, _UNCHECKED)) for n in chosen]
     return StatusOverview(
         total=len(rows),
         active=active,

@@ -315,3 +315,39 @@ def test_every_reporting_command_prints_the_json_its_help_documents(cli):
     for check in report["checks"]:
         generic = re.sub(r"\.(google|facebook|tiktok|stripe)$", ".PLATFORM", check["name"])
         assert generic in documented_checks, check["name"]
+
+
+def test_every_row_is_checked_as_one_connection_is(store):
+    """``overview`` and ``status_json`` check every row from its columns; each verdict is
+    the one ``status CONNECTION`` gives (``connection_problem`` of the whole connection)."""
+    s, kinds = store
+    ok = kinds["ok"]
+    broken = {
+        ok[0]: "settings = '{\"sync_interval_minutes\": 1e10}'",
+        ok[1]: "settings = 'not json'",
+        ok[2]: "last_synced_at = 'yesterday'",
+        ok[3]: "last_synced_at = '0001-01-02T00:00:00.000Z'",  # due, and its window starts before year 1
+        ok[4]: "last_synced_at = '9999-12-31T23:00:00.000Z'",
+        ok[5]: "settings = '[1]', needs_reauth = 1",
+        ok[6]: "settings = '{\"lookback_days\": 3.5}', is_active = 0",
+        ok[7]: "settings = '{\"attribution_window_days\": 0}'",  # fine
+        kinds["failed"][0]: "settings = 'null'",
+    }
+    c = raw(s.path)
+    with c:
+        for cid, change in broken.items():
+            c.execute(f"UPDATE platform_connections SET {change} WHERE id = ?", (cid,))
+        c.execute("UPDATE platform_connections SET platform = 'myspace' WHERE id = ?", (ok[8],))
+    c.close()
+    expected = {cid: st.connection_report(s, cid).problem for cid in broken}
+    expected[ok[8]] = st.connection_report(s, ok[8]).problem
+    assert expected[ok[8]] == "unknown platform 'myspace'"
+    assert sum(p is not None for p in expected.values()) == 9  # all but the fine one
+    shown = {r.connection.id: r.problem for r in st.overview(s, limit=None).reports}
+    assert {cid: shown[cid] for cid in expected} == expected
+    rows = {r["connection_id"]: r["problem"] for r in st.status_json(s)[0]}
+    assert {cid: rows[cid] for cid in expected} == expected
+    # an active broken row counts as failing (six more, and one more needing re-auth); a
+    # paused one does not
+    ov = st.overview(s, limit=0)
+    assert ov.failing == len(kinds["failed"]) + len(kinds["reauth"]) + 7
