@@ -31,7 +31,7 @@ from typing import Any
 
 from clearlift_cli.errors import Conflict
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
-from clearlift_cli.platforms import PLATFORMS
+from clearlift_cli.platforms import registry
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import IntegrityError, Store
 from clearlift_cli.timeutil import iso_z, parse_ts
@@ -146,7 +146,7 @@ def _adopt_one(
     if row["conn_id"] is None:
         _fail(c, row, now, "Connection no longer exists; job dropped", result, status="pending")
         return
-    if row["platform"] not in PLATFORMS:
+    if not registry.is_known(row["platform"]):
         _fail(
             c,
             row,

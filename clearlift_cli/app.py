@@ -15,7 +15,7 @@ from typing import Any
 from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
 from clearlift_cli.errors import ClearliftError, UsageError
-from clearlift_cli.platforms import PLATFORMS
+from clearlift_cli.platforms import registry
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store, open_store
@@ -80,8 +80,8 @@ def add_connection(
     settings: Settings, new: NewConnection, *, clock: Clock = SYSTEM_CLOCK
 ) -> tuple[str, bool]:
     """What the API worker does on OAuth callback: encrypt tokens, upsert the row."""
-    if new.platform not in PLATFORMS:
-        raise UsageError(f"unknown platform {new.platform!r} (known: {', '.join(PLATFORMS)})")
+    if not registry.is_known(new.platform):
+        raise UsageError(registry.unknown_message(new.platform))
     if not new.account_id or not set(new.account_id) <= _ACCOUNT_ID_OK:
         raise UsageError(
             f"account id {new.account_id!r} has characters other than letters, digits, '_', '-', '.'"
@@ -442,8 +442,8 @@ class Unpaused:
 def unpause_platform(settings: Settings, platform: str, *, clock: Clock = SYSTEM_CLOCK) -> Unpaused:
     """Lift a platform-wide rate-limit pause now, and make the platform's jobs that a rate
     limit deferred claimable again (an operator who knows the limit is over)."""
-    if platform not in PLATFORMS:
-        raise UsageError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
+    if not registry.is_known(platform):
+        raise UsageError(registry.unknown_message(platform))
     store = store_for(settings, clock=clock)
     try:
         with store.write() as c:

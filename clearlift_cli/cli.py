@@ -16,6 +16,7 @@ import typer
 
 from clearlift_cli import lazyparams
 from clearlift_cli.errors import ClearliftError, ExitCode, UsageError
+from clearlift_cli.platforms import registry
 
 lazyparams.install()  # plain options parse without importing pydantic (start-up)
 
@@ -227,7 +228,7 @@ def init(
 @connections_app.command("add")
 def connections_add(
     org: Annotated[str, typer.Option("--org", help="Organization id.")],
-    platform: Annotated[str, typer.Option("--platform", help="google, facebook, tiktok or stripe.")],
+    platform: Annotated[str, typer.Option("--platform", help=f"{registry.spoken_list()}.")],
     account_id: Annotated[str, typer.Option("--account-id", help="The platform's account id.")],
     connected_by: Annotated[str, typer.Option("--connected-by", help="User id who connected it.")],
     account_name: Annotated[str | None, typer.Option("--account-name")] = None,
@@ -260,11 +261,10 @@ def connections_add(
               --account-id 123-456-7890 --connected-by user-1 --settings '{"sync_interval_minutes": 30}'
     """
     from clearlift_cli import app as core
-    from clearlift_cli.platforms import PLATFORMS
     from clearlift_cli.settings import secret_from_env
 
-    if platform not in PLATFORMS:
-        raise UsageError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
+    if not registry.is_known(platform):
+        raise UsageError(registry.unknown_message(platform))
     s = _settings(db, None, home, config)
     if tokens_stdin:
         lines = sys.stdin.read().splitlines()
@@ -780,7 +780,7 @@ def metrics(
 
 @queue_app.command("unpause")
 def queue_unpause(
-    platform: Annotated[str, typer.Argument(help="google, facebook, tiktok or stripe.")],
+    platform: Annotated[str, typer.Argument(help=f"{registry.spoken_list()}.")],
     db: DbOpt = None,
     home: HomeOpt = None,
     config: ConfigOpt = None,
@@ -864,7 +864,8 @@ def sandbox_serve(
         int,
         typer.Option(
             "--port",
-            help="First port (google); the next four serve facebook, tiktok, stripe and D1. 0: any free ports.",
+            help=f"First port ({registry.names()[0]}); the next ones serve "
+            f"{', '.join(registry.names()[1:])} and D1. 0: any free ports.",
         ),
     ] = 0,
     token_ttl: Annotated[

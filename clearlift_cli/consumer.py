@@ -41,7 +41,7 @@ from clearlift_cli.errors import (
     WarehouseError,
 )
 from clearlift_cli.models import ClaimedMessage, Connection
-from clearlift_cli.platforms import platform_module
+from clearlift_cli.platforms import registry
 from clearlift_cli.platforms.base import AdsClient, Charge
 from clearlift_cli.platforms.deadline import JobScope, job_scope
 from clearlift_cli.queue import RATE_LIMIT_NOTE, SqliteQueue
@@ -399,7 +399,7 @@ class Consumer:
         now = self.clock.now()
         if creds.expires_at and creds.expires_at <= now + EXPIRY_SLACK:
             creds = refresh_connection(self.settings, self.store, self.cipher, conn) or creds
-        module = platform_module(conn.platform)
+        client_class = registry.get(conn.platform).client
         # start_job has just written the phase: the store hears of progress at most once a
         # second after that (a short job writes none; its completion says it all).
         last_progress = [_time.monotonic()]
@@ -419,7 +419,7 @@ class Consumer:
             # One client per set of credentials: it keeps what it learnt (the account, usage
             # headers announcing a block) from one call to the next.
             if state["client"] is None or state["client"].credentials is not state["creds"]:
-                state["client"] = module.CLIENT(ctx, state["creds"])
+                state["client"] = client_class(ctx, state["creds"])
             return state["client"]
 
         def with_refresh(fn):
@@ -468,10 +468,10 @@ class Consumer:
         until = (window.end - timedelta(microseconds=1)).date()
         if until < since:
             until = since
-        slices = date_slices(since, until, module.CLIENT.max_window_days)
+        slices = date_slices(since, until, client_class.max_window_days)
         done, records = self.store.slice_progress(msg.job_id)
         total_slices = len(slices)
-        is_ads = issubclass(module.CLIENT, AdsClient)
+        is_ads = issubclass(client_class, AdsClient)
         # A single-writer warehouse (embedded SQLite): fetch a slice before taking its lock,
         # or concurrent jobs would wait on each other's HTTP calls. PostgreSQL streams the
         # slice (flat memory) while it fetches.

@@ -22,6 +22,7 @@ from pathlib import Path
 from clearlift_cli import app as core
 from clearlift_cli import settings as settings_mod
 from clearlift_cli.errors import ClearliftError
+from clearlift_cli.platforms import registry
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.timeutil import SYSTEM_CLOCK, iso_z
 
@@ -58,9 +59,14 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
             f"[b]clearlift demo[/b] — home {home_dir}\n"
             f"sandbox platforms on loopback: {', '.join(f'{p} {srv.base_url}' for p, srv in sb.servers.items())}"
         )
+        from clearlift_cli.platforms import versions
+
         console.print(
-            f"API versions: Google Ads {s.google_ads_api_version}, Meta Marketing "
-            f"{s.facebook_api_version}, TikTok v1.3"
+            "API versions: "
+            + ", ".join(
+                f"{versions.label(p).removesuffix(' API')} {v}"
+                for p, v in versions.configured_versions(s).items()
+            )
         )
         core.init(s)
         sb.google.configure_account(DEMO_MANAGER, manager=True, name="Umbrella agency")
@@ -69,17 +75,15 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
                 client, manager_id=DEMO_MANAGER.replace("-", ""), currency=currency, time_zone=tz, campaigns=3
             )
         for org, platform, account, name, ttl, revoked in DEMO_CONNECTIONS:
-            if platform == "stripe":
-                access, refresh = sb.stripe.issue_key(account), None
-            else:
-                access, refresh = sb.issue_token(platform, ttl=ttl)
-            if platform == "tiktok":
-                refresh = None  # advertiser tokens do not expire
+            # what the API worker stores: TikTok's advertiser tokens and Stripe's keys come
+            # without a refresh token and never expire (their ttl is None)
+            access, refresh = sb.app(platform).authorize(account, ttl)
             if revoked:
-                sb.app(platform).tokens.revoke(access)
-                sb.app(platform).tokens.revoke(refresh)
+                for token in (access, refresh):
+                    if token:
+                        sb.app(platform).tokens.revoke(token)
             expires = None
-            if ttl is not None and platform != "stripe":
+            if ttl is not None:
                 expires = iso_z(SYSTEM_CLOCK.now().replace(microsecond=0) + timedelta(seconds=ttl))
             selection = None
             if account == DEMO_MANAGER:
@@ -156,17 +160,7 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
             f"Google manager {DEMO_MANAGER}: daily rows per client account "
             + ", ".join(f"{c} {n}" for c, n in manager_rows.items())
         )
-        totals = {
-            table: wh.count_rows(table)
-            for table in (
-                "google_ads_campaigns",
-                "google_ads_daily_metrics",
-                "facebook_ads_daily_metrics",
-                "tiktok_ads_daily_metrics",
-                "stripe_charges",
-                "stripe_daily_revenue",
-            )
-        }
+        totals = {table: wh.count_rows(table) for p in registry.platforms() for table in p.tables}
         wh.close()
     console.print("rows: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     console.print(

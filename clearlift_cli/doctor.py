@@ -272,12 +272,13 @@ def _active_by_platform(counts) -> dict[str, tuple[int, int]]:
 
 
 def _app_credentials(settings: Settings, counts) -> list[Check]:
-    from clearlift_cli.platforms import PLATFORMS, platform_module
+    from clearlift_cli.platforms import registry
 
     out = []
     for platform, (active, expiring) in sorted(_active_by_platform(counts).items()):
         name = f"app_credentials.{platform}"
-        if platform not in PLATFORMS:
+        known = registry.find(platform)
+        if known is None:
             out.append(
                 Check(
                     name,
@@ -287,10 +288,9 @@ def _app_credentials(settings: Settings, counts) -> list[Check]:
                 )
             )
             continue
-        module = platform_module(platform)
-        needed = list(getattr(module, "APP_SETTINGS", ()))
+        needed = list(known.requires)
         missing_always = [ENV_NAMES[f] for f in needed if not getattr(settings, f)]
-        refresh = list(getattr(module, "REFRESH_SETTINGS", ()))
+        refresh = list(known.refresh_requires)
         missing_refresh = [ENV_NAMES[f] for f in refresh if not getattr(settings, f)]
         what = f"{active} active connection(s)"
         if missing_always:

@@ -21,7 +21,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from clearlift_cli.platforms import PLATFORMS
+from clearlift_cli.platforms import registry
 from clearlift_cli.runs import CRON_COMMANDS, DURATION_BUCKETS
 from clearlift_cli.store import Store
 
@@ -152,8 +152,8 @@ def collect(store: Store, settings: Any) -> list[Family]:
         "Active connections whose user must reconnect the account, by platform.",
     )
     active_counts: dict[tuple[str, str], int] = {}
-    paused_counts = {p: 0 for p in PLATFORMS}
-    reauth_counts = {p: 0 for p in PLATFORMS}
+    paused_counts = {p: 0 for p in registry.names()}
+    reauth_counts = {p: 0 for p in registry.names()}
     for platform, is_active, status, needs_reauth, n, _exp in store.connection_counts():
         if not is_active:
             paused_counts[platform] = paused_counts.get(platform, 0) + n
@@ -161,7 +161,7 @@ def collect(store: Store, settings: Any) -> list[Family]:
         active_counts[(platform, status)] = active_counts.get((platform, status), 0) + n
         if needs_reauth:
             reauth_counts[platform] = reauth_counts.get(platform, 0) + n
-    for platform in sorted(set(PLATFORMS) | {p for p, _ in active_counts}):
+    for platform in sorted(set(registry.names()) | {p for p, _ in active_counts}):
         for status in sorted(
             {"pending", "syncing", "completed", "failed"} | {s for p, s in active_counts if p == platform}
         ):
@@ -191,7 +191,7 @@ def collect(store: Store, settings: Any) -> list[Family]:
     totals: dict[tuple[str, str], tuple[int, int, float]] = {}
     for platform, outcome, n, records, seconds in store.job_totals():
         totals[(platform, outcome)] = (n, records, seconds)
-    platforms = sorted(set(PLATFORMS) | {p for p, _ in totals})
+    platforms = sorted(set(registry.names()) | {p for p, _ in totals})
     for platform in platforms:
         for outcome in OUTCOMES:
             jobs_total.add(
@@ -283,7 +283,7 @@ def collect(store: Store, settings: Any) -> list[Family]:
         "gauge",
         "Seconds until a platform-wide rate-limit pause ends (0 when none is in force).",
     )
-    for platform in sorted(set(PLATFORMS) | set(pauses)):
+    for platform in sorted(set(registry.names()) | set(pauses)):
         until = pauses.get(platform)
         paused_p.add(1 if until else 0, platform=platform)
         remaining.add(round(max(0.0, until - now), 3) if until else 0, platform=platform)

@@ -29,7 +29,7 @@ from clearlift_cli.models import (
     SyncJobMessage,
     SyncWindow,
 )
-from clearlift_cli.platforms import PLATFORMS, platform_module
+from clearlift_cli.platforms import registry
 from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import CONNECTION_COLUMNS, Store, new_job_id
 from clearlift_cli.timeutil import UTC, iso_z, julian_day, parse_ts
@@ -117,7 +117,7 @@ def lookback_days(conn: Connection, settings: ConnectionSettings, configured: di
 def _lookback_days(platform: str, settings: ConnectionSettings, configured: dict[str, int]) -> int:
     if settings.lookback_days is not None:
         return settings.lookback_days
-    return configured.get(platform, platform_module(platform).CLIENT.default_lookback_days)
+    return configured.get(platform, registry.get(platform).client.default_lookback_days)
 
 
 def plan_job(
@@ -151,7 +151,7 @@ def plan(
 ) -> tuple[JobType, Priority, SyncWindow, bool] | None:
     """``plan_job`` from the only columns it reads (``status`` checks every connection
     with it, without building a ``Connection`` per row)."""
-    if platform not in PLATFORMS:
+    if not registry.is_known(platform):
         raise ValueError(f"unknown platform {platform!r}")
     settings = connsettings.load(settings_text)
     try:
@@ -168,7 +168,7 @@ def plan(
         raise ValueError(f"last_synced_at column {last_synced_at!r} is out of range") from None
     attribution = settings.attribution_window_days
     if attribution is None:
-        attribution = platform_module(platform).CLIENT.attribution_window_days
+        attribution = registry.get(platform).client.attribution_window_days
     is_attr = False
     if attribution and (last_attribution_at is None or now - last_attribution_at >= ATTRIBUTION_EVERY):
         start = min(start, now - timedelta(days=attribution))
@@ -431,7 +431,7 @@ def enqueue_manual(
         raise UsageError(
             f"connection {connection_id} is paused (is_active = 0): `clearlift connections resume {connection_id}` first"
         )
-    if conn.platform not in PLATFORMS:
+    if not registry.is_known(conn.platform):
         raise UsageError(f"connection {connection_id} has unknown platform {conn.platform!r}")
     now = store.clock.now()
     if since and until and since > until:

@@ -28,13 +28,18 @@ from clearlift_cli.pgconnect import (
     DEFAULT_STATEMENT_TIMEOUT,
     PgLimits,
 )
-from clearlift_cli.platforms.versions import DEFAULT_VERSIONS
-
-# The newest version each platform documents as available (see platforms/versions.py).
-DEFAULT_GOOGLE_ADS_API_VERSION = DEFAULT_VERSIONS["google"]
-DEFAULT_FACEBOOK_API_VERSION = DEFAULT_VERSIONS["facebook"]
+from clearlift_cli.platforms import registry
 
 log = logging.getLogger("clearlift.settings")
+
+# The settings each platform declares in its registry entry, by role (the order of
+# ENV_NAMES, and so of `config show` / `doctor`): the apps' credentials, the API base URLs,
+# the API versions.
+_PLATFORM_APP = [s for p in registry.platforms() for s in p.app]
+_PLATFORM_URLS = [s for p in registry.platforms() for s in p.urls]
+_PLATFORM_VERSIONS = [
+    (p.api.setting, p.api.default) for p in registry.platforms() if p.api is not None and p.api.setting
+]
 
 # name of the dataclass field -> environment variable
 ENV_NAMES: dict[str, str] = {
@@ -45,21 +50,9 @@ ENV_NAMES: dict[str, str] = {
     "config_path": "CLEARLIFT_CONFIG",
     "encryption_key": "ENCRYPTION_KEY",
     "encryption_key_file": "ENCRYPTION_KEY_FILE",
-    "google_client_id": "GOOGLE_CLIENT_ID",
-    "google_client_secret": "GOOGLE_CLIENT_SECRET",
-    "google_ads_developer_token": "GOOGLE_ADS_DEVELOPER_TOKEN",
-    "google_ads_login_customer_id": "GOOGLE_ADS_LOGIN_CUSTOMER_ID",
-    "facebook_app_id": "FACEBOOK_APP_ID",
-    "facebook_app_secret": "FACEBOOK_APP_SECRET",
-    "tiktok_app_id": "TIKTOK_APP_ID",
-    "tiktok_client_secret": "TIKTOK_CLIENT_SECRET",
-    "google_ads_url": "CLEARLIFT_GOOGLE_ADS_URL",
-    "google_oauth_url": "CLEARLIFT_GOOGLE_OAUTH_URL",
-    "facebook_url": "CLEARLIFT_FACEBOOK_URL",
-    "tiktok_url": "CLEARLIFT_TIKTOK_URL",
-    "stripe_url": "CLEARLIFT_STRIPE_URL",
-    "google_ads_api_version": "CLEARLIFT_GOOGLE_ADS_API_VERSION",
-    "facebook_api_version": "CLEARLIFT_FACEBOOK_API_VERSION",
+    **{s.field: s.env for s in _PLATFORM_APP},
+    **{s.field: s.env for s in _PLATFORM_URLS},
+    **{s.field: s.env for s, _ in _PLATFORM_VERSIONS},
     "http_timeout": "CLEARLIFT_HTTP_TIMEOUT",
     "cloudflare_api_token": "CLOUDFLARE_API_TOKEN",
     "cloudflare_api_token_file": "CLOUDFLARE_API_TOKEN_FILE",
@@ -80,21 +73,16 @@ _SECONDS: dict[str, float] = {
 
 _SECRET_FIELDS = {
     "encryption_key",
-    "google_client_secret",
-    "google_ads_developer_token",
-    "facebook_app_secret",
-    "tiktok_client_secret",
+    *(s.field for s in _PLATFORM_APP + _PLATFORM_URLS if s.secret),
     "cloudflare_api_token",
 }
 
+# URL settings: stored without a trailing slash
+_URL_FIELDS = (*(s.field for s in _PLATFORM_URLS), "d1_url")
+
 _DEFAULTS: dict[str, str] = {
-    "google_ads_url": "https://googleads.googleapis.com",
-    "google_oauth_url": "https://oauth2.googleapis.com",
-    "facebook_url": "https://graph.facebook.com",
-    "tiktok_url": "https://business-api.tiktok.com",
-    "stripe_url": "https://api.stripe.com",
-    "google_ads_api_version": DEFAULT_GOOGLE_ADS_API_VERSION,
-    "facebook_api_version": DEFAULT_FACEBOOK_API_VERSION,
+    **{s.field: s.default for s in _PLATFORM_URLS if s.default is not None},
+    **{s.field: default for s, default in _PLATFORM_VERSIONS},
     "d1_url": "https://api.cloudflare.com/client/v4",
 }
 
@@ -123,8 +111,8 @@ class Settings:
     facebook_url: str = _DEFAULTS["facebook_url"]
     tiktok_url: str = _DEFAULTS["tiktok_url"]
     stripe_url: str = _DEFAULTS["stripe_url"]
-    google_ads_api_version: str = DEFAULT_GOOGLE_ADS_API_VERSION
-    facebook_api_version: str = DEFAULT_FACEBOOK_API_VERSION
+    google_ads_api_version: str = _DEFAULTS["google_ads_api_version"]
+    facebook_api_version: str = _DEFAULTS["facebook_api_version"]
     http_timeout: float = 60.0
     cloudflare_api_token: str | None = field(default=None, repr=False)
     cloudflare_api_token_file: str | None = None
@@ -325,14 +313,7 @@ def resolve(
         if name not in values:
             values[name] = default
             origin[name] = "default"
-    for url_field in (
-        "google_ads_url",
-        "google_oauth_url",
-        "facebook_url",
-        "tiktok_url",
-        "stripe_url",
-        "d1_url",
-    ):
+    for url_field in _URL_FIELDS:
         values[url_field] = str(values[url_field]).rstrip("/")
     for name, seconds in _SECONDS.items():
         values[name] = _seconds(values.get(name, seconds), ENV_NAMES[name], allow_zero=name != "http_timeout")

@@ -22,7 +22,7 @@ from clearlift_cli.errors import (
     TransientError,
 )
 from clearlift_cli.models import Connection
-from clearlift_cli.platforms import PLATFORMS, platform_module
+from clearlift_cli.platforms import registry
 from clearlift_cli.platforms.base import Credentials, PlatformContext
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
@@ -82,9 +82,11 @@ def refresh_connection(
     newer set another process stored meanwhile), or None when the platform's tokens do not
     expire. Raises AuthRevoked, TransientError, MissingAppCredentials or CryptoError."""
     creds = decrypt_credentials(cipher, conn)
-    module = platform_module(conn.platform)
+    renew = registry.get(conn.platform).refresh_token
+    if renew is None:  # the platform's tokens do not expire
+        return None
     try:
-        grant = module.refresh_token(platform_context(settings, store, conn), creds)
+        grant = renew(platform_context(settings, store, conn), creds)
     except AuthRevoked:
         # A grant refused because another run (or a reconnect) replaced it since we read the
         # row: if a newer token was stored meanwhile, the connection is fine.
@@ -130,18 +132,18 @@ class RefreshResult:
 
 def renewal_margin(platform: str, margin_seconds: float) -> float:
     """Seconds before expiry from which ``platform``'s tokens are renewed: the run's margin,
-    or the platform's own ``RENEWAL_MARGIN_SECONDS`` when that is longer (Meta's 60-day
+    or the platform's own ``renewal_margin_seconds`` when that is longer (Meta's 60-day
     tokens are renewed from a week before expiry, not in their last minutes)."""
-    if platform not in PLATFORMS:
+    found = registry.find(platform)
+    if found is None:
         return margin_seconds
-    own = getattr(platform_module(platform), "RENEWAL_MARGIN_SECONDS", 0)
-    return max(float(margin_seconds), float(own))
+    return max(float(margin_seconds), float(found.renewal_margin_seconds))
 
 
 def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
     """Active connections whose token expires within their platform's renewal margin (see
     ``renewal_margin``) or already has, earliest first per platform."""
-    widest = max([margin_seconds, *(renewal_margin(p, margin_seconds) for p in PLATFORMS)])
+    widest = max([margin_seconds, *(renewal_margin(p, margin_seconds) for p in registry.names())])
     now = store.clock.now()
     limit = julian_day(now + timedelta(seconds=widest))
     rows = store.read(
@@ -189,7 +191,7 @@ def refresh_due(
     for conn in due:
         by_platform[conn.platform].append(conn)
     for platform, conns in by_platform.items():
-        if platform not in PLATFORMS:
+        if not registry.is_known(platform):
             for conn in conns:
                 result.skipped.append((conn.id, f"unknown platform {platform!r}"))
             continue

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from clearlift_cli.errors import ConfigError, CryptoError, InvalidKey, MissingKey
+from clearlift_cli.platforms.versions import DEFAULT_VERSIONS
 from clearlift_cli.settings import (
-    DEFAULT_FACEBOOK_API_VERSION,
     ENV_NAMES,
     KeyNotBase64,
     KeyWrongLength,
@@ -37,7 +37,7 @@ LAYERED = {
         "http://127.0.0.1:1/config",
         "https://graph.facebook.com",
     ),
-    "facebook_api_version": ("v1.0", "v2.0", "v3.0", DEFAULT_FACEBOOK_API_VERSION),
+    "facebook_api_version": ("v1.0", "v2.0", "v3.0", DEFAULT_VERSIONS["facebook"]),
     "http_timeout": (5.0, 7.0, 9.0, 60.0),
 }
 

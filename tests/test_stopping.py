@@ -174,7 +174,7 @@ def test_a_streamed_answer_that_stalls_is_cut_when_its_next_element_is_late(sand
     )
     access, _ = sandbox.google.tokens.issue(ttl=3600)
     ctx = PlatformContext(settings=settings, account_id="1234567890", connection_settings={})
-    client = google.CLIENT(ctx, Credentials(access_token=access))
+    client = google.GoogleAdsClient(ctx, Credentials(access_token=access))
     whole = len(list(client.campaigns()))  # those not REMOVED
     assert whole >= 300
     # 100 kB at once (the reader takes 64 KiB at a time), then a byte every 50 ms.

@@ -1,8 +1,9 @@
 """The one interface every platform module implements.
 
-A platform module (``google.py``, ``facebook.py``, ``tiktok.py``, ``stripe.py``) defines a
-subclass of ``AdsClient`` (campaigns + daily metrics) or ``RevenueClient`` (charges) and a
-``refresh_token`` function, and raises only the errors of ``clearlift_cli.errors``:
+A platform module (registered in ``registry.py``) defines a subclass of ``AdsClient``
+(campaigns + daily metrics) or ``RevenueClient`` (charges) and, when its tokens expire, a
+``refresh_token`` function (``RefreshToken``), and raises only the errors of
+``clearlift_cli.errors``:
 ``TransientError`` (retry with backoff), ``RateLimited`` (wait ``retry_after`` without
 using up an attempt), ``TokenExpired`` (refresh once, then retry), ``AuthRevoked`` (the user
 must reconnect), ``AccountUnavailable`` (this one account cannot be synced; a connection

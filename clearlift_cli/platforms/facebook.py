@@ -45,15 +45,11 @@ from clearlift_cli.platforms.base import (
     PlatformContext,
     TokenGrant,
 )
-from clearlift_cli.platforms.http import HttpClient, Response
+from clearlift_cli.platforms.http import Response, client_for, short
 from clearlift_cli.platforms.paging import PageGuard
 from clearlift_cli.redact import redact
 
 PLATFORM = "facebook"
-# Settings every job needs, and those token renewals need (doctor checks them):
-# long-lived tokens are renewed by exchanging them with the app's id and secret.
-APP_SETTINGS: tuple[str, ...] = ()
-REFRESH_SETTINGS: tuple[str, ...] = ("facebook_app_id", "facebook_app_secret")
 
 ACCOUNT_FIELDS = "name,currency,timezone_name"
 CAMPAIGN_FIELDS = "id,name,status,effective_status,objective,daily_budget,lifetime_budget"
@@ -81,10 +77,6 @@ CAMPAIGN_STATUSES = ("ACTIVE", "PAUSED", "IN_PROCESS", "WITH_ISSUES", "ARCHIVED"
 # thousand live campaigns, 100 per page; a 30-day window of daily campaign insights at 500 rows a page reaches 2,000 pages
 # only with 33,000 campaigns delivering every day. Repeats are caught long before the cap.
 MAX_PAGES_PER_WALK = 2000
-
-# Long-lived user tokens last about 60 days and there is no refresh token: renew from a week
-# before expiry, on every refresh-tokens run until it works (tokens.py reads this).
-RENEWAL_MARGIN_SECONDS = 7 * 86400
 
 # "purchase" is Meta's deduplicated purchase count; adding the pixel-only
 # ("offsite_conversion.fb_pixel_purchase") or cross-channel ("omni_purchase") spellings of
@@ -126,7 +118,6 @@ ASYNC_MAX_POLL_SECONDS = 30.0
 _ASYNC_DONE = "Job Completed"
 _ASYNC_FAILED = frozenset({"Job Failed", "Job Skipped"})
 
-_MAX_MESSAGE_CHARS = 300
 _BUCKET_PERCENTAGES = ("call_count", "total_cputime", "total_time")
 
 # urllib3 logs every request line (path and query, so the token) at DEBUG.
@@ -195,11 +186,6 @@ def status_filter(field: str) -> str:
     return json.dumps(
         [{"field": field, "operator": "IN", "value": list(CAMPAIGN_STATUSES)}], separators=(",", ":")
     )
-
-
-def _short(text: object) -> str:
-    clean = " ".join(redact(text).split())
-    return clean if len(clean) <= _MAX_MESSAGE_CHARS else clean[: _MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _int_or_none(value: object) -> int | None:
@@ -291,11 +277,11 @@ def _too_much_data(code: int | None, subcode: int | None, error: Mapping[str, An
 def _graph_error(error: Mapping[str, Any], response: Response) -> Exception:
     code = _int_or_none(error.get("code"))
     subcode = _int_or_none(error.get("error_subcode"))
-    detail = _short(error.get("message") or error.get("error_user_msg") or "no message")
+    detail = short(error.get("message") or error.get("error_user_msg") or "no message")
     ids = f"code {code}" + (f", subcode {subcode}" if subcode else "")
     trace = error.get("fbtrace_id")
     if trace:
-        ids += f", fbtrace_id {_short(trace)}"
+        ids += f", fbtrace_id {short(trace)}"
     text = f"{detail} ({ids})"
     if code in _TOKEN_INVALID_CODES:
         meaning = _TOKEN_SUBCODES.get(subcode or 0, "the token is invalid or was revoked")
@@ -364,12 +350,6 @@ def classify(response: Response, body: Any) -> None:
     raise PermanentError(f"facebook: HTTP {status}", platform=PLATFORM)
 
 
-def _http(ctx: PlatformContext) -> HttpClient:
-    return HttpClient(
-        platform=PLATFORM, clock=ctx.clock, timeout=ctx.settings.http_timeout, session=ctx.session
-    )
-
-
 class FacebookAdsClient(AdsClient):
     """Campaigns and daily campaign insights of one ad account.
 
@@ -388,7 +368,7 @@ class FacebookAdsClient(AdsClient):
         _guard_library_logs()
         self.account_digits = account_id_digits(ctx.account_id)
         self.base = f"{ctx.settings.facebook_url}/{ctx.settings.facebook_api_version}"
-        self.http = _http(ctx)
+        self.http = client_for(ctx, PLATFORM)
         self.http.observers.append(self._observe_usage)
         self._usage = Usage()
         self._blocked_until: float | None = None
@@ -558,7 +538,7 @@ class FacebookAdsClient(AdsClient):
             campaign_id = str(row["id"])
         except (KeyError, ValueError) as exc:
             raise TransientError(
-                f"facebook: malformed campaign row: {_short(exc)}", platform=PLATFORM
+                f"facebook: malformed campaign row: {short(exc)}", platform=PLATFORM
             ) from None
         return Campaign(
             campaign_id=campaign_id,
@@ -675,7 +655,7 @@ class FacebookAdsClient(AdsClient):
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise TransientError(
-                f"facebook: malformed insights row: {_short(exc)}", platform=PLATFORM
+                f"facebook: malformed insights row: {short(exc)}", platform=PLATFORM
             ) from None
 
     def _matching(self, actions: object) -> Iterator[object]:
@@ -685,9 +665,6 @@ class FacebookAdsClient(AdsClient):
                 yield action.get("value")
 
 
-CLIENT = FacebookAdsClient
-
-
 def _refresh_classify(response: Response, body: Any) -> None:
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
@@ -695,7 +672,7 @@ def _refresh_classify(response: Response, body: Any) -> None:
         message = str(error.get("message") or "")
         if code == 101 or (code == 1 and "client secret" in message.lower()):
             raise PermanentError(
-                f"facebook: the app credentials were rejected: {_short(message)} (code {code})",
+                f"facebook: the app credentials were rejected: {short(message)} (code {code})",
                 platform=PLATFORM,
                 hint="check FACEBOOK_APP_ID and FACEBOOK_APP_SECRET",
             )
@@ -745,7 +722,7 @@ def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant 
         "client_secret": secret,
         "fb_exchange_token": credentials.access_token,
     }
-    body = _http(ctx).request("GET", url, classify=_refresh_classify, params=params)
+    body = client_for(ctx, PLATFORM).request("GET", url, classify=_refresh_classify, params=params)
     token = body.get("access_token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token:
         raise TransientError("facebook: token exchange answer lacks access_token", platform=PLATFORM)

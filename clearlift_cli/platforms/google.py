@@ -47,14 +47,10 @@ from clearlift_cli.platforms.base import (
     PlatformContext,
     TokenGrant,
 )
-from clearlift_cli.platforms.http import HttpClient, Response
+from clearlift_cli.platforms.http import Response, client_for, short
 from clearlift_cli.redact import redact
 
 PLATFORM = "google"
-# Settings every job needs, and those token renewals need (doctor checks them):
-# every request carries the developer token; access tokens live an hour.
-APP_SETTINGS: tuple[str, ...] = ("google_ads_developer_token",)
-REFRESH_SETTINGS: tuple[str, ...] = ("google_client_id", "google_client_secret")
 
 ACCOUNT_QUERY = (
     "SELECT customer.id, customer.descriptive_name, customer.currency_code, customer.time_zone FROM customer"
@@ -80,7 +76,6 @@ METRICS_QUERY = (
 DEFAULT_RETRY_DELAY_SECONDS = 30.0
 
 # Platform messages are shown to operators; a long one is cut so one line stays one line.
-_MAX_MESSAGE_CHARS = 300
 
 _TRANSIENT_STATUSES = {"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED", "UNKNOWN"}
 
@@ -153,11 +148,6 @@ def _failures(error: dict) -> list[dict]:
         if isinstance(detail, dict):
             out.extend(e for e in detail.get("errors") or [] if isinstance(e, dict))
     return out
-
-
-def _short(text: object) -> str:
-    clean = redact(" ".join(str(text).split()))
-    return clean if len(clean) <= _MAX_MESSAGE_CHARS else clean[: _MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def dashed(customer_id: str) -> str:
@@ -246,7 +236,7 @@ def classify(
     label = grpc_status or f"HTTP {code}"
     if codes:
         label += f" ({', '.join(sorted(codes))})"
-    text = f"google: {label}: {_short(message)}" if message else f"google: {label}"
+    text = f"google: {label}: {short(message)}" if message else f"google: {label}"
 
     if code == 429 or grpc_status == "RESOURCE_EXHAUSTED" or "quotaError" in categories:
         delays: list[float] = []
@@ -285,7 +275,7 @@ def classify(
         if "OAUTH_TOKEN_EXPIRED" in codes:
             raise TokenExpired(text, platform=PLATFORM)
         # Ambiguous: a refresh may still work, so this is not yet a definitive revocation.
-        raise AuthRevoked(text, platform=PLATFORM, reason=_short(message or label), definitive=False)
+        raise AuthRevoked(text, platform=PLATFORM, reason=short(message or label), definitive=False)
     if code >= 500 or code in (408, 409) or grpc_status in _TRANSIENT_STATUSES:
         raise TransientError(text, platform=PLATFORM)
     raise PermanentError(text, platform=PLATFORM)
@@ -310,7 +300,7 @@ def classify_oauth(response: Response, body: Any) -> None:
     if isinstance(error, dict):  # some Google endpoints use the API error shape here
         error = error.get("status") or error.get("message")
     description = body.get("error_description") if isinstance(body, dict) else None
-    detail = _short(description or error or f"HTTP {status}")
+    detail = short(description or error or f"HTTP {status}")
     if error == "invalid_grant":
         raise AuthRevoked(
             f"google: refresh token refused (invalid_grant): {detail}",
@@ -337,14 +327,8 @@ def classify_oauth(response: Response, body: Any) -> None:
     raise PermanentError(f"google: token refresh failed ({error or status}): {detail}", platform=PLATFORM)
 
 
-def _http(ctx: PlatformContext) -> HttpClient:
-    return HttpClient(
-        platform=PLATFORM, clock=ctx.clock, timeout=ctx.settings.http_timeout, session=ctx.session
-    )
-
-
 def _shape_error(what: str, exc: Exception) -> TransientError:
-    return TransientError(f"google: unexpected {what} in the answer ({_short(exc)})", platform=PLATFORM)
+    return TransientError(f"google: unexpected {what} in the answer ({short(exc)})", platform=PLATFORM)
 
 
 class GoogleAdsClient(AdsClient):
@@ -362,7 +346,7 @@ class GoogleAdsClient(AdsClient):
     def __init__(self, ctx: PlatformContext, credentials: Credentials, *, manager_id: str | None = None):
         super().__init__(ctx, credentials)
         redaction.register(credentials.access_token, credentials.refresh_token)
-        self.http = _http(ctx)
+        self.http = client_for(ctx, PLATFORM)
         # Set on the client of one of a manager connection's client accounts: the manager.
         self.manager_id = manager_id
         self._clients: dict[str, GoogleAdsClient] = {}
@@ -475,7 +459,7 @@ class GoogleAdsClient(AdsClient):
             raise PermanentError(
                 f"google: settings.accountSelection of manager {self.ctx.account_id} must be "
                 '{"mode": "all"} or {"mode": "selected", "selectedAccounts": [customer ids]}, '
-                f"not {_short(json.dumps(raw) if not isinstance(raw, str) else raw)}",
+                f"not {short(json.dumps(raw) if not isinstance(raw, str) else raw)}",
                 platform=PLATFORM,
             )
         ids = [customer_id_digits(x, "settings.accountSelection.selectedAccounts entry") for x in selected]
@@ -598,7 +582,7 @@ def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant 
             definitive=True,
         )
     redaction.register(credentials.access_token, credentials.refresh_token)
-    body = _http(ctx).request(
+    body = client_for(ctx, PLATFORM).request(
         "POST",
         f"{settings.google_oauth_url}/token",
         classify=classify_oauth,
@@ -623,6 +607,3 @@ def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant 
             "google: token endpoint answered with a bad expires_in", platform=PLATFORM
         ) from None
     return TokenGrant(access_token=access, expires_at=expires_at, refresh_token=new_refresh)
-
-
-CLIENT = GoogleAdsClient

@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,14 +34,16 @@ from urllib.parse import urlsplit
 from clearlift_cli.errors import Interrupted, PermanentError, RateLimited, TokenExpired, TransientError
 from clearlift_cli.platforms import deadline
 from clearlift_cli.platforms.jsonstream import StreamError, iter_json_array
-from clearlift_cli.redact import redact
+from clearlift_cli.redact import MASK, redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState, Retrying
 
+    from clearlift_cli.platforms.base import PlatformContext
+
 # tenacity and email.utils are imported where they are used: `status` and `schedule` read
-# each platform's defaults (its CLIENT), and need neither.
+# each platform's defaults (its client class), and need neither.
 
 log = logging.getLogger("clearlift.http")
 
@@ -55,6 +58,28 @@ SHORT_WAIT_SECONDS = 5.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 _END = object()
+# The longest piece of a platform's answer quoted in an error message.
+MAX_MESSAGE_CHARS = 300
+# Key-shaped values a platform may echo: Stripe's keys, and the masked form it quotes back
+# ("sk_test_****1234": even the masked tail is not ours to show).
+_KEY_SHAPED = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\S*|\*{2,}\S*")
+
+
+def short(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """A platform's text (an error message, a row that did not parse) fit to quote: known
+    secrets and key-shaped values masked, on one line, at most ``limit`` characters.
+    Redacted before it is cut, so a cut never leaves the head of a secret; and again once
+    on one line, so a secret the answer split over lines is masked too."""
+    clean = redact(" ".join(redact(_KEY_SHAPED.sub(MASK, str(text))).split()))
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def client_for(ctx: PlatformContext, platform: str) -> HttpClient:
+    """The HTTP client of one platform call: the context's clock, session and
+    ``CLEARLIFT_HTTP_TIMEOUT``."""
+    return HttpClient(
+        platform=platform, clock=ctx.clock, timeout=ctx.settings.http_timeout, session=ctx.session
+    )
 
 
 class Response:

@@ -26,7 +26,6 @@ unit exactly as Stripe gives them (zero-decimal currencies such as JPY have none
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,18 +44,12 @@ from clearlift_cli.platforms.base import (
     Credentials,
     PlatformContext,
     RevenueClient,
-    TokenGrant,
 )
-from clearlift_cli.platforms.http import HttpClient, Response
-from clearlift_cli.redact import redact
+from clearlift_cli.platforms.http import Response, client_for, short
 
 log = logging.getLogger("clearlift.stripe")
 
 PLATFORM = "stripe"
-# Settings every job needs, and those token renewals need (doctor checks them):
-# each connection holds its own secret key.
-APP_SETTINGS: tuple[str, ...] = ()
-REFRESH_SETTINGS: tuple[str, ...] = ()
 PAGE_LIMIT = 100
 # The API version every request is read in (see the module docstring).
 STRIPE_VERSION = "2025-03-31.basil"
@@ -73,8 +66,6 @@ DEFAULT_RATE_LIMIT_WAIT = 2.0
 
 UTC = UTC
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Stripe echoes a masked key ("sk_test_****1234"); even the masked tail is not ours to show.
-_KEY_SHAPED = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\S*|\*{2,}\S*")
 
 
 class MissingPermission(PermanentError):
@@ -82,8 +73,8 @@ class MissingPermission(PermanentError):
 
 
 def _message(error: dict[str, Any], status: int) -> str:
-    text = str(error.get("message") or f"HTTP {status}")
-    return redact(_KEY_SHAPED.sub(redaction.MASK, text))
+    # Stripe echoes the key it was given, masked ("sk_test_****1234"): short() masks it whole.
+    return short(error.get("message") or f"HTTP {status}")
 
 
 def classify(response: Response, body: Any) -> None:
@@ -180,12 +171,7 @@ class StripeClient(RevenueClient):
         super().__init__(ctx, credentials)
         redaction.register(credentials.access_token)
         self.base = f"{ctx.settings.stripe_url}/v1"
-        self.http = HttpClient(
-            platform=PLATFORM,
-            clock=ctx.clock,
-            timeout=ctx.settings.http_timeout,
-            session=ctx.session,
-        )
+        self.http = client_for(ctx, PLATFORM)
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = self.http.request(
@@ -329,11 +315,3 @@ class StripeClient(RevenueClient):
                 self.ctx.account_id,
                 exc,
             )
-
-
-CLIENT = StripeClient
-
-
-def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant | None:
-    """Stripe secret keys do not expire: nothing to refresh."""
-    return None

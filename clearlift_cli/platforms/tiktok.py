@@ -21,7 +21,7 @@ Facts this module is built on (looked up 2026-11-29; doubts noted):
   zone reports are cut in; ``display_timezone`` is a region name for people (it may observe
   daylight saving time, which TikTok Ads Manager does not). ``stat_time_day``, and so
   ``metric_date``, is a day in ``timezone``.
-- Tokens: see ``refresh_token``.
+- Tokens: advertiser tokens do not expire and are never renewed (see the registry entry).
 - Paging ends at ``page_info.total_page``; a ``total_page`` that never ends over repeating
   rows is stopped by ``paging.PageGuard``.
 """
@@ -50,17 +50,11 @@ from clearlift_cli.platforms.base import (
     Credentials,
     DailyMetric,
     PlatformContext,
-    TokenGrant,
 )
-from clearlift_cli.platforms.http import HttpClient, Response
+from clearlift_cli.platforms.http import Response, client_for, short
 from clearlift_cli.platforms.paging import PageGuard
-from clearlift_cli.redact import redact
 
 PLATFORM = "tiktok"
-# Settings every job needs, and those token renewals need (doctor checks them):
-# advertiser tokens do not expire and are never refreshed (see ``refresh_token``).
-APP_SETTINGS: tuple[str, ...] = ()
-REFRESH_SETTINGS: tuple[str, ...] = ()
 API_PATH = "/open_api/v1.3"
 PAGE_SIZE = 1000
 # TikTok rejects daily reports whose start_date..end_date spans more than 30 days.
@@ -120,7 +114,7 @@ def classify(response: Response, body: Any) -> None:
             definitive=False,
         )
     if status >= 400:
-        raise PermanentError(f"tiktok: HTTP {status} {redact(response.text[:200])}", platform=PLATFORM)
+        raise PermanentError(f"tiktok: HTTP {status} {short(response.text, 200)}", platform=PLATFORM)
     if body is None:
         return  # HttpClient reports an empty or unparsable body as transient
     if not isinstance(body, dict):
@@ -138,9 +132,9 @@ def classify(response: Response, body: Any) -> None:
 
 def error_for_code(code: int, message: str, request_id: Any = None) -> Exception:
     """The exception for a non-zero TikTok envelope code (message redacted)."""
-    text = f"tiktok: code {code}: {redact(message) or 'no message'}"
+    text = f"tiktok: code {code}: {short(message) or 'no message'}"
     if request_id:
-        text += f" (request_id {redact(request_id)})"
+        text += f" (request_id {short(request_id)})"
     if code in _RATE_LIMIT_SCOPE:
         return RateLimited(
             text,
@@ -242,12 +236,7 @@ class TikTokAdsClient(AdsClient):
         super().__init__(ctx, credentials)
         redaction.register(credentials.access_token, credentials.refresh_token)
         self.base = api_base(ctx)
-        self.http = HttpClient(
-            platform=PLATFORM,
-            clock=ctx.clock,
-            timeout=ctx.settings.http_timeout,
-            session=ctx.session,
-        )
+        self.http = client_for(ctx, PLATFORM)
 
     @property
     def advertiser_id(self) -> str:
@@ -340,20 +329,3 @@ class TikTokAdsClient(AdsClient):
                 for row in rows:
                     yield parse_report_row(row)
             self._progress("metrics", (end - since).days + 1, total_days)
-
-
-CLIENT = TikTokAdsClient
-
-
-def refresh_token(ctx: PlatformContext, credentials: Credentials) -> TokenGrant | None:
-    """Nothing to refresh: always None, and no request.
-
-    A TikTok ads connection holds an advertiser token from the Marketing API's
-    ``/oauth2/access_token/`` (auth_code exchange), which does not expire: it stays valid
-    until the advertiser revokes the authorisation (code 40105, which ``classify`` turns
-    into ``AuthRevoked(definitive=True)``: the user must reconnect). TikTok's Business API SDK
-    has no refresh call for it; ``/tt_user/oauth2/refresh_token/`` renews the 24-hour tokens
-    of TikTok *accounts* (creators), another product, and a Marketing app's credentials
-    there would fail and flag a healthy connection for re-authorisation. A refresh token or
-    expiry stored by mistake is therefore ignored."""
-    return None

@@ -1,24 +1,10 @@
 """Which platform API versions clearlift supports, and when each one dies.
 
-One table per platform of each version's published sunset (Google) or expiration (Meta)
-date. A request to a version past its date fails on the platform's side (Google answers
-HTTP 404, often an HTML page; Meta answers error code 2635), so the consumer, ``status``
-and ``doctor`` check the configured version against this table before they need to.
-
-Sources (looked up 2026-11-29):
-- Google Ads: the "Google Ads API vNN sunset reminder" posts on the Ads developer blog give
-  v19 2026-02-11, v20 2026-06-10, v21 2026-08-05, v22 2026-10-07. v23–v26 have only the
-  *projected* sunset months of the 2026 release schedule post (v23 February 2027, v24 May
-  2027, v25 August 2027, v26 November 2027; each major version lives about a year). Doubt:
-  those are months, not days, so we take the first day of the month, the earliest it can
-  be. v26 was announced 2026-10-14 and is the newest.
-- Meta Marketing API: the "Marketing API version history" table gives v22.0 2026-02-19,
-  v23.0 2026-06-09, v24.0 2026-11-10, v25.0 2027-02-23; v26.0 (released 2026-07-29) and
-  v27.0 (released 2026-11-04, the newest) are "TBD". Doubt: the Graph API table lists
-  other (later) dates for the same numbers; the Marketing API's table is the one that
-  governs ads endpoints, so it is the one used here.
-- TikTok Business API: v1.3 is the only version served; TikTok publishes no sunset date
-  for it (v1.2 was retired in 2024 without a fixed public date), so it has none here.
+Each platform's registry entry (``registry.py``, where the sources of the dates are noted)
+holds the published sunset (Google) or expiration (Meta) date of each version it knows. A
+request to a version past its date fails on the platform's side (Google answers HTTP 404,
+often an HTML page; Meta answers error code 2635), so the consumer, ``status`` and
+``doctor`` check the configured version against those dates before they need to.
 """
 
 from __future__ import annotations
@@ -30,44 +16,25 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from clearlift_cli.settings import Settings
 
+from clearlift_cli.platforms import registry
+
 # Days before a sunset from which the configured version is reported as ending soon.
 WARN_DAYS = 45
 
+# platform name -> its versions, for each platform whose API is versioned
+_APIS: dict[str, registry.ApiVersions] = {p.name: p.api for p in registry.platforms() if p.api is not None}
 # None: the platform has published no sunset date for the version (yet).
-SUNSETS: dict[str, dict[str, date | None]] = {
-    "google": {
-        "v19": date(2026, 2, 11),
-        "v20": date(2026, 6, 10),
-        "v21": date(2026, 8, 5),
-        "v22": date(2026, 10, 7),
-        "v23": date(2027, 2, 1),  # projected: February 2027
-        "v24": date(2027, 5, 1),  # projected: May 2027
-        "v25": date(2027, 8, 1),  # projected: August 2027
-        "v26": date(2027, 11, 1),  # projected: November 2027
-    },
-    "facebook": {
-        "v22.0": date(2026, 2, 19),
-        "v23.0": date(2026, 6, 9),
-        "v24.0": date(2026, 11, 10),
-        "v25.0": date(2027, 2, 23),
-        "v26.0": None,
-        "v27.0": None,
-    },
-    "tiktok": {
-        "v1.3": None,
-    },
-}
-
+SUNSETS: dict[str, dict[str, date | None]] = {name: dict(api.sunsets) for name, api in _APIS.items()}
 # The newest version each platform documents as available now: the defaults.
-DEFAULT_VERSIONS: dict[str, str] = {"google": "v26", "facebook": "v27.0", "tiktok": "v1.3"}
-
+DEFAULT_VERSIONS: dict[str, str] = {name: api.default for name, api in _APIS.items()}
 # The setting that picks each platform's version (named in messages to the operator).
-VERSION_SETTINGS: dict[str, str] = {
-    "google": "CLEARLIFT_GOOGLE_ADS_API_VERSION",
-    "facebook": "CLEARLIFT_FACEBOOK_API_VERSION",
-}
+VERSION_SETTINGS: dict[str, str] = {name: api.setting.env for name, api in _APIS.items() if api.setting}
+_LABELS = {name: api.label for name, api in _APIS.items()}
 
-_LABELS = {"google": "Google Ads API", "facebook": "Meta Marketing API", "tiktok": "TikTok API"}
+
+def label(platform: str) -> str:
+    """How messages name ``platform``'s API ("Google Ads API")."""
+    return _LABELS.get(platform, platform)
 
 
 @dataclass(frozen=True)
@@ -151,7 +118,6 @@ def check(platform: str, version: str, today: date) -> VersionCheck:
 def configured_versions(settings: Settings) -> dict[str, str]:
     """The API version each versioned platform is configured to use."""
     return {
-        "google": str(settings.google_ads_api_version),
-        "facebook": str(settings.facebook_api_version),
-        "tiktok": "v1.3",
+        name: str(getattr(settings, api.setting.field)) if api.setting else api.default
+        for name, api in _APIS.items()
     }

@@ -1,6 +1,8 @@
-"""Sandbox servers imitating Google Ads, Facebook, TikTok and Stripe on loopback.
+"""Sandbox servers imitating every registered platform (Google Ads, Facebook, TikTok,
+Stripe) on loopback.
 
-``Sandbox`` starts all four and tells you the settings that point clearlift at them::
+``Sandbox`` starts one server per platform (each platform's app is named by its registry
+entry) and tells you the settings that point clearlift at them::
 
     with Sandbox() as sb:
         env = sb.env()            # CLEARLIFT_*_URL + the sandbox's app credentials
@@ -11,19 +13,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
+from clearlift_cli.platforms import registry
 from clearlift_cli.sandbox.server import SandboxServer
 
-# The app credentials the sandboxes expect (what a real app would be given).
-APP_CREDENTIALS = {
-    "GOOGLE_CLIENT_ID": "sandbox-google-client-id",
-    "GOOGLE_CLIENT_SECRET": "sandbox-google-client-secret",
-    "GOOGLE_ADS_DEVELOPER_TOKEN": "sandbox-developer-token",
-    "FACEBOOK_APP_ID": "sandbox-facebook-app-id",
-    "FACEBOOK_APP_SECRET": "sandbox-facebook-app-secret",
-    "TIKTOK_APP_ID": "sandbox-tiktok-app-id",
-    "TIKTOK_CLIENT_SECRET": "sandbox-tiktok-client-secret",
-}
+
+def app_credentials() -> dict[str, str]:
+    """The app credentials the sandboxes expect, by environment variable."""
+    return {k: v for p in registry.platforms() for k, v in p.sandbox_app.APP_CREDENTIALS.items()}
+
+
+def __getattr__(name: str) -> Any:
+    # ``APP_CREDENTIALS`` is read from the apps on first use: importing them here would
+    # import them while they import this package.
+    if name == "APP_CREDENTIALS":
+        return app_credentials()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Sandbox:
@@ -34,28 +40,21 @@ class Sandbox:
         host: str = "127.0.0.1",
         ports: dict[str, int] | None = None,
     ):
-        from clearlift_cli.sandbox.facebook import FacebookApp
-        from clearlift_cli.sandbox.google import GoogleAdsApp
-        from clearlift_cli.sandbox.stripe import StripeApp
-        from clearlift_cli.sandbox.tiktok import TikTokApp
-
         ports = ports or {}
-        self.google = GoogleAdsApp(clock=clock)
-        self.facebook = FacebookApp(clock=clock)
-        self.tiktok = TikTokApp(clock=clock)
-        self.stripe = StripeApp(clock=clock)
+        # platform name -> its app (also an attribute: ``sb.google``)
+        self.apps: dict[str, Any] = {p.name: p.sandbox_app(clock=clock) for p in registry.platforms()}
         self.servers = {
-            name: SandboxServer(app, host=host, port=ports.get(name, 0))
-            for name, app in (
-                ("google", self.google),
-                ("facebook", self.facebook),
-                ("tiktok", self.tiktok),
-                ("stripe", self.stripe),
-            )
+            name: SandboxServer(app, host=host, port=ports.get(name, 0)) for name, app in self.apps.items()
         }
 
-    def app(self, platform: str):
-        return getattr(self, platform)
+    def __getattr__(self, name: str) -> Any:
+        apps = self.__dict__.get("apps", {})
+        if name in apps:
+            return apps[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def app(self, platform: str) -> Any:
+        return self.apps[platform]
 
     def start(self) -> Sandbox:
         for server in self.servers.values():
@@ -73,16 +72,10 @@ class Sandbox:
         self.stop()
 
     def env(self) -> dict[str, str]:
-        """Environment that points clearlift at these servers."""
-        s = self.servers
-        return {
-            "CLEARLIFT_GOOGLE_ADS_URL": s["google"].base_url,
-            "CLEARLIFT_GOOGLE_OAUTH_URL": s["google"].base_url,
-            "CLEARLIFT_FACEBOOK_URL": s["facebook"].base_url,
-            "CLEARLIFT_TIKTOK_URL": s["tiktok"].base_url,
-            "CLEARLIFT_STRIPE_URL": s["stripe"].base_url,
-            **APP_CREDENTIALS,
-        }
+        """Environment that points clearlift at these servers: every API base URL of every
+        platform, and the app credentials the sandboxes expect."""
+        urls = {url.env: self.servers[p.name].base_url for p in registry.platforms() for url in p.urls}
+        return {**urls, **app_credentials()}
 
     def issue_token(self, platform: str, ttl: float | None = 3600.0) -> tuple[str, str]:
         """A (access, refresh) pair valid on ``platform``'s sandbox (Stripe: a secret key)."""

@@ -39,7 +39,6 @@ from urllib.parse import urlencode
 
 from clearlift_cli.money import minor_units_per_unit
 from clearlift_cli.platforms import versions
-from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.data import days, rng
 from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
 
@@ -222,6 +221,10 @@ def _money(amount_minor: int, currency: str) -> str:
 
 class FacebookApp(PlatformApp):
     platform = "facebook"
+    APP_CREDENTIALS = {
+        "FACEBOOK_APP_ID": "sandbox-facebook-app-id",
+        "FACEBOOK_APP_SECRET": "sandbox-facebook-app-secret",
+    }
 
     def __init__(self, *, clock: Callable[[], float] = time.time):
         super().__init__(clock=clock)
@@ -467,7 +470,7 @@ class FacebookApp(PlatformApp):
     def _expired_version(self, version: str) -> Reply | None:
         """Graph's answer to an Ads API call on a version past its expiry (or older than
         every version the table knows), else None."""
-        table = versions.SUNSETS["facebook"]
+        table = versions.SUNSETS[self.platform]
         today = datetime.fromtimestamp(self.clock(), UTC).date()
         sunset = table.get(version)
         if version in table:
@@ -476,7 +479,7 @@ class FacebookApp(PlatformApp):
             gone = _version_key(version) < min(_version_key(v) for v in table)
         if not gone:
             return None
-        latest = versions.DEFAULT_VERSIONS["facebook"]
+        latest = versions.DEFAULT_VERSIONS[self.platform]
         return _graph_error(
             "(#2635) You are calling a deprecated version of the Ads API. Please update to the "
             f"latest version: {latest}.",
@@ -487,9 +490,9 @@ class FacebookApp(PlatformApp):
     def _exchange(self, params: dict[str, str]) -> Reply:
         if params.get("grant_type") != "fb_exchange_token":
             return _graph_error("Invalid grant_type", 100)
-        if params.get("client_id") != APP_CREDENTIALS["FACEBOOK_APP_ID"]:
+        if params.get("client_id") != self.APP_CREDENTIALS["FACEBOOK_APP_ID"]:
             return _graph_error("Error validating application. Invalid application ID.", 101)
-        if params.get("client_secret") != APP_CREDENTIALS["FACEBOOK_APP_SECRET"]:
+        if params.get("client_secret") != self.APP_CREDENTIALS["FACEBOOK_APP_SECRET"]:
             return _graph_error("Error validating client secret.", 1)
         old = params.get("fb_exchange_token") or ""
         with self._lock:

@@ -34,7 +34,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from clearlift_cli.platforms import versions
-from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.data import days, rng
 from clearlift_cli.sandbox.server import PlatformApp, Reply, Request
 
@@ -324,6 +323,11 @@ class GoogleAdsApp(PlatformApp):
     ``break_stream`` (an error after some batches of a 200 stream)."""
 
     platform = "google"
+    APP_CREDENTIALS = {
+        "GOOGLE_CLIENT_ID": "sandbox-google-client-id",
+        "GOOGLE_CLIENT_SECRET": "sandbox-google-client-secret",
+        "GOOGLE_ADS_DEVELOPER_TOKEN": "sandbox-developer-token",
+    }
 
     def __init__(
         self,
@@ -598,9 +602,9 @@ class GoogleAdsApp(PlatformApp):
     def version_is_gone(self, version: str) -> bool:
         """Past its sunset on the sandbox's clock, or older than every version in the table."""
         today = datetime.fromtimestamp(self.clock(), UTC).date()
-        if versions.check("google", version, today).is_sunset:
+        if versions.check(self.platform, version, today).is_sunset:
             return True
-        known = [int(v[1:]) for v in versions.SUNSETS["google"]]
+        known = [int(v[1:]) for v in versions.SUNSETS[self.platform]]
         return version[1:].isdigit() and int(version[1:]) < min(known)
 
     def managers_above(self, customer_id: str) -> list[str]:
@@ -653,7 +657,7 @@ class GoogleAdsApp(PlatformApp):
                 {"requestError": "DEVELOPER_TOKEN_PARAMETER_MISSING"},
                 "developer-token parameter is missing.",
             )
-        if developer_token != APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]:
+        if developer_token != self.APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]:
             return fail(
                 401,
                 "UNAUTHENTICATED",
@@ -815,8 +819,8 @@ class GoogleAdsApp(PlatformApp):
                 },
             )
         if (
-            form.get("client_id") != APP_CREDENTIALS["GOOGLE_CLIENT_ID"]
-            or form.get("client_secret") != APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"]
+            form.get("client_id") != self.APP_CREDENTIALS["GOOGLE_CLIENT_ID"]
+            or form.get("client_secret") != self.APP_CREDENTIALS["GOOGLE_CLIENT_SECRET"]
         ):
             return Reply(401, {"error": "invalid_client", "error_description": "Unauthorized"})
         refresh = form.get("refresh_token")

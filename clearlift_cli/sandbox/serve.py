@@ -5,18 +5,18 @@ from __future__ import annotations
 import signal
 import threading
 
+from clearlift_cli.platforms import registry
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.sandbox.d1 import D1App
 from clearlift_cli.sandbox.server import SandboxServer
 
-PLATFORMS = ("google", "facebook", "tiktok", "stripe")
-
 
 def serve(host: str, port: int, token_ttl: float | None) -> None:
-    ports = {} if port == 0 else {p: port + i for i, p in enumerate(PLATFORMS)}
+    platforms = registry.names()  # served on consecutive ports from ``port``, then D1
+    ports = {} if port == 0 else {p: port + i for i, p in enumerate(platforms)}
     sb = Sandbox(host=host, ports=ports).start()
     d1 = D1App()  # a fresh database in a temporary file, removed on exit
-    d1_server = SandboxServer(d1, host=host, port=0 if port == 0 else port + len(PLATFORMS)).start()
+    d1_server = SandboxServer(d1, host=host, port=0 if port == 0 else port + len(platforms)).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -25,7 +25,7 @@ def serve(host: str, port: int, token_ttl: float | None) -> None:
             print(f"export {k}={v}")
         print(f"export CLEARLIFT_D1_URL={d1.env(d1_server)['CLEARLIFT_D1_URL']}")
         print("# tokens valid on each sandbox (access, refresh):")
-        for p in PLATFORMS:
+        for p in platforms:
             access, refresh = sb.issue_token(p, ttl=token_ttl)
             print(f"# {p}: {access} {refresh}")
         print(

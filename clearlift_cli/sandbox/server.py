@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -200,9 +200,13 @@ class TokenAuthority:
 
 
 class PlatformApp:
-    """Base of every platform sandbox. Subclasses implement ``handle``."""
+    """Base of every platform sandbox (registered with its platform in
+    ``platforms/registry.py``). Subclasses implement ``handle``."""
 
     platform = "base"
+    # The app credentials this sandbox expects, by environment variable (what a real app
+    # would be given); ``Sandbox.env`` hands them to clearlift.
+    APP_CREDENTIALS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, *, clock: Callable[[], float] = time.time):
         self.clock = clock
@@ -211,6 +215,11 @@ class PlatformApp:
         self.requests: list[Request] = []
         self._log_lock = threading.Lock()
         self.oversize_bytes_sent = 0  # bytes of the last ``oversize`` fault body written
+
+    def authorize(self, account_id: str, ttl: float | None = 3600.0) -> tuple[str, str | None]:
+        """The (access, refresh) tokens the API worker would store when a user connects
+        ``account_id`` (an access token living ``ttl`` seconds; None: for ever)."""
+        return self.tokens.issue(ttl)
 
     def handle(self, request: Request) -> Reply:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -127,6 +127,10 @@ class StripeApp(PlatformApp):
                 )
             return self._accounts[account_id]
 
+    def authorize(self, account_id: str, ttl: float | None = None) -> tuple[str, str | None]:
+        """A secret key of ``account_id`` (keys do not expire; no refresh token)."""
+        return self.issue_key(account_id), None
+
     def issue_key(
         self,
         account_id: str = DEFAULT_ACCOUNT,

@@ -79,11 +79,19 @@ class TikTokApp(PlatformApp):
     wire rows (every campaign, deleted ones included)."""
 
     platform = "tiktok"
+    APP_CREDENTIALS = {
+        "TIKTOK_APP_ID": "sandbox-tiktok-app-id",
+        "TIKTOK_CLIENT_SECRET": "sandbox-tiktok-client-secret",
+    }
 
     def __init__(self, **kw: Any):
         super().__init__(**kw)
         self._lock = threading.Lock()
         self._accounts: dict[str, AdvertiserConfig] = {}
+
+    def authorize(self, account_id: str, ttl: float | None = None) -> tuple[str, str | None]:
+        """An advertiser token: it does not expire and comes without a refresh token."""
+        return self.tokens.issue(None)[0], None
 
     # --- configuration ------------------------------------------------------------------
 

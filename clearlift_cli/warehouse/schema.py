@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clearlift_cli.money import to_decimal
+from clearlift_cli.platforms import registry
 from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ SCHEMA_VERSION = 3
 META_TABLE = "clearlift_warehouse_meta"
 # One row per connection: the claim sequence of the latest delivery that wrote its rows.
 FENCE_TABLE = "clearlift_write_fence"
-AD_PLATFORMS = ("google", "facebook", "tiktok")
 
 KINDS = ("text", "bigint", "numeric", "date", "timestamptz", "boolean")
 
@@ -89,8 +89,7 @@ def _owner_columns() -> tuple[Column, ...]:
     )
 
 
-def _campaigns(platform: str) -> Table:
-    name = f"{platform}_ads_campaigns"
+def _campaigns(name: str) -> Table:
     return Table(
         name=name,
         columns=_owner_columns()
@@ -109,8 +108,7 @@ def _campaigns(platform: str) -> Table:
     )
 
 
-def _daily_metrics(platform: str) -> Table:
-    name = f"{platform}_ads_daily_metrics"
+def _daily_metrics(name: str) -> Table:
     return Table(
         name=name,
         columns=_owner_columns()
@@ -134,54 +132,64 @@ def _daily_metrics(platform: str) -> Table:
     )
 
 
-STRIPE_CHARGES = Table(
-    name="stripe_charges",
-    columns=_owner_columns()
-    + (
-        Column("charge_id", "text", True),
-        Column("amount_minor", "bigint", True),
-        Column("amount_refunded_minor", "bigint", True),
-        Column("currency", "text", True),
-        Column("status", "text", True),
-        Column("paid", "boolean", True),
-        Column("customer_id", "text"),
-        Column("created_at", "timestamptz", True),
-        Column("charge_date", "date", True),
-        Column("last_synced_at", "timestamptz", True),
-        # Added in schema 2 (NULL on older rows: count them as captured in full).
-        Column("amount_captured_minor", "bigint"),
-        Column("captured", "boolean"),
-    ),
-    key=("organization_id", "account_id", "charge_id"),
-    indexes=(
-        # rebuild_daily_revenue aggregates one account's days.
-        Index("stripe_charges_org_account_date_idx", ("organization_id", "account_id", "charge_date")),
-        Index("stripe_charges_org_created_idx", ("organization_id", "created_at")),
-    ),
-)
+def _charges(name: str) -> Table:
+    return Table(
+        name=name,
+        columns=_owner_columns()
+        + (
+            Column("charge_id", "text", True),
+            Column("amount_minor", "bigint", True),
+            Column("amount_refunded_minor", "bigint", True),
+            Column("currency", "text", True),
+            Column("status", "text", True),
+            Column("paid", "boolean", True),
+            Column("customer_id", "text"),
+            Column("created_at", "timestamptz", True),
+            Column("charge_date", "date", True),
+            Column("last_synced_at", "timestamptz", True),
+            # Added in schema 2 (NULL on older rows: count them as captured in full).
+            Column("amount_captured_minor", "bigint"),
+            Column("captured", "boolean"),
+        ),
+        key=("organization_id", "account_id", "charge_id"),
+        indexes=(
+            # rebuild_daily_revenue aggregates one account's days.
+            Index(f"{name}_org_account_date_idx", ("organization_id", "account_id", "charge_date")),
+            Index(f"{name}_org_created_idx", ("organization_id", "created_at")),
+        ),
+    )
 
-STRIPE_DAILY_REVENUE = Table(
-    name="stripe_daily_revenue",
-    columns=_owner_columns()
-    + (
-        Column("revenue_date", "date", True),
-        Column("currency", "text", True),
-        Column("gross_minor", "bigint", True),
-        Column("refunded_minor", "bigint", True),
-        Column("net_minor", "bigint", True),
-        Column("charge_count", "bigint", True),
-        Column("last_synced_at", "timestamptz", True),
-    ),
-    key=("organization_id", "account_id", "revenue_date", "currency"),
-    indexes=(Index("stripe_daily_revenue_org_date_idx", ("organization_id", "revenue_date")),),
-)
 
-TABLES: dict[str, Table] = {}
-for _platform in AD_PLATFORMS:
-    TABLES[f"{_platform}_ads_campaigns"] = _campaigns(_platform)
-    TABLES[f"{_platform}_ads_daily_metrics"] = _daily_metrics(_platform)
-TABLES[STRIPE_CHARGES.name] = STRIPE_CHARGES
-TABLES[STRIPE_DAILY_REVENUE.name] = STRIPE_DAILY_REVENUE
+def _daily_revenue(name: str) -> Table:
+    return Table(
+        name=name,
+        columns=_owner_columns()
+        + (
+            Column("revenue_date", "date", True),
+            Column("currency", "text", True),
+            Column("gross_minor", "bigint", True),
+            Column("refunded_minor", "bigint", True),
+            Column("net_minor", "bigint", True),
+            Column("charge_count", "bigint", True),
+            Column("last_synced_at", "timestamptz", True),
+        ),
+        key=("organization_id", "account_id", "revenue_date", "currency"),
+        indexes=(Index(f"{name}_org_date_idx", ("organization_id", "revenue_date")),),
+    )
+
+
+# The tables of each kind of platform, in the order its registry entry names them.
+_SHAPES = {registry.ADS: (_campaigns, _daily_metrics), registry.REVENUE: (_charges, _daily_revenue)}
+
+TABLES: dict[str, Table] = {
+    name: shape(name)
+    for platform in registry.platforms()
+    for name, shape in zip(platform.tables, _SHAPES[platform.kind], strict=True)
+}
+# The revenue tables the warehouse's charge operations write (one revenue platform so far;
+# a second would pass its platform to those operations, as the ads ones do).
+(_REVENUE,) = registry.of_kind(registry.REVENUE)
+STRIPE_CHARGES, STRIPE_DAILY_REVENUE = (TABLES[name] for name in _REVENUE.tables)
 
 
 def table(name: str) -> Table:
@@ -194,17 +202,19 @@ def table(name: str) -> Table:
 
 
 def campaigns_table(platform: str) -> Table:
-    return table(f"{_ad_platform(platform)}_ads_campaigns")
+    return table(_ad_platform(platform).tables[0])
 
 
 def daily_metrics_table(platform: str) -> Table:
-    return table(f"{_ad_platform(platform)}_ads_daily_metrics")
+    return table(_ad_platform(platform).tables[1])
 
 
-def _ad_platform(platform: str) -> str:
-    if platform not in AD_PLATFORMS:
-        raise ValueError(f"unknown ad platform {platform!r} (expected one of {', '.join(AD_PLATFORMS)})")
-    return platform
+def _ad_platform(platform: str) -> registry.Platform:
+    found = registry.find(platform)
+    if found is None or found.kind != registry.ADS:
+        known = ", ".join(p.name for p in registry.of_kind(registry.ADS))
+        raise ValueError(f"unknown ad platform {platform!r} (expected one of {known})")
+    return found
 
 
 # --- values ---------------------------------------------------------------------------------

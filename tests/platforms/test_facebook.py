@@ -19,15 +19,16 @@ from clearlift_cli.errors import (
     TransientError,
 )
 from clearlift_cli.platforms import facebook as facebook_module
-from clearlift_cli.platforms import platform_module
+from clearlift_cli.platforms import registry, versions
 from clearlift_cli.platforms.base import Credentials, PlatformContext
-from clearlift_cli.platforms.facebook import CLIENT, FacebookAdsClient, TokenNotExtended, refresh_token
+from clearlift_cli.platforms.facebook import FacebookAdsClient, TokenNotExtended, refresh_token
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.facebook import EXCHANGED_TOKEN_TTL, FacebookApp
 from clearlift_cli.sandbox.server import SandboxServer
-from clearlift_cli.settings import DEFAULT_FACEBOOK_API_VERSION, resolve
+from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
 
+DEFAULT_VERSION = versions.DEFAULT_VERSIONS["facebook"]
 ACCOUNT = "1234567890"
 SINCE, UNTIL = date(2025, 6, 1), date(2025, 6, 8)
 APP_SECRET = APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
@@ -124,13 +125,13 @@ def time_ranges(app):
 # --- registry, account ids --------------------------------------------------------------
 
 
-def test_module_exposes_client_and_refresh():
-    module = platform_module("facebook")
-    assert module.CLIENT is FacebookAdsClient is CLIENT
-    assert CLIENT.platform == "facebook"
-    windows = (CLIENT.max_window_days, CLIENT.default_lookback_days, CLIENT.attribution_window_days)
+def test_registry_entry_names_client_and_refresh():
+    entry = registry.get("facebook")
+    assert entry.client is FacebookAdsClient and FacebookAdsClient.platform == "facebook"
+    client = entry.client
+    windows = (client.max_window_days, client.default_lookback_days, client.attribution_window_days)
     assert windows == (30, 3, 28)
-    assert module.refresh_token is refresh_token
+    assert entry.refresh_token is refresh_token
 
 
 @pytest.mark.parametrize("given", [ACCOUNT, f"act_{ACCOUNT}", f" act_{ACCOUNT} "])
@@ -140,7 +141,7 @@ def test_account_with_or_without_act_prefix(app, make_client, token, given):
     got = (account.account_id, account.currency, account.time_zone)
     assert got == (ACCOUNT, "EUR", "Europe/Berlin")
     request = app.requests[-1]
-    assert request.path == f"/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}"
+    assert request.path == f"/{DEFAULT_VERSION}/act_{ACCOUNT}"
     assert request.query["access_token"] == token
     assert set(request.query["fields"].split(",")) == {"name", "currency", "timezone_name"}
 
@@ -306,9 +307,9 @@ def test_forced_async_report_flow(app, make_client, clock):
 
     assert as_table(metrics) == expected_metrics(app, SINCE, UNTIL)
     (run_id,) = app.report_run_ids()
-    statuses = app.requests_to(rf"^/{DEFAULT_FACEBOOK_API_VERSION}/{run_id}$")
+    statuses = app.requests_to(rf"^/{DEFAULT_VERSION}/{run_id}$")
     assert len(statuses) == 4  # not started, running, running, completed
-    assert len(app.requests_to(rf"^/{DEFAULT_FACEBOOK_API_VERSION}/{run_id}/insights$")) >= 3
+    assert len(app.requests_to(rf"^/{DEFAULT_VERSION}/{run_id}/insights$")) >= 3
     assert [r.method for r in app.requests_to(rf"/act_{ACCOUNT}/insights$")] == ["POST"]
     assert clock.slept == [1.0, 2.0, 4.0]
 
@@ -633,10 +634,10 @@ def test_sandbox_answers_expired_versions_by_its_clock_with_error_2635(app, serv
         assert (error["code"], error["type"]) == (2635, "OAuthException")
         assert error["message"] == (
             "(#2635) You are calling a deprecated version of the Ads API. "
-            f"Please update to the latest version: {DEFAULT_FACEBOOK_API_VERSION}."
+            f"Please update to the latest version: {DEFAULT_VERSION}."
         )
         assert "error_subcode" not in error
-    assert get("v25.0").status_code == 200 and get(DEFAULT_FACEBOOK_API_VERSION).status_code == 200
+    assert get("v25.0").status_code == 200 and get(DEFAULT_VERSION).status_code == 200
 
 
 # --- "Please reduce the amount of data" (issue 14) ---------------------------------------
@@ -657,7 +658,7 @@ def test_too_much_data_in_either_shape_splits_instead_of_retrying(app, make_clie
 def test_sandbox_too_much_data_is_http_500_code_1_without_subcode(app, server, token):
     app.configure_account(ACCOUNT, max_sync_rows=0)
     reply = requests.get(
-        f"{server.base_url}/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}/insights",
+        f"{server.base_url}/{DEFAULT_VERSION}/act_{ACCOUNT}/insights",
         params={
             "access_token": token,
             "level": "campaign",
@@ -716,7 +717,7 @@ def test_sandbox_a_status_list_missing_a_status_loses_its_rows(app, server, toke
     for r in app.campaign_rows(ACCOUNT):
         by_status.setdefault(r["effective_status"], set()).add(r["id"])
     all_ids = set().union(*by_status.values())
-    base = f"{server.base_url}/{DEFAULT_FACEBOOK_API_VERSION}/act_{ACCOUNT}"
+    base = f"{server.base_url}/{DEFAULT_VERSION}/act_{ACCOUNT}"
 
     def insight_campaigns(statuses=None):
         params = {

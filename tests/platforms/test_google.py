@@ -81,7 +81,7 @@ def make_client(
         connection_settings=connection_settings or {},
         progress=progress,
     )
-    return google.CLIENT(ctx, Credentials(access_token=token, refresh_token=refresh))
+    return google.GoogleAdsClient(ctx, Credentials(access_token=token, refresh_token=refresh))
 
 
 @pytest.fixture

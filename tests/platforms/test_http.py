@@ -11,9 +11,10 @@ from datetime import UTC, date, datetime
 import pytest
 
 from clearlift_cli.errors import PermanentError, TransientError
-from clearlift_cli.platforms import google, tiktok
 from clearlift_cli.platforms.base import Credentials, PlatformContext
+from clearlift_cli.platforms.google import GoogleAdsClient
 from clearlift_cli.platforms.http import MAX_RESPONSE_BYTES, HttpClient, is_loopback
+from clearlift_cli.platforms.tiktok import TikTokAdsClient
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.server import PlatformApp, Reply, SandboxServer
 from clearlift_cli.settings import ENV_NAMES, resolve
@@ -77,7 +78,7 @@ def test_a_cross_host_redirect_is_refused_and_tiktok_access_token_never_reaches_
     ctx = PlatformContext(
         settings=_settings(tmp_path, sandbox), account_id="7012345678901234567", clock=clock
     )
-    client = tiktok.CLIENT(ctx, Credentials(access_token=token))
+    client = TikTokAdsClient(ctx, Credentials(access_token=token))
 
     with pytest.raises(PermanentError) as info:
         list(client.campaigns())
@@ -102,7 +103,7 @@ def test_a_cross_host_redirect_is_refused_and_google_developer_token_never_reach
         location=f"http://user:pw@{elsewhere.base_url[7:]}/v26/customers",
     )
     ctx = PlatformContext(settings=_settings(tmp_path, sandbox), account_id="1234567890", clock=clock)
-    client = google.CLIENT(ctx, Credentials(access_token=token))
+    client = GoogleAdsClient(ctx, Credentials(access_token=token))
 
     with pytest.raises(PermanentError) as info:
         list(client.daily_metrics(date(2024, 5, 1), date(2024, 5, 2)))

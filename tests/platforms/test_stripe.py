@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from clearlift_cli.errors import AuthRevoked, PermanentError, RateLimited, TransientError
-from clearlift_cli.platforms import platform_module
+from clearlift_cli.platforms import registry
 from clearlift_cli.platforms.base import Account, Charge, Credentials, PlatformContext
-from clearlift_cli.platforms.stripe import STRIPE_VERSION, MissingPermission, StripeClient, refresh_token
+from clearlift_cli.platforms.stripe import STRIPE_VERSION, MissingPermission, StripeClient
 from clearlift_cli.sandbox.server import SandboxServer
 from clearlift_cli.sandbox.stripe import DEFAULT_ACCOUNT, DEFAULT_API_VERSION, StripeApp
 from clearlift_cli.settings import resolve
@@ -77,11 +77,11 @@ def _expected(wire) -> list[Charge]:
     ]
 
 
-def test_module_registers_client_and_refresh(ctx, key):
-    module = platform_module("stripe")
-    assert module.CLIENT is StripeClient
-    assert module.CLIENT.platform == "stripe" and module.CLIENT.kind == "revenue"
-    assert refresh_token(ctx, Credentials(key)) is None
+def test_module_registers_client_and_refresh():
+    entry = registry.get("stripe")
+    assert entry.client is StripeClient and entry.kind == StripeClient.kind == "revenue"
+    assert StripeClient.platform == "stripe"
+    assert entry.refresh_token is None  # secret keys do not expire
 
 
 def test_account_reads_currency_timezone_and_name(app, client, key):

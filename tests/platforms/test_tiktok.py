@@ -17,9 +17,9 @@ from clearlift_cli.errors import (
     TokenExpired,
     TransientError,
 )
-from clearlift_cli.platforms import platform_module
+from clearlift_cli.platforms import registry
 from clearlift_cli.platforms.base import Account, Campaign, Credentials, DailyMetric, PlatformContext
-from clearlift_cli.platforms.tiktok import TikTokAdsClient, refresh_token
+from clearlift_cli.platforms.tiktok import TikTokAdsClient
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.server import SandboxServer
 from clearlift_cli.sandbox.tiktok import TikTokApp
@@ -103,10 +103,12 @@ def _status(row) -> str:
 
 
 def test_module_registers_client_and_refresh():
-    module = platform_module("tiktok")
-    assert module.CLIENT is TikTokAdsClient
-    assert module.CLIENT.platform == "tiktok"
-    assert module.refresh_token is refresh_token
+    entry = registry.get("tiktok")
+    assert entry.client is TikTokAdsClient and TikTokAdsClient.platform == "tiktok"
+    # Advertiser tokens do not expire and have no refresh call (tt_user/oauth2/refresh_token
+    # is for TikTok account tokens): nothing renews them, whatever is stored with them
+    # (test_tokens.py runs refresh-tokens over such connections: no request reaches TikTok).
+    assert entry.refresh_token is None and entry.refresh_requires == ()
     assert TikTokAdsClient.max_window_days == 30
 
 
@@ -296,32 +298,6 @@ def test_http_level_errors(app, client, status, expected):
 
     with pytest.raises(expected):
         list(client.campaigns())
-
-
-def test_refresh_never_calls_tiktok_even_with_a_stored_refresh_token(app, ctx, token):
-    """Advertiser tokens do not expire and have no refresh call; tt_user/oauth2/refresh_token
-    is for TikTok account tokens, so a refresh token stored by mistake is ignored."""
-    assert refresh_token(ctx, Credentials(token)) is None
-    assert (
-        refresh_token(
-            ctx,
-            Credentials(
-                token, "tiktok-rt-stored-by-mistake-0001", expires_at=datetime(2024, 6, 1, tzinfo=UTC)
-            ),
-        )
-        is None
-    )
-    assert app.requests == []
-    # The sandbox serves no such endpoint for the Marketing API either.
-    assert TikTokAdsClient(ctx, Credentials(token)).account().currency == "USD"
-
-
-def test_refresh_needs_no_app_credentials(tmp_path, server, clock, app, token):
-    ctx = PlatformContext(
-        settings=_settings(tmp_path, server, app_credentials=False), account_id=ADVERTISER, clock=clock
-    )
-    assert refresh_token(ctx, Credentials(token, "some-refresh-token-0000")) is None
-    assert app.requests == []
 
 
 def test_no_token_in_error_messages(app, ctx):
