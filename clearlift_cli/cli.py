@@ -1,9 +1,10 @@
 """The `clearlift` command: parse options, call one function in ``app``, render the result.
 
 Errors become one line on stderr and an exit code in one place: ``main``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Typer reads every command's signature on
+every run, and string annotations would be ``eval``-ed one by one (~500 of them, 15 ms).
+"""
 
 import json
 import signal

@@ -14,7 +14,6 @@ import logging
 import os
 import stat
 import threading
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -227,6 +226,8 @@ def _read_config(path: Path, explicit: bool) -> dict[str, object]:
         if explicit:
             raise ConfigError(f"config file {path} does not exist")
         return {}
+    import tomllib  # here: most runs have no config file (start-up)
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
