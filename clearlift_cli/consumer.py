@@ -18,10 +18,10 @@ import socket
 import sqlite3
 import threading
 import time as _time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import date, timedelta
 from typing import Any
 
 from clearlift_cli.crypto import FieldCipher
@@ -42,13 +42,13 @@ from clearlift_cli.errors import (
 )
 from clearlift_cli.models import ClaimedMessage, Connection
 from clearlift_cli.platforms import registry
-from clearlift_cli.platforms.base import AdsClient, Charge
+from clearlift_cli.platforms.base import Slice
 from clearlift_cli.platforms.deadline import JobScope, job_scope
 from clearlift_cli.queue import RATE_LIMIT_NOTE, SqliteQueue
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store
-from clearlift_cli.timeutil import UTC, iso_z
+from clearlift_cli.timeutil import iso_z
 from clearlift_cli.tokens import decrypt_credentials, platform_context, refresh_connection
 from clearlift_cli.warehouse import open_warehouse
 from clearlift_cli.warehouse.base import RowOwner, Warehouse
@@ -122,17 +122,6 @@ def date_slices(since: date, until: date, max_days: int | None) -> list[tuple[da
         end = min(until, start + timedelta(days=max_days - 1))
         out.append((start, end))
         start = end + timedelta(days=1)
-    return out
-
-
-def date_runs(days) -> list[tuple[date, date]]:
-    """Sorted runs of consecutive dates, each as (first, last)."""
-    out: list[tuple[date, date]] = []
-    for day in sorted(set(days)):
-        if out and day == out[-1][1] + timedelta(days=1):
-            out[-1] = (out[-1][0], day)
-        else:
-            out.append((day, day))
     return out
 
 
@@ -471,85 +460,35 @@ class Consumer:
         slices = date_slices(since, until, client_class.max_window_days)
         done, records = self.store.slice_progress(msg.job_id)
         total_slices = len(slices)
-        is_ads = issubclass(client_class, AdsClient)
-        # A single-writer warehouse (embedded SQLite): fetch a slice before taking its lock,
-        # or concurrent jobs would wait on each other's HTTP calls. PostgreSQL streams the
-        # slice (flat memory) while it fetches.
-        buffer_slices = self.warehouse.single_writer
         for i, (s, e) in enumerate(slices):
             if s.isoformat() in done:
                 continue
             progress(f"slice {i + 1}/{total_slices} {s}..{e}", i, total_slices)
             synced_at = self.clock.now()
 
-            def write_slice(aid, c, first=(i == 0), s=s, e=e, synced_at=synced_at):
-                account = accounts[aid]
+            def load_slice(aid, c, first=(i == 0), s=s, e=e, synced_at=synced_at):
                 owner = RowOwner(conn.organization_id, conn.id, aid)
-                if is_ads:
-                    campaigns = c.campaigns() if first else iter(())
-                    metrics = c.daily_metrics(s, e)
-                    if buffer_slices:
-                        campaigns, metrics = list(campaigns), list(metrics)
-                    with self.warehouse.transaction(write_seq=claimed.claim_seq) as w:
-                        n = (
-                            w.upsert_campaigns(conn.platform, owner, account, campaigns, synced_at)
-                            if first
-                            else 0
-                        )
-                        return n + w.upsert_daily_metrics(conn.platform, owner, account, metrics, synced_at)
-                start = datetime.combine(s, datetime.min.time(), window.start.tzinfo)
-                end = datetime.combine(e + timedelta(days=1), datetime.min.time(), window.start.tzinfo)
-                start, end = max(start, window.start), min(end, window.end)
-                # Whole days in the account's time zone, so each revenue row rebuilt below
-                # sums every charge of its day, not just those in the window.
-                first_day = _local_date(start, account.time_zone)
-                last_day = _local_date(end - timedelta(microseconds=1), account.time_zone)
-                start = _local_midnight(first_day, account.time_zone)
-                end = min(self.clock.now(), _local_midnight(last_day + timedelta(days=1), account.time_zone))
-                charges = c.charges(start, end)
-                if buffer_slices:
-                    charges = list(charges)
-                with self.warehouse.transaction(write_seq=claimed.claim_seq) as w:
-                    n = w.upsert_charges(owner, account, charges, synced_at)
-                    return n + w.rebuild_daily_revenue(owner, account, first_day, last_day, synced_at)
+                part = Slice(owner, accounts[aid], s, e, window, first, synced_at)
+                return c.load_slice(part, self.warehouse, write_seq=claimed.claim_seq)
 
-            n = sum(each_account(write_slice, only=list(accounts)).values())
+            n = sum(each_account(load_slice, only=list(accounts)).values())
             records += n
             # A slice counts as done only when every account has it: a retry redoes the rest.
             if not failed:
                 self.store.record_slice(msg.job_id, conn.id, s.isoformat(), e.isoformat(), n)
         if failed:
             raise _accounts_failed(conn.platform, ids, failed, records)
-        if not is_ads:
-            progress("late refunds", total_slices, total_slices)
+        if client_class.after_slices_phase:  # e.g. revenue's late refunds
+            progress(client_class.after_slices_phase, total_slices, total_slices)
             for aid, account in accounts.items():
                 owner = RowOwner(conn.organization_id, conn.id, aid)
                 records += with_refresh(
-                    lambda c, aid=aid, owner=owner, account=account: self._late_refunds(
-                        c.for_account(aid), owner, account, window
+                    lambda c, aid=aid, owner=owner, account=account: c.for_account(aid).load_after_slices(
+                        owner, account, window, self.warehouse
                     )
                 )
         progress("completed", total_slices, total_slices)
         return records
-
-    def _late_refunds(self, client, owner: RowOwner, account, window) -> int:
-        """Refunds created in the job's window on charges created before it (a refund made
-        weeks after the sale): update those charges where they are stored and rebuild the
-        revenue of their days. Charges created in the window were just read afresh."""
-        until = min(window.end, self.clock.now())
-        if until <= window.start:
-            return 0
-        synced_at = self.clock.now()
-        charges: Iterable[Charge] = (
-            ch for ch in client.refunded_charges(window.start, until) if ch.created_at < window.start
-        )
-        if self.warehouse.single_writer:
-            charges = list(charges)
-        with self.warehouse.transaction() as w:
-            n, days = w.update_stored_charges(owner, account, charges, synced_at)
-            for first, last in date_runs(days):
-                n += w.rebuild_daily_revenue(owner, account, first, last, synced_at)
-        return n
 
     # -- endings (each one store transaction, fenced by the lease) -------------------------
 
@@ -706,27 +645,6 @@ def _with_records(metadata: str | None, records: int) -> str:
         return json.dumps(data, allow_nan=False)
     except ValueError:  # NaN / Infinity from elsewhere: the API worker's JSON.parse refuses them
         return json.dumps({"records_synced": records})
-
-
-def _local_midnight(day: date, tz_name: str) -> datetime:
-    """The instant ``day`` starts in ``tz_name`` (UTC when the zone is unknown)."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    tz: tzinfo
-    try:
-        tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = UTC
-    return datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
-
-
-def _local_date(dt: datetime, tz_name: str) -> date:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        return dt.astimezone(ZoneInfo(tz_name)).date()
-    except (ZoneInfoNotFoundError, ValueError):
-        return dt.date()
 
 
 __all__ = ["Consumer", "ConsumeResult", "JobOutcome", "date_slices", "fail_jobs"]

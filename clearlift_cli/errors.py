@@ -183,6 +183,12 @@ class AccountUnavailable(PermanentError):
         self.account_id = account_id
 
 
+class UnknownTimeZone(PermanentError):
+    """A time zone clearlift computes days with (the account's, or a connection's
+    ``settings.time_zone``) is not an IANA zone name: a configuration error, so the job fails
+    at once and is not retried (retrying cannot correct it)."""
+
+
 class BadRow(PermanentError):
     """A row in the store clearlift cannot use (an unreadable timestamp, an unknown
     platform): the job fails now, since retrying cannot help until the row is fixed."""

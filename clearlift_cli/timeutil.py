@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
 UTC = UTC
@@ -122,3 +123,14 @@ class FrozenClock(Clock):
 
 
 SYSTEM_CLOCK = Clock()
+
+
+def date_runs(days: Iterable[date]) -> list[tuple[date, date]]:
+    """Sorted runs of consecutive dates, each as (first, last)."""
+    out: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if out and day == out[-1][1] + timedelta(days=1):
+            out[-1] = (out[-1][0], day)
+        else:
+            out.append((day, day))
+    return out

@@ -66,6 +66,7 @@ def platform_context(settings: Settings, store: Store, conn: Connection, **kw) -
     return PlatformContext(
         settings=settings,
         account_id=conn.account_id,
+        connection_id=conn.id,
         connection_settings=conn_settings,
         clock=store.clock,
         **kw,

@@ -96,10 +96,6 @@ class Platform:
         return _load(self.sandbox_ref)
 
     @property
-    def is_ads(self) -> bool:
-        return self.kind == ADS
-
-    @property
     def settings(self) -> tuple[Setting, ...]:
         """Every setting the platform reads."""
         version = (self.api.setting,) if self.api and self.api.setting else ()

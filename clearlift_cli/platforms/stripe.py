@@ -44,6 +44,7 @@ from clearlift_cli.platforms.base import (
     Credentials,
     PlatformContext,
     RevenueClient,
+    time_zone,
 )
 from clearlift_cli.platforms.http import Response, client_for, short
 
@@ -190,16 +191,12 @@ class StripeClient(RevenueClient):
         value = (self.ctx.connection_settings or {}).get(TIME_ZONE_SETTING)
         if value is None or value == "":
             return None
-        from zoneinfo import ZoneInfo  # here: status imports this module for its defaults
-
-        try:
-            ZoneInfo(str(value))
-        except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
-            raise PermanentError(
-                f"stripe: settings.{TIME_ZONE_SETTING} {str(value)[:64]!r} is not an IANA time "
-                'zone name (e.g. "America/New_York")',
-                platform=PLATFORM,
-            ) from None
+        time_zone(
+            str(value),
+            platform=PLATFORM,
+            connection_id=self.ctx.connection_id,
+            what=f"settings.{TIME_ZONE_SETTING}",
+        )
         return str(value)
 
     def account(self) -> Account:
