@@ -18,7 +18,9 @@ connection forever. Each ``schedule`` run therefore:
   ``failed`` with an error saying why, so its connection is due again (in the same run).
 
 Concurrent schedulers cannot adopt a row twice: the work runs under the scheduling lock,
-each row is re-checked inside the transaction, and ``sync_queue.job_id`` is unique.
+each row is re-checked inside the transaction, and ``sync_queue.job_id`` is unique. The
+rules are here; the reads and writes are the store's (``orphan_jobs``, ``adopt_job``,
+``close_job``), on every backend including the live D1.
 """
 
 from __future__ import annotations
@@ -29,11 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from clearlift_cli.errors import Conflict
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
 from clearlift_cli.platforms import registry
-from clearlift_cli.queue import SqliteQueue
-from clearlift_cli.store import IntegrityError, Store
+from clearlift_cli.store import Store
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import iso_z, parse_ts
 
 log = logging.getLogger("clearlift.schedule")
@@ -48,16 +49,6 @@ log = logging.getLogger("clearlift.schedule")
 STALE_RUNNING_AFTER = timedelta(hours=1)
 
 _CHUNK = 500
-
-_ORPHANS = """
-    SELECT j.id, j.status, j.job_type, j.connection_id, j.created_at, j.started_at,
-           j.updated_at, j.metadata, c.id AS conn_id, c.organization_id AS conn_org,
-           c.platform, c.account_id, c.is_active, c.needs_reauth
-      FROM sync_jobs j LEFT JOIN platform_connections c ON c.id = j.connection_id
-     WHERE j.status IN ('pending', 'running')
-       AND NOT EXISTS (SELECT 1 FROM sync_queue q WHERE q.job_id = j.id
-                        AND q.state IN ('ready', 'leased'))
-"""
 
 
 @dataclass
@@ -103,7 +94,7 @@ def last_sign_of_life(row: Any) -> datetime | None:
 
 def adopt_orphan_jobs(
     store: Store,
-    queue: SqliteQueue,
+    queue: Queue,
     now: datetime,
     *,
     window_days: int,
@@ -111,7 +102,7 @@ def adopt_orphan_jobs(
 ) -> AdoptionResult:
     """Adopt pending rows with no live queue message and close abandoned running ones."""
     result = AdoptionResult()
-    rows = store.read(_ORPHANS)
+    rows = store.orphan_jobs()
     if not rows:
         return result
     rows = sorted(rows, key=lambda r: (_sort_key(r["created_at"]), r["id"]))
@@ -120,9 +111,9 @@ def adopt_orphan_jobs(
             store.lock_scheduling(c)
             for row in rows[i : i + _CHUNK]:
                 if row["status"] == "pending":
-                    _adopt_one(c, queue, row, now, window_days, result)
+                    _adopt_one(store, c, queue, row, now, window_days, result)
                 else:
-                    _close_if_abandoned(c, row, now, stale_after, result)
+                    _close_if_abandoned(store, c, row, now, stale_after, result)
     return result
 
 
@@ -134,20 +125,16 @@ def _sort_key(value: Any) -> float:
     return ts.timestamp() if ts else float("-inf")
 
 
-_LIVE_FOR_JOB = (
-    "NOT EXISTS (SELECT 1 FROM sync_queue q WHERE q.job_id = sync_jobs.id AND q.state IN ('ready', 'leased'))"
-)
-
-
 def _adopt_one(
-    c: Any, queue: SqliteQueue, row: Any, now: datetime, window_days: int, result: AdoptionResult
+    store: Store, c: Any, queue: Queue, row: Any, now: datetime, window_days: int, result: AdoptionResult
 ) -> None:
     job_id = row["id"]
     if row["conn_id"] is None:
-        _fail(c, row, now, "Connection no longer exists; job dropped", result, status="pending")
+        _fail(store, c, row, now, "Connection no longer exists; job dropped", result, status="pending")
         return
     if not registry.is_known(row["platform"]):
         _fail(
+            store,
             c,
             row,
             now,
@@ -182,29 +169,11 @@ def _adopt_one(
         created_at=created,
         priority=priority,
     )
-    # A savepoint per row: on PostgreSQL a unique violation (a racing `queue retry`) would
-    # otherwise abort the whole transaction, and an adoption that cannot enqueue must leave
-    # the row exactly as it was.
-    c.execute("SAVEPOINT clearlift_adopt")
-    try:
-        n = c.execute(
-            f"UPDATE sync_jobs SET metadata = ?, updated_at = ? "
-            f"WHERE id = ? AND status = 'pending' AND {_LIVE_FOR_JOB}",
-            (adopted_metadata(row["metadata"], at=stamp, window=window, priority=priority), stamp, job_id),
-        ).rowcount
-        if n == 1:
-            try:
-                queue.enqueue(c, message)
-            except Conflict:
-                if not _revive(c, queue, message):
-                    raise
-    except (Conflict, IntegrityError):
-        c.execute("ROLLBACK TO SAVEPOINT clearlift_adopt")
-        c.execute("RELEASE SAVEPOINT clearlift_adopt")
+    metadata = adopted_metadata(row["metadata"], at=stamp, window=window, priority=priority)
+    outcome = store.adopt_job(c, queue, job_id, message, metadata)
+    if outcome == "busy":
         result.waiting.append((job_id, "connection already has a queued or running job"))
-        return
-    c.execute("RELEASE SAVEPOINT clearlift_adopt")
-    if n == 1:
+    elif outcome == "adopted":
         result.adopted.append(job_id)
         log.info(
             "adopted pending job %s of %s (no queue message): queued, %s .. %s",
@@ -214,26 +183,8 @@ def _adopt_one(
         )
 
 
-def _revive(c: Any, queue: SqliteQueue, message: SyncJobMessage) -> bool:
-    """The pending job still has its old message, done or dead: make that one ready again
-    with the new body (its job id is unique in the queue). False when the connection has
-    another live message."""
-    now = queue.clock.time()
-    stamp = iso_z(queue.clock.now())
-    return (
-        c.execute(
-            "UPDATE sync_queue SET state = 'ready', body = ?, priority = ?, visible_at = ?, attempts = 0, "
-            "lease_owner = NULL, lease_token = NULL, last_error = NULL, finished_at = NULL, updated_at = ? "
-            "WHERE job_id = ? AND state IN ('done', 'dead') AND NOT EXISTS (SELECT 1 FROM sync_queue q "
-            "WHERE q.connection_id = ? AND q.state IN ('ready', 'leased'))",
-            (message.dumps(), message.priority.rank, now, stamp, message.job_id, message.connection_id),
-        ).rowcount
-        == 1
-    )
-
-
 def _close_if_abandoned(
-    c: Any, row: Any, now: datetime, stale_after: timedelta, result: AdoptionResult
+    store: Store, c: Any, row: Any, now: datetime, stale_after: timedelta, result: AdoptionResult
 ) -> None:
     seen = last_sign_of_life(row)
     if seen is not None and now - seen < stale_after:
@@ -245,32 +196,17 @@ def _close_if_abandoned(
         f"belongs to the retired Cloudflare workers); closed by clearlift after {hours:g} h "
         "without a sign of life, the connection is synced again"
     )
-    _fail(c, row, now, error, result, status="running")
+    _fail(store, c, row, now, error, result, status="running")
 
 
-def _fail(c: Any, row: Any, now: datetime, error: str, result: AdoptionResult, *, status: str) -> None:
-    """Close the job as failed, guarded: only if it is still ``status``, still has no live
-    message and (for running rows) has not moved since it was read."""
-    stamp = iso_z(now)
-    n = c.execute(
-        "UPDATE sync_jobs SET status = 'failed', completed_at = ?, error_message = ?, updated_at = ?, "
-        f"current_phase = 'failed' WHERE id = ? AND status = ? AND {_LIVE_FOR_JOB} "
-        "AND coalesce(updated_at, '') = coalesce(CAST(? AS TEXT), '')",
-        (stamp, error, stamp, row["id"], status, row["updated_at"]),
-    ).rowcount
-    if n != 1:
-        return
-    if row["conn_id"] is not None:
-        # The dead worker left its connection "syncing": say what happened, unless a live
-        # job of clearlift's own is syncing it now.
-        c.execute(
-            "UPDATE platform_connections SET sync_status = 'failed', sync_error = ? "
-            "WHERE id = ? AND sync_status = 'syncing' AND NOT EXISTS (SELECT 1 FROM sync_queue q "
-            "WHERE q.connection_id = ? AND q.state IN ('ready', 'leased'))",
-            (error, row["conn_id"], row["conn_id"]),
-        )
-    result.closed.append(row["id"])
-    log.warning("closed job %s of %s as failed: %s", row["id"], row["connection_id"], error)
+def _fail(
+    store: Store, c: Any, row: Any, now: datetime, error: str, result: AdoptionResult, *, status: str
+) -> None:
+    """Close the job as failed (the store guards it: still ``status``, no live message, not
+    moved since it was read)."""
+    if store.close_job(c, row, error, status=status):
+        result.closed.append(row["id"])
+        log.warning("closed job %s of %s as failed: %s", row["id"], row["connection_id"], error)
 
 
 __all__ = [

@@ -16,9 +16,9 @@ from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
 from clearlift_cli.errors import ClearliftError, UsageError
 from clearlift_cli.platforms import registry
-from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.settings import Settings
-from clearlift_cli.store import Store, open_store
+from clearlift_cli.store import Store, is_postgres, open_store_for
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import SYSTEM_CLOCK, UTC, Clock, iso_from_epoch, iso_z, parse_ts
 
 # A token expiry outside these years is a typo, not a token (and the year 1 or 9999 would
@@ -35,7 +35,7 @@ _ACCOUNT_ID_OK = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 
 
 def store_for(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Store:
-    store = open_store(settings.db, clock=clock, pg_limits=settings.pg_limits())
+    store = open_store_for(settings, clock=clock)
     store.require_schema()
     return store
 
@@ -46,7 +46,7 @@ def init(settings: Settings, *, warehouse: bool = True, clock: Clock = SYSTEM_CL
         from clearlift_cli.warehouse import check_url
 
         check_url(settings.warehouse_url)  # a bad URL creates nothing, the store included
-    store = open_store(settings.db, clock=clock, create=True, pg_limits=settings.pg_limits())
+    store = open_store_for(settings, clock=clock, create=True)
     try:
         changes = store.migrate()
     finally:
@@ -122,13 +122,7 @@ def add_connection(
         # Tokens sealed with a wrong key would be unreadable for the API worker and for us.
         refuse_a_wrong_key(
             cipher,
-            [
-                r[0]
-                for r in store.read(
-                    "SELECT credentials_encrypted FROM platform_connections "
-                    "WHERE credentials_encrypted IS NOT NULL LIMIT 20"
-                )
-            ],
+            store.stored_ciphertexts(20),
             "stored connections'",
             "nothing was written",
         )
@@ -154,7 +148,7 @@ def schedule(settings: Settings, *, clock: Clock = SYSTEM_CLOCK):
     store = store_for(settings, clock=clock)
     try:
         with _recorded(store, "schedule") as run:
-            result = scheduler.schedule(store, SqliteQueue(store))
+            result = scheduler.schedule(store, Queue(store))
             run.summary = result.summary()
         return result
     finally:
@@ -186,19 +180,12 @@ def sync_now(
             cipher = FieldCipher(settings.key_bytes())
             refuse_a_wrong_key(
                 cipher,
-                [
-                    r[0]
-                    for r in store.read(
-                        "SELECT credentials_encrypted FROM platform_connections WHERE credentials_encrypted IS NOT NULL "
-                        "ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 20",
-                        (connection_id,),
-                    )
-                ],
+                store.stored_ciphertexts(20, first=connection_id),
                 "stored connections'",
                 "nothing was enqueued",
             )
             check_url(settings.warehouse_url)
-        return scheduler.enqueue_manual(store, SqliteQueue(store), connection_id, since=since, until=until)
+        return scheduler.enqueue_manual(store, Queue(store), connection_id, since=since, until=until)
     finally:
         store.close()
 
@@ -214,7 +201,7 @@ def run_job_here(settings: Settings, job_id: str, *, on_progress=None, clock: Cl
     except ClearliftError as exc:
         store = store_for(settings, clock=clock)
         try:
-            withdrawn = SqliteQueue(store).withdraw_unclaimed(job_id)
+            withdrawn = Queue(store).withdraw_unclaimed(job_id)
         finally:
             store.close()
         if withdrawn:
@@ -299,14 +286,7 @@ def _check_consume_config(store: Store, consumer) -> None:
 
     refuse_a_wrong_key(
         consumer.cipher,
-        [
-            r[0]
-            for r in store.read(
-                "SELECT DISTINCT c.credentials_encrypted FROM sync_queue q "
-                "JOIN platform_connections c ON c.id = q.connection_id "
-                "WHERE q.state IN ('ready', 'leased') AND c.credentials_encrypted IS NOT NULL LIMIT 20"
-            )
-        ],
+        store.queued_ciphertexts(20),
         "queued connections'",
         "no job was claimed",
     )
@@ -373,17 +353,17 @@ def _recorded(store: Store, command: str) -> Iterator[_Run]:
 
 def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOCK):
     """Copy the SQLite store into the PostgreSQL control plane at ``to_url``; returns a
-    ``store_pg.CopyResult`` (what was copied, already there, renumbered, not copied)."""
-    from clearlift_cli.store_pg import PgStore, copy_store
+    ``store.postgres.CopyResult`` (what was copied, already there, renumbered, not copied)."""
+    from clearlift_cli.store.postgres import PgEngine, copy_store
 
-    if not to_url.startswith(("postgresql://", "postgres://")):
+    if not is_postgres(to_url):
         raise UsageError("--to must be a postgresql:// URL")
-    if settings.db.startswith(("postgresql://", "postgres://")):
+    if is_postgres(settings.db) or settings.db.startswith("d1://"):
         raise UsageError("the source store (--db / CLEARLIFT_DB) must be a SQLite file")
     src = store_for(settings, clock=clock)
-    dst = PgStore(to_url, clock=clock, limits=settings.pg_limits())
+    dst = PgEngine(to_url, clock=clock, limits=settings.pg_limits())
     try:
-        return copy_store(src, dst)
+        return copy_store(src.engine, dst)
     finally:
         src.close()
         dst.close()
@@ -392,7 +372,7 @@ def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOC
 def queue_stats(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     store = store_for(settings, clock=clock)
     try:
-        s = SqliteQueue(store).stats()
+        s = Queue(store).stats()
         pauses = store.platform_pauses()
     finally:
         store.close()
@@ -448,7 +428,7 @@ def unpause_platform(settings: Settings, platform: str, *, clock: Clock = SYSTEM
     try:
         with store.write() as c:
             was_paused = store.lift_platform_pause(c, platform)
-            released = SqliteQueue(store).release_deferred(c, platform)
+            released = Queue(store).release_deferred(c, platform)
     finally:
         store.close()
     return Unpaused(platform, was_paused, released)

@@ -685,11 +685,11 @@ def queue_dead(
 ) -> None:
     """List dead letters with their last error.  Example:  clearlift queue dead --limit 20"""
     from clearlift_cli import app as core
-    from clearlift_cli.queue import SqliteQueue
     from clearlift_cli.render import dead_table
+    from clearlift_cli.store.queue import Queue
 
     store = core.store_for(_settings(db, None, home, config))
-    rows = SqliteQueue(store).dead_letters(limit)
+    rows = Queue(store).dead_letters(limit)
     if as_json:
         _print_json([dict(r) for r in rows])
     else:
@@ -709,12 +709,12 @@ def queue_retry(
     Examples:  clearlift queue retry 42      clearlift queue retry --all
     """
     from clearlift_cli import app as core
-    from clearlift_cli.queue import SqliteQueue
+    from clearlift_cli.store.queue import Queue
 
     if bool(ref) == all_:
         raise UsageError("give one dead letter id (or job id), or --all")
     store = core.store_for(_settings(db, None, home, config))
-    result = SqliteQueue(store).requeue_dead(None if all_ else ref)
+    result = Queue(store).requeue_dead(None if all_ else ref)
     print(
         f"re-queued {len(result.requeued)} job(s)"
         + (f", skipped {len(result.skipped)}:" if result.skipped else "")
@@ -845,17 +845,26 @@ def demo(
             "--home", help="Keep the demo's store and warehouse here (default: a temporary directory)."
         ),
     ] = None,
+    d1: Annotated[
+        bool,
+        typer.Option(
+            "--d1",
+            help="Keep ClearLift's tables in a sandbox D1 reached over Cloudflare's REST API (as with "
+            "CLEARLIFT_DB=d1://…), clearlift's own in control.db.",
+        ),
+    ] = False,
 ) -> None:
     """The whole pipeline on this machine with no accounts: sandbox APIs on loopback,
     embedded store and warehouse.
 
     Example:  clearlift demo --home /tmp/cl-demo && CLEARLIFT_HOME=/tmp/cl-demo clearlift status
+    Example:  clearlift demo --d1        (the same through a sandbox D1)
     """
     from clearlift_cli import logsetup
     from clearlift_cli.demo import run_demo
 
     logsetup.configure(verbosity=_state["verbosity"] - 1, fmt=_state["log_format"])
-    run_demo(home, _console())
+    run_demo(home, _console(), d1=d1)
 
 
 @sandbox_app.command("serve")

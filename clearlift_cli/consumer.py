@@ -11,11 +11,9 @@ fenced by the lease.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time as _time
 from collections.abc import Callable
@@ -44,11 +42,10 @@ from clearlift_cli.models import ClaimedMessage, Connection
 from clearlift_cli.platforms import registry
 from clearlift_cli.platforms.base import Slice
 from clearlift_cli.platforms.deadline import JobScope, job_scope
-from clearlift_cli.queue import RATE_LIMIT_NOTE, SqliteQueue
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store
-from clearlift_cli.timeutil import iso_z
+from clearlift_cli.store.queue import RATE_LIMIT_NOTE, Queue
 from clearlift_cli.tokens import decrypt_credentials, platform_context, refresh_connection
 from clearlift_cli.warehouse import open_warehouse
 from clearlift_cli.warehouse.base import RowOwner, Warehouse
@@ -97,22 +94,6 @@ class ConsumeResult:
         }
 
 
-def fail_jobs(c: sqlite3.Connection, items: list[tuple[str, str]], now_iso: str) -> None:
-    """Mark jobs failed and their connections failed (inside the caller's transaction)."""
-    for job_id, error in items:
-        error = redact(error or "failed")
-        c.execute(
-            "UPDATE sync_jobs SET status = 'failed', completed_at = ?, error_message = ?, "
-            "updated_at = ?, current_phase = 'failed' WHERE id = ?",
-            (now_iso, error, now_iso, job_id),
-        )
-        c.execute(
-            "UPDATE platform_connections SET sync_status = 'failed', sync_error = ? "
-            "WHERE id = (SELECT connection_id FROM sync_jobs WHERE id = ?)",
-            (error, job_id),
-        )
-
-
 def date_slices(since: date, until: date, max_days: int | None) -> list[tuple[date, date]]:
     """Split since..until (inclusive) into consecutive slices of at most ``max_days``."""
     if max_days is None or max_days <= 0:
@@ -139,7 +120,7 @@ class Consumer:
         self.settings = settings
         self.store = store
         self.clock = store.clock
-        self.queue = SqliteQueue(store, on_dead=self._on_dead)
+        self.queue = Queue(store)
         self._warehouse = warehouse
         self._warehouse_lock = threading.Lock()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -151,7 +132,6 @@ class Consumer:
         self._scopes: dict[str, JobScope] = {}  # job id -> the scope of its running job
         self._scopes_lock = threading.Lock()
         self._cipher: FieldCipher | None = None
-        self._has_onboarding = store.has_table("onboarding_progress")
 
     # -- resources ------------------------------------------------------------------------
 
@@ -174,9 +154,6 @@ class Consumer:
         """Close the warehouse if this consumer opened one."""
         if self._warehouse is not None:
             self._warehouse.close()
-
-    def _on_dead(self, c: sqlite3.Connection, items: list[tuple[str, str]]) -> None:
-        fail_jobs(c, items, iso_z(self.clock.now()))
 
     def stop(self) -> None:
         """SIGTERM: claim no more; running jobs get the stop grace to finish. A second call
@@ -357,7 +334,8 @@ class Consumer:
             )
         previous_status = conn.sync_status
         try:
-            self.store.start_job(msg.job_id, conn.id)
+            if not self.store.start_job(msg.job_id, conn.id):
+                return self._already_finished(claimed, outcome)
             records = self._sync(claimed, conn)
         except RateLimited as exc:
             return self._defer(claimed, conn, exc, previous_status, outcome)
@@ -389,15 +367,15 @@ class Consumer:
         if creds.expires_at and creds.expires_at <= now + EXPIRY_SLACK:
             creds = refresh_connection(self.settings, self.store, self.cipher, conn) or creds
         client_class = registry.get(conn.platform).client
-        # start_job has just written the phase: the store hears of progress at most once a
-        # second after that (a short job writes none; its completion says it all).
+        # start_job has just written the phase: the store hears of progress at most every
+        # progress_every seconds after that (a short job writes none; its completion says it all).
         last_progress = [_time.monotonic()]
 
         def progress(phase: str, done: int, total: int | None) -> None:
             if self.on_progress:
                 self.on_progress(msg.job_id, phase, done, total)
             t = _time.monotonic()
-            if t - last_progress[0] >= 1.0:
+            if t - last_progress[0] >= self.store.progress_every:
                 last_progress[0] = t
                 self.store.job_progress(msg.job_id, phase, done, total)
 
@@ -493,128 +471,52 @@ class Consumer:
     # -- endings (each one store transaction, fenced by the lease) -------------------------
 
     def _complete(self, claimed: ClaimedMessage, conn: Connection, records: int, outcome) -> JobOutcome:
-        msg = claimed.message
-        now_iso = iso_z(self.clock.now())
-        with self.store.write() as c:
-            if not self.queue.ack(c, claimed):
-                return outcome(
-                    "stale", records, "lease lost before completion; another consumer owns the job"
-                )
-            row = c.execute("SELECT metadata FROM sync_jobs WHERE id = ?", (msg.job_id,)).fetchone()
-            c.execute(
-                """
-                UPDATE sync_jobs SET status = 'completed', completed_at = ?, updated_at = ?,
-                       records_synced = ?, total_records = ?, progress_percentage = 100,
-                       current_phase = 'completed', error_message = NULL, metadata = ?
-                 WHERE id = ?
-                """,
-                (
-                    now_iso,
-                    now_iso,
-                    records,
-                    records,
-                    _with_records(row[0] if row else None, records),
-                    msg.job_id,
-                ),
-            )
-            c.execute(
-                """
-                UPDATE platform_connections
-                   SET last_synced_at = ?, sync_status = 'completed', sync_error = NULL,
-                       needs_reauth = 0, reauth_reason = NULL, reauth_detected_at = NULL,
-                       consecutive_auth_failures = 0
-                 WHERE id = ?
-                """,
-                (now_iso, conn.id),
-            )
-            if self._has_onboarding and conn.connected_by:
-                c.execute(
-                    """
-                    UPDATE onboarding_progress
-                       SET first_sync_completed = 1, current_step = 'completed',
-                           completed_at = coalesce(completed_at, ?), updated_at = ?
-                     WHERE user_id = ? AND organization_id = ?
-                       AND (coalesce(first_sync_completed, 0) = 0 OR current_step != 'completed')
-                    """,
-                    (now_iso, now_iso, conn.connected_by, conn.organization_id),
-                )
+        if not self.store.complete_job(self.queue, claimed, conn, records):
+            return outcome("stale", records, "lease lost before completion; another consumer owns the job")
         return outcome("completed", records)
+
+    def _already_finished(self, claimed: ClaimedMessage, outcome) -> JobOutcome:
+        """The job row is completed or failed already (its ending was written, then the
+        process died before the message was acked): ack it, run nothing again."""
+        with self.store.write() as c:
+            self.queue.ack(c, claimed)
+        return outcome("stale", 0, "the job had already finished; its message is acknowledged")
 
     def _fail_now(
         self, claimed, error: str, outcome, *, dropped: bool = False, touch_connection: bool = True
     ) -> JobOutcome:
-        msg = claimed.message
         error = redact(error)
-        now_iso = iso_z(self.clock.now())
-        with self.store.write() as c:
-            if not self.queue.dead_letter(c, claimed, error):
-                return outcome("stale", 0, error)
-            if touch_connection:
-                fail_jobs(c, [(msg.job_id, error)], now_iso)
-            else:
-                c.execute(
-                    "UPDATE sync_jobs SET status = 'failed', completed_at = ?, error_message = ?, "
-                    "updated_at = ?, current_phase = 'failed' WHERE id = ?",
-                    (now_iso, error, now_iso, msg.job_id),
-                )
+        if not self.store.fail_job(self.queue, claimed, error, touch_connection=touch_connection):
+            return outcome("stale", 0, error)
         return outcome("dropped" if dropped else "failed", 0, error)
 
     def _retry(self, claimed, error: str, previous_status: str | None, outcome) -> JobOutcome:
-        msg = claimed.message
         error = redact(error)
-        now_iso = iso_z(self.clock.now())
-        with self.store.write() as c:
-            state = self.queue.retry(c, claimed, error)  # out of attempts: on_dead fails the job
-            if state == "dead":
-                return outcome("failed", 0, error)
-            if state == "ready":
-                self._back_to_pending(c, msg.job_id, msg.connection_id, error, previous_status, now_iso)
+        # out of attempts: the queue dead-letters it and the store fails the job
+        state = self.store.retry_job(self.queue, claimed, error, previous_status)
+        if state == "dead":
+            return outcome("failed", 0, error)
         return outcome("retry" if state == "ready" else "stale", 0, error)
 
     def _defer(self, claimed, conn: Connection, exc: RateLimited, previous_status, outcome) -> JobOutcome:
-        msg = claimed.message
         # Short hints were already waited out in place (HttpClient): a job that leaves its
         # worker comes back no sooner than the floor, whatever the platform said.
         delay = max(exc.retry_after, MIN_DEFERRAL_SECONDS)
-        until = self.clock.time() + delay
         note = f"{RATE_LIMIT_NOTE} {conn.platform}; deferred {delay:.0f}s: {exc}"
-        now_iso = iso_z(self.clock.now())
-        with self.store.write() as c:
-            state = self.queue.retry(c, claimed, note, delay=delay, count_attempt=False)
-            if state != "ready":
-                return outcome("stale", 0, note)
-            if exc.scope == "app":
-                self.store.pause_platform(c, conn.platform, until, note)
-            self._back_to_pending(c, msg.job_id, conn.id, note, previous_status, now_iso)
-        return outcome("deferred", 0, note)
+        pause = (conn.platform, self.clock.time() + delay) if exc.scope == "app" else None
+        state = self.store.retry_job(
+            self.queue, claimed, note, previous_status, delay=delay, count_attempt=False, pause=pause
+        )
+        return outcome("deferred" if state == "ready" else "stale", 0, note)
 
     def _release(self, claimed, error: str, previous_status, outcome) -> JobOutcome:
         """Put a job cut short by a stopping consumer back as it was: claimable at once, no
         attempt used (its committed slices are kept and not fetched again)."""
-        msg = claimed.message
         note = redact(f"{error}; released for the next consume run")
-        with self.store.write() as c:
-            state = self.queue.retry(c, claimed, note, delay=0.0, count_attempt=False)
-            if state == "ready":
-                self._back_to_pending(
-                    c, msg.job_id, msg.connection_id, note, previous_status, iso_z(self.clock.now())
-                )
+        state = self.store.retry_job(
+            self.queue, claimed, note, previous_status, delay=0.0, count_attempt=False
+        )
         return outcome("released" if state == "ready" else "stale", 0, note)
-
-    @staticmethod
-    def _back_to_pending(c, job_id: str, connection_id: str, error: str, previous_status, now_iso) -> None:
-        c.execute(
-            "UPDATE sync_jobs SET status = 'pending', error_message = ?, updated_at = ?, "
-            "current_phase = 'waiting to retry' WHERE id = ?",
-            (error, now_iso, job_id),
-        )
-        c.execute(
-            "UPDATE platform_connections SET sync_status = ? WHERE id = ? AND sync_status = 'syncing'",
-            (
-                previous_status if previous_status in ("pending", "completed", "failed") else "pending",
-                connection_id,
-            ),
-        )
 
 
 def _accounts_failed(platform: str, ids: list[str], failed: dict[str, Exception], records: int) -> Exception:
@@ -631,20 +533,4 @@ def _accounts_failed(platform: str, ids: list[str], failed: dict[str, Exception]
     return TransientError(text, platform=platform)
 
 
-def _with_records(metadata: str | None, records: int) -> str:
-    """The job's metadata JSON with ``records_synced`` set (the API prefers it over the
-    column); metadata that is not a JSON object is replaced, keeping nothing unreadable."""
-    try:
-        data = json.loads(metadata or "{}")
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    data["records_synced"] = records
-    try:
-        return json.dumps(data, allow_nan=False)
-    except ValueError:  # NaN / Infinity from elsewhere: the API worker's JSON.parse refuses them
-        return json.dumps({"records_synced": records})
-
-
-__all__ = ["Consumer", "ConsumeResult", "JobOutcome", "date_slices", "fail_jobs"]
+__all__ = ["Consumer", "ConsumeResult", "JobOutcome", "date_slices"]

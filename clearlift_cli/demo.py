@@ -5,6 +5,9 @@ temporary directory, or ``--home DIR`` laid out as CLEARLIFT_HOME), connects a f
 accounts across all platforms (one whose token expires in two minutes, one whose token
 was revoked, one Google manager account with two client accounts), then runs
 refresh-tokens -> schedule -> consume and shows the result, with the current API versions.
+With ``d1=True`` (``clearlift demo --d1``) ClearLift's tables live in a sandbox D1 (Cloudflare's
+REST API over a SQLite file, on loopback) and clearlift's own in ``control.db``: the whole
+demo runs through the live-D1 store, and the D1 requests it made are shown.
 A demo that synced nothing raises ``ClearliftError`` (exit 1): it must never look like a
 success.
 """
@@ -16,6 +19,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,16 +48,65 @@ DEMO_MANAGER = "999-888-7777"
 DEMO_MANAGER_CLIENTS = [("301-000-0001", "EUR", "Europe/Paris"), ("301-000-0002", "GBP", "Europe/London")]
 
 
-def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> dict:
-    """Run the demo; ``sandbox`` is an unstarted ``Sandbox`` to use instead of a fresh one."""
-    from rich.table import Table
+@contextmanager
+def _d1_sandbox(home_dir: Path, enabled: bool) -> Iterator[dict[str, str]]:
+    """The settings of a sandbox D1 holding ClearLift's tables (in ``home_dir/d1.sqlite``),
+    served on loopback for the demo's duration; none when not ``enabled``."""
+    if not enabled:
+        yield {}
+        return
+    from clearlift_cli.sandbox.d1 import D1App
+    from clearlift_cli.sandbox.server import SandboxServer
 
+    app = D1App(home_dir / "d1.sqlite")
+    app.create_clearlift_tables()
+    server = SandboxServer(app).start()
+    try:
+        yield {"CLEARLIFT_DB": app.store_url, **app.env(server), "_d1_path": str(app.path)}
+        _D1_REQUESTS[str(app.path)] = len(app.requests)
+    finally:
+        server.stop()
+        app.close()
+
+
+_D1_REQUESTS: dict[str, int] = {}
+
+
+def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None, d1: bool = False) -> dict:
+    """Run the demo; ``sandbox`` is an unstarted ``Sandbox`` to use instead of a fresh one;
+    ``d1``: ClearLift's tables in a sandbox D1 reached over its REST API."""
     started = time.monotonic()
     home_dir = Path(home).expanduser() if home else Path(tempfile.mkdtemp(prefix="clearlift-demo-"))
     home_dir.mkdir(parents=True, exist_ok=True)
+    with _d1_sandbox(home_dir, d1) as d1_env:
+        out = _run(home_dir, console, sandbox, {k: v for k, v in d1_env.items() if not k.startswith("_")})
+    if d1:
+        path = d1_env["_d1_path"]
+        console.print(
+            f"D1: {_D1_REQUESTS.get(path, 0)} requests to the sandbox D1; ClearLift's tables are in "
+            f"{path} (sqlite3 can read it), clearlift's own in {home_dir / 'control.db'}"
+        )
+    console.print(
+        f"done in {time.monotonic() - started:.1f}s."
+        + (f" Inspect: CLEARLIFT_HOME={home_dir} clearlift status" if not d1 else "")
+        + ("" if home else "   (temporary directory; use --home DIR to keep it somewhere you choose)")
+    )
+    if out["consume"]["records"] == 0:
+        raise ClearliftError(
+            "the demo synced nothing"
+            + (f" (first error: {out['first_error']})" if out["first_error"] else ""),
+            hint=f"CLEARLIFT_HOME={home_dir} clearlift status shows every job's error",
+        )
+    out.pop("first_error")
+    return out
+
+
+def _run(home_dir: Path, console, sandbox: Sandbox | None, more_env: dict[str, str]) -> dict:
+    from rich.table import Table
+
     key = base64.b64encode(os.urandom(32)).decode()
     with sandbox or Sandbox() as sb:
-        env = sb.env()
+        env = {**sb.env(), **more_env}
         flags = {"home": str(home_dir), "encryption_key": key}
         s = settings_mod.resolve(flags, environ=env, read_config=False)
         console.print(
@@ -163,14 +217,10 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None) -> di
         totals = {table: wh.count_rows(table) for p in registry.platforms() for table in p.tables}
         wh.close()
     console.print("rows: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
-    console.print(
-        f"done in {time.monotonic() - started:.1f}s. Inspect: CLEARLIFT_HOME={home_dir} clearlift status"
-        + ("" if home else "   (temporary directory; use --home DIR to keep it somewhere you choose)")
-    )
-    if result.summary()["records"] == 0:
-        errors = sorted({o.error for o in result.outcomes if o.error})
-        raise ClearliftError(
-            "the demo synced nothing" + (f" (first error: {errors[0]})" if errors else ""),
-            hint=f"CLEARLIFT_HOME={home_dir} clearlift status shows every job's error",
-        )
-    return {"home": str(home_dir), "totals": totals, "consume": result.summary()}
+    errors = sorted({o.error for o in result.outcomes if o.error})
+    return {
+        "home": str(home_dir),
+        "totals": totals,
+        "consume": result.summary(),
+        "first_error": errors[0] if errors else None,
+    }

@@ -87,12 +87,12 @@ def _guarded(name: str, check: Callable[[], list[Check]]) -> list[Check]:
 
 
 def diagnose(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> DoctorReport:
-    from clearlift_cli.store import open_store
+    from clearlift_cli.store import open_store_for
 
     checks: list[Check] = []
     store = None
     try:
-        store = open_store(settings.db, clock=clock)
+        store = open_store_for(settings, clock=clock)
     except ClearliftError as exc:
         checks.append(
             Check(
@@ -350,9 +350,9 @@ def _api_versions(settings: Settings, active: dict[str, tuple[int, int]] | None,
 
 
 def _queue(store) -> list[Check]:
-    from clearlift_cli.queue import SqliteQueue
+    from clearlift_cli.store.queue import Queue
 
-    q = SqliteQueue(store)
+    q = Queue(store)
     depth = q.depth()
     stats = q.stats()
     dead = depth[("dead", "high")] + depth[("dead", "normal")]

@@ -99,13 +99,13 @@ def quantile_from_buckets(q: float, counts: list[int]) -> float:
 
 def collect(store: Store, settings: Any) -> list[Family]:
     from clearlift_cli.platforms.versions import SUNSETS, configured_versions
-    from clearlift_cli.queue import SqliteQueue
+    from clearlift_cli.store.queue import Queue
 
     now = store.clock.time()
     families: list[Family] = []
 
     # -- the queue ----------------------------------------------------------------------
-    queue = SqliteQueue(store)
+    queue = Queue(store)
     depth = queue.depth()
     stats = queue.stats()
     messages = Family(

@@ -10,9 +10,7 @@ reconnect. The job row and its queue message are written in one transaction.
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 from clearlift_cli import connsettings
 from clearlift_cli.adoption import AdoptionResult, adopt_orphan_jobs
 from clearlift_cli.connsettings import DEFAULT_INTERVAL_MINUTES, ConnectionSettings
-from clearlift_cli.errors import Conflict, UsageError
+from clearlift_cli.errors import UsageError
 from clearlift_cli.models import (
     MAX_WINDOW_DAYS,
     Connection,
@@ -30,18 +28,15 @@ from clearlift_cli.models import (
     SyncWindow,
 )
 from clearlift_cli.platforms import registry
-from clearlift_cli.queue import SqliteQueue
-from clearlift_cli.store import CONNECTION_COLUMNS, Store, new_job_id
+from clearlift_cli.store import Store, new_job_id
+from clearlift_cli.store.queue import Queue
+from clearlift_cli.store.scheduling import NewJob
 from clearlift_cli.timeutil import UTC, iso_z, julian_day, parse_ts
 
 log = logging.getLogger("clearlift.schedule")
 
 FULL_SYNC_DAYS = 7
 ATTRIBUTION_EVERY = timedelta(hours=24)
-
-
-class AlreadyQueued(Conflict):
-    """The connection got a job from an overlapping run meanwhile (safe by design)."""
 
 
 @dataclass
@@ -68,46 +63,19 @@ class ScheduleResult:
         }
 
 
-def _candidates(store: Store, now: datetime) -> list[sqlite3.Row]:
-    """Rows that may be due, found through indexes so the cost follows the due ones:
-    never synced (or unparseable), synced longer than the default interval ago, or with
-    their own interval. No live job, no pending re-auth."""
-    # A prefilter only (plan_job decides exactly): one second of slack absorbs julianday()'s
-    # float rounding, which otherwise drops some rows that are due at exactly the interval.
-    cutoff = julian_day(now - timedelta(minutes=DEFAULT_INTERVAL_MINUTES) + timedelta(seconds=1))
-    live = (
-        "NOT EXISTS (SELECT 1 FROM sync_jobs j WHERE j.connection_id = c.id "
-        "AND j.status IN ('pending', 'running')) AND coalesce(c.needs_reauth, 0) = 0"
+def _candidates(store: Store, now: datetime) -> list[Any]:
+    """Rows that may be due (the store's prefilter; plan_job decides exactly)."""
+    # One second of slack absorbs julianday()'s float rounding, which otherwise drops some
+    # rows that are due at exactly the interval.
+    return store.due_candidates(
+        julian_day(now - timedelta(minutes=DEFAULT_INTERVAL_MINUTES) + timedelta(seconds=1))
     )
-    cols = ", ".join(f"c.{col.strip()}" for col in CONNECTION_COLUMNS.split(","))
-    # `+c.is_active` in the last branch keeps SQLite on the partial override index; on the
-    # is_active index it would test instr() on every active connection.
-    sql = f"""
-        SELECT {cols} FROM platform_connections c
-         WHERE c.is_active = 1 AND julianday(c.last_synced_at) IS NULL AND {live}
-        UNION
-        SELECT {cols} FROM platform_connections c
-         WHERE c.is_active = 1 AND julianday(c.last_synced_at) <= ? AND {live}
-        UNION
-        SELECT {cols} FROM platform_connections c
-         WHERE instr(c.settings, 'sync_interval_minutes') > 0 AND +c.is_active = 1 AND {live}
-    """
-    return store.read(sql, (cutoff,))
 
 
 def _attribution_state(store: Store, connection_ids: list[str]) -> dict[str, datetime | None]:
     """When each of these connections last had an attribution-window job (read for the
     candidates only: every synced Facebook connection has a row)."""
-    out: dict[str, datetime | None] = {}
-    for i in range(0, len(connection_ids), 500):
-        chunk = connection_ids[i : i + 500]
-        for r in store.read(
-            "SELECT connection_id, last_attribution_window_at FROM clearlift_connection_state "
-            f"WHERE connection_id IN ({','.join('?' * len(chunk))})",
-            chunk,
-        ):
-            out[r[0]] = parse_ts(r[1])
-    return out
+    return {cid: parse_ts(text) for cid, text in store.attribution_state(connection_ids).items()}
 
 
 def lookback_days(conn: Connection, settings: ConnectionSettings, configured: dict[str, int]) -> int:
@@ -176,43 +144,18 @@ def plan(
     return JobType.INCREMENTAL, Priority.NORMAL, SyncWindow(start, now), is_attr
 
 
-def _insert_job(
-    c: sqlite3.Connection,
-    queue: SqliteQueue,
+def _new_job(
     conn: Connection,
     job_type: JobType,
     priority: Priority,
     window: SyncWindow,
-    now: datetime,
+    created: str,
     *,
     triggered_by: str,
-) -> str:
-    job_id = new_job_id()
-    created = iso_z(now)
-    metadata = {
-        "sync_window": window.to_json(),
-        "priority": priority.value,
-        "retry_count": 0,
-        "triggered_by": triggered_by,
-    }
-    # The guard makes a second live job impossible even if two schedulers raced here.
-    n = c.execute(
-        _LIVE_JOB_INSERT,
-        (
-            job_id,
-            conn.organization_id,
-            conn.id,
-            job_type.value,
-            created,
-            created,
-            json.dumps(metadata, allow_nan=False),
-            conn.id,
-        ),
-    ).rowcount
-    if n == 0:
-        raise AlreadyQueued(f"connection {conn.id} already has a pending or running job")
+    attribution: bool = False,
+) -> NewJob:
     message = SyncJobMessage(
-        job_id=job_id,
+        job_id=new_job_id(),
         connection_id=conn.id,
         organization_id=conn.organization_id,
         platform=conn.platform,
@@ -223,154 +166,17 @@ def _insert_job(
         created_at=created,
         priority=priority,
     )
-    try:
-        queue.enqueue(c, message)
-    except Conflict:
-        # no message, no job: take back the uncommitted row (schedule's transaction goes on)
-        c.execute("DELETE FROM sync_jobs WHERE id = ?", (job_id,))
-        raise
-    return job_id
-
-
-class _Raced(Exception):
-    """A bulk insert created fewer rows than planned: another writer got there first."""
-
-
-_LIVE_JOB_INSERT = """
-    INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at,
-                           updated_at, metadata, records_synced, progress_percentage)
-    SELECT ?, ?, ?, 'pending', ?, ?, ?, ?, 0, 0
-     WHERE NOT EXISTS (SELECT 1 FROM sync_jobs WHERE connection_id = ?
-                        AND status IN ('pending', 'running'))
-"""
-
-_ATTRIBUTION_UPSERT = (
-    "INSERT INTO clearlift_connection_state (connection_id, last_attribution_window_at) "
-    "VALUES (?, ?) ON CONFLICT (connection_id) DO UPDATE SET "
-    "last_attribution_window_at = excluded.last_attribution_window_at"
-)
-
-
-def _live_connections(c: sqlite3.Connection, ids: list[str]) -> tuple[set[str], set[str]]:
-    """Of ``ids``, those with a pending/running job row and those with a live message."""
-    marks = ",".join("?" * len(ids))
-    jobs = {
-        r[0]
-        for r in c.execute(
-            f"SELECT connection_id FROM sync_jobs WHERE status IN ('pending', 'running') "
-            f"AND connection_id IN ({marks})",
-            ids,
-        ).fetchall()
+    metadata = {
+        "sync_window": window.to_json(),
+        "priority": priority.value,
+        "retry_count": 0,
+        "triggered_by": triggered_by,
     }
-    messages = {
-        r[0]
-        for r in c.execute(
-            f"SELECT connection_id FROM sync_queue WHERE state IN ('ready', 'leased') "
-            f"AND connection_id IN ({marks})",
-            ids,
-        ).fetchall()
-    }
-    return jobs, messages
-
-
-def _create_jobs(
-    c: sqlite3.Connection,
-    queue: SqliteQueue,
-    chunk: list[tuple[Connection, Any]],
-    now: datetime,
-    result: ScheduleResult,
-) -> None:
-    """Create the chunk's jobs and their messages in a handful of statements (one per
-    table, not two per job): the connections that got a live job meanwhile are counted, the
-    rest inserted together. Raises _Raced, rolling the chunk back, if any insert found a
-    live row after all."""
-    jobs_live, messages_live = _live_connections(c, [conn.id for conn, _ in chunk])
-    created = iso_z(now)
-    job_rows, messages, attribution, job_ids = [], [], [], []
-    for conn, (job_type, priority, window, is_attr) in chunk:
-        if conn.id in jobs_live:
-            log.debug("not enqueued: connection %s already has a pending or running job", conn.id)
-            result.already_queued += 1
-            continue
-        if conn.id in messages_live:  # a live message whose job row is not live: worth a look
-            reason = f"connection {conn.id} already has a queued or running job"
-            result.skipped.append((conn.id, reason))
-            log.warning("skipped %s: %s", conn.id, reason)
-            continue
-        job_id = new_job_id()
-        window_json = window.to_json()
-        metadata = {
-            "sync_window": window_json,
-            "priority": priority.value,
-            "retry_count": 0,
-            "triggered_by": "schedule",
-        }
-        job_rows.append(
-            (
-                job_id,
-                conn.organization_id,
-                conn.id,
-                job_type.value,
-                created,
-                created,
-                json.dumps(metadata, allow_nan=False),
-                conn.id,
-            )
-        )
-        messages.append(
-            SyncJobMessage(
-                job_id=job_id,
-                connection_id=conn.id,
-                organization_id=conn.organization_id,
-                platform=conn.platform,
-                account_id=conn.account_id,
-                job_type=job_type,
-                sync_window=window,
-                retry_count=0,
-                created_at=created,
-                priority=priority,
-            )
-        )
-        if is_attr:
-            attribution.append((conn.id, created))
-        job_ids.append(job_id)
-    if not job_rows:
-        return
-    if c.executemany(_LIVE_JOB_INSERT, job_rows).rowcount != len(job_rows):
-        raise _Raced()
-    if queue.enqueue_many(c, messages) != len(messages):
-        raise _Raced()
-    if attribution:
-        c.executemany(_ATTRIBUTION_UPSERT, attribution)
-    result.enqueued.extend(job_ids)
-
-
-def _create_jobs_one_by_one(
-    c: sqlite3.Connection,
-    queue: SqliteQueue,
-    chunk: list[tuple[Connection, Any]],
-    now: datetime,
-    result: ScheduleResult,
-) -> None:
-    """The careful path: one job at a time, each insert guarded on its own."""
-    for conn, (job_type, priority, window, is_attr) in chunk:
-        try:
-            job_id = _insert_job(c, queue, conn, job_type, priority, window, now, triggered_by="schedule")
-        except AlreadyQueued as exc:
-            log.debug("not enqueued: %s", exc)
-            result.already_queued += 1
-            continue
-        except Conflict as exc:  # a live message whose job row is not live: worth a look
-            result.skipped.append((conn.id, str(exc)))
-            log.warning("skipped %s: %s", conn.id, exc)
-            continue
-        if is_attr:
-            c.execute(_ATTRIBUTION_UPSERT, (conn.id, iso_z(now)))
-        result.enqueued.append(job_id)
+    return NewJob(message, metadata, attribution)
 
 
 def schedule(
-    store: Store, queue: SqliteQueue, *, configured_lookback: dict[str, int] | None = None
+    store: Store, queue: Queue, *, configured_lookback: dict[str, int] | None = None
 ) -> ScheduleResult:
     """Enqueue a job for every due connection. Broken rows are reported and skipped."""
     now = store.clock.now()
@@ -400,25 +206,24 @@ def schedule(
             result.not_due += 1
             continue
         plans.append((conn, plan))
-    # One short transaction per chunk keeps other writers (consumers) moving.
-    for i in range(0, len(plans), 500):
-        chunk = plans[i : i + 500]
-        try:
-            with store.write() as c:
-                store.lock_scheduling(c)
-                _create_jobs(c, queue, chunk, now, result)
-        except _Raced:
-            # Something wrote live jobs between our look and our insert (the chunk was
-            # rolled back whole): do it again one connection at a time.
-            with store.write() as c:
-                store.lock_scheduling(c)
-                _create_jobs_one_by_one(c, queue, chunk, now, result)
+    created = iso_z(now)
+    jobs = [
+        _new_job(conn, job_type, priority, window, created, triggered_by="schedule", attribution=is_attr)
+        for conn, (job_type, priority, window, is_attr) in plans
+    ]
+    made = store.create_jobs(queue, jobs)
+    result.enqueued.extend(made.jobs)
+    result.already_queued += len(made.already_live)
+    for cid in made.message_live:  # a live message whose job row is not live: worth a look
+        reason = f"connection {cid} already has a queued or running job"
+        result.skipped.append((cid, reason))
+        log.warning("skipped %s: %s", cid, reason)
     return result
 
 
 def enqueue_manual(
     store: Store,
-    queue: SqliteQueue,
+    queue: Queue,
     connection_id: str,
     *,
     since: date | None = None,
@@ -446,7 +251,5 @@ def enqueue_manual(
             "window's end: one job syncs at most that much"
         )
     window = SyncWindow(start, end)
-    with store.write() as c:
-        store.lock_scheduling(c)
-        job_id = _insert_job(c, queue, conn, JobType.FULL, Priority.HIGH, window, now, triggered_by="manual")
-    return job_id, window
+    job = _new_job(conn, JobType.FULL, Priority.HIGH, window, iso_z(now), triggered_by="manual")
+    return store.create_job(queue, job), window

@@ -26,7 +26,7 @@ from clearlift_cli.platforms import registry
 from clearlift_cli.platforms.base import Credentials, PlatformContext
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
-from clearlift_cli.store import CONNECTION_COLUMNS, Store
+from clearlift_cli.store import Store
 from clearlift_cli.timeutil import iso_z, julian_day
 
 log = logging.getLogger("clearlift.tokens")
@@ -147,14 +147,8 @@ def due_for_refresh(store: Store, margin_seconds: float) -> list[Connection]:
     widest = max([margin_seconds, *(renewal_margin(p, margin_seconds) for p in registry.names())])
     now = store.clock.now()
     limit = julian_day(now + timedelta(seconds=widest))
-    rows = store.read(
-        f"SELECT {CONNECTION_COLUMNS} FROM platform_connections "
-        "WHERE expires_at IS NOT NULL AND julianday(expires_at) <= ? AND is_active = 1 "
-        "AND coalesce(needs_reauth, 0) = 0 ORDER BY platform, julianday(expires_at)",
-        (limit,),
-    )
     due = []
-    for conn in (Connection.from_row(r) for r in rows):
+    for conn in store.connections_expiring(limit):
         try:
             expires = conn.expires()
         except ValueError:  # SQLite read it as a time; keep the connection due

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
-from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import Store, open_store
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import FrozenClock, iso_z
 
 UTC = UTC
@@ -99,9 +99,9 @@ class _PgRaw:
     name), for the same tests to run against the PostgreSQL control plane."""
 
     def __init__(self, url: str):
-        from clearlift_cli.store_pg import PgStore
+        from clearlift_cli.store.postgres import PgEngine
 
-        self._store = PgStore(url)
+        self._store = PgEngine(url)
         self._conn = self._store.conn()
 
     def execute(self, sql: str, params: Any = ()):
@@ -169,7 +169,7 @@ def insert_connections(path: Path | str, rows: list[dict[str, Any]]) -> list[str
 
 def enqueue_message(
     store: Store,
-    queue: SqliteQueue,
+    queue: Queue,
     *,
     connection_id: str | None = None,
     platform: str = "google",

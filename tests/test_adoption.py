@@ -15,7 +15,7 @@ import pytest
 
 from clearlift_cli import scheduler
 from clearlift_cli.adoption import STALE_RUNNING_AFTER
-from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import iso_z, parse_ts
 from tests.e2e import Env
 from tests.helpers import (
@@ -76,7 +76,7 @@ def execute(db, sql: str, params: tuple = ()) -> None:
 def run_schedule(db, now: datetime) -> scheduler.ScheduleResult:
     store = new_store(db, clock=frozen(now))
     try:
-        return scheduler.schedule(store, SqliteQueue(store))
+        return scheduler.schedule(store, Queue(store))
     finally:
         store.close()
 
@@ -238,7 +238,7 @@ def test_clearlift_running_job_is_never_closed_however_long_it_runs(db):
     clock = frozen(NOW)
     store = new_store(db, clock=clock)
     try:
-        queue = SqliteQueue(store)
+        queue = Queue(store)
         (job_id,) = scheduler.schedule(store, queue).enqueued
         (claimed,) = queue.claim("host:1", limit=1, lease_seconds=300)
         store.start_job(job_id, claimed.message.connection_id)

@@ -12,7 +12,8 @@ import pytest
 
 from clearlift_cli.errors import StoreError, WarehouseError
 from clearlift_cli.pgconnect import PgLimits
-from clearlift_cli.store_pg import PgStore
+from clearlift_cli.store import Store
+from clearlift_cli.store.postgres import PgEngine
 from clearlift_cli.warehouse import open_warehouse
 from tests.e2e import Env, seed
 
@@ -54,12 +55,12 @@ def warehouse_connection(wh):
 
 
 def test_store_and_warehouse_connections_have_bounded_waits_and_keepalives(pg_schema_url):
-    store = PgStore(pg_schema_url)
+    store = Store(PgEngine(pg_schema_url))
     wh = open_warehouse(pg_schema_url)
     try:
         assert shown(store.read) == DEFAULTS
         assert shown(lambda q: wh._read("show", lambda c: c.execute(q).fetchall())) == DEFAULTS
-        for raw in (store.conn().raw, warehouse_connection(wh)):
+        for raw in (store.engine.conn().raw, warehouse_connection(wh)):
             params = raw.info.get_parameters()
             assert {k: params.get(k) for k in CLIENT} == CLIENT
     finally:
@@ -69,7 +70,7 @@ def test_store_and_warehouse_connections_have_bounded_waits_and_keepalives(pg_sc
 
 def test_settings_set_the_timeouts_and_the_url_still_wins(pg_schema_url):
     limits = PgLimits(statement_timeout=2.5, lock_timeout=0.75, idle_in_transaction_timeout=0)
-    store = PgStore(pg_schema_url, limits=limits)
+    store = Store(PgEngine(pg_schema_url, limits=limits))
     wh = open_warehouse(f"{pg_schema_url}%20-c%20lock_timeout%3D7s&connect_timeout=3", pg_limits=limits)
     try:
         assert shown(store.read) | {} == DEFAULTS | {
@@ -86,7 +87,7 @@ def test_settings_set_the_timeouts_and_the_url_still_wins(pg_schema_url):
 
 
 def test_a_lock_held_by_another_session_fails_our_statement_within_lock_timeout(pg_schema_url):
-    store = PgStore(pg_schema_url, limits=PgLimits(lock_timeout=0.5))
+    store = Store(PgEngine(pg_schema_url, limits=PgLimits(lock_timeout=0.5)))
     store.migrate()
     wh = open_warehouse(pg_schema_url, pg_limits=PgLimits(lock_timeout=0.5))
     wh.init_schema()

@@ -13,10 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from clearlift_cli import money
-from clearlift_cli.consumer import fail_jobs
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
-from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import open_store
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import FrozenClock
 
 LEASE = 60.0
@@ -31,9 +30,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock = FrozenClock(datetime(2025, 1, 1, tzinfo=UTC))
         self.store = open_store(str(Path(self.dir.name) / "q.db"), clock=self.clock, create=True)
         self.store.migrate()
-        self.queue = SqliteQueue(
-            self.store, on_dead=lambda c, items: fail_jobs(c, items, "2025-01-01T00:00:00.000Z")
-        )
+        self.queue = Queue(self.store)
         self.n = 0
         self.jobs: set[str] = set()
         self.acked: set[str] = set()

@@ -1,4 +1,4 @@
-"""The durable queue (SqliteQueue) on a real SQLite file, with a frozen clock."""
+"""The durable queue (Queue) on a real SQLite file, with a frozen clock."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from datetime import timedelta
 import pytest
 
 from clearlift_cli import scheduler
-from clearlift_cli.consumer import fail_jobs
 from clearlift_cli.errors import Conflict, NotFound, UsageError
 from clearlift_cli.models import JobType, Priority, SyncJobMessage
-from clearlift_cli.queue import DEFAULT_MAX_ATTEMPTS, SqliteQueue
+from clearlift_cli.store.queue import DEFAULT_MAX_ATTEMPTS, Queue
 from clearlift_cli.timeutil import iso_z
 from tests.helpers import T0, enqueue_message, frozen, insert_connection, new_store, query, queue_row, raw
 
@@ -29,7 +28,7 @@ def env(request, tmp_path):
         request.getfixturevalue("pg_schema_url") if request.param == "postgres" else tmp_path / "clearlift.db"
     )
     store = new_store(db, clock=clock)
-    queue = SqliteQueue(store, on_dead=lambda c, items: fail_jobs(c, items, iso_z(clock.now())))
+    queue = Queue(store)  # dead letters fail their jobs (Store.fail_jobs)
     yield store, queue, clock, db
     store.close()
 
@@ -204,7 +203,7 @@ def test_one_plus_three_attempts_then_a_dead_letter_with_the_last_error(env):
         with store.write() as c:
             state = queue.retry(c, claimed, f"HTTP 503 on attempt {attempt}")
             if state == "dead":
-                fail_jobs(c, [(msg.job_id, f"HTTP 503 on attempt {attempt}")], iso_z(clock.now()))
+                store.fail_jobs(c, [(msg.job_id, f"HTTP 503 on attempt {attempt}")])
         if attempt < DEFAULT_MAX_ATTEMPTS:
             assert state == "ready"
             delays.append(queue_row(db, msg.job_id)["visible_at"] - clock.time())
@@ -322,7 +321,7 @@ def test_requeue_dead_starts_attempts_again(env):
         (claimed,) = _claim_when_visible(queue, clock)
         with store.write() as c:
             if queue.retry(c, claimed, "boom") == "dead":
-                fail_jobs(c, [(msg.job_id, "boom")], iso_z(clock.now()))
+                store.fail_jobs(c, [(msg.job_id, "boom")])
     assert queue_row(db, msg.job_id)["state"] == "dead"
     with pytest.raises(NotFound):
         queue.requeue_dead("no-such-job")
@@ -355,7 +354,7 @@ def test_requeue_refuses_when_the_connection_has_a_newer_live_job(env):
     (claimed,) = queue.claim("a", limit=1, lease_seconds=LEASE)
     with store.write() as c:
         queue.dead_letter(c, claimed, "nope")
-        fail_jobs(c, [(old.job_id, "nope")], iso_z(clock.now()))
+        store.fail_jobs(c, [(old.job_id, "nope")])
     enqueue_message(store, queue, connection_id="org-1-google-5")
     with pytest.raises(Conflict):
         queue.requeue_dead(old.job_id)

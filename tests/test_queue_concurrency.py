@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
-from clearlift_cli.queue import SqliteQueue
 from clearlift_cli.store import open_store
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import iso_z
 from tests.helpers import CLEARLIFT, cli_env, home_db, insert_connections, new_store, query
 
@@ -84,7 +84,7 @@ def test_eight_overlapping_schedule_runs_create_one_job_per_due_connection(tmp_p
 
 def _fill_queue(db: Path, count: int, *, max_attempts: int = 4) -> list[str]:
     store = new_store(db)
-    queue = SqliteQueue(store)
+    queue = Queue(store)
     now = datetime.now(UTC)
     window = SyncWindow(now - timedelta(days=1), now)
     job_ids = []
@@ -121,7 +121,7 @@ def consume_worker(
     acked, stale = [], []
     try:
         store = open_store(db)
-        queue = SqliteQueue(store)
+        queue = Queue(store)
         barrier.wait(timeout=60)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

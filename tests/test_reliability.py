@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from clearlift_cli import app as core
-from clearlift_cli.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
 from clearlift_cli.settings import resolve
+from clearlift_cli.store.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
 from tests.conftest import PG_URL
 from tests.e2e import (
     Env,
@@ -177,14 +177,14 @@ def child_main(raw_spec: str) -> None:
             elif sql.strip().upper() == "COMMIT" and claimed:
                 die()
 
-        store.conn().set_trace_callback(trace)  # the main thread's connection claims
+        store.engine.conn().set_trace_callback(trace)  # the main thread's connection claims
     elif kill_at == "claim-wait":
 
         def trace(sql: str) -> None:
             if sql.strip().upper() == "BEGIN IMMEDIATE":
                 Path(spec["marker"]).write_text("waiting")
 
-        store.conn().set_trace_callback(trace)
+        store.engine.conn().set_trace_callback(trace)
 
     def on_progress(job_id: str, phase: str, done: int, total: int | None) -> None:
         if kill_at == "before-ack" and phase == "completed":
@@ -193,7 +193,7 @@ def child_main(raw_spec: str) -> None:
             die()
         elif kill_at == "before-coverage" and phase.startswith("slice 1/"):
             # on the job's thread: the same store connection record_slice will use
-            store.conn().set_trace_callback(
+            store.engine.conn().set_trace_callback(
                 lambda sql: die() if "INSERT INTO clearlift_coverage" in sql else None
             )
 

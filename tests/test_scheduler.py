@@ -15,7 +15,7 @@ import pytest
 from clearlift_cli import scheduler
 from clearlift_cli.errors import Conflict, ExitCode, NotFound, UsageError
 from clearlift_cli.models import SyncJobMessage
-from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import iso_z, parse_ts
 from tests.helpers import (
     CLEARLIFT,
@@ -62,7 +62,7 @@ def db(request, tmp_path):
 def run_schedule(db, now, **kwargs):
     store = new_store(db, clock=frozen(now))
     try:
-        return scheduler.schedule(store, SqliteQueue(store), **kwargs)
+        return scheduler.schedule(store, Queue(store), **kwargs)
     finally:
         store.close()
 
@@ -540,7 +540,7 @@ def test_never_a_job_row_without_its_message(db):
 def manual(db, now, cid, **kwargs):
     store = new_store(db, clock=frozen(now))
     try:
-        return scheduler.enqueue_manual(store, SqliteQueue(store), cid, **kwargs)
+        return scheduler.enqueue_manual(store, Queue(store), cid, **kwargs)
     finally:
         store.close()
 
@@ -742,27 +742,26 @@ def test_installed_sync_wait_withdraws_its_job_when_the_run_cannot_start(tmp_pat
 def test_bulk_job_creation_that_finds_a_live_row_rolls_back_and_goes_one_by_one(db):
     """The bulk path counts its inserts: a connection that already had a live job by the
     time of the insert (here: the same connection twice in one chunk) makes it roll the
-    chunk back (_Raced), and the careful path then creates exactly one job for it."""
+    chunk back, and the careful path then creates exactly one job for it."""
     now = NOWS[0]
     new_store(db).close()
     conn_id = insert_connection(db, account_id="1", last_synced_at=None)
     store = new_store(db, clock=frozen(now))
     try:
-        queue = SqliteQueue(store)
+        queue = Queue(store)
         conn = store.get_connection(conn_id)
         plan = scheduler.plan_job(conn, now)
         assert plan is not None
-        chunk = [(conn, plan), (conn, plan)]
-        result = scheduler.ScheduleResult()
-        with pytest.raises(scheduler._Raced):
-            with store.write() as c:
-                scheduler._create_jobs(c, queue, chunk, now, result)
-        assert query(db, "SELECT count(*) AS n FROM sync_jobs")[0]["n"] == 0
-        assert query(db, "SELECT count(*) AS n FROM sync_queue")[0]["n"] == 0
-        result = scheduler.ScheduleResult()
-        with store.write() as c:
-            scheduler._create_jobs_one_by_one(c, queue, chunk, now, result)
+        job_type, priority, window, _ = plan
+        jobs = [
+            scheduler._new_job(
+                conn, job_type, priority, window, "2025-01-01T00:00:00.000Z", triggered_by="schedule"
+            )
+            for _ in range(2)
+        ]
+        made = store.create_jobs(queue, jobs)
     finally:
         store.close()
-    assert len(result.enqueued) == 1 and result.already_queued == 1
+    assert len(made.jobs) == 1 and made.already_live == [conn_id]
+    assert query(db, "SELECT count(*) AS n FROM sync_jobs")[0]["n"] == 1
     assert query(db, "SELECT count(*) AS n FROM sync_queue WHERE state = 'ready'")[0]["n"] == 1

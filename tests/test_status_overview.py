@@ -71,7 +71,7 @@ def fill(db, n: int = 120) -> dict[str, list[str]]:
 @pytest.fixture
 def store(tmp_path):
     s = new_store(tmp_path / "store.db")
-    kinds = fill(s.path)
+    kinds = fill(s.engine.path)
     yield s, kinds
     s.close()
 
@@ -107,7 +107,7 @@ def test_overview_counts_everything_and_shows_failing_rows_first(store):
 def test_a_row_schedule_cannot_plan_counts_as_failing(store):
     s, kinds = store
     ok_id = kinds["ok"][0]
-    c = raw(s.path)
+    c = raw(s.engine.path)
     with c:
         c.execute("UPDATE platform_connections SET settings = 'not json' WHERE id = ?", (ok_id,))
     c.close()
@@ -142,7 +142,7 @@ def test_status_json_rows_match_the_single_connection_shape(store):
 def cli(tmp_path):
     env = cli_env(tmp_path)
     store = new_store(home_db(tmp_path))
-    kinds = fill(store.path)
+    kinds = fill(store.engine.path)
     store.close()
     return env, kinds, home_db(tmp_path)
 

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from clearlift_cli.errors import StoreError
-from clearlift_cli.store import BUSY_TIMEOUT_MS, LATER_COLUMNS, open_store
+from clearlift_cli.store import open_store
+from clearlift_cli.store.schema import LATER_COLUMNS
+from clearlift_cli.store.sqlite import BUSY_TIMEOUT_MS
 from clearlift_cli.timeutil import iso_z, parse_ts
 from tests.helpers import cli_env, home_db, new_store, one_line_error, query, run_cli
 
@@ -53,7 +55,7 @@ def test_migrate_reports_no_changes_the_second_time(tmp_path):
         assert {"platform_connections", "sync_jobs", "onboarding_progress", "sync_queue"} <= tables
         for table, cols in LATER_COLUMNS.items():
             have = {r[1] for r in store.read(f"PRAGMA table_info({table})")}
-            assert {name for name, _ in cols} <= have
+            assert {name for name, *_ in cols} <= have
     finally:
         store.close()
 
@@ -383,7 +385,7 @@ def test_wal_side_files_are_private_too(tmp_path):
 def test_store_connections_have_wal_and_a_busy_timeout(tmp_path):
     store = new_store(tmp_path / "s.db")
     try:
-        c = store.conn()
+        c = store.engine.conn()
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert c.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
     finally:

@@ -139,6 +139,14 @@ class D1App(PlatformApp):
         """Settings that point clearlift at this database behind ``server``."""
         return {"CLEARLIFT_D1_URL": server.base_url + API_PREFIX, "CLOUDFLARE_API_TOKEN": self.token}
 
+    def create_clearlift_tables(self) -> None:
+        """Create ClearLift's tables as the API worker's first D1 migration does (without the
+        later columns: ``clearlift init`` adds those), as a live ClearLift D1 has them."""
+        from clearlift_cli.store.schema import D1_TABLES
+
+        with self.connect() as conn:
+            conn.executescript(D1_TABLES)
+
     def connect(self) -> sqlite3.Connection:
         """A plain connection to the database file, to seed or inspect it."""
         return sqlite3.connect(self.path, timeout=10)

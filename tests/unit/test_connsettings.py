@@ -86,7 +86,7 @@ def test_what_clearlift_writes_is_strict_json() -> None:
 
 
 def test_job_metadata_clearlift_rewrites_stays_strict_json() -> None:
-    from clearlift_cli.consumer import _with_records
+    from clearlift_cli.store import with_records as _with_records
 
     out = _with_records('{"ratio": NaN, "kept": 1}', 7)  # JSON.parse would refuse the whole text
     assert json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} written")) == {"records_synced": 7}

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from clearlift_cli.models import MalformedMessage, SyncJobMessage
-from clearlift_cli.queue import decode_message
+from clearlift_cli.store.queue import decode_message
 
 GOOD = {
     "job_id": "j-1",

@@ -1,11 +1,12 @@
-"""The control plane on PostgreSQL (``CLEARLIFT_DB=postgresql://…``), for many hosts.
+"""The PostgreSQL engine (``CLEARLIFT_DB=postgresql://…``, or ``CLEARLIFT_CONTROL_DB``
+beside a live D1), for many hosts.
 
-The same tables as the SQLite store (D1-shaped ``platform_connections``, ``sync_jobs``,
-``onboarding_progress`` — timestamps kept as the text the API worker writes, 0/1 flags as
-integers — plus ``sync_queue`` and ``clearlift_*``), in their own schema (``clearlift``
-unless the URL's ``options`` set a ``search_path``). The shared SQL runs unchanged: ``?``
-placeholders are translated, and two SQLite functions it uses (``julianday``, ``instr``)
-are defined in the schema. Claims add ``FOR UPDATE SKIP LOCKED``; job creation takes a
+The same tables as the SQLite engine (store/schema.py: D1-shaped ``platform_connections``,
+``sync_jobs``, ``onboarding_progress`` — timestamps kept as the text the API worker writes,
+0/1 flags as integers — plus ``sync_queue`` and ``clearlift_*``), in their own schema
+(``clearlift`` unless the URL's ``options`` set a ``search_path``). The shared SQL runs
+unchanged: ``?`` placeholders are bound as ``%s``, and two SQLite functions it uses
+(``julianday``, ``instr``) are defined in the schema. Claims add ``FOR UPDATE SKIP LOCKED``; job creation takes a
 transaction-scoped advisory lock, so any number of schedulers and consumers can run on any
 number of hosts.
 """
@@ -13,7 +14,6 @@ number of hosts.
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +22,10 @@ from clearlift_cli import redact as redact_secrets
 from clearlift_cli.errors import ConfigError, StoreError
 from clearlift_cli.pgconnect import DEFAULT_LIMITS, PgLimits
 from clearlift_cli.redact import mask_url, redact, scrub, unencoded_userinfo, unquote_error, url_passwords
-from clearlift_cli.store import SCHEMA_VERSION, IntegrityError, Store, _version
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
+
+from . import schema
+from .engine import Engine, IntegrityError
 
 DEFAULT_SCHEMA = "clearlift"
 _SCHEDULE_LOCK = 7_221_001  # advisory lock key for job creation
@@ -53,85 +55,6 @@ FUNCTIONS = [
     CREATE OR REPLACE FUNCTION instr(haystack text, needle text) RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$ SELECT strpos(haystack, needle) $fn$
     """,
-]
-
-NOW_TEXT = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
-
-TABLES = [
-    f"""
-    CREATE TABLE IF NOT EXISTS platform_connections (
-      id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, platform TEXT NOT NULL,
-      account_id TEXT NOT NULL, account_name TEXT, connected_by TEXT,
-      connected_at TEXT DEFAULT {NOW_TEXT}, last_synced_at TEXT,
-      sync_status TEXT DEFAULT 'pending', sync_error TEXT, is_active INTEGER DEFAULT 1,
-      settings TEXT DEFAULT '{{}}', credentials_encrypted TEXT, refresh_token_encrypted TEXT,
-      expires_at TEXT, scopes TEXT, needs_reauth INTEGER DEFAULT 0, reauth_reason TEXT,
-      reauth_detected_at TEXT, consecutive_auth_failures INTEGER DEFAULT 0,
-      UNIQUE (organization_id, platform, account_id)
-    )""",
-    f"""
-    CREATE TABLE IF NOT EXISTS sync_jobs (
-      id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, connection_id TEXT NOT NULL,
-      status TEXT DEFAULT 'pending', job_type TEXT DEFAULT 'full', started_at TEXT,
-      completed_at TEXT, error_message TEXT, records_synced INTEGER DEFAULT 0,
-      created_at TEXT DEFAULT {NOW_TEXT}, metadata TEXT DEFAULT '{{}}', updated_at TEXT,
-      current_phase TEXT, total_records INTEGER, progress_percentage INTEGER DEFAULT 0
-    )""",
-    f"""
-    CREATE TABLE IF NOT EXISTS onboarding_progress (
-      user_id TEXT NOT NULL, organization_id TEXT NOT NULL, current_step TEXT DEFAULT 'welcome',
-      services_connected INTEGER DEFAULT 0, first_sync_completed INTEGER DEFAULT 0,
-      completed_at TEXT, created_at TEXT DEFAULT {NOW_TEXT}, updated_at TEXT DEFAULT {NOW_TEXT},
-      UNIQUE (user_id, organization_id)
-    )""",
-    "CREATE TABLE IF NOT EXISTS clearlift_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """
-    CREATE TABLE IF NOT EXISTS sync_queue (
-      id BIGSERIAL PRIMARY KEY, job_id TEXT NOT NULL UNIQUE, connection_id TEXT NOT NULL,
-      platform TEXT NOT NULL, body TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 1,
-      state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'leased', 'done', 'dead')),
-      visible_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-      max_attempts INTEGER NOT NULL DEFAULT 4, lease_owner TEXT, lease_token TEXT,
-      last_error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, finished_at TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS sync_queue_claim ON sync_queue (priority, visible_at) "
-    "WHERE state IN ('ready', 'leased')",
-    "CREATE UNIQUE INDEX IF NOT EXISTS sync_queue_one_live_per_connection ON sync_queue (connection_id) "
-    "WHERE state IN ('ready', 'leased')",
-    "CREATE INDEX IF NOT EXISTS sync_queue_dead ON sync_queue (finished_at) WHERE state = 'dead'",
-    "CREATE INDEX IF NOT EXISTS sync_queue_leased ON sync_queue (visible_at) WHERE state = 'leased'",
-    "CREATE TABLE IF NOT EXISTS clearlift_platform_pauses (platform TEXT PRIMARY KEY, "
-    "until DOUBLE PRECISION NOT NULL, reason TEXT)",
-    """
-    CREATE TABLE IF NOT EXISTS clearlift_coverage (
-      id BIGSERIAL PRIMARY KEY, connection_id TEXT NOT NULL, job_id TEXT NOT NULL,
-      start_date TEXT NOT NULL, end_date TEXT NOT NULL, records INTEGER NOT NULL,
-      synced_at TEXT NOT NULL, UNIQUE (job_id, start_date)
-    )""",
-    "CREATE INDEX IF NOT EXISTS clearlift_coverage_conn ON clearlift_coverage (connection_id, start_date)",
-    "CREATE TABLE IF NOT EXISTS clearlift_connection_state (connection_id TEXT PRIMARY KEY, "
-    "last_attribution_window_at TEXT)",
-    """
-    CREATE TABLE IF NOT EXISTS clearlift_runs (
-      id BIGSERIAL PRIMARY KEY, command TEXT NOT NULL, host TEXT NOT NULL,
-      started_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION NOT NULL,
-      ok INTEGER NOT NULL, summary TEXT NOT NULL DEFAULT '{}'
-    )""",
-    "CREATE INDEX IF NOT EXISTS clearlift_runs_command ON clearlift_runs (command, finished_at)",
-    """
-    CREATE TABLE IF NOT EXISTS clearlift_job_totals (
-      platform TEXT NOT NULL, outcome TEXT NOT NULL, jobs BIGINT NOT NULL DEFAULT 0,
-      records BIGINT NOT NULL DEFAULT 0, seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
-      PRIMARY KEY (platform, outcome)
-    )""",
-    "CREATE INDEX IF NOT EXISTS clearlift_conn_due ON platform_connections (is_active, julianday(last_synced_at))",
-    "CREATE INDEX IF NOT EXISTS clearlift_conn_interval_override ON platform_connections (id) "
-    "WHERE instr(settings, 'sync_interval_minutes') > 0",
-    "CREATE INDEX IF NOT EXISTS clearlift_conn_expiry ON platform_connections (julianday(expires_at)) "
-    "WHERE expires_at IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_status ON sync_jobs (connection_id, status)",
-    "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_created ON sync_jobs (connection_id, created_at)",
-    "CREATE INDEX IF NOT EXISTS clearlift_jobs_live ON sync_jobs (status) WHERE status IN ('pending', 'running')",
 ]
 
 _QMARK = re.compile(r"\?")
@@ -169,9 +92,9 @@ def _row_factory(cursor):
 class PgConnection:
     """The slice of the sqlite3.Connection API the store's callers use."""
 
-    def __init__(self, raw, store: PgStore):
+    def __init__(self, raw: Any, engine: PgEngine):
         self.raw = raw
-        self.store = store
+        self.store = engine
 
     def execute(self, sql: str, params: Any = None):
         import psycopg
@@ -211,55 +134,47 @@ def _schema_from_options(options: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-class PgStore(Store):
-    backend = "postgres"
+class PgEngine(Engine):
+    dialect = "postgres"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    integrity_errors: tuple[type[BaseException], ...] = (IntegrityError,)
 
     def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, limits: PgLimits | None = None):
         import psycopg
         from psycopg.conninfo import conninfo_to_dict
 
+        super().__init__(clock)
         self.url = url
         self.limits = limits or DEFAULT_LIMITS
-        self.path = mask_url(url)
+        self.masked = mask_url(url)
         if unencoded_userinfo(url):
             raise ConfigError(
-                f"store URL {self.path} is not valid: percent-encode the user and password "
+                f"store URL {self.masked} is not valid: percent-encode the user and password "
                 "(@ is %40, / is %2F, ? is %3F, # is %23, a space is %20)"
             )
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as exc:
             # libpq quotes the offending part, which may be the password or the whole URL
-            raise ConfigError(f"store URL {self.path} is not valid: {unquote_error(exc)}") from None
+            raise ConfigError(f"store URL {self.masked} is not valid: {unquote_error(exc)}") from None
         self._secrets = tuple(
             str(s) for s in dict.fromkeys((*url_passwords(url), params.get("password"))) if s
         )
         redact_secrets.register(*self._secrets)
-        self.clock = clock
         self._url_options = str(params.get("options") or "")
         explicit = _schema_from_options(self._url_options)
         self.schema = explicit or DEFAULT_SCHEMA
         self._explicit_schema = explicit is not None
-        self._local = threading.local()
-        self._all: list[PgConnection] = []  # type: ignore[assignment]  # see conn()
-        self._all_lock = threading.Lock()
         self.conn()
 
     @property
     def display(self) -> str:
-        return self.path
+        return self.masked
 
-    # PgStore stands in for Store with its own connection type (PgConnection, not sqlite3's):
-    # the three ignores here (conn, _connect, _all) go with the store package's rewrite.
-    def conn(self) -> PgConnection:  # type: ignore[override]
-        c = getattr(self._local, "conn", None)
-        if c is None or c.raw.closed or c.raw.broken:
-            c = self._connect()
-            self._local.conn = c
-        return c
+    def _is_broken(self, c: PgConnection) -> bool:
+        return bool(c.raw.closed or c.raw.broken)
 
-    def _connect(self) -> PgConnection:  # type: ignore[override]
+    def _connect(self) -> PgConnection:
         import psycopg
 
         kwargs: dict[str, Any] = {"autocommit": True}
@@ -270,25 +185,9 @@ class PgStore(Store):
             raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         except psycopg.Error as exc:
             raise StoreError(
-                f"store {self.path} cannot be reached: {self._scrub(_first_line(exc))}"
+                f"store {self.masked} cannot be reached: {self._scrub(_first_line(exc))}"
             ) from None
-        c = PgConnection(raw, self)
-        with self._all_lock:
-            self._all.append(c)
-        return c
-
-    def close(self) -> None:
-        with self._all_lock:
-            for c in self._all:
-                try:
-                    c.close()
-                except Exception:
-                    pass
-            self._all.clear()
-        self._local = threading.local()
-
-    # PgConnection.execute already turns psycopg errors into StoreError
-    _driver_errors = ()
+        return self._remember(PgConnection(raw, self))
 
     def _begin(self, c: PgConnection) -> None:
         c.execute("BEGIN")
@@ -299,18 +198,18 @@ class PgStore(Store):
         except StoreError:
             pass  # the connection is gone: the server rolled back already
 
-    def read(self, sql: str, params: Any = ()) -> list:
-        return self.conn().execute(sql, params).fetchall()
+    def read(self, sql: str, params: Any = ()) -> list[Any]:
+        return list(self.conn().execute(sql, params).fetchall())
 
-    def _wrap(self, exc: Exception) -> StoreError:
+    def _wrap(self, exc: BaseException) -> StoreError:
         import psycopg
 
         text = self._scrub(_first_line(exc))
         if isinstance(exc, psycopg.errors.UndefinedTable):
-            return StoreError(f"store {self.path} lacks clearlift's tables ({text}): run `clearlift init`")
+            return StoreError(f"store {self.masked} lacks clearlift's tables ({text}): run `clearlift init`")
         if isinstance(exc, psycopg.OperationalError):
-            return StoreError(f"store {self.path} cannot be reached: {text}")
-        return StoreError(f"store {self.path}: {text}")
+            return StoreError(f"store {self.masked} cannot be reached: {text}")
+        return StoreError(f"store {self.masked}: {text}")
 
     def _scrub(self, text: str) -> str:
         return scrub(text, *self._secrets)
@@ -321,10 +220,6 @@ class PgStore(Store):
         c.execute("SELECT set_config('lock_timeout', '0', true)")
         c.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEDULE_LOCK,))
 
-    @property
-    def local_files(self) -> list[str]:
-        return []
-
     def has_table(self, name: str) -> bool:
         return bool(
             self.read(
@@ -333,27 +228,42 @@ class PgStore(Store):
             )
         )
 
-    def schema_version(self) -> int:
-        if not self.has_table("clearlift_meta"):
-            return 0
-        rows = self.read("SELECT value FROM clearlift_meta WHERE key = 'schema_version'")
-        return _version(rows[0][0] if rows else None, self.path)
+    def columns(self, c: Any, table: str) -> set[str]:
+        return {
+            r[0]
+            for r in c.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+                (self.schema, table),
+            ).fetchall()
+        }
 
-    def migrate(self) -> list[str]:
+    def migrate(self, *, app_tables: bool) -> list[str]:
         changes: list[str] = []
         with self.write() as c:
             c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
             before = self.schema_version()
-            self._refuse_newer(before)
-            for stmt in FUNCTIONS + TABLES:
+            self.refuse_newer(before)
+            existing = {
+                t for t in (*schema.APP_TABLE_NAMES, *schema.CONTROL_TABLE_NAMES) if self.columns(c, t)
+            }
+            if app_tables:
+                for stmt in FUNCTIONS + schema.PG_APP_TABLES:
+                    c.execute(stmt)
+                changes += [f"created table {t}" for t in schema.APP_TABLE_NAMES if t not in existing]
+                have = {t: self.columns(c, t) for t in schema.LATER_COLUMNS}
+                for what, stmt in schema.later_column_ddl("postgres", have):
+                    c.execute(stmt)
+                    changes.append(what)
+            have = {t: self.columns(c, t) for t in schema.CONTROL_TABLE_NAMES if t in existing}
+            for what, stmt in schema.missing_control_columns("postgres", have):
                 c.execute(stmt)
-            if before < SCHEMA_VERSION:
-                c.execute(
-                    "INSERT INTO clearlift_meta (key, value) VALUES ('schema_version', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(SCHEMA_VERSION),),
-                )
-                changes.append(f"store schema {before} -> {SCHEMA_VERSION} (PostgreSQL schema {self.schema})")
+                changes.append(what)
+            for stmt in schema.control_ddl("postgres"):
+                c.execute(stmt)
+            if app_tables:
+                for stmt in schema.APP_INDEXES:
+                    c.execute(stmt)
+            self._set_version(c, before, changes, f" (PostgreSQL schema {self.schema})")
         return changes
 
 
@@ -394,12 +304,12 @@ class CopyResult:
         }
 
 
-def copy_store(src: Store, dst: PgStore, *, batch: int = 1000) -> CopyResult:
+def copy_store(src: Engine, dst: PgEngine, *, batch: int = 1000) -> CopyResult:
     """Copy a SQLite store into PostgreSQL once, for a team moving from one host to many.
     Rows already there (same identity) are kept; nothing is dropped silently: a row is
     copied, found already there, copied under a new serial id (queue messages, coverage
     into a control plane already in use), or listed in ``not_copied`` with the reason."""
-    dst.migrate()
+    dst.migrate(app_tables=True)
     result = CopyResult()
     for table, key in COPIED_TABLES.items():
         result.copied[table] = result.already_there[table] = 0

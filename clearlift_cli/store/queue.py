@@ -1,4 +1,4 @@
-"""The durable job queue (the ``sync_queue`` table in the store file).
+"""The durable job queue (the ``sync_queue`` table of the control plane).
 
 Replaces Cloudflare Queues. A message is ``ready`` (claimable once ``visible_at`` has
 passed), ``leased`` (invisible until its lease expires at ``visible_at``), ``done`` or
@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from clearlift_cli.errors import Conflict, NotFound, UsageError
 from clearlift_cli.models import ClaimedMessage, MalformedMessage, SyncJobMessage
 from clearlift_cli.redact import redact
-from clearlift_cli.store import IntegrityError, Store
 from clearlift_cli.timeutil import iso_z
+
+if TYPE_CHECKING:
+    from .operations import Store
 
 log = logging.getLogger("clearlift.queue")
 
@@ -33,8 +35,8 @@ BACKOFF_CAP_SECONDS = 900.0
 RATE_LIMIT_NOTE = "Rate limited by"
 
 # Called inside the transaction that dead-letters messages, with (connection, [(job_id,
-# error)]), so job rows fail in the same commit as their messages.
-DeadLetterHook = Callable[[sqlite3.Connection, list[tuple[str, str]]], None]
+# error)]), so job rows fail with their messages (default: ``Store.fail_jobs``).
+DeadLetterHook = Callable[[Any, list[tuple[str, str]]], None]
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class QueueStats:
     oldest_ready_age_s: float | None
 
 
-def _take_claim_sequence(c: sqlite3.Connection, n: int) -> int:
+def _take_claim_sequence(c: Any, n: int) -> int:
     """Reserve ``n`` numbers of the store's claim sequence inside the claiming transaction
     ``c``; returns the last. The counter row is locked until the claim commits, so claims
     from every host are numbered in the order they commit."""
@@ -76,17 +78,19 @@ def decode_message(body: str, job_id: str) -> SyncJobMessage:
     return msg
 
 
-class SqliteQueue:
+class Queue:
+    """The queue on the store's control plane (SQLite or PostgreSQL)."""
+
     def __init__(self, store: Store, *, on_dead: DeadLetterHook | None = None):
         self.store = store
         self.clock = store.clock
-        self.on_dead = on_dead
+        self.on_dead: DeadLetterHook = on_dead or store.fail_jobs
 
     # -- producing ------------------------------------------------------------------------
 
     def enqueue(
         self,
-        c: sqlite3.Connection,
+        c: Any,
         message: SyncJobMessage,
         *,
         delay: float = 0.0,
@@ -114,7 +118,7 @@ class SqliteQueue:
                 ),
             )
             row = cur.fetchone()
-        except IntegrityError:
+        except self.store.integrity_errors:
             row = None
         # DO NOTHING rather than an error: PostgreSQL would abort the caller's transaction
         if row is None:
@@ -125,7 +129,7 @@ class SqliteQueue:
 
     def enqueue_many(
         self,
-        c: sqlite3.Connection,
+        c: Any,
         messages: list[SyncJobMessage],
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> int:
@@ -244,7 +248,7 @@ class SqliteQueue:
             ).rowcount
         return n == 1
 
-    def ack(self, c: sqlite3.Connection, claimed: ClaimedMessage) -> bool:
+    def ack(self, c: Any, claimed: ClaimedMessage) -> bool:
         """Mark done inside the caller's transaction; False (and no change) if fenced out."""
         now_iso = iso_z(self.clock.now())
         n = c.execute(
@@ -254,7 +258,43 @@ class SqliteQueue:
         ).rowcount
         return n == 1
 
-    def holds_lease(self, c: sqlite3.Connection, claimed: ClaimedMessage) -> bool:
+    def holds_lease_now(self, claimed: ClaimedMessage) -> bool:
+        """Whether this delivery holds its lease (a read, outside any transaction)."""
+        return bool(
+            self.store.read(
+                "SELECT 1 FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
+                (claimed.id, claimed.lease_token),
+            )
+        )
+
+    def can_enqueue(self, c: Any, message: SyncJobMessage) -> bool:
+        """Whether ``message``'s connection has no live message (inside ``c``)."""
+        return (
+            c.execute(
+                "SELECT 1 FROM sync_queue WHERE connection_id = ? AND state IN ('ready', 'leased')",
+                (message.connection_id,),
+            ).fetchone()
+            is None
+        )
+
+    def revive(self, c: Any, message: SyncJobMessage) -> bool:
+        """The pending job still has its old message, done or dead: make that one ready
+        again with the new body (its job id is unique in the queue). False when the
+        connection has another live message."""
+        now = self.clock.time()
+        stamp = iso_z(self.clock.now())
+        return (
+            c.execute(
+                "UPDATE sync_queue SET state = 'ready', body = ?, priority = ?, visible_at = ?, attempts = 0, "
+                "lease_owner = NULL, lease_token = NULL, last_error = NULL, finished_at = NULL, updated_at = ? "
+                "WHERE job_id = ? AND state IN ('done', 'dead') AND NOT EXISTS (SELECT 1 FROM sync_queue q "
+                "WHERE q.connection_id = ? AND q.state IN ('ready', 'leased'))",
+                (message.dumps(), message.priority.rank, now, stamp, message.job_id, message.connection_id),
+            ).rowcount
+            == 1
+        )
+
+    def holds_lease(self, c: Any, claimed: ClaimedMessage) -> bool:
         return (
             c.execute(
                 "SELECT 1 FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
@@ -265,7 +305,7 @@ class SqliteQueue:
 
     def retry(
         self,
-        c: sqlite3.Connection,
+        c: Any,
         claimed: ClaimedMessage,
         error: str,
         *,
@@ -297,7 +337,7 @@ class SqliteQueue:
         )
         return "ready"
 
-    def dead_letter(self, c: sqlite3.Connection, claimed: ClaimedMessage, error: str) -> bool:
+    def dead_letter(self, c: Any, claimed: ClaimedMessage, error: str) -> bool:
         """Fail the message now (permanent error), fenced by its lease. The caller records
         the failure on the job itself (it knows why); ``on_dead`` is not called."""
         ok = self.holds_lease(c, claimed)
@@ -307,7 +347,7 @@ class SqliteQueue:
 
     def _dead(
         self,
-        c: sqlite3.Connection,
+        c: Any,
         message_id: int,
         error: str,
         *,
@@ -336,10 +376,10 @@ class SqliteQueue:
                 == 1
             )
             if gone:
-                c.execute("DELETE FROM sync_jobs WHERE id = ? AND status = 'pending'", (job_id,))
+                self.store.withdraw_job(c, job_id)
         return gone
 
-    def release_deferred(self, c: sqlite3.Connection, platform: str) -> int:
+    def release_deferred(self, c: Any, platform: str) -> int:
         """Make ``platform``'s messages deferred by a rate limit claimable now (inside the
         caller's transaction); the number released."""
         now = self.clock.time()
@@ -394,7 +434,7 @@ class SqliteQueue:
             out[(r[0], "high" if r[1] == 0 else "normal")] += int(r[2])
         return out
 
-    def dead_letters(self, limit: int = 100) -> list[sqlite3.Row]:
+    def dead_letters(self, limit: int = 100) -> list[Any]:
         return self.store.read(
             "SELECT id, job_id, connection_id, platform, attempts, last_error, finished_at "
             "FROM sync_queue WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT ?",
@@ -442,7 +482,7 @@ class SqliteQueue:
                         (now, now_iso, r["id"]),
                     )
                     c.execute("RELEASE SAVEPOINT requeue")
-                except IntegrityError:
+                except self.store.integrity_errors:
                     c.execute("ROLLBACK TO SAVEPOINT requeue")
                     c.execute("RELEASE SAVEPOINT requeue")
                     reason = f"connection {r['connection_id']} already has a queued or running job"
@@ -450,11 +490,7 @@ class SqliteQueue:
                         raise Conflict(reason) from None
                     result.skipped.append(SkippedDeadLetter(r["id"], r["job_id"], r["connection_id"], reason))
                     continue
-                c.execute(
-                    "UPDATE sync_jobs SET status = 'pending', completed_at = NULL, updated_at = ? "
-                    "WHERE id = ?",
-                    (now_iso, r["job_id"]),
-                )
+                self.store.requeue_job(c, r["job_id"])
                 result.requeued.append(r["job_id"])
         return result
 
@@ -476,7 +512,7 @@ class Requeued:
 
 
 __all__ = [
-    "SqliteQueue",
+    "Queue",
     "QueueStats",
     "RATE_LIMIT_NOTE",
     "Requeued",
