@@ -1,8 +1,8 @@
 """Queue throughput: enqueue, then claim + ack with 1 and 4 consumer processes.
 
-Enqueue: ``SqliteQueue.enqueue`` in store transactions of 500 messages (as the scheduler
+Enqueue: ``Queue.enqueue`` in store transactions of 500 messages (as the scheduler
 writes them) and one message per transaction (as ``sync --now`` does). Claim + ack: each
-process claims batches of 50 (``SqliteQueue.claim``) and acks every message in its own
+process claims batches of 50 (``Queue.claim``) and acks every message in its own
 store transaction, as the consumer does; every claimed message id is collected to check
 that none was delivered twice and none was left behind. Once more with 1 process over a
 queue that also holds many messages acked on earlier days (nothing is ever deleted).
@@ -70,9 +70,9 @@ def new_store(home: Path):
 
 
 def enqueue_all(store, msgs, per_tx: int) -> float:
-    from clearlift_cli.queue import SqliteQueue
+    from clearlift_cli.store.queue import Queue
 
-    queue = SqliteQueue(store)
+    queue = Queue(store)
     with Stopwatch() as sw:
         for i in range(0, len(msgs), per_tx):
             with store.write() as c:
@@ -83,11 +83,11 @@ def enqueue_all(store, msgs, per_tx: int) -> float:
 
 def _consumer(db: str, name: str, ready, go, results) -> None:
     """One consumer process: claim batches and ack each message, until the queue is empty."""
-    from clearlift_cli.queue import SqliteQueue
+    from clearlift_cli.store.queue import Queue
     from clearlift_cli.store import open_store
 
     store = open_store(db)
-    queue = SqliteQueue(store)
+    queue = Queue(store)
     ids: list[int] = []
     stale = 0
     ready.set()

@@ -27,7 +27,7 @@ from benchmarks._common import (
     temp_home,
 )
 from clearlift_cli import app, scheduler
-from clearlift_cli.queue import SqliteQueue
+from clearlift_cli.store.queue import Queue
 from clearlift_cli.store import open_store
 
 TARGET_S = 1.5
@@ -46,9 +46,9 @@ def run_size(total: int, due: int) -> dict:
         store = open_store(s.db)
         try:
             with Stopwatch() as sw:
-                result = scheduler.schedule(store, SqliteQueue(store))
+                result = scheduler.schedule(store, Queue(store))
             with Stopwatch() as again:
-                rerun = scheduler.schedule(store, SqliteQueue(store))
+                rerun = scheduler.schedule(store, Queue(store))
             queued = store.read("SELECT count(*) FROM sync_queue WHERE state = 'ready'")[0][0]
         finally:
             store.close()
