@@ -83,8 +83,8 @@ def enqueue_all(store, msgs, per_tx: int) -> float:
 
 def _consumer(db: str, name: str, ready, go, results) -> None:
     """One consumer process: claim batches and ack each message, until the queue is empty."""
-    from clearlift_cli.store.queue import Queue
     from clearlift_cli.store import open_store
+    from clearlift_cli.store.queue import Queue
 
     store = open_store(db)
     queue = Queue(store)

@@ -27,8 +27,8 @@ from benchmarks._common import (
     temp_home,
 )
 from clearlift_cli import app, scheduler
-from clearlift_cli.store.queue import Queue
 from clearlift_cli.store import open_store
+from clearlift_cli.store.queue import Queue
 
 TARGET_S = 1.5
 

@@ -276,18 +276,26 @@ SQL_WORDS = re.compile(
 # Expressions interpolated into SQL text that are fixed identifiers or placeholders, each
 # checked by reading the code: constants, names from the schema modules, quoted identifiers.
 ALLOWED = {
-    "queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
-    "scheduler.py": {
+    "store/queue.py": {"skip", "self.store.skip_locked"},  # " AND platform NOT IN (?, ?)"; a class constant
+    # CONNECTION_COLUMNS / STATUS_COLUMNS (prefixed: cols); LIVE: the fixed live statuses;
+    # where: _connection_filter's fixed terms; flag: a fixed CASE condition; metadata_sql: "?"
+    # or a fixed json_set expression; marks: "?" placeholders
+    "store/operations.py": {
+        "CONNECTION_COLUMNS",
+        "JobStatus.RUNNING.value",
+        "LIVE",
         "cols",
-        "live",
-        "marks",
-    },  # CONNECTION_COLUMNS prefixed; a fixed NOT EXISTS clause; "?" placeholders
-    # LATER_COLUMNS; cols: STATUS_COLUMNS prefixed with the table's alias
-    "store.py": {"CONNECTION_COLUMNS", "BUSY_TIMEOUT_MS", "table", "name", "decl", "cols", "where"},
+        "flag",
+        "metadata_sql",
+        "where",
+    },
+    "store/scheduling.py": {"LIVE", "cols", "live", "marks"},  # live: a fixed NOT EXISTS clause
+    # schema.py: table and column names and declarations of the schema itself
+    "store/schema.py": {"_NOW_TEXT", "body", "column.ddl(dialect)", "decl", "name", "self.name", "table"},
+    "store/sqlite.py": {"BUSY_TIMEOUT_MS", "table"},  # table: a name from schema.py
+    "store/d1.py": {"table"},  # a name from schema.APP_TABLE_NAMES
     # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share
-    "store_pg.py": {"NOW_TEXT", "cols", "names", "where", "table", "marks", "self.schema"},
-    "adoption.py": {"_LIVE_FOR_JOB"},  # a fixed NOT EXISTS clause
-    "tokens.py": {"CONNECTION_COLUMNS"},
+    "store/postgres.py": {"cols", "names", "where", "table", "marks", "self.schema"},
     "warehouse/sqlite.py": {
         "updates",
         "where",

@@ -16,6 +16,7 @@ def serve(host: str, port: int, token_ttl: float | None) -> None:
     ports = {} if port == 0 else {p: port + i for i, p in enumerate(platforms)}
     sb = Sandbox(host=host, ports=ports).start()
     d1 = D1App()  # a fresh database in a temporary file, removed on exit
+    d1.create_clearlift_tables()
     d1_server = SandboxServer(d1, host=host, port=0 if port == 0 else port + len(platforms)).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -29,8 +30,8 @@ def serve(host: str, port: int, token_ttl: float | None) -> None:
             access, refresh = sb.issue_token(p, ttl=token_ttl)
             print(f"# {p}: {access} {refresh}")
         print(
-            f"# d1: {d1.store_url} CLOUDFLARE_API_TOKEN={d1.token} (SQLite file {d1.path};"
-            " d1:// stores are not wired into clearlift yet)"
+            f"# d1: CLEARLIFT_DB={d1.store_url} CLOUDFLARE_API_TOKEN={d1.token} (SQLite file {d1.path};"
+            " with ClearLift's tables, as the API worker's D1 has them)"
         )
         print("# Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):

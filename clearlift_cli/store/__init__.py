@@ -1,6 +1,6 @@
 """The store: ClearLift's tables and clearlift's control plane, as operations.
 
-- ``operations.Store`` (+ ``scheduling.SchedulingOps``): every read and write, by name.
+- ``scheduling.Store`` (on ``operations.BaseStore``): every read and write, by name.
 - ``engine.Engine`` with siblings ``sqlite.SqliteEngine`` and ``postgres.PgEngine``: the SQL
   databases (one connection per thread, transactions, schema migration).
 - ``tables``: where ClearLift's tables live — beside the control plane (``SharedTables``) or
@@ -24,7 +24,8 @@ from clearlift_cli.pgconnect import PgLimits
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
 from .engine import Engine, IntegrityError
-from .operations import RUNS_KEPT_SECONDS, Store, new_job_id, with_records
+from .operations import RUNS_KEPT_SECONDS, new_job_id, with_records
+from .scheduling import Store
 from .schema import CONNECTION_COLUMNS, SCHEMA_VERSION, STATUS_COLUMNS
 
 # `scheme://` at the start of a store setting: a URL, never a file path.

@@ -30,6 +30,7 @@ class Engine(ABC):
     """A SQL database the store runs on. Subclasses open connections and name their dialect."""
 
     dialect = "sqlite"  # sqlite | postgres
+    integrity_errors: tuple[type[Exception], ...] = (IntegrityError,)
     # appended to the claim's sub-select: PostgreSQL skips rows other consumers hold
     skip_locked = ""
 
@@ -72,7 +73,7 @@ class Engine(ABC):
     # -- transactions and reads ------------------------------------------------------------
 
     # errors of the driver that write() turns into StoreError
-    _driver_errors: tuple[type[BaseException], ...] = ()
+    _driver_errors: tuple[type[Exception], ...] = ()
 
     @contextmanager
     def write(self) -> Iterator[Any]:
@@ -91,9 +92,12 @@ class Engine(ABC):
         else:
             try:
                 c.execute("COMMIT")
-            except (StoreError, *self._driver_errors) as exc:
+            except StoreError:
                 self._rollback(c)
-                raise (exc if isinstance(exc, StoreError) else self._wrap(exc)) from None
+                raise
+            except self._driver_errors as exc:
+                self._rollback(c)
+                raise self._wrap(exc) from None
 
     @abstractmethod
     def _begin(self, c: Any) -> None: ...

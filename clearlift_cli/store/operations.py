@@ -27,7 +27,6 @@ from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import iso_z
 
 from .engine import Engine
-from .scheduling import SchedulingOps
 from .schema import CONNECTION_COLUMNS, LIVE, STATUS_COLUMNS
 from .tables import SharedTables, Tables
 from .tables import stmt as _s
@@ -40,15 +39,16 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
-class Store(SchedulingOps):
-    """ClearLift's tables and clearlift's control plane, as operations."""
+class BaseStore:
+    """ClearLift's tables and clearlift's control plane, as operations (scheduling's are in
+    ``scheduling.Store``, the class everyone uses)."""
 
     def __init__(self, engine: Engine, tables: Tables | None = None):
         self.engine = engine
-        self.tables: Tables = tables if tables is not None else SharedTables(engine)
+        self.tables: Tables = SharedTables(engine) if tables is None else tables
         self.clock = engine.clock
         self.split = self.tables.split
-        self.integrity_errors = engine.integrity_errors  # type: ignore[attr-defined]
+        self.integrity_errors = engine.integrity_errors
         self._has_onboarding: bool | None = None
 
     # -- the databases ----------------------------------------------------------------------

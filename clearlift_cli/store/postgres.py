@@ -137,7 +137,7 @@ def _schema_from_options(options: str | None) -> str | None:
 class PgEngine(Engine):
     dialect = "postgres"
     skip_locked = " FOR UPDATE SKIP LOCKED"
-    integrity_errors: tuple[type[BaseException], ...] = (IntegrityError,)
+    integrity_errors: tuple[type[Exception], ...] = (IntegrityError,)
 
     def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, limits: PgLimits | None = None):
         import psycopg
@@ -267,7 +267,7 @@ class PgEngine(Engine):
         return changes
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 

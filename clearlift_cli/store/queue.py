@@ -24,7 +24,7 @@ from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import iso_z
 
 if TYPE_CHECKING:
-    from .operations import Store
+    from .scheduling import Store
 
 log = logging.getLogger("clearlift.queue")
 
@@ -186,7 +186,7 @@ class Queue:
                 "RETURNING job_id, last_error",
                 (now_iso, now_iso, now),
             ).fetchall()
-            if exhausted and self.on_dead:
+            if exhausted:
                 self.on_dead(c, [(r[0], r[1]) for r in exhausted])
             paused = [
                 r[0]
@@ -360,7 +360,7 @@ class Queue:
             "lease_token = NULL WHERE id = ? RETURNING job_id",
             (error, now_iso, now_iso, message_id),
         ).fetchone()
-        if row is not None and notify and self.on_dead:
+        if row is not None and notify:
             self.on_dead(c, [(row[0], job_error or error)])
 
     def withdraw_unclaimed(self, job_id: str) -> bool:

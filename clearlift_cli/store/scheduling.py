@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clearlift_cli.d1 import Statement
 from clearlift_cli.errors import Conflict
 from clearlift_cli.models import SyncJobMessage
 
+from .operations import BaseStore
 from .schema import CONNECTION_COLUMNS, LIVE
 from .tables import stmt as _s
-
-if TYPE_CHECKING:
-    from .operations import Store
 
 # Job rows and messages created per transaction: short transactions keep consumers moving.
 CHUNK = 500
@@ -81,10 +79,11 @@ class _Raced(Exception):
     """A bulk insert created fewer rows than planned: another writer got there first."""
 
 
-class SchedulingOps:
-    """Mixed into ``Store``."""
+class Store(BaseStore):
+    """ClearLift's tables and clearlift's control plane, as operations: ``BaseStore``'s and
+    scheduling's (``open_store`` returns one)."""
 
-    def due_candidates(self: Store, cutoff_julian: float) -> list[Any]:
+    def due_candidates(self, cutoff_julian: float) -> list[Any]:
         """Rows that may be due, found through indexes so the cost follows the due ones:
         never synced (or unparseable), synced before ``cutoff_julian``, or with their own
         interval. No live job, no pending re-auth. One query (one D1 request)."""
@@ -107,7 +106,7 @@ class SchedulingOps:
         """
         return self.tables.read(sql, (cutoff_julian,))
 
-    def attribution_state(self: Store, connection_ids: list[str]) -> dict[str, str | None]:
+    def attribution_state(self, connection_ids: list[str]) -> dict[str, str | None]:
         """When each of these connections last had an attribution-window job (raw text)."""
         out: dict[str, str | None] = {}
         for i in range(0, len(connection_ids), 500):
@@ -120,7 +119,7 @@ class SchedulingOps:
                 out[r[0]] = r[1]
         return out
 
-    def create_jobs(self: Store, queue: Any, jobs: Sequence[NewJob]) -> Created:
+    def create_jobs(self, queue: Any, jobs: Sequence[NewJob]) -> Created:
         """Create ``jobs`` (rows + messages), ``CHUNK`` per transaction. A connection that
         has a live job row meanwhile is counted in ``already_live``; one that has only a
         live message in ``message_live`` (worth a look); neither gets a second job."""
@@ -142,7 +141,7 @@ class SchedulingOps:
                     _create_one_by_one(self, c, queue, chunk, result)
         return result
 
-    def create_job(self: Store, queue: Any, job: NewJob) -> str:
+    def create_job(self, queue: Any, job: NewJob) -> str:
         """Create one job (``sync --now``). Raises AlreadyQueued / Conflict (nothing kept)."""
         result = self.create_jobs(queue, [job])
         if result.jobs:
@@ -154,7 +153,7 @@ class SchedulingOps:
 
     # -- job rows clearlift did not create (adoption) ------------------------------------------
 
-    def orphan_jobs(self: Store) -> list[Any]:
+    def orphan_jobs(self) -> list[Any]:
         """``pending`` and ``running`` job rows with no live queue message, with their
         connection's columns (``conn_id`` NULL when the connection is gone)."""
         rows = self.tables.read(
@@ -169,9 +168,7 @@ class SchedulingOps:
         live = _live_message_jobs(self, [r["id"] for r in rows])
         return [r for r in rows if r["id"] not in live]
 
-    def adopt_job(
-        self: Store, c: Any, queue: Any, job_id: str, message: SyncJobMessage, metadata: str
-    ) -> str:
+    def adopt_job(self, c: Any, queue: Any, job_id: str, message: SyncJobMessage, metadata: str) -> str:
         """Adopt a pending row with no live message (inside the scheduling transaction
         ``c``): record ``metadata`` on it and enqueue ``message`` under its id. Returns
         ``adopted``, ``gone`` (no longer pending, or it has a live message now) or
@@ -201,14 +198,16 @@ class SchedulingOps:
                 except Conflict:
                     if not queue.revive(c, message):
                         raise
-        except (Conflict, *self.integrity_errors):
+        except Exception as exc:
+            if not isinstance(exc, (Conflict, *self.integrity_errors)):
+                raise
             c.execute("ROLLBACK TO SAVEPOINT clearlift_adopt")
             c.execute("RELEASE SAVEPOINT clearlift_adopt")
             return "busy"
         c.execute("RELEASE SAVEPOINT clearlift_adopt")
         return "adopted" if r.rowcount == 1 else "gone"
 
-    def close_job(self: Store, c: Any, row: Any, error: str, *, status: str) -> bool:
+    def close_job(self, c: Any, row: Any, error: str, *, status: str) -> bool:
         """Close the job as failed, guarded: only if it is still ``status``, still has no
         live message and (for running rows) has not moved since it was read. Its
         connection, left ``syncing`` by a dead worker, says why — unless a live job of
@@ -251,11 +250,11 @@ class SchedulingOps:
             )
         return self.tables.run(c, stmts)[0].rowcount == 1
 
-    def withdraw_job(self: Store, c: Any, job_id: str) -> None:
+    def withdraw_job(self, c: Any, job_id: str) -> None:
         """Delete a pending job row nobody ran (its message was withdrawn in ``c``)."""
         self.tables.run(c, [_s("DELETE FROM sync_jobs WHERE id = ? AND status = 'pending'", job_id)])
 
-    def requeue_job(self: Store, c: Any, job_id: str) -> None:
+    def requeue_job(self, c: Any, job_id: str) -> None:
         """A dead letter queued again: its job row back to ``pending``."""
         self.tables.run(
             c,

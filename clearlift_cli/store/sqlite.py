@@ -25,8 +25,8 @@ BUSY_TIMEOUT_MS = 30_000
 
 class SqliteEngine(Engine):
     dialect = "sqlite"
-    integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
-    _driver_errors = (sqlite3.Error,)
+    integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+    _driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False):
         super().__init__(clock)

@@ -34,7 +34,9 @@ class Result:
 
 class Tables(Protocol):
     split: bool  # True when the tables cannot share a transaction with the control plane
-    display: str
+
+    @property
+    def display(self) -> str: ...
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
 
