@@ -272,7 +272,7 @@ def test_bad_key_through_the_installed_command_exits_3_without_the_key(tmp_path)
 # -- store and warehouse URLs: an unknown scheme is a configuration error, never a path --------
 
 UNKNOWN_STORE_URLS = [
-    "d1://0123456789abcdef/6e0f5a3c-db",
+    "redis://:s3cret-store-pw@cache.internal:6379/0",
     "mysql://clearlift:s3cret-store-pw@db.internal:3306/clearlift",
     "http://clearlift:s3cret-store-pw@example.com/store",
     "sqlite://relative.db",  # two slashes: not sqlite:///path
@@ -313,3 +313,29 @@ def test_unknown_warehouse_url_scheme_exits_3_before_init_creates_anything(tmp_p
     assert "unsupported warehouse URL" in one_line_error(result.stderr)
     assert "s3cret-wh-pw" not in result.stderr + result.stdout
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("command", [["init"], ["schedule"], ["status"]])
+def test_a_d1_store_without_a_cloudflare_token_exits_3_naming_the_setting_and_creates_nothing(
+    tmp_path, command
+):
+    import subprocess
+
+    from tests.helpers import CLEARLIFT
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = cli_env(tmp_path, CLEARLIFT_DB="d1://0123456789abcdef/6e0f5a3c-db")
+    env.pop("CLOUDFLARE_API_TOKEN", None)
+    result = subprocess.run(
+        [CLEARLIFT, *command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "CLOUDFLARE_API_TOKEN" in one_line_error(result.stderr)
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "home" / "control.db").exists()

@@ -49,7 +49,7 @@ def env(tmp_path):
     env = cli_env(tmp_path)
     store = new_store(home_db(tmp_path))
     insert_connections(
-        store.path,
+        store.engine.path,
         [
             {"platform": "google", "account_id": "1", "last_synced_at": "2025-10-10T19:00:00.000Z"},
             {"platform": "facebook", "account_id": "2", "sync_status": "failed"},

@@ -333,7 +333,7 @@ def test_every_row_is_checked_as_one_connection_is(store):
         ok[7]: "settings = '{\"attribution_window_days\": 0}'",  # fine
         kinds["failed"][0]: "settings = 'null'",
     }
-    c = raw(s.path)
+    c = raw(s.engine.path)
     with c:
         for cid, change in broken.items():
             c.execute(f"UPDATE platform_connections SET {change} WHERE id = ?", (cid,))

@@ -30,7 +30,7 @@ def serve(host: str, port: int, token_ttl: float | None) -> None:
             access, refresh = sb.issue_token(p, ttl=token_ttl)
             print(f"# {p}: {access} {refresh}")
         print(
-            f"# d1: CLEARLIFT_DB={d1.store_url} CLOUDFLARE_API_TOKEN={d1.token} (SQLite file {d1.path};"
+            f"# d1: {d1.store_url} CLOUDFLARE_API_TOKEN={d1.token} (SQLite file {d1.path};"
             " with ClearLift's tables, as the API worker's D1 has them)"
         )
         print("# Ctrl-C to stop", flush=True)
