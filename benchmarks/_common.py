@@ -108,10 +108,10 @@ def settings_for(home: Path, *, environ: dict[str, str] | None = None, **flags: 
 
 def app_init_store(home: Path) -> str:
     """``clearlift init`` (store only) in ``home``; returns the store's path."""
-    from clearlift_cli import app
+    from clearlift_cli import commands
 
     s = settings_for(home)
-    app.init(s, warehouse=False)
+    commands.init(s, warehouse=False)
     return s.db
 
 

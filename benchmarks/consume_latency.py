@@ -1,5 +1,5 @@
 """Consume under latency: N Google connections against the sandbox with 100 ms added to every
-request, consumed by ``clearlift_cli.app.consume`` at concurrency 1, 4, 16 and 32.
+request, consumed by ``clearlift_cli.commands.consume`` at concurrency 1, 4, 16 and 32.
 
 Baseline: the latency bound, requests x latency / concurrency, with the requests counted in
 the sandbox's request log; nothing can finish sooner while ``concurrency`` requests wait in
@@ -30,7 +30,7 @@ from benchmarks._common import (
     show,
     temp_home,
 )
-from clearlift_cli import app
+from clearlift_cli import commands
 
 LATENCY = 0.1
 TARGET = 1.15  # issue 19 (it was 1.25)
@@ -44,12 +44,12 @@ def run_level(sandbox: SandboxProcess, connections: int, concurrency: int, backe
         s = settings_for(
             home, environ=sandbox.env, encryption_key=new_key(), http_timeout=30, warehouse_url=pg_url
         )
-        app.init(s)
+        commands.init(s)
         for i in range(connections):
             access, refresh = sandbox.issue_token("google", ttl=None)
-            app.add_connection(
+            commands.add_connection(
                 s,
-                app.NewConnection(
+                commands.NewConnection(
                     organization_id=f"org-{i:04d}",
                     platform="google",
                     account_id=str(5_000_000_000 + i),
@@ -59,12 +59,12 @@ def run_level(sandbox: SandboxProcess, connections: int, concurrency: int, backe
                     refresh_token=refresh,
                 ),
             )
-        scheduled = app.schedule(s)
+        scheduled = commands.schedule(s)
         assert len(scheduled.enqueued) == connections, scheduled.summary()
         sandbox.reset_requests()
         cpu, sandbox_cpu, busy = time.process_time(), process_cpu_s(sandbox.pid), machine_busy()
         with Stopwatch() as sw:
-            result = app.consume(s, concurrency=concurrency, max_seconds=None)
+            result = commands.consume(s, concurrency=concurrency, max_seconds=None)
         cpu = time.process_time() - cpu
         sandbox_cpu = process_cpu_s(sandbox.pid) - sandbox_cpu
         busy_after = machine_busy()

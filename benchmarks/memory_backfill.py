@@ -35,7 +35,7 @@ from benchmarks._common import (
     show,
     temp_home,
 )
-from clearlift_cli import app
+from clearlift_cli import commands
 
 TARGET_MB = 120.0
 CAMPAIGNS = 300
@@ -52,11 +52,11 @@ def backfill(sandbox: SandboxProcess, rows: int, account: str = ACCOUNT, campaig
     with temp_home() as home, pg_schema("bench_memory") as url:
         key = new_key()
         s = settings_for(home, environ=sandbox.env, encryption_key=key, warehouse_url=url)
-        app.init(s)
+        commands.init(s)
         access, refresh = sandbox.issue_token("google", ttl=None)
-        cid, _ = app.add_connection(
+        cid, _ = commands.add_connection(
             s,
-            app.NewConnection(
+            commands.NewConnection(
                 organization_id="org-mem",
                 platform="google",
                 account_id=account,
@@ -71,7 +71,7 @@ def backfill(sandbox: SandboxProcess, rows: int, account: str = ACCOUNT, campaig
         )
         consume = [CLEARLIFT, "consume", "--concurrency", "1", "--max-seconds", "3600", "--json"]
         idle = run_measured(consume, env=env)
-        app.sync_now(s, cid, since=since, until=until)
+        commands.sync_now(s, cid, since=since, until=until)
         run = run_measured(consume, env=env)
         if run.returncode != 0:
             raise RuntimeError(f"consume exited {run.returncode}: {run.stderr[-2000:]}")

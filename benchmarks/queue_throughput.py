@@ -61,11 +61,11 @@ def messages(n: int, start: int = 0):
 
 
 def new_store(home: Path):
-    from clearlift_cli import app
+    from clearlift_cli import commands
     from clearlift_cli.store import open_store
 
     s = settings_for(home)
-    app.init(s, warehouse=False)
+    commands.init(s, warehouse=False)
     return s.db, open_store(s.db)
 
 
@@ -153,7 +153,7 @@ def claim_and_ack(db: str, processes: int) -> dict:
 
 
 def bare_baseline(home: Path, n: int) -> dict:
-    """The queue's essential SQL alone, on a ``sync_queue`` table made by ``app.init`` (same
+    """The queue's essential SQL alone, on a ``sync_queue`` table made by ``commands.init`` (same
     indexes): INSERT of prepared rows in batches of 500, then the claim UPDATE (LIMIT 50)
     and one fenced UPDATE per ack, each in its own BEGIN IMMEDIATE transaction."""
     db, store = new_store(home / "bare")

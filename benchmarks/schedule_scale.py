@@ -1,7 +1,7 @@
 """Schedule at scale: ``scheduler.schedule`` over a store of 100k connections of which 10k are
 due, then 1M of which 10k are due (quick: 20k and 200k, 2k due).
 
-The store is created by ``app.init`` and filled straight with SQL the way years of the API
+The store is created by ``commands.init`` and filled straight with SQL the way years of the API
 worker leave it (half the due connections never synced, half synced two hours ago; the rest
 synced within the hour or paused; one completed job per synced connection; the attribution
 state of Facebook connections). Only ``scheduler.schedule`` is timed: finding the due
@@ -26,7 +26,7 @@ from benchmarks._common import (
     show,
     temp_home,
 )
-from clearlift_cli import app, scheduler
+from clearlift_cli import commands, scheduler
 from clearlift_cli.store import open_store
 from clearlift_cli.store.queue import Queue
 
@@ -36,7 +36,7 @@ TARGET_S = 1.5
 def run_size(total: int, due: int) -> dict:
     with temp_home() as home:
         s = settings_for(home)
-        app.init(s, warehouse=False)
+        commands.init(s, warehouse=False)
         filled = fill_store(s.db, total, due)
         with sqlite3.connect(s.db) as c, Stopwatch() as scan:
             # What any plan that looked at every connection would pay at least once.

@@ -213,11 +213,11 @@ def init(
 
     Example:  clearlift init --db /var/lib/clearlift/clearlift.db
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
     from clearlift_cli.redact import mask_url
 
     s = _settings(db, warehouse_url, home, config)
-    changes = core.init(s, warehouse=not store_only)
+    changes = commands.init(s, warehouse=not store_only)
     print(f"store {mask_url(s.db)}: " + ("; ".join(changes) if changes else "up to date"))
     if not store_only:
         print(f"warehouse {mask_url(s.warehouse_url)}: schema up to date")
@@ -261,7 +261,7 @@ def connections_add(
     Example:  CLEARLIFT_ACCESS_TOKEN=… clearlift connections add --org org-1 --platform google
               --account-id 123-456-7890 --connected-by user-1 --settings '{"sync_interval_minutes": 30}'
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
     from clearlift_cli.settings import secret_from_env
 
     if not registry.is_known(platform):
@@ -280,9 +280,9 @@ def connections_add(
         raise UsageError(
             f"no access token: set {access_token_env}, use --tokens-stdin, or run in a terminal to be prompted"
         )
-    cid, created = core.add_connection(
+    cid, created = commands.add_connection(
         s,
-        core.NewConnection(
+        commands.NewConnection(
             organization_id=org,
             platform=platform,
             account_id=account_id,
@@ -311,10 +311,10 @@ def connections_list(
 
     Example:  clearlift connections list --platform google --json
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
     from clearlift_cli.render import connections_table
 
-    store = core.store_for(_settings(db, None, home, config))
+    store = commands.store_for(_settings(db, None, home, config))
     conns = store.list_connections(organization_id=org, platform=platform)
     if as_json:
         _print_json(
@@ -339,9 +339,9 @@ def connections_list(
 
 
 def _set_active(connection_id: str, active: bool, db, home, config) -> None:
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
-    core.store_for(_settings(db, None, home, config)).set_active(connection_id, active)
+    commands.store_for(_settings(db, None, home, config)).set_active(connection_id, active)
     print(f"{'resumed' if active else 'paused'} {connection_id}")
 
 
@@ -374,10 +374,10 @@ def schedule(
 
     Example:  clearlift schedule
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
     t0 = time.monotonic()
-    result = core.schedule(_settings(db, None, home, config))
+    result = commands.schedule(_settings(db, None, home, config))
     summary = result.summary()
     if as_json:
         _print_json(summary)
@@ -422,12 +422,12 @@ def sync(
     Examples:  clearlift sync org-1-google-123 --now
                clearlift sync org-1-google-123 --now --since 2025-01-01 --until 2025-03-31 --wait
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
     if not now:
         raise UsageError("say --now to trigger a sync (scheduled syncs need no command)")
     s = _settings(db, warehouse_url, home, config)
-    job_id, window = core.sync_now(
+    job_id, window = commands.sync_now(
         s, connection_id, since=_parse_day(since, "--since"), until=_parse_day(until, "--until"), wait=wait_
     )
     print(
@@ -436,7 +436,7 @@ def sync(
     if wait_:
         from clearlift_cli.render import run_with_progress
 
-        outcome = run_with_progress(lambda cb: core.run_job_here(s, job_id, on_progress=cb), job_id)
+        outcome = run_with_progress(lambda cb: commands.run_job_here(s, job_id, on_progress=cb), job_id)
         if outcome is None or outcome.status != "completed":
             raise typer.Exit(ExitCode.FAILURE)
 
@@ -483,7 +483,7 @@ def consume(
 
     Example:  flock -n /tmp/clearlift-consume.lock clearlift consume --max-seconds 600 --concurrency 16
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
     t0 = time.monotonic()
     holder: dict[str, Any] = {"signals": 0}
@@ -499,7 +499,7 @@ def consume(
             c.stop()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    result = core.consume(
+    result = commands.consume(
         _settings(db, warehouse_url, home, config),
         max_jobs=max_jobs,
         max_seconds=max_seconds,
@@ -542,10 +542,10 @@ def refresh_tokens(
 
     Example:  clearlift refresh-tokens --margin 600
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
     t0 = time.monotonic()
-    result = core.refresh_tokens(_settings(db, None, home, config), margin_seconds=margin)
+    result = commands.refresh_tokens(_settings(db, None, home, config), margin_seconds=margin)
     summary = result.summary()
     if as_json:
         _print_json(summary)
@@ -593,11 +593,11 @@ def status(
     Examples:  clearlift status org-1-google-123 --json
                clearlift status --failing
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
     from clearlift_cli import status as st
 
     s = _settings(db, None, home, config)
-    store = core.store_for(s)
+    store = commands.store_for(s)
     today = store.clock.now().date()
     if connection_id:
         report = st.connection_report(store, connection_id)
@@ -659,9 +659,9 @@ def queue_summary(
     """
     if ctx.invoked_subcommand:
         return
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
-    stats = core.queue_stats(_settings(db, None, home, config))
+    stats = commands.queue_stats(_settings(db, None, home, config))
     if as_json:
         _print_json(stats)
         return
@@ -684,11 +684,11 @@ def queue_dead(
     config: ConfigOpt = None,
 ) -> None:
     """List dead letters with their last error.  Example:  clearlift queue dead --limit 20"""
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
     from clearlift_cli.render import dead_table
     from clearlift_cli.store.queue import Queue
 
-    store = core.store_for(_settings(db, None, home, config))
+    store = commands.store_for(_settings(db, None, home, config))
     rows = Queue(store).dead_letters(limit)
     if as_json:
         _print_json([dict(r) for r in rows])
@@ -708,12 +708,12 @@ def queue_retry(
 
     Examples:  clearlift queue retry 42      clearlift queue retry --all
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
     from clearlift_cli.store.queue import Queue
 
     if bool(ref) == all_:
         raise UsageError("give one dead letter id (or job id), or --all")
-    store = core.store_for(_settings(db, None, home, config))
+    store = commands.store_for(_settings(db, None, home, config))
     result = Queue(store).requeue_dead(None if all_ else ref)
     print(
         f"re-queued {len(result.requeued)} job(s)"
@@ -741,10 +741,9 @@ def doctor(
 
     Example:  clearlift doctor
     """
-    from clearlift_cli import app as core
-    from clearlift_cli import render
+    from clearlift_cli import commands, render
 
-    report = core.doctor(_settings(db, warehouse_url, home, config))
+    report = commands.doctor(_settings(db, warehouse_url, home, config))
     if as_json:
         _print_json(report.to_json())
     else:
@@ -772,9 +771,9 @@ def metrics(
 
     Example:  clearlift metrics --output /var/lib/node_exporter/textfile/clearlift.prom
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
-    text = core.metrics(_settings(db, None, home, config), output=output)
+    text = commands.metrics(_settings(db, None, home, config), output=output)
     if not output:
         sys.stdout.write(text)
 
@@ -791,9 +790,9 @@ def queue_unpause(
 
     Example:  clearlift queue unpause google
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
-    done = core.unpause_platform(_settings(db, None, home, config), platform)
+    done = commands.unpause_platform(_settings(db, None, home, config), platform)
     print(
         f"{done.platform}: {'pause lifted' if done.was_paused else 'was not paused'}; "
         f"{done.released} deferred job(s) claimable now"
@@ -815,9 +814,9 @@ def migrate_store(
 
     Example:  CLEARLIFT_DB=/var/lib/clearlift/clearlift.db clearlift migrate-store --to postgresql://clearlift@db/clearlift
     """
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
 
-    result = core.migrate_store(_settings(db, None, home, config), to)
+    result = commands.migrate_store(_settings(db, None, home, config), to)
     if as_json:
         _print_json(result.to_json())
     else:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from clearlift_cli import app as core
+from clearlift_cli import commands
 from clearlift_cli import settings as settings_mod
 from clearlift_cli.errors import ClearliftError
 from clearlift_cli.platforms import registry
@@ -122,7 +122,7 @@ def _run(home_dir: Path, console, sandbox: Sandbox | None, more_env: dict[str, s
                 for p, v in versions.configured_versions(s).items()
             )
         )
-        core.init(s)
+        commands.init(s)
         sb.google.configure_account(DEMO_MANAGER, manager=True, name="Umbrella agency")
         for client, currency, tz in DEMO_MANAGER_CLIENTS:
             sb.google.configure_account(
@@ -149,9 +149,9 @@ def _run(home_dir: Path, console, sandbox: Sandbox | None, more_env: dict[str, s
                         }
                     }
                 )
-            cid, _ = core.add_connection(
+            cid, _ = commands.add_connection(
                 s,
-                core.NewConnection(
+                commands.NewConnection(
                     organization_id=org,
                     platform=platform,
                     account_id=account,
@@ -163,21 +163,21 @@ def _run(home_dir: Path, console, sandbox: Sandbox | None, more_env: dict[str, s
                     settings_json=selection,
                 ),
             )
-        refreshed = core.refresh_tokens(s)
+        refreshed = commands.refresh_tokens(s)
         console.print(
             f"refresh-tokens: {refreshed.summary()['refreshed']} refreshed, "
             f"{refreshed.summary()['skipped']} skipped, {refreshed.summary()['failed']} failed"
         )
-        sched = core.schedule(s)
+        sched = commands.schedule(s)
         console.print(f"schedule: {sched.summary()['enqueued']} jobs enqueued")
         # The revoked connection is not flagged until its job fails; it gets one then.
-        result = core.consume(s, concurrency=8, max_seconds=120)
+        result = commands.consume(s, concurrency=8, max_seconds=120)
         console.print(f"consume: {result.summary()}")
 
         from clearlift_cli import render
         from clearlift_cli import status as st
 
-        store = core.store_for(s)
+        store = commands.store_for(s)
         console.print(render.status_table(st.all_reports(store)))
         store.close()
         from clearlift_cli.warehouse import open_warehouse

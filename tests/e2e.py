@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from clearlift_cli import app as core
+from clearlift_cli import commands
 from clearlift_cli.settings import resolve
 
 CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or "clearlift"
@@ -255,9 +255,9 @@ def seed(env: Env, platform: str, account: str, org: str = "org-1") -> str:
     app = env.sandbox.app(platform)
     access, refresh = (app.issue_key(account), None) if platform == "stripe" else app.tokens.issue(ttl=None)
     settings = resolve(environ=env.environ(), read_config=False)
-    cid, _ = core.add_connection(
+    cid, _ = commands.add_connection(
         settings,
-        core.NewConnection(
+        commands.NewConnection(
             organization_id=org,
             platform=platform,
             account_id=account,

@@ -150,7 +150,7 @@ def test_a_consumer_killed_mid_job_leaves_nothing_running_and_the_job_runs_once(
 def test_a_crash_after_the_d1_write_and_before_the_ack_runs_nothing_twice(d1env, sandbox, d1):
     """The sequence's gap: D1 says completed, the local message is still leased (the process
     died before its local commit). The redelivery is acked without running again."""
-    from clearlift_cli import app as core
+    from clearlift_cli import commands
     from clearlift_cli.settings import resolve
     from clearlift_cli.store.queue import Queue
 
@@ -158,7 +158,7 @@ def test_a_crash_after_the_d1_write_and_before_the_ack_runs_nothing_twice(d1env,
     add(d1env, sandbox, "tiktok", "7012345678901234567")
     assert d1env.run_json("schedule")["enqueued"] == 1
     settings = resolve(environ=d1env.environ(), read_config=False)
-    store = core.store_for(settings)
+    store = commands.store_for(settings)
     try:
         queue = Queue(store)
         (claimed,) = queue.claim("crashing-host", limit=1, lease_seconds=1)

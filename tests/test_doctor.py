@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clearlift_cli import app
+from clearlift_cli import commands
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.store import SCHEMA_VERSION
@@ -193,7 +193,7 @@ def test_a_sunset_api_version_fails_and_one_ending_soon_warns(env):
     assert code == 0 and checks(report)["api_version.facebook"]["status"] == "warn"
     # Ending within 45 days: a warning with the date, on a frozen clock.
     clock = FrozenClock(datetime(2027, 10, 1, 12, tzinfo=UTC))
-    report = app.doctor(settings_of(env), clock=clock)
+    report = commands.doctor(settings_of(env), clock=clock)
     by_name = {c.name: c for c in report.checks}
     assert by_name["api_version.google"].status == "warn"
     assert "v26 is sunset on 2027-11-01 (31 days)" in by_name["api_version.google"].message
@@ -216,15 +216,15 @@ def test_a_cron_that_stopped_fails_and_a_late_one_warns(env):
     run_cron_once(env)
     s = settings_of(env)
     now = datetime.now(UTC)
-    fresh = {c.name: c for c in app.doctor(s, clock=FrozenClock(now + timedelta(minutes=2))).checks}
+    fresh = {c.name: c for c in commands.doctor(s, clock=FrozenClock(now + timedelta(minutes=2))).checks}
     assert all(fresh[f"cron.{n}"].status == "ok" for n in ("schedule", "consume", "refresh-tokens"))
     # 20 minutes without a run: consume (every minute, runs up to 600 s) and refresh-tokens
     # (every 5 minutes) are late; schedule (every 15) too.
-    late = {c.name: c for c in app.doctor(s, clock=FrozenClock(now + timedelta(minutes=20))).checks}
+    late = {c.name: c for c in commands.doctor(s, clock=FrozenClock(now + timedelta(minutes=20))).checks}
     assert late["cron.consume"].status == "warn" and late["cron.schedule"].status == "warn"
     assert late["cron.refresh-tokens"].status == "fail"
     assert "last successful run finished 20m ago" in late["cron.consume"].message
-    stopped = app.doctor(s, clock=FrozenClock(now + timedelta(hours=2)))
+    stopped = commands.doctor(s, clock=FrozenClock(now + timedelta(hours=2)))
     by_name = {c.name: c for c in stopped.checks}
     assert not stopped.ok
     for name in ("schedule", "consume", "refresh-tokens"):
@@ -235,7 +235,7 @@ def test_a_cron_that_stopped_fails_and_a_late_one_warns(env):
     access, refresh = env.sandbox.google.tokens.issue(ttl=3600)
     cid = env.add("org-3", "google", "3333333333", access, refresh)
     env.run("sync", cid, "--now", "--wait")
-    again = {c.name: c for c in app.doctor(s, clock=FrozenClock(now + timedelta(hours=2))).checks}
+    again = {c.name: c for c in commands.doctor(s, clock=FrozenClock(now + timedelta(hours=2))).checks}
     assert again["cron.consume"].status == "fail"
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clearlift_cli import app
+from clearlift_cli import commands
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
@@ -197,7 +197,7 @@ def test_the_last_hour_moves_on_and_the_counters_stay(env):
     scenario(env)
     s = resolve({}, environ=env.environ(), read_config=False)
     later = FrozenClock(datetime.now(UTC) + timedelta(hours=2))
-    families = parse_exposition(app.metrics(s, clock=later))
+    families = parse_exposition(commands.metrics(s, clock=later))
     assert value(families, "clearlift_jobs_last_hour", platform="google", outcome="completed") == 0
     assert math.isnan(value(families, "clearlift_job_duration_seconds", platform="google", quantile="0.9"))
     assert value(families, "clearlift_jobs_total", platform="google", outcome="completed") == 2

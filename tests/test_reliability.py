@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from clearlift_cli import app as core
+from clearlift_cli import commands
 from clearlift_cli.settings import resolve
 from clearlift_cli.store.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
 from tests.conftest import PG_URL
@@ -163,7 +163,7 @@ def child_main(raw_spec: str) -> None:
     spec = json.loads(raw_spec)
     kill_at = spec["kill_at"]
     settings = resolve(read_config=False)
-    store = core.store_for(settings)
+    store = commands.store_for(settings)
 
     def die(*_: object) -> None:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clearlift_cli import app as core
+from clearlift_cli import commands
 from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import iso_z
@@ -72,9 +72,9 @@ class Flows:
             access, refresh = app.tokens.issue(ttl=None)
         self.issued |= {access, refresh} - {None}
         expires = iso_z(datetime.now(UTC) + timedelta(seconds=expires_in)) if expires_in else None
-        cid, _ = core.add_connection(
+        cid, _ = commands.add_connection(
             self.settings,
-            core.NewConnection(
+            commands.NewConnection(
                 organization_id=f"org-{name}",
                 platform=platform,
                 account_id=account,
@@ -196,7 +196,7 @@ class Flows:
 def test_no_secret_reaches_output_logs_stored_errors_status_or_the_store_file(tmp_path, sandbox, level, fmt):
     env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
     flows = Flows(env, sandbox, (*LEVELS[level], "--log-format", fmt))
-    core.init(flows.settings)  # (its output names paths only)
+    commands.init(flows.settings)  # (its output names paths only)
     flows.setup()
     stripe_key = sandbox.stripe.issue_key("acct_1DataBad")
     flows.issued.add(stripe_key)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from clearlift_cli import app as core
+from clearlift_cli import commands
 from clearlift_cli.consumer import Consumer
 from clearlift_cli.settings import resolve
 from tests.e2e import Env, popen, queue_row, seed, wait_for
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.sqlite_warehouse
 
 def consumer(env: Env, owner: str, lease: float) -> Consumer:
     settings = resolve(environ=env.environ(), read_config=False)
-    return Consumer(settings, core.store_for(settings), owner=owner, lease_seconds=lease)
+    return Consumer(settings, commands.store_for(settings), owner=owner, lease_seconds=lease)
 
 
 # --- leases of running jobs are renewed until each job ends -----------------------------------

@@ -16,8 +16,7 @@ from itertools import pairwise
 
 import pytest
 
-from clearlift_cli import app as core
-from clearlift_cli import tokens
+from clearlift_cli import commands, tokens
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
 from clearlift_cli.settings import ENV_NAMES, resolve
@@ -76,9 +75,9 @@ class RecordingEnv(Env):
     ) -> str:
         """Add a connection in-process with what `connections add` calls (quicker setup)."""
         settings = resolve(environ=self.environ(), read_config=False)
-        cid, _ = core.add_connection(
+        cid, _ = commands.add_connection(
             settings,
-            core.NewConnection(
+            commands.NewConnection(
                 organization_id=org,
                 platform=platform,
                 account_id=account,
@@ -490,9 +489,9 @@ class Lib:
     def add(
         self, platform: str, account: str, access: str, refresh: str | None = None, *, expires_in: float = 60
     ) -> str:
-        cid, _ = core.add_connection(
+        cid, _ = commands.add_connection(
             self.settings,
-            core.NewConnection(
+            commands.NewConnection(
                 organization_id="org-1",
                 platform=platform,
                 account_id=account,

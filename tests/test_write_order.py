@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 
-from clearlift_cli import app
+from clearlift_cli import commands
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import Clock
 
@@ -38,14 +38,14 @@ def test_a_host_whose_clock_runs_ahead_never_hides_a_later_sync(env, sandbox):
     until = date.today() - timedelta(days=1)
     since = until - timedelta(days=4)
 
-    app.sync_now(settings, cid, since=since, until=until)
-    first = app.consume(settings, clock=host_a)  # host A: an hour ahead
+    commands.sync_now(settings, cid, since=since, until=until)
+    first = commands.consume(settings, clock=host_a)  # host A: an hour ahead
     assert first.counts() == {"completed": 1}, first.outcomes
 
     google.configure_account("1234567890", currency="EUR")  # the account changed since
-    app.sync_now(settings, cid, since=since, until=until)
+    commands.sync_now(settings, cid, since=since, until=until)
     before_b = datetime.now(UTC)
-    second = app.consume(settings, clock=host_b)  # host B: the right time, an hour "earlier"
+    second = commands.consume(settings, clock=host_b)  # host B: the right time, an hour "earlier"
     assert second.counts() == {"completed": 1}, second.outcomes
 
     metrics = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")

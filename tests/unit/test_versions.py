@@ -45,7 +45,7 @@ def test_unknown_version_is_reported_not_guessed() -> None:
 def test_consume_warns_for_each_version_ending_or_gone() -> None:
     from datetime import datetime
 
-    from clearlift_cli.app import warn_dying_versions
+    from clearlift_cli.commands import warn_dying_versions
     from clearlift_cli.timeutil import FrozenClock
 
     def on(day: date, **versions_set: str) -> list[str]:

@@ -1,5 +1,5 @@
 """The library behind the CLI: each command is one call here (the CLI only parses and
-renders). Importable: ``from clearlift_cli import app``."""
+renders). Importable: ``from clearlift_cli import commands``."""
 
 from __future__ import annotations
 
