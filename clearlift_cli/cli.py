@@ -893,14 +893,21 @@ def sandbox_serve(
     serve(host, port, token_ttl)
 
 
+def _flag_of(parameter: str) -> str:
+    """The command-line flag of a library parameter an ``InvalidInput`` names."""
+    return {"db": "--db / CLEARLIFT_DB"}.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def main() -> None:
     """Entry point: runs the app and turns every ClearliftError into one line + exit code."""
     try:
         app()
     except ClearliftError as exc:
+        from clearlift_cli.errors import InvalidInput
         from clearlift_cli.redact import redact
 
-        sys.stderr.write(f"error: {redact(exc)}\n")
+        text = exc.worded(_flag_of) if isinstance(exc, InvalidInput) else str(exc)
+        sys.stderr.write(f"error: {redact(text)}\n")
         if exc.hint:
             sys.stderr.write(f"hint: {redact(exc.hint)}\n")
         sys.exit(exc.exit_code)

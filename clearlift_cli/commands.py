@@ -14,7 +14,7 @@ from typing import Any
 
 from clearlift_cli import connsettings
 from clearlift_cli.crypto import FieldCipher, refuse_a_wrong_key
-from clearlift_cli.errors import ClearliftError, UsageError
+from clearlift_cli.errors import ClearliftError, InvalidInput, UsageError
 from clearlift_cli.platforms import registry
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store, is_postgres, open_store_for
@@ -93,25 +93,25 @@ def add_connection(
         try:
             parsed = json.loads(new.settings_json)
         except ValueError as exc:
-            raise UsageError(f"--settings is not valid JSON: {exc}") from None
+            raise InvalidInput("settings", f"is not valid JSON: {exc}") from None
         if not isinstance(parsed, dict):
-            raise UsageError("--settings must be a JSON object, e.g. '{\"sync_interval_minutes\": 30}'")
+            raise InvalidInput("settings", "must be a JSON object, e.g. '{\"sync_interval_minutes\": 30}'")
         try:  # the ranges `schedule` holds every row to
             connsettings.check(parsed)
         except connsettings.SettingsError as exc:
-            raise UsageError(f"--settings: {exc}") from None
+            raise InvalidInput("settings", f": {exc}") from None
         settings_text = connsettings.dumps(parsed)
     expires = None
     if new.expires_at:
         try:
             when = parse_ts(new.expires_at)
         except ValueError:
-            raise UsageError(f"--expires-at {new.expires_at!r} is not an ISO timestamp") from None
+            raise InvalidInput("expires_at", f"{new.expires_at!r} is not an ISO timestamp") from None
         assert when is not None
         if not EARLIEST_EXPIRY <= when <= LATEST_EXPIRY:
-            raise UsageError(
-                f"--expires-at {new.expires_at!r} is out of range "
-                f"({EARLIEST_EXPIRY.year} to {LATEST_EXPIRY.year})"
+            raise InvalidInput(
+                "expires_at",
+                f"{new.expires_at!r} is out of range ({EARLIEST_EXPIRY.year} to {LATEST_EXPIRY.year})",
             )
         expires = iso_z(when)
     if not new.access_token:
@@ -171,7 +171,7 @@ def sync_now(
     from clearlift_cli import scheduler
 
     if until and until > clock.now().date() + timedelta(days=1):
-        raise UsageError(f"--until {until} is in the future")
+        raise InvalidInput("until", f"{until} is in the future")
     store = store_for(settings, clock=clock)
     try:
         if wait:
@@ -225,11 +225,11 @@ def consume(
 ):
     from clearlift_cli.consumer import Consumer
 
-    _check_seconds("--lease-seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
+    _check_seconds("lease_seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
     if max_seconds is not None:
-        _check_seconds("--max-seconds", max_seconds, 1.0, math.inf)
+        _check_seconds("max_seconds", max_seconds, 1.0, math.inf)
     if stop_grace is not None:  # an endless grace would let one stalled job hold the run for ever
-        _check_seconds("--stop-grace", stop_grace, 0.0, MAX_LEASE_SECONDS)
+        _check_seconds("stop_grace", stop_grace, 0.0, MAX_LEASE_SECONDS)
     store = store_for(settings, clock=clock)
     warn_dying_versions(settings, clock=clock)
     consumer = Consumer(settings, store, lease_seconds=lease_seconds, on_progress=on_progress)
@@ -270,12 +270,12 @@ def warn_dying_versions(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> l
     return out
 
 
-def _check_seconds(flag: str, value: float, low: float, high: float) -> None:
+def _check_seconds(field: str, value: float, low: float, high: float) -> None:
     """UsageError (exit 2) unless ``value`` is a finite number of seconds in [low, high]:
     the CLI's own range check lets ``inf`` through, and library callers have none."""
     if not (math.isfinite(value) and low <= value <= high):
         bounds = f"from {low:g} to {high:g}" if math.isfinite(high) else f"of at least {low:g}"
-        raise UsageError(f"{flag} must be a finite number of seconds {bounds}, not {value!r}")
+        raise InvalidInput(field, f"must be a finite number of seconds {bounds}, not {value!r}")
 
 
 def _check_consume_config(store: Store, consumer) -> None:
@@ -357,9 +357,9 @@ def migrate_store(settings: Settings, to_url: str, *, clock: Clock = SYSTEM_CLOC
     from clearlift_cli.store.postgres import PgEngine, copy_store
 
     if not is_postgres(to_url):
-        raise UsageError("--to must be a postgresql:// URL")
+        raise InvalidInput("to", "must be a postgresql:// URL")
     if is_postgres(settings.db) or settings.db.startswith("d1://"):
-        raise UsageError("the source store (--db / CLEARLIFT_DB) must be a SQLite file")
+        raise InvalidInput("db", "(the source store, CLEARLIFT_DB) must be a SQLite file")
     src = store_for(settings, clock=clock)
     dst = PgEngine(to_url, clock=clock, limits=settings.pg_limits())
     try:

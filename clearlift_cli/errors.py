@@ -10,17 +10,26 @@ redacted text only (see ``clearlift_cli.redact``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import SupportsFloat
+
+_PARAM = re.compile(r"<(\w+)>")
 
 
 class ExitCode:
+    """What each exit code means (README "Exit codes" lists the same)."""
+
     OK = 0
     FAILURE = 1  # the command ran but found something wrong (e.g. failing connections)
-    USAGE = 2  # bad input on the command line (also Click's own usage errors)
-    CONFIG = 3  # settings, encryption key, config file
-    STORE = 4  # the SQLite/PostgreSQL store is missing, unreadable or not a database
+    USAGE = 2  # bad input: a flag, an argument (also Click's own usage errors)
+    CONFIG = 3  # settings, encryption key, config file, Cloudflare token
+    STORE = 4  # the store (SQLite, PostgreSQL, D1) is missing, unreadable, unreachable or not initialised
     WAREHOUSE = 5  # the warehouse cannot be reached or written
-    NOT_FOUND = 1  # unknown connection, job or dead letter (issue 8: `status CONN` exits 1)
+    # Deliberately the same as FAILURE (issue 8): `status CONN` for a connection that does
+    # not exist answers like one that is failing, so a cron check `clearlift status CONN ||
+    # alert` fires for both. Scripts that must tell them apart read the message or --json.
+    NOT_FOUND = 1  # unknown connection, job or dead letter
     CONFLICT = 7  # e.g. a job is already pending for the connection
 
 
@@ -38,6 +47,23 @@ class ClearliftError(Exception):
 
 class UsageError(ClearliftError):
     exit_code = ExitCode.USAGE
+
+
+class InvalidInput(UsageError):
+    """A library call's argument is wrong. The message names parameters, never command-line
+    flags: ``field`` is the parameter at fault and ``problem`` says what is wrong, with any
+    other parameter written ``<name>``. ``str()`` reads ``since 2025-01-05 is after until
+    2025-01-01``; the CLI, which knows its flags, says ``--since … is after --until …``."""
+
+    def __init__(self, field: str, problem: str, *, hint: str | None = None):
+        self.field = field
+        self.problem = problem
+        super().__init__(self.worded(lambda name: name), hint=hint)
+
+    def worded(self, name_of: Callable[[str], str]) -> str:
+        """The message with each parameter named by ``name_of`` (e.g. its flag)."""
+        text = _PARAM.sub(lambda m: name_of(m.group(1)), self.problem)
+        return f"{name_of(self.field)}{'' if text.startswith(':') else ' '}{text}"
 
 
 class ConfigError(ClearliftError):

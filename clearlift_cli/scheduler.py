@@ -18,7 +18,7 @@ from typing import Any
 from clearlift_cli import connsettings
 from clearlift_cli.adoption import AdoptionResult, adopt_orphan_jobs
 from clearlift_cli.connsettings import DEFAULT_INTERVAL_MINUTES, ConnectionSettings
-from clearlift_cli.errors import UsageError
+from clearlift_cli.errors import InvalidInput, UsageError
 from clearlift_cli.models import (
     MAX_WINDOW_DAYS,
     Connection,
@@ -240,15 +240,16 @@ def enqueue_manual(
         raise UsageError(f"connection {connection_id} has unknown platform {conn.platform!r}")
     now = store.clock.now()
     if since and until and since > until:
-        raise UsageError(f"--since {since} is after --until {until}")
+        raise InvalidInput("since", f"{since} is after <until> {until}")
     start = datetime.combine(since, time.min, UTC) if since else now - timedelta(days=FULL_SYNC_DAYS)
     end = min(now, datetime.combine(until + timedelta(days=1), time.min, UTC)) if until else now
     if start >= end:
-        raise UsageError("the window is empty (is --since in the future?)")
+        raise InvalidInput("since", "leaves an empty window (is it in the future?)")
     if end - start > timedelta(days=MAX_WINDOW_DAYS):
-        raise UsageError(
-            f"--since {since} is more than {MAX_WINDOW_DAYS} days (about ten years) before the "
-            "window's end: one job syncs at most that much"
+        raise InvalidInput(
+            "since",
+            f"{since} is more than {MAX_WINDOW_DAYS} days (about ten years) before the "
+            "window's end: one job syncs at most that much",
         )
     window = SyncWindow(start, end)
     job = _new_job(conn, JobType.FULL, Priority.HIGH, window, iso_z(now), triggered_by="manual")

@@ -41,7 +41,7 @@ def is_d1(url: str) -> bool:
     return url.startswith("d1://")
 
 
-def sqlite_path(url: str, setting: str = "CLEARLIFT_DB (--db)") -> str:
+def sqlite_path(url: str, setting: str = "CLEARLIFT_DB") -> str:
     """The file a SQLite store setting names (a path, or ``sqlite:///path`` as SQLAlchemy
     spells it, four slashes for an absolute path). ConfigError for any other URL scheme:
     ``mysql://…`` must not become a directory named ``mysql:``."""
@@ -74,7 +74,7 @@ def open_engine(
     clock: Clock = SYSTEM_CLOCK,
     create: bool = False,
     pg_limits: PgLimits | None = None,
-    setting: str = "CLEARLIFT_DB (--db)",
+    setting: str = "CLEARLIFT_DB",
 ) -> Engine:
     """The SQL database at ``url`` (a SQLite path or ``postgresql://…``)."""
     if is_postgres(url):

@@ -85,3 +85,35 @@ def test_informational_metadata_never_fails_a_message() -> None:
 def test_a_message_for_another_job_than_its_row_is_malformed() -> None:
     with pytest.raises(MalformedMessage, match="job_id 'j-1' is not its queue row's job 'j-2'"):
         decode_message(json.dumps(GOOD), "j-2")
+
+
+def test_invalid_input_names_parameters_and_the_cli_names_flags():
+    from clearlift_cli.cli import _flag_of
+    from clearlift_cli.errors import InvalidInput, UsageError
+
+    exc = InvalidInput("since", "2025-01-05 is after <until> 2025-01-01")
+    assert isinstance(exc, UsageError) and exc.exit_code == 2
+    assert str(exc) == "since 2025-01-05 is after until 2025-01-01"  # the library never speaks of flags
+    assert exc.worded(_flag_of) == "--since 2025-01-05 is after --until 2025-01-01"
+    assert InvalidInput("lease_seconds", "must be …").worded(_flag_of) == "--lease-seconds must be …"
+    assert InvalidInput("settings", ": out of range").worded(_flag_of) == "--settings: out of range"
+
+
+def test_the_library_raises_no_message_that_quotes_a_command_line_flag():
+    """Only the CLI speaks of flags: no string literal in a raise outside cli.py names one."""
+    import ast
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "clearlift_cli"
+    offenders = []
+    for f in package.rglob("*.py"):
+        if f.name in ("cli.py", "docs.py") or "sandbox" in f.parts:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                for part in ast.walk(node.exc):
+                    if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                        if re.search(r"(^|[\s(])--[a-z][a-z-]+", part.value):
+                            offenders.append(f"{f.name}:{node.lineno}: {part.value[:60]}")
+    assert offenders == []
