@@ -61,11 +61,15 @@ def _masked(url: str, scheme: str) -> str:
     """``url`` with its password masked; only the scheme when it does not parse."""
     from clearlift_cli.redact import mask_url
 
+    return mask_url(url) if _port_parses(url) else f"{scheme}://…"
+
+
+def _port_parses(url: str) -> bool:
+    """Whether ``url``'s port, if any, is a number urllib accepts (mask_url needs it to)."""
     try:
-        urlsplit(url).port  # noqa: B018 - raises ValueError for a malformed port
+        return urlsplit(url).port is None or True
     except ValueError:
-        return f"{scheme}://…"
-    return mask_url(url)
+        return False
 
 
 def open_engine(
