@@ -19,6 +19,7 @@ from typing import Any
 from clearlift_cli.errors import StoreError
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
+from . import schema
 from .schema import SCHEMA_VERSION
 
 
@@ -133,11 +134,47 @@ class Engine(ABC):
     def columns(self, c: Any, table: str) -> set[str]:
         """The column names of ``table`` (empty when it does not exist)."""
 
-    @abstractmethod
     def migrate(self, *, app_tables: bool) -> list[str]:
         """Create or upgrade clearlift's tables (and, with ``app_tables``, ClearLift's
-        tables, their later columns and clearlift's indexes on them); idempotent. Returns
-        what was changed."""
+        tables, their later columns and clearlift's indexes on them) in one transaction;
+        idempotent. Returns what was changed."""
+        changes: list[str] = []
+        with self.write() as c:
+            self._lock_migration(c)
+            before = self.schema_version()
+            self.refuse_newer(before)
+            existing = {
+                t for t in (*schema.APP_TABLE_NAMES, *schema.CONTROL_TABLE_NAMES) if self.columns(c, t)
+            }
+            if app_tables:
+                for stmt in self._app_ddl():
+                    c.execute(stmt)
+                changes += [f"created table {t}" for t in schema.APP_TABLE_NAMES if t not in existing]
+                have = {t: self.columns(c, t) for t in schema.LATER_COLUMNS}
+                changes += self._run(c, schema.later_column_ddl(self.dialect, have))
+            have = {t: self.columns(c, t) for t in schema.CONTROL_TABLE_NAMES if t in existing}
+            changes += self._run(c, schema.missing_control_columns(self.dialect, have))
+            for stmt in schema.control_ddl(self.dialect) + (schema.APP_INDEXES if app_tables else []):
+                c.execute(stmt)
+            self._set_version(c, before, changes, self._version_note())
+        return changes
+
+    @staticmethod
+    def _run(c: Any, ddl: list[tuple[str, str]]) -> list[str]:
+        """Run (description, statement) pairs; their descriptions."""
+        for _, stmt in ddl:
+            c.execute(stmt)
+        return [what for what, _ in ddl]
+
+    def _lock_migration(self, c: Any) -> None:  # noqa: B027 - SQLite's BEGIN IMMEDIATE already does
+        """Serialise concurrent `init`s (inside the migration's transaction)."""
+
+    @abstractmethod
+    def _app_ddl(self) -> list[str]:
+        """CREATE statements for ClearLift's tables (and what they need) on this engine."""
+
+    def _version_note(self) -> str:
+        return ""
 
     def schema_version(self) -> int:
         if not self.has_table("clearlift_meta"):

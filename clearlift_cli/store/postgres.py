@@ -237,34 +237,14 @@ class PgEngine(Engine):
             ).fetchall()
         }
 
-    def migrate(self, *, app_tables: bool) -> list[str]:
-        changes: list[str] = []
-        with self.write() as c:
-            c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
-            before = self.schema_version()
-            self.refuse_newer(before)
-            existing = {
-                t for t in (*schema.APP_TABLE_NAMES, *schema.CONTROL_TABLE_NAMES) if self.columns(c, t)
-            }
-            if app_tables:
-                for stmt in FUNCTIONS + schema.PG_APP_TABLES:
-                    c.execute(stmt)
-                changes += [f"created table {t}" for t in schema.APP_TABLE_NAMES if t not in existing]
-                have = {t: self.columns(c, t) for t in schema.LATER_COLUMNS}
-                for what, stmt in schema.later_column_ddl("postgres", have):
-                    c.execute(stmt)
-                    changes.append(what)
-            have = {t: self.columns(c, t) for t in schema.CONTROL_TABLE_NAMES if t in existing}
-            for what, stmt in schema.missing_control_columns("postgres", have):
-                c.execute(stmt)
-                changes.append(what)
-            for stmt in schema.control_ddl("postgres"):
-                c.execute(stmt)
-            if app_tables:
-                for stmt in schema.APP_INDEXES:
-                    c.execute(stmt)
-            self._set_version(c, before, changes, f" (PostgreSQL schema {self.schema})")
-        return changes
+    def _lock_migration(self, c: Any) -> None:
+        c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+
+    def _app_ddl(self) -> list[str]:
+        return FUNCTIONS + schema.PG_APP_TABLES
+
+    def _version_note(self) -> str:
+        return f" (PostgreSQL schema {self.schema})"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -128,28 +128,5 @@ class SqliteEngine(Engine):
     def columns(self, c: Any, table: str) -> set[str]:
         return {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
 
-    def migrate(self, *, app_tables: bool) -> list[str]:
-        changes: list[str] = []
-        with self.write() as c:
-            before = self.schema_version()
-            self.refuse_newer(before)
-            existing = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if app_tables:
-                for stmt in schema.statements(schema.D1_TABLES):
-                    c.execute(stmt)
-                changes += [f"created table {t}" for t in schema.APP_TABLE_NAMES if t not in existing]
-                have = {t: self.columns(c, t) for t in schema.LATER_COLUMNS}
-                for what, stmt in schema.later_column_ddl("sqlite", have):
-                    c.execute(stmt)
-                    changes.append(what)
-            have = {t: self.columns(c, t) for t in schema.CONTROL_TABLE_NAMES if t in existing}
-            for what, stmt in schema.missing_control_columns("sqlite", have):
-                c.execute(stmt)
-                changes.append(what)
-            for stmt in schema.control_ddl("sqlite"):
-                c.execute(stmt)
-            if app_tables:
-                for stmt in schema.APP_INDEXES:
-                    c.execute(stmt)
-            self._set_version(c, before, changes)
-        return changes
+    def _app_ddl(self) -> list[str]:
+        return schema.statements(schema.D1_TABLES)
