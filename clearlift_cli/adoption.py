@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
+from clearlift_cli.models import JobStatus, JobType, Priority, SyncJobMessage, SyncWindow
 from clearlift_cli.platforms import registry
 from clearlift_cli.store import Store
 from clearlift_cli.store.queue import Queue
@@ -110,7 +110,7 @@ def adopt_orphan_jobs(
         with store.write() as c:
             store.lock_scheduling(c)
             for row in rows[i : i + _CHUNK]:
-                if row["status"] == "pending":
+                if row["status"] == JobStatus.PENDING:
                     _adopt_one(store, c, queue, row, now, window_days, result)
                 else:
                     _close_if_abandoned(store, c, row, now, stale_after, result)
@@ -130,7 +130,9 @@ def _adopt_one(
 ) -> None:
     job_id = row["id"]
     if row["conn_id"] is None:
-        _fail(store, c, row, now, "Connection no longer exists; job dropped", result, status="pending")
+        _fail(
+            store, c, row, now, "Connection no longer exists; job dropped", result, status=JobStatus.PENDING
+        )
         return
     if not registry.is_known(row["platform"]):
         _fail(
@@ -140,7 +142,7 @@ def _adopt_one(
             now,
             f"Connection has unknown platform {row['platform']!r}; job dropped",
             result,
-            status="pending",
+            status=JobStatus.PENDING,
         )
         return
     if not row["is_active"]:
@@ -196,7 +198,7 @@ def _close_if_abandoned(
         f"belongs to the retired Cloudflare workers); closed by clearlift after {hours:g} h "
         "without a sign of life, the connection is synced again"
     )
-    _fail(store, c, row, now, error, result, status="running")
+    _fail(store, c, row, now, error, result, status=JobStatus.RUNNING)
 
 
 def _fail(

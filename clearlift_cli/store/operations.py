@@ -375,7 +375,7 @@ class BaseStore:
         """Connections grouped: (platform, is_active, sync_status, needs_reauth, count,
         how many of them hold a token that expires or a refresh token)."""
         return [
-            (r[0], bool(r[1]), r[2] or "pending", bool(r[3]), int(r[4]), int(r[5]))
+            (r[0], bool(r[1]), r[2] or SyncStatus.PENDING.value, bool(r[3]), int(r[4]), int(r[5]))
             for r in self.tables.read(
                 "SELECT platform, coalesce(is_active, 0) != 0, sync_status, coalesce(needs_reauth, 0) != 0, "
                 "count(*), count(*) FILTER (WHERE expires_at IS NOT NULL OR refresh_token_encrypted IS NOT NULL) "
@@ -608,7 +608,8 @@ class BaseStore:
                 return str(state)
             if pause is not None:
                 self.pause_platform(c, pause[0], pause[1], error)
-            back = previous_status if previous_status in ("pending", "completed", "failed") else "pending"
+            settled = (SyncStatus.PENDING, SyncStatus.COMPLETED, SyncStatus.FAILED)
+            back = previous_status if previous_status in settled else SyncStatus.PENDING.value
             now = self.now_iso()
             self.tables.run(
                 c,

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clearlift_cli.models import JobStatus
+
 # The statuses of a live job row (one per connection at most).
-LIVE = "('pending', 'running')"
+LIVE = f"('{JobStatus.PENDING.value}', '{JobStatus.RUNNING.value}')"
 
 # 4: the index on live jobs (adoption); 5: clearlift_runs, clearlift_job_totals
 SCHEMA_VERSION = 5

@@ -117,3 +117,29 @@ def test_the_library_raises_no_message_that_quotes_a_command_line_flag():
                         if re.search(r"(^|[\s(])--[a-z][a-z-]+", part.value):
                             offenders.append(f"{f.name}:{node.lineno}: {part.value[:60]}")
     assert offenders == []
+
+
+def test_every_status_the_stores_sql_names_is_one_of_the_enums():
+    """The store's SQL spells statuses as literals (readable SQL); each must be a value of
+    the enum in models.py for its column, so a typo cannot create a status nobody knows."""
+    import re
+    from pathlib import Path
+
+    from clearlift_cli.models import JobStatus, MessageState, SyncStatus
+
+    allowed = {
+        "status": {s.value for s in JobStatus},
+        "sync_status": {s.value for s in SyncStatus},
+        "state": {s.value for s in MessageState},
+    }
+    store = Path(__file__).resolve().parents[2] / "clearlift_cli" / "store"
+    seen = {k: set() for k in allowed}
+    for f in store.glob("*.py"):
+        text = f.read_text()
+        for column, values in re.findall(
+            r"\b(status|sync_status|state)\s*(?:=|!=|IN)\s*(\([^)]*\)|'[a-z_]+')", text
+        ):
+            found = set(re.findall(r"'([a-z_]+)'", values))
+            seen[column] |= found
+            assert found <= allowed[column], (f.name, column, found - allowed[column])
+    assert seen["status"] >= {"pending", "running", "failed"} and seen["state"] >= {"ready", "leased"}
