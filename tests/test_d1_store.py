@@ -221,3 +221,23 @@ def test_the_cloudflare_token_never_appears_in_output_errors_status_or_d1(d1env,
     )
     assert token not in dump
     assert token.encode() not in Path(d1env.home / "control.db").read_bytes()
+
+
+def test_refresh_tokens_writes_the_new_token_back_to_d1_compare_and_set(d1env, sandbox, d1):
+    from datetime import UTC, datetime, timedelta
+
+    app, _ = d1
+    access, refresh = sandbox.issue_token("google", ttl=60)
+    soon = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    cid = d1env.add("org-1", "google", "123-456-7890", access, refresh, expires_at=soon)
+    (before,) = d1_rows(app, "SELECT credentials_encrypted, expires_at FROM platform_connections")
+    out = d1env.run_json("refresh-tokens")
+    assert out["refreshed"] == 1, out
+    (after,) = d1_rows(
+        app, "SELECT credentials_encrypted, expires_at FROM platform_connections WHERE id = ?", (cid,)
+    )
+    assert after["credentials_encrypted"] != before["credentials_encrypted"]
+    assert after["expires_at"] > before["expires_at"]
+    # the statement that wrote it was guarded by the old ciphertext (compare-and-set)
+    swaps = [r for r in app.requests if "coalesce(credentials_encrypted, '')" in r.body.decode()]
+    assert swaps and before["credentials_encrypted"] in swaps[-1].body.decode()
