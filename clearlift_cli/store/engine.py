@@ -34,6 +34,10 @@ class Engine(ABC):
     integrity_errors: tuple[type[Exception], ...] = (IntegrityError,)
     # appended to the claim's sub-select: PostgreSQL skips rows other consumers hold
     skip_locked = ""
+    # appended to a fenced read a write then relies on: PostgreSQL locks the row, so a claim
+    # committed between the read and the write cannot be overwritten (SQLite's BEGIN
+    # IMMEDIATE already keeps every other writer out of the transaction)
+    for_update = ""
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK):
         self.clock = clock

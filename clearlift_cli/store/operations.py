@@ -67,6 +67,10 @@ class BaseStore:
         return self.engine.skip_locked
 
     @property
+    def for_update(self) -> str:
+        return self.engine.for_update
+
+    @property
     def display(self) -> str:
         """The store's name for messages (passwords masked)."""
         if self.split:
@@ -470,7 +474,8 @@ class BaseStore:
     def complete_job(self, queue: Any, claimed: Any, conn: Connection, records: int) -> bool:
         """The job completed: its row (``records_synced`` also in its metadata, which the API
         prefers), its connection (synced, re-auth cleared), the onboarding step, and the
-        message acked. False (nothing written) when the delivery no longer holds its lease."""
+        message acked. False when the delivery no longer holds its lease: nothing written —
+        except on D1 when the lease is lost while its batch is written (see below)."""
         job_id = claimed.message.job_id
         if self.split:
             # D1 first, one batch; the lease is checked before, so a fenced-out delivery
@@ -484,8 +489,10 @@ class BaseStore:
             )
             self.tables.run(None, self._completion(job_id, conn, records, metadata, (records, records)))
             with self.write() as c:
-                queue.ack(c, claimed)
-            return True
+                # The lease can run out while the batch is in flight and another consumer
+                # claim the message: D1 says completed then, the new holder's start_job
+                # refuses the finished job, and this delivery reports its lease lost.
+                return bool(queue.ack(c, claimed))
         with self.write() as c:
             if not queue.ack(c, claimed):
                 return False

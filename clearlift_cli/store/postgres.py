@@ -137,6 +137,7 @@ def _schema_from_options(options: str | None) -> str | None:
 class PgEngine(Engine):
     dialect = "postgres"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
     integrity_errors: tuple[type[Exception], ...] = (IntegrityError,)
 
     def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, limits: PgLimits | None = None):

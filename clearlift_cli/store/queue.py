@@ -295,9 +295,12 @@ class Queue:
         )
 
     def holds_lease(self, c: Any, claimed: ClaimedMessage) -> bool:
+        """Whether this delivery holds its lease, inside the caller's transaction ``c``; the
+        row stays locked (PostgreSQL) until ``c`` ends, so a write by id after it is fenced
+        too: a claim by another host waits, or has committed and is seen here."""
         return (
             c.execute(
-                "SELECT 1 FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
+                f"SELECT 1 FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'{self.store.for_update}",
                 (claimed.id, claimed.lease_token),
             ).fetchone()
             is not None
@@ -318,8 +321,10 @@ class Queue:
         error = redact(error)
         now = self.clock.time()
         now_iso = iso_z(self.clock.now())
+        # the row stays locked (PostgreSQL) until the caller commits: the write below is by id
         row = c.execute(
-            "SELECT attempts, max_attempts FROM sync_queue WHERE id = ? AND lease_token = ? AND state = 'leased'",
+            "SELECT attempts, max_attempts FROM sync_queue WHERE id = ? AND lease_token = ? "
+            f"AND state = 'leased'{self.store.for_update}",
             (claimed.id, claimed.lease_token),
         ).fetchone()
         if row is None:

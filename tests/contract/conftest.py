@@ -20,8 +20,10 @@ import json
 import re
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,43 @@ class PlainSql:
         finally:
             if not self._postgres:
                 c.close()
+
+    @contextmanager
+    def holding(self, sql: str, params: tuple | list = ()) -> Iterator[Callable[[], None]]:
+        """Run ``sql`` in a transaction of its own and hold it open, its locks with it, until
+        the block ends (then commit): another host's write caught half-way. Yields a function
+        that returns once a writer waits for it. PostgreSQL says who waits; SQLite cannot
+        tell, so that function gives the writer a moment (SQLite's BEGIN IMMEDIATE makes the
+        order of the two immaterial there)."""
+        c = self._connect()
+        if not self._postgres:
+            c.isolation_level = None
+        watcher = self._connect() if self._postgres else None
+        try:
+            c.execute("BEGIN" if self._postgres else "BEGIN IMMEDIATE")
+            c.execute(self._sql(sql), tuple(params))
+            if watcher is not None:
+                pid = c.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+
+                def blocked() -> None:
+                    deadline = time.monotonic() + 20
+                    while not watcher.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
+                    ).fetchone():
+                        assert time.monotonic() < deadline, "no writer came to wait for the held transaction"
+                        time.sleep(0.005)
+
+            else:
+
+                def blocked() -> None:
+                    time.sleep(0.2)
+
+            yield blocked
+            c.execute("COMMIT")
+        finally:
+            c.close()
+            if watcher is not None:
+                watcher.close()
 
     def close(self) -> None:
         if self._pg is not None:

@@ -5,6 +5,8 @@ is claimed through the queue, as the consumer does."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -321,3 +323,68 @@ def test_retry_job_whose_lease_was_lost_is_stale_and_changes_nothing(backend):
     msg = backend.message(job_id)
     assert (msg["state"], msg["lease_token"]) == ("leased", thief.lease_token)
     assert backend.control.rows("SELECT * FROM clearlift_platform_pauses") == []
+
+
+# -- an ending that races another consumer's claim ------------------------------------------------------
+
+
+def wait_until(predicate, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("ending", ["complete", "retry", "fail"])
+def test_an_ending_that_races_another_consumers_claim_changes_nothing(backend, ending):
+    """The delivery's lease runs out as it ends, and another host claims the message at
+    that moment (its claim's write is held open here, then committed). Whichever way the
+    two interleave, the late delivery is fenced out: it reports the lease lost and the
+    message stays with the new holder."""
+    cid = backend.insert_connection(sync_status="completed")
+    job_id, claimed = backend.started(cid, lease_seconds=30)
+    backend.clock.advance(31)
+    store, queue = backend.store, backend.queue
+    conn = backend.connection_value(cid)
+    job_before, conn_before = backend.job(job_id), backend.connection(cid)
+    endings = {
+        "complete": lambda: store.complete_job(queue, claimed, conn, 5),
+        "retry": lambda: store.retry_job(queue, claimed, "HTTP 503", "completed"),
+        "fail": lambda: store.fail_job(queue, claimed, "HTTP 400"),
+    }
+    out: dict[str, object] = {}
+
+    def end() -> None:
+        try:
+            out["result"] = endings[ending]()
+        except BaseException as exc:  # shown by the assertion below
+            out["error"] = exc
+
+    steal = (
+        "UPDATE sync_queue SET lease_token = 'thief', lease_owner = 'consumer-2', "
+        "attempts = attempts + 1, visible_at = ? WHERE job_id = ?"
+    )
+    d1_first = backend.name == "d1" and ending == "complete"
+    with backend.control.holding(steal, (backend.clock.time() + 30, job_id)) as blocked:
+        worker = threading.Thread(target=end)
+        worker.start()
+        if d1_first:  # the lease was checked, the D1 batch is written: only the local ack is left
+            wait_until(lambda: backend.job(job_id)["status"] == "completed", "the D1 batch")
+        blocked()
+    worker.join(30)
+    assert "error" not in out, out
+    assert out["result"] == ("stale" if ending == "retry" else False)
+    msg = backend.message(job_id)
+    assert (msg["state"], msg["lease_token"], msg["lease_owner"], msg["attempts"]) == (
+        "leased",
+        "thief",
+        "consumer-2",
+        2,
+    )
+    if d1_first:
+        # D1 is written before the local side (store/d1.py): the row says completed, and the
+        # new holder's start_job refuses the finished job rather than run it again
+        assert backend.job(job_id)["status"] == "completed"
+        assert store.start_job(job_id, cid) is False
+    else:
+        assert backend.job(job_id) == job_before and backend.connection(cid) == conn_before
