@@ -276,3 +276,23 @@ def test_check_writable_writes_nothing(backend):
     backend.store.check_writable()
     assert backend.control.rows("SELECT key, value FROM clearlift_meta ORDER BY key") == before
     assert backend.control.rows("SELECT * FROM clearlift_meta WHERE key = 'doctor_probe'") == []
+
+
+def test_check_writable_says_when_the_store_refuses_a_write(backend):
+    # a trigger that refuses every new clearlift_meta row: the probe's write must reach the
+    # database, and the refusal come back as one StoreError
+    if backend.name == "postgres":
+        backend.control.execute(
+            "CREATE FUNCTION refuse_meta() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$"
+        )
+        backend.control.execute(
+            "CREATE TRIGGER refuse_meta BEFORE INSERT ON clearlift_meta FOR EACH ROW EXECUTE FUNCTION refuse_meta()"
+        )
+    else:
+        backend.control.execute(
+            "CREATE TRIGGER refuse_meta BEFORE INSERT ON clearlift_meta "
+            "BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+        )
+    with pytest.raises(StoreError, match="refused for the test"):
+        backend.store.check_writable()

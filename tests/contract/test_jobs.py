@@ -151,6 +151,18 @@ def test_complete_job_writes_the_job_the_connection_onboarding_and_acks(backend)
     assert (msg["state"], msg["finished_at"], msg["lease_token"]) == ("done", now, None)
 
 
+def test_complete_job_without_an_onboarding_table(backend):
+    """A database without ``onboarding_progress`` (an older ClearLift D1): the completion
+    writes the job and the connection and skips the onboarding step."""
+    backend.app.execute("DROP TABLE onboarding_progress")
+    cid = backend.insert_connection(connected_by="user-7")
+    job_id, claimed = backend.started(cid)
+    assert backend.store.complete_job(backend.queue, claimed, backend.connection_value(cid), 3) is True
+    assert backend.job(job_id)["status"] == "completed"
+    assert backend.connection(cid)["sync_status"] == "completed"
+    assert backend.message(job_id)["state"] == "done"
+
+
 @pytest.mark.parametrize("stored", ["[1, 2]", '"text"', "not json", "", None, '{"bad": NaN}'])
 def test_complete_job_replaces_metadata_that_is_not_a_json_object(backend, stored):
     cid = backend.insert_connection()
