@@ -5,10 +5,10 @@ file, or PostgreSQL for many hosts). D1 and that database cannot share a transac
 every operation that writes both sides follows one sequence (``Store`` implements it):
 
 1. **D1 first, guarded.** The D1 statements of one step go in one batch (one request, one
-   D1 transaction), and each is guarded by the row's current status, so running it twice
-   changes nothing the second time (``pending``→``running`` only from pending or running,
-   ``completed``/``failed`` only from a live status, a new job only when the connection
-   has no live one).
+   D1 transaction), and running it twice changes nothing the second time: ``running`` only
+   from ``pending``/``running``, back to ``pending`` only from a live status, a new job only
+   when the connection has no live one (all guarded by the row's status), and an ending
+   (``completed``/``failed``) writes the same values again.
 2. **Then the local side**, in one local transaction (the message acked, retried or
    dead-lettered; coverage; the schedule's messages).
 
