@@ -1,12 +1,12 @@
 """The consumer: claimed jobs become exact rows in the warehouse.
 
-``Consumer.run_one`` is one job from claim to ack (huey's single iteration); ``run``
+``Consumer.run_one`` is one job from claim to ending (huey's single iteration); ``run``
 claims batches and runs them on a thread pool until the queue is empty or a limit is
 reached. A failing job never stops the loop. Per job, as the system it replaces did:
-job ``running`` -> decrypt -> fetch (slice by slice, each slice committed to the
-warehouse atomically and recorded as coverage) -> job ``completed`` + connection
-``last_synced_at`` + onboarding, together with the queue ack in one store transaction,
-fenced by the lease.
+job ``running`` -> the sync (``job.JobSync``: decrypt, fetch slice by slice, each slice
+committed to the warehouse atomically and recorded as coverage) -> job ``completed`` +
+connection ``last_synced_at`` + onboarding, together with the queue ack in one store
+transaction, fenced by the lease.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ import os
 import socket
 import threading
 import time as _time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import NamedTuple
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.errors import (
-    AccountUnavailable,
     AuthRevoked,
     ClearliftError,
     ConfigError,
@@ -34,21 +32,18 @@ from clearlift_cli.errors import (
     PermanentError,
     RateLimited,
     StoreError,
-    TokenExpired,
     TransientError,
     WarehouseError,
 )
-from clearlift_cli.models import ClaimedMessage, Connection
-from clearlift_cli.platforms import registry
-from clearlift_cli.platforms.base import Slice
+from clearlift_cli.job import JobSync, ProgressHook
+from clearlift_cli.models import ClaimedMessage, Connection, SyncJobMessage
 from clearlift_cli.platforms.deadline import JobScope, job_scope
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
 from clearlift_cli.store import Store
 from clearlift_cli.store.queue import RATE_LIMIT_NOTE, Queue
-from clearlift_cli.tokens import decrypt_credentials, platform_context, refresh_connection
 from clearlift_cli.warehouse import open_warehouse
-from clearlift_cli.warehouse.base import RowOwner, Warehouse
+from clearlift_cli.warehouse.base import Warehouse
 
 log = logging.getLogger("clearlift.consume")
 
@@ -59,8 +54,18 @@ DEFAULT_STOP_GRACE_SECONDS = 30.0
 # A job deferred by a rate limit waits at least this long (its hint, clamped to
 # errors.RETRY_HINT_FLOOR/CEILING_SECONDS, when longer).
 MIN_DEFERRAL_SECONDS = 30.0
-# Refresh before a job when the token expires within this long.
-EXPIRY_SLACK = timedelta(seconds=60)
+
+
+class Outcome(StrEnum):
+    """How one delivery of a job ended; JSON, logs and metrics spell it by its value."""
+
+    COMPLETED = "completed"  # the window is in the warehouse, the message acked
+    RETRY = "retry"  # a passing failure: back to the queue with backoff, one attempt used
+    DEFERRED = "deferred"  # rate limited: back to the queue after the limit, no attempt used
+    RELEASED = "released"  # cut short by a stopping consumer: claimable at once, no attempt used
+    FAILED = "failed"  # a permanent failure, or out of attempts
+    DROPPED = "dropped"  # its connection is gone or paused
+    STALE = "stale"  # the lease was lost, or the job had already ended: its ending not written
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class JobOutcome:
     job_id: str
     connection_id: str
     platform: str
-    status: str  # completed | retry | deferred | released | failed | dropped | stale
+    status: Outcome
     records: int = 0
     error: str | None = None
     seconds: float = 0.0
@@ -94,16 +99,46 @@ class ConsumeResult:
         }
 
 
-def date_slices(since: date, until: date, max_days: int | None) -> list[tuple[date, date]]:
-    """Split since..until (inclusive) into consecutive slices of at most ``max_days``."""
-    if max_days is None or max_days <= 0:
-        return [(since, until)]
-    out, start = [], since
-    while start <= until:
-        end = min(until, start + timedelta(days=max_days - 1))
-        out.append((start, end))
-        start = end + timedelta(days=1)
-    return out
+class _Ending(NamedTuple):
+    """What a delivery's ending wrote to the store, before it is timed and logged."""
+
+    status: Outcome
+    records: int = 0
+    error: str | None = None
+
+
+@dataclass
+class _Run:
+    """The state of one ``Consumer.run``: its limits, what it claimed, what still runs."""
+
+    max_jobs: int | None
+    max_seconds: float | None
+    concurrency: int
+    only_job: str | None
+    stop_grace: float
+    started: float  # monotonic
+    result: ConsumeResult = field(default_factory=ConsumeResult)
+    # A job stays here until it has ended, so the heartbeat renews its lease all along.
+    in_flight: dict[Future, ClaimedMessage] = field(default_factory=dict)
+    claimed_total: int = 0
+    claiming: bool = True
+    cut_at: float | None = None  # when running jobs are cut (monotonic)
+
+    def stop_reason(self, now: float, signalled: bool) -> str | None:
+        if signalled:
+            return "signal"
+        if self.max_seconds is not None and now - self.started >= self.max_seconds:
+            return "max-seconds"
+        if self.max_jobs is not None and self.claimed_total >= self.max_jobs:
+            return "max-jobs"
+        return None
+
+    def room(self) -> int:
+        """How many more jobs may be claimed now."""
+        free = self.concurrency - len(self.in_flight)
+        if self.max_jobs is not None:
+            free = min(free, self.max_jobs - self.claimed_total)
+        return free
 
 
 class Consumer:
@@ -115,7 +150,7 @@ class Consumer:
         warehouse: Warehouse | None = None,
         owner: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        on_progress: Callable[[str, str, int, int | None], None] | None = None,
+        on_progress: ProgressHook | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -178,70 +213,72 @@ class Consumer:
         ``max_seconds`` or ``stop()``, running jobs have ``stop_grace`` seconds to finish;
         then their requests are cut and they go back to the queue unharmed (``released``),
         so the run ends within a bounded time whatever a platform does."""
-        result = ConsumeResult()
-        started = _time.monotonic()
-        claimed_total = 0
-        claiming = True
-        cut_at: float | None = None  # when running jobs are cut (monotonic)
-        in_flight: dict[Future, ClaimedMessage] = {}
+        run = _Run(max_jobs, max_seconds, concurrency, only_job, stop_grace, started=_time.monotonic())
         hb_stop = threading.Event()
-        hb = threading.Thread(target=self._heartbeat_loop, args=(in_flight, hb_stop), daemon=True)
+        hb = threading.Thread(target=self._heartbeat_loop, args=(run.in_flight, hb_stop), daemon=True)
         hb.start()
         try:
             with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="job") as pool:
-                while True:
-                    now = _time.monotonic()
-                    reason = None
-                    if self._stop.is_set():
-                        reason = "signal"
-                    elif max_seconds is not None and now - started >= max_seconds:
-                        reason = "max-seconds"
-                    elif max_jobs is not None and claimed_total >= max_jobs:
-                        reason = "max-jobs"
-                    if reason is not None and claiming:
-                        claiming = False
-                        result.stopped_by = reason
-                    if reason in ("signal", "max-seconds") and cut_at is None:
-                        cut_at = now + max(0.0, stop_grace)
-                        if in_flight:
-                            log.info(
-                                "stopping (%s): %d running job(s) have %gs to finish",
-                                reason,
-                                len(in_flight),
-                                stop_grace,
-                            )
-                    if self._cut_now.is_set():
-                        cut_at = now
-                    if claiming:
-                        free = concurrency - len(in_flight)
-                        if max_jobs is not None:
-                            free = min(free, max_jobs - claimed_total)
-                        if free > 0:
-                            batch = self.queue.claim(
-                                self.owner, limit=free, lease_seconds=self.lease_seconds, only_job=only_job
-                            )
-                            for claimed in batch:
-                                in_flight[pool.submit(self._run_cuttable, claimed)] = claimed
-                            claimed_total += len(batch)
-                            if not batch and not in_flight:
-                                result.stopped_by = "empty"
-                                break
-                    elif not in_flight:
-                        break
-                    if cut_at is not None and now >= cut_at:
-                        self._cut_running()
-                    if in_flight:
-                        # A job stays in ``in_flight`` until it has ended, so the heartbeat
-                        # renews its lease all along, stopping or not.
-                        tick = 1.0 if cut_at is None else min(1.0, max(0.05, cut_at - now))
-                        done, _ = wait(list(in_flight), timeout=tick, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            result.outcomes.append(self._collect(fut, in_flight[fut]))
-                            del in_flight[fut]
+                while self._turn(run, pool):
+                    pass
         finally:
             hb_stop.set()
             hb.join(timeout=5)
-        return result
+        return run.result
+
+    def _turn(self, run: _Run, pool: Executor) -> bool:
+        """One turn of the loop: note a stop, claim what there is room for, cut running jobs
+        once the grace is over, collect the jobs that ended. False: the run is over."""
+        now = _time.monotonic()
+        self._note_stop(run, now)
+        if self._cut_now.is_set():
+            run.cut_at = now
+        if run.claiming:
+            if not self._claim(run, pool):
+                run.result.stopped_by = "empty"
+                return False
+        elif not run.in_flight:
+            return False
+        if run.cut_at is not None and now >= run.cut_at:
+            self._cut_running()
+        if run.in_flight:
+            tick = 1.0 if run.cut_at is None else min(1.0, max(0.05, run.cut_at - now))
+            done, _ = wait(list(run.in_flight), timeout=tick, return_when=FIRST_COMPLETED)
+            for fut in done:
+                run.result.outcomes.append(self._collect(fut, run.in_flight[fut]))
+                del run.in_flight[fut]
+        return True
+
+    def _note_stop(self, run: _Run, now: float) -> None:
+        """Claim no more once a limit is reached or a stop asked; after a stop or
+        ``max_seconds``, start the running jobs' grace."""
+        reason = run.stop_reason(now, self._stop.is_set())
+        if reason is not None and run.claiming:
+            run.claiming = False
+            run.result.stopped_by = reason
+        if reason in ("signal", "max-seconds") and run.cut_at is None:
+            run.cut_at = now + max(0.0, run.stop_grace)
+            if run.in_flight:
+                log.info(
+                    "stopping (%s): %d running job(s) have %gs to finish",
+                    reason,
+                    len(run.in_flight),
+                    run.stop_grace,
+                )
+
+    def _claim(self, run: _Run, pool: Executor) -> bool:
+        """Claim as many jobs as there is room for and start them. False when there was
+        room, the queue had nothing and no job runs: the queue is empty."""
+        free = run.room()
+        if free <= 0:
+            return True
+        batch = self.queue.claim(
+            self.owner, limit=free, lease_seconds=self.lease_seconds, only_job=run.only_job
+        )
+        for claimed in batch:
+            run.in_flight[pool.submit(self._run_cuttable, claimed)] = claimed
+        run.claimed_total += len(batch)
+        return bool(batch or run.in_flight)
 
     def _run_cuttable(self, claimed: ClaimedMessage) -> JobOutcome:
         """``run_one`` in a job scope that ``_cut_running`` can cut."""
@@ -280,7 +317,7 @@ class Consumer:
                 claimed.message.job_id,
                 claimed.message.connection_id,
                 claimed.message.platform,
-                "retry",
+                Outcome.RETRY,
                 error=redact(exc),
             )
 
@@ -299,206 +336,100 @@ class Consumer:
     # -- one job --------------------------------------------------------------------------
 
     def run_one(self, claimed: ClaimedMessage) -> JobOutcome:
-        msg = claimed.message
+        """One claimed job to its ending, written to the store and logged."""
         t0 = _time.monotonic()
+        ending = self._deliver(claimed)
+        return _report(claimed.message, ending, _time.monotonic() - t0)
 
-        def outcome(status: str, records: int = 0, error: str | None = None) -> JobOutcome:
-            o = JobOutcome(
-                msg.job_id,
-                msg.connection_id,
-                msg.platform,
-                status,
-                records,
-                redact(error) if error else None,
-                round(_time.monotonic() - t0, 3),
-            )
-            line = "job %s %s %s: %s, %d records in %.2fs" + (" (%s)" if error else "")
-            args = [msg.job_id, msg.platform, msg.connection_id, status, records, o.seconds]
-            if error:
-                args.append(o.error)
-            # Only real failures are warnings: with -q, cron mails those and nothing else.
-            (log.warning if status in ("failed", "dropped") else log.info)(line, *args)
-            return o
-
+    def _deliver(self, claimed: ClaimedMessage) -> _Ending:
+        msg = claimed.message
         try:
             conn = self.store.get_connection(msg.connection_id)
         except NotFound:
-            return self._fail_now(claimed, "Connection no longer exists; job dropped", outcome, dropped=True)
+            return self._fail_now(claimed, "Connection no longer exists; job dropped", dropped=True)
         if not conn.is_active:
             return self._fail_now(
                 claimed,
                 "Connection was paused (is_active = 0); job dropped",
-                outcome,
                 dropped=True,
                 touch_connection=False,
             )
         previous_status = conn.sync_status
         try:
             if not self.store.start_job(msg.job_id, conn.id):
-                return self._already_finished(claimed, outcome)
+                return self._already_finished(claimed)
             records = self._sync(claimed, conn)
         except RateLimited as exc:
-            return self._defer(claimed, conn, exc, previous_status, outcome)
+            return self._defer(claimed, conn, exc, previous_status)
         except Interrupted as exc:
-            return self._release(claimed, str(exc), previous_status, outcome)
+            return self._release(claimed, str(exc), previous_status)
         except AuthRevoked as exc:
-            flagged = self.store.record_auth_failure(
-                conn.id, reason=exc.reason, definitive=exc.definitive, prefix="Authentication failed"
-            )
-            text = str(exc).rstrip(". ")
-            if flagged:
-                text += " — the connection needs to be re-authorised (reconnect the account)"
-            return self._fail_now(claimed, text, outcome, touch_connection=False)
+            return self._auth_failed(claimed, conn, exc)
         except (PermanentError, CryptoError, ConfigError, NotFound) as exc:
-            return self._fail_now(claimed, str(exc), outcome)
+            return self._fail_now(claimed, str(exc))
         except (TransientError, WarehouseError, StoreError) as exc:
-            return self._retry(claimed, str(exc), previous_status, outcome)
+            return self._retry(claimed, str(exc), previous_status)
         except Exception as exc:  # an unexpected bug: retry with backoff, never kill the loop
             log.exception("unexpected error in job %s", msg.job_id)
-            return self._retry(
-                claimed, f"unexpected error: {type(exc).__name__}: {exc}", previous_status, outcome
-            )
-        return self._complete(claimed, conn, records, outcome)
+            return self._retry(claimed, f"unexpected error: {type(exc).__name__}: {exc}", previous_status)
+        return self._complete(claimed, conn, records)
 
     def _sync(self, claimed: ClaimedMessage, conn: Connection) -> int:
-        msg = claimed.message
-        creds = decrypt_credentials(self.cipher, conn)
-        now = self.clock.now()
-        if creds.expires_at and creds.expires_at <= now + EXPIRY_SLACK:
-            creds = refresh_connection(self.settings, self.store, self.cipher, conn) or creds
-        client_class = registry.get(conn.platform).client
-        # start_job has just written the phase: the store hears of progress at most every
-        # progress_every seconds after that (a short job writes none; its completion says it all).
-        last_progress = [_time.monotonic()]
-
-        def progress(phase: str, done: int, total: int | None) -> None:
-            if self.on_progress:
-                self.on_progress(msg.job_id, phase, done, total)
-            t = _time.monotonic()
-            if t - last_progress[0] >= self.store.progress_every:
-                last_progress[0] = t
-                self.store.job_progress(msg.job_id, phase, done, total)
-
-        ctx = platform_context(self.settings, self.store, conn, progress=progress)
-        state: dict[str, Any] = {"creds": creds, "refreshed": False, "client": None}
-
-        def client():
-            # One client per set of credentials: it keeps what it learnt (the account, usage
-            # headers announcing a block) from one call to the next.
-            if state["client"] is None or state["client"].credentials is not state["creds"]:
-                state["client"] = client_class(ctx, state["creds"])
-            return state["client"]
-
-        def with_refresh(fn):
-            """Run fn(client); on an expired token refresh once and run it again."""
-            try:
-                return fn(client())
-            except (TokenExpired, AuthRevoked) as exc:
-                if isinstance(exc, AuthRevoked) and exc.definitive or state["refreshed"]:
-                    raise
-                state["refreshed"] = True
-                fresh = refresh_connection(
-                    self.settings, self.store, self.cipher, self.store.get_connection(conn.id)
-                )
-                if fresh is None:
-                    raise AuthRevoked(str(exc), platform=conn.platform, definitive=False) from None
-                state["creds"] = fresh
-                try:
-                    return fn(client())
-                except TokenExpired as again:
-                    raise AuthRevoked(
-                        f"{again} (even after a token refresh)", platform=conn.platform, definitive=False
-                    ) from None
-
-        # Usually one account; a Google manager connection syncs each selected client, and
-        # one client failing (unlinked, cancelled, a passing error) does not stop the others.
-        ids = with_refresh(lambda c: c.accounts())
-        failed: dict[str, Exception] = {}
-
-        def each_account(fn, only=None):
-            out = {}
-            for aid in ids if only is None else only:
-                if aid in failed:
-                    continue
-                try:
-                    out[aid] = with_refresh(lambda c, aid=aid: fn(aid, c.for_account(aid)))
-                except (AccountUnavailable, TransientError) as exc:
-                    if len(ids) == 1 or isinstance(exc, (RateLimited, TokenExpired)):
-                        raise
-                    failed[aid] = exc
-            return out
-
-        accounts = each_account(lambda aid, c: c.account())
-        window = msg.sync_window
-        since = window.start.date()
-        # the window's end is exclusive: a window ending at midnight stops the day before
-        until = (window.end - timedelta(microseconds=1)).date()
-        if until < since:
-            until = since
-        slices = date_slices(since, until, client_class.max_window_days)
-        done, records = self.store.slice_progress(msg.job_id)
-        total_slices = len(slices)
-        for i, (s, e) in enumerate(slices):
-            if s.isoformat() in done:
-                continue
-            progress(f"slice {i + 1}/{total_slices} {s}..{e}", i, total_slices)
-            synced_at = self.clock.now()
-
-            def load_slice(aid, c, first=(i == 0), s=s, e=e, synced_at=synced_at):
-                owner = RowOwner(conn.organization_id, conn.id, aid)
-                part = Slice(owner, accounts[aid], s, e, window, first, synced_at)
-                return c.load_slice(part, self.warehouse, write_seq=claimed.claim_seq)
-
-            n = sum(each_account(load_slice, only=list(accounts)).values())
-            records += n
-            # A slice counts as done only when every account has it: a retry redoes the rest.
-            if not failed:
-                self.store.record_slice(msg.job_id, conn.id, s.isoformat(), e.isoformat(), n)
-        if failed:
-            raise _accounts_failed(conn.platform, ids, failed, records)
-        if client_class.after_slices_phase:  # e.g. revenue's late refunds
-            progress(client_class.after_slices_phase, total_slices, total_slices)
-            for aid, account in accounts.items():
-                owner = RowOwner(conn.organization_id, conn.id, aid)
-                records += with_refresh(
-                    lambda c, aid=aid, owner=owner, account=account: c.for_account(aid).load_after_slices(
-                        owner, account, window, self.warehouse
-                    )
-                )
-        progress("completed", total_slices, total_slices)
-        return records
+        job = JobSync(
+            self.settings,
+            self.store,
+            self.cipher,
+            lambda: self.warehouse,
+            claimed,
+            conn,
+            on_progress=self.on_progress,
+        )
+        return job.run()
 
     # -- endings (each one store transaction, fenced by the lease) -------------------------
 
-    def _complete(self, claimed: ClaimedMessage, conn: Connection, records: int, outcome) -> JobOutcome:
+    def _complete(self, claimed: ClaimedMessage, conn: Connection, records: int) -> _Ending:
         if not self.store.complete_job(self.queue, claimed, conn, records):
-            return outcome("stale", records, "lease lost before completion; another consumer owns the job")
-        return outcome("completed", records)
+            return _Ending(
+                Outcome.STALE, records, "lease lost before completion; another consumer owns the job"
+            )
+        return _Ending(Outcome.COMPLETED, records)
 
-    def _already_finished(self, claimed: ClaimedMessage, outcome) -> JobOutcome:
+    def _already_finished(self, claimed: ClaimedMessage) -> _Ending:
         """The job row is completed or failed already (its ending was written, then the
         process died before the message was acked): ack it, run nothing again."""
         with self.store.write() as c:
             self.queue.ack(c, claimed)
-        return outcome("stale", 0, "the job had already finished; its message is acknowledged")
+        return _Ending(Outcome.STALE, 0, "the job had already finished; its message is acknowledged")
+
+    def _auth_failed(self, claimed: ClaimedMessage, conn: Connection, exc: AuthRevoked) -> _Ending:
+        flagged = self.store.record_auth_failure(
+            conn.id, reason=exc.reason, definitive=exc.definitive, prefix="Authentication failed"
+        )
+        text = str(exc).rstrip(". ")
+        if flagged:
+            text += " — the connection needs to be re-authorised (reconnect the account)"
+        return self._fail_now(claimed, text, touch_connection=False)
 
     def _fail_now(
-        self, claimed, error: str, outcome, *, dropped: bool = False, touch_connection: bool = True
-    ) -> JobOutcome:
+        self, claimed: ClaimedMessage, error: str, *, dropped: bool = False, touch_connection: bool = True
+    ) -> _Ending:
         error = redact(error)
         if not self.store.fail_job(self.queue, claimed, error, touch_connection=touch_connection):
-            return outcome("stale", 0, error)
-        return outcome("dropped" if dropped else "failed", 0, error)
+            return _Ending(Outcome.STALE, 0, error)
+        return _Ending(Outcome.DROPPED if dropped else Outcome.FAILED, 0, error)
 
-    def _retry(self, claimed, error: str, previous_status: str | None, outcome) -> JobOutcome:
+    def _retry(self, claimed: ClaimedMessage, error: str, previous_status: str | None) -> _Ending:
         error = redact(error)
         # out of attempts: the queue dead-letters it and the store fails the job
         state = self.store.retry_job(self.queue, claimed, error, previous_status)
         if state == "dead":
-            return outcome("failed", 0, error)
-        return outcome("retry" if state == "ready" else "stale", 0, error)
+            return _Ending(Outcome.FAILED, 0, error)
+        return _Ending(Outcome.RETRY if state == "ready" else Outcome.STALE, 0, error)
 
-    def _defer(self, claimed, conn: Connection, exc: RateLimited, previous_status, outcome) -> JobOutcome:
+    def _defer(
+        self, claimed: ClaimedMessage, conn: Connection, exc: RateLimited, previous_status: str | None
+    ) -> _Ending:
         # Short hints were already waited out in place (HttpClient): a job that leaves its
         # worker comes back no sooner than the floor, whatever the platform said.
         delay = max(exc.retry_after, MIN_DEFERRAL_SECONDS)
@@ -507,30 +438,37 @@ class Consumer:
         state = self.store.retry_job(
             self.queue, claimed, note, previous_status, delay=delay, count_attempt=False, pause=pause
         )
-        return outcome("deferred" if state == "ready" else "stale", 0, note)
+        return _Ending(Outcome.DEFERRED if state == "ready" else Outcome.STALE, 0, note)
 
-    def _release(self, claimed, error: str, previous_status, outcome) -> JobOutcome:
+    def _release(self, claimed: ClaimedMessage, error: str, previous_status: str | None) -> _Ending:
         """Put a job cut short by a stopping consumer back as it was: claimable at once, no
         attempt used (its committed slices are kept and not fetched again)."""
         note = redact(f"{error}; released for the next consume run")
         state = self.store.retry_job(
             self.queue, claimed, note, previous_status, delay=0.0, count_attempt=False
         )
-        return outcome("released" if state == "ready" else "stale", 0, note)
+        return _Ending(Outcome.RELEASED if state == "ready" else Outcome.STALE, 0, note)
 
 
-def _accounts_failed(platform: str, ids: list[str], failed: dict[str, Exception], records: int) -> Exception:
-    """One error for the accounts of a connection that failed while the others synced:
-    permanent when any failure is (retrying cannot fix it), else transient."""
-    synced = len(ids) - len(failed)
-    text = (
-        f"{platform}: {len(failed)} of {len(ids)} accounts failed "
-        f"({synced} synced, {records} records written): "
-        + "; ".join(f"account {aid}: {exc}" for aid, exc in failed.items())
+def _report(msg: SyncJobMessage, ending: _Ending, seconds: float) -> JobOutcome:
+    """The delivery's outcome, logged: only real failures are warnings (with -q, cron mails
+    those and nothing else)."""
+    status, records, error = ending
+    o = JobOutcome(
+        msg.job_id,
+        msg.connection_id,
+        msg.platform,
+        status,
+        records,
+        redact(error) if error else None,
+        round(seconds, 3),
     )
-    if any(isinstance(exc, PermanentError) for exc in failed.values()):
-        return PermanentError(text, platform=platform)
-    return TransientError(text, platform=platform)
+    line = "job %s %s %s: %s, %d records in %.2fs" + (" (%s)" if error else "")
+    args = [msg.job_id, msg.platform, msg.connection_id, status, records, o.seconds]
+    if error:
+        args.append(o.error)
+    (log.warning if status in (Outcome.FAILED, Outcome.DROPPED) else log.info)(line, *args)
+    return o
 
 
-__all__ = ["Consumer", "ConsumeResult", "JobOutcome", "date_slices"]
+__all__ = ["Consumer", "ConsumeResult", "JobOutcome", "Outcome"]
