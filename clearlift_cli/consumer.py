@@ -36,7 +36,7 @@ from clearlift_cli.errors import (
     WarehouseError,
 )
 from clearlift_cli.job import JobSync, ProgressHook
-from clearlift_cli.models import ClaimedMessage, Connection, SyncJobMessage
+from clearlift_cli.models import ClaimedMessage, Connection, MessageState, SyncJobMessage
 from clearlift_cli.platforms.deadline import JobScope, job_scope
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
@@ -423,9 +423,9 @@ class Consumer:
         error = redact(error)
         # out of attempts: the queue dead-letters it and the store fails the job
         state = self.store.retry_job(self.queue, claimed, error, previous_status)
-        if state == "dead":
+        if state == MessageState.DEAD:
             return _Ending(Outcome.FAILED, 0, error)
-        return _Ending(Outcome.RETRY if state == "ready" else Outcome.STALE, 0, error)
+        return _Ending(Outcome.RETRY if state == MessageState.READY else Outcome.STALE, 0, error)
 
     def _defer(
         self, claimed: ClaimedMessage, conn: Connection, exc: RateLimited, previous_status: str | None
@@ -438,7 +438,7 @@ class Consumer:
         state = self.store.retry_job(
             self.queue, claimed, note, previous_status, delay=delay, count_attempt=False, pause=pause
         )
-        return _Ending(Outcome.DEFERRED if state == "ready" else Outcome.STALE, 0, note)
+        return _Ending(Outcome.DEFERRED if state == MessageState.READY else Outcome.STALE, 0, note)
 
     def _release(self, claimed: ClaimedMessage, error: str, previous_status: str | None) -> _Ending:
         """Put a job cut short by a stopping consumer back as it was: claimable at once, no
@@ -447,7 +447,7 @@ class Consumer:
         state = self.store.retry_job(
             self.queue, claimed, note, previous_status, delay=0.0, count_attempt=False
         )
-        return _Ending(Outcome.RELEASED if state == "ready" else Outcome.STALE, 0, note)
+        return _Ending(Outcome.RELEASED if state == MessageState.READY else Outcome.STALE, 0, note)
 
 
 def _report(msg: SyncJobMessage, ending: _Ending, seconds: float) -> JobOutcome:
