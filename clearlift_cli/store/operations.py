@@ -403,7 +403,7 @@ class BaseStore:
             "j.created_at AS job_created_at "
             "FROM platform_connections c LEFT JOIN sync_jobs j ON j.id = ("
             "  SELECT l.id FROM sync_jobs l WHERE l.connection_id = c.id "
-            "  ORDER BY l.created_at DESC, l.id DESC LIMIT 1) WHERE 1=1"
+            "  ORDER BY julianday(l.created_at) DESC, l.id DESC LIMIT 1) WHERE 1=1"
         )
         where, params = _connection_filter("c.", organization_id, platform)
         return self.tables.read(sql + where + " ORDER BY c.organization_id, c.platform, c.account_id", params)
@@ -414,14 +414,15 @@ class BaseStore:
 
     def latest_job(self, connection_id: str) -> Any | None:
         rows = self.tables.read(
-            "SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+            "SELECT * FROM sync_jobs WHERE connection_id = ? ORDER BY julianday(created_at) DESC, id DESC LIMIT 1",
             (connection_id,),
         )
         return rows[0] if rows else None
 
     def live_job(self, connection_id: str) -> Any | None:
         rows = self.tables.read(
-            f"SELECT * FROM sync_jobs WHERE connection_id = ? AND status IN {LIVE} ORDER BY created_at DESC LIMIT 1",
+            f"SELECT * FROM sync_jobs WHERE connection_id = ? AND status IN {LIVE} "
+            "ORDER BY julianday(created_at) DESC LIMIT 1",
             (connection_id,),
         )
         return rows[0] if rows else None

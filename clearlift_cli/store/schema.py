@@ -125,6 +125,9 @@ APP_INDEXES = [
     "WHERE expires_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_status ON sync_jobs (connection_id, status)",
     "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_created ON sync_jobs (connection_id, created_at)",
+    # the latest job by time: the API worker writes '2025-01-01 21:00:00', clearlift ISO with
+    # T and Z, so text order is not time order (created by every `init`; no schema bump)
+    "CREATE INDEX IF NOT EXISTS clearlift_jobs_conn_created_jd ON sync_jobs (connection_id, julianday(created_at))",
     "CREATE INDEX IF NOT EXISTS clearlift_jobs_live ON sync_jobs (status) WHERE status IN ('pending', 'running')",
 ]
 

@@ -400,3 +400,15 @@ def test_an_ending_that_races_another_consumers_claim_changes_nothing(backend, e
         assert store.start_job(job_id, cid) is False
     else:
         assert backend.job(job_id) == job_before and backend.connection(cid) == conn_before
+
+
+def test_the_latest_job_is_the_newest_by_time_whatever_the_timestamp_spelling(backend):
+    """The API worker's rows carry D1's CURRENT_TIMESTAMP ('2025-01-01 21:00:00'), clearlift's
+    ISO with a T and a Z: as text the T sorts after the space, so a later API-worker job would
+    lose to an earlier clearlift one on the same day."""
+    cid = backend.insert_connection()
+    ours = backend.insert_job(cid, id="ours", status="completed", created_at="2025-01-01T20:00:00.000Z")
+    theirs = backend.insert_job(cid, id="theirs", status="pending", created_at="2025-01-01 21:00:00")
+    assert backend.store.latest_job(cid)["id"] == theirs != ours
+    (row,) = [r for r in backend.store.connections_with_latest_job() if r["id"] == cid]
+    assert row["job_id"] == theirs
