@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from urllib.parse import quote
 
 import pytest
 
-PG_URL = os.environ.get("CLEARLIFT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.helpers import PG_URL
 
 
 def _pg_connect(url: str):
@@ -50,9 +49,9 @@ def sandbox():
 @pytest.fixture
 def env(request, tmp_path, sandbox):
     """The installed command with a fresh store and a PostgreSQL warehouse schema,
-    pointed at the sandboxes (see tests/e2e.py); a module marked ``sqlite_warehouse``
+    pointed at the sandboxes (see tests/harness.py); a module marked ``sqlite_warehouse``
     gets the embedded SQLite warehouse instead."""
-    from tests.e2e import Env
+    from tests.harness import Env
 
     if request.node.get_closest_marker("sqlite_warehouse"):
         warehouse_url = f"sqlite:///{tmp_path}/warehouse.db"

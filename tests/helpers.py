@@ -27,6 +27,12 @@ from clearlift_cli.timeutil import FrozenClock, iso_z
 
 UTC = UTC
 
+# The PostgreSQL server the tests use (a fresh schema per test: conftest's pg_schema_url).
+PG_URL = os.environ.get("CLEARLIFT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+# The repository's root (this checkout).
+REPO = Path(__file__).resolve().parent.parent
+
 # The installed entry point next to the interpreter running the tests (the venv's bin).
 CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or str(
     Path(sys.executable).parent / "clearlift"
@@ -94,18 +100,47 @@ def new_store(path: Path | str, *, clock: FrozenClock | None = None) -> Store:
     return store
 
 
+class PgRow(tuple):
+    """A row that reads like ``sqlite3.Row``: by position, by name, ``keys()``, ``tuple(row)``."""
+
+    names: dict[str, int]
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+
+def _pg_rows(cursor):
+    names = {col.name: i for i, col in enumerate(cursor.description or [])}
+
+    def make(values) -> PgRow:
+        row = PgRow(values)
+        row.names = names
+        return row
+
+    return make
+
+
 class _PgRaw:
-    """A plain PostgreSQL connection that reads like sqlite3's (``?`` placeholders, rows by
-    name), for the same tests to run against the PostgreSQL control plane."""
+    """A plain psycopg connection (autocommit) that reads like sqlite3's: ``?`` placeholders,
+    rows by name or position, ``with`` and ``close``; so the same tests run against the
+    PostgreSQL control plane without going through clearlift's own engine."""
 
     def __init__(self, url: str):
-        from clearlift_cli.store.postgres import PgEngine
+        import psycopg
 
-        self._store = PgEngine(url)
-        self._conn = self._store.conn()
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
 
     def execute(self, sql: str, params: Any = ()):
-        return self._conn.execute(sql, params)
+        if params:  # sqlite3's placeholders as psycopg's (a literal % doubled)
+            sql = sql.replace("%", "%%").replace("?", "%s")
+        cur = self._conn.cursor(row_factory=_pg_rows)
+        cur.execute(sql, tuple(params) if params else None, prepare=False)
+        return cur
 
     def __enter__(self):
         return self
@@ -114,7 +149,7 @@ class _PgRaw:
         pass
 
     def close(self) -> None:
-        self._store.close()
+        self._conn.close()
 
 
 def is_pg(path: Path | str) -> bool:

@@ -16,8 +16,8 @@ import pytest
 from clearlift_cli import commands
 from clearlift_cli.consumer import Consumer
 from clearlift_cli.settings import resolve
-from tests.e2e import Env, popen, queue_row, seed, wait_for
-from tests.test_reliability import assert_job_landed_exactly
+from tests.expected import assert_job_landed_exactly
+from tests.harness import Env, popen, queue_row, seed, wait_for
 
 # `env` (conftest) with the embedded SQLite warehouse.
 pytestmark = pytest.mark.sqlite_warehouse

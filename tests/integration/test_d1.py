@@ -25,7 +25,7 @@ from clearlift_cli.sandbox.d1 import D1App, envelope
 from clearlift_cli.sandbox.server import SandboxServer
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
-from tests.e2e import CLEARLIFT
+from tests.harness import CLEARLIFT
 
 QUERY = r"/query$"
 

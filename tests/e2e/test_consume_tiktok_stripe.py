@@ -7,15 +7,14 @@ import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from clearlift_cli.timeutil import iso_z
-from tests.e2e import (
+from tests.expected import micros, tiktok_expected
+from tests.harness import (
     Env,
     coverage,
     make_visible,
-    micros,
     queue_row,
     store_bytes,
     store_text,
@@ -30,24 +29,6 @@ def today() -> date:
 
 
 # --- TikTok ---------------------------------------------------------------------------------
-
-
-def tiktok_expected(app, advertiser: str, since: date, until: date) -> dict:
-    """Warehouse values computed from the raw report rows (strings or JSON numbers), deleted
-    campaigns included; the value is web complete payments plus in-app purchases."""
-    out = {}
-    for row in app.report_rows(advertiser, since, until):
-        m, dims = row["metrics"], row["dimensions"]
-        key = (dims["campaign_id"], dims["stat_time_day"][:10])
-        assert key not in out
-        out[key] = (
-            int(m["impressions"]),
-            int(m["clicks"]),
-            micros(m["spend"]),
-            Decimal(str(m["conversion"])),
-            micros(m["total_complete_payment_rate"]) + micros(m["total_purchase_value"]),
-        )
-    return out
 
 
 def tiktok_stored(env: Env, org: str, advertiser: str | None = None) -> dict:

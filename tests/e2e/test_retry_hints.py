@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.e2e import queue_row, seed
+from tests.harness import queue_row, seed
 
 DAY = 86_400.0  # the hint ceiling (errors.RETRY_HINT_CEILING_SECONDS)
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from clearlift_cli.sandbox import APP_CREDENTIALS
-from tests.e2e import (
+from tests.expected import FACEBOOK_PURCHASE as PURCHASE
+from tests.expected import facebook_expected as expected_metrics
+from tests.harness import (
     Env,
     add_connection,
     coverage,
     make_visible,
-    micros,
     queue_row,
     store_bytes,
     store_text,
@@ -24,27 +25,7 @@ from tests.e2e import (
 
 ACCOUNT = "1029384756"
 APP_SECRET = APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
-PURCHASE = ("purchase",)
 PIXEL = ("offsite_conversion.fb_pixel_purchase",)
-
-
-def expected_metrics(app, account: str, since: date, until: date, action_types=PURCHASE) -> dict:
-    """What the warehouse must hold, computed from the raw wire rows with Decimal."""
-    out = {}
-    for row in app.insight_rows(account, since, until):
-        key = (row["campaign_id"], row["date_start"])
-        assert key not in out  # the sandbox serves one row per campaign-day
-        out[key] = (
-            int(row["impressions"]),
-            int(row["clicks"]),
-            micros(row["spend"]),
-            sum(
-                (Decimal(a["value"]) for a in row.get("actions", []) if a["action_type"] in action_types),
-                Decimal(0),
-            ),
-            sum(micros(a["value"]) for a in row.get("action_values", []) if a["action_type"] in action_types),
-        )
-    return out
 
 
 def stored_metrics(env: Env, org: str) -> dict:

@@ -17,7 +17,8 @@ from clearlift_cli import commands
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
-from tests.e2e import Env
+from tests.harness import Env
+from tests.helpers import REPO
 
 UTC = UTC
 
@@ -244,11 +245,8 @@ def test_metrics_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
 
 
 def test_the_sample_alert_rules_use_only_metrics_that_exist(env):
-    from pathlib import Path
 
-    rules = (
-        Path(__file__).resolve().parent.parent / "contrib" / "prometheus" / "clearlift.rules.yml"
-    ).read_text()
+    rules = (REPO / "contrib" / "prometheus" / "clearlift.rules.yml").read_text()
     families = parse_exposition(env.run("metrics").stdout)
     used = set(re.findall(r"\bclearlift_[a-z_]+", rules))
     assert used, "no clearlift metric in the rules"

@@ -5,7 +5,7 @@ connection, and is not retried; where it only passes through (ads), the job sync
 
 from __future__ import annotations
 
-from tests.e2e import queue_row
+from tests.harness import queue_row
 
 
 def _failed_once(env, conn: str) -> str:

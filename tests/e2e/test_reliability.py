@@ -25,11 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from clearlift_cli import commands
-from clearlift_cli.settings import resolve
 from clearlift_cli.store.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
-from tests.conftest import PG_URL
-from tests.e2e import (
+from tests.expected import CAMPAIGNS, METRICS, assert_job_landed_exactly, expected_ads, stored_ads
+from tests.harness import (
     Env,
     closed_port,
     coverage,
@@ -40,14 +38,9 @@ from tests.e2e import (
     wait_for,
     without_synced_at,
 )
-from tests.test_consume_facebook import expected_metrics as facebook_expected
-from tests.test_consume_google import expected_metrics as google_expected
-from tests.test_consume_tiktok_stripe import tiktok_expected
+from tests.helpers import PG_URL, REPO
 
 UTC = UTC
-REPO = Path(__file__).resolve().parent.parent
-METRICS = {p: f"{p}_ads_daily_metrics" for p in ("google", "facebook", "tiktok")}
-CAMPAIGNS = {p: f"{p}_ads_campaigns" for p in ("google", "facebook", "tiktok")}
 
 
 # `env` (conftest) with the embedded SQLite warehouse.
@@ -101,108 +94,6 @@ def yesterday() -> date:
     return datetime.now(UTC).date() - timedelta(days=1)
 
 
-def stored_ads(env: Env, platform: str, org: str, account: str | None = None) -> dict:
-    rows = env.warehouse_rows(METRICS[platform], organization_id=org, account_id=account)
-    got = {
-        (r["campaign_id"], r["metric_date"].isoformat()): (
-            r["impressions"],
-            r["clicks"],
-            r["spend_micros"],
-            r["conversions"],
-            r["conversion_value_micros"],
-        )
-        for r in rows
-    }
-    assert len(got) == len(rows)  # one row per campaign-day
-    return got
-
-
-def expected_ads(env: Env, platform: str, account: str, since: date, until: date) -> dict:
-    app = env.sandbox.app(platform)
-    if platform == "google":
-        return google_expected(app, account.replace("-", ""), since, until)
-    if platform == "facebook":
-        return facebook_expected(app, account, since, until)
-    return tiktok_expected(app, account, since, until)
-
-
-def assert_job_landed_exactly(env: Env, platform: str, cid: str, job_id: str) -> None:
-    """The job's window is in the warehouse exactly once, and records_synced says so."""
-    job = env.job(job_id)
-    conn = env.connection(cid)
-    assert job["status"] == "completed", job["error_message"]
-    since, until = env.window_days(job_id)
-    got = stored_ads(env, platform, conn["organization_id"], conn["account_id"])
-    want = expected_ads(env, platform, conn["account_id"], since, until)
-    assert got == want and want
-    campaigns = env.warehouse_rows(
-        CAMPAIGNS[platform], organization_id=conn["organization_id"], account_id=conn["account_id"]
-    )
-    assert job["records_synced"] == len(want) + len(campaigns)
-    assert json.loads(job["metadata"])["records_synced"] == job["records_synced"]
-    slices = coverage(env, job_id)
-    assert sum(n for _, _, n in slices) == job["records_synced"]
-
-
-# --- the child process: the real consumer, killed at an exact point ------------------------
-
-
-def child_main(raw_spec: str) -> None:
-    """Run the real ``Consumer`` on one job and SIGKILL this process at ``kill_at``:
-
-    - ``claim-commit``: the claim's UPDATE ran inside BEGIN IMMEDIATE, its COMMIT not yet;
-    - ``claim-wait``: about to wait for the store's write lock (the test holds it) at the
-      claim's BEGIN IMMEDIATE; the test kills the process while it waits;
-    - ``before-ack``: every slice is committed to the warehouse and recorded, not acked;
-    - ``before-coverage``: slice 1 is committed to the warehouse, its coverage row not;
-    - ``mid-write``: inside slice 1's warehouse transaction (campaigns written, metrics
-      streaming);
-    - ``never``: run to the end (the test kills it from outside)."""
-    from clearlift_cli.consumer import Consumer
-
-    spec = json.loads(raw_spec)
-    kill_at = spec["kill_at"]
-    settings = resolve(read_config=False)
-    store = commands.store_for(settings)
-
-    def die(*_: object) -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if kill_at == "claim-commit":
-        claimed = []
-
-        def trace(sql: str) -> None:
-            if "SET state = 'leased'" in sql:
-                claimed.append(sql)
-            elif sql.strip().upper() == "COMMIT" and claimed:
-                die()
-
-        store.engine.conn().set_trace_callback(trace)  # the main thread's connection claims
-    elif kill_at == "claim-wait":
-
-        def trace(sql: str) -> None:
-            if sql.strip().upper() == "BEGIN IMMEDIATE":
-                Path(spec["marker"]).write_text("waiting")
-
-        store.engine.conn().set_trace_callback(trace)
-
-    def on_progress(job_id: str, phase: str, done: int, total: int | None) -> None:
-        if kill_at == "before-ack" and phase == "completed":
-            die()
-        elif kill_at == "mid-write" and phase == "metrics":
-            die()
-        elif kill_at == "before-coverage" and phase.startswith("slice 1/"):
-            # on the job's thread: the same store connection record_slice will use
-            store.engine.conn().set_trace_callback(
-                lambda sql: die() if "INSERT INTO clearlift_coverage" in sql else None
-            )
-
-    consumer = Consumer(settings, store, lease_seconds=spec["lease"], on_progress=on_progress)
-    result = consumer.run(concurrency=1, max_seconds=60, only_job=spec.get("job"))
-    print(json.dumps(result.summary()))
-    sys.exit(0 if kill_at == "never" else 3)  # 3: the kill point was never reached
-
-
 def start_child(
     env: Env, kill_at: str, *, lease: float = 2.0, job: str | None = None, marker: Path | None = None
 ) -> subprocess.Popen:
@@ -211,7 +102,7 @@ def start_child(
         [
             sys.executable,
             "-c",
-            "import sys; from tests.test_reliability import child_main; child_main(sys.argv[1])",
+            "import sys; from tests.e2e.children import child_main; child_main(sys.argv[1])",
             spec,
         ],
         cwd=REPO,

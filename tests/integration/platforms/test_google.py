@@ -512,7 +512,7 @@ def test_broken_bodies_are_transient(app, settings, clock, token, kind):
 def test_truncated_stream_raises_after_the_rows_it_had(app, settings, clock, token):
     # Rows arrive batch by batch: a stream cut midway has yielded some rows when it ends
     # early, so it cannot be retried in place; the caller's transaction drops them (see
-    # tests/test_consume_google.py) and the next call is exact.
+    # tests/e2e/test_consume_google.py) and the next call is exact.
     app.faults.add("truncate", path="searchStream", times=1)
     yielded: list[DailyMetric] = []
     with pytest.raises(TransientError, match="truncated") as exc:

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.e2e import CLEARLIFT, Env
+from tests.e2e.children import fill_queue, run_consumers
+from tests.harness import CLEARLIFT, Env
 from tests.helpers import insert_connections, query, raw
-from tests.test_queue_concurrency import _fill_queue, _run_consumers
 
 UTC = UTC
 
@@ -90,8 +90,8 @@ def test_eight_schedulers_at_once_make_one_job_per_due_connection(pg_env, pg_sch
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_eight_consumers_on_5000_jobs_each_effect_once(tmp_path, request, backend):
     db = request.getfixturevalue("pg_schema_url") if backend == "postgres" else tmp_path / "clearlift.db"
-    job_ids = _fill_queue(db, 5000)
-    results = _run_consumers(tmp_path, db, processes=8, batch=25, lease=300.0, work_s=0.0)
+    job_ids = fill_queue(db, 5000)
+    results = run_consumers(tmp_path, db, processes=8, batch=25, lease=300.0, work_s=0.0)
     acked = Counter(job for r in results for job in r["acked"])
     assert set(acked) == set(job_ids) and set(acked.values()) == {1}
     assert query(db, "SELECT count(*) FROM sync_jobs WHERE status = 'completed'")[0][0] == 5000

@@ -21,10 +21,11 @@ from clearlift_cli import commands
 from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import iso_z
-from tests.e2e import Env, store_bytes, store_text
+from tests.harness import Env, store_bytes, store_text
+from tests.helpers import REPO
 
 UTC = UTC
-PACKAGE = Path(__file__).resolve().parent.parent / "clearlift_cli"
+PACKAGE = REPO / "clearlift_cli"
 APP_SECRETS = [
     APP_CREDENTIALS[k]
     for k in (

@@ -22,7 +22,7 @@ from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
 from clearlift_cli.settings import ENV_NAMES, resolve
 from clearlift_cli.store import open_store
 from clearlift_cli.timeutil import FrozenClock, iso_z, parse_ts
-from tests.e2e import CLEARLIFT, Env
+from tests.harness import CLEARLIFT, Env
 
 UTC = UTC
 CID = "123-456-7890"
@@ -623,7 +623,7 @@ def test_wrong_encryption_key_refuses_the_run_instead_of_flagging_everyone(tmp_p
     import os
 
     from clearlift_cli.sandbox import Sandbox
-    from tests.e2e import Env
+    from tests.harness import Env
 
     with Sandbox() as sb:
         env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sb)

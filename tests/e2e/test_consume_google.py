@@ -4,9 +4,9 @@ real SQLite store, real PostgreSQL warehouse."""
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
-from tests.e2e import Env, make_visible, micros
+from tests.expected import google_expected as expected_metrics
+from tests.harness import Env, make_visible
 
 CID = "123-456-7890"
 
@@ -18,20 +18,6 @@ def seed_onboarding(env: Env, org: str, user: str) -> None:
             "first_sync_completed) VALUES (?, ?, 'first_sync', 1, FALSE)",
             (user, org),
         )
-
-
-def expected_metrics(app, cid: str, since, until) -> dict:
-    out = {}
-    for row in app.metric_rows(cid, since, until):
-        m = row.get("metrics", {})
-        out[(row["campaign"]["id"], row["segments"]["date"])] = (
-            int(m.get("impressions", "0")),
-            int(m.get("clicks", "0")),
-            int(m.get("costMicros", "0")),
-            Decimal(str(m.get("conversions", 0))),
-            micros(m.get("conversionsValue", 0)),
-        )
-    return out
 
 
 def test_schedule_consume_writes_exact_rows_and_statuses(env, sandbox):

@@ -755,7 +755,7 @@ def test_a_file_that_is_not_a_database_is_a_warehouse_error(tmp_path):
 
 
 def _terminate(application_name: str) -> int:
-    from tests.conftest import PG_URL
+    from tests.helpers import PG_URL
 
     rows = raw_query(
         PG_URL,
@@ -908,7 +908,7 @@ def test_tables_clearlift_creates_have_row_level_security_and_existing_ones_are_
 def read_roles():
     """Two roles standing in for Supabase's anon and authenticated (roles are cluster-wide:
     unique names, dropped afterwards), and one that exists nowhere."""
-    from tests.conftest import PG_URL
+    from tests.helpers import PG_URL
 
     tag = uuid.uuid4().hex[:10]
     made = [f"cl_anon_{tag}", f"cl_authenticated_{tag}", f"cl_other_{tag}"]
@@ -957,7 +957,7 @@ def supabase_roles():
     """Roles named as on Supabase (``anon``, ``authenticated``): created if the cluster lacks
     them and dropped afterwards; a cluster-wide advisory lock keeps two test runs from
     dropping them under each other."""
-    from tests.conftest import PG_URL
+    from tests.helpers import PG_URL
 
     with psycopg.connect(PG_URL, autocommit=True) as lock:
         lock.execute("SELECT pg_advisory_lock(7221099)")

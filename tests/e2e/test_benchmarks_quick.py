@@ -11,11 +11,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+
+ROOT = REPO
 _PG = pytest.mark.postgres
 BENCHMARKS = [
     pytest.param("warehouse_load", marks=_PG),

@@ -15,7 +15,7 @@ from clearlift_cli.pgconnect import PgLimits
 from clearlift_cli.store import Store
 from clearlift_cli.store.postgres import PgEngine
 from clearlift_cli.warehouse import open_warehouse
-from tests.e2e import Env, seed
+from tests.harness import Env, seed
 
 SETTINGS = (
     "statement_timeout",

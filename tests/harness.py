@@ -1,5 +1,7 @@
-"""End-to-end helpers: the installed `clearlift` command run as cron runs it (subprocess,
-environment variables, no stdin), against sandboxes on loopback and real databases."""
+"""A clearlift host for tests (``Env``): its own home, store, key and warehouse, pointed at
+the sandboxes on loopback; runs the installed `clearlift` command as cron runs it
+(environment variables only, no stdin). Plus small helpers to read what a run left in
+the store with plain sqlite3."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 
 from clearlift_cli import commands
@@ -143,11 +144,6 @@ class Env:
 
         with open_warehouse(self.warehouse_url) as wh:
             return wh.fetch_rows(table, **where)
-
-
-def micros(value) -> int:
-    """Independent conversion of a wire decimal to micros (the test's own arithmetic)."""
-    return int(Decimal(str(value)) * 1_000_000)
 
 
 # --- helpers for the Facebook, TikTok and Stripe end-to-end tests ----------------------------

@@ -15,7 +15,7 @@ import pytest
 
 from clearlift_cli.sandbox.d1 import D1App
 from clearlift_cli.sandbox.server import SandboxServer
-from tests.e2e import Env, popen, wait_for
+from tests.harness import Env, popen, wait_for
 
 pytestmark = pytest.mark.sqlite_warehouse
 

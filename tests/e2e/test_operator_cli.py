@@ -10,7 +10,7 @@ from datetime import date
 
 import pytest
 
-from tests.e2e import CLEARLIFT
+from tests.harness import CLEARLIFT
 
 # `env` (conftest) with the embedded SQLite warehouse.
 pytestmark = pytest.mark.sqlite_warehouse

@@ -13,7 +13,7 @@ from rich.console import Console
 from clearlift_cli.demo import run_demo
 from clearlift_cli.errors import ClearliftError
 from clearlift_cli.sandbox import Sandbox
-from tests.e2e import CLEARLIFT
+from tests.harness import CLEARLIFT
 
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 

@@ -23,7 +23,7 @@ import pytest
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.timeutil import iso_z
-from tests.e2e import Env, closed_port, queue_row, seed
+from tests.harness import Env, closed_port, queue_row, seed
 from tests.helpers import one_line_error
 
 UTC = UTC

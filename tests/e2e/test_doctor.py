@@ -19,7 +19,7 @@ from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.store import SCHEMA_VERSION
 from clearlift_cli.timeutil import FrozenClock
-from tests.e2e import Env
+from tests.harness import Env
 
 UTC = UTC
 

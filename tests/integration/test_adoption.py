@@ -17,7 +17,7 @@ from clearlift_cli import scheduler
 from clearlift_cli.adoption import STALE_RUNNING_AFTER
 from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import iso_z, parse_ts
-from tests.e2e import Env
+from tests.harness import Env
 from tests.helpers import (
     CLEARLIFT,
     cli_env,

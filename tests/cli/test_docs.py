@@ -4,11 +4,11 @@ reference is current, and CI runs exactly the README's test command."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from clearlift_cli import docs
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def test_every_command_has_help_with_an_example():
