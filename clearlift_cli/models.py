@@ -15,6 +15,12 @@ from clearlift_cli.timeutil import iso_z, parse_ts
 # of millions of date slices.
 MAX_WINDOW_DAYS = 3660
 
+# json.dumps(value, separators=(",", ":"), allow_nan=False), with its encoder built once
+# (json.dumps builds one per call for any non-default option: half the time of a message).
+_MESSAGE_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# How json.dumps writes a str (ensure_ascii, its default): quoted, escaped, ASCII only.
+_JSON_STR = json.encoder.encode_basestring_ascii
+
 
 class SyncStatus(enum.StrEnum):
     """platform_connections.sync_status, as the API worker validates it."""
@@ -149,6 +155,15 @@ class SyncWindow:
             object.__setattr__(self, "_json", cached)
         return dict(cached)
 
+    def json_text(self) -> str:
+        """``to_json()`` as compact JSON text (computed once)."""
+        text = self.__dict__.get("_json_text")
+        if text is None:
+            w = self.to_json()
+            text = f'{{"start":{_JSON_STR(w["start"])},"end":{_JSON_STR(w["end"])}}}'
+            object.__setattr__(self, "_json_text", text)
+        return text
+
     @classmethod
     def from_json(cls, data: Any) -> SyncWindow:
         """Raises MalformedMessage naming the field for anything but a sane window."""
@@ -206,7 +221,22 @@ class SyncJobMessage:
         }
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False)
+        """``json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False)``, byte for
+        byte, written directly for the usual field types (one per job a schedule creates)."""
+        n = self.retry_count
+        if type(n) is not int:
+            return _MESSAGE_JSON(self.to_json())
+        q = _JSON_STR
+        try:
+            return (
+                f'{{"job_id":{q(self.job_id)},"connection_id":{q(self.connection_id)},'
+                f'"organization_id":{q(self.organization_id)},"platform":{q(self.platform)},'
+                f'"account_id":{q(self.account_id)},"job_type":{q(self.job_type.value)},'
+                f'"sync_window":{self.sync_window.json_text()},"metadata":{{"retry_count":{n},'
+                f'"created_at":{q(self.created_at)},"priority":{q(self.priority.value)}}}}}'
+            )
+        except TypeError:  # a field that is not text (not from clearlift): the encoder decides
+            return _MESSAGE_JSON(self.to_json())
 
     @classmethod
     def loads(cls, text: str) -> SyncJobMessage:

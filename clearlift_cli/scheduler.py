@@ -154,12 +154,39 @@ def _new_job(
     triggered_by: str,
     attribution: bool = False,
 ) -> NewJob:
+    return _job(
+        conn.id,
+        conn.organization_id,
+        conn.platform,
+        conn.account_id,
+        job_type,
+        priority,
+        window,
+        created,
+        triggered_by=triggered_by,
+        attribution=attribution,
+    )
+
+
+def _job(
+    connection_id: str,
+    organization_id: str,
+    platform: str,
+    account_id: str,
+    job_type: JobType,
+    priority: Priority,
+    window: SyncWindow,
+    created: str,
+    *,
+    triggered_by: str,
+    attribution: bool = False,
+) -> NewJob:
     message = SyncJobMessage(
         job_id=new_job_id(),
-        connection_id=conn.id,
-        organization_id=conn.organization_id,
-        platform=conn.platform,
-        account_id=conn.account_id,
+        connection_id=connection_id,
+        organization_id=organization_id,
+        platform=platform,
+        account_id=account_id,
         job_type=job_type,
         sync_window=window,
         retry_count=0,
@@ -183,34 +210,48 @@ def schedule(
     result = ScheduleResult()
     # First: a closed abandoned job leaves its connection due in this very run.
     result.adoption = adopt_orphan_jobs(store, queue, now, window_days=FULL_SYNC_DAYS)
-    rows = _candidates(store, now)
+    rows = _candidates(store, now)  # store.DUE_COLUMNS, by position
     result.found = len(rows)
-    attribution_at = _attribution_state(store, [r["id"] for r in rows])
-    plans = []
-    keys = frozenset(rows[0].keys()) if rows else frozenset()
-    for row in rows:
+    attribution_at = _attribution_state(store, [r[0] for r in rows])
+    created = iso_z(now)
+    # Jobs planned alike share one window, so each distinct window is formatted once.
+    windows: dict[SyncWindow, SyncWindow] = {}
+    jobs = []
+    for cid, org, platform, account_id, last_synced_at, settings_text, auth_failures in rows:
         try:
-            conn = Connection.from_row(row, keys)
-            plan = plan_job(
-                conn,
+            if auth_failures and not isinstance(auth_failures, int):
+                int(auth_failures)  # the check Connection.from_row makes (the consumer builds one)
+            planned = plan(
+                platform,
+                settings_text,
+                last_synced_at,
                 now,
                 configured_lookback=configured_lookback,
-                last_attribution_at=attribution_at.get(conn.id),
+                last_attribution_at=attribution_at.get(cid),
             )
         except (ValueError, TypeError, KeyError) as exc:
             # one line per broken row (a warning: worth a mail even under -q), said once
-            result.skipped.append((row["id"], str(exc)))
-            log.warning("skipped %s: %s", row["id"], exc)
+            result.skipped.append((cid, str(exc)))
+            log.warning("skipped %s: %s", cid, exc)
             continue
-        if plan is None:
+        if planned is None:
             result.not_due += 1
             continue
-        plans.append((conn, plan))
-    created = iso_z(now)
-    jobs = [
-        _new_job(conn, job_type, priority, window, created, triggered_by="schedule", attribution=is_attr)
-        for conn, (job_type, priority, window, is_attr) in plans
-    ]
+        job_type, priority, window, is_attr = planned
+        jobs.append(
+            _job(
+                cid,
+                org,
+                platform,
+                str(account_id),
+                job_type,
+                priority,
+                windows.setdefault(window, window),
+                created,
+                triggered_by="schedule",
+                attribution=is_attr,
+            )
+        )
     made = store.create_jobs(queue, jobs)
     result.enqueued.extend(made.jobs)
     result.already_queued += len(made.already_live)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("clearlift.queue")
 
 DEFAULT_MAX_ATTEMPTS = 4  # 1 + 3 retries
+# Messages per multi-row INSERT: 100 rows of 9 parameters stay under 999, the oldest
+# SQLite's limit on bound parameters.
+ROWS_PER_INSERT = 100
 BACKOFF_BASE_SECONDS = 30.0
 BACKOFF_CAP_SECONDS = 900.0
 # How the error of a message deferred by a rate limit begins (``Rate limited by google; ...``).
@@ -133,17 +136,17 @@ class Queue:
         messages: list[SyncJobMessage],
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> int:
-        """Add ``messages`` inside the caller's write transaction in one statement; returns
-        how many were added (fewer when a connection already had a live message: the
-        caller decides what that means)."""
+        """Add ``messages`` inside the caller's write transaction, ``ROWS_PER_INSERT`` per
+        statement; returns how many were added (fewer when a connection already had a live
+        message: the caller decides what that means)."""
         now = self.clock.time()
         stamp = iso_z(self.clock.now())
-        cur = c.executemany(
-            "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
-            "visible_at, attempts, max_attempts, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [
-                (
+        added = 0
+        for i in range(0, len(messages), ROWS_PER_INSERT):
+            part = messages[i : i + ROWS_PER_INSERT]
+            params: list[Any] = []
+            for m in part:
+                params += (
                     m.job_id,
                     m.connection_id,
                     m.platform,
@@ -154,10 +157,15 @@ class Queue:
                     stamp,
                     stamp,
                 )
-                for m in messages
-            ],
-        )
-        return int(cur.rowcount)
+            marks = ", ".join("(?, ?, ?, ?, ?, 'ready', ?, 0, ?, ?, ?)" for _ in part)
+            cur = c.execute(
+                "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
+                f"visible_at, attempts, max_attempts, created_at, updated_at) VALUES {marks} "
+                "ON CONFLICT DO NOTHING",
+                params,
+            )
+            added += int(cur.rowcount)
+        return added
 
     # -- consuming ------------------------------------------------------------------------
 

@@ -277,8 +277,9 @@ SQL_WORDS = re.compile(
 # Expressions interpolated into SQL text that are fixed identifiers or placeholders, each
 # checked by reading the code: constants, names from the schema modules, quoted identifiers.
 ALLOWED = {
-    # skip: " AND platform NOT IN (?, ?)"; skip_locked / for_update: class constants
-    "store/queue.py": {"skip", "self.store.skip_locked", "self.store.for_update"},
+    # skip: " AND platform NOT IN (?, ?)"; skip_locked / for_update: class constants;
+    # marks: rows of "?" placeholders
+    "store/queue.py": {"skip", "self.store.skip_locked", "self.store.for_update", "marks"},
     # CONNECTION_COLUMNS / STATUS_COLUMNS (prefixed: cols); LIVE: the fixed live statuses;
     # where: _connection_filter's fixed terms; flag: a fixed CASE condition; metadata_sql: "?"
     # or a fixed json_set expression; marks: "?" placeholders

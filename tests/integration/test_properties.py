@@ -3,6 +3,7 @@ retry / defer / lease expiry / re-queue, and exact money parsing."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -156,3 +157,32 @@ def test_known_values():
     assert money.to_micros(0.1 + 0.2) == 300_000  # repr 0.30000000000000004 rounds to the micro
     assert money.to_micros(None) == 0 and money.to_int("") == 0
     assert money.minor_units_per_unit("jpy") == 1 and money.minor_units_per_unit("USD") == 100
+
+
+@given(
+    st.lists(st.text(), min_size=6, max_size=6),
+    st.integers(min_value=0, max_value=2**40),
+    st.sampled_from(list(JobType)),
+    st.sampled_from(list(Priority)),
+    st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1)),
+)
+def test_a_message_is_written_as_json_dumps_writes_it(texts, retries, job_type, priority, start):
+    """The queue body ``dumps`` writes directly is json.dumps's text, byte for byte (and
+    reads back as the same message)."""
+    job_id, connection, org, platform, account, created = texts
+    start = start.replace(tzinfo=UTC, microsecond=start.microsecond // 1000 * 1000)  # as written
+    msg = SyncJobMessage(
+        job_id,
+        connection,
+        org,
+        platform,
+        account,
+        job_type,
+        SyncWindow(start, start + timedelta(days=3)),
+        retries,
+        created,
+        priority,
+    )
+    assert msg.dumps() == json.dumps(msg.to_json(), separators=(",", ":"), allow_nan=False)
+    if job_id and connection:
+        assert SyncJobMessage.loads(msg.dumps()) == msg

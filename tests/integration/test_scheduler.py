@@ -15,6 +15,7 @@ import pytest
 from clearlift_cli import scheduler
 from clearlift_cli.errors import Conflict, ExitCode, NotFound, UsageError
 from clearlift_cli.models import SyncJobMessage
+from clearlift_cli.store import scheduling
 from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import iso_z, parse_ts
 from tests.helpers import (
@@ -532,6 +533,68 @@ def test_never_a_job_row_without_its_message(db):
         db, "SELECT j.id FROM sync_jobs j LEFT JOIN sync_queue q ON q.job_id = j.id WHERE q.id IS NULL"
     )
     assert orphans == []
+
+
+def test_many_jobs_across_chunks_and_multi_row_inserts(db, monkeypatch):
+    """More due connections than one transaction or one insert statement takes: every one
+    gets one job row and its message (alike, field for field), Facebook ones their
+    attribution state, a connection with a stray live message none; a second run adds
+    nothing."""
+    monkeypatch.setattr(scheduling, "CHUNK", 120)
+    now = NOWS[0]
+    new_store(db).close()
+    rows = [
+        {
+            "account_id": f"a{i:03d}",
+            "platform": ("google", "facebook", "tiktok", "stripe")[i % 4],
+            "last_synced_at": None if i % 3 == 0 else iso_z(now - timedelta(hours=2, minutes=i)),
+        }
+        for i in range(250)
+    ]
+    ids = insert_connections(db, rows)
+    stray = ids[130]
+    store = new_store(db, clock=frozen(now))
+    with store.write() as c:
+        c.execute(
+            "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
+            "created_at, updated_at) VALUES ('old-job', ?, 'facebook', '{}', 1, 'ready', 0, 'x', 'x')",
+            (stray,),
+        )
+    store.close()
+    result = run_schedule(db, now)
+    assert len(result.enqueued) == 249 and result.skipped[0][0] == stray
+    jobs = jobs_by_connection(db)
+    assert set(jobs) == set(ids) - {stray} and all(len(j) == 1 for j in jobs.values())
+    for cid, (job,) in jobs.items():
+        body, row = message_for(db, job["id"])
+        assert SyncJobMessage.loads(row["body"]).job_id == job["id"]
+        assert (body["connection_id"], body["job_type"], row["state"]) == (cid, job["job_type"], "ready")
+        assert json.loads(job["metadata"])["sync_window"] == body["sync_window"]
+        assert job["status"] == "pending" and job["created_at"] == job["updated_at"] == iso_z(now)
+    attributed = {r["connection_id"] for r in query(db, "SELECT * FROM clearlift_connection_state")}
+    assert attributed == {
+        cid for cid, r in zip(ids, rows, strict=True) if r["platform"] == "facebook" and r["last_synced_at"]
+    } - {stray}
+    again = run_schedule(db, now)
+    assert again.enqueued == [] and again.adoption.adopted == []
+
+
+def test_a_row_the_consumer_could_not_read_is_skipped(tmp_path):
+    """A consecutive_auth_failures that is no number: the consumer's Connection.from_row
+    refuses the row, so schedule skips it and says why (it reads only the columns it plans
+    from, but checks this one as building a Connection did)."""
+    db = tmp_path / "clearlift.db"
+    new_store(db).close()
+    good, bad = insert_connections(
+        db,
+        [
+            {"account_id": "g", "last_synced_at": None, "consecutive_auth_failures": "2"},
+            {"account_id": "b", "last_synced_at": None, "consecutive_auth_failures": "many"},
+        ],
+    )
+    result = run_schedule(db, NOWS[0])
+    assert set(jobs_by_connection(db)) == {good}
+    assert result.skipped == [(bad, "invalid literal for int() with base 10: 'many'")]
 
 
 # -- sync --now -------------------------------------------------------------------------
