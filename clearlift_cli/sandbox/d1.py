@@ -21,7 +21,8 @@ and answers in Cloudflare's envelope. Like D1 it:
 
 Faults (``rate_limit_next``, ``overload_next``, ``internal_error_next``, ``drop_next`` and
 the generic ``faults`` plan with latency) answer in Cloudflare's shapes. ``requests`` logs
-every request; ``statements_run`` counts statements that ran.
+every request; ``statements_run`` counts statements that ran, ``rows_read`` and
+``rows_written`` add up their ``meta`` (of committed requests).
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class D1App(PlatformApp):
         self.max_body_bytes = max_body_bytes
         self.token = self.tokens.add_access(f"sandbox-cf-{secrets.token_urlsafe(30)}")
         self.statements_run = 0
+        self.rows_read = 0  # the sum of every committed statement's meta.rows_read
+        self.rows_written = 0
         self._db_lock = threading.Lock()  # D1 runs one request at a time per database
         self._conn: sqlite3.Connection | None = None
 
@@ -286,6 +289,8 @@ class D1App(PlatformApp):
         for result in results:
             result["meta"]["size_after"] = size
         self.statements_run += len(results)
+        self.rows_read += sum(r["meta"]["rows_read"] for r in results)
+        self.rows_written += sum(r["meta"]["rows_written"] for r in results)
         return results
 
     def _execute(self, conn: sqlite3.Connection, sql: str, params: list[Any]) -> dict[str, Any]:

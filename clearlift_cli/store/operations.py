@@ -14,6 +14,7 @@ one guarded batch, then the local transaction.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ class BaseStore:
         self.split = self.tables.split
         self.integrity_errors = engine.integrity_errors
         self._has_onboarding: bool | None = None
+        self._onboarding_lock = threading.Lock()
 
     # -- the databases ----------------------------------------------------------------------
 
@@ -106,8 +108,12 @@ class BaseStore:
         return self.tables.has_table(name)
 
     def has_onboarding(self) -> bool:
+        """Whether ClearLift's ``onboarding_progress`` table exists: asked once per store
+        (a D1 request), however many consumer threads complete their first job at once."""
         if self._has_onboarding is None:
-            self._has_onboarding = self.tables.has_table("onboarding_progress")
+            with self._onboarding_lock:
+                if self._has_onboarding is None:
+                    self._has_onboarding = self.tables.has_table("onboarding_progress")
         return self._has_onboarding
 
     # -- schema -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ BENCHMARKS = [
     pytest.param("memory_backfill", marks=_PG),
     "startup",
     "status_scale",
+    "d1_requests",
 ]
 
 

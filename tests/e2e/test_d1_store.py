@@ -241,3 +241,82 @@ def test_refresh_tokens_writes_the_new_token_back_to_d1_compare_and_set(d1env, s
     # the statement that wrote it was guarded by the old ciphertext (compare-and-set)
     swaps = [r for r in app.requests if "coalesce(credentials_encrypted, '')" in r.body.decode()]
     assert swaps and before["credentials_encrypted"] in swaps[-1].body.decode()
+
+
+def test_schedule_on_d1_looks_for_live_job_rows_only_where_a_message_is_live(d1, tmp_path):
+    """Creating jobs in D1: the guarded insert is the look-up for live job rows (one scan of
+    sync_jobs less per 90 connections on a D1 without clearlift's indexes); only the
+    connections with a live message are looked up first. Each still ends as before: a
+    live job row (the API worker's) gets nothing and counts as already queued, a live
+    message alone is reported, the rest get one job with its message."""
+    from clearlift_cli import scheduler
+    from clearlift_cli.settings import resolve
+    from clearlift_cli.store import open_store_for
+    from clearlift_cli.store.queue import Queue
+    from tests.helpers import frozen
+
+    app, srv = d1
+    settings = resolve(
+        flags={"home": str(tmp_path)},
+        environ={"CLEARLIFT_DB": app.store_url, **app.env(srv)},
+        read_config=False,
+    )
+    store = open_store_for(settings, clock=frozen(), create=True)
+    try:
+        store.migrate()
+        names = ["job", "message", "both"] + [f"clean{i}" for i in range(120)]
+        ids = {name: f"org-1-google-{name}" for name in names}
+        with app.connect() as c:
+            c.executemany(
+                "INSERT INTO platform_connections (id, organization_id, platform, account_id, "
+                "connected_by, is_active, settings, credentials_encrypted) "
+                "VALUES (?, 'org-1', 'google', ?, 'user-1', 1, '{}', 'x')",
+                [(cid, name) for name, cid in ids.items()],
+            )
+            c.executemany(
+                "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type) "
+                "VALUES (?, 'org-1', ?, 'pending', 'full')",
+                [(f"api-{n}", ids[n]) for n in ("job", "both")],
+            )
+        queue = Queue(store)
+        with store.write() as c:
+            for n in ("message", "both"):
+                c.execute(
+                    "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, "
+                    "visible_at, created_at, updated_at) VALUES (?, ?, 'google', '{}', 1, 'ready', 0, 'x', 'x')",
+                    (f"old-{n}", ids[n]),
+                )
+        now = store.clock.now()
+        jobs = []
+        for cid in ids.values():
+            job_type, priority, window, _ = scheduler.plan_job(store.get_connection(cid), now)
+            jobs.append(
+                scheduler._new_job(
+                    store.get_connection(cid), job_type, priority, window, "t", triggered_by="x"
+                )
+            )
+        before = len(app.requests)
+        made = store.create_jobs(queue, jobs)
+        bodies = [json.loads(r.body) for r in app.requests[before:]]
+    finally:
+        store.close()
+    assert sorted(made.already_live) == sorted([ids["job"], ids["both"]])
+    assert made.message_live == [ids["message"]]
+    assert len(made.jobs) == 120
+    lookups = [b for b in bodies if "sql" in b and b["sql"].startswith("SELECT connection_id FROM sync_jobs")]
+    assert [sorted(b["params"]) for b in lookups] == [sorted([ids["message"], ids["both"]])]
+    assert len(bodies) == 1 + 2  # that look-up, then 121 guarded inserts, 100 a request
+    live = d1_rows(app, "SELECT connection_id, id FROM sync_jobs WHERE status = 'pending'")
+    assert sorted(r["connection_id"] for r in live) == sorted(set(ids.values()) - {ids["message"]})
+    assert {r["id"] for r in live if r["connection_id"] in (ids["job"], ids["both"])} == {
+        "api-job",
+        "api-both",
+    }
+    queued = {r["connection_id"] for r in control_rows_at(tmp_path / "control.db")}
+    assert queued == set(ids.values()) - {ids["job"]}
+
+
+def control_rows_at(path: Path) -> list[sqlite3.Row]:
+    with sqlite3.connect(path) as c:
+        c.row_factory = sqlite3.Row
+        return c.execute("SELECT connection_id FROM sync_queue WHERE state = 'ready'").fetchall()

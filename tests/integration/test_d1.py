@@ -354,6 +354,8 @@ def test_counters_add_up_requests_statements_and_rows(d1, app):
     assert after["statements"] - before["statements"] == 3 + 1 + 1  # 120 rows of 2: 50 a statement
     assert after["rows_written"] - before["rows_written"] == 120 + 2
     assert after["rows_read"] - before["rows_read"] == 120 + len(got) + 2  # the sandbox's count
+    # the sandbox adds up what it reported (the 503 ran nothing)
+    assert (app.rows_read, app.rows_written) == (after["rows_read"], after["rows_written"])
 
 
 # --- `clearlift sandbox serve` -----------------------------------------------------------
