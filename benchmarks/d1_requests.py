@@ -5,7 +5,7 @@ ClearLift's tables live in a sandbox D1 (Cloudflare's REST API over a SQLite fil
 on loopback by this process, with only the tables the API worker creates: none of
 clearlift's indexes); clearlift's own tables in the local control database; the embedded
 SQLite warehouse; the four sandbox platforms on loopback, in turn per connection (never
-synced: each gets a full 7-day job). Runs, through ``clearlift_cli.app`` as the commands do:
+synced: each gets a full 7-day job). Runs, through ``clearlift_cli.commands`` as the CLI does:
 ``schedule`` (every connection due), ``consume`` (concurrency 8), ``schedule`` again
 (nothing due) and ``consume`` again (nothing queued), and counts what the D1 received:
 requests, statements, rows read and rows written.
@@ -40,7 +40,7 @@ from benchmarks._common import (
     show,
     temp_home,
 )
-from clearlift_cli import app
+from clearlift_cli import commands
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.sandbox.d1 import D1App
 from clearlift_cli.sandbox.server import SandboxServer
@@ -148,7 +148,7 @@ def run(n: int) -> dict[str, Any]:
         with Sandbox() as sandbox, temp_home() as home:
             environ = {**sandbox.env(), "CLEARLIFT_DB": d1.store_url, **d1.env(d1_server)}
             s = settings_for(home, environ=environ, encryption_key=new_key(), http_timeout=30)
-            app.init(s)
+            commands.init(s)
             for i in range(n):
                 platform = PLATFORMS[i % len(PLATFORMS)]
                 account = ACCOUNTS[platform](i)
@@ -156,9 +156,9 @@ def run(n: int) -> dict[str, Any]:
                     access, refresh = sandbox.stripe.issue_key(account), None
                 else:
                     access, refresh = sandbox.issue_token(platform, ttl=None)
-                app.add_connection(
+                commands.add_connection(
                     s,
-                    app.NewConnection(
+                    commands.NewConnection(
                         organization_id=f"org-{i:05d}",
                         platform=platform,
                         account_id=account,
@@ -170,18 +170,18 @@ def run(n: int) -> dict[str, Any]:
                 )
             counts = Counts(d1)
             with Stopwatch() as sched_sw:
-                scheduled = app.schedule(s)
+                scheduled = commands.schedule(s)
             schedule = counts.take()
             assert len(scheduled.enqueued) == n, scheduled.summary()
             with Stopwatch() as consume_sw:
-                consumed = app.consume(s, concurrency=CONCURRENCY)
+                consumed = commands.consume(s, concurrency=CONCURRENCY)
             consume = counts.take()
             assert consumed.counts().get("completed") == n, consumed.summary()
             bound = d1_plans(str(d1.path))  # before the next schedule: the jobs it would see
-            idle_schedule_result = app.schedule(s)
+            idle_schedule_result = commands.schedule(s)
             idle_schedule = counts.take()
             assert not idle_schedule_result.enqueued, idle_schedule_result.summary()
-            idle_consume_result = app.consume(s, concurrency=CONCURRENCY)
+            idle_consume_result = commands.consume(s, concurrency=CONCURRENCY)
             idle_consume = counts.take()
             assert not idle_consume_result.outcomes, idle_consume_result.summary()
     finally:
