@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from operator import itemgetter
 from typing import Any
 
 from clearlift_cli import connsettings
@@ -30,7 +31,7 @@ from clearlift_cli.models import (
 from clearlift_cli.platforms import registry
 from clearlift_cli.store import Store, new_job_id
 from clearlift_cli.store.queue import Queue
-from clearlift_cli.store.scheduling import NewJob
+from clearlift_cli.store.scheduling import DUE_POSITIONS, NewJob
 from clearlift_cli.timeutil import UTC, iso_z, julian_day, parse_ts
 
 log = logging.getLogger("clearlift.schedule")
@@ -210,14 +211,16 @@ def schedule(
     result = ScheduleResult()
     # First: a closed abandoned job leaves its connection due in this very run.
     result.adoption = adopt_orphan_jobs(store, queue, now, window_days=FULL_SYNC_DAYS)
-    rows = _candidates(store, now)  # store.DUE_COLUMNS, by position
+    rows = _candidates(store, now)
     result.found = len(rows)
-    attribution_at = _attribution_state(store, [r[0] for r in rows])
+    # by position: the columns planning reads, no Connection per row
+    due = list(map(itemgetter(*DUE_POSITIONS), rows))
+    attribution_at = _attribution_state(store, [d[0] for d in due])
     created = iso_z(now)
     # Jobs planned alike share one window, so each distinct window is formatted once.
     windows: dict[SyncWindow, SyncWindow] = {}
     jobs = []
-    for cid, org, platform, account_id, last_synced_at, settings_text, auth_failures in rows:
+    for cid, org, platform, account_id, last_synced_at, settings_text, auth_failures in due:
         try:
             if auth_failures and not isinstance(auth_failures, int):
                 int(auth_failures)  # the check Connection.from_row makes (the consumer builds one)

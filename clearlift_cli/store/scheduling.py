@@ -19,7 +19,7 @@ from clearlift_cli.errors import Conflict
 from clearlift_cli.models import SyncJobMessage
 
 from .operations import BaseStore
-from .schema import LIVE
+from .schema import CONNECTION_COLUMNS, LIVE
 from .tables import stmt as _s
 
 # Job rows and messages created per transaction: short transactions keep consumers moving
@@ -27,16 +27,22 @@ from .tables import stmt as _s
 # 500 per transaction cost 10k jobs ~0.1 s more).
 CHUNK = 2000
 
-# The columns of ``Store.due_candidates``'s rows, in this order. consecutive_auth_failures is
-# read only to refuse a row ``Connection.from_row`` would refuse (the consumer builds one).
-DUE_COLUMNS = (
-    "id",
-    "organization_id",
-    "platform",
-    "account_id",
-    "last_synced_at",
-    "settings",
-    "consecutive_auth_failures",
+# What planning a job and its message read of a ``Store.due_candidates`` row (all of
+# CONNECTION_COLUMNS), as positions in it, in this order: id, organization_id, platform,
+# account_id, last_synced_at, settings, consecutive_auth_failures (read only to refuse a row
+# ``Connection.from_row`` would refuse: the consumer builds one).
+_COLUMN_NAMES = [name.strip() for name in CONNECTION_COLUMNS.split(",")]
+DUE_POSITIONS = tuple(
+    _COLUMN_NAMES.index(name)
+    for name in (
+        "id",
+        "organization_id",
+        "platform",
+        "account_id",
+        "last_synced_at",
+        "settings",
+        "consecutive_auth_failures",
+    )
 )
 
 
@@ -144,14 +150,13 @@ class Store(BaseStore):
     def due_candidates(self, cutoff_julian: float) -> list[Any]:
         """Rows that may be due, found through indexes so the cost follows the due ones:
         never synced (or unparseable), synced before ``cutoff_julian``, or with their own
-        interval. No live job, no pending re-auth. One query (one D1 request). Each row
-        holds ``DUE_COLUMNS``, in that order: what planning a job and its message read
-        (no tokens)."""
+        interval. No live job, no pending re-auth. One query (one D1 request). Rows of
+        ``CONNECTION_COLUMNS`` (``DUE_POSITIONS``: where the scheduler reads them)."""
         live = (
             "NOT EXISTS (SELECT 1 FROM sync_jobs j WHERE j.connection_id = c.id "
             f"AND j.status IN {LIVE}) AND coalesce(c.needs_reauth, 0) = 0"
         )
-        cols = ", ".join(f"c.{col}" for col in DUE_COLUMNS)
+        cols = ", ".join(f"c.{col}" for col in _COLUMN_NAMES)
         # `+c.is_active` in the last branch keeps SQLite on the partial override index; on the
         # is_active index it would test instr() on every active connection.
         sql = f"""

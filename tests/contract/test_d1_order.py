@@ -82,7 +82,7 @@ def test_create_jobs_when_d1_refuses_the_inserts_creates_nothing_either_side(bac
 
     cid = backend.insert_connection()
     message = backend.message_for("job-1", cid)
-    d1_down(backend, after=1)  # the look-up of live jobs answers; the inserts are refused
+    d1_down(backend)  # the inserts, the first request (the guarded insert is the look-up), are refused
     with pytest.raises(D1Unavailable):
         backend.store.create_jobs(backend.queue, [NewJob(message, {"k": 1})])
     assert backend.jobs_of(cid) == [] and backend.messages() == []
@@ -101,8 +101,7 @@ def test_a_lost_answer_to_the_job_inserts_leaves_the_row_for_adoption(backend):
     cid = backend.insert_connection()
     message = backend.message_for("job-1", cid)
     app, _ = backend.d1
-    app.faults.add("latency", path=QUERY, times=1, seconds=0)  # the look-up of live jobs
-    app.drop_next(1)  # the inserts
+    app.drop_next(1)  # the inserts (the first request: the guarded insert is the look-up)
     result = backend.store.create_jobs(backend.queue, [NewJob(message, {"k": 1})])
     assert (result.jobs, result.already_live) == ([], [cid])
     assert [r["id"] for r in backend.jobs_of(cid)] == ["job-1"] and backend.messages() == []
