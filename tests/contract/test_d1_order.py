@@ -6,10 +6,14 @@ sent again, and the statements are guarded so that the second run changes nothin
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
 
 from clearlift_cli.errors import D1Unavailable
 from clearlift_cli.sandbox.d1 import QUERY
+from clearlift_cli.store.scheduling import NewJob
 
 from .conftest import metadata
 
@@ -110,3 +114,31 @@ def test_a_lost_answer_to_the_job_inserts_leaves_the_row_for_adoption(backend):
     with store.write() as c:
         assert store.adopt_job(c, backend.queue, "job-1", message, '{"k": 1, "adopted": true}') == "adopted"
     assert backend.message("job-1")["state"] == "ready"
+
+
+def test_create_jobs_looks_up_live_job_rows_only_where_a_message_is_live(backend):
+    """The guarded insert is the look-up for a live job row (on a D1 without clearlift's
+    indexes, each look-up of 90 connections is a scan of sync_jobs and a request): only
+    the connections with a live message are looked up before, so that one with both still
+    counts as having a live job. Each ends as before: a live job row gets nothing (already
+    live), a live message alone is reported, the rest get one job and its message."""
+    job, message, both = (backend.insert_connection() for _ in range(3))
+    clean = [backend.insert_connection() for _ in range(120)]
+    api_jobs = {backend.insert_job(cid, status="pending") for cid in (job, both)}
+    for cid in (message, both):
+        backend.insert_message(backend.message_for(str(uuid.uuid4()), cid))
+    jobs = [
+        NewJob(backend.message_for(str(uuid.uuid4()), cid), {"k": 1}) for cid in [job, message, both, *clean]
+    ]
+    app, _ = backend.d1
+    before = len(app.requests_to(QUERY))
+    result = backend.store.create_jobs(backend.queue, jobs)
+    sent = [json.loads(r.body) for r in app.requests_to(QUERY)[before:]]
+    lookups = [b for b in sent if "sql" in b and b["sql"].startswith("SELECT connection_id FROM sync_jobs")]
+    assert [sorted(b["params"]) for b in lookups] == [sorted([message, both])]
+    assert len(sent) == 1 + 2  # that look-up, then 121 guarded inserts, 100 a request
+    assert (sorted(result.already_live), result.message_live) == (sorted([job, both]), [message])
+    assert sorted(result.jobs) == sorted(j.message.job_id for j in jobs[3:])
+    assert {r["id"] for cid in (job, both) for r in backend.jobs_of(cid)} == api_jobs
+    assert backend.jobs_of(message) == []
+    assert sorted(m["connection_id"] for m in backend.messages()) == sorted([message, both, *clean])
