@@ -41,6 +41,11 @@ def to_micros(value: object) -> int:
 
 def to_int(value: object) -> int:
     """An integer count that may arrive as a string ("1000"), a number, or be missing."""
+    # the usual shapes first (several per metric row); anything else goes through Decimal
+    if type(value) is int:
+        return value
+    if type(value) is str and len(value) < 19 and value.isascii() and value.isdigit():
+        return int(value)
     d = to_decimal(value)
     if d != d.to_integral_value():
         raise ValueError(f"not a whole number: {value!r}")

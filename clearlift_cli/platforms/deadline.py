@@ -230,7 +230,10 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="request-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Woken only when this deadline comes first: otherwise the thread already waits
+            # for an earlier one (waking it at every request cost a thread switch each).
+            if self._heap[0] is entry:
+                self._cond.notify()
         return entry
 
     def cancel(self, entry: list) -> None:

@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, overload
 from urllib.parse import urlsplit
 
@@ -89,7 +90,15 @@ class Response:
         self.status = status
         self.headers = headers
         self.text = text
-        self.url = url  # already redacted
+        self._url = url
+        self._redacted: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The request's URL, redacted (on first read: most answers never show it)."""
+        if self._redacted is None:
+            self._redacted = redact(self._url)
+        return self._redacted
 
     @overload
     def retry_after(self, default: float, now: float | None = None) -> float: ...
@@ -157,7 +166,12 @@ def _with_deadlines(session) -> None:
 def is_loopback(url: str) -> bool:
     """True for a URL whose host is ``localhost`` or a loopback address (127.0.0.0/8, ::1):
     such traffic never goes through a proxy. Names are not resolved."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    return _is_loopback_host(urlsplit(url).hostname or "")
+
+
+@lru_cache(maxsize=256)  # asked before every request, of the few hosts clearlift talks to
+def _is_loopback_host(hostname: str) -> bool:
+    host = hostname.rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -413,8 +427,9 @@ class HttpClient:
         """Decode an answer read whole, let the observers see it and classify it (which
         raises for an error answer); returns its text and its JSON body (None if none)."""
         text = raw.decode(resp.encoding or "utf-8", errors="replace")
-        response = Response(resp.status_code, resp.headers, text, redact(resp.url))
-        log.debug("%s %s -> %s", method, response.url, resp.status_code)
+        response = Response(resp.status_code, resp.headers, text, resp.url)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %s", method, response.url, resp.status_code)
         try:
             body = json.loads(text) if text else None
         except ValueError:
@@ -451,8 +466,9 @@ class HttpClient:
             raise TransientError(
                 f"{self.platform}: HTTP {resp.status_code} answered with {kind}", platform=self.platform
             )
-        response = Response(resp.status_code, resp.headers, "", redact(resp.url))
-        log.debug("%s %s -> %s (streamed)", method, response.url, resp.status_code)
+        response = Response(resp.status_code, resp.headers, "", resp.url)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %s (streamed)", method, response.url, resp.status_code)
         for observe in self.observers:
             observe(response)
         return resp, response

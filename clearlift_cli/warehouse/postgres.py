@@ -73,15 +73,22 @@ _SCHEMA_LOCK_KEY = 0x636C6561726C6966
 T = TypeVar("T")
 
 
+def _rendered(statement: sql.Composable) -> sql.SQL:
+    """``statement`` composed once, for good: psycopg would compose a ``Composed`` again
+    at every execution (a dozen objects per upsert). Our identifiers are plain names,
+    quoted as the server would quote them."""
+    return sql.SQL(statement.as_string())
+
+
 @dataclass(frozen=True)
 class _Statements:
-    create_stage: sql.Composed
-    copy_stage: sql.Composed
-    copy_target: sql.Composed
-    merge: sql.Composed
-    truncate: sql.Composed
-    probe_owner: sql.Composed
-    probe_days: sql.Composed
+    create_stage: sql.SQL
+    copy_stage: sql.SQL
+    copy_target: sql.SQL
+    merge: sql.SQL
+    truncate: sql.SQL
+    probe_owner: sql.SQL
+    probe_days: sql.SQL
     # Position in a row of the key's date column (daily metrics), narrowing the probe.
     probe_date: int | None
     binary_types: tuple[str, ...]
@@ -124,30 +131,36 @@ def _statements(table_name: str) -> _Statements:
         else sql.SQL(" AND {} = ANY(%s)").format(sql.Identifier(tbl.columns[probe_date].name)),
     )
     return _Statements(
-        create_stage=sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(stage, target),
+        create_stage=_rendered(
+            sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(stage, target)
+        ),
         # Binary: half the client's CPU of text COPY per row, and nothing for the server
         # to parse (measured in benchmarks/warehouse_load.py).
-        copy_stage=sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, cols),
-        copy_target=sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols),
+        copy_stage=_rendered(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, cols)),
+        copy_target=_rendered(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols)),
         # Rows equal to the stored ones are filtered out before the INSERT: ON CONFLICT
         # would lock (and so write to) every conflicting row, even one it then skips.
-        merge=sql.SQL(
-            "INSERT INTO {target} AS existing ({cols}) SELECT {s_cols} FROM {stage} AS s "
-            "WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {same_key} "
-            "AND {t_vals} IS NOT DISTINCT FROM {s_vals}) {upsert}"
-        ).format(
-            target=target,
-            cols=cols,
-            s_cols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in tbl.column_names),
-            stage=stage,
-            same_key=same_key,
-            t_vals=_row("t", tbl.compared_columns),
-            s_vals=_row("s", tbl.compared_columns),
-            upsert=_upsert_changed(tbl),
+        merge=_rendered(
+            sql.SQL(
+                "INSERT INTO {target} AS existing ({cols}) SELECT {s_cols} FROM {stage} AS s "
+                "WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {same_key} "
+                "AND {t_vals} IS NOT DISTINCT FROM {s_vals}) {upsert}"
+            ).format(
+                target=target,
+                cols=cols,
+                s_cols=sql.SQL(", ").join(
+                    sql.SQL("s.{}").format(sql.Identifier(c)) for c in tbl.column_names
+                ),
+                stage=stage,
+                same_key=same_key,
+                t_vals=_row("t", tbl.compared_columns),
+                s_vals=_row("s", tbl.compared_columns),
+                upsert=_upsert_changed(tbl),
+            )
         ),
-        truncate=sql.SQL("TRUNCATE {}").format(stage),
-        probe_owner=probe_owner,
-        probe_days=probe_days,
+        truncate=_rendered(sql.SQL("TRUNCATE {}").format(stage)),
+        probe_owner=_rendered(probe_owner),
+        probe_days=_rendered(probe_days),
         probe_date=probe_date,
         binary_types=tuple(_BINARY_TYPES[c.kind] for c in tbl.columns),
     )
@@ -186,12 +199,14 @@ def _revenue_statements() -> tuple[sql.Composed, sql.Composed, sql.Composed]:
     return delete, upsert, count
 
 
-_FENCE = sql.SQL(
-    "INSERT INTO {fence} AS f (connection_id, write_seq, updated_at) VALUES (%s, %s, now()) "
-    "ON CONFLICT (connection_id) DO UPDATE SET write_seq = EXCLUDED.write_seq, "
-    "updated_at = EXCLUDED.updated_at WHERE EXCLUDED.write_seq >= f.write_seq "
-    "RETURNING write_seq"
-).format(fence=sql.Identifier(schema.FENCE_TABLE))
+_FENCE = _rendered(
+    sql.SQL(
+        "INSERT INTO {fence} AS f (connection_id, write_seq, updated_at) VALUES (%s, %s, now()) "
+        "ON CONFLICT (connection_id) DO UPDATE SET write_seq = EXCLUDED.write_seq, "
+        "updated_at = EXCLUDED.updated_at WHERE EXCLUDED.write_seq >= f.write_seq "
+        "RETURNING write_seq"
+    ).format(fence=sql.Identifier(schema.FENCE_TABLE))
+)
 
 
 # What _all_new found about the owner as a whole (kept in the same set as the empty days).
@@ -205,10 +220,10 @@ class _CopyStream:
     def __init__(self, cur: psycopg.Cursor, q: _Statements):
         self._cur = cur
         self._types = q.binary_types
-        self._statement: sql.Composed | None = None
+        self._statement: sql.SQL | None = None
         self._context: AbstractContextManager[psycopg.Copy] | None = None
 
-    def into(self, statement: sql.Composed) -> Callable[[tuple], None]:
+    def into(self, statement: sql.SQL) -> Callable[[tuple], None]:
         """The ``write_row`` of a COPY running ``statement``, opened if need be."""
         if self._statement is not statement:
             self.close()
@@ -218,7 +233,7 @@ class _CopyStream:
             self._statement, self._write = statement, copy.write_row
         return self._write
 
-    def ask(self, query: sql.Composed, params: tuple) -> bool:
+    def ask(self, query: sql.SQL, params: tuple) -> bool:
         self.close()
         return bool(_scalar(self._cur.execute(query, params)))
 
