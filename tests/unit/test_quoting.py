@@ -94,3 +94,10 @@ def test_tiktok_quotes_a_bare_error_page_without_the_head_of_a_secret():
     with pytest.raises(ClearliftError) as info:
         tiktok.classify(response, None)
     assert token[:8] not in str(info.value) and str(info.value).startswith("tiktok: HTTP 403 ")
+
+
+def test_an_answers_url_is_shown_redacted():
+    # redacted when read (most answers are never shown): what it shows is as before
+    response = Response(200, {}, "", "https://graph.example/v1/act_1?access_token=EAAB1234567890abc&x=1")
+    assert response.url == "https://graph.example/v1/act_1?access_token=***&x=1"
+    assert "EAAB" not in response.url
