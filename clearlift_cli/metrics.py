@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +98,25 @@ def quantile_from_buckets(q: float, counts: list[int]) -> float:
 
 
 def collect(store: Store, settings: Any) -> list[Family]:
-    from clearlift_cli.platforms.versions import SUNSETS, configured_versions
+    """Every family, read from the store in this order: the queue, connections, jobs (running
+    totals, then the last hour), cron runs, platform pauses, then the configured API versions."""
+    now = store.clock.time()
+    return [
+        *_queue_families(store),
+        *_connection_families(store),
+        *_job_families(store, now),
+        *_cron_families(store, now),
+        *_pause_families(store, now),
+        _sunset_family(settings),
+    ]
+
+
+# -- the queue ----------------------------------------------------------------------------
+
+
+def _queue_families(store: Store) -> list[Family]:
     from clearlift_cli.store.queue import Queue
 
-    now = store.clock.time()
-    families: list[Family] = []
-
-    # -- the queue ----------------------------------------------------------------------
     queue = Queue(store)
     depth = queue.depth()
     stats = queue.stats()
@@ -118,39 +130,30 @@ def collect(store: Store, settings: Any) -> list[Family]:
         for priority in ("high", "normal"):
             n = depth[(state, priority)] + (depth[("expired", priority)] if state == "leased" else 0)
             messages.add(n, state=state, priority=priority)
-    families.append(messages)
-    families.append(
+    return [
+        messages,
         Family(
             "clearlift_queue_dead_letters",
             "gauge",
             "Jobs that failed for good and wait in the dead-letter list.",
-        ).add(depth[("dead", "high")] + depth[("dead", "normal")])
-    )
-    families.append(
+        ).add(depth[("dead", "high")] + depth[("dead", "normal")]),
         Family(
             "clearlift_queue_oldest_ready_age_seconds",
             "gauge",
             "How long the oldest claimable message has waited (0 when none waits).",
-        ).add(round(stats.oldest_ready_age_s or 0.0, 3))
-    )
-    families.append(
+        ).add(round(stats.oldest_ready_age_s or 0.0, 3)),
         Family(
             "clearlift_queue_expired_leases",
             "gauge",
             "Leased messages whose lease ran out over a minute ago: their consumer died or hangs.",
-        ).add(depth[("expired", "high")] + depth[("expired", "normal")])
-    )
+        ).add(depth[("expired", "high")] + depth[("expired", "normal")]),
+    ]
 
-    # -- connections ----------------------------------------------------------------------
-    by_status = Family("clearlift_connections", "gauge", "Active connections by platform and sync status.")
-    paused = Family(
-        "clearlift_connections_paused", "gauge", "Paused connections (is_active = 0) by platform."
-    )
-    reauth = Family(
-        "clearlift_connections_needing_reauth",
-        "gauge",
-        "Active connections whose user must reconnect the account, by platform.",
-    )
+
+# -- connections --------------------------------------------------------------------------
+
+
+def _connection_families(store: Store) -> list[Family]:
     active_counts: dict[tuple[str, str], int] = {}
     paused_counts = {p: 0 for p in registry.names()}
     reauth_counts = {p: 0 for p in registry.names()}
@@ -161,18 +164,79 @@ def collect(store: Store, settings: Any) -> list[Family]:
         active_counts[(platform, status)] = active_counts.get((platform, status), 0) + n
         if needs_reauth:
             reauth_counts[platform] = reauth_counts.get(platform, 0) + n
+    by_status = Family("clearlift_connections", "gauge", "Active connections by platform and sync status.")
     for platform in sorted(set(registry.names()) | {p for p, _ in active_counts}):
         for status in sorted(
             {"pending", "syncing", "completed", "failed"} | {s for p, s in active_counts if p == platform}
         ):
             by_status.add(active_counts.get((platform, status), 0), platform=platform, sync_status=status)
+    paused = Family(
+        "clearlift_connections_paused", "gauge", "Paused connections (is_active = 0) by platform."
+    )
     for platform, n in sorted(paused_counts.items()):
         paused.add(n, platform=platform)
+    reauth = Family(
+        "clearlift_connections_needing_reauth",
+        "gauge",
+        "Active connections whose user must reconnect the account, by platform.",
+    )
     for platform, n in sorted(reauth_counts.items()):
         reauth.add(n, platform=platform)
-    families += [by_status, paused, reauth]
+    return [by_status, paused, reauth]
 
-    # -- jobs: running totals and the last hour --------------------------------------------
+
+# -- jobs: running totals and the last hour -----------------------------------------------
+
+# (platform, outcome) -> (jobs, records, seconds), since the store recorded them
+Totals = dict[tuple[str, str], tuple[int, int, float]]
+
+
+@dataclass
+class _LastHour:
+    """What the consume and sync runs that finished in the last hour add up to."""
+
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)  # (platform, outcome) -> n
+    records: dict[str, int] = field(default_factory=dict)  # platform -> rows
+    buckets: dict[str, list[int]] = field(default_factory=dict)  # platform -> duration counts
+
+    @classmethod
+    def read(cls, store: Store, now: float) -> _LastHour:
+        hour = cls()
+        for command in ("consume", "sync"):
+            for text in store.run_summaries_since(command, now - WINDOW_SECONDS):
+                try:
+                    by_platform = json.loads(text).get("by_platform") or {}
+                except (ValueError, AttributeError):
+                    continue
+                for platform, data in by_platform.items():
+                    hour.add(platform, data)
+        return hour
+
+    def add(self, platform: str, data: dict[str, Any]) -> None:
+        for outcome, n in (data.get("outcomes") or {}).items():
+            self.jobs[(platform, outcome)] = self.jobs.get((platform, outcome), 0) + int(n)
+        self.records[platform] = self.records.get(platform, 0) + int(data.get("records") or 0)
+        counts = data.get("durations") or []
+        if len(counts) == len(DURATION_BUCKETS) + 1:
+            acc = self.buckets.setdefault(platform, [0] * len(counts))
+            for i, n in enumerate(counts):
+                acc[i] += int(n)
+
+
+def _job_families(store: Store, now: float) -> list[Family]:
+    totals: Totals = {}
+    for platform, outcome, n, records, seconds in store.job_totals():
+        totals[(platform, outcome)] = (n, records, seconds)
+    platforms = sorted(set(registry.names()) | {p for p, _ in totals})
+    jobs_total, records_total = _running_totals(totals, platforms)
+    hour = _LastHour.read(store, now)
+    platforms = sorted(set(platforms) | {p for p, _ in hour.jobs})
+    duration = _duration_family(totals, hour, platforms)
+    jobs_hour, records_hour = _last_hour_families(hour, platforms)
+    return [jobs_total, jobs_hour, records_total, records_hour, duration]
+
+
+def _running_totals(totals: Totals, platforms: list[str]) -> tuple[Family, Family]:
     jobs_total = Family(
         "clearlift_jobs_total",
         "counter",
@@ -182,54 +246,36 @@ def collect(store: Store, settings: Any) -> list[Family]:
     records_total = Family(
         "clearlift_records_synced_total", "counter", "Warehouse rows written by jobs, by platform."
     )
-    duration = Family(
-        "clearlift_job_duration_seconds",
-        "summary",
-        "Duration of completed jobs by platform: quantiles over the last hour (estimated "
-        "from buckets), sum and count since the store recorded them.",
-    )
-    totals: dict[tuple[str, str], tuple[int, int, float]] = {}
-    for platform, outcome, n, records, seconds in store.job_totals():
-        totals[(platform, outcome)] = (n, records, seconds)
-    platforms = sorted(set(registry.names()) | {p for p, _ in totals})
     for platform in platforms:
         for outcome in OUTCOMES:
             jobs_total.add(
                 totals.get((platform, outcome), (0, 0, 0.0))[0], platform=platform, outcome=outcome
             )
         records_total.add(sum(r for (p, _), (_, r, _) in totals.items() if p == platform), platform=platform)
+    return jobs_total, records_total
 
-    last_hour_jobs: dict[tuple[str, str], int] = {}
-    last_hour_records: dict[str, int] = {}
-    buckets: dict[str, list[int]] = {}
-    for command in ("consume", "sync"):
-        for text in store.run_summaries_since(command, now - WINDOW_SECONDS):
-            try:
-                by_platform = json.loads(text).get("by_platform") or {}
-            except (ValueError, AttributeError):
-                continue
-            for platform, data in by_platform.items():
-                for outcome, n in (data.get("outcomes") or {}).items():
-                    last_hour_jobs[(platform, outcome)] = last_hour_jobs.get((platform, outcome), 0) + int(n)
-                last_hour_records[platform] = last_hour_records.get(platform, 0) + int(
-                    data.get("records") or 0
-                )
-                counts = data.get("durations") or []
-                if len(counts) == len(DURATION_BUCKETS) + 1:
-                    acc = buckets.setdefault(platform, [0] * len(counts))
-                    for i, n in enumerate(counts):
-                        acc[i] += int(n)
-    platforms = sorted(set(platforms) | {p for p, _ in last_hour_jobs})
+
+def _duration_family(totals: Totals, hour: _LastHour, platforms: list[str]) -> Family:
+    duration = Family(
+        "clearlift_job_duration_seconds",
+        "summary",
+        "Duration of completed jobs by platform: quantiles over the last hour (estimated "
+        "from buckets), sum and count since the store recorded them.",
+    )
     for platform in platforms:
         for q in QUANTILES:
             duration.add(
-                round(quantile_from_buckets(q, buckets.get(platform, [])), 3),
+                round(quantile_from_buckets(q, hour.buckets.get(platform, [])), 3),
                 platform=platform,
                 quantile=str(q),
             )
         n, _, seconds = totals.get((platform, "completed"), (0, 0, 0.0))
         duration.add(round(seconds, 3), "_sum", platform=platform)
         duration.add(n, "_count", platform=platform)
+    return duration
+
+
+def _last_hour_families(hour: _LastHour, platforms: list[str]) -> tuple[Family, Family]:
     jobs_hour = Family(
         "clearlift_jobs_last_hour",
         "gauge",
@@ -242,11 +288,15 @@ def collect(store: Store, settings: Any) -> list[Family]:
     )
     for platform in platforms:
         for outcome in OUTCOMES:
-            jobs_hour.add(last_hour_jobs.get((platform, outcome), 0), platform=platform, outcome=outcome)
-        records_hour.add(last_hour_records.get(platform, 0), platform=platform)
-    families += [jobs_total, jobs_hour, records_total, records_hour, duration]
+            jobs_hour.add(hour.jobs.get((platform, outcome), 0), platform=platform, outcome=outcome)
+        records_hour.add(hour.records.get(platform, 0), platform=platform)
+    return jobs_hour, records_hour
 
-    # -- cron runs --------------------------------------------------------------------------
+
+# -- cron runs ----------------------------------------------------------------------------
+
+
+def _cron_families(store: Store, now: float) -> list[Family]:
     last_ok = Family(
         "clearlift_last_success_timestamp_seconds",
         "gauge",
@@ -269,11 +319,15 @@ def collect(store: Store, settings: Any) -> list[Family]:
         if run["last_ok_at"] is not None:
             last_ok.add(round(run["last_ok_at"], 3), command=command)
             last_age.add(round(max(0.0, now - run["last_ok_at"]), 3), command=command)
-    families += [last_ok, last_age, last_run_ok]
+    return [last_ok, last_age, last_run_ok]
 
-    # -- platforms: rate-limit pauses and API versions -------------------------------------
+
+# -- platforms: rate-limit pauses and API versions ----------------------------------------
+
+
+def _pause_families(store: Store, now: float) -> list[Family]:
     pauses = store.platform_pauses()
-    paused_p = Family(
+    paused = Family(
         "clearlift_platform_rate_limit_paused",
         "gauge",
         "1 while a platform-wide rate limit pauses every job of the platform.",
@@ -285,24 +339,26 @@ def collect(store: Store, settings: Any) -> list[Family]:
     )
     for platform in sorted(set(registry.names()) | set(pauses)):
         until = pauses.get(platform)
-        paused_p.add(1 if until else 0, platform=platform)
+        paused.add(1 if until else 0, platform=platform)
         remaining.add(round(max(0.0, until - now), 3) if until else 0, platform=platform)
-    families += [paused_p, remaining]
+    return [paused, remaining]
+
+
+def _sunset_family(settings: Any) -> Family:
+    from clearlift_cli.platforms.versions import SUNSETS, configured_versions
+
     sunset = Family(
         "clearlift_api_version_sunset_timestamp_seconds",
         "gauge",
         "When the configured API version of a platform stops being served (Unix time); "
         "absent when no date is published.",
     )
-    from datetime import datetime
-
     for platform, version in configured_versions(settings).items():
         day = SUNSETS.get(platform, {}).get(version)
         if day is not None:
             at = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
             sunset.add(int(at), platform=platform, version=version)
-    families.append(sunset)
-    return families
+    return sunset
 
 
 def write_atomically(path: str | Path, text: str) -> None:
