@@ -102,120 +102,17 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None, d1: b
 
 
 def _run(home_dir: Path, console, sandbox: Sandbox | None, more_env: dict[str, str]) -> dict:
-    from rich.table import Table
-
     key = base64.b64encode(os.urandom(32)).decode()
     with sandbox or Sandbox() as sb:
         env = {**sb.env(), **more_env}
         flags = {"home": str(home_dir), "encryption_key": key}
         s = settings_mod.resolve(flags, environ=env, read_config=False)
-        console.print(
-            f"[b]clearlift demo[/b] — home {home_dir}\n"
-            f"sandbox platforms on loopback: {', '.join(f'{p} {srv.base_url}' for p, srv in sb.servers.items())}"
-        )
-        from clearlift_cli.platforms import versions
-
-        console.print(
-            "API versions: "
-            + ", ".join(
-                f"{versions.label(p).removesuffix(' API')} {v}"
-                for p, v in versions.configured_versions(s).items()
-            )
-        )
+        _announce(console, home_dir, sb, s)
         commands.init(s)
-        sb.google.configure_account(DEMO_MANAGER, manager=True, name="Umbrella agency")
-        for client, currency, tz in DEMO_MANAGER_CLIENTS:
-            sb.google.configure_account(
-                client, manager_id=DEMO_MANAGER.replace("-", ""), currency=currency, time_zone=tz, campaigns=3
-            )
-        for org, platform, account, name, ttl, revoked in DEMO_CONNECTIONS:
-            # what the API worker stores: TikTok's advertiser tokens and Stripe's keys come
-            # without a refresh token and never expire (their ttl is None)
-            access, refresh = sb.app(platform).authorize(account, ttl)
-            if revoked:
-                for token in (access, refresh):
-                    if token:
-                        sb.app(platform).tokens.revoke(token)
-            expires = None
-            if ttl is not None:
-                expires = iso_z(SYSTEM_CLOCK.now().replace(microsecond=0) + timedelta(seconds=ttl))
-            selection = None
-            if account == DEMO_MANAGER:
-                selection = json.dumps(
-                    {
-                        "accountSelection": {
-                            "mode": "selected",
-                            "selectedAccounts": [c for c, _, _ in DEMO_MANAGER_CLIENTS],
-                        }
-                    }
-                )
-            cid, _ = commands.add_connection(
-                s,
-                commands.NewConnection(
-                    organization_id=org,
-                    platform=platform,
-                    account_id=account,
-                    account_name=name,
-                    connected_by=f"user-{org}",
-                    access_token=access,
-                    refresh_token=refresh,
-                    expires_at=expires,
-                    settings_json=selection,
-                ),
-            )
-        refreshed = commands.refresh_tokens(s)
-        console.print(
-            f"refresh-tokens: {refreshed.summary()['refreshed']} refreshed, "
-            f"{refreshed.summary()['skipped']} skipped, {refreshed.summary()['failed']} failed"
-        )
-        sched = commands.schedule(s)
-        console.print(f"schedule: {sched.summary()['enqueued']} jobs enqueued")
-        # The revoked connection is not flagged until its job fails; it gets one then.
-        result = commands.consume(s, concurrency=8, max_seconds=120)
-        console.print(f"consume: {result.summary()}")
-
-        from clearlift_cli import render
-        from clearlift_cli import status as st
-
-        store = commands.store_for(s)
-        console.print(render.status_table(st.all_reports(store)))
-        store.close()
-        from clearlift_cli.warehouse import open_warehouse
-
-        wh = open_warehouse(s.warehouse_url)
-        t = Table(title="a few warehouse rows: google_ads_daily_metrics")
-        cols = [
-            "account_id",
-            "campaign_id",
-            "metric_date",
-            "impressions",
-            "clicks",
-            "spend_micros",
-            "conversions",
-            "conversion_value_micros",
-            "currency",
-        ]
-        for col in cols:
-            t.add_column(col)
-        for row in wh.fetch_rows("google_ads_daily_metrics", limit=5):
-            t.add_row(*(str(row[c]) for c in cols))
-        console.print(t)
-        manager_rows = {
-            client.replace("-", ""): len(
-                wh.fetch_rows(
-                    "google_ads_daily_metrics",
-                    organization_id="org-umbrella",
-                    account_id=client.replace("-", ""),
-                )
-            )
-            for client, _, _ in DEMO_MANAGER_CLIENTS
-        }
-        console.print(
-            f"Google manager {DEMO_MANAGER}: daily rows per client account "
-            + ", ".join(f"{c} {n}" for c, n in manager_rows.items())
-        )
-        totals = {table: wh.count_rows(table) for p in registry.platforms() for table in p.tables}
-        wh.close()
+        _connect_accounts(s, sb)
+        result = _sync(s, console)
+        _show_status(s, console)
+        totals = _show_warehouse(s, console)
     console.print("rows: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     errors = sorted({o.error for o in result.outcomes if o.error})
     return {
@@ -224,3 +121,130 @@ def _run(home_dir: Path, console, sandbox: Sandbox | None, more_env: dict[str, s
         "consume": result.summary(),
         "first_error": errors[0] if errors else None,
     }
+
+
+def _announce(console, home_dir: Path, sb: Sandbox, s: settings_mod.Settings) -> None:
+    """The home, the sandbox platforms' addresses and the API versions in use."""
+    from clearlift_cli.platforms import versions
+
+    console.print(
+        f"[b]clearlift demo[/b] — home {home_dir}\n"
+        f"sandbox platforms on loopback: {', '.join(f'{p} {srv.base_url}' for p, srv in sb.servers.items())}"
+    )
+    console.print(
+        "API versions: "
+        + ", ".join(
+            f"{versions.label(p).removesuffix(' API')} {v}"
+            for p, v in versions.configured_versions(s).items()
+        )
+    )
+
+
+def _connect_accounts(s: settings_mod.Settings, sb: Sandbox) -> None:
+    """The sandbox accounts of ``DEMO_CONNECTIONS`` (the manager's clients too), each
+    connected as the API worker stores it."""
+    sb.google.configure_account(DEMO_MANAGER, manager=True, name="Umbrella agency")
+    for client, currency, tz in DEMO_MANAGER_CLIENTS:
+        sb.google.configure_account(
+            client, manager_id=DEMO_MANAGER.replace("-", ""), currency=currency, time_zone=tz, campaigns=3
+        )
+    for org, platform, account, name, ttl, revoked in DEMO_CONNECTIONS:
+        # what the API worker stores: TikTok's advertiser tokens and Stripe's keys come
+        # without a refresh token and never expire (their ttl is None)
+        access, refresh = sb.app(platform).authorize(account, ttl)
+        if revoked:
+            for token in (access, refresh):
+                if token:
+                    sb.app(platform).tokens.revoke(token)
+        expires = None
+        if ttl is not None:
+            expires = iso_z(SYSTEM_CLOCK.now().replace(microsecond=0) + timedelta(seconds=ttl))
+        commands.add_connection(
+            s,
+            commands.NewConnection(
+                organization_id=org,
+                platform=platform,
+                account_id=account,
+                account_name=name,
+                connected_by=f"user-{org}",
+                access_token=access,
+                refresh_token=refresh,
+                expires_at=expires,
+                settings_json=_MANAGER_SELECTION if account == DEMO_MANAGER else None,
+            ),
+        )
+
+
+# The manager connection's settings: the client accounts its user chose.
+_MANAGER_SELECTION = json.dumps(
+    {"accountSelection": {"mode": "selected", "selectedAccounts": [c for c, _, _ in DEMO_MANAGER_CLIENTS]}}
+)
+
+
+def _sync(s: settings_mod.Settings, console):
+    """refresh-tokens -> schedule -> consume, each with its one-line summary."""
+    refreshed = commands.refresh_tokens(s)
+    console.print(
+        f"refresh-tokens: {refreshed.summary()['refreshed']} refreshed, "
+        f"{refreshed.summary()['skipped']} skipped, {refreshed.summary()['failed']} failed"
+    )
+    sched = commands.schedule(s)
+    console.print(f"schedule: {sched.summary()['enqueued']} jobs enqueued")
+    # The revoked connection is not flagged until its job fails; it gets one then.
+    result = commands.consume(s, concurrency=8, max_seconds=120)
+    console.print(f"consume: {result.summary()}")
+    return result
+
+
+def _show_status(s: settings_mod.Settings, console) -> None:
+    from clearlift_cli import render
+    from clearlift_cli import status as st
+
+    store = commands.store_for(s)
+    console.print(render.status_table(st.all_reports(store)))
+    store.close()
+
+
+_SAMPLE_COLUMNS = [
+    "account_id",
+    "campaign_id",
+    "metric_date",
+    "impressions",
+    "clicks",
+    "spend_micros",
+    "conversions",
+    "conversion_value_micros",
+    "currency",
+]
+
+
+def _show_warehouse(s: settings_mod.Settings, console) -> dict[str, int]:
+    """A few Google rows, the manager's rows per client account; returns every table's row count."""
+    from rich.table import Table
+
+    from clearlift_cli.warehouse import open_warehouse
+
+    wh = open_warehouse(s.warehouse_url)
+    t = Table(title="a few warehouse rows: google_ads_daily_metrics")
+    for col in _SAMPLE_COLUMNS:
+        t.add_column(col)
+    for row in wh.fetch_rows("google_ads_daily_metrics", limit=5):
+        t.add_row(*(str(row[c]) for c in _SAMPLE_COLUMNS))
+    console.print(t)
+    manager_rows = {
+        client.replace("-", ""): len(
+            wh.fetch_rows(
+                "google_ads_daily_metrics",
+                organization_id="org-umbrella",
+                account_id=client.replace("-", ""),
+            )
+        )
+        for client, _, _ in DEMO_MANAGER_CLIENTS
+    }
+    console.print(
+        f"Google manager {DEMO_MANAGER}: daily rows per client account "
+        + ", ".join(f"{c} {n}" for c, n in manager_rows.items())
+    )
+    totals = {table: wh.count_rows(table) for p in registry.platforms() for table in p.tables}
+    wh.close()
+    return totals
