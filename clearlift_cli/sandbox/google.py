@@ -317,6 +317,72 @@ def not_found_page(path: str) -> bytes:
     ).encode()
 
 
+class _Refused(Exception):
+    """A data request the sandbox refuses before running its query; carries the reply."""
+
+    def __init__(self, reply: Reply):
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+def _refused(
+    version: str,
+    code: int,
+    status: str,
+    message: str,
+    error_code: dict | None = None,
+    detail: str | None = None,
+    details: dict | None = None,
+) -> _Refused:
+    return _Refused(
+        Reply(
+            code,
+            google_error(
+                code, status, message, error_code, detail_message=detail, details=details, version=version
+            ),
+        )
+    )
+
+
+def _invalid_argument(version: str, kind: str, code: str, detail: str) -> _Refused:
+    return _refused(
+        version, 400, "INVALID_ARGUMENT", "Request contains an invalid argument.", {kind: code}, detail
+    )
+
+
+def _permission_denied(version: str, code: str, detail: str) -> _Refused:
+    return _refused(
+        version,
+        403,
+        "PERMISSION_DENIED",
+        "The caller does not have permission",
+        {"authorizationError": code},
+        detail,
+    )
+
+
+def _parse_search(request: Request, config: CustomerConfig, version: str) -> tuple[dict, Query]:
+    """The request's body and its GAQL query, which must not ask a manager for metrics."""
+    try:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            raise QueryRejected("QUERY_ERROR", "The query is missing.")
+        query = parse_gaql(body["query"])
+    except ValueError:
+        raise _refused(version, 400, "INVALID_ARGUMENT", "Invalid JSON payload received.") from None
+    except QueryRejected as exc:
+        raise _invalid_argument(version, "queryError", exc.code, exc.message) from None
+    if config.manager and any(f.startswith("metrics.") for f in query.fields):
+        raise _invalid_argument(
+            version,
+            "queryError",
+            "REQUESTED_METRICS_FOR_MANAGER",
+            "Metrics cannot be requested for a manager account. To retrieve metrics, "
+            "issue separate requests against each client account under the manager account.",
+        )
+    return body, query
+
+
 class GoogleAdsApp(PlatformApp):
     """Google Ads and Google OAuth on loopback. Tokens: ``self.tokens.issue(ttl)``; faults:
     ``self.faults`` (generic), ``exhaust_quota`` (429 RESOURCE_EXHAUSTED) and
@@ -618,27 +684,31 @@ class GoogleAdsApp(PlatformApp):
         return out
 
     def _data(self, request: Request, version: str, raw_cid: str, method: str) -> Reply:
-        def fail(
-            code: int,
-            status: str,
-            message: str,
-            error_code: dict | None = None,
-            detail: str | None = None,
-            details: dict | None = None,
-        ) -> Reply:
-            return Reply(
-                code,
-                google_error(
-                    code, status, message, error_code, detail_message=detail, details=details, version=version
-                ),
-            )
+        """A search or searchStream request, refused as Google refuses it at the first check
+        it fails: credentials, the customer, the quota, then the query."""
+        try:
+            self._authenticate(request, version)
+            config = self._customer_for(request, raw_cid, version)
+            self._check_quota(version)
+            body, query = _parse_search(request, config, version)
+        except _Refused as exc:
+            return exc.reply
+        rows = self._rows(raw_cid, config, query)
+        mask = ",".join(".".join(_camel(p) for p in f.split(".")) for f in query.fields)
+        request_id = secrets.token_urlsafe(16)
+        if method == "search":
+            return self._page(rows, body, mask, request_id, version)
+        return self._stream(rows, mask, request_id, version, body["query"])
 
+    def _authenticate(self, request: Request, version: str) -> None:
+        """The OAuth access token, then the developer token."""
         auth = request.headers.get("authorization", "")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
         state = self.tokens.check(token)
         if state != "ok":
             reason = "OAUTH_TOKEN_EXPIRED" if state == "expired" else "OAUTH_TOKEN_INVALID"
-            return fail(
+            raise _refused(
+                version,
                 401,
                 "UNAUTHENTICATED",
                 "Request had invalid authentication credentials. Expected OAuth 2 access token, "
@@ -650,68 +720,61 @@ class GoogleAdsApp(PlatformApp):
             )
         developer_token = request.headers.get("developer-token")
         if not developer_token:
-            return fail(
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                {"requestError": "DEVELOPER_TOKEN_PARAMETER_MISSING"},
+            raise _invalid_argument(
+                version,
+                "requestError",
+                "DEVELOPER_TOKEN_PARAMETER_MISSING",
                 "developer-token parameter is missing.",
             )
         if developer_token != self.APP_CREDENTIALS["GOOGLE_ADS_DEVELOPER_TOKEN"]:
-            return fail(
+            raise _refused(
+                version,
                 401,
                 "UNAUTHENTICATED",
                 "Request is missing required authentication credential.",
                 {"authenticationError": "DEVELOPER_TOKEN_INVALID"},
                 "The developer token is not valid.",
             )
+
+    def _customer_for(self, request: Request, raw_cid: str, version: str) -> CustomerConfig:
+        """The customer of the URL, when its id and the login-customer-id header are well
+        formed and the caller may read it (through a manager above it for a client)."""
         if not raw_cid.isdigit():
-            return fail(
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                {"requestError": "INVALID_CUSTOMER_ID"},
-                f"Invalid customer ID '{raw_cid}'.",
+            raise _invalid_argument(
+                version, "requestError", "INVALID_CUSTOMER_ID", f"Invalid customer ID '{raw_cid}'."
             )
         login = request.headers.get("login-customer-id")
         if login is not None and not login.isdigit():
-            return fail(
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                {"requestError": "INVALID_INPUT"},
-                "Invalid login-customer-id header.",
+            raise _invalid_argument(
+                version, "requestError", "INVALID_INPUT", "Invalid login-customer-id header."
             )
         config = self.customer(raw_cid)
-        denied = (
-            "User doesn't have permission to access customer. Note: If you're accessing a "
-            "client customer, the manager's customer id must be set in the 'login-customer-id' header."
-        )
         if (
             config is None
             or not config.accessible
             or (config.manager_id is not None and login not in self.managers_above(raw_cid))
         ):
-            return fail(
-                403,
-                "PERMISSION_DENIED",
-                "The caller does not have permission",
-                {"authorizationError": "USER_PERMISSION_DENIED"},
-                denied,
+            raise _permission_denied(
+                version,
+                "USER_PERMISSION_DENIED",
+                "User doesn't have permission to access customer. Note: If you're accessing a "
+                "client customer, the manager's customer id must be set in the 'login-customer-id' header.",
             )
         if not config.enabled:
-            return fail(
-                403,
-                "PERMISSION_DENIED",
-                "The caller does not have permission",
-                {"authorizationError": "CUSTOMER_NOT_ENABLED"},
+            raise _permission_denied(
+                version,
+                "CUSTOMER_NOT_ENABLED",
                 "The customer account can't be accessed because it is not yet enabled "
                 "or has been deactivated.",
             )
+        return config
+
+    def _check_quota(self, version: str) -> None:
+        """A quota fault armed by the test, if any, answers 429 with its retry delay."""
         quota = self._take(self._quota)
         if quota is not None:
-            delay = _duration(quota.retry_delay)
-            return fail(
+            raise _refused(
+                version,
                 429,
                 "RESOURCE_EXHAUSTED",
                 "Resource has been exhausted (e.g. check quota).",
@@ -721,40 +784,10 @@ class GoogleAdsApp(PlatformApp):
                     "quotaErrorDetails": {
                         "rateScope": quota.rate_scope,
                         "rateName": "Number of operations for basic access",
-                        "retryDelay": delay,
+                        "retryDelay": _duration(quota.retry_delay),
                     }
                 },
             )
-        try:
-            body = request.json()
-            if not isinstance(body, dict) or not isinstance(body.get("query"), str):
-                raise QueryRejected("QUERY_ERROR", "The query is missing.")
-            query = parse_gaql(body["query"])
-        except ValueError:
-            return fail(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
-        except QueryRejected as exc:
-            return fail(
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                {"queryError": exc.code},
-                exc.message,
-            )
-        if config.manager and any(f.startswith("metrics.") for f in query.fields):
-            return fail(
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                {"queryError": "REQUESTED_METRICS_FOR_MANAGER"},
-                "Metrics cannot be requested for a manager account. To retrieve metrics, "
-                "issue separate requests against each client account under the manager account.",
-            )
-        rows = self._rows(raw_cid, config, query)
-        mask = ",".join(".".join(_camel(p) for p in f.split(".")) for f in query.fields)
-        request_id = secrets.token_urlsafe(16)
-        if method == "search":
-            return self._page(rows, body, mask, request_id, version)
-        return self._stream(rows, mask, request_id, version, body["query"])
 
     def _stream(self, rows: list[dict], mask: str, request_id: str, version: str, query: str) -> Reply:
         size = max(1, self.batch_size)
