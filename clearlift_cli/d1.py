@@ -406,9 +406,25 @@ class D1Client:
         return bytes(body)
 
     def _once(self, payload: bytes, n: int, attempt: int) -> list[Rows]:
+        """One request: sent, its answer read, refused by the first rule it breaks, or its
+        ``n`` results."""
+        self.stats.add(requests=1)
+        resp, raw = self._post(payload)
+        status = resp.status_code
+        log.debug("%s: %d statement(s) -> HTTP %s", self.name, n, status)
+        if 300 <= status < 400:  # the API never redirects: a wrong URL or an intercepting proxy
+            raise ConfigError(
+                f"{self.name}: HTTP {status} redirect refused: check CLEARLIFT_D1_URL and any proxy"
+            )
+        answer = _Answer.read(status, raw)
+        self._refuse_failed(answer, resp, attempt)
+        return self._results(answer, n)
+
+    def _post(self, payload: bytes) -> tuple[Any, bytes]:
+        """The response and its body (capped); a failure to send or to read the answer is
+        ``D1Unavailable``, saying whether the statements may have run."""
         import requests
 
-        self.stats.add(requests=1)
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
         try:
             resp = self.session.post(
@@ -420,7 +436,7 @@ class D1Client:
                 stream=True,
             )
             try:
-                raw = self._read_capped(resp)
+                return resp, self._read_capped(resp)
             finally:
                 resp.close()
         except requests.ConnectTimeout:
@@ -437,23 +453,11 @@ class D1Client:
             raise D1Unavailable(
                 f"{self.name}: the answer was lost ({type(exc).__name__})", maybe_applied=True
             ) from None
-        status = resp.status_code
-        log.debug("%s: %d statement(s) -> HTTP %s", self.name, n, status)
-        if 300 <= status < 400:  # the API never redirects: a wrong URL or an intercepting proxy
-            raise ConfigError(
-                f"{self.name}: HTTP {status} redirect refused: check CLEARLIFT_D1_URL and any proxy"
-            )
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            body = None
-        errors = [e for e in (body or {}).get("errors") or [] if isinstance(e, dict)]
-        code = errors[0].get("code") if errors else None
-        message = redact("; ".join(str(e.get("message", "")) for e in errors))
-        detail = f"HTTP {status}" + (f", code {code}: {message}" if errors else "")
 
+    def _refuse_failed(self, answer: _Answer, resp: Any, attempt: int) -> None:
+        """Raise the error an answer that is not a success means: rate limit, refused token,
+        unknown database, transient failure (maybe run or not), or a failed query."""
+        status, code, message, detail = answer.status, answer.code, answer.message, answer.detail
         if status == 429:
             from clearlift_cli.platforms.http import parse_retry_after
 
@@ -474,7 +478,7 @@ class D1Client:
             raise D1Unavailable(f"{self.name}: {detail}")
         if status >= 500 or any(m in message for m in _MAYBE_RUN):
             raise D1Unavailable(f"{self.name}: {detail}", maybe_applied=True)
-        if body is None:
+        if answer.body is None:
             if status == 200:
                 raise D1Unavailable(
                     f"{self.name}: HTTP 200 with malformed or truncated JSON", maybe_applied=True
@@ -482,17 +486,20 @@ class D1Client:
             if status == 413:
                 raise D1LimitExceeded(f"{self.name}: the request is too large (HTTP 413)")
             raise D1QueryError(f"{self.name}: {detail}")
-        if status >= 400 or body.get("success") is False:
+        if status >= 400 or answer.body.get("success") is False:
             match = _SQLITE_CODE.search(message)
             raise D1QueryError(
                 f"{self.name}: {detail}",
                 code=code if isinstance(code, int) else None,
                 sqlite_code=match.group(1) if match else None,
             )
-        results = body.get("result")
+
+    def _results(self, answer: _Answer, n: int) -> list[Rows]:
+        """The rows of each of the ``n`` statements of a successful answer (counted in ``stats``)."""
+        results = (answer.body or {}).get("result")
         if not isinstance(results, list) or len(results) != n:
             raise D1Unavailable(
-                f"{self.name}: HTTP {status} answered {len(results) if isinstance(results, list) else 'no'} "
+                f"{self.name}: HTTP {answer.status} answered {len(results) if isinstance(results, list) else 'no'} "
                 f"result(s) for {n} statement(s)",
                 maybe_applied=True,
             )
@@ -500,13 +507,41 @@ class D1Client:
         read = written = 0
         for item in results:
             if not isinstance(item, dict) or item.get("success") is False:
-                raise D1QueryError(f"{self.name}: a statement failed without an error message ({detail})")
+                raise D1QueryError(
+                    f"{self.name}: a statement failed without an error message ({answer.detail})"
+                )
             meta = Meta.from_wire(item.get("meta"))
             read += meta.rows_read
             written += meta.rows_written
             out.append(Rows(item.get("results") or [], meta))
         self.stats.add(statements=n, rows_read=read, rows_written=written)
         return out
+
+
+@dataclass
+class _Answer:
+    """An answer's HTTP status, its JSON object (None when it is not one) and its errors:
+    the first one's code, their messages (redacted), and both as a ``detail`` for messages."""
+
+    status: int
+    body: dict | None
+    code: Any
+    message: str
+    detail: str
+
+    @classmethod
+    def read(cls, status: int, raw: bytes) -> _Answer:
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = None
+        errors = [e for e in (body or {}).get("errors") or [] if isinstance(e, dict)]
+        code = errors[0].get("code") if errors else None
+        message = redact("; ".join(str(e.get("message", "")) for e in errors))
+        detail = f"HTTP {status}" + (f", code {code}: {message}" if errors else "")
+        return cls(status, body, code, message, detail)
 
 
 def _never_sent(exc: Exception) -> bool:
