@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any, SupportsInt
 
@@ -201,84 +201,159 @@ def classify(
     if error is None:
         if status < 400:
             return
-        if status == 429:
-            hinted = response.retry_after()
-            raise RateLimited(
-                "google: HTTP 429 without a retry delay"
-                if hinted is None
-                else f"google: HTTP 429, Retry-After {hinted:g}s",
-                retry_after=DEFAULT_RETRY_DELAY_SECONDS if hinted is None else hinted,
-                platform=PLATFORM,
-            )
-        if status == 401:
-            raise AuthRevoked(
-                "google: HTTP 401, the access token was refused",
-                platform=PLATFORM,
-                definitive=False,
-            )
-        if status == 404:
-            raise PermanentError(
-                "google: HTTP 404, check CLEARLIFT_GOOGLE_ADS_URL and the API version",
-                platform=PLATFORM,
-            )
+        _classify_bare_status(response)
         if body is None:
             return
         error = {}
+    answer = _ErrorAnswer.read(response, error, customer, manager, version_gone)
+    for applies, exception in _ERROR_RULES:
+        if applies(answer):
+            raise exception(answer)
+    raise PermanentError(answer.text, platform=PLATFORM)
 
-    code = status if status >= 400 else _as_int(error.get("code"), default=500)
-    grpc_status = str(error.get("status") or "")
-    failures = _failures(error)
-    codes = {
-        value for f in failures for value in (f.get("errorCode") or {}).values() if isinstance(value, str)
-    }
-    categories = {cat for f in failures for cat in (f.get("errorCode") or {})}
-    message = (failures[0].get("message") if failures else None) or error.get("message") or ""
-    label = grpc_status or f"HTTP {code}"
-    if codes:
-        label += f" ({', '.join(sorted(codes))})"
-    text = f"google: {label}: {short(message)}" if message else f"google: {label}"
 
-    if code == 429 or grpc_status == "RESOURCE_EXHAUSTED" or "quotaError" in categories:
-        delays: list[float] = []
-        scopes: set[str] = set()
-        for f in failures:
-            quota = ((f.get("details") or {}).get("quotaErrorDetails")) or {}
-            delay = parse_retry_delay(quota.get("retryDelay"))
-            if delay is not None:
-                delays.append(delay)
-            if quota.get("rateScope"):
-                scopes.add(str(quota["rateScope"]))
-        # The developer token's quota is shared by every account the app serves.
-        scope = "app" if "DEVELOPER" in scopes else "account"
+def _classify_bare_status(response: Response) -> None:
+    """Raise for an error status whose answer carries no Google error object, when the
+    status alone says what happened (429, 401, 404)."""
+    status = response.status
+    if status == 429:
+        hinted = response.retry_after()
         raise RateLimited(
+            "google: HTTP 429 without a retry delay"
+            if hinted is None
+            else f"google: HTTP 429, Retry-After {hinted:g}s",
+            retry_after=DEFAULT_RETRY_DELAY_SECONDS if hinted is None else hinted,
+            platform=PLATFORM,
+        )
+    if status == 401:
+        raise AuthRevoked(
+            "google: HTTP 401, the access token was refused", platform=PLATFORM, definitive=False
+        )
+    if status == 404:
+        raise PermanentError(
+            "google: HTTP 404, check CLEARLIFT_GOOGLE_ADS_URL and the API version",
+            platform=PLATFORM,
+        )
+
+
+@dataclass
+class _ErrorAnswer:
+    """A Google Ads error answer as the rules below read it: its code (the HTTP status, or
+    the error's own code on a 200 stream), gRPC status, failures with their error codes and
+    categories, and ``text``, the message every exception starts with."""
+
+    response: Response
+    code: int
+    grpc_status: str
+    failures: list[dict]
+    codes: set[str]
+    categories: set[str]
+    message: str
+    label: str
+    text: str
+    customer: str | None
+    manager: str | None
+    version_gone: str | None
+
+    @classmethod
+    def read(
+        cls,
+        response: Response,
+        error: dict,
+        customer: str | None,
+        manager: str | None,
+        version_gone: str | None,
+    ) -> _ErrorAnswer:
+        status = response.status
+        code = status if status >= 400 else _as_int(error.get("code"), default=500)
+        grpc_status = str(error.get("status") or "")
+        failures = _failures(error)
+        codes = {
+            value for f in failures for value in (f.get("errorCode") or {}).values() if isinstance(value, str)
+        }
+        categories = {cat for f in failures for cat in (f.get("errorCode") or {})}
+        message = (failures[0].get("message") if failures else None) or error.get("message") or ""
+        label = grpc_status or f"HTTP {code}"
+        if codes:
+            label += f" ({', '.join(sorted(codes))})"
+        text = f"google: {label}: {short(message)}" if message else f"google: {label}"
+        return cls(
+            response,
+            code,
+            grpc_status,
+            failures,
+            codes,
+            categories,
+            message,
+            label,
             text,
-            retry_after=max(delays) if delays else response.retry_after(DEFAULT_RETRY_DELAY_SECONDS),
-            scope=scope,
+            customer,
+            manager,
+            version_gone,
+        )
+
+
+def _rate_limited(a: _ErrorAnswer) -> RateLimited:
+    delays: list[float] = []
+    scopes: set[str] = set()
+    for f in a.failures:
+        quota = ((f.get("details") or {}).get("quotaErrorDetails")) or {}
+        delay = parse_retry_delay(quota.get("retryDelay"))
+        if delay is not None:
+            delays.append(delay)
+        if quota.get("rateScope"):
+            scopes.add(str(quota["rateScope"]))
+    # The developer token's quota is shared by every account the app serves.
+    scope = "app" if "DEVELOPER" in scopes else "account"
+    return RateLimited(
+        a.text,
+        retry_after=max(delays) if delays else a.response.retry_after(DEFAULT_RETRY_DELAY_SECONDS),
+        scope=scope,
+        platform=PLATFORM,
+    )
+
+
+def _unauthenticated(a: _ErrorAnswer) -> TokenExpired | AuthRevoked:
+    if "OAUTH_TOKEN_EXPIRED" in a.codes:
+        return TokenExpired(a.text, platform=PLATFORM)
+    # Ambiguous: a refresh may still work, so this is not yet a definitive revocation.
+    return AuthRevoked(a.text, platform=PLATFORM, reason=short(a.message or a.label), definitive=False)
+
+
+# What a Google Ads error answer means, by its shape: the first rule that applies decides;
+# an answer no rule fits is a PermanentError.
+_ERROR_RULES: list[tuple[Callable[[_ErrorAnswer], bool], Callable[[_ErrorAnswer], Exception]]] = [
+    (
+        lambda a: a.code == 429 or a.grpc_status == "RESOURCE_EXHAUSTED" or "quotaError" in a.categories,
+        _rate_limited,
+    ),
+    (
+        lambda a: "UNSUPPORTED_VERSION" in a.codes,
+        lambda a: PermanentError(
+            a.version_gone or f"{a.text} (check CLEARLIFT_GOOGLE_ADS_API_VERSION)", platform=PLATFORM
+        ),
+    ),
+    (
+        lambda a: bool(a.codes & _ACCOUNT_CODES) and a.code not in (401, 429),
+        lambda a: AccountUnavailable(
+            f"{a.text} — {_account_advice(a.codes, a.customer, a.manager)}",
+            account_id=a.customer or "",
             platform=PLATFORM,
-        )
-    if "UNSUPPORTED_VERSION" in codes:
-        raise PermanentError(
-            version_gone or f"{text} (check CLEARLIFT_GOOGLE_ADS_API_VERSION)", platform=PLATFORM
-        )
-    if codes & _ACCOUNT_CODES and code not in (401, 429):
-        raise AccountUnavailable(
-            f"{text} — {_account_advice(codes, customer, manager)}",
-            account_id=customer or "",
+        ),
+    ),
+    (
+        lambda a: bool(a.codes & _DEVELOPER_TOKEN_CODES),
+        lambda a: PermanentError(
+            f"{a.text} (check GOOGLE_ADS_DEVELOPER_TOKEN: the app's developer token was refused)",
             platform=PLATFORM,
-        )
-    if codes & _DEVELOPER_TOKEN_CODES:
-        raise PermanentError(
-            f"{text} (check GOOGLE_ADS_DEVELOPER_TOKEN: the app's developer token was refused)",
-            platform=PLATFORM,
-        )
-    if code == 401 or grpc_status == "UNAUTHENTICATED":
-        if "OAUTH_TOKEN_EXPIRED" in codes:
-            raise TokenExpired(text, platform=PLATFORM)
-        # Ambiguous: a refresh may still work, so this is not yet a definitive revocation.
-        raise AuthRevoked(text, platform=PLATFORM, reason=short(message or label), definitive=False)
-    if code >= 500 or code in (408, 409) or grpc_status in _TRANSIENT_STATUSES:
-        raise TransientError(text, platform=PLATFORM)
-    raise PermanentError(text, platform=PLATFORM)
+        ),
+    ),
+    (lambda a: a.code == 401 or a.grpc_status == "UNAUTHENTICATED", _unauthenticated),
+    (
+        lambda a: a.code >= 500 or a.code in (408, 409) or a.grpc_status in _TRANSIENT_STATUSES,
+        lambda a: TransientError(a.text, platform=PLATFORM),
+    ),
+]
 
 
 def _as_int(value: object, default: int) -> int:
