@@ -254,58 +254,20 @@ def resolve(
 ) -> Settings:
     """Resolve every setting once: flag > environment > config file > default.
     ``read_config=False`` ignores any config file (the demo must not pick up production)."""
-    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ""}
-    env = os.environ if environ is None else environ
-
-    def from_env(name: str) -> str | None:
-        value = env.get(ENV_NAMES[name])
-        return value if value else None
-
-    def early(name: str) -> object | None:
-        return flags.get(name) or from_env(name)
-
-    origin: dict[str, str] = {}
-
-    def source_of(name: str) -> str:
-        # Typer hands an option's environment variable over as the flag's value
-        if flags.get(name) is not None and str(flags[name]) != from_env(name):
-            return "flag"
-        return "env"
-
-    home_raw = early("home")
-    if home_raw:
-        home = Path(str(home_raw)).expanduser()
-        origin["home"] = source_of("home")
-    else:
-        origin["home"] = "default"
-        xdg = env.get("XDG_DATA_HOME")
-        base = Path(xdg) if xdg else Path(env.get("HOME", str(Path.home()))) / ".local" / "share"
-        home = base / "clearlift"
-
-    config_raw = early("config_path")
+    src = _Sources(
+        {k: v for k, v in (flags or {}).items() if v is not None and v != ""},
+        os.environ if environ is None else environ,
+    )
+    home, home_given = _home(src)
+    config_raw = src.early("config_path")
     config_path = Path(str(config_raw)).expanduser() if config_raw else home / "config.toml"
-    origin["config_path"] = source_of("config_path") if config_raw else "default"
+    src.origin["config_path"] = src.source_of("config_path") if config_raw else "default"
     config = _read_config(config_path, explicit=bool(config_raw)) if read_config else {}
-    if "home" in config and not home_raw:
+    if "home" in config and not home_given:
         home = Path(str(config["home"])).expanduser()
-        origin["home"] = "config file"
-
+        src.origin["home"] = "config file"
     # one entry per Settings field, of that field's type once checked below
-    values: dict[str, Any] = {"home": home, "config_path": config_path}
-    for name in ENV_NAMES:
-        if name in ("home", "config_path"):
-            continue
-        for where, value in (
-            ("flag", flags.get(name)),
-            ("env", from_env(name)),
-            ("config file", config.get(name)),
-            ("default", _DEFAULTS.get(name)),
-        ):
-            if value is not None:
-                values[name] = value
-                origin[name] = source_of(name) if where == "flag" else where
-                break
-
+    values: dict[str, Any] = {"home": home, "config_path": config_path, **_layered(src, config)}
     for name, default in (
         ("db", str(home / "clearlift.db")),
         ("warehouse_url", f"sqlite:///{home / 'warehouse.db'}"),
@@ -313,7 +275,71 @@ def resolve(
     ):
         if name not in values:
             values[name] = default
-            origin[name] = "default"
+            src.origin[name] = "default"
+    _check(values)
+    values["origin"] = src.origin
+    return Settings(**values)
+
+
+@dataclass
+class _Sources:
+    """What ``resolve`` reads before the config file: the flags given (empty ones dropped)
+    and the environment; ``origin`` collects where each setting came from."""
+
+    flags: dict[str, object]
+    env: Mapping[str, str]
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def from_env(self, name: str) -> str | None:
+        value = self.env.get(ENV_NAMES[name])
+        return value if value else None
+
+    def early(self, name: str) -> object | None:
+        return self.flags.get(name) or self.from_env(name)
+
+    def source_of(self, name: str) -> str:
+        # Typer hands an option's environment variable over as the flag's value
+        if self.flags.get(name) is not None and str(self.flags[name]) != self.from_env(name):
+            return "flag"
+        return "env"
+
+
+def _home(src: _Sources) -> tuple[Path, bool]:
+    """CLEARLIFT_HOME from a flag or the environment, else the XDG data folder; and
+    whether it was given (a config file's ``home`` counts only when it was not)."""
+    home_raw = src.early("home")
+    if home_raw:
+        src.origin["home"] = src.source_of("home")
+        return Path(str(home_raw)).expanduser(), True
+    src.origin["home"] = "default"
+    xdg = src.env.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path(src.env.get("HOME", str(Path.home()))) / ".local" / "share"
+    return base / "clearlift", False
+
+
+def _layered(src: _Sources, config: dict[str, object]) -> dict[str, Any]:
+    """Every other setting from the first source that has it: flag, environment, config
+    file, then the default."""
+    values: dict[str, Any] = {}
+    for name in ENV_NAMES:
+        if name in ("home", "config_path"):
+            continue
+        for where, value in (
+            ("flag", src.flags.get(name)),
+            ("env", src.from_env(name)),
+            ("config file", config.get(name)),
+            ("default", _DEFAULTS.get(name)),
+        ):
+            if value is not None:
+                values[name] = value
+                src.origin[name] = src.source_of(name) if where == "flag" else where
+                break
+    return values
+
+
+def _check(values: dict[str, Any]) -> None:
+    """The values as their fields want them (URLs without a trailing slash, checked
+    seconds, strings), every secret and URL password registered for redaction."""
     for url_field in _URL_FIELDS:
         values[url_field] = str(values[url_field]).rstrip("/")
     for name, seconds in _SECONDS.items():
@@ -327,8 +353,6 @@ def resolve(
     for name in ("db", "control_db", "warehouse_url"):
         if isinstance(values.get(name), str):  # masked in every log line from now on
             redact.register(*redact.url_passwords(values[name]))
-    values["origin"] = origin
-    return Settings(**values)
 
 
 def sources(settings: Settings) -> list[tuple[str, str, str]]:
