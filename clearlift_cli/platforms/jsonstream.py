@@ -42,81 +42,121 @@ def iter_json_array(chunks: Iterable[bytes], *, max_chars: int) -> Iterator[Any]
     order, as soon as it is complete. Raises ``StreamError`` when the text is not an
     array, is malformed or ends early, or when one element would need more than
     ``max_chars`` characters of buffer."""
-    decode = json.JSONDecoder().raw_decode
+    return _ArrayReader(max_chars).elements(_texts(chunks))
+
+
+def _texts(chunks: Iterable[bytes]) -> Iterator[tuple[str, bool]]:
+    """The text of each chunk, decoded as UTF-8 across chunk boundaries, and whether it is
+    the end (a last, possibly empty, text)."""
     utf8 = codecs.getincrementaldecoder("utf-8")()
-    buf = ""  # undecoded text
-    parts: list[str] = []  # text read since the last attempt
-    waiting = 0  # characters in parts
-    need = 1  # try to decode again once buf + parts hold this many characters
-    last_size = 0  # characters the last decoded element took
-    state = "start"  # start -> value (an element or "]") -> comma ("," or "]") -> end
+    try:
+        for chunk in chunks:
+            if chunk:
+                yield utf8.decode(chunk), False
+        yield utf8.decode(b"", final=True), True
+    except UnicodeDecodeError as exc:
+        raise StreamError("malformed", f"the answer is not UTF-8 ({exc.reason})") from None
 
-    def feed() -> Iterator[tuple[str, bool]]:
-        try:
-            for chunk in chunks:
-                if chunk:
-                    yield utf8.decode(chunk), False
-            yield utf8.decode(b"", final=True), True
-        except UnicodeDecodeError as exc:
-            raise StreamError("malformed", f"the answer is not UTF-8 ({exc.reason})") from None
 
-    for text, eof in feed():
+# The array's grammar outside its elements: (state, character) -> the next state.
+_GRAMMAR = {("start", "["): "value", ("value", "]"): "end", ("comma", "]"): "end", ("comma", ","): "value"}
+
+
+def _out_of_place(state: str, ch: str) -> StreamError:
+    if state == "start":
+        return StreamError("not-an-array", "the answer is not a JSON array")
+    if state == "end":
+        return StreamError("malformed", "the answer has text after its JSON array")
+    return StreamError("malformed", f"the answer's array has {ch!r} where ',' belongs")
+
+
+def _too_large(max_chars: int) -> StreamError:
+    return StreamError("too-large", f"one element of the answer exceeds {max_chars:,} characters")
+
+
+def _undecodable(exc: json.JSONDecodeError, length: int) -> StreamError:
+    """An element that cannot be decoded once the answer has ended."""
+    kind = "truncated" if exc.pos >= length - 1 or "Unterminated" in exc.msg else "malformed"
+    return StreamError(kind, f"the answer's JSON is {kind} ({exc.msg})")
+
+
+class _ArrayReader:
+    """The buffer of one array being read: the text not yet decoded, and how much it
+    waits for before trying again."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars = max_chars
+        self.decode = json.JSONDecoder().raw_decode
+        self.buf = ""  # undecoded text
+        self.parts: list[str] = []  # text read since the last attempt
+        self.waiting = 0  # characters in parts
+        self.need = 1  # try to decode again once buf + parts hold this many characters
+
+    def add(self, text: str, eof: bool) -> bool:
+        """Take ``text``; True when it is time to decode (enough text, or the end)."""
         if text:
-            parts.append(text)
-            waiting += len(text)
-        if not eof and len(buf) + waiting < need:
-            if len(buf) + waiting > max_chars:
-                raise StreamError("too-large", f"one element of the answer exceeds {max_chars:,} characters")
-            continue
-        if parts:
-            buf += "".join(parts)
-            parts, waiting = [], 0
-        pos = 0
-        while True:
-            pos = _skip_ws(buf, pos)
-            if pos >= len(buf):
-                break
-            ch = buf[pos]
-            if state == "start":
-                if ch != "[":
-                    raise StreamError("not-an-array", "the answer is not a JSON array")
-                state, pos = "value", pos + 1
-            elif state == "end":
-                raise StreamError("malformed", "the answer has text after its JSON array")
-            elif ch == "]":
-                state, pos = "end", pos + 1
-            elif state == "comma":
-                if ch != ",":
-                    raise StreamError("malformed", f"the answer's array has {ch!r} where ',' belongs")
-                state, pos = "value", pos + 1
-            else:
+            self.parts.append(text)
+            self.waiting += len(text)
+        if not eof and len(self.buf) + self.waiting < self.need:
+            if len(self.buf) + self.waiting > self.max_chars:
+                raise _too_large(self.max_chars)
+            return False
+        if self.parts:
+            self.buf += "".join(self.parts)
+            self.parts, self.waiting = [], 0
+        return True
+
+    def elements(self, texts: Iterable[tuple[str, bool]]) -> Iterator[Any]:
+        """Each element as soon as it is complete at the front of the buffer. (Where the
+        reader is in the array's grammar is kept in locals: the loop runs once per element
+        and per comma.)"""
+        decode = self.decode
+        state = "start"  # start -> value (an element or "]") -> comma ("," or "]") -> end
+        last_size = 0  # characters the last decoded element took
+        for text, eof in texts:
+            if not self.add(text, eof):
+                continue
+            buf, pos = self.buf, 0
+            while True:
+                pos = _skip_ws(buf, pos)
+                if pos >= len(buf):
+                    break
+                ch = buf[pos]
+                if state == "comma" and ch == ",":  # the common case first
+                    state, pos = "value", pos + 1
+                    continue
+                if state != "value" or ch == "]":  # the array's other characters
+                    following = _GRAMMAR.get((state, ch))
+                    if following is None:
+                        raise _out_of_place(state, ch)
+                    state, pos = following, pos + 1
+                    continue
                 if pos and last_size and not eof and len(buf) - pos < last_size:
                     break  # likely incomplete, as big as the last one: read more first
                 try:
                     value, end = decode(buf, pos)
                 except json.JSONDecodeError as exc:
                     if eof:
-                        kind = (
-                            "truncated"
-                            if exc.pos >= len(buf) - 1 or "Unterminated" in exc.msg
-                            else "malformed"
-                        )
-                        raise StreamError(kind, f"the answer's JSON is {kind} ({exc.msg})") from None
+                        raise _undecodable(exc, len(buf)) from None
                     break  # incomplete: read more
                 if end >= len(buf) and not eof and not isinstance(value, (dict, list, str)):
                     break  # a number or literal at the very end may go on in the next chunk
                 state, pos, last_size = "comma", end, end - pos
                 yield value
-        buf = buf[pos:]
+            self._keep_from(pos, last_size)
+        if state != "end":
+            raise StreamError("truncated", "the answer ended before its JSON array was complete (truncated)")
+
+    def _keep_from(self, pos: int, last_size: int) -> None:
+        """The buffer cut to what is left after ``pos``, and the next wait set."""
+        buf = self.buf = self.buf[pos:]
         if not buf:
-            need = 1
+            self.need = 1
         elif pos and last_size:  # something was decoded: expect another of the same size
-            need = len(buf) + last_size + last_size // 8
+            self.need = len(buf) + last_size + last_size // 8
         elif last_size:  # a stall after a wrong guess: wait until the buffer has doubled
-            need = 2 * len(buf)
+            self.need = 2 * len(buf)
         else:  # the first element, size unknown: grow fast, each vain parse costs its length
-            need = max(4 * len(buf), len(buf) + 65536)
-        if len(buf) > max_chars:
-            raise StreamError("too-large", f"one element of the answer exceeds {max_chars:,} characters")
-    if state != "end":
-        raise StreamError("truncated", "the answer ended before its JSON array was complete (truncated)")
+            self.need = max(4 * len(buf), len(buf) + 65536)
+        if len(buf) > self.max_chars:
+            raise _too_large(self.max_chars)
