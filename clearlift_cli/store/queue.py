@@ -183,67 +183,89 @@ class Queue:
         now = self.clock.time()
         now_iso = iso_z(self.clock.now())
         with self.store.write() as c:
-            # The IN term lets SQLite use the partial claim index (live messages only);
-            # without it this scans every message ever queued, on every claim.
-            exhausted = c.execute(
-                "UPDATE sync_queue SET state = 'dead', finished_at = ?, updated_at = ?, "
-                "last_error = coalesce(last_error || ' (then ', '(') || "
-                "'lease expired on the last attempt: consumer crashed or timed out)', lease_token = NULL "
-                "WHERE state = 'leased' AND visible_at <= ? "
-                "AND attempts >= max_attempts "
-                "RETURNING job_id, last_error",
-                (now_iso, now_iso, now),
-            ).fetchall()
-            if exhausted:
-                self.on_dead(c, [(r[0], r[1]) for r in exhausted])
-            paused = [
-                r[0]
-                for r in c.execute("SELECT platform FROM clearlift_platform_pauses WHERE until > ?", (now,))
-            ]
-            skip, extra = "", list(paused)
-            if paused:
-                skip = f" AND platform NOT IN ({','.join('?' * len(paused))})"
-            if only_job:
-                skip += " AND job_id = ?"
-                extra.append(only_job)
-            token = uuid.uuid4().hex
-            rows = c.execute(
-                f"""
-                UPDATE sync_queue
-                   SET state = 'leased', lease_owner = ?,
-                       lease_token = CAST(? AS TEXT) || '-' || CAST(id AS TEXT),
-                       attempts = attempts + 1, visible_at = ?, updated_at = ?
-                 WHERE id IN (SELECT id FROM sync_queue
-                               WHERE state IN ('ready', 'leased') AND visible_at <= ?{skip}
-                               ORDER BY priority, visible_at, id LIMIT ?{self.store.skip_locked})
-             RETURNING id, job_id, body, attempts, max_attempts, lease_token, last_error, priority, visible_at
-                """,
-                (owner, token, now + lease_seconds, now_iso, now, *extra, limit),
-            ).fetchall()
-            last_seq = _take_claim_sequence(c, len(rows)) if rows else 0
-            out = []
-            ordered = sorted(rows, key=lambda r: (r["priority"], r["id"]))
-            for seq, r in enumerate(ordered, start=last_seq - len(rows) + 1):
-                try:
-                    msg = decode_message(r["body"], r["job_id"])
-                except MalformedMessage as exc:
-                    # Dead-lettered alone, in this same commit: decoding again cannot help,
-                    # and it must not cost the rest of the batch an attempt.
-                    reason = redact(f"malformed queue message: {exc}")
-                    self._dead(c, r["id"], reason)
-                    log.warning("queue message %s (job %s) dead-lettered: %s", r["id"], r["job_id"], reason)
-                    continue
-                out.append(
-                    ClaimedMessage(
-                        id=r["id"],
-                        message=replace(msg, retry_count=r["attempts"] - 1),
-                        attempts=r["attempts"],
-                        max_attempts=r["max_attempts"],
-                        lease_token=r["lease_token"],
-                        last_error=r["last_error"],
-                        claim_seq=seq,
-                    )
+            self._dead_letter_exhausted(c, now, now_iso)
+            rows = self._lease(c, owner, limit, now + lease_seconds, only_job, now, now_iso)
+            return self._deliveries(c, rows)
+
+    def _dead_letter_exhausted(self, c: Any, now: float, now_iso: str) -> None:
+        """Dead-letter the messages whose lease expired on their last allowed attempt."""
+        # The IN term lets SQLite use the partial claim index (live messages only);
+        # without it this scans every message ever queued, on every claim.
+        exhausted = c.execute(
+            "UPDATE sync_queue SET state = 'dead', finished_at = ?, updated_at = ?, "
+            "last_error = coalesce(last_error || ' (then ', '(') || "
+            "'lease expired on the last attempt: consumer crashed or timed out)', lease_token = NULL "
+            "WHERE state = 'leased' AND visible_at <= ? "
+            "AND attempts >= max_attempts "
+            "RETURNING job_id, last_error",
+            (now_iso, now_iso, now),
+        ).fetchall()
+        if exhausted:
+            self.on_dead(c, [(r[0], r[1]) for r in exhausted])
+
+    def _lease(
+        self,
+        c: Any,
+        owner: str,
+        limit: int,
+        until: float,
+        only_job: str | None,
+        now: float,
+        now_iso: str,
+    ) -> list[Any]:
+        """Lease up to ``limit`` visible messages (of no paused platform; only ``only_job``
+        when given) to ``owner`` until ``until``; their rows, as updated."""
+        paused = [
+            r[0] for r in c.execute("SELECT platform FROM clearlift_platform_pauses WHERE until > ?", (now,))
+        ]
+        skip, extra = "", list(paused)
+        if paused:
+            skip = f" AND platform NOT IN ({','.join('?' * len(paused))})"
+        if only_job:
+            skip += " AND job_id = ?"
+            extra.append(only_job)
+        token = uuid.uuid4().hex
+        return c.execute(
+            f"""
+            UPDATE sync_queue
+               SET state = 'leased', lease_owner = ?,
+                   lease_token = CAST(? AS TEXT) || '-' || CAST(id AS TEXT),
+                   attempts = attempts + 1, visible_at = ?, updated_at = ?
+             WHERE id IN (SELECT id FROM sync_queue
+                           WHERE state IN ('ready', 'leased') AND visible_at <= ?{skip}
+                           ORDER BY priority, visible_at, id LIMIT ?{self.store.skip_locked})
+         RETURNING id, job_id, body, attempts, max_attempts, lease_token, last_error, priority, visible_at
+            """,
+            (owner, token, until, now_iso, now, *extra, limit),
+        ).fetchall()
+
+    def _deliveries(self, c: Any, rows: list[Any]) -> list[ClaimedMessage]:
+        """The leased rows decoded, in priority then queue order, each numbered in claim
+        order; a row whose body cannot be decoded is dead-lettered instead."""
+        last_seq = _take_claim_sequence(c, len(rows)) if rows else 0
+        out = []
+        ordered = sorted(rows, key=lambda r: (r["priority"], r["id"]))
+        for seq, r in enumerate(ordered, start=last_seq - len(rows) + 1):
+            try:
+                msg = decode_message(r["body"], r["job_id"])
+            except MalformedMessage as exc:
+                # Dead-lettered alone, in this same commit: decoding again cannot help,
+                # and it must not cost the rest of the batch an attempt.
+                reason = redact(f"malformed queue message: {exc}")
+                self._dead(c, r["id"], reason)
+                log.warning("queue message %s (job %s) dead-lettered: %s", r["id"], r["job_id"], reason)
+                continue
+            out.append(
+                ClaimedMessage(
+                    id=r["id"],
+                    message=replace(msg, retry_count=r["attempts"] - 1),
+                    attempts=r["attempts"],
+                    max_attempts=r["max_attempts"],
+                    lease_token=r["lease_token"],
+                    last_error=r["last_error"],
+                    claim_seq=seq,
                 )
+            )
         return out
 
     def heartbeat(self, claimed: ClaimedMessage, lease_seconds: float) -> bool:
