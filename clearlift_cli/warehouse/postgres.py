@@ -611,6 +611,9 @@ def _create_table(conn: psycopg.Connection, name: str, definition: sql.Composabl
 def _migrate(
     conn: psycopg.Connection, read_policy: str | None = None, read_roles: tuple[str, ...] = READ_ROLES
 ) -> None:
+    """Bring the warehouse to ``SCHEMA_VERSION``: the meta and fence tables, every data table
+    with its missing columns and indexes, read policies on the tables created here; a
+    warehouse newer than this clearlift is refused."""
     meta = sql.Identifier(schema.META_TABLE)
     _create_table(
         conn,
@@ -631,46 +634,7 @@ def _migrate(
         schema.FENCE_TABLE,
         sql.SQL("connection_id TEXT PRIMARY KEY, write_seq BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL"),
     )
-    created: list[str] = []
-    for tbl in schema.TABLES.values():
-        name = sql.Identifier(tbl.name)
-        columns = sql.SQL(", ").join(
-            sql.SQL("{} {}{}").format(
-                sql.Identifier(c.name),
-                sql.SQL(_TYPES[c.kind]),
-                sql.SQL(" NOT NULL" if c.not_null else ""),
-            )
-            for c in tbl.columns
-        )
-        definition = sql.SQL("{}, PRIMARY KEY ({})").format(
-            columns, sql.SQL(", ").join(map(sql.Identifier, tbl.key))
-        )
-        if _create_table(conn, tbl.name, definition):
-            created.append(tbl.name)
-        present = {
-            r[0]
-            for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = %s",
-                (tbl.name,),
-            )
-        }
-        for c in tbl.columns:
-            if c.name not in present:
-                # Added columns stay nullable: existing rows have no value for them.
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                        name, sql.Identifier(c.name), sql.SQL(_TYPES[c.kind])
-                    )
-                )
-        for index in tbl.indexes:
-            conn.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                    sql.Identifier(index.name),
-                    name,
-                    sql.SQL(", ").join(map(sql.Identifier, index.columns)),
-                )
-            )
+    created = [tbl.name for tbl in schema.TABLES.values() if _migrate_table(conn, tbl)]
     if read_policy and created:
         _create_read_policies(conn, created, read_policy, read_roles)
     _warn_about_open_tables(conn)
@@ -682,6 +646,48 @@ def _migrate(
         ).format(meta),
         (SCHEMA_VERSION,),
     )
+
+
+def _migrate_table(conn: psycopg.Connection, tbl: schema.Table) -> bool:
+    """One data table as the schema describes it: created, else given the columns it lacks
+    (nullable: existing rows have no value for them); then its indexes. True when created."""
+    name = sql.Identifier(tbl.name)
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} {}{}").format(
+            sql.Identifier(c.name),
+            sql.SQL(_TYPES[c.kind]),
+            sql.SQL(" NOT NULL" if c.not_null else ""),
+        )
+        for c in tbl.columns
+    )
+    definition = sql.SQL("{}, PRIMARY KEY ({})").format(
+        columns, sql.SQL(", ").join(map(sql.Identifier, tbl.key))
+    )
+    created = _create_table(conn, tbl.name, definition)
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s",
+            (tbl.name,),
+        )
+    }
+    for c in tbl.columns:
+        if c.name not in present:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    name, sql.Identifier(c.name), sql.SQL(_TYPES[c.kind])
+                )
+            )
+    for index in tbl.indexes:
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                sql.Identifier(index.name),
+                name,
+                sql.SQL(", ").join(map(sql.Identifier, index.columns)),
+            )
+        )
+    return created
 
 
 def _create_read_policies(
