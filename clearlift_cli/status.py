@@ -255,6 +255,7 @@ def _positions(rows: list[Any], names: tuple[str, ...]) -> list[int]:
     return [index[k] for k in names]
 
 
+# A connection's columns, then its latest job's (the first is its id: None when it has none).
 _JSON_COLUMNS = (
     "id",
     "platform",
@@ -295,23 +296,7 @@ def status_json(
     now = store.clock.now()
     waiting = deferrals(store)
     for row in rows:
-        (
-            cid,
-            plat,
-            settings_text,
-            name,
-            active,
-            last,
-            status,
-            reauth,
-            job_id,
-            job_status,
-            job_type,
-            completed,
-            records,
-            metadata,
-            error,
-        ) = [row[i] for i in at]
+        cid, plat, settings_text, name, active, last, status, reauth, *job = [row[i] for i in at]
         problem = _problem(plat, settings_text, last, now)
         bad = bool(active) and (bool(reauth) or status == "failed" or problem is not None)
         failing = failing or bad
@@ -319,15 +304,6 @@ def status_json(
             platforms.add(plat)
         if failing_only and not bad:
             continue
-        latest = None
-        if job_id is not None:
-            latest = {
-                "status": job_status,
-                "type": job_type,
-                "completed_at": completed,
-                "records_synced": _records_of(metadata, records),
-                "error": redact(error) if error else None,
-            }
         out.append(
             {
                 "connection_id": cid,
@@ -338,12 +314,24 @@ def status_json(
                     "last_synced_at": last,
                     "sync_status": status,
                 },
-                "latest_sync": latest,
+                "latest_sync": None if job[0] is None else _latest_json(job),
                 "problem": problem,
                 "deferred": waiting[cid].to_json() if cid in waiting else None,
             }
         )
     return out, failing, platforms
+
+
+def _latest_json(job: list[Any]) -> dict[str, Any]:
+    """A connection's latest job in ``status --json``, from the job columns of ``_JSON_COLUMNS``."""
+    _job_id, status, job_type, completed, records, metadata, error = job
+    return {
+        "status": status,
+        "type": job_type,
+        "completed_at": completed,
+        "records_synced": _records_of(metadata, records),
+        "error": redact(error) if error else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -381,37 +369,10 @@ def overview(
     row and no other). With ``settings``, a notice for each configured API version of an
     active connection's platform that is sunset or ending soon."""
     rows = store.connections_with_latest_job(organization_id=organization_id, platform=platform)
-    # Positions, not Row objects: every row is classified (read by position, checked with
-    # ``_problem``), and only the rows shown become reports.
-    reauth_rows: list[int] = []
-    failed_rows: list[int] = []
-    other_rows: list[int] = []
-    problems: dict[int, str | None] = {}  # position -> problem, for the rows checked
-    by_status: dict[str, int] = {}
-    active = 0
-    platforms: set[str] = set()
     now = store.clock.now()
-    keys = frozenset(rows[0].keys()) if rows else frozenset()
-    at = _positions(
-        rows, ("is_active", "platform", "sync_status", "needs_reauth", "settings", "last_synced_at")
-    )
-    for n, row in enumerate(rows):
-        is_active, plat, status, reauth, settings_text, last = [row[i] for i in at]
-        if not is_active:
-            other_rows.append(n)
-            continue
-        active += 1
-        platforms.add(plat)
-        status = status or "pending"
-        by_status[status] = by_status.get(status, 0) + 1
-        if reauth:
-            reauth_rows.append(n)
-        elif status == "failed":
-            failed_rows.append(n)
-        else:
-            problem = problems[n] = _problem(plat, settings_text, last, now)
-            (other_rows if problem is None else failed_rows).append(n)
-    failing_rows = reauth_rows + failed_rows
+    sorted_rows = _RowsByState.of(rows, now)
+    failing_rows = sorted_rows.reauth + sorted_rows.failed
+    other_rows = sorted_rows.other
     if failing_only:
         chosen = failing_rows
     elif limit is None:
@@ -420,19 +381,65 @@ def overview(
         chosen = failing_rows[:limit] + other_rows[: max(0, limit - len(failing_rows))]
     matching = len(failing_rows) if failing_only else len(rows)
     waiting = deferrals(store)
+    keys = frozenset(rows[0].keys()) if rows else frozenset()
+    problems = sorted_rows.problems
     reports = [_report(rows[n], now, waiting, keys, problems.get(n, _UNCHECKED)) for n in chosen]
     return StatusOverview(
         total=len(rows),
-        active=active,
-        paused=len(rows) - active,
-        by_status=by_status,
+        active=sorted_rows.active,
+        paused=len(rows) - sorted_rows.active,
+        by_status=sorted_rows.by_status,
         failing=len(failing_rows),
-        needs_reauth=len(reauth_rows),
+        needs_reauth=len(sorted_rows.reauth),
         reports=reports,
         hidden=matching - len(reports),
         hidden_failing=len(failing_rows) - sum(r.failing for r in reports),
-        notices=version_notices(settings, platforms, now.date()) if settings is not None else [],
+        notices=version_notices(settings, sorted_rows.platforms, now.date()) if settings is not None else [],
     )
+
+
+@dataclass
+class _RowsByState:
+    """The positions of an overview's rows by what they show: re-auth, failed (or not
+    schedulable), the others (paused ones too); the problem of each row checked, and the
+    counts over the active ones. Positions, not Row objects: every row is classified (read
+    by position, checked with ``_problem``), and only the rows shown become reports."""
+
+    reauth: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    other: list[int] = field(default_factory=list)
+    problems: dict[int, str | None] = field(default_factory=dict)  # position -> problem
+    by_status: dict[str, int] = field(default_factory=dict)  # active connections by sync_status
+    active: int = 0
+    platforms: set[str] = field(default_factory=set)  # of the active connections
+
+    @classmethod
+    def of(cls, rows: list[Any], now: datetime) -> _RowsByState:
+        out = cls()
+        reauth_rows, failed_rows, other_rows = out.reauth, out.failed, out.other
+        problems, by_status, platforms = out.problems, out.by_status, out.platforms
+        active = 0
+        at = _positions(
+            rows, ("is_active", "platform", "sync_status", "needs_reauth", "settings", "last_synced_at")
+        )
+        for n, row in enumerate(rows):
+            is_active, plat, status, reauth, settings_text, last = [row[i] for i in at]
+            if not is_active:
+                other_rows.append(n)
+                continue
+            active += 1
+            platforms.add(plat)
+            status = status or "pending"
+            by_status[status] = by_status.get(status, 0) + 1
+            if reauth:
+                reauth_rows.append(n)
+            elif status == "failed":
+                failed_rows.append(n)
+            else:
+                problem = problems[n] = _problem(plat, settings_text, last, now)
+                (other_rows if problem is None else failed_rows).append(n)
+        out.active = active
+        return out
 
 
 def version_notices(settings: Any, platforms: set[str], today: date) -> list[str]:
