@@ -80,40 +80,9 @@ def add_connection(
     settings: Settings, new: NewConnection, *, clock: Clock = SYSTEM_CLOCK
 ) -> tuple[str, bool]:
     """What the API worker does on OAuth callback: encrypt tokens, upsert the row."""
-    if not registry.is_known(new.platform):
-        raise UsageError(registry.unknown_message(new.platform))
-    if not new.account_id or not set(new.account_id) <= _ACCOUNT_ID_OK:
-        raise UsageError(
-            f"account id {new.account_id!r} has characters other than letters, digits, '_', '-', '.'"
-        )
-    if not new.organization_id.strip():
-        raise UsageError("organization id is empty")
-    settings_text = "{}"
-    if new.settings_json:
-        try:
-            parsed = json.loads(new.settings_json)
-        except ValueError as exc:
-            raise InvalidInput("settings", f"is not valid JSON: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise InvalidInput("settings", "must be a JSON object, e.g. '{\"sync_interval_minutes\": 30}'")
-        try:  # the ranges `schedule` holds every row to
-            connsettings.check(parsed)
-        except connsettings.SettingsError as exc:
-            raise InvalidInput("settings", f": {exc}") from None
-        settings_text = connsettings.dumps(parsed)
-    expires = None
-    if new.expires_at:
-        try:
-            when = parse_ts(new.expires_at)
-        except ValueError:
-            raise InvalidInput("expires_at", f"{new.expires_at!r} is not an ISO timestamp") from None
-        assert when is not None
-        if not EARLIEST_EXPIRY <= when <= LATEST_EXPIRY:
-            raise InvalidInput(
-                "expires_at",
-                f"{new.expires_at!r} is out of range ({EARLIEST_EXPIRY.year} to {LATEST_EXPIRY.year})",
-            )
-        expires = iso_z(when)
+    _check_identity(new)
+    settings_text = _checked_settings(new.settings_json)
+    expires = _checked_expiry(new.expires_at)
     if not new.access_token:
         raise UsageError("an access token is required")
     cipher = FieldCipher(settings.key_bytes())
@@ -140,6 +109,53 @@ def add_connection(
         )
     finally:
         store.close()
+
+
+def _check_identity(new: NewConnection) -> None:
+    """A known platform, an account id of safe characters, an organization id."""
+    if not registry.is_known(new.platform):
+        raise UsageError(registry.unknown_message(new.platform))
+    if not new.account_id or not set(new.account_id) <= _ACCOUNT_ID_OK:
+        raise UsageError(
+            f"account id {new.account_id!r} has characters other than letters, digits, '_', '-', '.'"
+        )
+    if not new.organization_id.strip():
+        raise UsageError("organization id is empty")
+
+
+def _checked_settings(settings_json: str | None) -> str:
+    """The connection's settings as stored: a JSON object within the ranges ``schedule``
+    holds every row to (``{}`` when none is given)."""
+    if not settings_json:
+        return "{}"
+    try:
+        parsed = json.loads(settings_json)
+    except ValueError as exc:
+        raise InvalidInput("settings", f"is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput("settings", "must be a JSON object, e.g. '{\"sync_interval_minutes\": 30}'")
+    try:  # the ranges `schedule` holds every row to
+        connsettings.check(parsed)
+    except connsettings.SettingsError as exc:
+        raise InvalidInput("settings", f": {exc}") from None
+    return connsettings.dumps(parsed)
+
+
+def _checked_expiry(expires_at: str | None) -> str | None:
+    """The token's expiry in JavaScript ISO, from any ISO spelling within the accepted range."""
+    if not expires_at:
+        return None
+    try:
+        when = parse_ts(expires_at)
+    except ValueError:
+        raise InvalidInput("expires_at", f"{expires_at!r} is not an ISO timestamp") from None
+    assert when is not None
+    if not EARLIEST_EXPIRY <= when <= LATEST_EXPIRY:
+        raise InvalidInput(
+            "expires_at",
+            f"{expires_at!r} is out of range ({EARLIEST_EXPIRY.year} to {LATEST_EXPIRY.year})",
+        )
+    return iso_z(when)
 
 
 def schedule(settings: Settings, *, clock: Clock = SYSTEM_CLOCK):

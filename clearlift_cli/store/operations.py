@@ -40,6 +40,31 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+# A connection as the API worker writes it; a reconnect clears the re-auth flag.
+_UPSERT_CONNECTION = """
+            INSERT INTO platform_connections (id, organization_id, platform, account_id,
+              account_name, connected_by, connected_at, sync_status, is_active, settings,
+              credentials_encrypted, refresh_token_encrypted, expires_at, scopes,
+              needs_reauth, consecutive_auth_failures)
+            VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?, ?, 0, 0)
+            ON CONFLICT (organization_id, platform, account_id) DO UPDATE SET
+              account_name = coalesce(excluded.account_name, platform_connections.account_name),
+              connected_by = excluded.connected_by,
+              is_active = 1,
+              settings = excluded.settings,
+              credentials_encrypted = excluded.credentials_encrypted,
+              refresh_token_encrypted = excluded.refresh_token_encrypted,
+              expires_at = excluded.expires_at,
+              scopes = coalesce(excluded.scopes, platform_connections.scopes),
+              needs_reauth = 0, reauth_reason = NULL, reauth_detected_at = NULL,
+              consecutive_auth_failures = 0,
+              sync_error = CASE WHEN coalesce(platform_connections.needs_reauth, 0) = 1
+                                THEN NULL ELSE platform_connections.sync_error END,
+              sync_status = CASE WHEN coalesce(platform_connections.needs_reauth, 0) = 1
+                                 THEN 'pending' ELSE platform_connections.sync_status END
+            """
+
+
 class BaseStore:
     """ClearLift's tables and clearlift's control plane, as operations (scheduling's are in
     ``scheduling.Store``, the class everyone uses)."""
@@ -191,28 +216,7 @@ class BaseStore:
             account_id,
         )
         upsert = _s(
-            """
-            INSERT INTO platform_connections (id, organization_id, platform, account_id,
-              account_name, connected_by, connected_at, sync_status, is_active, settings,
-              credentials_encrypted, refresh_token_encrypted, expires_at, scopes,
-              needs_reauth, consecutive_auth_failures)
-            VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?, ?, 0, 0)
-            ON CONFLICT (organization_id, platform, account_id) DO UPDATE SET
-              account_name = coalesce(excluded.account_name, platform_connections.account_name),
-              connected_by = excluded.connected_by,
-              is_active = 1,
-              settings = excluded.settings,
-              credentials_encrypted = excluded.credentials_encrypted,
-              refresh_token_encrypted = excluded.refresh_token_encrypted,
-              expires_at = excluded.expires_at,
-              scopes = coalesce(excluded.scopes, platform_connections.scopes),
-              needs_reauth = 0, reauth_reason = NULL, reauth_detected_at = NULL,
-              consecutive_auth_failures = 0,
-              sync_error = CASE WHEN coalesce(platform_connections.needs_reauth, 0) = 1
-                                THEN NULL ELSE platform_connections.sync_error END,
-              sync_status = CASE WHEN coalesce(platform_connections.needs_reauth, 0) = 1
-                                 THEN 'pending' ELSE platform_connections.sync_status END
-            """,
+            _UPSERT_CONNECTION,
             cid,
             organization_id,
             platform,
