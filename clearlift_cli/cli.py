@@ -226,6 +226,21 @@ def init(
 # -- connections -----------------------------------------------------------------------------
 
 
+AccessTokenEnvOpt = Annotated[
+    str, typer.Option("--access-token-env", help="Read the access token from this environment variable.")
+]
+RefreshTokenEnvOpt = Annotated[
+    str,
+    typer.Option("--refresh-token-env", help="Read the refresh token from this environment variable."),
+]
+TokensStdinOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tokens-stdin", help="Read the access token (line 1) and refresh token (line 2) from stdin."
+    ),
+]
+
+
 @connections_app.command("add")
 def connections_add(
     org: Annotated[str, typer.Option("--org", help="Organization id.")],
@@ -236,19 +251,9 @@ def connections_add(
     expires_at: Annotated[str | None, typer.Option("--expires-at", help="Access token expiry (ISO).")] = None,
     settings_json: Annotated[str | None, typer.Option("--settings", help="Settings JSON object.")] = None,
     scopes: Annotated[str | None, typer.Option("--scopes")] = None,
-    access_token_env: Annotated[
-        str, typer.Option("--access-token-env", help="Read the access token from this environment variable.")
-    ] = "CLEARLIFT_ACCESS_TOKEN",
-    refresh_token_env: Annotated[
-        str,
-        typer.Option("--refresh-token-env", help="Read the refresh token from this environment variable."),
-    ] = "CLEARLIFT_REFRESH_TOKEN",
-    tokens_stdin: Annotated[
-        bool,
-        typer.Option(
-            "--tokens-stdin", help="Read the access token (line 1) and refresh token (line 2) from stdin."
-        ),
-    ] = False,
+    access_token_env: AccessTokenEnvOpt = "CLEARLIFT_ACCESS_TOKEN",
+    refresh_token_env: RefreshTokenEnvOpt = "CLEARLIFT_REFRESH_TOKEN",
+    tokens_stdin: TokensStdinOpt = False,
     db: DbOpt = None,
     home: HomeOpt = None,
     config: ConfigOpt = None,
@@ -262,24 +267,11 @@ def connections_add(
               --account-id 123-456-7890 --connected-by user-1 --settings '{"sync_interval_minutes": 30}'
     """
     from clearlift_cli import commands
-    from clearlift_cli.settings import secret_from_env
 
     if not registry.is_known(platform):
         raise UsageError(registry.unknown_message(platform))
     s = _settings(db, None, home, config)
-    if tokens_stdin:
-        lines = sys.stdin.read().splitlines()
-        access = lines[0].strip() if lines else ""
-        refresh = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
-    else:
-        access = secret_from_env(access_token_env) or ""
-        refresh = secret_from_env(refresh_token_env)
-        if not access and sys.stdin.isatty():
-            access = typer.prompt("Access token", hide_input=True)
-    if not access:
-        raise UsageError(
-            f"no access token: set {access_token_env}, use --tokens-stdin, or run in a terminal to be prompted"
-        )
+    access, refresh = _read_tokens(tokens_stdin, access_token_env, refresh_token_env)
     cid, created = commands.add_connection(
         s,
         commands.NewConnection(
@@ -296,6 +288,27 @@ def connections_add(
         ),
     )
     print(f"{'added' if created else 'updated'} connection {cid}")
+
+
+def _read_tokens(tokens_stdin: bool, access_token_env: str, refresh_token_env: str) -> tuple[str, str | None]:
+    """The access and refresh tokens from stdin, or from their environment variables (the
+    access token prompted for in a terminal); no access token is a usage error."""
+    from clearlift_cli.settings import secret_from_env
+
+    if tokens_stdin:
+        lines = sys.stdin.read().splitlines()
+        access = lines[0].strip() if lines else ""
+        refresh = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
+    else:
+        access = secret_from_env(access_token_env) or ""
+        refresh = secret_from_env(refresh_token_env)
+        if not access and sys.stdin.isatty():
+            access = typer.prompt("Access token", hide_input=True)
+    if not access:
+        raise UsageError(
+            f"no access token: set {access_token_env}, use --tokens-stdin, or run in a terminal to be prompted"
+        )
+    return access, refresh
 
 
 @connections_app.command("list", epilog=CONNECTIONS_JSON)
@@ -441,34 +454,39 @@ def sync(
             raise typer.Exit(ExitCode.FAILURE)
 
 
+MaxJobsOpt = Annotated[int | None, typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")]
+MaxSecondsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-seconds", min=1, help="Stop claiming after this long (running jobs then get --stop-grace)."
+    ),
+]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Jobs run at once.")]
+LeaseSecondsOpt = Annotated[
+    float,
+    typer.Option(
+        "--lease-seconds",
+        min=5,
+        help="How long a claimed job stays invisible to other consumers (kept alive by heartbeat).",
+    ),
+]
+StopGraceOpt = Annotated[
+    float,
+    typer.Option(
+        "--stop-grace",
+        min=0,
+        help="After --max-seconds or SIGTERM, how long running jobs may take to finish before they are cut and go back to the queue.",
+    ),
+]
+
+
 @app.command()
 def consume(
-    max_jobs: Annotated[
-        int | None, typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")
-    ] = None,
-    max_seconds: Annotated[
-        float | None,
-        typer.Option(
-            "--max-seconds", min=1, help="Stop claiming after this long (running jobs then get --stop-grace)."
-        ),
-    ] = 600,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Jobs run at once.")] = 8,
-    lease_seconds: Annotated[
-        float,
-        typer.Option(
-            "--lease-seconds",
-            min=5,
-            help="How long a claimed job stays invisible to other consumers (kept alive by heartbeat).",
-        ),
-    ] = 300,
-    stop_grace: Annotated[
-        float,
-        typer.Option(
-            "--stop-grace",
-            min=0,
-            help="After --max-seconds or SIGTERM, how long running jobs may take to finish before they are cut and go back to the queue.",
-        ),
-    ] = 30,
+    max_jobs: MaxJobsOpt = None,
+    max_seconds: MaxSecondsOpt = 600,
+    concurrency: ConcurrencyOpt = 8,
+    lease_seconds: LeaseSecondsOpt = 300,
+    stop_grace: StopGraceOpt = 30,
     db: DbOpt = None,
     warehouse_url: WarehouseOpt = None,
     home: HomeOpt = None,
@@ -486,6 +504,30 @@ def consume(
     from clearlift_cli import commands
 
     t0 = time.monotonic()
+    result = commands.consume(
+        _settings(db, warehouse_url, home, config),
+        max_jobs=max_jobs,
+        max_seconds=max_seconds,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        stop_grace=stop_grace,
+        on_consumer=_stop_on_sigterm(),
+    )
+    summary = result.summary()
+    if as_json:
+        _print_json(summary)
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in result.counts().items()) or "nothing to do"
+        _summary(
+            f"consume: {summary['jobs']} jobs ({counts}), {summary['records']} records in "
+            f"{time.monotonic() - t0:.2f}s; stopped: {summary['stopped_by']}"
+        )
+
+
+def _stop_on_sigterm() -> Any:
+    """Handle SIGTERM from now on: each one stops the consumer (the first: claim no more
+    and let running jobs finish; the second: cut them). Returns the ``on_consumer`` hook
+    that hands the consumer over, replaying a SIGTERM that came while it was starting up."""
     holder: dict[str, Any] = {"signals": 0}
 
     def on_sigterm(*_: object) -> None:
@@ -499,24 +541,7 @@ def consume(
             c.stop()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    result = commands.consume(
-        _settings(db, warehouse_url, home, config),
-        max_jobs=max_jobs,
-        max_seconds=max_seconds,
-        concurrency=concurrency,
-        lease_seconds=lease_seconds,
-        stop_grace=stop_grace,
-        on_consumer=on_consumer,
-    )
-    summary = result.summary()
-    if as_json:
-        _print_json(summary)
-    else:
-        counts = ", ".join(f"{v} {k}" for k, v in result.counts().items()) or "nothing to do"
-        _summary(
-            f"consume: {summary['jobs']} jobs ({counts}), {summary['records']} records in "
-            f"{time.monotonic() - t0:.2f}s; stopped: {summary['stopped_by']}"
-        )
+    return on_consumer
 
 
 @app.command("refresh-tokens")
@@ -568,18 +593,20 @@ def _screenful() -> int:
     return 50
 
 
+FailingOpt = Annotated[
+    bool, typer.Option("--failing", help="Only failing or re-auth connections (every one of them).")
+]
+AllRowsOpt = Annotated[bool, typer.Option("--all", help="Every connection's row, not just a screenful.")]
+
+
 @app.command(epilog=STATUS_JSON)
 def status(
     connection_id: Annotated[str | None, typer.Argument(help="A connection id; omit for all.")] = None,
     as_json: JsonOpt = False,
     org: Annotated[str | None, typer.Option("--org")] = None,
     platform: Annotated[str | None, typer.Option("--platform")] = None,
-    failing: Annotated[
-        bool, typer.Option("--failing", help="Only failing or re-auth connections (every one of them).")
-    ] = False,
-    all_rows: Annotated[
-        bool, typer.Option("--all", help="Every connection's row, not just a screenful.")
-    ] = False,
+    failing: FailingOpt = False,
+    all_rows: AllRowsOpt = False,
     db: DbOpt = None,
     home: HomeOpt = None,
     config: ConfigOpt = None,
@@ -600,15 +627,7 @@ def status(
     store = commands.store_for(s)
     today = store.clock.now().date()
     if connection_id:
-        report = st.connection_report(store, connection_id)
-        notices = st.version_notices(s, {report.connection.platform}, today)
-        if as_json:
-            _warn(notices)
-            _print_json(st.sync_status(report.connection, report.latest_job))
-        else:
-            from clearlift_cli import render
-
-            _print_lines([*render.notices(notices), render.connection_panel(report)])
+        _status_of_one(s, store, connection_id, today, as_json)
         return
     if as_json:
         rows, any_failing, platforms = st.status_json(
@@ -631,6 +650,21 @@ def status(
         any_failing = ov.any_failing
     if any_failing:
         raise typer.Exit(ExitCode.FAILURE)
+
+
+def _status_of_one(s: Any, store: Any, connection_id: str, today: date, as_json: bool) -> None:
+    """``status CONNECTION_ID``: the API's sync-status shape (--json), or a panel."""
+    from clearlift_cli import status as st
+
+    report = st.connection_report(store, connection_id)
+    notices = st.version_notices(s, {report.connection.platform}, today)
+    if as_json:
+        _warn(notices)
+        _print_json(st.sync_status(report.connection, report.latest_job))
+    else:
+        from clearlift_cli import render
+
+        _print_lines([*render.notices(notices), render.connection_panel(report)])
 
 
 def _print_lines(items: list[Any]) -> None:
