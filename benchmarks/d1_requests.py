@@ -95,7 +95,7 @@ def _kinds(requests: list[Any]) -> Counter[str]:
         except ValueError:
             out["(not JSON)"] += 1
             continue
-        statements = body.get("batch") if isinstance(body, dict) and "batch" in body else [body]
+        statements = body["batch"] if isinstance(body, dict) and "batch" in body else [body]
         out[" + ".join(_what(s.get("sql", "")) for s in statements)] += 1
     return out
 
