@@ -388,6 +388,33 @@ def wall_times(
     return out
 
 
+def interleaved_times(
+    commands: dict[str, tuple[list[str], dict[str, str]]], *, runs: int, ok_codes: tuple[int, ...] = (0,)
+) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of ``runs`` runs of each ``name: (argv, env)``, taken in turn (one
+    of each, then again) after one unmeasured warm-up of each, so that load from other work
+    on a shared machine falls on every command alike. CPU is the child's user + system time."""
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for i in range(runs + 1):
+        for name, (argv, env) in commands.items():
+            with tempfile.TemporaryFile() as err:
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(
+                    argv, env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+                )
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - t0
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                if proc.returncode not in ok_codes:
+                    err.seek(0)
+                    raise RuntimeError(
+                        f"{' '.join(argv)} exited {proc.returncode}: {err.read().decode()[-2000:]}"
+                    )
+            if i:
+                out[name].append((wall, usage.ru_utime + usage.ru_stime))
+    return out
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
