@@ -60,3 +60,19 @@ def env(request, tmp_path, sandbox):
     e = Env(home=tmp_path / "home", warehouse_url=warehouse_url, sandbox=sandbox)
     e.run("init")
     return e
+
+
+@pytest.fixture
+def recording_env(tmp_path, sandbox):
+    """A ``RecordingEnv`` (tests/harness.py) with the embedded SQLite warehouse, initialised;
+    at the end of the test no sandbox token or app secret may show in any command's output
+    or in the texts the store holds."""
+    from tests.harness import RecordingEnv
+    from tests.helpers import assert_no_secrets
+
+    e = RecordingEnv(
+        home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path / 'warehouse.db'}", sandbox=sandbox
+    )
+    e.run("init")
+    yield e
+    assert_no_secrets(e.outputs + e.stored_texts())

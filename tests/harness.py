@@ -1,7 +1,8 @@
 """A clearlift host for tests (``Env``): its own home, store, key and warehouse, pointed at
-the sandboxes on loopback; runs the installed `clearlift` command as cron runs it
-(environment variables only, no stdin). Plus small helpers to read what a run left in
-the store with plain sqlite3."""
+the sandboxes on loopback, configured by environment variables only, as cron runs it.
+``env.run(...)`` runs a command in this process (tests/cli/ and below) or as the installed
+command (tests/e2e/). Plus small helpers to read what a run left in the store with plain
+sqlite3."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import ClassVar
 
 from clearlift_cli import commands
+from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.settings import resolve
+from tests.helpers import invoke
 
 CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or "clearlift"
 
@@ -32,6 +36,10 @@ class Env:
     sandbox: object
     key: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
     extra: dict = field(default_factory=dict)
+    # True: run() starts the installed command; False: runs it in this process; None: the
+    # layer's default, INSTALLED (False; tests/e2e/conftest.py makes it True there).
+    installed: bool | None = None
+    INSTALLED: ClassVar[bool] = False
 
     @property
     def db(self) -> Path:
@@ -59,20 +67,29 @@ class Env:
     def run(
         self, *args: str, check: bool = True, stdin: str | None = None, **env: str
     ) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [CLEARLIFT, *args],
-            env=self.environ(**env),
-            capture_output=True,
-            text=True,
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            timeout=240,
-        )
+        """``clearlift ARGS`` with this host's environment (plus ``env``): in this process
+        (``invoke``), or as the installed command when ``installed`` (every ``Env`` in
+        tests/e2e/, see its conftest)."""
+        if self.is_installed():
+            proc = subprocess.run(
+                [CLEARLIFT, *args],
+                env=self.environ(**env),
+                capture_output=True,
+                text=True,
+                input=stdin,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
+                timeout=240,
+            )
+        else:
+            proc = invoke(args, self.environ(**env), stdin_text=stdin)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"clearlift {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
             )
         return proc
+
+    def is_installed(self) -> bool:
+        return Env.INSTALLED if self.installed is None else self.installed
 
     def run_json(self, *args: str, **env: str):
         return json.loads(self.run(*args, "--json", **env).stdout)
@@ -144,6 +161,64 @@ class Env:
 
         with open_warehouse(self.warehouse_url) as wh:
             return wh.fetch_rows(table, **where)
+
+
+@dataclass
+class RecordingEnv(Env):
+    """An Env that keeps every command's output, to prove no secret ever shows (conftest's
+    ``recording_env`` checks it and the stored texts at the end of the test)."""
+
+    outputs: list[str] = field(default_factory=list)
+
+    def run(self, *args, check=True, stdin=None, **env):
+        proc = super().run(*args, check=False, stdin=stdin, **env)
+        self.outputs.append(proc.stdout + proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"clearlift {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def seed(
+        self,
+        org: str,
+        platform: str,
+        account: str,
+        access: str,
+        refresh: str | None = None,
+        expires_at: str | None = None,
+    ) -> str:
+        """Add a connection in-process with what `connections add` calls (quicker setup)."""
+        settings = resolve(environ=self.environ(), read_config=False)
+        cid, _ = commands.add_connection(
+            settings,
+            commands.NewConnection(
+                organization_id=org,
+                platform=platform,
+                account_id=account,
+                account_name=None,
+                connected_by="user-1",
+                access_token=access,
+                refresh_token=refresh,
+                expires_at=expires_at,
+            ),
+        )
+        return cid
+
+    @property
+    def cipher(self) -> FieldCipher:
+        return FieldCipher(base64.b64decode(self.key))
+
+    def token(self, connection_id: str, column: str = "credentials_encrypted") -> str:
+        return self.cipher.decrypt(self.connection(connection_id)[column])
+
+    def stored_texts(self) -> list[str]:
+        with self.store() as c:
+            rows = c.execute("SELECT sync_error, reauth_reason FROM platform_connections").fetchall()
+            rows += c.execute("SELECT error_message, metadata FROM sync_jobs").fetchall()
+            rows += c.execute("SELECT last_error, body FROM sync_queue").fetchall()
+        return [v for r in rows for v in r if v]
 
 
 # --- helpers for the Facebook, TikTok and Stripe end-to-end tests ----------------------------

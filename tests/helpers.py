@@ -1,26 +1,31 @@
-"""Helpers shared by the store, queue, scheduler and CLI tests.
+"""Helpers shared by the tests of every layer.
 
-Everything here talks to real things: the installed ``clearlift`` command as a
-subprocess (the way cron runs it), real SQLite files, and raw ``sqlite3`` for rows the
-API worker would write (so the code under test is not also the code that sets up).
+Everything here talks to real things: the ``clearlift`` command in this process
+(``invoke``) or installed, as a subprocess the way cron runs it (``run_cli``); real SQLite
+files; and plain ``sqlite3`` / ``psycopg`` for rows the API worker would write (so the
+code under test is not also the code that sets up).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from clearlift_cli.models import JobType, Priority, SyncJobMessage, SyncWindow
+from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.store import Store, open_store
 from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import FrozenClock, iso_z
@@ -86,6 +91,86 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+# What a run of the command configures for itself and a real process would drop on exit.
+_LOGGERS = ("clearlift", "urllib3", "requests")
+
+
+def invoke(
+    args: Iterable[str],
+    env: Mapping[str, str],
+    *,
+    stdin_text: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``clearlift ARGS`` in this process, as ``run_cli`` runs the installed one: the
+    entry point itself (``clearlift_cli.cli.main``: one ``error:`` line and the exit code of
+    its class) under Click's ``CliRunner`` isolation, with exactly ``env`` as the
+    environment, stdin empty unless ``stdin_text`` is given, neither stream a terminal.
+    Each run starts with what clearlift keeps per process as a fresh process has it (no
+    secrets registered for redaction, no file warned about yet), so an earlier run cannot
+    mask a leak or a warning; what a run sets for the process (environment, argv, its
+    SIGTERM handler, the loggers it configures, that per-process state) is put back
+    afterwards. ``timeout`` is accepted for ``run_cli``'s signature; a run that hangs is
+    ended by pytest-timeout instead.
+
+    Not for what only a real process shows (signals, what reaches the file descriptors,
+    what gets imported, crashes): those tests run the installed command (tests/e2e/)."""
+    import click.formatting
+    from click.testing import CliRunner
+
+    from clearlift_cli import cli, redact, settings
+
+    args = [str(a) for a in args]
+    saved_secrets, saved_warned = set(redact._known), set(settings._warned)
+    saved_environ, saved_argv = dict(os.environ), sys.argv
+    saved_sigterm = signal.getsignal(signal.SIGTERM)
+    saved_loggers = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in map(logging.getLogger, _LOGGERS)]
+    code: int = 0
+    try:
+        _set_process_state(redact, settings, secrets=set(), warned=set())
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = ["clearlift", *args]
+        with CliRunner().isolation(input=stdin_text or "") as (out, err, _):
+            click.formatting.FORCED_WIDTH = None  # help wraps at COLUMNS, as in a real process
+            try:
+                cli.main()
+            except SystemExit as exc:
+                if exc.code is None:
+                    code = 0
+                elif isinstance(exc.code, int):
+                    code = int(exc.code)
+                else:  # sys.exit("message"): Python prints it and exits 1
+                    sys.stderr.write(f"{exc.code}\n")
+                    code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            stdout, stderr = out.getvalue().decode(), err.getvalue().decode("utf-8", "backslashreplace")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        sys.argv = saved_argv
+        signal.signal(signal.SIGTERM, saved_sigterm)
+        for logger, handlers, level, propagate in saved_loggers:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+        _set_process_state(redact, settings, secrets=saved_secrets, warned=saved_warned)
+    return subprocess.CompletedProcess([CLEARLIFT, *args], code, stdout, stderr)
+
+
+def _set_process_state(redact: Any, settings: Any, *, secrets: set[str], warned: set[str]) -> None:
+    """The secrets registered for redaction (redact.register) and the files already warned
+    about (settings.warn_if_others_can_read): the product's per-process state."""
+    with redact._lock:
+        redact._known.clear()
+        redact._known.update(secrets)
+        redact._ordered = tuple(sorted(secrets, key=len, reverse=True))
+    with settings._warned_lock:
+        settings._warned.clear()
+        settings._warned.update(warned)
 
 
 def home_db(tmp_path: Path) -> Path:
@@ -273,3 +358,32 @@ def one_line_error(stderr: str) -> str:
     assert len(errors) == 1, f"expected one error line, got: {stderr!r}"
     assert "Traceback" not in stderr, stderr
     return errors[0]
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+# The sandboxes' app credentials (the platforms' app secrets and Google's developer token).
+SANDBOX_APP_SECRETS = [
+    APP_CREDENTIALS[k]
+    for k in (
+        "GOOGLE_CLIENT_SECRET",
+        "GOOGLE_ADS_DEVELOPER_TOKEN",
+        "FACEBOOK_APP_SECRET",
+        "TIKTOK_CLIENT_SECRET",
+    )
+]
+# Every token the sandboxes issue has this shape (TokenAuthority and rotated refresh tokens).
+SANDBOX_TOKEN_SHAPE = re.compile(r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-9_-]{8,}")
+
+
+def assert_no_secrets(texts: list[str]) -> None:
+    """No sandbox token and no app secret in any of ``texts``."""
+    for text in texts:
+        assert not SANDBOX_TOKEN_SHAPE.search(text), f"a token leaked: {text[:2000]}"
+        for secret in SANDBOX_APP_SECRETS:
+            assert secret not in text, f"an app secret leaked: {text[:2000]}"
+
+
+def in_seconds(seconds: float) -> str:
+    """The time ``seconds`` from now, as the store spells it."""
+    return iso_z(datetime.now(UTC) + timedelta(seconds=seconds))

@@ -1,14 +1,18 @@
 """Secrets (issue 9, scenario 14): with every log level and format, across succeeding and
 failing flows on all four platforms (platforms that echo tokens and app secrets back in
 their errors), no access token, refresh token, app secret or encryption key reaches
-stdout, stderr, a stored error, the status output or the store file's bytes; the store is
-0600; and SQL is built only from parameters and fixed identifiers."""
+stdout, stderr, a stored error, the status output or the store file's bytes.
+
+Each command is the installed one, a process of its own: what is scanned is everything the
+real process wrote, and what it masks it masks with only the secrets that process itself
+learnt (the redaction registry is per process). The URL and key-file cases are in
+tests/cli/test_secrets.py, the SQL scan in tests/unit/test_sql_scan.py."""
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import stat
@@ -21,11 +25,9 @@ from clearlift_cli import commands
 from clearlift_cli.sandbox import APP_CREDENTIALS, Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import iso_z
-from tests.harness import Env, store_bytes, store_text
-from tests.helpers import REPO
+from tests.harness import Env, add_connection, make_visible, queue_row, store_bytes, store_text
 
 UTC = UTC
-PACKAGE = REPO / "clearlift_cli"
 APP_SECRETS = [
     APP_CREDENTIALS[k]
     for k in (
@@ -39,6 +41,7 @@ APP_SECRETS = [
 TOKEN_SHAPE = re.compile(
     r"(?:google|facebook|tiktok|stripe)-(?:at|rt)-[A-Za-z0-9_-]{8,}|sk_(?:test|live)_[0-9a-f]{8,}"
 )
+FACEBOOK_APP_SECRET = APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
 LEVELS = {"quiet": ("-q",), "default": (), "verbose": ("-v",), "debug": ("-vv",)}
 
 
@@ -269,265 +272,134 @@ def test_no_secret_reaches_output_logs_stored_errors_status_or_the_store_file(tm
         assert "DEBUG" in logged or '"level": "debug"' in logged  # the most talkative logs were checked
 
 
-# --- SQL is built from parameters and fixed identifiers only --------------------------------------
-
-SQL_WORDS = re.compile(
-    r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA|WHERE|VALUES|TRUNCATE|COPY)\b"
-)
-# Expressions interpolated into SQL text that are fixed identifiers or placeholders, each
-# checked by reading the code: constants, names from the schema modules, quoted identifiers.
-ALLOWED = {
-    # skip: " AND platform NOT IN (?, ?)"; skip_locked / for_update: class constants;
-    # marks: rows of "?" placeholders
-    "store/queue.py": {"skip", "self.store.skip_locked", "self.store.for_update", "marks"},
-    # CONNECTION_COLUMNS / STATUS_COLUMNS (prefixed: cols); LIVE: the fixed live statuses;
-    # where: _connection_filter's fixed terms; flag: a fixed CASE condition; metadata_sql: "?"
-    # or a fixed json_set expression; marks: "?" placeholders
-    "store/operations.py": {
-        "CONNECTION_COLUMNS",
-        "JobStatus.RUNNING.value",
-        "LIVE",
-        "cols",
-        "flag",
-        "metadata_sql",
-        "where",
-    },
-    "store/scheduling.py": {"LIVE", "cols", "live", "marks"},  # live: a fixed NOT EXISTS clause
-    # schema.py: table and column names and declarations of the schema itself
-    "store/schema.py": {"_NOW_TEXT", "body", "column.ddl(dialect)", "decl", "name", "self.name", "table"},
-    "store/sqlite.py": {"BUSY_TIMEOUT_MS", "table"},  # table: a name from schema.py
-    "store/d1.py": {"table"},  # a name from schema.APP_TABLE_NAMES
-    # schema: [A-Za-z0-9_]+; cols / names / where: column names both stores' schemas share
-    "store/postgres.py": {"cols", "names", "where", "table", "marks", "self.schema"},
-    "warehouse/sqlite.py": {
-        "updates",
-        "where",
-        "meta",
-        "rev",
-        "ch",
-        "columns",
-        "_TYPES[c.kind]",
-        "int(self._busy_timeout * 1000)",
-        # quoted column lists, and the ON CONFLICT clause built from them
-        "old",
-        "new",
-        "_on_conflict(tbl)",
-        "_on_conflict(STRIPE_DAILY_REVENUE)",
-    },
-}
-QUOTING = {"_q", "_cols"}  # the SQLite warehouse's identifier quoting, over schema names
+# --- Meta: tokens exchanged by refresh-tokens and by the consumer, echoed back in errors ----------
 
 
-def _dynamic(node: ast.AST) -> list[str]:
-    """The parts of a string expression that are not literal text or '?' placeholders."""
-    if isinstance(node, ast.Constant):
-        return []
-    if isinstance(node, ast.JoinedStr):
-        return [part for v in node.values if isinstance(v, ast.FormattedValue) for part in _dynamic(v.value)]
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        return _dynamic(node.left) + _dynamic(node.right)
-    if (
-        isinstance(node, ast.BinOp)
-        and isinstance(node.op, ast.Mult)
-        and isinstance(node.left, ast.Constant)
-        and node.left.value == "?"
-    ):
-        return []  # '?' * n: placeholders
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "join"
-        and isinstance(node.func.value, ast.Constant)
-        and len(node.args) == 1
-    ):
-        arg = node.args[0]
-        return _dynamic(arg.elt if isinstance(arg, (ast.GeneratorExp, ast.ListComp)) else arg)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in QUOTING:
-        return []
-    return [ast.unparse(node)]
+def test_no_token_or_app_secret_reaches_output_logs_or_the_store(env, sandbox):
+    fb = sandbox.facebook
+    flags = ("-v", "-v", "--log-format", "json")
+    procs = []
 
+    def run(*args: str, check: bool = True):
+        proc = env.run(*flags, *args, check=check)
+        procs.append(proc)
+        return proc
 
-def _has_sql(node: ast.AST) -> bool:
-    return any(
-        isinstance(n, ast.Constant) and isinstance(n.value, str) and SQL_WORDS.search(n.value)
-        for n in ast.walk(node)
+    def add(account: str, token: str, **kw) -> str:
+        conn, proc = add_connection(env, "org-1", "facebook", account, token, flags=flags, **kw)
+        procs.append(proc)
+        return conn
+
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+    exchanged, _ = fb.tokens.issue(ttl=None)  # refreshed (exchanged) by refresh-tokens
+    unknown = "EAAGsandbox" + os.urandom(16).hex()  # Graph echoes a token it cannot parse
+    revoked, _ = fb.tokens.issue(ttl=None)  # its exchange fails
+    fb.tokens.revoke(revoked)
+    echoed, _ = fb.tokens.issue(ttl=None)  # a 500 whose message repeats the token and app secret
+    c_exchanged = add("2000000001", exchanged, expires_at=soon)
+    c_unknown = add("2000000002", unknown)
+    c_revoked = add("2000000003", revoked, expires_at=soon)
+    c_echoed = add("2000000004", echoed)
+
+    summary = json.loads(run("refresh-tokens", "--json").stdout)
+    assert (summary["refreshed"], summary["needs_reauth"]) == (1, 1)
+
+    in_job, _ = fb.tokens.issue(ttl=None)  # exchanged by the consumer just before its job
+    c_in_job = add("2000000005", in_job, expires_at=soon)
+    fb.faults.add(
+        "status",
+        path=r"act_2000000004/insights",
+        times=-1,
+        status=500,
+        body={
+            "error": {
+                "message": f"Internal error for {echoed} (app secret {FACEBOOK_APP_SECRET}); "
+                f"request was ?access_token={echoed}&appsecret={FACEBOOK_APP_SECRET}",
+                "type": "OAuthException",
+                "code": 2,
+                "is_transient": True,
+            }
+        },
     )
-
-
-def sql_built_from_values(source: str, allowed: set[str]) -> list[tuple[int, str]]:
-    """(line, expression) for each value spliced into SQL text by an f-string, ``+``, ``%``
-    or ``.format`` that is not in ``allowed``."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        parts: list[str] = []
-        if isinstance(node, ast.JoinedStr) and _has_sql(node):
-            parts = _dynamic(node)
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and _has_sql(node):
-            parts = _dynamic(node)
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _has_sql(node.left):
-            parts = [ast.unparse(node.right)]
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "format"
-            and isinstance(node.func.value, ast.Constant)
-            and _has_sql(node.func.value)
-        ):
-            parts = [ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)]]
-        found += [(node.lineno, p) for p in parts if p not in allowed]
-    return sorted(set(found))
-
-
-def test_the_sql_scan_finds_values_spliced_into_sql():
-    bad = """
-def f(c, user_id, name, days):
-    c.execute(f"SELECT * FROM sync_jobs WHERE id = '{user_id}'")
-    c.execute("DELETE FROM sync_queue WHERE job_id = " + name)
-    c.execute("UPDATE sync_jobs SET status = '%s'" % name)
-    c.execute("SELECT * FROM t WHERE d > {}".format(days))
-    c.execute("SELECT * FROM sync_jobs WHERE id = ?", (user_id,))
-    c.execute(f"SELECT x FROM t WHERE id IN ({','.join('?' * len(name))})", name)
-    log.info(f"job {user_id} done")
-"""
-    assert sql_built_from_values(bad, set()) == [(3, "user_id"), (4, "name"), (5, "name"), (6, "days")]
-
-
-def test_sql_is_built_only_from_parameters_and_fixed_identifiers():
-    files = sorted(PACKAGE.rglob("*.py"))
-    assert len(files) > 20
-    # The platform sandboxes talk HTTP and run no SQL (their GAQL errors mention FROM and
-    # WHERE); the D1 sandbox is a database, so it is scanned like the rest.
-    sandboxes = [f for f in files if f.parent.name == "sandbox" and f.name != "d1.py"]
-    for f in sandboxes:
-        assert not re.search(r"^\s*(import|from)\s+(sqlite3|psycopg)", f.read_text(), re.M), f
-    found = {}
-    for f in files:
-        if f in sandboxes:
-            continue
-        rel = f.relative_to(PACKAGE).as_posix()
-        spliced = sql_built_from_values(f.read_text(), ALLOWED.get(rel, set()))
-        if spliced:
-            found[rel] = spliced
-    assert found == {}
-    # The allowlist names only what is really there (it shrinks when the code does).
-    for rel, names in ALLOWED.items():
-        used = {p for _, p in sql_built_from_values((PACKAGE / rel).read_text(), set())}
-        assert names <= used, (rel, names - used)
-
-
-# --- URLs: the store's and the warehouse's passwords never reach any output ----------------------
-
-
-def _with_password(url: str, password: str) -> str:
-    """``url`` (trust auth: any password is accepted) with ``password`` in its authority."""
-    scheme, rest = url.split("://", 1)
-    userinfo, host = rest.rsplit("@", 1) if "@" in rest else ("postgres", rest)
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:{password}@{host}"
-
-
-def test_init_prints_the_store_and_warehouse_urls_masked(tmp_path, pg_schema_url):
-    from tests.helpers import cli_env, run_cli
-
-    secret = "Hunter2Hunter2xyz"
-    url = _with_password(pg_schema_url, secret)
-    for variable in ("CLEARLIFT_DB", "CLEARLIFT_WAREHOUSE_URL"):
-        proc = run_cli(["-vv", "init"], cli_env(tmp_path, **{variable: url}))
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, out
-        assert secret not in out and ":***@" in out, out
-    # The store line names the PostgreSQL store, masked.
-    proc = run_cli(["init", "--store-only"], cli_env(tmp_path, CLEARLIFT_DB=url))
-    assert proc.stdout.startswith("store postgresql://postgres:***@"), proc.stdout
-
-
-@pytest.mark.parametrize("variable", ["CLEARLIFT_DB", "CLEARLIFT_WAREHOUSE_URL"])
-@pytest.mark.parametrize(
-    "password,host",
-    [
-        ("pa ss w0rd", "127.0.0.1:5432"),  # a space: libpq quotes the password back
-        ("Sekr1tPw", "[::1"),  # a malformed IPv6 host: urlsplit raises
-        ("pw@with/slash", "127.0.0.1:5432"),  # '@' and '/' in the password
-        ("x", "[fe80::1%zz]:5432"),  # too short to register: masked all the same
-    ],
-)
-def test_a_malformed_url_is_a_clear_error_that_quotes_neither_password_nor_url(
-    tmp_path, variable, password, host
-):
-    from tests.helpers import cli_env, run_cli
-
-    url = f"postgresql://alice:{password}@{host}/test?connect_timeout=2"
-    for args in (["init"], ["consume", "--max-seconds", "1"], ["status"]):
-        proc = run_cli(args, cli_env(tmp_path, **{variable: url}))
-        out = proc.stdout + proc.stderr
-        assert "Traceback" not in out, out
-        assert url not in out, out
-        if len(password) > 1:
-            assert password not in out, out
-        # A command that needs the URL refuses it as configuration, naming it masked.
-        if args == ["init"] or variable == "CLEARLIFT_DB" or args[0] == "consume":
-            assert proc.returncode == 3, out
-            assert "postgresql://alice:***@" in out, out
-
-
-# --- files that hold secrets or spend figures -------------------------------------------------------
-
-
-def test_the_embedded_warehouse_and_its_wal_are_created_0600(tmp_path):
-    from tests.helpers import cli_env, run_cli
-
-    env = cli_env(tmp_path, CLEARLIFT_WAREHOUSE_URL=None)
-    proc = run_cli(["init"], env)
-    assert proc.returncode == 0, proc.stderr
-    home = tmp_path / "home"
-    made = [home / "warehouse.db", home / "warehouse.db-wal", home / "warehouse.db-shm"]
-    assert made[0].exists()
-    for path in made:
-        if path.exists():
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
-
-
-def test_a_key_file_or_config_file_others_can_read_is_warned_about_once(tmp_path):
-    from tests.helpers import KEY_B64, cli_env, run_cli
-
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY_B64 + "\n")
-    config = tmp_path / "config.toml"
-    config.write_text('clearlift_http_timeout = "30"\n')
-    env = cli_env(
-        tmp_path,
-        ENCRYPTION_KEY=None,
-        ENCRYPTION_KEY_FILE=str(key_file),
-        CLEARLIFT_CONFIG=str(config),
-        CLEARLIFT_ACCESS_TOKEN="token-token-token",
+    # The in-job exchange's account is rate limited once: that job is deferred, then completes.
+    fb.faults.add(
+        "status",
+        path=r"act_2000000005$",
+        times=1,
+        status=400,
+        headers={
+            "x-business-use-case-usage": json.dumps(
+                {
+                    "2000000005": [
+                        {
+                            "type": "ads_insights",
+                            "call_count": 100,
+                            "total_cputime": 9,
+                            "total_time": 9,
+                            "estimated_time_to_regain_access": 5,
+                        }
+                    ]
+                }
+            )
+        },
+        body={
+            "error": {
+                "message": "User request limit reached",
+                "type": "OAuthException",
+                "code": 17,
+                "is_transient": True,
+            }
+        },
     )
-    assert run_cli(["init"], env).returncode == 0
-    add = [
-        "-q",
-        "connections",
-        "add",
-        "--org",
-        "org-1",
-        "--platform",
-        "google",
-        "--account-id",
-        "123",
-        "--connected-by",
-        "u-1",
-    ]
+    run("schedule")
+    run("consume", "--max-seconds", "60")
+    assert "Rate limited" in env.jobs(c_in_job)[-1]["error_message"]
+    assert "Internal error for ***" in queue_row(env, env.jobs(c_echoed)[-1]["id"])["last_error"]
+    # The deferred job runs again; the echoing job's next delivery is its last one (dead letter).
+    with env.store() as c:
+        c.execute("UPDATE sync_queue SET attempts = max_attempts - 1 WHERE connection_id = ?", (c_echoed,))
+    make_visible(env)
+    run("consume", "--max-seconds", "60")
 
-    def warnings() -> list[str]:
-        proc = run_cli(add, env)
-        assert proc.returncode == 0, proc.stderr
-        return [line for line in proc.stderr.splitlines() if "can be read by other users" in line]
+    statuses = {
+        c: env.jobs(c)[-1]["status"] if env.jobs(c) else None
+        for c in (c_exchanged, c_unknown, c_revoked, c_echoed, c_in_job)
+    }
+    assert statuses == {
+        c_exchanged: "completed",
+        c_unknown: "failed",
+        c_revoked: None,
+        c_echoed: "failed",
+        c_in_job: "completed",
+    }
+    assert env.connection(c_revoked)["needs_reauth"] == 1
+    run("status", "--json", check=False)
+    run("status", check=False)
+    run("status", c_unknown)
+    run("status", c_echoed, "--json")
+    run("status", c_revoked)
+    dead = json.loads(run("queue", "dead", "--json").stdout)
+    run("queue", "dead")
+    assert {d["connection_id"] for d in dead} == {c_unknown, c_echoed}
 
-    key_file.chmod(0o644)
-    config.chmod(0o640)
-    lines = warnings()
-    assert len(lines) == 2, lines  # one line each, even with -q
-    assert any(str(key_file) in line and "0644" in line for line in lines)
-    assert any(str(config) in line and "0640" in line for line in lines)
-    assert KEY_B64 not in "\n".join(lines)
+    # Every token Graph ever saw (including the ones the exchanges handed out) and the app secret.
+    seen = {r.query.get(k) for r in fb.requests for k in ("access_token", "fb_exchange_token")}
+    secrets = {exchanged, unknown, revoked, echoed, in_job, FACEBOOK_APP_SECRET, *(s for s in seen if s)}
+    assert len(secrets) == 8  # five tokens, two exchanged for new ones, the app secret
+    texts = {f"clearlift {' '.join(p.args[1:])}": p.stdout + p.stderr for p in procs}
+    texts["store"] = store_text(env)
+    texts["warehouse"] = repr(
+        [env.warehouse_rows(t) for t in ("facebook_ads_campaigns", "facebook_ads_daily_metrics")]
+    )
+    leaks = [(where, s[:12]) for where, text in texts.items() for s in secrets if s in text]
+    assert leaks == []
+    raw = store_bytes(env)
+    assert [s[:12] for s in secrets if s.encode() in raw] == []
 
-    key_file.chmod(0o600)
-    config.chmod(0o600)
-    assert warnings() == []
+    # The flows really ran, with debug logs on and the secrets' places visibly masked.
+    logs = [json.loads(line) for p in procs for line in p.stderr.splitlines() if line.startswith("{")]
+    assert any(entry["level"] == "debug" and "access_token=***" in entry["message"] for entry in logs)
+    assert "Malformed access token ***" in env.jobs(c_unknown)[-1]["error_message"]
+    echoed_error = env.jobs(c_echoed)[-1]["error_message"]
+    assert "Internal error for ***" in echoed_error and "app secret ***" in echoed_error
+    assert "re-authorised" in texts["store"]

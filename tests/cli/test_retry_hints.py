@@ -1,6 +1,6 @@
 """Issue 16: a platform's retry hint can neither spin a job nor park it (or a whole
 platform) for ever; deferrals show in `status`, and an operator can lift a platform pause.
-The installed command against the Google sandbox over loopback, a SQLite store."""
+The command in-process against the Google sandbox over loopback, a SQLite store."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`clearlift consume` end to end for Google Ads: installed command, sandbox over HTTP,
-real SQLite store, real PostgreSQL warehouse."""
+"""`clearlift schedule` / `consume` for Google Ads, the command in-process: the sandbox over
+HTTP, a real SQLite store, a real PostgreSQL warehouse."""
 
 from __future__ import annotations
 

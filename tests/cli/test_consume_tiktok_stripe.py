@@ -1,4 +1,4 @@
-"""`clearlift` end to end for TikTok Ads and Stripe: the installed command, the sandboxes over
+"""`clearlift` for TikTok Ads and Stripe, the command in-process: the sandboxes over
 HTTP, a real SQLite store and a real PostgreSQL warehouse (issue 7)."""
 
 from __future__ import annotations

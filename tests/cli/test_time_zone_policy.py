@@ -1,4 +1,4 @@
-"""One policy for a time zone that is not an IANA name, end to end (the installed command,
+"""One policy for a time zone that is not an IANA name, through the command (in-process,
 the Stripe and Google sandboxes, a real store and warehouse): where clearlift computes days
 with it (revenue), the job fails at once as a configuration error naming the zone and the
 connection, and is not retried; where it only passes through (ads), the job syncs."""

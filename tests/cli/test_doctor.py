@@ -1,7 +1,7 @@
 """`clearlift doctor`: a healthy host passes; a wrong key, an unreachable warehouse, a sunset
 API version, missing app credentials and a cron that stopped each fail with what to do.
 
-The installed command runs as cron runs it (subprocess, environment only) against real
+The command runs in-process, configured by environment only, against real
 SQLite / PostgreSQL stores and the sandbox platforms; the "cron stopped" and "ending soon"
 cases call the same core function with a frozen clock (the only thing mocked)."""
 
