@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from urllib.parse import quote
 
@@ -76,3 +77,31 @@ def recording_env(tmp_path, sandbox):
     e.run("init")
     yield e
     assert_no_secrets(e.outputs + e.stored_texts())
+
+
+@pytest.fixture
+def live_d1():
+    """The sandbox D1 (Cloudflare's REST API over a SQLite file) with ClearLift's tables,
+    served on loopback: ``(app, server)``."""
+    from clearlift_cli.sandbox.d1 import D1App
+    from clearlift_cli.sandbox.server import SandboxServer
+
+    app = D1App()
+    app.create_clearlift_tables()
+    srv = SandboxServer(app).start()
+    yield app, srv
+    threading.Thread(target=srv.stop, daemon=True).start()
+    app.close()
+
+
+@pytest.fixture
+def d1env(tmp_path, sandbox, live_d1):
+    """An ``Env`` whose store is that D1 (``CLEARLIFT_DB=d1://…``; clearlift's own tables in
+    the local control database), with the embedded SQLite warehouse, initialised."""
+    from tests.harness import Env
+
+    app, srv = live_d1
+    env = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/warehouse.db", sandbox=sandbox)
+    env.extra.update({"CLEARLIFT_DB": app.store_url, **app.env(srv)})
+    env.run("init")
+    return env

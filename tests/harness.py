@@ -24,7 +24,7 @@ from typing import ClassVar
 from clearlift_cli import commands
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.settings import resolve
-from tests.helpers import invoke
+from tests.helpers import invoke, one_line_error, store_snapshot
 
 CLEARLIFT = shutil.which("clearlift", path=str(Path(sys.executable).parent)) or "clearlift"
 
@@ -221,6 +221,18 @@ class RecordingEnv(Env):
         return [v for r in rows for v in r if v]
 
 
+def refused(env: Env, *args: str, code: int, says: str, **more: str) -> str:
+    """Run a command that must be refused: one error line saying ``says``, exit ``code``,
+    the store's rows unchanged. Returns the error line."""
+    before = store_snapshot(env.db)
+    proc = env.run(*args, check=False, **more)
+    assert proc.returncode == code, (args, proc.returncode, proc.stderr)
+    line = one_line_error(proc.stderr)
+    assert says in line, line
+    assert store_snapshot(env.db) == before, args
+    return line
+
+
 # --- helpers for the Facebook, TikTok and Stripe end-to-end tests ----------------------------
 
 
@@ -356,3 +368,29 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- the live D1 as the store (conftest's live_d1, d1env) -------------------------------------
+
+
+def d1_rows(app, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    with app.connect() as c:
+        c.row_factory = sqlite3.Row
+        return c.execute(sql, params).fetchall()
+
+
+def control_rows(env: Env, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    with sqlite3.connect(env.home / "control.db") as c:
+        c.row_factory = sqlite3.Row
+        return c.execute(sql, params).fetchall()
+
+
+def add_with_token(env: Env, sandbox, platform: str, account: str, org: str = "org-1") -> str:
+    """`connections add` with a fresh sandbox token (an hour's; TikTok's and Stripe's alone)."""
+    if platform == "stripe":
+        access, refresh = sandbox.stripe.issue_key(account), None
+    else:
+        access, refresh = sandbox.issue_token(platform, ttl=3600)
+    if platform == "tiktok":
+        refresh = None
+    return env.add(org, platform, account, access, refresh)

@@ -350,6 +350,18 @@ def query(path: Path | str, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         c.close()
 
 
+def store_snapshot(db: Path | str) -> dict[str, list[tuple]]:
+    """Every row of every table of the store (to prove nothing changed)."""
+    c = sqlite3.connect(db)
+    try:
+        tables = [
+            r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+        return {t: sorted(map(tuple, c.execute(f'SELECT * FROM "{t}"')), key=repr) for t in tables}
+    finally:
+        c.close()
+
+
 def one_line_error(stderr: str) -> str:
     """The CLI's error contract: exactly one ``error: ...`` line (plus an optional hint),
     no traceback."""

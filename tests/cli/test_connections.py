@@ -1,4 +1,5 @@
-"""`clearlift connections ...` and the help texts, through the installed command."""
+"""`clearlift connections ...` and the help texts, through the command in-process. (No token
+and no stdin, as under cron: tests/e2e/test_entry_point.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from clearlift_cli import cli
 from clearlift_cli.errors import ExitCode
-from tests.helpers import KEY_BYTES, cli_env, home_db, new_store, one_line_error, query, raw, run_cli
+from tests.helpers import KEY_BYTES, cli_env, home_db, invoke, new_store, one_line_error, query, raw
 
 TOKEN = "ya29.first-access-token-0001"
 REFRESH = "1//refresh-token-0001"
@@ -51,7 +52,7 @@ def add(env, *extra, token=TOKEN, refresh=None, account="123-456-7890", platform
         "user-1",
         *extra,
     ]
-    return run_cli(args, env, stdin_text=stdin_text)
+    return invoke(args, env, stdin_text=stdin_text)
 
 
 def home_db_from(env):
@@ -149,13 +150,6 @@ def test_tokens_from_stdin(env):
     assert worker_decrypt(row["refresh_token_encrypted"]) == "stdin-refresh-token-9"
 
 
-def test_no_token_anywhere_is_a_clear_error_and_writes_nothing(env):
-    result = add(env, token=None)  # stdin is /dev/null: no prompt possible
-    assert result.returncode == 2
-    assert "CLEARLIFT_ACCESS_TOKEN" in one_line_error(result.stderr)
-    assert rows(env) == []
-
-
 @pytest.mark.parametrize(
     "extra, account, platform, expected",
     [
@@ -192,7 +186,7 @@ def test_list_json_shows_no_secrets(env):
     stored = [r["credentials_encrypted"] for r in rows(env)] + [
         r["refresh_token_encrypted"] for r in rows(env) if r["refresh_token_encrypted"]
     ]
-    result = run_cli(["connections", "list", "--json"], env)
+    result = invoke(["connections", "list", "--json"], env)
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert [c["id"] for c in listed] == ["org-1-facebook-act_1", "org-1-google-123-456-7890"]
@@ -203,7 +197,7 @@ def test_list_json_shows_no_secrets(env):
     for secret in [TOKEN, REFRESH, "EAAB-facebook-token-1", *stored]:
         assert secret not in result.stdout
 
-    table = run_cli(["connections", "list"], env)
+    table = invoke(["connections", "list"], env)
     assert table.returncode == 0 and "org-1-facebook-act_1" in table.stdout
     for secret in [TOKEN, REFRESH, *stored]:
         assert secret not in table.stdout
@@ -212,19 +206,19 @@ def test_list_json_shows_no_secrets(env):
 def test_list_filters(env):
     assert add(env).returncode == 0
     assert add(env, account="act_1", platform="facebook").returncode == 0
-    result = run_cli(["connections", "list", "--json", "--platform", "facebook"], env)
+    result = invoke(["connections", "list", "--json", "--platform", "facebook"], env)
     assert [c["id"] for c in json.loads(result.stdout)] == ["org-1-facebook-act_1"]
 
 
 def test_pause_and_resume_toggle_is_active(env):
     assert add(env).returncode == 0
     cid = "org-1-google-123-456-7890"
-    paused = run_cli(["connections", "pause", cid], env)
+    paused = invoke(["connections", "pause", cid], env)
     assert paused.returncode == 0, paused.stderr
     assert rows(env)[0]["is_active"] == 0
-    listed = json.loads(run_cli(["connections", "list", "--json"], env).stdout)
+    listed = json.loads(invoke(["connections", "list", "--json"], env).stdout)
     assert listed[0]["is_active"] is False
-    resumed = run_cli(["connections", "resume", cid], env)
+    resumed = invoke(["connections", "resume", cid], env)
     assert resumed.returncode == 0, resumed.stderr
     assert rows(env)[0]["is_active"] == 1
 
@@ -232,7 +226,7 @@ def test_pause_and_resume_toggle_is_active(env):
 @pytest.mark.parametrize("verb", ["pause", "resume"])
 def test_unknown_connection_id_is_not_found(env, verb):
     assert add(env).returncode == 0
-    result = run_cli(["connections", verb, "org-1-google-999"], env)
+    result = invoke(["connections", verb, "org-1-google-999"], env)
     assert result.returncode == ExitCode.NOT_FOUND != 0
     assert "org-1-google-999" in one_line_error(result.stderr)
     assert rows(env)[0]["is_active"] == 1
@@ -250,7 +244,7 @@ def test_add_without_encryption_key_exits_3_and_writes_nothing(env):
 
 
 def test_top_level_help_lists_the_commands(tmp_path):
-    result = run_cli(["--help"], cli_env(tmp_path))
+    result = invoke(["--help"], cli_env(tmp_path))
     assert result.returncode == 0
     listed = set(re.findall(r"^\s{2}([a-z][a-z-]+)\s{2,}", result.stdout, re.M))
     assert {"init", "schedule", "consume", "refresh-tokens", "status", "sync", "connections"} <= listed
@@ -306,11 +300,11 @@ def test_the_shared_options_declare_their_env_vars():
 def test_every_option_shows_its_env_var_in_help(tmp_path):
     root, found = _with_env_vars()
     env = cli_env(tmp_path)
-    top = run_cli(["--help"], env).stdout
+    top = invoke(["--help"], env).stdout
     for opt, var in ((p.opts[0], p.envvar) for p in root.params if _is_option(p) and p.envvar):
         assert f"env var: {var}" in " ".join(top.split()), opt
     for path, options in found:
-        result = run_cli([*path, "--help"], env)
+        result = invoke([*path, "--help"], env)
         assert result.returncode == 0, (path, result.stderr)
         text = " ".join(result.stdout.split())  # undo wrapping
         for opt, var in options:

@@ -1,8 +1,9 @@
 """Bad input (issue 9, scenarios 13 and 15): wrong keys, unusable stores, bad warehouse URLs
 and configuration, rows the API worker wrote badly. Every refusal is exactly one
 ``error:`` line with no traceback and the exit code of its class (2 usage, 3
-configuration, 4 store, 5 warehouse), and leaves the store as it was. The installed
-command runs as cron runs it, against a real SQLite store and the sandboxes.
+configuration, 4 store, 5 warehouse), and leaves the store as it was. The command
+runs in-process (its entry point, ``cli.main``), configured by environment only, against a
+real SQLite store and the sandboxes; tests/e2e/test_entry_point.py runs the installed one.
 
 Tests run as root, which ignores file modes: a read-only store is made with ``chattr +i``
 (the immutable flag binds root too), or with plain modes when not root."""
@@ -23,8 +24,8 @@ import pytest
 
 from clearlift_cli.crypto import FieldCipher
 from clearlift_cli.timeutil import iso_z
-from tests.harness import Env, closed_port, queue_row, seed
-from tests.helpers import one_line_error
+from tests.harness import Env, closed_port, queue_row, refused, seed
+from tests.helpers import one_line_error, store_snapshot
 
 UTC = UTC
 TOKEN = "tok-never-stored-0123456789"
@@ -40,32 +41,8 @@ def env(tmp_path, sandbox):
     return e
 
 
-def snapshot(db: Path) -> dict[str, list[tuple]]:
-    """Every row of every table of the store (to prove nothing changed)."""
-    c = sqlite3.connect(db)
-    try:
-        tables = [
-            r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        ]
-        return {t: sorted(map(tuple, c.execute(f'SELECT * FROM "{t}"')), key=repr) for t in tables}
-    finally:
-        c.close()
-
-
 def file_state(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def refused(env: Env, *args: str, code: int, says: str, **more: str) -> str:
-    """Run a command that must be refused: one error line saying ``says``, exit ``code``,
-    the store's rows unchanged. Returns the error line."""
-    before = snapshot(env.db)
-    proc = env.run(*args, check=False, **more)
-    assert proc.returncode == code, (args, proc.returncode, proc.stderr)
-    line = one_line_error(proc.stderr)
-    assert says in line, line
-    assert snapshot(env.db) == before, args
-    return line
 
 
 @contextlib.contextmanager
@@ -215,7 +192,7 @@ def test_unusable_stores_are_refused_with_exit_4_and_left_as_they_are(tmp_path, 
 
 def test_a_read_only_store_refuses_writes_with_exit_4_and_still_answers_reads(env, sandbox):
     third = seed(env, "google", "1000000007")  # no job yet: `sync --now` would write one
-    before = snapshot(env.db)
+    before = store_snapshot(env.db)
     with read_only(env.db):
         for args in (
             ["consume"],
@@ -230,7 +207,7 @@ def test_a_read_only_store_refuses_writes_with_exit_4_and_still_answers_reads(en
         for args in (["status", "--json"], ["queue", "--json"], ["connections", "list", "--json"]):
             proc = env.run(*args, check=False)
             assert proc.returncode == 0 and json.loads(proc.stdout), (args, proc.stderr)
-    assert snapshot(env.db) == before
+    assert store_snapshot(env.db) == before
     assert sandbox.google.requests == []  # refused before any job ran
     assert "2 completed" in env.run("consume").stdout  # writable again: nothing was harmed
 
@@ -297,31 +274,6 @@ def test_bad_warehouse_urls_are_refused_and_jobs_are_left_alone(env):
     for cid in env.conns:
         job = env.jobs(cid)[0]
         assert (job["status"], queue_row(env, job["id"])["attempts"]) == ("pending", 0)
-
-
-def test_bad_configuration_is_exit_3_and_bad_flags_exit_2(env, tmp_path):
-    broken = tmp_path / "broken.toml"
-    broken.write_text('clearlift_warehouse_url = "sqlite:///x.db\n')
-    unknown = tmp_path / "unknown.toml"
-    unknown.write_text('warehouse = "sqlite:///x.db"\n')
-    cases = [
-        ({"CLEARLIFT_CONFIG": str(broken)}, [], 3, "is not valid TOML"),
-        ({"CLEARLIFT_CONFIG": str(unknown)}, [], 3, "unknown setting 'warehouse'"),
-        ({"CLEARLIFT_CONFIG": str(tmp_path / "absent.toml")}, [], 3, "does not exist"),
-        ({"CLEARLIFT_HTTP_TIMEOUT": "soon"}, [], 3, "CLEARLIFT_HTTP_TIMEOUT must be a number"),
-        ({}, ["--log-format", "xml"], 2, "--log-format must be text or json"),
-        ({"CLEARLIFT_LOG_FORMAT": "yaml"}, [], 2, "--log-format must be text or json"),
-    ]
-    commands = (["consume"], ["schedule"], ["status"])
-    for n, (more, flags, code, says) in enumerate(cases):
-        refused(env, *flags, *commands[n % 3], code=code, says=says, **more)
-    refused(env, "sync", env.conns[0], "--now", "--since", "2025-02-30", code=2, says="is not a date")
-    for args in (["consume", "--lease-seconds", "1"], ["consume", "--bogus"], ["nosuchcommand"]):
-        proc = env.run(*args, check=False)  # Click's own usage errors: its usage line, then one Error
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]) == 1, proc.stderr
-    refused(env, "sync", "no-such-connection", "--now", code=1, says="no connection 'no-such-connection'")
-    refused(env, "sync", env.conns[0], "--now", code=7, says="already has a pending or running job")
 
 
 # --- rows the API worker wrote badly ---------------------------------------------------------------
@@ -586,11 +538,11 @@ def test_absurd_durations_are_refused_before_anything_is_claimed(env, args, says
     refused(env, *args, code=2, says=says)
     # Typer's own range check refuses these (its usage line, then one Error line)
     for bad in (["--lease-seconds", "-1"], ["--lease-seconds", "nan"], ["--max-seconds", "nan"]):
-        before = snapshot(env.db)
+        before = store_snapshot(env.db)
         proc = env.run("consume", *bad, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (bad, proc.stderr)
         assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]) == 1, proc.stderr
-        assert snapshot(env.db) == before
+        assert store_snapshot(env.db) == before
 
 
 def test_sync_refuses_a_window_beyond_ten_years(env):
