@@ -1,14 +1,16 @@
 """What the warehouse must hold after a sync, computed independently of clearlift: from the
 sandboxes' raw wire rows, with the test's own ``Decimal`` arithmetic. Shared by the
-consume tests of each platform and the reliability and stopping scenarios."""
+consume tests of each platform and the reliability and stopping scenarios.
+Plus the stopping scenarios' slow job and what must follow its release."""
 
 from __future__ import annotations
 
 import json
+import time
 from datetime import date
 from decimal import Decimal
 
-from tests.harness import Env, coverage
+from tests.harness import Env, coverage, queue_row, seed
 
 METRICS = {p: f"{p}_ads_daily_metrics" for p in ("google", "facebook", "tiktok")}
 CAMPAIGNS = {p: f"{p}_ads_campaigns" for p in ("google", "facebook", "tiktok")}
@@ -115,3 +117,28 @@ def assert_job_landed_exactly(env: Env, platform: str, cid: str, job_id: str) ->
     assert json.loads(job["metadata"])["records_synced"] == job["records_synced"]
     slices = coverage(env, job_id)
     assert sum(n for _, _, n in slices) == job["records_synced"]
+
+
+# --- a consumer stopping while a request is in flight -------------------------------------------
+
+
+def slow_google_job(env: Env, sandbox) -> tuple[str, str]:
+    """A Google job whose data answer comes one byte per second (~10 minutes)."""
+    cid = seed(env, "google", "1234567890")
+    env.run("schedule")
+    (job,) = env.jobs(cid)
+    sandbox.google.faults.add("slow_body", path="googleAds", times=-1, seconds=1.0)
+    return cid, job["id"]
+
+
+def assert_released_then_completes(env: Env, sandbox, cid: str, job_id: str, summary: dict) -> None:
+    assert summary["jobs"] == 1 and summary.get("released") == 1, summary
+    row = queue_row(env, job_id)
+    assert (row["state"], row["attempts"], row["lease_token"]) == ("ready", 0, None)
+    assert row["visible_at"] <= time.time()  # claimable again at once
+    job = env.job(job_id)
+    assert job["status"] == "pending" and "consumer is stopping" in job["error_message"]
+    sandbox.google.faults.clear()
+    assert json.loads(env.run("consume", "--json").stdout).get("completed") == 1
+    assert queue_row(env, job_id)["attempts"] == 1
+    assert_job_landed_exactly(env, "google", cid, job_id)
