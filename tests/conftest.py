@@ -64,6 +64,22 @@ def env(request, tmp_path, sandbox):
 
 
 @pytest.fixture
+def pg_control_env(tmp_path, sandbox, pg_schema_url):
+    """An ``Env`` with both the control plane and the warehouse in PostgreSQL
+    (one schema: the store's tables and the warehouse's do not collide)."""
+    from tests.harness import Env
+
+    e = Env(
+        home=tmp_path / "home",
+        warehouse_url=pg_schema_url,
+        sandbox=sandbox,
+        extra={"CLEARLIFT_DB": pg_schema_url},
+    )
+    e.run("init")
+    return e
+
+
+@pytest.fixture
 def recording_env(tmp_path, sandbox):
     """A ``RecordingEnv`` (tests/harness.py) with the embedded SQLite warehouse, initialised;
     at the end of the test no sandbox token or app secret may show in any command's output

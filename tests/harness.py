@@ -276,6 +276,13 @@ def add_connection(
     return f"{org}-{platform}-{account}", proc
 
 
+def consume_json(env: Env, *args: str, **more: str) -> dict:
+    """`consume --json`'s summary; the run may not have met a lock or a traceback."""
+    proc = env.run("consume", "--json", *args, **more)
+    assert "Traceback" not in proc.stderr and "locked" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def queue_row(env: Env, job_id: str) -> sqlite3.Row:
     with env.store() as c:
         return c.execute("SELECT * FROM sync_queue WHERE job_id = ?", (job_id,)).fetchone()

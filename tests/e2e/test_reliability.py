@@ -1,19 +1,21 @@
-"""Reliability (issue 9): consumers killed with SIGKILL at precise points, overlapping
-consumers, platform faults and warehouse outages. Everything is real: the installed
-command or a child Python process running the library, a SQLite store, SQLite and
-PostgreSQL warehouses, the sandboxes over loopback HTTP. After each scenario no job is
+"""Reliability (issue 9): consumers killed with SIGKILL at precise points, frozen with
+SIGSTOP, overlapping consumer processes, a warehouse connection killed mid-slice.
+Everything is real: the installed command or a child Python process running the library
+(tests/e2e/children.py), a SQLite store, SQLite and PostgreSQL warehouses, the sandboxes
+over loopback HTTP. After each scenario no job is
 lost, no warehouse row is duplicated, and every job is completed or pending/dead with a
 reason.
 
 Where a crash must land at an exact point, a child process runs the real ``Consumer`` and
 kills itself from a hook the product already has (``Consumer(on_progress=...)``) or from
-sqlite3's statement trace on the store connection the consumer really uses."""
+sqlite3's statement trace on the store connection the consumer really uses. Platform
+faults and an unreachable warehouse, which need no process to kill:
+tests/cli/test_faults.py; the backoff: tests/unit/test_backoff.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
@@ -25,11 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from clearlift_cli.store.queue import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
 from tests.expected import CAMPAIGNS, METRICS, assert_job_landed_exactly, expected_ads, stored_ads
 from tests.harness import (
     Env,
-    closed_port,
+    consume_json,
     coverage,
     make_visible,
     popen,
@@ -76,12 +77,6 @@ def sigkill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-
-
-def consume_json(env: Env, *args: str, **more: str) -> dict:
-    proc = env.run("consume", "--json", *args, **more)
-    assert "Traceback" not in proc.stderr and "locked" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def backfill(env: Env, cid: str, since: date, until: date) -> str:
@@ -131,7 +126,7 @@ def wait_lease_expiry(env: Env, job_id: str) -> None:
 
 @pytest.mark.slow
 def test_eight_consume_processes_at_once_run_each_job_once_with_no_lock_errors(env, sandbox):
-    # The queue-level version (5,000 jobs) is in test_pg_control_plane; this one goes through
+    # The queue-level version (5,000 jobs) is in tests/e2e/test_pg_control_plane.py; this one goes through
     # the sandboxes and the shared SQLite warehouse, where eight writers contend.
     conns = {}
     for i in range(8):
@@ -280,7 +275,7 @@ def test_crash_after_the_warehouse_commit_then_redelivery_writes_nothing_new(env
 @pytest.mark.slow
 @pytest.mark.parametrize("late", ["ack", "failure"])
 def test_a_consumer_that_wakes_up_after_losing_its_lease_changes_nothing(env, sandbox, late):
-    # The queue-level fencing is in test_queue.py; here a real consumer is frozen (SIGSTOP)
+    # The queue-level fencing is in tests/integration/test_queue.py; here a real consumer is frozen (SIGSTOP)
     # inside a request until its lease runs out, another one completes the job, then the
     # first wakes up (SIGCONT) and finishes its own delivery with an ack or a failure.
     cid = seed(env, "google", "1234567890")
@@ -352,21 +347,7 @@ def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_runs_once(env, sa
     assert_job_landed_exactly(env, "google", cid, job["id"])
 
 
-# --- 7. the retry backoff is capped ------------------------------------------------------------
-
-
-def test_retry_backoff_doubles_with_jitter_and_stays_under_its_cap():
-    # the poison-job path itself (1 + 3 attempts, dead letter, re-queue) is in test_queue.py
-    rng = random.Random(9)
-    for attempts in range(1, 40):
-        base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
-        delays = [backoff_seconds(attempts, rng) for _ in range(200)]
-        assert all(base / 2 <= d <= base for d in delays), attempts
-        assert max(delays) - min(delays) > base / 4  # jittered, not one fixed delay
-    assert base == BACKOFF_CAP_SECONDS == 900
-
-
-# --- 9. killed in the middle of a write, then two consumers together ------------------------
+# --- 7. killed in the middle of a write, then two consumers together ------------------------
 
 
 @pytest.mark.slow
@@ -401,7 +382,7 @@ def test_consumer_killed_mid_write_then_two_consumers_recover_and_finish(env, sa
         assert_job_landed_exactly(env, platform, cid, job["id"])
 
 
-# --- 10. killed during a 100-slice backfill -------------------------------------------------------
+# --- 8. killed during a 100-slice backfill -------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -441,123 +422,7 @@ def test_a_killed_100_slice_backfill_resumes_from_the_slices_not_yet_done(env, s
     assert_job_landed_exactly(env, "tiktok", cid, job_id)
 
 
-# --- 11. platform faults -----------------------------------------------------------------------
-
-ACCOUNTS = {
-    "google": "1234567890",
-    "facebook": "1029384756",
-    "tiktok": "7001002003004005006",
-    "stripe": "acct_1Faults",
-}
-FAULTS = {
-    # kind: (FaultPlan.add arguments, what each job's stored error says)
-    "5xx": ({"kind": "status", "status": 503}, "503"),
-    "timeout": ({"kind": "timeout", "seconds": 3}, "timed out after 1s"),
-    "reset": ({"kind": "reset"}, "connection failed"),
-    "malformed": ({"kind": "malformed"}, "malformed or truncated JSON"),
-    "truncated": ({"kind": "truncate"}, "malformed or truncated JSON"),
-    "html": ({"kind": "html", "status": 502}, "502"),
-}
-
-
-@pytest.fixture
-def fault_env(tmp_path, sandbox):
-    """One connection per platform, a 1 s HTTP timeout."""
-    e = Env(
-        home=tmp_path / "home",
-        warehouse_url=f"sqlite:///{tmp_path}/warehouse.db",
-        sandbox=sandbox,
-        extra={"CLEARLIFT_HTTP_TIMEOUT": "1"},
-    )
-    e.run("init")
-    e.conns = {seed(e, p, a, org=f"org-{p}"): p for p, a in ACCOUNTS.items()}
-    return e
-
-
-def jobs_by_platform(env: Env) -> dict[str, dict]:
-    with env.store() as c:
-        rows = c.execute(
-            "SELECT q.platform, q.state, q.attempts, q.visible_at, j.status, j.error_message "
-            "FROM sync_queue q JOIN sync_jobs j ON j.id = q.job_id ORDER BY q.id"
-        ).fetchall()
-    return {r["platform"]: dict(r) for r in rows}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fault", list(FAULTS))
-def test_platform_faults_end_in_a_retry_and_a_single_fault_is_absorbed(fault_env, sandbox, fault):
-    env = fault_env
-    spec, message = FAULTS[fault]
-    env.run("schedule")
-    for platform in ACCOUNTS:
-        sandbox.app(platform).faults.add(times=-1, **spec)
-    t0 = time.monotonic()
-    summary = consume_json(env)
-    assert time.monotonic() - t0 < 30  # bounded: no endless retrying inside one run
-    assert (summary["jobs"], summary.get("retry")) == (4, 4)
-    now = time.time()
-    for platform, job in jobs_by_platform(env).items():
-        assert (job["status"], job["state"], job["attempts"]) == ("pending", "ready", 1), platform
-        assert job["error_message"].startswith(f"{platform}: ") and message in job["error_message"], job
-        assert job["visible_at"] > now + 10  # delayed by backoff, not retried at once
-        assert len(sandbox.app(platform).requests) == 3  # HttpClient's three tries, then give up
-    assert env.run_json("queue")["delayed"] == 4
-
-    # One fault of the same kind is retried in place and the job completes.
-    for platform in ACCOUNTS:
-        sandbox.app(platform).faults.clear()
-        sandbox.app(platform).faults.add(times=1, **spec)
-    make_visible(env)
-    summary = consume_json(env)
-    assert (summary["jobs"], summary.get("completed")) == (4, 4)
-    for platform in ACCOUNTS:
-        assert sandbox.app(platform).faults.take(".*") is None  # the fault was met
-    for cid, platform in env.conns.items():
-        if platform != "stripe":
-            assert_job_landed_exactly(env, platform, cid, env.jobs(cid)[0]["id"])
-    assert env.jobs([c for c, p in env.conns.items() if p == "stripe"][0])[0]["records_synced"] > 0
-
-
-@pytest.mark.slow
-def test_a_5xx_storm_ends_in_dead_letters_with_the_last_error_on_the_last_attempt(fault_env, sandbox):
-    env = fault_env
-    env.run("schedule")
-    for platform in ACCOUNTS:
-        sandbox.app(platform).faults.add("status", times=-1, status=503)
-    assert consume_json(env).get("retry") == 4
-    with env.store() as c:  # attempts 2 and 3 go the same way (the queue's own tests count them)
-        c.execute("UPDATE sync_queue SET attempts = 3, visible_at = 0 WHERE attempts = 1")
-    assert consume_json(env).get("failed") == 4
-    assert consume_json(env)["jobs"] == 0  # nothing left to loop on
-    for platform, job in jobs_by_platform(env).items():
-        assert (job["status"], job["state"], job["attempts"]) == ("failed", "dead", 4), platform
-        assert "503" in job["error_message"] and "gave up after 4 attempts" in job["error_message"]
-    dead = env.run_json("queue", "dead")
-    assert sorted(d["platform"] for d in dead) == sorted(ACCOUNTS)
-    assert all("503" in d["last_error"] for d in dead)
-
-
-def test_a_429_with_retry_after_defers_each_platform_by_the_hint_without_using_an_attempt(fault_env, sandbox):
-    env = fault_env
-    env.run("schedule")
-    for platform in ACCOUNTS:
-        sandbox.app(platform).faults.add(
-            "status", times=-1, status=429, headers={"Retry-After": "120"}, body="Too Many Requests"
-        )
-    t0 = time.monotonic()
-    summary = consume_json(env)
-    assert time.monotonic() - t0 < 20
-    assert (summary["jobs"], summary.get("deferred")) == (4, 4)
-    now = time.time()
-    for platform, job in jobs_by_platform(env).items():
-        assert (job["status"], job["state"], job["attempts"]) == ("pending", "ready", 0), platform
-        assert job["error_message"].startswith(f"Rate limited by {platform}; deferred 120s"), job
-        assert 110 < job["visible_at"] - now <= 121, (platform, job["visible_at"] - now)
-        assert len(sandbox.app(platform).requests) == 1  # a long wait is not slept in place
-    assert consume_json(env)["jobs"] == 0  # deferred, not spinning
-
-
-# --- 12. the PostgreSQL warehouse goes away -----------------------------------------------------
+# --- 9. the PostgreSQL warehouse goes away -----------------------------------------------------
 
 
 def backends(app_name: str) -> list[tuple[int, str]]:
@@ -612,30 +477,6 @@ def test_warehouse_connection_killed_mid_slice_rolls_back_and_the_job_is_retried
     assert queue_row(env, job_id)["attempts"] == 2
     assert len(coverage(env, job_id)) == 2
     assert_job_landed_exactly(env, "tiktok", cid, job_id)
-
-
-def test_unreachable_warehouse_retries_the_job_and_the_run_exits_cleanly(pg_env, sandbox):
-    env = pg_env
-    cid = seed(env, "google", "1234567890")
-    env.run("schedule")
-    (job,) = env.jobs(cid)
-    port = closed_port()
-    proc = env.run(
-        "consume", "--json", CLEARLIFT_WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{port}/test"
-    )
-    assert "Traceback" not in proc.stderr
-    assert json.loads(proc.stdout).get("retry") == 1
-    job = env.job(job["id"])
-    assert job["status"] == "pending" and "connecting failed" in job["error_message"], job["error_message"]
-    assert f"127.0.0.1:{port}/test" in job["error_message"]
-    row = queue_row(env, job["id"])
-    assert (row["state"], row["attempts"]) == ("ready", 1)
-    assert env.run_json("queue")["delayed"] == 1
-    assert env.warehouse_rows(METRICS["google"]) == []
-
-    make_visible(env)
-    assert consume_json(env).get("completed") == 1
-    assert_job_landed_exactly(env, "google", cid, job["id"])
 
 
 # --- what the crashes leave behind ----------------------------------------------------------------

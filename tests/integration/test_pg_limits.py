@@ -4,7 +4,6 @@ A real PostgreSQL server (CLEARLIFT_TEST_DATABASE_URL or 127.0.0.1:5432), never 
 
 from __future__ import annotations
 
-import json
 import time
 
 import psycopg
@@ -15,7 +14,6 @@ from clearlift_cli.pgconnect import PgLimits
 from clearlift_cli.store import Store
 from clearlift_cli.store.postgres import PgEngine
 from clearlift_cli.warehouse import open_warehouse
-from tests.harness import Env, seed
 
 SETTINGS = (
     "statement_timeout",
@@ -126,35 +124,3 @@ def test_a_transaction_left_idle_is_ended_by_the_server(pg_schema_url):
             other.rollback()
     finally:
         wh.close()
-
-
-@pytest.fixture
-def pg_env(tmp_path, sandbox, pg_schema_url):
-    e = Env(
-        home=tmp_path / "home",
-        warehouse_url=pg_schema_url,
-        sandbox=sandbox,
-        extra={"CLEARLIFT_DB": pg_schema_url, "CLEARLIFT_PG_LOCK_TIMEOUT": "0.5"},
-    )
-    e.run("init")
-    return e
-
-
-def test_the_installed_command_fails_a_locked_store_or_warehouse_quickly(pg_env, pg_schema_url):
-    cid = seed(pg_env, "google", "1234567890")
-    pg_env.run("schedule")
-    holder = psycopg.connect(pg_schema_url)
-    try:
-        holder.execute("LOCK TABLE google_ads_campaigns IN ACCESS EXCLUSIVE MODE")
-        t0 = time.monotonic()
-        out = json.loads(pg_env.run("consume", "--json").stdout)
-        assert out.get("retry") == 1 and time.monotonic() - t0 < 20, out
-        holder.execute("LOCK TABLE sync_queue IN ACCESS EXCLUSIVE MODE")
-        proc = pg_env.run("queue", "--json", check=False)
-    finally:
-        holder.rollback()
-        holder.close()
-    assert proc.returncode == 4 and "lock timeout" in proc.stderr, proc.stderr
-    rows = json.loads(pg_env.run("status", "--json").stdout)
-    (job,) = [r for r in rows if r["connection_id"] == cid]
-    assert "lock timeout" in job["latest_sync"]["error"]
