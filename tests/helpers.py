@@ -287,6 +287,29 @@ def insert_connections(path: Path | str, rows: list[dict[str, Any]]) -> list[str
     return ids
 
 
+# The API worker's manual trigger (POST /v1/connectors/:id/sync), as it writes its row;
+# its message goes to a Cloudflare queue clearlift never reads.
+API_TRIGGER_SQL = (
+    "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, metadata) "
+    "VALUES (?, ?, ?, 'pending', ?, ?, ?)"
+)
+API_METADATA = {"triggered_by": "user-7", "manual": True}
+
+
+def insert_api_trigger(
+    db, cid: str, created: datetime, *, job_id: str | None = None, job_type: str = "full", org: str = "org-1"
+) -> str:
+    """A pending sync_jobs row as the API worker's manual trigger writes it; its id."""
+    job_id = job_id or str(uuid.uuid4())
+    c = raw(db)
+    try:
+        with c:
+            c.execute(API_TRIGGER_SQL, (job_id, org, cid, job_type, iso_z(created), json.dumps(API_METADATA)))
+    finally:
+        c.close()
+    return job_id
+
+
 def enqueue_message(
     store: Store,
     queue: Queue,
@@ -360,6 +383,64 @@ def store_snapshot(db: Path | str) -> dict[str, list[tuple]]:
         return {t: sorted(map(tuple, c.execute(f'SELECT * FROM "{t}"')), key=repr) for t in tables}
     finally:
         c.close()
+
+
+def jobs_by_connection(db) -> dict[str, list]:
+    """Every sync_jobs row by connection id, oldest first."""
+    out: dict[str, list] = {}
+    for r in query(db, "SELECT * FROM sync_jobs ORDER BY created_at, id"):
+        out.setdefault(r["connection_id"], []).append(r)
+    return out
+
+
+def message_for(db, job_id) -> tuple[dict, object]:
+    """A job's queue message: its parsed body and its sync_queue row."""
+    row = query(db, "SELECT * FROM sync_queue WHERE job_id = ?", (job_id,))[0]
+    return json.loads(row["body"]), row
+
+
+# Connection rows the API worker could write that `schedule` cannot plan (each is skipped
+# with its reason, the rest scheduled); insert them with insert_connections.
+BROKEN_CONNECTIONS = [
+    {"account_id": "b1", "platform": "myspace", "last_synced_at": None},
+    {"account_id": "b2", "settings": "{not json", "last_synced_at": None},
+    {"account_id": "b3", "settings": "[1, 2]", "last_synced_at": None},
+    {"account_id": "b4", "last_synced_at": "yesterday"},
+    {
+        "account_id": "b5",
+        "settings": '{"sync_interval_minutes": -5}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
+    {"account_id": "b6", "settings": '{"lookback_days": "three"}', "last_synced_at": "2025-10-01 00:00:00"},
+    # issue 16: each of these once overflowed date arithmetic and crashed the whole run
+    {
+        "account_id": "b7",
+        "settings": '{"sync_interval_minutes": 1e10}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
+    {
+        "account_id": "b8",
+        "settings": '{"sync_interval_minutes": Infinity}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
+    {"account_id": "b9", "settings": '{"lookback_days": 10000000}', "last_synced_at": "2025-10-01 00:00:00"},
+    {
+        "account_id": "b10",
+        "settings": '{"attribution_window_days": 100000000}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
+    {
+        "account_id": "b11",
+        "settings": '{"sync_interval_minutes": 30}',
+        "last_synced_at": "9999-12-31T23:59:00.000Z",
+    },
+    {"account_id": "b12", "last_synced_at": "0001-01-01T00:00:00.000Z"},
+    {
+        "account_id": "b13",
+        "settings": '{"sync_interval_minutes": "30"}',
+        "last_synced_at": "2025-10-01 00:00:00",
+    },
+]
 
 
 def one_line_error(stderr: str) -> str:

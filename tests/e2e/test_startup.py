@@ -1,21 +1,18 @@
 """Start-up: what a command imports is what it uses (``status`` over 10k connections must
 answer in half a second, and a third of that was pydantic, imported by Typer to convert
-options that needed no converting); options are still converted and refused as before;
-lists in JSON keep their layout, one compact item per line."""
+options that needed no converting). Only a fresh process shows what gets imported. Options
+still converted and refused as before: tests/cli/test_options.py; JSON lists:
+tests/unit/test_json_output.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-from datetime import date
-from decimal import Decimal
 
 import pytest
 
-from clearlift_cli import cli
-from tests.helpers import cli_env, home_db, insert_connections, new_store, run_cli
+from tests.helpers import cli_env, home_db, insert_connections, new_store
 
 HEAVY = ("pydantic", "rich", "requests", "psycopg", "cryptography", "tenacity")
 
@@ -64,43 +61,3 @@ def test_status_imports_only_what_it_renders_with(env):
     assert imported(["status", "org-1-google-1", "--json"], env) == set()
     assert imported(["status"], env) == {"rich"}  # the table
     assert imported(["-v", "--log-format", "json", "status", "--org", "org-1", "--json"], env) == set()
-
-
-def test_options_are_converted_and_refused_as_before(env):
-    bad = run_cli(["sandbox", "serve", "--port", "http"], env)
-    assert bad.returncode == 2 and "Invalid value for '--port'" in bad.stderr and "integer" in bad.stderr
-    assert "Traceback" not in bad.stderr
-    bad = run_cli(["sandbox", "serve", "--port", "1.5"], env)
-    assert bad.returncode == 2 and "Invalid value for '--port'" in bad.stderr
-    bad = run_cli(["sandbox", "serve", "--token-ttl", "soon", "--port", "0"], env)
-    assert bad.returncode == 2 and "Invalid value for '--token-ttl'" in bad.stderr
-    # converted ("8701" for an int, "2.5" for a float), then refused by the command itself
-    wrong_host = run_cli(
-        ["sandbox", "serve", "--host", "0.0.0.0", "--port", "8701", "--token-ttl", "2.5"], env
-    )
-    assert wrong_host.returncode == 2 and wrong_host.stderr == "error: the sandbox binds to loopback only\n"
-    bounded = run_cli(["queue", "dead", "--limit", "0"], env)
-    assert bounded.returncode == 2 and "Invalid value for '--limit'" in bounded.stderr
-    assert run_cli(["queue", "dead", "--limit", "3", "--json"], env).stdout == "[]\n"
-    assert run_cli(["-vv", "status", "--org", "org-1", "--json"], env).returncode == 1  # the failing one
-
-
-def test_json_lists_print_one_compact_item_per_line(capsys):
-    items = [
-        {"id": "a", "name": "Café ☕", "nested": {"n": [1, 2.5, None, True]}, "day": date(2025, 10, 10)},
-        {"money": Decimal("1.10"), "quote": 'say "hi"\n'},
-        [],
-        "text",
-    ]
-    cli._print_json(items)
-    cli._print_json([])
-    out = capsys.readouterr().out
-    each = ",\n".join("  " + json.dumps(i, default=str, allow_nan=False) for i in items)
-    assert out == f"[\n{each}\n]\n[]\n"
-    assert json.loads(out[: -len("[]\n")]) == json.loads(json.dumps(items, default=str))
-    with pytest.raises(ValueError):
-        cli._print_json([{"x": math.nan}])
-    with pytest.raises(ValueError):  # a cycle is refused, not looped over
-        cycle: dict = {}
-        cycle["self"] = cycle
-        cli._print_json([cycle])

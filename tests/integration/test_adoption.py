@@ -1,14 +1,13 @@
 """Job rows clearlift did not create (the API worker's manual trigger, the retired workers'
 rows): pending ones are adopted under their own id, abandoned running ones are closed.
 Every test runs on a SQLite store file and on the PostgreSQL control plane. Rows are
-written with plain SQL, as the API worker writes them; only the clock is frozen."""
+written with plain SQL, as the API worker writes them; only the clock is frozen.
+Many `schedule` processes at once: tests/e2e/test_adoption.py; the new user's trigger
+through the command: tests/cli/test_adoption.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import uuid
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,12 +15,11 @@ import pytest
 from clearlift_cli import scheduler
 from clearlift_cli.adoption import STALE_RUNNING_AFTER
 from clearlift_cli.store.queue import Queue
-from clearlift_cli.timeutil import iso_z, parse_ts
-from tests.harness import Env
+from clearlift_cli.timeutil import iso_z
 from tests.helpers import (
-    CLEARLIFT,
-    cli_env,
+    API_METADATA,
     frozen,
+    insert_api_trigger,
     insert_connection,
     insert_connections,
     new_store,
@@ -32,14 +30,6 @@ from tests.helpers import (
 UTC = UTC
 NOW = datetime(2025, 10, 10, 20, 45, 30, tzinfo=UTC)
 
-# The API worker's manual trigger (POST /v1/connectors/:id/sync), as it writes its row;
-# its message goes to a Cloudflare queue clearlift never reads.
-API_TRIGGER_SQL = (
-    "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, metadata) "
-    "VALUES (?, ?, ?, 'pending', ?, ?, ?)"
-)
-API_METADATA = {"triggered_by": "user-7", "manual": True}
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request, tmp_path):
@@ -49,19 +39,6 @@ def db(request, tmp_path):
         url = tmp_path / "clearlift.db"
     new_store(url).close()
     return url
-
-
-def api_trigger(
-    db, cid: str, created: datetime, *, job_id: str | None = None, job_type: str = "full", org: str = "org-1"
-) -> str:
-    job_id = job_id or str(uuid.uuid4())
-    c = raw(db)
-    try:
-        with c:
-            c.execute(API_TRIGGER_SQL, (job_id, org, cid, job_type, iso_z(created), json.dumps(API_METADATA)))
-    finally:
-        c.close()
-    return job_id
 
 
 def execute(db, sql: str, params: tuple = ()) -> None:
@@ -95,7 +72,7 @@ def messages(db, job_id: str) -> list:
 @pytest.mark.parametrize("job_type, priority", [("full", "high"), ("incremental", "normal")])
 def test_api_worker_pending_row_is_queued_under_its_own_id(db, job_type, priority):
     cid = insert_connection(db, account_id="1234567890", last_synced_at=None)  # a new user
-    job_id = api_trigger(db, cid, NOW - timedelta(minutes=3), job_type=job_type)
+    job_id = insert_api_trigger(db, cid, NOW - timedelta(minutes=3), job_type=job_type)
 
     result = run_schedule(db, NOW)
     assert result.adoption.adopted == [job_id] and result.enqueued == []
@@ -140,10 +117,10 @@ def test_pending_rows_wait_while_their_connection_cannot_take_them(db):
     )
     scheduled = run_schedule(db, NOW - timedelta(minutes=5))  # clearlift's own job for `busy`
     assert len(scheduled.enqueued) == 1
-    on_paused = api_trigger(db, paused, NOW - timedelta(minutes=2))
-    on_reauth = api_trigger(db, reauth, NOW - timedelta(minutes=2))
-    first = api_trigger(db, busy, NOW - timedelta(minutes=2))
-    second = api_trigger(db, busy, NOW - timedelta(minutes=1))  # the user clicked twice
+    on_paused = insert_api_trigger(db, paused, NOW - timedelta(minutes=2))
+    on_reauth = insert_api_trigger(db, reauth, NOW - timedelta(minutes=2))
+    first = insert_api_trigger(db, busy, NOW - timedelta(minutes=2))
+    second = insert_api_trigger(db, busy, NOW - timedelta(minutes=1))  # the user clicked twice
 
     result = run_schedule(db, NOW)
     assert result.adoption.adopted == []
@@ -161,7 +138,7 @@ def test_pending_rows_wait_while_their_connection_cannot_take_them(db):
 
 
 def test_pending_row_of_a_connection_that_is_gone_is_failed(db):
-    job_id = api_trigger(db, "org-1-google-deleted", NOW - timedelta(minutes=3))
+    job_id = insert_api_trigger(db, "org-1-google-deleted", NOW - timedelta(minutes=3))
     result = run_schedule(db, NOW)
     assert result.adoption.closed == [job_id]
     row = job(db, job_id)
@@ -171,7 +148,7 @@ def test_pending_row_of_a_connection_that_is_gone_is_failed(db):
 
 def test_pending_row_whose_old_message_ended_is_queued_again(db):
     cid = insert_connection(db, account_id="111", last_synced_at=iso_z(NOW - timedelta(minutes=30)))
-    job_id = api_trigger(db, cid, NOW - timedelta(hours=2))
+    job_id = insert_api_trigger(db, cid, NOW - timedelta(hours=2))
     execute(
         db,
         "INSERT INTO sync_queue (job_id, connection_id, platform, body, priority, state, visible_at, "
@@ -250,74 +227,4 @@ def test_clearlift_running_job_is_never_closed_however_long_it_runs(db):
     assert job(db, job_id)["status"] == "running"
 
 
-# -- many schedulers at once ----------------------------------------------------------------
-
-
-def test_concurrent_schedulers_adopt_and_close_each_row_once(db, tmp_path):
-    now = datetime.now(UTC)
-    api = insert_connections(db, [{"account_id": f"a{i}", "last_synced_at": iso_z(now)} for i in range(40)])
-    dead = insert_connections(db, [{"account_id": f"d{i}", "last_synced_at": None} for i in range(10)])
-    pending = [api_trigger(db, cid, now - timedelta(minutes=1)) for cid in api]
-    c = raw(db)
-    with c:
-        for i, cid in enumerate(dead):
-            c.execute(
-                "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at) "
-                "VALUES (?, 'org-1', ?, 'running', 'full', ?)",
-                (f"gone-{i}", cid, iso_z(now - timedelta(hours=3))),
-            )
-    c.close()
-    env = cli_env(tmp_path, CLEARLIFT_DB=str(db))
-    procs = [
-        subprocess.Popen(
-            [CLEARLIFT, "schedule", "--json"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(6)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 6, [e for _, e in outs]
-    summaries = [json.loads(o) for o, _ in outs]
-    assert sum(s["adopted"] for s in summaries) == len(pending)
-    assert sum(s["abandoned_closed"] for s in summaries) == len(dead)
-    assert sum(s["enqueued"] for s in summaries) == len(dead)  # the closed ones' connections, once each
-    per_job = Counter(r[0] for r in query(db, "SELECT job_id FROM sync_queue"))
-    assert set(per_job.values()) == {1} and set(pending) <= set(per_job)
-    assert query(db, "SELECT count(*) FROM sync_jobs WHERE status = 'failed'")[0][0] == len(dead)
-    live = Counter(r[0] for r in query(db, "SELECT connection_id FROM sync_jobs WHERE status = 'pending'"))
-    assert set(live) == set(api) | set(dead) and set(live.values()) == {1}
-
-
 # -- the new user, through the installed command ----------------------------------------
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_new_user_api_trigger_runs_and_completes_under_its_own_id(tmp_path, sandbox, request, backend):
-    extra = {"CLEARLIFT_DB": request.getfixturevalue("pg_schema_url")} if backend == "postgres" else {}
-    e = Env(home=tmp_path / "home", warehouse_url=f"sqlite:///{tmp_path}/wh.db", sandbox=sandbox, extra=extra)
-    e.run("init")
-    access, refresh = sandbox.google.tokens.issue(ttl=3600)
-    cid = e.add("org-1", "google", "1234567890", access, refresh)  # the OAuth callback's row
-    store = extra.get("CLEARLIFT_DB", e.db)
-    job_id = api_trigger(store, cid, datetime.now(UTC))  # the user presses "sync now"
-
-    assert "0 enqueued" in (out := e.run("schedule").stdout) and "1 adopted" in out, out
-    assert e.run_json("queue")["ready"] == {"high": 1, "normal": 0}
-    pending = e.run_json("status", cid)["latest_sync"]
-    assert (pending["status"], pending["type"]) == ("pending", "full")
-
-    e.run("consume")
-    shape = e.run_json("status", cid)
-    assert shape["latest_sync"]["status"] == "completed" and shape["latest_sync"]["records_synced"] > 0
-    assert shape["connection"]["sync_status"] == "completed"
-    rows = query(store, "SELECT id, status, metadata FROM sync_jobs")
-    assert [(r["id"], r["status"]) for r in rows] == [(job_id, "completed")]  # the id the API returned
-    meta = json.loads(rows[0]["metadata"])
-    assert meta["triggered_by"] == "user-7" and "adopted" in meta
-    assert meta["records_synced"] == shape["latest_sync"]["records_synced"]
-    start = parse_ts(meta["adopted"]["sync_window"]["start"])
-    assert timedelta(days=7) - timedelta(minutes=5) < datetime.now(UTC) - start < timedelta(days=7, minutes=5)

@@ -1,35 +1,31 @@
-"""The scheduler: which connections are due, what job each gets, and `clearlift sync --now`.
-
-Real SQLite files; rows are written with raw sqlite3 the way the API worker writes them;
-only the clock is frozen."""
+"""The scheduler as a library: which connections are due, what job each gets, and `sync
+--now`'s job. Real SQLite files and the PostgreSQL control plane; rows are written with
+plain SQL the way the API worker writes them; only the clock is frozen. Through the
+command: tests/cli/test_schedule.py; overlapping runs: tests/e2e/test_schedule.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from clearlift_cli import scheduler
-from clearlift_cli.errors import Conflict, ExitCode, NotFound, UsageError
+from clearlift_cli.errors import Conflict, NotFound, UsageError
 from clearlift_cli.models import SyncJobMessage
 from clearlift_cli.store import scheduling
 from clearlift_cli.store.queue import Queue
 from clearlift_cli.timeutil import iso_z, parse_ts
 from tests.helpers import (
-    CLEARLIFT,
-    cli_env,
+    BROKEN_CONNECTIONS,
     frozen,
-    home_db,
     insert_connection,
     insert_connections,
+    jobs_by_connection,
+    message_for,
     new_store,
-    one_line_error,
     query,
     raw,
-    run_cli,
 )
 
 UTC = UTC
@@ -66,18 +62,6 @@ def run_schedule(db, now, **kwargs):
         return scheduler.schedule(store, Queue(store), **kwargs)
     finally:
         store.close()
-
-
-def jobs_by_connection(db) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for r in query(db, "SELECT * FROM sync_jobs ORDER BY created_at, id"):
-        out.setdefault(r["connection_id"], []).append(r)
-    return out
-
-
-def message_for(db, job_id) -> tuple[dict, object]:
-    row = query(db, "SELECT * FROM sync_queue WHERE job_id = ?", (job_id,))[0]
-    return json.loads(row["body"]), row
 
 
 # -- due / not due ----------------------------------------------------------------------
@@ -274,48 +258,6 @@ def test_paused_and_reauth_connections_are_not_scheduled(db):
     assert result.skipped == []
 
 
-BROKEN = [
-    {"account_id": "b1", "platform": "myspace", "last_synced_at": None},
-    {"account_id": "b2", "settings": "{not json", "last_synced_at": None},
-    {"account_id": "b3", "settings": "[1, 2]", "last_synced_at": None},
-    {"account_id": "b4", "last_synced_at": "yesterday"},
-    {
-        "account_id": "b5",
-        "settings": '{"sync_interval_minutes": -5}',
-        "last_synced_at": "2025-10-01 00:00:00",
-    },
-    {"account_id": "b6", "settings": '{"lookback_days": "three"}', "last_synced_at": "2025-10-01 00:00:00"},
-    # issue 16: each of these once overflowed date arithmetic and crashed the whole run
-    {
-        "account_id": "b7",
-        "settings": '{"sync_interval_minutes": 1e10}',
-        "last_synced_at": "2025-10-01 00:00:00",
-    },
-    {
-        "account_id": "b8",
-        "settings": '{"sync_interval_minutes": Infinity}',
-        "last_synced_at": "2025-10-01 00:00:00",
-    },
-    {"account_id": "b9", "settings": '{"lookback_days": 10000000}', "last_synced_at": "2025-10-01 00:00:00"},
-    {
-        "account_id": "b10",
-        "settings": '{"attribution_window_days": 100000000}',
-        "last_synced_at": "2025-10-01 00:00:00",
-    },
-    {
-        "account_id": "b11",
-        "settings": '{"sync_interval_minutes": 30}',
-        "last_synced_at": "9999-12-31T23:59:00.000Z",
-    },
-    {"account_id": "b12", "last_synced_at": "0001-01-01T00:00:00.000Z"},
-    {
-        "account_id": "b13",
-        "settings": '{"sync_interval_minutes": "30"}',
-        "last_synced_at": "2025-10-01 00:00:00",
-    },
-]
-
-
 def test_broken_rows_are_reported_and_the_others_scheduled(db):
     now = NOWS[0]
     new_store(db).close()
@@ -326,7 +268,7 @@ def test_broken_rows_are_reported_and_the_others_scheduled(db):
             {"account_id": "g2", "last_synced_at": "2025-10-01T00:00:00.000Z"},
         ],
     )
-    broken = insert_connections(db, BROKEN)
+    broken = insert_connections(db, BROKEN_CONNECTIONS)
     result = run_schedule(db, now)
     assert set(jobs_by_connection(db)) == set(good)
     reasons = dict(result.skipped)
@@ -350,136 +292,7 @@ def test_broken_rows_are_reported_and_the_others_scheduled(db):
     assert reasons[broken[11]] == "last_synced_at column '0001-01-01T00:00:00.000Z' is out of range"
     assert reasons[broken[12]] == "settings.sync_interval_minutes must be a number, not '30'"
     summary = result.summary()
-    assert summary["enqueued"] == 2 and summary["skipped"] == len(BROKEN)
-
-
-def test_installed_schedule_reports_broken_rows_and_exits_0(tmp_path):
-    env = cli_env(tmp_path)
-    db = home_db(tmp_path)
-    new_store(db).close()
-    good = insert_connections(
-        db,
-        [
-            {"account_id": "g1", "last_synced_at": None},
-            {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"},
-        ],
-    )
-    broken = insert_connections(db, BROKEN)
-    result = run_cli(["schedule"], env)
-    assert result.returncode == 0, result.stderr
-    assert "2 enqueued" in result.stdout and f"{len(BROKEN)} skipped" in result.stdout
-    for cid in broken:  # each said once (it used to be twice: a log line and a print)
-        assert (result.stdout + result.stderr).count(f"skipped {cid}:") == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert set(jobs_by_connection(db)) == set(good)
-    quiet = run_cli(["-q", "schedule"], env)  # broken rows are still worth a mail under -q
-    assert quiet.returncode == 0 and quiet.stdout == ""
-    assert sorted(ln.split(" skipped ")[1].split(":")[0] for ln in quiet.stderr.splitlines()) == sorted(
-        broken
-    )
-
-    as_json = run_cli(["schedule", "--json"], env)
-    assert as_json.returncode == 0
-    summary = json.loads(as_json.stdout)
-    assert summary["enqueued"] == 0  # the good ones have pending jobs now
-    assert {s["connection_id"] for s in summary["skipped_reasons"]} == set(broken)
-
-
-def test_installed_status_shows_what_schedule_skips_and_every_other_connection(tmp_path):
-    """`status`, `status CONN`, `status --json` and `status --failing` all work with broken
-    rows among the others, and say what is wrong with each (they crashed on the first)."""
-    env = cli_env(tmp_path)
-    db = home_db(tmp_path)
-    new_store(db).close()
-    good = insert_connections(
-        db,
-        [
-            {"account_id": "g1", "last_synced_at": None},
-            {"account_id": "g2", "last_synced_at": "2020-01-01 00:00:00"},
-        ],
-    )
-    broken = insert_connections(db, BROKEN)
-    table = run_cli(["status"], env)
-    assert table.returncode == 1 and "Traceback" not in table.stderr, table.stderr
-    n = len(good) + len(broken)
-    assert table.stdout.startswith(f"{n} connection(s): {n} active (")
-    assert f"; {len(broken)} failing" in table.stdout.splitlines()[0]
-    rows = {r["connection_id"]: r for r in json.loads(run_cli(["status", "--json"], env).stdout)}
-    assert set(rows) == set(good) | set(broken)
-    assert all(rows[cid]["problem"] is None for cid in good)
-    assert rows[broken[7]]["problem"] == "settings.sync_interval_minutes must be a finite number, not inf"
-    assert "settings column is not valid JSON" in rows[broken[1]]["problem"]
-    failing = run_cli(["status", "--failing", "--json"], env)
-    assert failing.returncode == 1
-    assert {r["connection_id"] for r in json.loads(failing.stdout)} == set(broken)
-    for cid in broken:
-        one = run_cli(["status", cid], env)
-        assert one.returncode == 0 and "not scheduled:" in one.stdout, (cid, one.stdout, one.stderr)
-        assert run_cli(["status", cid, "--json"], env).returncode == 0
-    assert "not scheduled" not in run_cli(["status", good[0]], env).stdout
-
-
-def test_overlapping_schedule_runs_count_jobs_already_queued_and_print_nothing(tmp_path, pg_schema_url):
-    """Three runs that all read the same due connections before any of them enqueues (as
-    overlapping cron runs do): one enqueues, the others count the connections as already
-    queued. Nothing on stderr (it used to be a line per connection), nothing at all with -q."""
-    import psycopg
-
-    env = cli_env(tmp_path, CLEARLIFT_DB=pg_schema_url)
-    assert run_cli(["init", "--store-only"], env).returncode == 0
-    due = insert_connections(
-        pg_schema_url, [{"account_id": f"n{i}", "last_synced_at": None} for i in range(25)]
-    )
-    schema = pg_schema_url.rsplit("search_path%3D", 1)[1]
-    # Every run reads clearlift_connection_state right after its candidates: holding that
-    # table makes all three wait there, each with the same candidates in hand.
-    holder = psycopg.connect(pg_schema_url, autocommit=False)
-    holder.execute("LOCK TABLE clearlift_connection_state IN ACCESS EXCLUSIVE MODE")
-    args = [["-q", "schedule"], ["schedule"], ["schedule", "--json"]]
-    procs = [
-        subprocess.Popen(
-            [CLEARLIFT, *a],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for a in args
-    ]
-    try:
-        watcher = psycopg.connect(pg_schema_url, autocommit=True)
-        deadline = time.monotonic() + 60
-        while (
-            watcher.execute(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-                (f"{schema}.clearlift_connection_state",),
-            ).fetchone()[0]
-            < 3
-        ):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
-                "runs never overlapped"
-            )
-            time.sleep(0.02)
-        watcher.close()
-    finally:
-        holder.rollback()
-        holder.close()
-    outs = [p.communicate(timeout=60) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], outs
-    assert [err for _, err in outs] == ["", "", ""]
-    assert outs[0][0] == ""  # -q
-    text, as_json = outs[1][0], json.loads(outs[2][0])
-    assert as_json["enqueued"] + as_json["already_queued"] == len(due) and as_json["skipped"] == 0
-    assert f"{len(due)} enqueued" in text or f"{len(due)} already queued" in text, text
-    assert "0 skipped" in text
-    assert sorted(r[0] for r in query(pg_schema_url, "SELECT connection_id FROM sync_jobs")) == sorted(due)
-
-
-def test_installed_schedule_fails_when_the_store_is_unusable(tmp_path):
-    result = run_cli(["schedule"], cli_env(tmp_path))  # never initialised
-    assert result.returncode == ExitCode.STORE
-    assert "clearlift init" in one_line_error(result.stderr)
+    assert summary["enqueued"] == 2 and summary["skipped"] == len(BROKEN_CONNECTIONS)
 
 
 # -- job row and message together -------------------------------------------------------
@@ -665,141 +478,6 @@ def test_sync_now_refusals(db):
     with pytest.raises(Conflict):
         manual(db, now, active)
     assert len(query(db, "SELECT * FROM sync_jobs")) == 1 and len(query(db, "SELECT * FROM sync_queue")) == 1
-
-
-@pytest.fixture
-def cli_store(tmp_path):
-    env = cli_env(tmp_path)
-    db = home_db(tmp_path)
-    new_store(db).close()
-    ids = insert_connections(
-        db,
-        [
-            {"account_id": "a", "last_synced_at": None},
-            {"account_id": "p", "last_synced_at": None, "is_active": 0},
-        ],
-    )
-    return env, db, ids
-
-
-def test_installed_sync_now_enqueues_a_backfill(cli_store):
-    env, db, (active, _) = cli_store
-    result = run_cli(["sync", active, "--now", "--since", "2025-01-01", "--until", "2025-01-31"], env)
-    assert result.returncode == 0, result.stderr
-    (job,) = jobs_by_connection(db)[active]
-    assert job["id"] in result.stdout
-    body, _ = message_for(db, job["id"])
-    assert body["sync_window"] == {"start": "2025-01-01T00:00:00.000Z", "end": "2025-02-01T00:00:00.000Z"}
-    assert body["job_type"] == "full" and body["metadata"]["priority"] == "high"
-    SyncJobMessage.loads(query(db, "SELECT body FROM sync_queue")[0][0])  # parses as the contract's message
-
-
-@pytest.mark.parametrize(
-    "args, code, expected",
-    [
-        (["--since", "2025-02-30"], ExitCode.USAGE, "--since"),
-        (["--until", "01/02/2025"], ExitCode.USAGE, "--until"),
-        (["--since", "2025-03-01", "--until", "2025-02-01"], ExitCode.USAGE, "after"),
-        (["--until", "2999-01-01"], ExitCode.USAGE, "future"),
-        (["--since", "0001-01-01"], ExitCode.USAGE, "--since 0001-01-01 is more than 3660 days"),
-        (["--since", "1990-01-01", "--until", "2020-01-01"], ExitCode.USAGE, "is more than 3660 days"),
-    ],
-)
-def test_installed_sync_now_validates_dates(cli_store, args, code, expected):
-    env, db, (active, _) = cli_store
-    result = run_cli(["sync", active, "--now", *args], env)
-    assert result.returncode == code, result.stderr
-    assert expected in one_line_error(result.stderr)
-    assert query(db, "SELECT * FROM sync_jobs") == []
-
-
-def test_installed_sync_now_refuses_unknown_paused_and_duplicate(cli_store):
-    env, db, (active, paused) = cli_store
-    unknown = run_cli(["sync", "org-1-google-nope", "--now"], env)
-    assert unknown.returncode == ExitCode.NOT_FOUND != 0
-    assert "org-1-google-nope" in one_line_error(unknown.stderr)
-    stopped = run_cli(["sync", paused, "--now"], env)
-    assert stopped.returncode != 0 and "paused" in one_line_error(stopped.stderr)
-    without_now = run_cli(["sync", active], env)
-    assert without_now.returncode == ExitCode.USAGE
-    assert query(db, "SELECT * FROM sync_jobs") == []
-    assert run_cli(["sync", active, "--now"], env).returncode == 0
-    again = run_cli(["sync", active, "--now"], env)
-    assert again.returncode == ExitCode.CONFLICT
-    assert len(query(db, "SELECT * FROM sync_jobs")) == 1
-
-
-# -- sync --now --wait that cannot run leaves nothing queued ---------------------------------
-
-
-@pytest.mark.parametrize(
-    "key", [None, "not base64 at all!", "c2hvcnQ="], ids=["missing", "malformed", "short"]
-)
-def test_installed_sync_wait_with_an_unusable_key_queues_nothing(tmp_path, key):
-    env = cli_env(tmp_path, ENCRYPTION_KEY=key)
-    db = home_db(tmp_path)
-    new_store(db).close()
-    (active,) = insert_connections(db, [{"account_id": "a", "last_synced_at": None}])
-    result = run_cli(["sync", active, "--now", "--wait"], env)
-    assert result.returncode == ExitCode.CONFIG, result.stderr
-    assert "ENCRYPTION_KEY" in one_line_error(result.stderr)
-    assert query(db, "SELECT * FROM sync_jobs") == [] and query(db, "SELECT * FROM sync_queue") == []
-
-
-def _sealed(key: bytes, text: str) -> str:
-    from clearlift_cli.crypto import FieldCipher
-
-    return FieldCipher(key).encrypt(text)
-
-
-def test_installed_sync_wait_with_the_wrong_key_queues_nothing(tmp_path):
-    import os
-
-    other = os.urandom(32)  # the tokens were sealed with another key than ENCRYPTION_KEY
-    env = cli_env(tmp_path)
-    db = home_db(tmp_path)
-    new_store(db).close()
-    active, _ = insert_connections(
-        db,
-        [
-            {"account_id": a, "last_synced_at": None, "credentials_encrypted": _sealed(other, "token-" + a)}
-            for a in ("a", "b")
-        ],
-    )
-    result = run_cli(["sync", active, "--now", "--wait"], env)
-    assert result.returncode == ExitCode.CONFIG, result.stderr
-    assert "nothing was enqueued" in one_line_error(result.stderr)
-    assert query(db, "SELECT * FROM sync_jobs") == [] and query(db, "SELECT * FROM sync_queue") == []
-
-
-def test_installed_sync_wait_withdraws_its_job_when_the_run_cannot_start(tmp_path):
-    # The key opens a stored token, so the check before enqueueing passes; but it opens
-    # none of the queued connections' tokens, so the run refuses to start: the job that
-    # `sync --wait` enqueued is taken back, the jobs already queued stay.
-    import os
-
-    from tests.helpers import KEY_BYTES
-
-    other = os.urandom(32)
-    env = cli_env(tmp_path)
-    db = home_db(tmp_path)
-    new_store(db).close()
-    mine, b, c, _ = insert_connections(
-        db,
-        [
-            {"account_id": "mine", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-mine")},
-            {"account_id": "b", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-b")},
-            {"account_id": "c", "last_synced_at": None, "credentials_encrypted": _sealed(other, "t-c")},
-            {"account_id": "d", "last_synced_at": None, "credentials_encrypted": _sealed(KEY_BYTES, "t-d")},
-        ],
-    )
-    for cid in (b, c):
-        assert run_cli(["sync", cid, "--now"], env).returncode == 0
-    result = run_cli(["sync", mine, "--now", "--wait"], env)
-    assert result.returncode == ExitCode.CONFIG, result.stderr
-    assert "withdrawn: nothing is left queued" in result.stderr
-    assert {r["connection_id"] for r in query(db, "SELECT * FROM sync_jobs")} == {b, c}
-    assert {r["connection_id"] for r in query(db, "SELECT * FROM sync_queue")} == {b, c}
 
 
 def test_bulk_job_creation_that_finds_a_live_row_rolls_back_and_goes_one_by_one(db):
