@@ -1,4 +1,5 @@
-"""Shared fixtures: real PostgreSQL (a schema per test), real SQLite files, sandboxes."""
+"""Shared fixtures: real PostgreSQL (a schema per test), real SQLite files, sandboxes, and
+clearlift hosts (``Env``) pointed at them. See tests/README.md."""
 
 from __future__ import annotations
 
@@ -49,9 +50,10 @@ def sandbox():
 
 @pytest.fixture
 def env(request, tmp_path, sandbox):
-    """The installed command with a fresh store and a PostgreSQL warehouse schema,
-    pointed at the sandboxes (see tests/harness.py); a module marked ``sqlite_warehouse``
-    gets the embedded SQLite warehouse instead."""
+    """An ``Env`` (tests/harness.py), initialised: a fresh store and a PostgreSQL warehouse
+    schema, pointed at the sandboxes; a module or test marked ``sqlite_warehouse`` gets the
+    embedded SQLite warehouse instead. Its commands run in-process, or installed under
+    tests/e2e/."""
     from tests.harness import Env
 
     if request.node.get_closest_marker("sqlite_warehouse"):

@@ -9,6 +9,7 @@ code under test is not also the code that sets up).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -103,20 +104,22 @@ def invoke(
     *,
     stdin_text: str | None = None,
     timeout: float | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``clearlift ARGS`` in this process, as ``run_cli`` runs the installed one: the
-    entry point itself (``clearlift_cli.cli.main``: one ``error:`` line and the exit code of
-    its class) under Click's ``CliRunner`` isolation, with exactly ``env`` as the
-    environment, stdin empty unless ``stdin_text`` is given, neither stream a terminal.
-    Each run starts with what clearlift keeps per process as a fresh process has it (no
-    secrets registered for redaction, no file warned about yet), so an earlier run cannot
-    mask a leak or a warning; what a run sets for the process (environment, argv, its
-    SIGTERM handler, the loggers it configures, that per-process state) is put back
-    afterwards. ``timeout`` is accepted for ``run_cli``'s signature; a run that hangs is
-    ended by pytest-timeout instead.
+        entry point itself (``clearlift_cli.cli.main``: one ``error:`` line and the exit code of
+        its class) under Click's ``CliRunner`` isolation, with exactly ``env`` as the
+        environment, stdin empty unless ``stdin_text`` is given, neither stream a terminal, in
+    ``cwd`` when given.
+        Each run starts with what clearlift keeps per process as a fresh process has it (no
+        secrets registered for redaction, no file warned about yet), so an earlier run cannot
+        mask a leak or a warning; what a run sets for the process (environment, argv, its
+        SIGTERM handler, the loggers it configures, that per-process state) is put back
+        afterwards. ``timeout`` is accepted for ``run_cli``'s signature; a run that hangs is
+        ended by pytest-timeout instead.
 
-    Not for what only a real process shows (signals, what reaches the file descriptors,
-    what gets imported, crashes): those tests run the installed command (tests/e2e/)."""
+        Not for what only a real process shows (signals, what reaches the file descriptors,
+        what gets imported, crashes): those tests run the installed command (tests/e2e/)."""
     import click.formatting
     from click.testing import CliRunner
 
@@ -124,7 +127,7 @@ def invoke(
 
     args = [str(a) for a in args]
     saved_secrets, saved_warned = set(redact._known), set(settings._warned)
-    saved_environ, saved_argv = dict(os.environ), sys.argv
+    saved_environ, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     saved_sigterm = signal.getsignal(signal.SIGTERM)
     saved_loggers = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in map(logging.getLogger, _LOGGERS)]
     code: int = 0
@@ -133,6 +136,8 @@ def invoke(
         os.environ.clear()
         os.environ.update(env)
         sys.argv = ["clearlift", *args]
+        if cwd is not None:
+            os.chdir(cwd)
         with CliRunner().isolation(input=stdin_text or "") as (out, err, _):
             click.formatting.FORCED_WIDTH = None  # help wraps at COLUMNS, as in a real process
             try:
@@ -152,6 +157,7 @@ def invoke(
         os.environ.clear()
         os.environ.update(saved_environ)
         sys.argv = saved_argv
+        os.chdir(saved_cwd)
         signal.signal(signal.SIGTERM, saved_sigterm)
         for logger, handlers, level, propagate in saved_loggers:
             logger.handlers[:] = handlers
@@ -443,6 +449,55 @@ BROKEN_CONNECTIONS = [
 ]
 
 
+def fill_status_connections(db, n: int = 120) -> dict[str, list[str]]:
+    """``n`` connections over four platforms: every 10th failed, every 25th needing
+    re-auth, every 30th paused (a paused one never counts as failing); one job each."""
+    rows, kinds = [], {"failed": [], "reauth": [], "paused": [], "ok": []}
+    for i in range(n):
+        platform = ("google", "facebook", "tiktok", "stripe")[i % 4]
+        row = {
+            "organization_id": f"org-{i:03d}",
+            "platform": platform,
+            "account_id": f"{1000 + i}",
+            "sync_status": "completed",
+            "last_synced_at": "2025-10-10T19:00:00.000Z",
+        }
+        kind = "ok"
+        if i % 30 == 7:
+            row.update(is_active=0, sync_status="failed")
+            kind = "paused"
+        elif i % 25 == 3:
+            row.update(needs_reauth=1, sync_status="failed", reauth_reason="invalid_grant")
+            kind = "reauth"
+        elif i % 10 == 5:
+            row.update(sync_status="failed", sync_error="HTTP 500")
+            kind = "failed"
+        rows.append(row)
+        kinds[kind].append(f"org-{i:03d}-{platform}-{1000 + i}")
+    insert_connections(db, rows)
+    c = raw(db)
+    with c:
+        for r in rows:
+            cid = f"{r['organization_id']}-{r['platform']}-{r['account_id']}"
+            for k, created in enumerate(("2025-10-09T19:00:00.000Z", "2025-10-10T19:00:00.000Z")):
+                c.execute(
+                    "INSERT INTO sync_jobs (id, organization_id, connection_id, status, job_type, created_at, "
+                    "completed_at, records_synced, metadata) VALUES (?, ?, ?, ?, 'incremental', ?, ?, ?, ?)",
+                    (
+                        f"job-{cid}-{k}",
+                        r["organization_id"],
+                        cid,
+                        "failed" if k and r["sync_status"] == "failed" else "completed",
+                        created,
+                        created,
+                        10 + k,
+                        json.dumps({"records_synced": 10 + k}),
+                    ),
+                )
+    c.close()
+    return kinds
+
+
 def one_line_error(stderr: str) -> str:
     """The CLI's error contract: exactly one ``error: ...`` line (plus an optional hint),
     no traceback."""
@@ -480,3 +535,67 @@ def assert_no_secrets(texts: list[str]) -> None:
 def in_seconds(seconds: float) -> str:
     """The time ``seconds`` from now, as the store spells it."""
     return iso_z(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+# --- the warehouse, read without clearlift ------------------------------------------------
+
+
+def warehouse_query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Look at a warehouse (``sqlite:///…`` or ``postgresql://…``) without clearlift's code in
+    between; ``%s`` placeholders."""
+    import psycopg
+
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url[len("sqlite:///") :])
+        try:
+            with conn:  # commits, like autocommit on the PostgreSQL side
+                return conn.execute(statement.replace("%s", "?"), params).fetchall()
+        finally:
+            conn.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def pg_row_security(url: str) -> dict[str, bool]:
+    """Each table of the URL's schema: whether row level security is on."""
+    return dict(
+        warehouse_query(
+            url,
+            "SELECT c.relname, c.relrowsecurity FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+        )
+    )
+
+
+def pg_policies(url: str) -> set[tuple]:
+    """The row level security policies of the URL's schema: (table, name, roles, condition)."""
+    return {
+        (t, p, tuple(sorted(r)), q)
+        for t, p, r, q in warehouse_query(
+            url,
+            "SELECT tablename, policyname, roles, qual FROM pg_policies WHERE schemaname = current_schema()",
+        )
+    }
+
+
+@contextlib.contextmanager
+def supabase_roles():
+    """Roles named as on Supabase (``anon``, ``authenticated``): created if the cluster lacks
+    them and dropped afterwards; a cluster-wide advisory lock keeps two test runs from
+    dropping them under each other."""
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as lock:
+        lock.execute("SELECT pg_advisory_lock(7221099)")
+        made = []
+        for role in ("anon", "authenticated"):
+            if not warehouse_query(PG_URL, "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
+                warehouse_query(PG_URL, f'CREATE ROLE "{role}" NOLOGIN')
+                made.append(role)
+        try:
+            yield
+        finally:
+            for role in made:
+                warehouse_query(PG_URL, f'DROP ROLE "{role}"')
+            lock.execute("SELECT pg_advisory_unlock(7221099)")

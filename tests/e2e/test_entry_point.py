@@ -3,17 +3,16 @@ environment only, stdin /dev/null. Each refusal is exactly one ``error:`` line w
 traceback and the exit code of its class (1 not found, 2 usage, 3 configuration, 7
 conflict; 4 store and 5 warehouse in tests/cli/test_bad_input.py, through the same
 ``cli.main``) and leaves the store as it was; without a token and without stdin `connections
-add` refuses instead of prompting; a quiet run prints nothing at all; ``python -m
-clearlift_cli`` works, and `sandbox serve` serves until SIGTERM."""
+add` refuses instead of prompting; a quiet run prints nothing at all. (``python -m clearlift_cli``
+and `sandbox serve`: tests/e2e/test_sandbox_serve.py.)"""
 
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.harness import CLEARLIFT, Env, refused, seed
+from tests.harness import Env, refused, seed
 from tests.helpers import cli_env, home_db, new_store, one_line_error, query, run_cli
 
 
@@ -88,50 +87,3 @@ def test_quiet_cron_runs_print_nothing_and_json_logs_parse(env):
     assert any("completed" in line["message"] for line in lines)
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     assert access not in proc.stderr and refresh not in proc.stderr
-
-
-def test_python_dash_m_and_sandbox_serve(tmp_path):
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "clearlift_cli", "--help"], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0 and "schedule" in proc.stdout
-    serve = subprocess.Popen(
-        [CLEARLIFT, "sandbox", "serve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        lines = []
-        while not lines or not lines[-1].startswith("# Ctrl-C"):
-            lines.append(serve.stdout.readline().rstrip("\n"))
-            assert len(lines) < 50, lines
-        env = dict(line[len("export ") :].split("=", 1) for line in lines if line.startswith("export "))
-        google_access = next(line.split()[2] for line in lines if line.startswith("# google:"))
-        import requests
-
-        url = f"{env['CLEARLIFT_GOOGLE_ADS_URL']}/v26/customers/1234567890/googleAds:searchStream"
-        ok = requests.post(
-            url,
-            json={"query": "SELECT customer.id FROM customer"},
-            timeout=10,
-            headers={
-                "Authorization": f"Bearer {google_access}",
-                "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"],
-            },
-        )
-        assert ok.status_code == 200 and ok.json()[0]["results"][0]["customer"]["id"] == "1234567890"
-        bad = requests.post(
-            url,
-            json={"query": "SELECT customer.id FROM customer"},
-            timeout=10,
-            headers={"Authorization": "Bearer nope", "developer-token": env["GOOGLE_ADS_DEVELOPER_TOKEN"]},
-        )
-        assert bad.status_code == 401
-    finally:
-        serve.terminate()
-        serve.wait(timeout=10)
-    assert serve.returncode == 0

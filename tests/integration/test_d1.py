@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from datetime import UTC, datetime
 
@@ -25,7 +24,6 @@ from clearlift_cli.sandbox.d1 import D1App, envelope
 from clearlift_cli.sandbox.server import SandboxServer
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
-from tests.harness import CLEARLIFT
 
 QUERY = r"/query$"
 
@@ -356,32 +354,3 @@ def test_counters_add_up_requests_statements_and_rows(d1, app):
     assert after["rows_read"] - before["rows_read"] == 120 + len(got) + 2  # the sandbox's count
     # the sandbox adds up what it reported (the 503 ran nothing)
     assert (app.rows_read, app.rows_written) == (after["rows_read"], after["rows_written"])
-
-
-# --- `clearlift sandbox serve` -----------------------------------------------------------
-
-
-def test_sandbox_serve_prints_the_d1_url_and_a_working_token(clock):
-    serve = subprocess.Popen(
-        [CLEARLIFT, "sandbox", "serve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        lines = []
-        while not lines or not lines[-1].startswith("# Ctrl-C"):
-            lines.append(serve.stdout.readline().rstrip("\n"))
-            assert len(lines) < 50, lines
-        url = next(line.split("=", 1)[1] for line in lines if line.startswith("export CLEARLIFT_D1_URL="))
-        store, token = next(line.split()[2:4] for line in lines if line.startswith("# d1:"))
-        settings = resolve(
-            flags={"d1_url": url}, environ={"CLOUDFLARE_API_TOKEN": token.split("=", 1)[1]}, read_config=False
-        )
-        client = D1Client.from_settings(settings, store, clock=clock)
-        assert client.query("SELECT 40 + 2 AS answer") == [{"answer": 42}]
-    finally:
-        serve.terminate()
-        serve.wait(timeout=10)
-    assert serve.returncode == 0

@@ -3,8 +3,6 @@ schema pass the same tests, plus a few tests of what only one backend can do wro
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -19,6 +17,7 @@ from clearlift_cli.platforms.base import Account, Campaign, Charge, DailyMetric
 from clearlift_cli.warehouse import RowOwner, open_warehouse
 from clearlift_cli.warehouse.base import CHUNK_SIZE
 from clearlift_cli.warehouse.schema import SCHEMA_VERSION
+from tests.helpers import pg_policies, pg_row_security, warehouse_query
 
 UTC = UTC
 T1 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -48,20 +47,6 @@ def wh(warehouse_url):
     warehouse.init_schema()
     yield warehouse
     warehouse.close()
-
-
-def raw_query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    """Look at the database without our code in between."""
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url[len("sqlite:///") :])
-        try:
-            with conn:  # commits, like autocommit on the PostgreSQL side
-                return conn.execute(statement.replace("%s", "?"), params).fetchall()
-        finally:
-            conn.close()
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
 
 
 def metric(campaign: str, day: date, **values) -> DailyMetric:
@@ -105,7 +90,7 @@ def test_init_schema_twice_is_a_no_op(wh, warehouse_url):
         again.close()
 
     assert wh.schema_version() == SCHEMA_VERSION
-    assert raw_query(warehouse_url, "SELECT id, schema_version FROM clearlift_warehouse_meta") == [
+    assert warehouse_query(warehouse_url, "SELECT id, schema_version FROM clearlift_warehouse_meta") == [
         (1, SCHEMA_VERSION)
     ]
     assert wh.fetch_rows("google_ads_campaigns") == before
@@ -116,14 +101,16 @@ def test_schema_stores_money_as_integers_and_never_floats(wh, warehouse_url):
     if warehouse_url.startswith("sqlite"):
 
         def types(table):
-            return {r[1]: r[2].upper() for r in raw_query(warehouse_url, f'PRAGMA table_info("{table}")')}
+            return {
+                r[1]: r[2].upper() for r in warehouse_query(warehouse_url, f'PRAGMA table_info("{table}")')
+            }
 
         integer, exact, day, stamp = "INTEGER", "TEXT", "TEXT", "TEXT"
     else:
 
         def types(table):
             return dict(
-                raw_query(
+                warehouse_query(
                     warehouse_url,
                     "SELECT column_name, data_type FROM information_schema.columns "
                     "WHERE table_schema = current_schema() AND table_name = %s",
@@ -164,7 +151,7 @@ def test_schema_stores_money_as_integers_and_never_floats(wh, warehouse_url):
 
 
 def test_a_newer_schema_is_refused(wh, warehouse_url):
-    raw_query(warehouse_url, "UPDATE clearlift_warehouse_meta SET schema_version = 99")
+    warehouse_query(warehouse_url, "UPDATE clearlift_warehouse_meta SET schema_version = 99")
     assert wh.schema_version() == 99
     with pytest.raises(WarehouseError, match="newer"):
         wh.init_schema()
@@ -293,7 +280,7 @@ def test_writers_are_ordered_by_claim_sequence_not_by_their_clocks(wh, warehouse
         with wh.transaction(write_seq=1) as late:
             late.upsert_daily_metrics("google", OWNER, ACCOUNT, [metric("c1", day, clicks=1)], ahead)
     assert stored() == ("New", right, 9, right)
-    assert raw_query(warehouse_url, "SELECT connection_id, write_seq FROM clearlift_write_fence") == [
+    assert warehouse_query(warehouse_url, "SELECT connection_id, write_seq FROM clearlift_write_fence") == [
         (OWNER.connection_id, 2)
     ]
     # The same delivery writes its next slice; another connection is not held up.
@@ -650,7 +637,7 @@ def test_rows_stored_before_captures_were_count_in_full(wh, warehouse_url):
             T1,
         )
     # What a schema-1 row looks like once the columns were added: NULL.
-    raw_query(warehouse_url, "UPDATE stripe_charges SET amount_captured_minor = NULL, captured = NULL")
+    warehouse_query(warehouse_url, "UPDATE stripe_charges SET amount_captured_minor = NULL, captured = NULL")
     with wh.transaction() as w:
         w.rebuild_daily_revenue(STRIPE_OWNER, STRIPE_ACCOUNT, date(2024, 3, 5), date(2024, 3, 5), T1)
     (day,) = wh.fetch_rows("stripe_daily_revenue")
@@ -659,8 +646,8 @@ def test_rows_stored_before_captures_were_count_in_full(wh, warehouse_url):
 
 def test_a_schema_1_warehouse_gains_the_capture_columns(wh, warehouse_url):
     for column in ("amount_captured_minor", "captured"):
-        raw_query(warehouse_url, f"ALTER TABLE stripe_charges DROP COLUMN {column}")
-    raw_query(warehouse_url, "UPDATE clearlift_warehouse_meta SET schema_version = 1")
+        warehouse_query(warehouse_url, f"ALTER TABLE stripe_charges DROP COLUMN {column}")
+    warehouse_query(warehouse_url, "UPDATE clearlift_warehouse_meta SET schema_version = 1")
     again = open_warehouse(warehouse_url)
     try:
         again.init_schema()
@@ -741,7 +728,7 @@ def test_sqlite_urls_name_a_file(tmp_path):
     wh.init_schema()
     wh.close()
     assert nested.exists()
-    assert raw_query(f"sqlite:///{nested}", "PRAGMA journal_mode") == [("wal",)]
+    assert warehouse_query(f"sqlite:///{nested}", "PRAGMA journal_mode") == [("wal",)]
 
 
 def test_a_file_that_is_not_a_database_is_a_warehouse_error(tmp_path):
@@ -757,7 +744,7 @@ def test_a_file_that_is_not_a_database_is_a_warehouse_error(tmp_path):
 def _terminate(application_name: str) -> int:
     from tests.helpers import PG_URL
 
-    rows = raw_query(
+    rows = warehouse_query(
         PG_URL,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
         (application_name,),
@@ -802,7 +789,7 @@ def test_an_idle_connection_killed_between_jobs_is_replaced(named_pg):
 
 def _versions(url: str, table: str) -> list[tuple]:
     """Each row's key with its tuple version (xmin) and lock/delete marker (xmax)."""
-    return raw_query(
+    return warehouse_query(
         url,
         f"SELECT campaign_id, metric_date, xmin::text, xmax::text FROM {table} "
         "ORDER BY campaign_id, metric_date",
@@ -818,14 +805,17 @@ def test_a_postgres_replay_writes_no_tuple_version_and_locks_no_row(pg_schema_ur
         with wh.transaction(write_seq=1) as w:  # 6,000 new rows: straight in with COPY
             assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, metrics, T1) == 6_000
         before = _versions(pg_schema_url, "google_ads_daily_metrics")
-        (size,) = raw_query(pg_schema_url, "SELECT pg_relation_size('google_ads_daily_metrics')")[0]
+        (size,) = warehouse_query(pg_schema_url, "SELECT pg_relation_size('google_ads_daily_metrics')")[0]
 
         with wh.transaction(write_seq=2) as w:  # the same rows again, a later claim
             assert w.upsert_daily_metrics("google", OWNER, ACCOUNT, iter(metrics), T2) == 6_000
         after = _versions(pg_schema_url, "google_ads_daily_metrics")
         assert after == before  # same tuple versions, and no xmax: not even a row lock
         assert {xmax for *_, xmax in after} == {"0"}
-        assert raw_query(pg_schema_url, "SELECT pg_relation_size('google_ads_daily_metrics')")[0][0] == size
+        assert (
+            warehouse_query(pg_schema_url, "SELECT pg_relation_size('google_ads_daily_metrics')")[0][0]
+            == size
+        )
 
         # One changed row, one new day: exactly those two get written.
         more = metrics[:1] + [metric("c00", start, clicks=99), metric("c00", start + timedelta(300))]
@@ -854,50 +844,30 @@ def test_a_key_repeated_across_chunks_of_new_rows_lands_once_with_its_last_value
         wh.close()
 
 
-def _security(url: str) -> dict[str, bool]:
-    return dict(
-        raw_query(
-            url,
-            "SELECT c.relname, c.relrowsecurity FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
-        )
-    )
-
-
-def _policies(url: str) -> set[tuple]:
-    return {
-        (t, p, tuple(sorted(r)), q)
-        for t, p, r, q in raw_query(
-            url,
-            "SELECT tablename, policyname, roles, qual FROM pg_policies WHERE schemaname = current_schema()",
-        )
-    }
-
-
 def test_tables_clearlift_creates_have_row_level_security_and_existing_ones_are_left_alone(
     pg_schema_url, caplog
 ):
     # A table the operator made (say, from an older clearlift), with a policy of their own.
-    raw_query(
+    warehouse_query(
         pg_schema_url,
         "CREATE TABLE google_ads_campaigns (organization_id TEXT NOT NULL, "
         "connection_id TEXT NOT NULL, account_id TEXT NOT NULL, campaign_id TEXT NOT NULL, "
         "PRIMARY KEY (organization_id, account_id, campaign_id))",
     )
-    raw_query(pg_schema_url, "CREATE POLICY mine ON google_ads_campaigns FOR SELECT USING (true)")
+    warehouse_query(pg_schema_url, "CREATE POLICY mine ON google_ads_campaigns FOR SELECT USING (true)")
     wh = open_warehouse(pg_schema_url)
     try:
         with caplog.at_level("WARNING", logger="clearlift.warehouse"):
             wh.init_schema(read_policy="organization_id = 'org-1'")
     finally:
         wh.close()
-    security = _security(pg_schema_url)
+    security = pg_row_security(pg_schema_url)
     assert security.pop("google_ads_campaigns") is False
     assert set(security) == {*ALL_TABLES, "clearlift_warehouse_meta", "clearlift_write_fence"} - {
         "google_ads_campaigns"
     }
     assert all(security.values()), security
-    assert _policies(pg_schema_url) == {("google_ads_campaigns", "mine", ("public",), "true")}
+    assert pg_policies(pg_schema_url) == {("google_ads_campaigns", "mine", ("public",), "true")}
     assert [r.getMessage() for r in caplog.records if "row level security" in r.getMessage()] == [
         "warehouse tables without row level security (on Supabase the anon key can read them): "
         "google_ads_campaigns; enable it with ALTER TABLE ... ENABLE ROW LEVEL SECURITY"
@@ -913,11 +883,11 @@ def read_roles():
     tag = uuid.uuid4().hex[:10]
     made = [f"cl_anon_{tag}", f"cl_authenticated_{tag}", f"cl_other_{tag}"]
     for role in made:
-        raw_query(PG_URL, f'CREATE ROLE "{role}" NOLOGIN')
+        warehouse_query(PG_URL, f'CREATE ROLE "{role}" NOLOGIN')
     yield (made[0], made[1], f"cl_missing_{tag}"), made[2]
     for role in made:
-        raw_query(PG_URL, f'DROP OWNED BY "{role}"')
-        raw_query(PG_URL, f'DROP ROLE "{role}"')
+        warehouse_query(PG_URL, f'DROP OWNED BY "{role}"')
+        warehouse_query(PG_URL, f'DROP ROLE "{role}"')
 
 
 def test_the_read_policy_lets_each_role_read_only_what_the_condition_allows(pg_schema_url, read_roles):
@@ -933,11 +903,11 @@ def test_the_read_policy_lets_each_role_read_only_what_the_condition_allows(pg_s
                 w.upsert_daily_metrics("google", owner, ACCOUNT, [metric("c1", date(2024, 5, 1))], T1)
     finally:
         wh.close()
-    policies = _policies(pg_schema_url)
+    policies = pg_policies(pg_schema_url)
     assert {t for t, *_ in policies} == set(ALL_TABLES)  # not the meta and fence tables
     assert {(p, r) for _, p, r, _ in policies} == {("clearlift_read", tuple(sorted(roles[:2])))}
 
-    schema_name = raw_query(pg_schema_url, "SELECT current_schema()")[0][0]
+    schema_name = warehouse_query(pg_schema_url, "SELECT current_schema()")[0][0]
 
     def visible(role: str) -> list[str]:
         # What a client with that role sees (Supabase grants SELECT on public tables itself).
@@ -950,49 +920,3 @@ def test_the_read_policy_lets_each_role_read_only_what_the_condition_allows(pg_s
 
     assert visible(roles[0]) == ["org-1"] and visible(roles[1]) == ["org-1"]
     assert visible(other) == []  # row level security on, no policy for it: nothing
-
-
-@contextlib.contextmanager
-def supabase_roles():
-    """Roles named as on Supabase (``anon``, ``authenticated``): created if the cluster lacks
-    them and dropped afterwards; a cluster-wide advisory lock keeps two test runs from
-    dropping them under each other."""
-    from tests.helpers import PG_URL
-
-    with psycopg.connect(PG_URL, autocommit=True) as lock:
-        lock.execute("SELECT pg_advisory_lock(7221099)")
-        made = []
-        for role in ("anon", "authenticated"):
-            if not raw_query(PG_URL, "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
-                raw_query(PG_URL, f'CREATE ROLE "{role}" NOLOGIN')
-                made.append(role)
-        try:
-            yield
-        finally:
-            for role in made:
-                raw_query(PG_URL, f'DROP ROLE "{role}"')
-            lock.execute("SELECT pg_advisory_unlock(7221099)")
-
-
-def test_init_creates_the_read_policy_from_the_setting_for_supabase_roles(tmp_path, pg_schema_url):
-    from tests.helpers import cli_env, run_cli
-
-    env = cli_env(
-        tmp_path,
-        CLEARLIFT_WAREHOUSE_URL=pg_schema_url,
-        CLEARLIFT_WAREHOUSE_READ_POLICY="organization_id = 'nobody' AND (",
-    )
-    with supabase_roles():
-        try:
-            proc = run_cli(["init"], env)  # the condition goes to PostgreSQL as written
-            assert proc.returncode == 5 and "syntax error" in proc.stderr, proc.stderr
-            assert not _security(pg_schema_url)  # nothing was created: one transaction
-            env["CLEARLIFT_WAREHOUSE_READ_POLICY"] = "organization_id = current_setting('request.org', true)"
-            proc = run_cli(["init"], env)
-            assert proc.returncode == 0, proc.stderr
-            policies = _policies(pg_schema_url)
-            assert {t for t, *_ in policies} == set(ALL_TABLES)
-            assert {(p, r) for _, p, r, _ in policies} == {("clearlift_read", ("anon", "authenticated"))}
-        finally:  # the policies name the roles: they go before the roles do
-            for table in _security(pg_schema_url):
-                raw_query(pg_schema_url, f'DROP TABLE "{table}" CASCADE')

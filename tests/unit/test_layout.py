@@ -1,6 +1,7 @@
 """The tests' own house rules (tests/README.md): every test module lives in a layer's
-directory, and no test module imports another test module (shared helpers live in
-modules that are not test modules: tests/helpers.py, tests/harness.py, conftest.py ...).
+directory, no test module imports another test module (shared helpers live in modules
+that are not test modules: tests/helpers.py, tests/harness.py, conftest.py ...), and
+tests/cli/ never starts the installed command (that is what tests/e2e/ is for).
 Reads the repository's Python files; touches nothing else."""
 
 from __future__ import annotations
@@ -87,3 +88,27 @@ def test_every_test_module_is_in_a_layer():
         if p.relative_to(TESTS).parts[0] not in LAYERS
     ]
     assert stray == [], f"put each test module under one of tests/{{{','.join(sorted(LAYERS))}}}/"
+
+
+# What starts the installed command as a process (tests/helpers.py, tests/harness.py).
+STARTS_THE_INSTALLED_COMMAND = {"CLEARLIFT", "run_cli", "popen", "Popen"}
+
+
+def test_the_cli_layer_runs_the_command_in_process():
+    found = {}
+    for path in sorted((TESTS / "cli").rglob("*.py")):
+        names = {
+            n.id if isinstance(n, ast.Name) else n.attr
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, (ast.Name, ast.Attribute))
+        } | {
+            a.name
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.ImportFrom)
+            for a in n.names
+        }
+        if names & STARTS_THE_INSTALLED_COMMAND:
+            found[path.name] = sorted(names & STARTS_THE_INSTALLED_COMMAND)
+    assert found == {}, (
+        "tests/cli/ runs the command with helpers.invoke or Env.run; processes go in tests/e2e/"
+    )
