@@ -42,7 +42,48 @@ def iter_json_array(chunks: Iterable[bytes], *, max_chars: int) -> Iterator[Any]
     order, as soon as it is complete. Raises ``StreamError`` when the text is not an
     array, is malformed or ends early, or when one element would need more than
     ``max_chars`` characters of buffer."""
-    return _ArrayReader(max_chars).elements(_texts(chunks))
+    # The buffer is a local of this loop, which runs once per element and per comma: ``+=``
+    # then extends it in place, and each cut lets go of the text before it at once.
+    decode = json.JSONDecoder().raw_decode
+    pending = _Pending(max_chars)
+    buf = ""  # undecoded text
+    state = "start"  # start -> value (an element or "]") -> comma ("," or "]") -> end
+    last_size = 0  # characters the last decoded element took
+    for text, eof in _texts(chunks):
+        if not pending.add(text, eof, len(buf)):
+            continue
+        buf += pending.take()
+        pos = 0
+        while True:
+            pos = _skip_ws(buf, pos)
+            if pos >= len(buf):
+                break
+            ch = buf[pos]
+            if state == "comma" and ch == ",":  # the common case first
+                state, pos = "value", pos + 1
+                continue
+            if state != "value" or ch == "]":  # the array's other characters
+                following = _GRAMMAR.get((state, ch))
+                if following is None:
+                    raise _out_of_place(state, ch)
+                state, pos = following, pos + 1
+                continue
+            if pos and last_size and not eof and len(buf) - pos < last_size:
+                break  # likely incomplete, as big as the last one: read more first
+            try:
+                value, end = decode(buf, pos)
+            except json.JSONDecodeError as exc:
+                if eof:
+                    raise _undecodable(exc, len(buf)) from None
+                break  # incomplete: read more
+            if end >= len(buf) and not eof and not isinstance(value, (dict, list, str)):
+                break  # a number or literal at the very end may go on in the next chunk
+            state, pos, last_size = "comma", end, end - pos
+            yield value
+        buf = buf[pos:]
+        pending.wait_after(len(buf), pos, last_size)
+    if state != "end":
+        raise StreamError("truncated", "the answer ended before its JSON array was complete (truncated)")
 
 
 def _texts(chunks: Iterable[bytes]) -> Iterator[tuple[str, bool]]:
@@ -80,83 +121,43 @@ def _undecodable(exc: json.JSONDecodeError, length: int) -> StreamError:
     return StreamError(kind, f"the answer's JSON is {kind} ({exc.msg})")
 
 
-class _ArrayReader:
-    """The buffer of one array being read: the text not yet decoded, and how much it
-    waits for before trying again."""
+class _Pending:
+    """The text read since the last attempt to decode, and how many characters the buffer
+    and it must hold before the next attempt."""
 
     def __init__(self, max_chars: int):
         self.max_chars = max_chars
-        self.decode = json.JSONDecoder().raw_decode
-        self.buf = ""  # undecoded text
         self.parts: list[str] = []  # text read since the last attempt
         self.waiting = 0  # characters in parts
         self.need = 1  # try to decode again once buf + parts hold this many characters
 
-    def add(self, text: str, eof: bool) -> bool:
+    def add(self, text: str, eof: bool, buffered: int) -> bool:
         """Take ``text``; True when it is time to decode (enough text, or the end)."""
         if text:
             self.parts.append(text)
             self.waiting += len(text)
-        if not eof and len(self.buf) + self.waiting < self.need:
-            if len(self.buf) + self.waiting > self.max_chars:
+        if not eof and buffered + self.waiting < self.need:
+            if buffered + self.waiting > self.max_chars:
                 raise _too_large(self.max_chars)
             return False
-        if self.parts:
-            self.buf += "".join(self.parts)
-            self.parts, self.waiting = [], 0
         return True
 
-    def elements(self, texts: Iterable[tuple[str, bool]]) -> Iterator[Any]:
-        """Each element as soon as it is complete at the front of the buffer. (Where the
-        reader is in the array's grammar is kept in locals: the loop runs once per element
-        and per comma.)"""
-        decode = self.decode
-        state = "start"  # start -> value (an element or "]") -> comma ("," or "]") -> end
-        last_size = 0  # characters the last decoded element took
-        for text, eof in texts:
-            if not self.add(text, eof):
-                continue
-            buf, pos = self.buf, 0
-            while True:
-                pos = _skip_ws(buf, pos)
-                if pos >= len(buf):
-                    break
-                ch = buf[pos]
-                if state == "comma" and ch == ",":  # the common case first
-                    state, pos = "value", pos + 1
-                    continue
-                if state != "value" or ch == "]":  # the array's other characters
-                    following = _GRAMMAR.get((state, ch))
-                    if following is None:
-                        raise _out_of_place(state, ch)
-                    state, pos = following, pos + 1
-                    continue
-                if pos and last_size and not eof and len(buf) - pos < last_size:
-                    break  # likely incomplete, as big as the last one: read more first
-                try:
-                    value, end = decode(buf, pos)
-                except json.JSONDecodeError as exc:
-                    if eof:
-                        raise _undecodable(exc, len(buf)) from None
-                    break  # incomplete: read more
-                if end >= len(buf) and not eof and not isinstance(value, (dict, list, str)):
-                    break  # a number or literal at the very end may go on in the next chunk
-                state, pos, last_size = "comma", end, end - pos
-                yield value
-            self._keep_from(pos, last_size)
-        if state != "end":
-            raise StreamError("truncated", "the answer ended before its JSON array was complete (truncated)")
+    def take(self) -> str:
+        """The text read since the last attempt, as one string."""
+        text = "".join(self.parts) if self.parts else ""
+        self.parts, self.waiting = [], 0
+        return text
 
-    def _keep_from(self, pos: int, last_size: int) -> None:
-        """The buffer cut to what is left after ``pos``, and the next wait set."""
-        buf = self.buf = self.buf[pos:]
-        if not buf:
+    def wait_after(self, left: int, pos: int, last_size: int) -> None:
+        """The wait after an attempt that left ``left`` characters in the buffer, having
+        decoded up to ``pos`` (0: nothing); ``last_size``: the last element's size."""
+        if not left:
             self.need = 1
         elif pos and last_size:  # something was decoded: expect another of the same size
-            self.need = len(buf) + last_size + last_size // 8
+            self.need = left + last_size + last_size // 8
         elif last_size:  # a stall after a wrong guess: wait until the buffer has doubled
-            self.need = 2 * len(buf)
+            self.need = 2 * left
         else:  # the first element, size unknown: grow fast, each vain parse costs its length
-            self.need = max(4 * len(buf), len(buf) + 65536)
-        if len(buf) > self.max_chars:
+            self.need = max(4 * left, left + 65536)
+        if left > self.max_chars:
             raise _too_large(self.max_chars)
