@@ -67,9 +67,10 @@ def _masked(url: str, scheme: str) -> str:
 def _port_parses(url: str) -> bool:
     """Whether ``url``'s port, if any, is a number urllib accepts (mask_url needs it to)."""
     try:
-        return urlsplit(url).port is None or True
+        port = urlsplit(url).port
     except ValueError:
         return False
+    return port is None or 0 <= port <= 65535
 
 
 def open_engine(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 from typing import Any
@@ -115,10 +115,6 @@ class BaseStore:
     def read(self, sql: str, params: Any = ()) -> list[Any]:
         """Rows from the control plane's database."""
         return self.engine.read(sql, params)
-
-    def read_tables(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Rows from ClearLift's tables."""
-        return self.tables.read(sql, params)
 
     def lock_scheduling(self, c: Any) -> None:
         self.engine.lock_scheduling(c)
@@ -292,7 +288,9 @@ class BaseStore:
         D1 request): the count and the flag are computed by the database."""
         now = self.now_iso()
         reason = redact(reason)
-        flag = "(? = 1 OR coalesce(consecutive_auth_failures, 0) + 1 >= ?)"
+        # A definitive failure flags at once: the count after this one is always >= 1.
+        at = 1 if definitive else threshold
+        flag = "(coalesce(consecutive_auth_failures, 0) + 1 >= ?)"
         update = _s(
             f"""
             UPDATE platform_connections
@@ -303,25 +301,19 @@ class BaseStore:
                    needs_reauth = CASE WHEN {flag} THEN 1 ELSE needs_reauth END,
                    consecutive_auth_failures = coalesce(consecutive_auth_failures, 0) + 1
              WHERE id = ?
-            RETURNING consecutive_auth_failures, needs_reauth
+            RETURNING consecutive_auth_failures
             """,
             f"{prefix}: {reason}",
-            int(definitive),
-            threshold,
+            at,
             now,
-            int(definitive),
-            threshold,
+            at,
             reason,
-            int(definitive),
-            threshold,
+            at,
             connection_id,
         )
         with self._app_write() as c:
             (r,) = self.tables.run(c, [update])
-        if not r.rows:
-            return False
-        count = int(r.rows[0][0])
-        return definitive or count >= threshold
+        return bool(r.rows) and int(r.rows[0][0]) >= at
 
     def connections_expiring(self, cutoff_julian: float) -> list[Connection]:
         """Active connections not waiting for re-auth whose token expires before

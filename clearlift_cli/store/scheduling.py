@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clearlift_cli.d1 import Statement
+from clearlift_cli.d1 import Statement, in_list
 from clearlift_cli.errors import Conflict
 from clearlift_cli.models import SyncJobMessage
 
@@ -173,15 +173,11 @@ class Store(BaseStore):
 
     def attribution_state(self, connection_ids: list[str]) -> dict[str, str | None]:
         """When each of these connections last had an attribution-window job (raw text)."""
-        out: dict[str, str | None] = {}
-        for i in range(0, len(connection_ids), 500):
-            chunk = connection_ids[i : i + 500]
-            for r in self.read(
-                "SELECT connection_id, last_attribution_window_at FROM clearlift_connection_state "
-                f"WHERE connection_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ):
-                out[r[0]] = r[1]
+        sql = (
+            "SELECT connection_id, last_attribution_window_at FROM clearlift_connection_state "
+            "WHERE connection_id IN ({in})"
+        )
+        out: dict[str, str | None] = {r[0]: r[1] for r in _control_rows(self, None, sql, connection_ids)}
         return out
 
     def create_jobs(self, queue: Any, jobs: Sequence[NewJob]) -> Created:
@@ -333,15 +329,24 @@ class Store(BaseStore):
         )
 
 
+# Values per IN list on the control plane's engines (SQLite and PostgreSQL allow far more;
+# this keeps each statement small).
+CONTROL_IN = 500
+
+
+def _control_rows(store: Store, c: Any, sql: str, values: Sequence[Any]) -> list[Any]:
+    """The rows of ``sql`` (whose ``{in}`` takes ``values``) on the control plane: in the
+    transaction ``c``, or a read when None; ``CONTROL_IN`` values per statement."""
+    rows: list[Any] = []
+    for s in in_list(sql, values, max_params=CONTROL_IN):
+        rows += c.execute(s.sql, s.params).fetchall() if c is not None else store.read(s.sql, s.params)
+    return rows
+
+
 def _live_message_jobs(store: Store, job_ids: list[str], c: Any = None) -> set[str]:
     """Of ``job_ids``, those with a live (ready or leased) queue message."""
-    out: set[str] = set()
-    for i in range(0, len(job_ids), 500):
-        chunk = job_ids[i : i + 500]
-        sql = f"SELECT job_id FROM sync_queue WHERE state IN ('ready', 'leased') AND job_id IN ({','.join('?' * len(chunk))})"
-        rows = c.execute(sql, chunk).fetchall() if c is not None else store.read(sql, chunk)
-        out.update(r[0] for r in rows)
-    return out
+    sql = "SELECT job_id FROM sync_queue WHERE state IN ('ready', 'leased') AND job_id IN ({in})"
+    return {r[0] for r in _control_rows(store, c, sql, job_ids)}
 
 
 def _live_connections(store: Store, c: Any, ids: list[str]) -> tuple[set[str], set[str]]:
@@ -350,31 +355,20 @@ def _live_connections(store: Store, c: Any, ids: list[str]) -> tuple[set[str], s
     message: for the others the guarded insert is the look-up (a live row makes it insert
     nothing, counted as ``already_live`` all the same), saving a request and, on D1 without
     clearlift's indexes, a scan of ``sync_jobs`` per 90 connections."""
-    marks = ",".join("?" * len(ids))
-    msg_sql = f"SELECT connection_id FROM sync_queue WHERE state IN ('ready', 'leased') AND connection_id IN ({marks})"
-    messages = {
-        r[0] for r in (c.execute(msg_sql, ids).fetchall() if c is not None else store.read(msg_sql, ids))
-    }
+    msg_sql = (
+        "SELECT connection_id FROM sync_queue WHERE state IN ('ready', 'leased') AND connection_id IN ({in})"
+    )
+    messages = {r[0] for r in _control_rows(store, c, msg_sql, ids)}
     if store.split:
         return _d1_live(store, [i for i in ids if i in messages]), messages
-    job_sql = f"SELECT connection_id FROM sync_jobs WHERE status IN {LIVE} AND connection_id IN ({marks})"
-    return {r[0] for r in c.execute(job_sql, ids).fetchall()}, messages
+    job_sql = f"SELECT connection_id FROM sync_jobs WHERE status IN {LIVE} AND connection_id IN ({{in}})"
+    return {r[0] for r in _control_rows(store, c, job_sql, ids)}, messages
 
 
 def _d1_live(store: Store, ids: list[str]) -> set[str]:
-    """Live job rows of ``ids`` in D1: at most 100 bound parameters per statement."""
-    out: set[str] = set()
-    for i in range(0, len(ids), 90):
-        chunk = ids[i : i + 90]
-        out.update(
-            r[0]
-            for r in store.tables.read(
-                f"SELECT connection_id FROM sync_jobs WHERE status IN {LIVE} "
-                f"AND connection_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-        )
-    return out
+    """Live job rows of ``ids`` in D1 (``in_list``: at most 100 bound parameters a statement)."""
+    sql = f"SELECT connection_id FROM sync_jobs WHERE status IN {LIVE} AND connection_id IN ({{in}})"
+    return {r[0] for s in in_list(sql, ids) for r in store.tables.read(s.sql, s.params)}
 
 
 def _sort_out(store: Store, c: Any, chunk: list[NewJob], result: Created) -> list[NewJob]:
@@ -437,8 +431,10 @@ def _create_split(store: Store, queue: Any, chunk: list[NewJob], result: Created
     todo = _sort_out(store, None, chunk, result)
     if not todo:
         return
-    inserts = [Statement(_LIVE_JOB_INSERT, _job_row(j)) for j in todo]
-    created = store.tables.run_chunked(inserts)  # type: ignore[attr-defined]
+    from .d1 import D1Tables
+
+    assert isinstance(store.tables, D1Tables)  # split: only D1's tables cannot share a transaction
+    created = store.tables.run_chunked([Statement(_LIVE_JOB_INSERT, _job_row(j)) for j in todo])
     made = [j for j, r in zip(todo, created, strict=True) if r.rowcount == 1]
     result.already_live.extend(
         j.message.connection_id for j, r in zip(todo, created, strict=True) if r.rowcount != 1

@@ -179,12 +179,6 @@ class Table:
         body = ", ".join([c.ddl(dialect) for c in self.columns] + list(self.constraints))
         return [f"CREATE TABLE IF NOT EXISTS {self.name} ({body})", *self.indexes]
 
-    def add_column(self, column: Column, dialect: str) -> str:
-        """ALTER TABLE for a column a table lacks (a later addition to this declaration).
-        SQLite cannot add a NOT NULL column without a default, nor a key: declare later
-        columns nullable or with a default."""
-        return f"ALTER TABLE {self.name} ADD COLUMN {column.ddl(dialect)}"
-
 
 def _c(name: str, type_: str, extra: str = "") -> Column:
     return Column(name, type_, extra)
@@ -293,22 +287,24 @@ def missing_control_columns(dialect: str, existing: dict[str, set[str]]) -> list
         have = existing.get(table.name)
         if have is None:
             continue
-        for column in table.columns:
-            if column.name not in have:
-                out.append((f"added column {table.name}.{column.name}", table.add_column(column, dialect)))
+        out += [_alter(table.name, c.name, c.ddl(dialect)) for c in table.columns if c.name not in have]
     return out
 
 
 def later_column_ddl(dialect: str, existing: dict[str, set[str]]) -> list[tuple[str, str]]:
     """(description, ALTER statement) for the API worker's later columns a table lacks."""
-    out = []
-    for table, columns in LATER_COLUMNS.items():
-        have = existing.get(table, set())
-        for name, sqlite_decl, pg_decl in columns:
-            if name not in have:
-                decl = sqlite_decl if dialect == "sqlite" else pg_decl
-                out.append((f"added column {table}.{name}", f"ALTER TABLE {table} ADD COLUMN {name} {decl}"))
-    return out
+    return [
+        _alter(table, name, f"{name} {sqlite_decl if dialect == 'sqlite' else pg_decl}")
+        for table, columns in LATER_COLUMNS.items()
+        for name, sqlite_decl, pg_decl in columns
+        if name not in existing.get(table, set())
+    ]
+
+
+def _alter(table: str, column: str, declaration: str) -> tuple[str, str]:
+    """(description, statement) adding ``column`` to ``table``. SQLite cannot add a NOT NULL
+    column without a default, nor a key: declare later columns nullable or with a default."""
+    return f"added column {table}.{column}", f"ALTER TABLE {table} ADD COLUMN {declaration}"
 
 
 def statements(script: str) -> list[str]:

@@ -74,10 +74,6 @@ class SharedTables:
             out.append(Result(cur.rowcount, rows))
         return out
 
-    def run_many(self, c: Any, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        """One statement over many parameter rows in ``c``; the total rows changed."""
-        return int(c.executemany(sql, rows).rowcount)
-
     def has_table(self, name: str) -> bool:
         return self.engine.has_table(name)
 
