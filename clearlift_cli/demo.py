@@ -20,9 +20,10 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clearlift_cli import commands
 from clearlift_cli import settings as settings_mod
@@ -30,6 +31,9 @@ from clearlift_cli.errors import ClearliftError
 from clearlift_cli.platforms import registry
 from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.timeutil import SYSTEM_CLOCK, iso_z
+
+if TYPE_CHECKING:
+    from clearlift_cli.sandbox.d1 import D1App
 
 DEMO_CONNECTIONS = [
     # (org, platform, account id, name, token ttl seconds or None, revoked)
@@ -49,12 +53,9 @@ DEMO_MANAGER_CLIENTS = [("301-000-0001", "EUR", "Europe/Paris"), ("301-000-0002"
 
 
 @contextmanager
-def _d1_sandbox(home_dir: Path, enabled: bool) -> Iterator[dict[str, str]]:
-    """The settings of a sandbox D1 holding ClearLift's tables (in ``home_dir/d1.sqlite``),
-    served on loopback for the demo's duration; none when not ``enabled``."""
-    if not enabled:
-        yield {}
-        return
+def _d1_sandbox(home_dir: Path) -> Iterator[tuple[D1App, dict[str, str]]]:
+    """A sandbox D1 holding ClearLift's tables (in ``home_dir/d1.sqlite``), served on
+    loopback for the demo's duration, and the settings that point clearlift at it."""
     from clearlift_cli.sandbox.d1 import D1App
     from clearlift_cli.sandbox.server import SandboxServer
 
@@ -62,14 +63,10 @@ def _d1_sandbox(home_dir: Path, enabled: bool) -> Iterator[dict[str, str]]:
     app.create_clearlift_tables()
     server = SandboxServer(app).start()
     try:
-        yield {"CLEARLIFT_DB": app.store_url, **app.env(server), "_d1_path": str(app.path)}
-        _D1_REQUESTS[str(app.path)] = len(app.requests)
+        yield app, {"CLEARLIFT_DB": app.store_url, **app.env(server)}
     finally:
         server.stop()
         app.close()
-
-
-_D1_REQUESTS: dict[str, int] = {}
 
 
 def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None, d1: bool = False) -> dict:
@@ -78,13 +75,13 @@ def run_demo(home: str | None, console, *, sandbox: Sandbox | None = None, d1: b
     started = time.monotonic()
     home_dir = Path(home).expanduser() if home else Path(tempfile.mkdtemp(prefix="clearlift-demo-"))
     home_dir.mkdir(parents=True, exist_ok=True)
-    with _d1_sandbox(home_dir, d1) as d1_env:
-        out = _run(home_dir, console, sandbox, {k: v for k, v in d1_env.items() if not k.startswith("_")})
-    if d1:
-        path = d1_env["_d1_path"]
+    no_d1: tuple[D1App | None, dict[str, str]] = (None, {})
+    with _d1_sandbox(home_dir) if d1 else nullcontext(no_d1) as (d1_app, d1_env):
+        out = _run(home_dir, console, sandbox, d1_env)
+    if d1_app is not None:
         console.print(
-            f"D1: {_D1_REQUESTS.get(path, 0)} requests to the sandbox D1; ClearLift's tables are in "
-            f"{path} (sqlite3 can read it), clearlift's own in {home_dir / 'control.db'}"
+            f"D1: {len(d1_app.requests)} requests to the sandbox D1; ClearLift's tables are in "
+            f"{d1_app.path} (sqlite3 can read it), clearlift's own in {home_dir / 'control.db'}"
         )
     console.print(
         f"done in {time.monotonic() - started:.1f}s."
