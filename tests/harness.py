@@ -105,29 +105,18 @@ class Env:
         settings: str | None = None,
         user: str = "user-1",
     ) -> str:
-        args = [
-            "connections",
-            "add",
-            "--org",
+        cid, _ = add_connection(
+            self,
             org,
-            "--platform",
             platform,
-            "--account-id",
             account,
-            "--connected-by",
-            user,
-            "--account-name",
-            f"{platform} {account}",
-        ]
-        if expires_at:
-            args += ["--expires-at", expires_at]
-        if settings:
-            args += ["--settings", settings]
-        env = {"CLEARLIFT_ACCESS_TOKEN": access}
-        if refresh:
-            env["CLEARLIFT_REFRESH_TOKEN"] = refresh
-        self.run(*args, **env)
-        return f"{org}-{platform}-{account}"
+            access,
+            refresh=refresh,
+            expires_at=expires_at,
+            settings=settings,
+            user=user,
+        )
+        return cid
 
     def store(self) -> sqlite3.Connection:
         c = sqlite3.connect(self.db)
