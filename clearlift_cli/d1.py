@@ -293,7 +293,6 @@ class D1Client:
         max_wait: float = 60.0,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
-        session: Any = None,
     ):
         if not token:
             raise D1AuthFailed("CLOUDFLARE_API_TOKEN is not set")
@@ -312,7 +311,6 @@ class D1Client:
         self.max_wait = max_wait  # longest Retry-After slept here; longer ones raise
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
-        self._session = session
         self.stats = D1Stats()
 
     @classmethod
@@ -329,16 +327,6 @@ class D1Client:
 
     def __repr__(self) -> str:
         return f"D1Client({self.name} via {self.base_url})"
-
-    @property
-    def session(self) -> Any:
-        if self._session is not None:
-            return self._session
-        from clearlift_cli.platforms.http import _session, is_loopback
-
-        # http.py's conventions: one per thread (consumer threads may share a client), no
-        # cookies kept, no proxy for a loopback D1 (the sandbox)
-        return _session(direct=is_loopback(self.url))
 
     # -- public operations ----------------------------------------------------------------
 
@@ -423,35 +411,35 @@ class D1Client:
     def _post(self, payload: bytes) -> tuple[Any, bytes]:
         """The response and its body (capped); a failure to send or to read the answer is
         ``D1Unavailable``, saying whether the statements may have run."""
-        import requests
+        from clearlift_cli.platforms import transport
 
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
         try:
-            resp = self.session.post(
+            # one pool set per thread (consumer threads may share a client), no proxy for a
+            # loopback D1 (the sandbox): the platforms' transport
+            resp = transport.send(
+                "POST",
                 self.url,
                 data=payload,
                 headers=headers,
-                timeout=(min(10.0, self.timeout), self.timeout),
-                allow_redirects=False,
-                stream=True,
+                connect_timeout=min(10.0, self.timeout),
+                read_timeout=self.timeout,
             )
             try:
                 return resp, self._read_capped(resp)
             finally:
                 resp.close()
-        except requests.ConnectTimeout:
-            raise D1Unavailable(f"{self.name}: connecting timed out") from None
-        except requests.Timeout:
+        except transport.TransportError as exc:
+            if not exc.sent:
+                what = "connecting timed out" if exc.timeout else f"connection failed ({exc.kind})"
+                raise D1Unavailable(f"{self.name}: {what}") from None
+            if exc.timeout:
+                raise D1Unavailable(
+                    f"{self.name}: no answer within {self.timeout:g}s", maybe_applied=True
+                ) from None
+            # e.g. the connection was reset, or the answer was cut off mid-body
             raise D1Unavailable(
-                f"{self.name}: no answer within {self.timeout:g}s", maybe_applied=True
-            ) from None
-        except requests.ConnectionError as exc:
-            raise D1Unavailable(
-                f"{self.name}: connection failed ({type(exc).__name__})", maybe_applied=not _never_sent(exc)
-            ) from None
-        except requests.RequestException as exc:  # e.g. the answer was cut off mid-body
-            raise D1Unavailable(
-                f"{self.name}: the answer was lost ({type(exc).__name__})", maybe_applied=True
+                f"{self.name}: the answer was lost ({exc.kind})", maybe_applied=True
             ) from None
 
     def _refuse_failed(self, answer: _Answer, resp: Any, attempt: int) -> None:
@@ -542,11 +530,3 @@ class _Answer:
         message = redact("; ".join(str(e.get("message", "")) for e in errors))
         detail = f"HTTP {status}" + (f", code {code}: {message}" if errors else "")
         return cls(status, body, code, message, detail)
-
-
-def _never_sent(exc: Exception) -> bool:
-    """A connection refused (or no route) before the request went out: D1 saw nothing."""
-    from urllib3.exceptions import NewConnectionError
-
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, NewConnectionError)

@@ -112,8 +112,6 @@ class PlatformContext:
     clock: Clock = SYSTEM_CLOCK
     # Called with (phase, done, total) so the job row can show live progress.
     progress: Callable[[str, int, int | None], None] | None = None
-    # Optional requests.Session to reuse (tests may pass one with a custom adapter).
-    session: Any = None
     # The connection being synced (named in configuration errors); None outside a job.
     connection_id: str | None = None
 

@@ -1,7 +1,7 @@
 """A total deadline for every platform request, and cutting the requests of a job that must
 stop now.
 
-requests' ``timeout`` bounds each socket operation, not a request: a server that sends its
+A socket timeout bounds each socket operation, not a request: a server that sends its
 body one byte per second never times out, and a consumer waiting on it ignores
 ``--max-seconds`` and SIGTERM. Here each request runs in a ``RequestScope``: one watchdog
 thread shuts the request's socket down when its deadline passes, which wakes the blocked
@@ -9,9 +9,9 @@ read at once (the request then fails, and ``HttpClient`` says why). A job runs i
 ``JobScope`` on its worker thread; ``JobScope.cut()`` cuts the request in flight the same
 way and refuses the next ones with ``Interrupted``.
 
-The socket is found through the connection classes of the session's adapter
-(``cuttable_adapter()``): each request registers its connection with the scope of the thread
-that sends it. Sessions are per thread (``http._session``), so nothing is shared.
+The socket is found through the connection classes of the transport's pools
+(``pool_classes()``): each request registers its connection with the scope of the thread
+that sends it. Pools are per thread (``transport``), so nothing is shared.
 """
 
 from __future__ import annotations
@@ -162,9 +162,10 @@ def _register(conn: Any) -> None:
 
 
 @cache
-def _adapter_class() -> type:
-    # Built on first use: the CLI does not import requests until a command needs it.
-    from requests.adapters import HTTPAdapter
+def pool_classes() -> dict[str, type]:
+    """urllib3 pool classes, by scheme, whose connections register with the request scope
+    of the thread that uses them (set them as a pool manager's ``pool_classes_by_scheme``)."""
+    # Built on first use: the CLI does not import urllib3 until a command needs it.
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -192,26 +193,7 @@ def _adapter_class() -> type:
     class HTTPSPool(HTTPSConnectionPool):
         ConnectionCls = CuttableHTTPSConnection
 
-    pools = {"http": HTTPPool, "https": HTTPSPool}
-
-    class CuttableAdapter(HTTPAdapter):
-        """requests' adapter whose connections can be cut by a ``RequestScope``."""
-
-        def init_poolmanager(self, *args, **kwargs) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = pools
-
-        def proxy_manager_for(self, proxy, **proxy_kwargs):
-            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-            manager.pool_classes_by_scheme = pools
-            return manager
-
-    return CuttableAdapter
-
-
-def cuttable_adapter():
-    """A requests adapter (mount it on a session) whose requests ``request_deadline`` can cut."""
-    return _adapter_class()()
+    return {"http": HTTPPool, "https": HTTPSPool}
 
 
 class _Watchdog:
@@ -262,11 +244,11 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 __all__ = [
-    "cuttable_adapter",
     "JobScope",
     "RequestScope",
     "check_not_cut",
     "current_request",
     "job_scope",
+    "pool_classes",
     "request_deadline",
 ]

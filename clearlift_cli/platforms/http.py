@@ -6,16 +6,15 @@ arrive (Google's ``searchStream``), holding one element at a time. Each platform
 passes a ``classify(response, body)`` function that raises the right
 ``clearlift_cli.errors`` exception for an error answer (or returns for a good one).
 Network failures, timeouts and bodies that are not JSON become ``TransientError``.
-Transient errors are retried here a few times with exponential backoff (tenacity); a
+Transient errors are retried here a few times with exponential backoff; a
 ``RateLimited`` whose wait is short is slept here, a longer one propagates so the queue can
 defer the job instead of holding a worker. Every message is redacted.
 
 Three things are refused whatever the platform: a redirect (none of these APIs redirect,
-and requests would carry ``Access-Token`` / ``developer-token`` to the other host; only
-``Authorization`` is dropped), an answer (or, streamed, one element of it) larger than
-``MAX_RESPONSE_BYTES``, and a proxy
+and following one would carry ``Access-Token`` / ``developer-token`` to the other host),
+an answer (or, streamed, one element of it) larger than ``MAX_RESPONSE_BYTES``, and a proxy
 for loopback targets (the sandbox, the demo): ``http_proxy`` / ``https_proxy`` /
-``NO_PROXY`` apply to every other host as usual.
+``NO_PROXY`` apply to every other host as usual (``transport``).
 """
 
 from __future__ import annotations
@@ -25,30 +24,28 @@ import ipaddress
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, overload
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 from clearlift_cli.errors import Interrupted, PermanentError, RateLimited, TokenExpired, TransientError
-from clearlift_cli.platforms import deadline
+from clearlift_cli.platforms import deadline, transport
 from clearlift_cli.platforms.jsonstream import StreamError, iter_json_array
 from clearlift_cli.redact import MASK, redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
-    from tenacity import RetryCallState, Retrying
-
     from clearlift_cli.platforms.base import PlatformContext
 
-# tenacity and email.utils are imported where they are used: `status` and `schedule` read
-# each platform's defaults (its client class), and need neither.
+# email.utils is imported where it is used: `status` and `schedule` read each platform's
+# defaults (its client class), and do not need it.
 
 log = logging.getLogger("clearlift.http")
 
 Classify = Callable[["Response", Any], None]
+T = TypeVar("T")
 
 # A rate-limit wait up to this long is slept in place; longer ones defer the job.
 SHORT_WAIT_SECONDS = 5.0
@@ -66,6 +63,14 @@ MAX_MESSAGE_CHARS = 300
 _KEY_SHAPED = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\S*|\*{2,}\S*")
 
 
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, TokenExpired):
+        return False
+    if isinstance(exc, RateLimited):
+        return exc.retry_after <= SHORT_WAIT_SECONDS
+    return isinstance(exc, TransientError)
+
+
 def short(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
     """A platform's text (an error message, a row that did not parse) fit to quote: known
     secrets and key-shaped values masked, on one line, at most ``limit`` characters.
@@ -76,11 +81,9 @@ def short(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 def client_for(ctx: PlatformContext, platform: str) -> HttpClient:
-    """The HTTP client of one platform call: the context's clock, session and
+    """The HTTP client of one platform call: the context's clock and
     ``CLEARLIFT_HTTP_TIMEOUT``."""
-    return HttpClient(
-        platform=platform, clock=ctx.clock, timeout=ctx.settings.http_timeout, session=ctx.session
-    )
+    return HttpClient(platform=platform, clock=ctx.clock, timeout=ctx.settings.http_timeout)
 
 
 class Response:
@@ -129,38 +132,6 @@ def parse_retry_after(raw: str | None, now: float) -> float | None:
         return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
     except (TypeError, ValueError, IndexError):
         return None
-
-
-_sessions = threading.local()
-
-
-def _session(direct: bool = False):
-    """One requests.Session per thread (and per kind), kept across jobs: its connection pool
-    saves a TCP (and TLS) handshake per job. Sessions hold no credentials (they go per
-    request). ``direct`` sessions ignore the environment's proxy settings: they serve
-    loopback targets only."""
-    name = "direct" if direct else "session"
-    s = getattr(_sessions, name, None)
-    if s is None:
-        from http.cookiejar import DefaultCookiePolicy
-
-        import requests
-
-        s = requests.Session()
-        _with_deadlines(s)
-        s.headers["User-Agent"] = "clearlift/0.1"
-        # shared by every connection this thread syncs: keep no cookies from one to the next
-        s.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        if direct:
-            s.trust_env = False
-        setattr(_sessions, name, s)
-    return s
-
-
-def _with_deadlines(session) -> None:
-    """Let ``deadline.request_deadline`` cut this session's requests (total deadline, stop)."""
-    session.mount("http://", deadline.cuttable_adapter())
-    session.mount("https://", deadline.cuttable_adapter())
 
 
 def is_loopback(url: str) -> bool:
@@ -224,7 +195,6 @@ class HttpClient:
         attempts: int = 3,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
-        session: Any = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.platform = platform
@@ -233,23 +203,10 @@ class HttpClient:
         self.attempts = attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._session = session
         self.max_response_bytes = max_response_bytes
         self.requests_sent = 0
         # Called with the Response of every answered request (e.g. usage headers).
         self.observers: list[Callable[[Response], None]] = []
-
-    @property
-    def session(self):
-        if self._session is None:
-            self._session = _session()
-        return self._session
-
-    def _session_for(self, url: str):
-        """The given session, else this thread's: a proxy-free one for loopback targets."""
-        if self._session is not None:
-            return self._session
-        return _session(direct=is_loopback(url))
 
     def request(
         self,
@@ -262,15 +219,17 @@ class HttpClient:
         data: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        return self._retrying()(
-            self._once,
-            method,
-            url,
-            classify=classify,
-            params=params,
-            json_body=json_body,
-            data=data,
-            headers=headers,
+        return self._retrying(
+            partial(
+                self._once,
+                method,
+                url,
+                classify=classify,
+                params=params,
+                json_body=json_body,
+                data=data,
+                headers=headers,
+            )
         )
 
     def stream_array(
@@ -306,7 +265,7 @@ class HttpClient:
                     raise
             return resp, response, elements, element, cut.connections
 
-        resp, response, elements, element, conns = self._retrying()(first_element)
+        resp, response, elements, element, conns = self._retrying(first_element)
         try:
             while element is not _END:
                 yield element
@@ -317,39 +276,33 @@ class HttpClient:
         finally:
             resp.close()
 
-    def _retrying(self) -> Retrying:
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, RateLimited):
-                return exc.retry_after
-            return min(self.backoff_max, self.backoff_base * (2 ** (state.attempt_number - 1)))
-
-        def retryable(exc: BaseException) -> bool:
-            if isinstance(exc, TokenExpired):
-                return False
-            if isinstance(exc, RateLimited):
-                return exc.retry_after <= SHORT_WAIT_SECONDS
-            return isinstance(exc, TransientError)
-
-        return Retrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait,
-            retry=retry_if_exception(retryable),
-            sleep=self.clock.sleep,
-            reraise=True,
-        )
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, tried up to ``attempts`` times while it fails with a transient
+        error or a short rate limit: exponential backoff, or the wait the platform asked
+        for, slept on the client's clock. The last failure is raised as it was. (A loop of
+        its own: building a tenacity ``Retrying`` for every request cost more CPU than the
+        rest of the retry logic.)"""
+        tries = max(1, self.attempts)
+        for number in range(1, tries + 1):
+            try:
+                return attempt()
+            except TransientError as exc:  # RateLimited and TokenExpired are kinds of it
+                if number == tries or not _retryable(exc):
+                    raise
+                if isinstance(exc, RateLimited):
+                    wait = exc.retry_after
+                else:
+                    wait = min(self.backoff_max, self.backoff_base * (2 ** (number - 1)))
+            self.clock.sleep(wait)
+        raise AssertionError("unreachable")  # the last try returned or raised
 
     @contextlib.contextmanager
     def _network_errors(self):
-        """Turn the network's exceptions into ``TransientError`` (``Interrupted`` when the
+        """Turn the network's failures into ``TransientError`` (``Interrupted`` when the
         consumer is stopping and cut the request)."""
-        import requests
-
         try:
             yield
-        except requests.RequestException as exc:
+        except transport.TransportError as exc:
             raise self._cut_error() or self._failure(exc) from None
 
     def _cut_error(self) -> Exception | None:
@@ -366,19 +319,13 @@ class HttpClient:
             )
         return None
 
-    def _failure(self, exc: Exception) -> TransientError:
+    def _failure(self, exc: transport.TransportError) -> TransientError:
         """The error a request that got no answer stands for."""
-        import requests
-
-        if isinstance(exc, requests.Timeout):
+        if exc.timeout:
             return TransientError(
                 f"{self.platform}: request timed out after {self.timeout:g}s", platform=self.platform
             )
-        if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-            return TransientError(
-                f"{self.platform}: connection failed ({type(exc).__name__})", platform=self.platform
-            )
-        return TransientError(f"{self.platform}: request failed: {redact(exc)}", platform=self.platform)
+        return TransientError(f"{self.platform}: connection failed ({exc.kind})", platform=self.platform)
 
     def _refuse_redirect(self, resp) -> None:
         if 300 <= resp.status_code < 400:
@@ -395,19 +342,18 @@ class HttpClient:
 
     def _once(self, method, url, *, classify, params, json_body, data, headers) -> Any:
         self.requests_sent += 1
-        # self.timeout is the whole request's deadline, connect to last byte; requests' own
+        # self.timeout is the whole request's deadline, connect to last byte; the socket
         # timeout only bounds each socket operation.
         with deadline.request_deadline(self.timeout), self._network_errors():
-            resp = self._session_for(url).request(
+            resp = transport.send(
                 method,
                 url,
                 params=params,
-                json=json_body,
+                json_body=json_body,
                 data=data,
-                headers=dict(headers or {}),
-                timeout=(min(10.0, self.timeout), self.timeout),
-                allow_redirects=False,
-                stream=True,
+                headers=headers,
+                connect_timeout=min(10.0, self.timeout),
+                read_timeout=self.timeout,
             )
             try:
                 raw = _read_capped(resp, self.max_response_bytes, self.platform)
@@ -445,14 +391,13 @@ class HttpClient:
         are classified by."""
         self.requests_sent += 1
         with self._network_errors():
-            resp = self._session_for(url).request(
+            resp = transport.send(
                 method,
                 url,
-                json=json_body,
-                headers=dict(headers or {}),
-                timeout=(min(10.0, self.timeout), self.timeout),
-                allow_redirects=False,
-                stream=True,
+                json_body=json_body,
+                headers=headers,
+                connect_timeout=min(10.0, self.timeout),
+                read_timeout=self.timeout,
             )
             if resp.status_code >= 300:
                 try:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import cli_env, home_db, insert_connections, new_store
 
-HEAVY = ("pydantic", "rich", "requests", "psycopg", "cryptography", "tenacity")
+HEAVY = ("pydantic", "rich", "urllib3", "psycopg", "cryptography")
 
 
 def imported(args: list[str], env: dict[str, str]) -> set[str]:
