@@ -35,21 +35,64 @@ _PATTERNS = [
 
 _lock = threading.Lock()
 _known: set[str] = set()
-# longest first, so a secret containing another is masked whole; rebuilt only on register
-_ordered: tuple[str, ...] = ()
 
 # Shorter strings would mask ordinary words; real tokens are far longer.
 _MIN_SECRET_LEN = 8
+# Known secrets by their first _MIN_SECRET_LEN characters, longest first within each: a
+# consumer registers every connection's tokens, so a run of 10,000 jobs knows 20,000 of
+# them, and ``redact`` must not try each one (nor ``register`` re-sort them all: that made
+# both grow with the run). Entries are replaced whole, so readers need no lock.
+_by_head: dict[str, tuple[str, ...]] = {}
 
 
 def register(*secrets: str | None) -> None:
     """Remember values that must never be shown (tokens, keys, app secrets)."""
-    global _ordered
     with _lock:
-        fresh = [s for s in secrets if s and len(s) >= _MIN_SECRET_LEN and s not in _known]
-        if fresh:
-            _known.update(fresh)
-            _ordered = tuple(sorted(_known, key=len, reverse=True))
+        for secret in secrets:
+            if secret and len(secret) >= _MIN_SECRET_LEN and secret not in _known:
+                _known.add(secret)
+                head = secret[:_MIN_SECRET_LEN]
+                same = (*_by_head.get(head, ()), secret)
+                _by_head[head] = tuple(sorted(same, key=len, reverse=True))
+
+
+def known() -> frozenset[str]:
+    """Every registered secret (for tests that save and restore the process's state)."""
+    with _lock:
+        return frozenset(_known)
+
+
+def forget_all_but(secrets: set[str] | frozenset[str]) -> None:
+    """Know exactly ``secrets`` from now on (for tests: each command as a fresh process)."""
+    with _lock:
+        _known.clear()
+        _by_head.clear()
+    register(*secrets)
+
+
+def _mask_known(s: str) -> str:
+    """``s`` with every registered secret in it masked; where two start at the same place
+    the longer one is masked whole."""
+    heads = _by_head
+    if not heads:
+        return s
+    width = _MIN_SECRET_LEN
+    pieces: list[str] = []
+    start = i = 0
+    end = len(s) - width + 1
+    while i < end:
+        candidates = heads.get(s[i : i + width])
+        if candidates:
+            secret = next((c for c in candidates if s.startswith(c, i)), None)
+            if secret is not None:
+                pieces += (s[start:i], MASK)
+                i = start = i + len(secret)
+                continue
+        i += 1
+    if not pieces:
+        return s
+    pieces.append(s[start:])
+    return "".join(pieces)
 
 
 def redact(text: object) -> str:
@@ -57,9 +100,7 @@ def redact(text: object) -> str:
     s = str(text)
     if not s:
         return s
-    for secret in _ordered:  # a tuple swapped whole by register(): safe to read unlocked
-        if secret in s:
-            s = s.replace(secret, MASK)
+    s = _mask_known(s)
     for pattern in _PATTERNS:
         s = pattern.sub(lambda m: m.group(1) + MASK, s)
     return s

@@ -126,13 +126,13 @@ def invoke(
     from clearlift_cli import cli, redact, settings
 
     args = [str(a) for a in args]
-    saved_secrets, saved_warned = set(redact._known), set(settings._warned)
+    saved_secrets, saved_warned = redact.known(), set(settings._warned)
     saved_environ, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     saved_sigterm = signal.getsignal(signal.SIGTERM)
     saved_loggers = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in map(logging.getLogger, _LOGGERS)]
     code: int = 0
     try:
-        _set_process_state(redact, settings, secrets=set(), warned=set())
+        _set_process_state(redact, settings, secrets=frozenset(), warned=set())
         os.environ.clear()
         os.environ.update(env)
         sys.argv = ["clearlift", *args]
@@ -167,13 +167,10 @@ def invoke(
     return subprocess.CompletedProcess([CLEARLIFT, *args], code, stdout, stderr)
 
 
-def _set_process_state(redact: Any, settings: Any, *, secrets: set[str], warned: set[str]) -> None:
+def _set_process_state(redact: Any, settings: Any, *, secrets: frozenset[str], warned: set[str]) -> None:
     """The secrets registered for redaction (redact.register) and the files already warned
     about (settings.warn_if_others_can_read): the product's per-process state."""
-    with redact._lock:
-        redact._known.clear()
-        redact._known.update(secrets)
-        redact._ordered = tuple(sorted(secrets, key=len, reverse=True))
+    redact.forget_all_but(secrets)
     with settings._warned_lock:
         settings._warned.clear()
         settings._warned.update(warned)
