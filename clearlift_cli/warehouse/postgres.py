@@ -11,6 +11,7 @@ starts faster without it.
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -415,17 +416,14 @@ class PostgresWarehouse(Warehouse):
             raise self._error("connecting", exc) from None
 
     def _checkout(self) -> psycopg.Connection:
-        """A connection ready for a new transaction: an idle one that still answers, or a
-        new one (the server may have restarted since the idle one was last used)."""
+        """A connection ready for a new transaction: an idle one the server has not closed,
+        or a new one (the server may have restarted, or ended the session, since the idle
+        one was last used)."""
         conn, fresh = self._pool.acquire()
-        if fresh:
+        if fresh or _quiet(conn):
             return conn
-        try:
-            conn.execute("SELECT 1")
-            return conn
-        except psycopg.Error:
-            self._pool.discard(conn)
-            return self._connect()
+        self._pool.discard(conn)
+        return self._connect()
 
     def _checkin(self, conn: psycopg.Connection) -> None:
         reusable = (
@@ -735,3 +733,20 @@ def _warn_about_open_tables(conn: psycopg.Connection) -> None:
             "them): %s; enable it with ALTER TABLE ... ENABLE ROW LEVEL SECURITY",
             ", ".join(open_tables),
         )
+
+
+def _quiet(conn: psycopg.Connection) -> bool:
+    """True for an idle connection the server has sent nothing since its last answer. A
+    server that shuts down, restarts or ends the session (``pg_terminate_backend``,
+    ``idle_session_timeout``) sends a notice and closes the socket, which is then
+    readable; nothing else arrives unasked on a connection that does not ``LISTEN``. This
+    costs one ``poll``, not a ``SELECT 1`` round trip per transaction (issue 19). A server
+    that vanished without closing (a cut network) is found by the first statement instead,
+    and the job is retried."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable

@@ -124,3 +124,48 @@ def test_a_transaction_left_idle_is_ended_by_the_server(pg_schema_url):
             other.rollback()
     finally:
         wh.close()
+
+
+def test_an_idle_pooled_connection_the_server_ended_is_replaced_before_the_next_job(pg_schema_url):
+    """A pooled connection whose session the server ended while it sat idle (a restart,
+    ``pg_terminate_backend``, ``idle_session_timeout``) is not handed to the next transaction:
+    that transaction gets a new connection and commits."""
+    wh = open_warehouse(pg_schema_url)
+    try:
+        wh.init_schema()
+        first = warehouse_connection(wh)
+        old_pid = first.info.backend_pid
+        wh._checkin(first)
+        with psycopg.connect(pg_schema_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,)).fetchone() == (True,)
+            deadline = time.monotonic() + 10
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old_pid,)).fetchone():
+                assert time.monotonic() < deadline, "the backend did not end"
+                time.sleep(0.05)
+        with wh.transaction() as w:
+            pid = w._conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert pid != old_pid
+        again = warehouse_connection(wh)  # the new one was kept: it is quiet, so it is reused
+        assert again.info.backend_pid == pid
+        wh._checkin(again)
+    finally:
+        wh.close()
+
+
+def test_the_pool_keeps_as_many_connections_as_were_in_use_at_once(pg_schema_url):
+    """Sixteen transactions at once leave sixteen connections to reuse: none is closed and
+    reopened between jobs (a cap of eight did that for most jobs at concurrency 16)."""
+    wh = open_warehouse(pg_schema_url)
+    try:
+        held = [wh._checkout() for _ in range(16)]
+        pids = {c.info.backend_pid for c in held}
+        for conn in held:
+            wh._rollback(conn)
+            wh._checkin(conn)
+        again = [wh._checkout() for _ in range(16)]
+        assert {c.info.backend_pid for c in again} == pids
+        for conn in again:
+            wh._rollback(conn)
+            wh._checkin(conn)
+    finally:
+        wh.close()
