@@ -38,11 +38,20 @@ _known: set[str] = set()
 
 # Shorter strings would mask ordinary words; real tokens are far longer.
 _MIN_SECRET_LEN = 8
-# Known secrets by their first _MIN_SECRET_LEN characters, longest first within each: a
-# consumer registers every connection's tokens, so a run of 10,000 jobs knows 20,000 of
-# them, and ``redact`` must not try each one (nor ``register`` re-sort them all: that made
-# both grow with the run). Entries are replaced whole, so readers need no lock.
-_by_head: dict[str, tuple[str, ...]] = {}
+# Known secrets, found without trying each one: a consumer registers every connection's
+# tokens, so a run of 10,000 jobs knows 20,000 of them, and neither ``redact`` nor
+# ``register`` may grow with that (trying each, or re-sorting all, did). A secret is looked
+# up where it would start in the text: by its first _MIN_SECRET_LEN characters, then, if it
+# is at least _LONG characters long, by its first _LONG (tokens of one platform share a
+# prefix, e.g. Google's "ya29.a0A", so the short key alone would pile them in one list).
+# Values are tuples, longest first, replaced whole: readers need no lock.
+_LONG = 24
+_short: dict[str, tuple[str, ...]] = {}  # first 8 characters -> secrets shorter than _LONG
+_long: dict[str, tuple[str, ...]] = {}  # first _LONG characters -> secrets at least that long
+
+
+def _add(index: dict[str, tuple[str, ...]], key: str, secret: str) -> None:
+    index[key] = tuple(sorted((*index.get(key, ()), secret), key=len, reverse=True))
 
 
 def register(*secrets: str | None) -> None:
@@ -52,8 +61,11 @@ def register(*secrets: str | None) -> None:
             if secret and len(secret) >= _MIN_SECRET_LEN and secret not in _known:
                 _known.add(secret)
                 head = secret[:_MIN_SECRET_LEN]
-                same = (*_by_head.get(head, ()), secret)
-                _by_head[head] = tuple(sorted(same, key=len, reverse=True))
+                if len(secret) >= _LONG:
+                    _short.setdefault(head, ())
+                    _add(_long, secret[:_LONG], secret)
+                else:
+                    _add(_short, head, secret)
 
 
 def known() -> frozenset[str]:
@@ -66,29 +78,38 @@ def forget_all_but(secrets: set[str] | frozenset[str]) -> None:
     """Know exactly ``secrets`` from now on (for tests: each command as a fresh process)."""
     with _lock:
         _known.clear()
-        _by_head.clear()
+        _short.clear()
+        _long.clear()
     register(*secrets)
+
+
+def _secret_at(s: str, i: int) -> str | None:
+    """The longest registered secret that starts at ``s[i]``, if any."""
+    short = _short.get(s[i : i + _MIN_SECRET_LEN])
+    if short is None:
+        return None
+    for candidates in (_long.get(s[i : i + _LONG], ()), short):
+        for secret in candidates:
+            if s.startswith(secret, i):
+                return secret
+    return None
 
 
 def _mask_known(s: str) -> str:
     """``s`` with every registered secret in it masked; where two start at the same place
     the longer one is masked whole."""
-    heads = _by_head
-    if not heads:
+    if not _short:
         return s
-    width = _MIN_SECRET_LEN
     pieces: list[str] = []
     start = i = 0
-    end = len(s) - width + 1
+    end = len(s) - _MIN_SECRET_LEN + 1
     while i < end:
-        candidates = heads.get(s[i : i + width])
-        if candidates:
-            secret = next((c for c in candidates if s.startswith(c, i)), None)
-            if secret is not None:
-                pieces += (s[start:i], MASK)
-                i = start = i + len(secret)
-                continue
-        i += 1
+        secret = _secret_at(s, i)
+        if secret is None:
+            i += 1
+            continue
+        pieces += (s[start:i], MASK)
+        i = start = i + len(secret)
     if not pieces:
         return s
     pieces.append(s[start:])

@@ -51,3 +51,13 @@ def test_forgetting_leaves_exactly_the_given_secrets():
     redaction.register("KeepMe123456", "DropMe123456")
     redaction.forget_all_but(frozenset({"KeepMe123456"}))
     assert redact("KeepMe123456 DropMe123456") == f"{MASK} DropMe123456"
+
+
+def test_tokens_sharing_a_long_prefix_are_each_masked_and_only_whole():
+    """Google's access tokens all start "ya29.a0A": the index must still tell them apart."""
+    prefix = "ya29.a0AfB_byC"
+    tokens = [prefix + secrets.token_urlsafe(40) for _ in range(5_000)]
+    redaction.register(*tokens, prefix + "short")
+    for token in tokens[::499]:
+        assert redact(f"token={token[:-1]} and {token}") == f"token={token[:-1]} and {MASK}"
+    assert redact(f"{prefix}short{prefix}") == f"{MASK}{prefix}"
