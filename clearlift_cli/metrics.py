@@ -28,7 +28,7 @@ from clearlift_cli.store import Store
 QUANTILES = (0.5, 0.9, 0.99)
 WINDOW_SECONDS = 3600
 # The statuses a consumed job can end a delivery in (see consumer.Outcome).
-OUTCOMES = ("completed", "failed", "deferred", "retry", "dropped", "stale")
+OUTCOMES = ("completed", "failed", "deferred", "retry", "released", "dropped", "stale")
 
 
 @dataclass
