@@ -2,14 +2,17 @@
 or, beside a live D1, clearlift's own only (``CLEARLIFT_CONTROL_DB``).
 
 Opening the file sets WAL mode and a busy timeout; every write is a ``BEGIN IMMEDIATE``
-transaction. Each thread gets its own SQLite connection.
+transaction. The process's threads share one SQLite connection and take turns on it.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,16 @@ class SqliteEngine(Engine):
     def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = False):
         super().__init__(clock)
         self.path = path
+        # One connection for all of this process's threads, used in turns (reads too).
+        # SQLite has one writer at a time anyway: threads now wait on this lock instead of
+        # meeting SQLITE_BUSY and polling the file lock through the busy handler's sleeps
+        # (about ten sleeps and their retries per job at concurrency 16), and the
+        # connection's page cache stays valid (with one connection per thread, each write
+        # made every other connection read the pages again: ~50 preads a job). Issue 19.
+        # Other processes still meet the busy timeout. Re-entrant: a thread inside a write
+        # transaction reads on the same connection and sees its own changes, as before.
+        self._turn = threading.RLock()
+        self._shared: sqlite3.Connection | None = None
         self._create = create
         p = Path(path)
         if not create and not p.exists():
@@ -92,6 +105,24 @@ class SqliteEngine(Engine):
             )
         return self._remember(c)
 
+    def conn(self) -> Any:
+        """The process's connection (see ``__init__``); use it inside ``write`` or
+        ``read``, which take turns."""
+        with self._turn:
+            if self._shared is None:
+                self._shared = self._connect()
+            return self._shared
+
+    def close(self) -> None:
+        with self._turn:
+            super().close()
+            self._shared = None
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        with self._turn, super().write() as c:
+            yield c
+
     def _begin(self, c: Any) -> None:
         for attempt in range(20):
             try:
@@ -110,7 +141,8 @@ class SqliteEngine(Engine):
 
     def read(self, sql: str, params: Any = ()) -> list[Any]:
         try:
-            return self.conn().execute(sql, params).fetchall()
+            with self._turn:
+                return self.conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self._wrap(exc) from None
 

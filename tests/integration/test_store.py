@@ -75,3 +75,42 @@ def test_write_rolls_back_on_error(tmp_path):
         assert query(tmp_path / "s.db", "SELECT * FROM clearlift_meta WHERE key = 'half'") == []
     finally:
         store.close()
+
+
+def test_a_processs_threads_take_turns_instead_of_meeting_the_busy_lock(tmp_path, monkeypatch):
+    """Sixteen threads writing at once (a consumer at concurrency 16) never find the file
+    locked by each other: they wait their turn in the process. With a connection per thread
+    they met SQLITE_BUSY and polled the lock with sleeps; here the busy timeout is 0, so such a
+    meeting would show as a retry of BEGIN IMMEDIATE (counted) or an error."""
+    import threading
+
+    from clearlift_cli.store import sqlite as sqlite_engine
+
+    monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_MS", 0)
+    store = new_store(tmp_path / "s.db")
+    retries: list[float] = []
+    monkeypatch.setattr(sqlite_engine.time, "sleep", retries.append)
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def writer(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(30):
+                with store.write() as c:
+                    c.execute("INSERT INTO clearlift_meta (key, value) VALUES (?, ?)", (f"t{n}-{i}", "x"))
+                    c.execute("SELECT COUNT(*) FROM clearlift_meta").fetchone()
+                assert store.read("SELECT value FROM clearlift_meta WHERE key = ?", (f"t{n}-{i}",))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [] and retries == []
+        assert store.read("SELECT COUNT(*) FROM clearlift_meta WHERE key LIKE 't%'")[0][0] == 16 * 30
+    finally:
+        store.close()
