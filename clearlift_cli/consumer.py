@@ -16,9 +16,10 @@ import os
 import socket
 import threading
 import time as _time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from queue import Empty, SimpleQueue
 from typing import NamedTuple
 
 from clearlift_cli.crypto import FieldCipher
@@ -120,6 +121,9 @@ class _Run:
     result: ConsumeResult = field(default_factory=ConsumeResult)
     # A job stays here until it has ended, so the heartbeat renews its lease all along.
     in_flight: dict[Future, ClaimedMessage] = field(default_factory=dict)
+    # Each job's future as it ends: the loop waits on this one queue, not on every future
+    # in flight (concurrent.futures.wait installs and removes a waiter on each, per turn).
+    ended: SimpleQueue[Future] = field(default_factory=SimpleQueue)
     claimed_total: int = 0
     claiming: bool = True
     cut_at: float | None = None  # when running jobs are cut (monotonic)
@@ -139,6 +143,20 @@ class _Run:
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.claimed_total)
         return free
+
+
+def _ended(ended: SimpleQueue[Future], timeout: float) -> list[Future]:
+    """The futures that have ended: waits up to ``timeout`` for the first, then takes
+    whatever else has ended meanwhile without waiting."""
+    try:
+        futures = [ended.get(timeout=timeout)]
+    except Empty:
+        return []
+    while True:
+        try:
+            futures.append(ended.get_nowait())
+        except Empty:
+            return futures
 
 
 class Consumer:
@@ -243,10 +261,8 @@ class Consumer:
             self._cut_running()
         if run.in_flight:
             tick = 1.0 if run.cut_at is None else min(1.0, max(0.05, run.cut_at - now))
-            done, _ = wait(list(run.in_flight), timeout=tick, return_when=FIRST_COMPLETED)
-            for fut in done:
-                run.result.outcomes.append(self._collect(fut, run.in_flight[fut]))
-                del run.in_flight[fut]
+            for fut in _ended(run.ended, tick):
+                run.result.outcomes.append(self._collect(fut, run.in_flight.pop(fut)))
         return True
 
     def _note_stop(self, run: _Run, now: float) -> None:
@@ -276,7 +292,9 @@ class Consumer:
             self.owner, limit=free, lease_seconds=self.lease_seconds, only_job=run.only_job
         )
         for claimed in batch:
-            run.in_flight[pool.submit(self._run_cuttable, claimed)] = claimed
+            fut = pool.submit(self._run_cuttable, claimed)
+            run.in_flight[fut] = claimed
+            fut.add_done_callback(run.ended.put)
         run.claimed_total += len(batch)
         return bool(batch or run.in_flight)
 
