@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from clearlift_cli.errors import Interrupted
@@ -118,29 +118,35 @@ def current_request() -> RequestScope | None:
     return getattr(_local, "request", None)
 
 
-@contextmanager
-def request_deadline(seconds: float, *, connections: Iterable[Any] = ()) -> Iterator[RequestScope]:
+class request_deadline:  # lower case: used like the function it replaced
     """Run one request (or one more read of a streamed answer, on ``connections``) with a
-    total deadline of ``seconds``. Raises ``Interrupted`` at once if this thread's job has
-    been cut."""
-    check_not_cut()
-    scope = RequestScope()
-    for conn in connections:
-        scope.attach(conn)
-    job: JobScope | None = getattr(_local, "job", None)
-    outer = current_request()
-    _local.request = scope
-    if job is not None:
-        job._enter(scope)
-    alarm = _WATCHDOG.schedule(time.monotonic() + seconds, lambda: scope.cut(DEADLINE))
-    try:
-        yield scope
-    finally:
-        _WATCHDOG.cancel(alarm)
-        scope.close()
-        _local.request = outer
-        if job is not None:
-            job._enter(outer)
+    total deadline of ``seconds``: ``with request_deadline(30) as scope: ...``. Raises
+    ``Interrupted`` at once if this thread's job has been cut. (A class, not a generator
+    context manager: it wraps every element of a streamed answer.)"""
+
+    __slots__ = ("_alarm", "_job", "_outer", "scope")
+
+    def __init__(self, seconds: float, *, connections: Iterable[Any] = ()):
+        check_not_cut()
+        self.scope = scope = RequestScope()
+        for conn in connections:
+            scope.attach(conn)
+        self._job: JobScope | None = getattr(_local, "job", None)
+        self._outer = current_request()
+        self._alarm = _WATCHDOG.schedule(time.monotonic() + seconds, partial(scope.cut, DEADLINE))
+
+    def __enter__(self) -> RequestScope:
+        _local.request = self.scope
+        if self._job is not None:
+            self._job._enter(self.scope)
+        return self.scope
+
+    def __exit__(self, *exc: object) -> None:
+        _WATCHDOG.cancel(self._alarm)
+        self.scope.close()
+        _local.request = self._outer
+        if self._job is not None:
+            self._job._enter(self._outer)
 
 
 def _shutdown(conn: Any) -> None:
