@@ -257,7 +257,9 @@ class JobSync:
         window = self.msg.sync_window
 
         def load(aid: str, client: PlatformClient) -> int:
-            return client.load_after_slices(self._owner(aid), accounts[aid], window, self.warehouse)
+            return client.load_after_slices(
+                self._owner(aid), accounts[aid], window, self.warehouse, write_seq=self.claimed.claim_seq
+            )
 
         # not each_account: every account has its slices by now, and any failure ends the job
         return sum(self.with_refresh(partial(load, aid), account=aid) for aid in accounts)

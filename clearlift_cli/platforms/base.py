@@ -189,10 +189,16 @@ class PlatformClient(ABC):
         it is fetched (flat memory)."""
 
     def load_after_slices(
-        self, owner: RowOwner, account: Account, window: SyncWindow, warehouse: Warehouse
+        self,
+        owner: RowOwner,
+        account: Account,
+        window: SyncWindow,
+        warehouse: Warehouse,
+        *,
+        write_seq: int | None = None,
     ) -> int:
-        """What the kind writes once every slice of the job is (see ``after_slices_phase``);
-        the rows written."""
+        """What the kind writes once every slice of the job is (see ``after_slices_phase``),
+        fenced by ``write_seq`` like ``load_slice``; the rows written."""
         return 0
 
 
@@ -253,11 +259,18 @@ class RevenueClient(PlatformClient):
             return n + w.rebuild_daily_revenue(owner, account, first_day, last_day, synced_at)
 
     def load_after_slices(
-        self, owner: RowOwner, account: Account, window: SyncWindow, warehouse: Warehouse
+        self,
+        owner: RowOwner,
+        account: Account,
+        window: SyncWindow,
+        warehouse: Warehouse,
+        *,
+        write_seq: int | None = None,
     ) -> int:
         """Refunds created in the job's window on charges created before it (a refund made
         weeks after the sale): those charges updated where they are stored, and the revenue
-        of their days rebuilt. Charges created in the window were just read afresh."""
+        of their days rebuilt. Charges created in the window were just read afresh. Fenced
+        as the slices are: a delivery whose lease was taken over writes nothing."""
         self._zone(account, owner)
         clock = self.ctx.clock
         until = min(window.end, clock.now())
@@ -269,7 +282,7 @@ class RevenueClient(PlatformClient):
         )
         if warehouse.single_writer:
             charges = list(charges)
-        with warehouse.transaction() as w:
+        with warehouse.transaction(write_seq=write_seq) as w:
             n, days = w.update_stored_charges(owner, account, charges, synced_at)
             for first, last in date_runs(days):
                 n += w.rebuild_daily_revenue(owner, account, first, last, synced_at)

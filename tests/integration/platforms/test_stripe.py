@@ -443,3 +443,36 @@ def test_an_endless_walk_stops_at_the_page_cap(app, client):
             pass
 
     assert len(app.requests_to(CHARGES)) == 7
+
+
+def test_late_refunds_are_fenced_like_the_slices(app, client, tmp_path):
+    """A delivery whose lease was taken over (a later claim has written the connection's
+    rows) writes no late refund either: StaleWrite, the stored charge as it was."""
+    from clearlift_cli.errors import StaleWrite
+    from clearlift_cli.models import SyncWindow
+    from clearlift_cli.warehouse import RowOwner, open_warehouse
+
+    wh = open_warehouse(f"sqlite:///{tmp_path}/warehouse.db")
+    try:
+        wh.init_schema()
+        day = datetime(2024, 1, 10, tzinfo=UTC)
+        charges = list(client.charges(day, day + timedelta(days=1)))
+        old = next(c for c in charges if c.paid and c.captured and c.amount_refunded_minor == 0)
+        owner, account = RowOwner("org-1", "conn-1", ACCOUNT), Account(ACCOUNT, "USD", "UTC")
+        with wh.transaction(write_seq=2) as w:  # the later delivery wrote the charges
+            w.upsert_charges(owner, account, charges, datetime(2024, 3, 1, tzinfo=UTC))
+        at = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
+        app.refund(old.charge_id, 300, created=at)
+        window = SyncWindow(at - timedelta(hours=1), at + timedelta(hours=1))
+
+        def refunded() -> int:
+            rows = wh.fetch_rows("stripe_charges", organization_id="org-1")
+            return next(r["amount_refunded_minor"] for r in rows if r["charge_id"] == old.charge_id)
+
+        with pytest.raises(StaleWrite, match="claim 1"):
+            client.load_after_slices(owner, account, window, wh, write_seq=1)
+        assert refunded() == 0
+        assert client.load_after_slices(owner, account, window, wh, write_seq=3) >= 1
+        assert refunded() == 300
+    finally:
+        wh.close()
