@@ -2,7 +2,8 @@
 
 - ``scheduling.Store`` (on ``operations.BaseStore``): every read and write, by name.
 - ``engine.Engine`` with siblings ``sqlite.SqliteEngine`` and ``postgres.PgEngine``: the SQL
-  databases (one connection per thread, transactions, schema migration).
+  databases (connections: per thread on PostgreSQL, one shared in turns on SQLite;
+  transactions, schema migration).
 - ``tables``: where ClearLift's tables live — beside the control plane (``SharedTables``) or
   in the live D1 over its REST API (``d1.D1Tables``).
 - ``schema``: the tables, clearlift's declared once for every backend.

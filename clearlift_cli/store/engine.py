@@ -1,5 +1,6 @@
-"""What the SQL databases behind the store have in common: one connection per thread, write
-transactions that commit or roll back whole, reads, and errors that say which store failed.
+"""What the SQL databases behind the store have in common: one connection per thread (the
+SQLite engine overrides it: one for the process, used in turns), write transactions that
+commit or roll back whole, reads, and errors that say which store failed.
 
 ``SqliteEngine`` (store/sqlite.py) and ``PgEngine`` (store/postgres.py) are siblings. The
 store's SQL is written once, in the subset SQLite and PostgreSQL share, with ``?``
