@@ -16,6 +16,7 @@ can compute exactly what the warehouse must hold.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import secrets
@@ -216,6 +217,11 @@ class PlatformApp:
         self.requests: list[Request] = []
         self._log_lock = threading.Lock()
         self.oversize_bytes_sent = 0  # bytes of the last ``oversize`` fault body written
+        # Real platforms (Google's, Meta's and Stripe's front ends) compress an answer when
+        # the request says ``Accept-Encoding: gzip``, as clearlift's does. Off by default so
+        # tests can read sizes off the wire; ``gzipped`` counts the answers compressed.
+        self.gzip = False
+        self.gzipped = 0
 
     def authorize(self, account_id: str, ttl: float | None = 3600.0) -> tuple[str, str | None]:
         """The (access, refresh) tokens the API worker would store when a user connects
@@ -309,6 +315,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = reply.encode()
         self.send_response(reply.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
+        if self._gzip_wanted(cut, byte_every):
+            raw = gzip.compress(raw)
+            headers["Content-Encoding"] = "gzip"
+            self.app.gzipped += 1
         for k, v in headers.items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(raw)))
@@ -330,6 +340,12 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(byte_every)
         except OSError:  # the client gave up (its deadline cut the request)
             pass
+
+    def _gzip_wanted(self, cut: bool, byte_every: float | None) -> bool:
+        """Compress this answer: the app does, the client accepts gzip, and no fault cuts or
+        trickles the bytes (those test the raw stream)."""
+        accepted = self.headers.get("Accept-Encoding", "")
+        return self.app.gzip and not cut and byte_every is None and "gzip" in accepted.lower()
 
     def _send_oversize(self, size: int, chunked: bool) -> None:
         """A 200 JSON answer of ``size`` bytes (whitespace), written piecewise until the client

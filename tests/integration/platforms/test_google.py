@@ -190,6 +190,16 @@ def test_daily_metrics_over_many_batches_are_exact(app, settings, clock, token):
     assert any(m.conversions != m.conversions.to_integral_value() for m in metrics)
 
 
+def test_a_gzip_stream_is_decoded_batch_by_batch_and_exact(app, settings, clock, token):
+    """Google's front end compresses searchStream for a client that accepts gzip (clearlift's
+    requests say they do): the answer is decompressed as it arrives and decoded as before."""
+    app.gzip = True
+    served = app.metric_rows(CID, SINCE, UNTIL)
+    metrics = list(make_client(settings, clock, token).daily_metrics(SINCE, UNTIL))
+    assert app.gzipped == 1 and len(served) > 3 * app.batch_size
+    assert metrics == [expected_metric(r) for r in served]
+
+
 def test_missing_metric_fields_read_as_zero(app, settings, clock, token):
     served = app.metric_rows(CID, SINCE, UNTIL)
     no_conversions = [i for i, r in enumerate(served) if "conversions" not in r["metrics"]]

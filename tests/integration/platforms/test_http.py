@@ -210,3 +210,32 @@ def test_an_answer_at_the_size_cap_is_read(sandbox, monkeypatch):
             classify=lambda r, b: None,
             headers={"Authorization": f"Bearer {key}"},
         )
+
+
+def test_a_gzip_answer_is_read_decompressed_and_capped_by_what_it_decompresses_to(sandbox, monkeypatch):
+    """Real platforms compress an answer for a client that accepts gzip, as clearlift's
+    requests say they do: the body is decompressed as it is read, and the size cap counts
+    the decompressed bytes, not the (much smaller) bytes on the wire."""
+    import gzip
+    import json
+
+    _no_proxy_env(monkeypatch)
+    st = sandbox.stripe
+    monkeypatch.setattr(st, "gzip", True)
+    gzipped_before = st.gzipped
+    key = st.issue_key("acct_1Gzip")
+    url = f"{sandbox.servers['stripe'].base_url}/v1/charges"
+    headers = {"Authorization": f"Bearer {key}"}
+    body = HttpClient(platform="stripe", timeout=5).request(
+        "GET", url, params={"limit": 100}, classify=lambda r, b: None, headers=headers
+    )
+    assert body["object"] == "list" and len(body["data"]) == 100
+    assert st.gzipped == gzipped_before + 1
+    assert st.requests[-1].headers["accept-encoding"] == "gzip, deflate"
+    text = json.dumps(body).encode()
+    cap = len(text) // 2
+    assert len(gzip.compress(text)) < cap  # what crosses the wire is well under the cap
+    with pytest.raises(PermanentError, match="larger than"):
+        HttpClient(platform="stripe", timeout=5, max_response_bytes=cap).request(
+            "GET", url, params={"limit": 100}, classify=lambda r, b: None, headers=headers
+        )
