@@ -136,12 +136,18 @@ def send(
 
 def encode_params(params: Mapping[str, Any]) -> str:
     """``application/x-www-form-urlencoded`` as requests writes it: a list or tuple repeats
-    its key, ``None`` (alone or in a list) is left out."""
+    its key, ``None`` (alone or in a list) is left out, bytes are taken as UTF-8."""
     pairs: list[tuple[str, str]] = []
     for key, value in params.items():
         values = value if isinstance(value, (list, tuple)) else [value]
-        pairs.extend((key, v if isinstance(v, str) else str(v)) for v in values if v is not None)
+        pairs.extend((key, _text(v)) for v in values if v is not None)
     return urlencode(pairs)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _failures:

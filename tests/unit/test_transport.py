@@ -22,6 +22,7 @@ def test_params_repeat_a_list_drop_none_and_escape():
     assert encode_params({"a": "x y&z", "ids": ["1", 2], "skip": None, "n": 0, "in": [None, "k"]}) == (
         "a=x+y%26z&ids=1&ids=2&n=0&in=k"
     )
+    assert encode_params({"flag": True, "raw": b"caf\xc3\xa9"}) == "flag=True&raw=caf%C3%A9"
     assert encode_params({"fields": "id,name", "filtering": '[{"field":"x"}]'}) == (
         "fields=id%2Cname&filtering=%5B%7B%22field%22%3A%22x%22%7D%5D"
     )
