@@ -75,10 +75,10 @@ def tiktok_expected(app, advertiser: str, since: date, until: date) -> dict:
     return out
 
 
-def stored_ads(env: Env, platform: str, org: str, account: str | None = None) -> dict:
-    """The warehouse's ads rows in the shape the ``*_expected`` functions return."""
-    rows = env.warehouse_rows(METRICS[platform], organization_id=org, account_id=account)
-    got = {
+def metric_values(rows: list[dict]) -> dict:
+    """Daily metric rows keyed by (campaign, day), in the shape the ``*_expected`` functions
+    return."""
+    return {
         (r["campaign_id"], r["metric_date"].isoformat()): (
             r["impressions"],
             r["clicks"],
@@ -88,6 +88,12 @@ def stored_ads(env: Env, platform: str, org: str, account: str | None = None) ->
         )
         for r in rows
     }
+
+
+def stored_ads(env: Env, platform: str, org: str, account: str | None = None) -> dict:
+    """The warehouse's ads rows in the shape the ``*_expected`` functions return."""
+    rows = env.warehouse_rows(METRICS[platform], organization_id=org, account_id=account)
+    got = metric_values(rows)
     assert len(got) == len(rows)  # one row per campaign-day
     return got
 

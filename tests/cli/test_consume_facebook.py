@@ -12,6 +12,7 @@ from decimal import Decimal
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from tests.expected import FACEBOOK_PURCHASE as PURCHASE
 from tests.expected import facebook_expected as expected_metrics
+from tests.expected import stored_ads
 from tests.harness import (
     Env,
     coverage,
@@ -23,22 +24,6 @@ from tests.harness import (
 ACCOUNT = "1029384756"
 APP_SECRET = APP_CREDENTIALS["FACEBOOK_APP_SECRET"]
 PIXEL = ("offsite_conversion.fb_pixel_purchase",)
-
-
-def stored_metrics(env: Env, org: str) -> dict:
-    rows = env.warehouse_rows("facebook_ads_daily_metrics", organization_id=org)
-    got = {
-        (r["campaign_id"], r["metric_date"].isoformat()): (
-            r["impressions"],
-            r["clicks"],
-            r["spend_micros"],
-            r["conversions"],
-            r["conversion_value_micros"],
-        )
-        for r in rows
-    }
-    assert len(got) == len(rows)
-    return got
 
 
 def expected_campaigns(app, account: str, minor_per_unit: int = 100) -> dict:
@@ -111,7 +96,7 @@ def test_pages_of_campaigns_and_insights_land_exactly_with_configured_conversion
 
     want1 = expected_metrics(fb, ACCOUNT, since, until, PURCHASE)
     want2 = expected_metrics(fb, ACCOUNT, since, until, PIXEL)
-    got1, got2 = stored_metrics(env, "org-1"), stored_metrics(env, "org-2")
+    got1, got2 = stored_ads(env, "facebook", "org-1"), stored_ads(env, "facebook", "org-2")
     assert got1 == want1 and got2 == want2 and len(want1) > 30
     # The two settings really count different things on this data.
     assert sum(v[3] for v in want1.values()) != sum(v[3] for v in want2.values())
@@ -174,7 +159,7 @@ def test_oversized_window_is_split_and_a_big_day_goes_async_landing_once_per_cam
     assert job["status"] == "completed", job["error_message"]
     since, until = env.window_days(job["id"])
     want = expected_metrics(fb, ACCOUNT, since, until)
-    assert stored_metrics(env, "org-1") == want
+    assert stored_ads(env, "facebook", "org-1") == want
     assert sum(day == big_day.isoformat() for _, day in want) == 6
     # Each campaign-day was written once: the job counted no row twice.
     assert job["records_synced"] == len(want) + len(campaigns)
@@ -214,7 +199,7 @@ def test_long_backfill_is_sliced_and_lands_exactly(env, sandbox):
     (job,) = env.jobs(conn)
     assert job["status"] == "completed", job["error_message"]
     want = expected_metrics(fb, ACCOUNT, since, until)
-    assert stored_metrics(env, "org-1") == want
+    assert stored_ads(env, "facebook", "org-1") == want
     assert {d for _, d in want} >= {since.isoformat(), until.isoformat()}
     # 75 days in three slices of at most 30, each committed and recorded on its own.
     slices = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.expected import google_expected as expected_metrics
+from tests.expected import metric_values
 from tests.harness import Env, make_visible
 
 CID = "123-456-7890"
@@ -35,16 +36,7 @@ def test_schedule_consume_writes_exact_rows_and_statuses(env, sandbox):
     assert (until - since).days == 7
     want = expected_metrics(sandbox.google, CID.replace("-", ""), since, until)
     rows = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
-    got = {
-        (r["campaign_id"], r["metric_date"].isoformat()): (
-            r["impressions"],
-            r["clicks"],
-            r["spend_micros"],
-            r["conversions"],
-            r["conversion_value_micros"],
-        )
-        for r in rows
-    }
+    got = metric_values(rows)
     assert got == want and len(want) > 10
     assert all(r["currency"] == "EUR" and r["connection_id"] == conn_id for r in rows)
 
@@ -87,21 +79,7 @@ def test_schedule_consume_writes_exact_rows_and_statuses(env, sandbox):
     env.run("sync", conn_id, "--now", "--since", since.isoformat(), "--until", until.isoformat())
     env.run("consume", "--max-seconds", "60")
     rows2 = env.warehouse_rows("google_ads_daily_metrics", organization_id="org-1")
-    assert (
-        sorted(
-            {
-                (r["campaign_id"], r["metric_date"].isoformat()): (
-                    r["impressions"],
-                    r["clicks"],
-                    r["spend_micros"],
-                    r["conversions"],
-                    r["conversion_value_micros"],
-                )
-                for r in rows2
-            }.items()
-        )
-        == before
-    )
+    assert sorted(metric_values(rows2).items()) == before
     assert len(rows2) == len(rows)
 
 
@@ -204,19 +182,6 @@ def manager_with_two_clients(sandbox) -> None:
     sandbox.google.configure_account(
         CLIENT_B, manager_id="1112223333", campaigns=2, currency="JPY", time_zone="Asia/Tokyo"
     )
-
-
-def metric_values(rows: list[dict]) -> dict:
-    return {
-        (r["campaign_id"], r["metric_date"].isoformat()): (
-            r["impressions"],
-            r["clicks"],
-            r["spend_micros"],
-            r["conversions"],
-            r["conversion_value_micros"],
-        )
-        for r in rows
-    }
 
 
 def test_manager_connection_syncs_every_selected_client_as_its_own_account(env, sandbox):

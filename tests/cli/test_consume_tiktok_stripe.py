@@ -10,7 +10,7 @@ from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
 from clearlift_cli.timeutil import iso_z
-from tests.expected import micros, tiktok_expected
+from tests.expected import micros, stored_ads, tiktok_expected
 from tests.harness import (
     Env,
     coverage,
@@ -31,22 +31,6 @@ def today() -> date:
 # --- TikTok ---------------------------------------------------------------------------------
 
 
-def tiktok_stored(env: Env, org: str, advertiser: str | None = None) -> dict:
-    rows = env.warehouse_rows("tiktok_ads_daily_metrics", organization_id=org, account_id=advertiser)
-    got = {
-        (r["campaign_id"], r["metric_date"].isoformat()): (
-            r["impressions"],
-            r["clicks"],
-            r["spend_micros"],
-            r["conversions"],
-            r["conversion_value_micros"],
-        )
-        for r in rows
-    }
-    assert len(got) == len(rows)
-    return got
-
-
 def test_tiktok_pages_of_campaigns_and_reports_land_exactly_and_replay_changes_nothing(env, sandbox):
     tt = sandbox.tiktok
     adv = "7001002003004005006"
@@ -60,7 +44,7 @@ def test_tiktok_pages_of_campaigns_and_reports_land_exactly_and_replay_changes_n
     assert job["status"] == "completed", job["error_message"]
     since, until = env.window_days(job["id"])
     want = tiktok_expected(tt, adv, since, until)
-    got = tiktok_stored(env, "org-1")
+    got = stored_ads(env, "tiktok", "org-1")
     assert got == want and len(want) > 40
     # Deleted campaigns' past delivery and the purchase values landed too.
     deleted = {
@@ -119,7 +103,7 @@ def test_tiktok_45_day_backfill_is_two_report_requests(env, sandbox):
     (job,) = env.jobs(conn)
     assert job["status"] == "completed", job["error_message"]
     want = tiktok_expected(tt, adv, since, until)
-    assert tiktok_stored(env, "org-1") == want and len(want) > 90
+    assert stored_ads(env, "tiktok", "org-1") == want and len(want) > 90
     reports = tt.requests_to("report/integrated")
     split = since + timedelta(days=29)
     assert [(r.query["start_date"], r.query["end_date"]) for r in reports] == [
@@ -184,7 +168,7 @@ def test_tiktok_http_200_error_codes_are_classified_end_to_end(env, sandbox):
         (job,) = env.jobs(conns[kind])
         assert job["status"] == "completed", job["error_message"]
         since, until = env.window_days(job["id"])
-        assert tiktok_stored(env, "org-1", advertisers[kind]) == tiktok_expected(
+        assert stored_ads(env, "tiktok", "org-1", advertisers[kind]) == tiktok_expected(
             tt, advertisers[kind], since, until
         )
     assert [env.jobs(conns[k])[0]["status"] for k in ("revoked", "invalid")] == ["failed", "failed"]
