@@ -3,7 +3,6 @@ clearlift hosts (``Env``) pointed at them. See tests/README.md."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from urllib.parse import quote
 
@@ -106,9 +105,8 @@ def live_d1():
 
     app = D1App()
     app.create_clearlift_tables()
-    srv = SandboxServer(app).start()
-    yield app, srv
-    threading.Thread(target=srv.stop, daemon=True).start()
+    with SandboxServer(app) as srv:
+        yield app, srv
     app.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -37,10 +36,8 @@ def app():
 
 @pytest.fixture
 def server(app):
-    srv = SandboxServer(app).start()
-    yield srv
-    # shutdown() waits out serve_forever's poll; let it finish off the test's clock
-    threading.Thread(target=srv.stop, daemon=True).start()
+    with SandboxServer(app) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import json
-import threading
 import tracemalloc
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -45,10 +44,8 @@ def app() -> GoogleAdsApp:
 
 @pytest.fixture
 def server(app):
-    srv = SandboxServer(app).start()
-    yield srv
-    # stop() waits out serve_forever's 0.5 s poll; let that pass off the test's clock.
-    threading.Thread(target=srv.stop, daemon=True).start()
+    with SandboxServer(app) as srv:
+        yield srv
 
 
 @pytest.fixture

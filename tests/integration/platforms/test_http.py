@@ -5,7 +5,6 @@ loopback targets (but still for every other host), a bounded answer size."""
 from __future__ import annotations
 
 import socket
-import threading
 from datetime import UTC, date, datetime
 
 import pytest
@@ -36,9 +35,8 @@ class Recorder(PlatformApp):
 @pytest.fixture
 def elsewhere():
     app = Recorder()
-    srv = SandboxServer(app).start()
-    yield srv
-    threading.Thread(target=srv.stop, daemon=True).start()
+    with SandboxServer(app) as srv:
+        yield srv
 
 
 @pytest.fixture

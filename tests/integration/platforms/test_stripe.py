@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -30,10 +29,8 @@ def app() -> StripeApp:
 
 @pytest.fixture
 def server(app):
-    srv = SandboxServer(app).start()
-    yield srv
-    # shutdown() waits out serve_forever's 0.5 s poll; let it finish off the test's clock
-    threading.Thread(target=srv.stop, daemon=True).start()
+    with SandboxServer(app) as srv:
+        yield srv
 
 
 @pytest.fixture

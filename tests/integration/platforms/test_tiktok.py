@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -39,10 +38,8 @@ def app() -> TikTokApp:
 
 @pytest.fixture
 def server(app):
-    srv = SandboxServer(app).start()
-    yield srv
-    # shutdown() waits out serve_forever's 0.5 s poll; let it finish off the test's clock
-    threading.Thread(target=srv.stop, daemon=True).start()
+    with SandboxServer(app) as srv:
+        yield srv
 
 
 @pytest.fixture
