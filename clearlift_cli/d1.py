@@ -57,6 +57,7 @@ from clearlift_cli.errors import (
     D1RateLimited,
     D1Unavailable,
 )
+from clearlift_cli.platforms import transport
 from clearlift_cli.redact import redact
 from clearlift_cli.timeutil import SYSTEM_CLOCK, Clock
 
@@ -411,8 +412,6 @@ class D1Client:
     def _post(self, payload: bytes) -> tuple[Any, bytes]:
         """The response and its body (capped); a failure to send or to read the answer is
         ``D1Unavailable``, saying whether the statements may have run."""
-        from clearlift_cli.platforms import transport
-
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
         try:
             # one pool set per thread (consumer threads may share a client), no proxy for a

@@ -20,13 +20,12 @@ for loopback targets (the sandbox, the demo): ``http_proxy`` / ``https_proxy`` /
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from functools import lru_cache, partial
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
@@ -132,23 +131,6 @@ def parse_retry_after(raw: str | None, now: float) -> float | None:
         return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
     except (TypeError, ValueError, IndexError):
         return None
-
-
-def is_loopback(url: str) -> bool:
-    """True for a URL whose host is ``localhost`` or a loopback address (127.0.0.0/8, ::1):
-    such traffic never goes through a proxy. Names are not resolved."""
-    return _is_loopback_host(urlsplit(url).hostname or "")
-
-
-@lru_cache(maxsize=256)  # asked before every request, of the few hosts clearlift talks to
-def _is_loopback_host(hostname: str) -> bool:
-    host = hostname.rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _origin(location: str | None, base: str) -> str:

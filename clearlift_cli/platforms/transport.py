@@ -28,6 +28,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlencode, urlsplit
 
@@ -233,8 +234,6 @@ def _ca_bundle() -> str | None:
 def proxy_for(url: str, parts: SplitResult | None = None) -> str | None:
     """The proxy URL the environment names for ``url`` (None: go direct). Loopback targets
     never use one."""
-    from clearlift_cli.platforms.http import _is_loopback_host
-
     parts = parts or urlsplit(url)
     host = (parts.hostname or "").lower()
     if _is_loopback_host(host):
@@ -243,6 +242,23 @@ def proxy_for(url: str, parts: SplitResult | None = None) -> str | None:
     if not proxy or _bypassed(host, parts.port, _env("no_proxy")):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def is_loopback(url: str) -> bool:
+    """True for a URL whose host is ``localhost`` or a loopback address (127.0.0.0/8, ::1):
+    such traffic never goes through a proxy. Names are not resolved."""
+    return _is_loopback_host(urlsplit(url).hostname or "")
+
+
+@lru_cache(maxsize=256)  # asked before every request, of the few hosts clearlift talks to
+def _is_loopback_host(hostname: str) -> bool:
+    host = hostname.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _env(name: str) -> str:
@@ -274,4 +290,4 @@ def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     return False
 
 
-__all__ = ["Answer", "TransportError", "USER_AGENT", "encode_params", "proxy_for", "send"]
+__all__ = ["Answer", "TransportError", "USER_AGENT", "encode_params", "is_loopback", "proxy_for", "send"]

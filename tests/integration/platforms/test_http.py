@@ -12,8 +12,9 @@ import pytest
 from clearlift_cli.errors import PermanentError, TransientError
 from clearlift_cli.platforms.base import Credentials, PlatformContext
 from clearlift_cli.platforms.google import GoogleAdsClient
-from clearlift_cli.platforms.http import MAX_RESPONSE_BYTES, HttpClient, is_loopback
+from clearlift_cli.platforms.http import MAX_RESPONSE_BYTES, HttpClient
 from clearlift_cli.platforms.tiktok import TikTokAdsClient
+from clearlift_cli.platforms.transport import is_loopback
 from clearlift_cli.sandbox import APP_CREDENTIALS
 from clearlift_cli.sandbox.server import PlatformApp, Reply, SandboxServer
 from clearlift_cli.settings import ENV_NAMES, resolve
