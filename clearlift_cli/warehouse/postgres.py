@@ -745,8 +745,11 @@ def _quiet(conn: psycopg.Connection) -> bool:
     and the job is retried."""
     if conn.closed or conn.broken:
         return False
+    # poll, not select: select refuses descriptors from 1024 up, and a busy process has them
+    # (every idle connection would then look gone and be reopened for every transaction)
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller.register(conn.fileno(), select.POLLIN)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable

@@ -169,3 +169,29 @@ def test_the_pool_keeps_as_many_connections_as_were_in_use_at_once(pg_schema_url
             wh._checkin(conn)
     finally:
         wh.close()
+
+
+def test_a_pooled_connection_is_reused_when_the_process_holds_over_a_thousand_files(pg_schema_url):
+    """The idle check works on any descriptor: with its socket numbered above 1024 (a busy
+    process) a quiet pooled connection is still reused, not reopened for every job."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    wh = open_warehouse(pg_schema_url)
+    try:
+        first = warehouse_connection(wh)
+        assert first.fileno() > 1024
+        pid = first.info.backend_pid
+        wh._checkin(first)
+        again = warehouse_connection(wh)
+        assert again.info.backend_pid == pid
+        wh._checkin(again)
+    finally:
+        wh.close()
+        for fd in ballast:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
