@@ -18,7 +18,6 @@ import threading
 import time as _time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import StrEnum
 from queue import Empty, SimpleQueue
 from typing import NamedTuple
 
@@ -37,7 +36,7 @@ from clearlift_cli.errors import (
     WarehouseError,
 )
 from clearlift_cli.job import JobSync, ProgressHook
-from clearlift_cli.models import ClaimedMessage, Connection, MessageState, SyncJobMessage
+from clearlift_cli.models import ClaimedMessage, Connection, MessageState, Outcome, SyncJobMessage
 from clearlift_cli.platforms.deadline import JobScope, job_scope
 from clearlift_cli.redact import redact
 from clearlift_cli.settings import Settings
@@ -55,18 +54,6 @@ DEFAULT_STOP_GRACE_SECONDS = 30.0
 # A job deferred by a rate limit waits at least this long (its hint, clamped to
 # errors.RETRY_HINT_FLOOR/CEILING_SECONDS, when longer).
 MIN_DEFERRAL_SECONDS = 30.0
-
-
-class Outcome(StrEnum):
-    """How one delivery of a job ended; JSON, logs and metrics spell it by its value."""
-
-    COMPLETED = "completed"  # the window is in the warehouse, the message acked
-    RETRY = "retry"  # a passing failure: back to the queue with backoff, one attempt used
-    DEFERRED = "deferred"  # rate limited: back to the queue after the limit, no attempt used
-    RELEASED = "released"  # cut short by a stopping consumer: claimable at once, no attempt used
-    FAILED = "failed"  # a permanent failure, or out of attempts
-    DROPPED = "dropped"  # its connection is gone or paused
-    STALE = "stale"  # the lease was lost, or the job had already ended: its ending not written
 
 
 @dataclass(frozen=True)

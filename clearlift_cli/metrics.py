@@ -21,14 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from clearlift_cli.models import Outcome
 from clearlift_cli.platforms import registry
 from clearlift_cli.runs import CRON_COMMANDS, DURATION_BUCKETS
 from clearlift_cli.store import Store
 
 QUANTILES = (0.5, 0.9, 0.99)
 WINDOW_SECONDS = 3600
-# The statuses a consumed job can end a delivery in (see consumer.Outcome).
-OUTCOMES = ("completed", "failed", "deferred", "retry", "released", "dropped", "stale")
+# The statuses a consumed job can end a delivery in.
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 @dataclass

@@ -59,6 +59,18 @@ class MessageState(enum.StrEnum):
     DEAD = "dead"
 
 
+class Outcome(enum.StrEnum):
+    """How one delivery of a job ended; JSON, logs and metrics spell it by its value."""
+
+    COMPLETED = "completed"  # the window is in the warehouse, the message acked
+    RETRY = "retry"  # a passing failure: back to the queue with backoff, one attempt used
+    DEFERRED = "deferred"  # rate limited: back to the queue after the limit, no attempt used
+    RELEASED = "released"  # cut short by a stopping consumer: claimable at once, no attempt used
+    FAILED = "failed"  # a permanent failure, or out of attempts
+    DROPPED = "dropped"  # its connection is gone or paused
+    STALE = "stale"  # the lease was lost, or the job had already ended: its ending not written
+
+
 def connection_id_for(organization_id: str, platform: str, account_id: str) -> str:
     return f"{organization_id}-{platform}-{account_id}"
 

@@ -155,6 +155,8 @@ def test_metrics_count_what_the_runs_did(env):
     assert value(families, "clearlift_jobs_total", platform="stripe", outcome="completed") == 1
     assert value(families, "clearlift_jobs_last_hour", platform="google", outcome="completed") == 2
     assert value(families, "clearlift_jobs_last_hour", platform="tiktok", outcome="deferred") == 0
+    # every way a delivery can end is a label, released (cut short by a stop) included
+    assert value(families, "clearlift_jobs_total", platform="google", outcome="released") == 0
     assert value(families, "clearlift_records_synced_total", platform="google") == google_records
     assert value(families, "clearlift_records_synced_last_hour", platform="stripe") == stripe_records
     assert value(families, "clearlift_job_duration_seconds_count", platform="google") == 2

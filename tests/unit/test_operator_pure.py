@@ -102,12 +102,3 @@ def test_a_url_without_a_password_is_shown_as_written():
         mask_url("sqlite:////var/lib/clearlift/warehouse.db") == "sqlite:////var/lib/clearlift/warehouse.db"
     )
     assert mask_url("postgresql://u:pw@db:5432/x") == "postgresql://u:***@db:5432/x"
-
-
-def test_metrics_count_every_way_a_delivery_can_end():
-    """Each consumer Outcome is a metrics outcome label (``released`` was missing: jobs cut
-    short by a stopping consumer never showed in clearlift_jobs_total)."""
-    from clearlift_cli.consumer import Outcome
-    from clearlift_cli.metrics import OUTCOMES
-
-    assert sorted(OUTCOMES) == sorted(o.value for o in Outcome)
