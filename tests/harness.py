@@ -333,20 +333,7 @@ def seed(env: Env, platform: str, account: str, org: str = "org-1") -> str:
     does (in-process: quicker when a test needs many)."""
     app = env.sandbox.app(platform)
     access, refresh = (app.issue_key(account), None) if platform == "stripe" else app.tokens.issue(ttl=None)
-    settings = resolve(environ=env.environ(), read_config=False)
-    cid, _ = commands.add_connection(
-        settings,
-        commands.NewConnection(
-            organization_id=org,
-            platform=platform,
-            account_id=account,
-            account_name=None,
-            connected_by="user-1",
-            access_token=access,
-            refresh_token=refresh,
-        ),
-    )
-    return cid
+    return env.seed(org, platform, account, access, refresh)
 
 
 def popen(env: Env, *args: str, **more: str) -> subprocess.Popen:
@@ -389,4 +376,4 @@ def add_with_token(env: Env, sandbox, platform: str, account: str, org: str = "o
         access, refresh = sandbox.issue_token(platform, ttl=3600)
     if platform == "tiktok":
         refresh = None
-    return env.add(org, platform, account, access, refresh)
+    return env.seed(org, platform, account, access, refresh)
