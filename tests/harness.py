@@ -118,6 +118,32 @@ class Env:
         )
         return cid
 
+    def seed(
+        self,
+        org: str,
+        platform: str,
+        account: str,
+        access: str,
+        refresh: str | None = None,
+        expires_at: str | None = None,
+    ) -> str:
+        """Add a connection in-process with what `connections add` calls (quicker setup)."""
+        settings = resolve(environ=self.environ(), read_config=False)
+        cid, _ = commands.add_connection(
+            settings,
+            commands.NewConnection(
+                organization_id=org,
+                platform=platform,
+                account_id=account,
+                account_name=None,
+                connected_by="user-1",
+                access_token=access,
+                refresh_token=refresh,
+                expires_at=expires_at,
+            ),
+        )
+        return cid
+
     def store(self) -> sqlite3.Connection:
         c = sqlite3.connect(self.db)
         c.row_factory = sqlite3.Row
@@ -168,32 +194,6 @@ class RecordingEnv(Env):
                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
             )
         return proc
-
-    def seed(
-        self,
-        org: str,
-        platform: str,
-        account: str,
-        access: str,
-        refresh: str | None = None,
-        expires_at: str | None = None,
-    ) -> str:
-        """Add a connection in-process with what `connections add` calls (quicker setup)."""
-        settings = resolve(environ=self.environ(), read_config=False)
-        cid, _ = commands.add_connection(
-            settings,
-            commands.NewConnection(
-                organization_id=org,
-                platform=platform,
-                account_id=account,
-                account_name=None,
-                connected_by="user-1",
-                access_token=access,
-                refresh_token=refresh,
-                expires_at=expires_at,
-            ),
-        )
-        return cid
 
     @property
     def cipher(self) -> FieldCipher:
