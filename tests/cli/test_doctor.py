@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from clearlift_cli import commands
-from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.store import SCHEMA_VERSION
 from clearlift_cli.timeutil import FrozenClock
@@ -330,24 +329,17 @@ def test_a_missing_or_old_store_fails_and_the_rest_still_runs(env, tmp_path):
 
 
 @pytest.mark.postgres
-def test_doctor_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
-    with Sandbox() as sb:
-        env = Env(
-            home=tmp_path / "home",
-            warehouse_url=f"sqlite:///{tmp_path}/wh.db",
-            sandbox=sb,
-            extra={"CLEARLIFT_DB": pg_schema_url},
-        )
-        env.run("init")
-        access, refresh = sb.google.tokens.issue(ttl=3600)
-        env.add("org-1", "google", "1111111111", access, refresh)
-        env.run("refresh-tokens")
-        env.run("schedule")
-        env.run("consume")
-        code, report = doctor_json(env)
-        by_name = checks(report)
-        assert code == 0, report
-        assert f"(postgres): schema version {SCHEMA_VERSION}, writable" in by_name["store"]["message"]
-        assert by_name["cron.consume"]["status"] == "ok" and by_name["cron.schedule"]["status"] == "ok"
-        assert "disk.store" not in by_name  # nothing of the store lives on this host
-        assert by_name["encryption_key"]["message"].endswith("decrypts 2 of 2 sampled stored tokens")
+def test_doctor_on_a_postgresql_control_plane(pg_control_env, sandbox):
+    env = pg_control_env
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    env.add("org-1", "google", "1111111111", access, refresh)
+    env.run("refresh-tokens")
+    env.run("schedule")
+    env.run("consume")
+    code, report = doctor_json(env)
+    by_name = checks(report)
+    assert code == 0, report
+    assert f"(postgres): schema version {SCHEMA_VERSION}, writable" in by_name["store"]["message"]
+    assert by_name["cron.consume"]["status"] == "ok" and by_name["cron.schedule"]["status"] == "ok"
+    assert "disk.store" not in by_name  # nothing of the store lives on this host
+    assert by_name["encryption_key"]["message"].endswith("decrypts 2 of 2 sampled stored tokens")

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from clearlift_cli import commands
-from clearlift_cli.sandbox import Sandbox
 from clearlift_cli.settings import resolve
 from clearlift_cli.timeutil import FrozenClock
 from tests.harness import Env
@@ -225,25 +224,18 @@ def test_output_is_written_atomically_for_the_textfile_collector(env, tmp_path):
     assert bad.returncode == 3 and bad.stderr.startswith("error: cannot write the metrics file")
 
 
-def test_metrics_on_a_postgresql_control_plane(tmp_path, pg_schema_url):
-    with Sandbox() as sb:
-        env = Env(
-            home=tmp_path / "home",
-            warehouse_url=f"sqlite:///{tmp_path}/wh.db",
-            sandbox=sb,
-            extra={"CLEARLIFT_DB": pg_schema_url},
-        )
-        env.run("init")
-        access, refresh = sb.google.tokens.issue(ttl=3600)
-        env.add("org-1", "google", "1111111111", access, refresh)
-        env.run("schedule")
-        env.run("consume")
-        env.run("consume")  # a second run adds to the same totals row
-        families = parse_exposition(env.run("metrics").stdout)
-        assert value(families, "clearlift_jobs_total", platform="google", outcome="completed") == 1
-        assert value(families, "clearlift_jobs_last_hour", platform="google", outcome="completed") == 1
-        assert value(families, "clearlift_last_run_success", command="consume") == 1
-        json.dumps(families)  # plain data all the way down
+def test_metrics_on_a_postgresql_control_plane(pg_control_env, sandbox):
+    env = pg_control_env
+    access, refresh = sandbox.google.tokens.issue(ttl=3600)
+    env.add("org-1", "google", "1111111111", access, refresh)
+    env.run("schedule")
+    env.run("consume")
+    env.run("consume")  # a second run adds to the same totals row
+    families = parse_exposition(env.run("metrics").stdout)
+    assert value(families, "clearlift_jobs_total", platform="google", outcome="completed") == 1
+    assert value(families, "clearlift_jobs_last_hour", platform="google", outcome="completed") == 1
+    assert value(families, "clearlift_last_run_success", command="consume") == 1
+    json.dumps(families)  # plain data all the way down
 
 
 def test_the_sample_alert_rules_use_only_metrics_that_exist(env):
