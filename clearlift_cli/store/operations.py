@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import date, timedelta
 from typing import Any
 
@@ -29,7 +28,7 @@ from clearlift_cli.timeutil import iso_z
 
 from .engine import Engine
 from .schema import CONNECTION_COLUMNS, LIVE, STATUS_COLUMNS
-from .tables import SharedTables, Tables
+from .tables import Result, SharedTables, Tables
 from .tables import stmt as _s
 
 # How long the record of each schedule / consume / refresh-tokens run is kept.
@@ -226,22 +225,19 @@ class BaseStore:
             expires_at,
             scopes,
         )
-        with self._app_write() as c:
-            before, _ = self.tables.run(c, [existed, upsert])
+        before, _ = self._run_app([existed, upsert])
         return cid, not before.rows
 
     def set_active(self, connection_id: str, active: bool) -> None:
-        with self._app_write() as c:
-            (r,) = self.tables.run(
-                c,
-                [
-                    _s(
-                        "UPDATE platform_connections SET is_active = ? WHERE id = ?",
-                        1 if active else 0,
-                        connection_id,
-                    )
-                ],
-            )
+        (r,) = self._run_app(
+            [
+                _s(
+                    "UPDATE platform_connections SET is_active = ? WHERE id = ?",
+                    1 if active else 0,
+                    connection_id,
+                )
+            ]
+        )
         if r.rowcount == 0:
             raise NotFound(f"no connection {connection_id!r} (see `clearlift connections list`)")
 
@@ -270,8 +266,7 @@ class BaseStore:
             connection_id,
             old_credentials_encrypted,
         )
-        with self._app_write() as c:
-            (r,) = self.tables.run(c, [swap])
+        (r,) = self._run_app([swap])
         return r.rowcount == 1
 
     def record_auth_failure(
@@ -311,8 +306,7 @@ class BaseStore:
             at,
             connection_id,
         )
-        with self._app_write() as c:
-            (r,) = self.tables.run(c, [update])
+        (r,) = self._run_app([update])
         return bool(r.rows) and int(r.rows[0][0]) >= at
 
     def connections_expiring(self, cutoff_julian: float) -> list[Connection]:
@@ -450,29 +444,26 @@ class BaseStore:
             connection_id,
             job_id,
         )
-        with self._app_write() as c:
-            started, _ = self.tables.run(c, [start, syncing])
+        started, _ = self._run_app([start, syncing])
         if started.rowcount == 0 and self.get_job(job_id) is None:
             return True  # no row at all (an operator deleted it): the sync goes on as before
         return started.rowcount == 1
 
     def job_progress(self, job_id: str, phase: str, done: int, total: int | None) -> None:
         pct = max(0, min(100, int(done * 100 / total))) if total else 0
-        with self._app_write() as c:
-            self.tables.run(
-                c,
-                [
-                    _s(
-                        "UPDATE sync_jobs SET current_phase = ?, total_records = ?, progress_percentage = ?, "
-                        "updated_at = ? WHERE id = ? AND status = 'running'",
-                        phase,
-                        total,
-                        pct,
-                        self.now_iso(),
-                        job_id,
-                    )
-                ],
-            )
+        self._run_app(
+            [
+                _s(
+                    "UPDATE sync_jobs SET current_phase = ?, total_records = ?, progress_percentage = ?, "
+                    "updated_at = ? WHERE id = ? AND status = 'running'",
+                    phase,
+                    total,
+                    pct,
+                    self.now_iso(),
+                    job_id,
+                )
+            ]
+        )
 
     def complete_job(self, queue: Any, claimed: Any, conn: Connection, records: int) -> bool:
         """The job completed: its row (``records_synced`` also in its metadata, which the API
@@ -798,15 +789,13 @@ class BaseStore:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    @contextmanager
-    def _app_write(self) -> Iterator[Any]:
-        """The transaction ClearLift's tables are written in: a write transaction on the
-        shared database, none for D1 (each ``tables.run`` is its own batch)."""
+    def _run_app(self, statements: list[Statement]) -> list[Result]:
+        """Run ``statements`` on ClearLift's tables as one unit: a write transaction on the
+        shared database, one batch on D1."""
         if self.split:
-            yield None
-        else:
-            with self.write() as c:
-                yield c
+            return self.tables.run(None, statements)
+        with self.write() as c:
+            return self.tables.run(c, statements)
 
 
 _DEFERRED_SQL = "SELECT connection_id, platform, visible_at, last_error FROM sync_queue WHERE state = 'ready'"
