@@ -89,7 +89,15 @@ def test_a_processs_threads_take_turns_instead_of_meeting_the_busy_lock(tmp_path
     monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_MS", 0)
     store = new_store(tmp_path / "s.db")
     retries: list[float] = []
-    monkeypatch.setattr(sqlite_engine.time, "sleep", retries.append)
+    real_sleep = sqlite_engine.time.sleep
+
+    def sleep(seconds: float) -> None:  # the clock: only the writers' waits are counted
+        if threading.current_thread().name.startswith("writer-"):
+            retries.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_engine.time, "sleep", sleep)
     errors: list[BaseException] = []
     start = threading.Barrier(16)
 
@@ -104,7 +112,7 @@ def test_a_processs_threads_take_turns_instead_of_meeting_the_busy_lock(tmp_path
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+    threads = [threading.Thread(target=writer, args=(n,), name=f"writer-{n}") for n in range(16)]
     try:
         for t in threads:
             t.start()
